@@ -1,0 +1,71 @@
+# ferry — every set-up step lives here so a fresh clone needs only `make serve` or `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+EXAMPLE_REPO ?= model_repository
+PYTEST_ARGS ?=
+
+.PHONY: help install serve test test-unit test-integration test-gpu lint typecheck fmt bench \
+        example-repo system-deps image image-gpu clean
+
+help:
+	@echo "make serve   - set up and serve the example model repository on :8000/:8001/:8002"
+	@echo "make test    - set up and run the whole test suite"
+	@echo "make lint    - ruff + mypy"
+	@echo "make bench   - serving benchmarks (prints ratios against in-process ONNX Runtime)"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[export,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Debian packages the tests use (Prometheus + promtool). Installed only when missing.
+system-deps:
+	@bash scripts/install-system-deps.sh
+
+example-repo: $(STAMP)
+	@test -d $(EXAMPLE_REPO) || $(BIN)/python scripts/build_example_repository.py $(EXAMPLE_REPO)
+
+serve: example-repo
+	$(BIN)/ferry serve --model-repository $(EXAMPLE_REPO)
+
+test: $(STAMP) system-deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: $(STAMP) system-deps
+	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+
+test-gpu: $(STAMP)
+	$(BIN)/python -m pytest -m gpu $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+fmt: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.serving
+
+image:
+	docker build --target cpu -t ferry:cpu .
+
+image-gpu:
+	docker build --target gpu -t ferry:gpu .
+
+clean:
+	rm -rf $(VENV) $(EXAMPLE_REPO) .pytest_cache .mypy_cache .ruff_cache

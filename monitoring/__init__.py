@@ -1,0 +1,1 @@
+"""Monitoring: Triton-compatible metrics, online drift detection, dashboards and alert rules."""

@@ -1,0 +1,9 @@
+"""`ferry drift` (being built in issue 5)."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Mount this package's commands on the ferry app."""

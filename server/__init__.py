@@ -1,0 +1,1 @@
+"""ferry's serving side: model repository, runtimes, dynamic batcher, data plane and transports."""

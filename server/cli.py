@@ -1,0 +1,82 @@
+"""`ferry serve`: flags named like Triton's so ferry is a drop-in for tritonserver scripts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from server.settings import ModelControlMode, ServerSettings
+
+
+def serve(
+    model_repository: Annotated[
+        Path, typer.Option(help="Triton-layout model repository: REPO/NAME/config.pbtxt + "
+                                "REPO/NAME/<version>/model.onnx|model.plan.")],
+    http_port: Annotated[int, typer.Option(help="HTTP/REST (KServe v2) port.")] = 8000,
+    grpc_port: Annotated[int, typer.Option(help="gRPC (KServe v2) port.")] = 8001,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus /metrics port.")] = 8002,
+    http_address: Annotated[str, typer.Option(help="HTTP bind address.")] = "0.0.0.0",
+    grpc_address: Annotated[str, typer.Option(help="gRPC bind address.")] = "0.0.0.0",
+    metrics_address: Annotated[str, typer.Option(help="Metrics bind address.")] = "0.0.0.0",
+    allow_http: Annotated[bool, typer.Option(help="Serve HTTP.")] = True,
+    allow_grpc: Annotated[bool, typer.Option(help="Serve gRPC.")] = True,
+    allow_metrics: Annotated[bool, typer.Option(help="Serve Prometheus metrics.")] = True,
+    model_control_mode: Annotated[
+        ModelControlMode,
+        typer.Option(help="none: load everything at start; poll: rescan the repository every "
+                          "--repository-poll-secs; explicit: load/unload only via the API and "
+                          "--load-model."),
+    ] = ModelControlMode.NONE,
+    load_model: Annotated[
+        list[str] | None,
+        typer.Option(help="Model to load at start in explicit mode ('*' loads all). Repeatable."),
+    ] = None,
+    repository_poll_secs: Annotated[
+        float, typer.Option(help="Seconds between repository scans in poll mode.")] = 15.0,
+    strict_readiness: Annotated[
+        bool, typer.Option(help="Ready only when every loaded model is ready.")] = True,
+    exit_timeout_secs: Annotated[
+        float, typer.Option(help="On SIGTERM, how long to wait for accepted requests.")] = 30.0,
+    http_max_request_bytes: Annotated[
+        int, typer.Option(help="Largest HTTP request body accepted (after decompression).")
+    ] = 512 * 1024 * 1024,
+    default_max_batch_size: Annotated[
+        int, typer.Option(help="max_batch_size given to auto-completed batching models.")] = 4,
+    drift: Annotated[bool, typer.Option(help="Online drift detection for models with a "
+                                             "reference.npz.")] = True,
+    drift_window: Annotated[int, typer.Option(help="Rows per drift evaluation window.")] = 1000,
+    drift_alpha: Annotated[
+        float, typer.Option(help="Per-window false-alarm rate of the drift test.")] = 0.05,
+    drift_baseline_samples: Annotated[
+        int, typer.Option(help="Take the drift reference from the first N production rows "
+                               "instead of reference.npz (0: off).")] = 0,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Serve a model repository over KServe v2 HTTP and gRPC, with dynamic batching."""
+    from server.app import run_server
+
+    settings = ServerSettings(
+        model_repository=model_repository,
+        http_address=http_address, http_port=http_port,
+        grpc_address=grpc_address, grpc_port=grpc_port,
+        metrics_address=metrics_address, metrics_port=metrics_port,
+        allow_http=allow_http, allow_grpc=allow_grpc, allow_metrics=allow_metrics,
+        model_control_mode=model_control_mode,
+        load_models=tuple(load_model or ()),
+        repository_poll_secs=repository_poll_secs,
+        strict_readiness=strict_readiness,
+        exit_timeout_secs=exit_timeout_secs,
+        http_max_request_bytes=http_max_request_bytes,
+        default_max_batch_size=default_max_batch_size,
+        drift_enabled=drift, drift_window=drift_window, drift_alpha=drift_alpha,
+        drift_baseline_samples=drift_baseline_samples,
+        log_level=log_level,
+    )
+    raise typer.Exit(run_server(settings))
+
+
+def register(app: typer.Typer) -> None:
+    """Mount `ferry serve` on the ferry app."""
+    app.command("serve")(serve)

@@ -1,0 +1,44 @@
+"""Server settings, built once from the command line and passed down explicitly."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ModelControlMode(enum.StrEnum):
+    """Triton's model control modes."""
+
+    NONE = "none"
+    POLL = "poll"
+    EXPLICIT = "explicit"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything `ferry serve` can be told; field names follow Triton's flags."""
+
+    model_repository: Path
+    http_address: str = "0.0.0.0"
+    http_port: int = 8000
+    grpc_address: str = "0.0.0.0"
+    grpc_port: int = 8001
+    metrics_address: str = "0.0.0.0"
+    metrics_port: int = 8002
+    allow_http: bool = True
+    allow_grpc: bool = True
+    allow_metrics: bool = True
+    model_control_mode: ModelControlMode = ModelControlMode.NONE
+    load_models: tuple[str, ...] = ()
+    repository_poll_secs: float = 15.0
+    strict_readiness: bool = True
+    exit_timeout_secs: float = 30.0
+    http_max_request_bytes: int = 512 * 1024 * 1024
+    default_max_batch_size: int = 4
+    drift_enabled: bool = True
+    drift_window: int = 1000
+    drift_alpha: float = 0.05
+    drift_baseline_samples: int = 0
+    log_level: str = "info"
+    extra: dict[str, str] = field(default_factory=dict)

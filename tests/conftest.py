@@ -1,0 +1,26 @@
+"""Suite-wide fixtures: the `gpu` marker skips cleanly on machines without an NVIDIA GPU."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+
+def _has_nvidia_gpu() -> bool:
+    if shutil.which("nvidia-smi") is None:
+        return False
+    try:
+        return subprocess.run(["nvidia-smi", "-L"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _has_nvidia_gpu():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs an NVIDIA GPU (nvidia-smi found none)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)

@@ -1,0 +1,82 @@
+"""Tiny ONNX models built with onnx.helper (no torch), and repository entries holding them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def mlp_model(
+    in_features: int = 16, hidden: int = 32, out_features: int = 4, seed: int = 0,
+    input_name: str = "input", output_name: str = "output", batch_dim: str | int = "batch",
+) -> onnx.ModelProto:
+    """x -> relu(x W1 + b1) W2 + b2, FP32, with a dynamic (named) batch dimension."""
+    rng = np.random.default_rng(seed)
+    w1 = rng.standard_normal((in_features, hidden)).astype(np.float32) * 0.3
+    b1 = rng.standard_normal(hidden).astype(np.float32) * 0.1
+    w2 = rng.standard_normal((hidden, out_features)).astype(np.float32) * 0.3
+    b2 = rng.standard_normal(out_features).astype(np.float32) * 0.1
+    nodes = [
+        helper.make_node("MatMul", [input_name, "w1"], ["h0"]),
+        helper.make_node("Add", ["h0", "b1"], ["h1"]),
+        helper.make_node("Relu", ["h1"], ["h2"]),
+        helper.make_node("MatMul", ["h2", "w2"], ["o0"]),
+        helper.make_node("Add", ["o0", "b2"], [output_name]),
+    ]
+    graph = helper.make_graph(
+        nodes, "mlp",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [batch_dim, in_features])],
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT,
+                                       [batch_dim, out_features])],
+        initializer=[numpy_helper.from_array(a, n) for a, n in
+                     ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def two_io_model() -> onnx.ModelProto:
+    """Two inputs (FP32 a, INT64 b) and two outputs: sum = a + float(b), prod = a * 2."""
+    nodes = [
+        helper.make_node("Cast", ["b"], ["b_float"], to=TensorProto.FLOAT),
+        helper.make_node("Add", ["a", "b_float"], ["sum"]),
+        helper.make_node("Mul", ["a", "two"], ["prod"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "two_io",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", 3]),
+         helper.make_tensor_value_info("b", TensorProto.INT64, ["batch", 3])],
+        [helper.make_tensor_value_info("sum", TensorProto.FLOAT, ["batch", 3]),
+         helper.make_tensor_value_info("prod", TensorProto.FLOAT, ["batch", 3])],
+        initializer=[numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def write_model(
+    repository: Path, name: str, model: onnx.ModelProto, config: str | None = None,
+    version: int = 1,
+) -> Path:
+    """Write REPO/NAME/<version>/model.onnx (+ config.pbtxt when given); returns the model dir."""
+    model_dir = repository / name
+    (model_dir / str(version)).mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(model_dir / str(version) / "model.onnx"))
+    if config is not None:
+        (model_dir / "config.pbtxt").write_text(config)
+    return model_dir
+
+
+def run_reference(model_path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Outputs of the model in in-process ONNX Runtime (the ground truth for server tests)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, inputs), strict=True))

@@ -1,0 +1,110 @@
+"""Start a real `ferry serve` process on free loopback ports, and always stop it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    """A running `ferry serve`: its ports, its process and its log file."""
+
+    process: subprocess.Popen[bytes]
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    log_path: Path
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        """Send `sig` and wait for the exit code (kills after `timeout`)."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return int(self.process.returncode)
+
+
+def wait_until_live(server: ServerProcess, timeout: float = 90.0, ready: bool = False) -> None:
+    """Poll the health endpoint until it answers 200 (or the process dies)."""
+    path = "ready" if ready else "live"
+    deadline = time.monotonic() + timeout
+    url = f"http://{server.http_url}/v2/health/{path}"
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"ferry serve exited with {server.process.returncode}:\n"
+                               f"{server.log()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"ferry serve did not become {path} in {timeout}s:\n{server.log()}")
+
+
+@contextlib.contextmanager
+def running_server(
+    repository: Path, *extra_args: str, ready: bool = True, env: dict[str, str] | None = None,
+    timeout: float = 90.0,
+) -> Iterator[ServerProcess]:
+    """Run `ferry serve --model-repository REPO ...` on free loopback ports for a `with` block."""
+    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    log_file = tempfile.NamedTemporaryFile(prefix="ferry-serve-", suffix=".log", delete=False)
+    command = [
+        sys.executable, "-m", "ferry", "serve",
+        "--model-repository", str(repository),
+        "--http-address", "127.0.0.1", "--http-port", str(http_port),
+        "--grpc-address", "127.0.0.1", "--grpc-port", str(grpc_port),
+        "--metrics-address", "127.0.0.1", "--metrics-port", str(metrics_port),
+        *extra_args,
+    ]
+    process_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
+                               env=process_env)
+    server = ServerProcess(process, http_port, grpc_port, metrics_port, Path(log_file.name))
+    try:
+        wait_until_live(server, timeout=timeout, ready=ready)
+        yield server
+    finally:
+        server.stop(signal.SIGTERM, timeout=30)
+        if process.poll() is None:
+            process.kill()
+        log_file.close()
