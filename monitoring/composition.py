@@ -1,0 +1,71 @@
+"""The monitors `ferry serve` runs: Prometheus metrics and drift, behind one small facade."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from monitoring.drift import DriftMonitor
+from monitoring.families import CONTENT_TYPE, render_registry
+from monitoring.metrics import PendingCounts, ServingMetrics
+from monitoring.observer import InferenceObserver
+
+
+class _FerryCollector(Collector):
+    """Collects serving and drift families on each scrape."""
+
+    def __init__(self, metrics: ServingMetrics, drift: DriftMonitor) -> None:
+        self._metrics, self._drift = metrics, drift
+
+    def collect(self) -> Iterable[Metric]:
+        for family in (*self._metrics.families(), *self._drift.families()):
+            yield family.metric
+
+
+class Monitors:
+    """What the server wires in: observers, a metrics renderer, drift detail, start/close."""
+
+    def __init__(self, metrics: ServingMetrics, drift: DriftMonitor) -> None:
+        from prometheus_client import gc_collector, platform_collector, process_collector
+
+        self.metrics, self.drift = metrics, drift
+        self.observers: list[InferenceObserver] = [metrics, drift]
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_FerryCollector(metrics, drift))
+        # The client library's default process/platform/GC collectors, on our own registry.
+        process_collector.ProcessCollector(registry=self.registry)
+        platform_collector.PlatformCollector(registry=self.registry)
+        gc_collector.GCCollector(registry=self.registry)
+
+    def start(self) -> None:
+        """Start background workers."""
+        self.drift.start()
+
+    def close(self) -> None:
+        """Stop background workers."""
+        self.drift.close()
+
+    def render_metrics(self) -> tuple[bytes, str]:
+        """Prometheus text exposition and its content type."""
+        return render_registry(self.registry), CONTENT_TYPE
+
+    def drift_detail(self, model: str, version: str | None) -> dict[str, Any] | None:
+        """Drift JSON of a model (version); None when the model version is not known."""
+        return self.drift.detail(model, version)
+
+
+def build_monitors(
+    pending_requests: PendingCounts | None = None, drift_enabled: bool = True,
+    drift_window: int = 1000, drift_alpha: float = 0.05, drift_baseline_samples: int = 0,
+    drift_max_window_age_s: float = 600.0,
+) -> Monitors:
+    """Build the metrics and drift observers with the server's settings."""
+    if drift_window < 2 or not 0.0 < drift_alpha < 1.0 or drift_baseline_samples < 0:
+        raise ValueError("need --drift-window >= 2, 0 < --drift-alpha < 1, "
+                         "--drift-baseline-samples >= 0")
+    return Monitors(ServingMetrics(pending_requests),
+                    DriftMonitor(drift_enabled, drift_window, drift_alpha,
+                                 drift_baseline_samples, drift_max_window_age_s))

@@ -1,0 +1,172 @@
+"""The online drift monitor: an observer that queues rows; a worker thread evaluates them."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from monitoring.drift_channel import DriftChannel
+from monitoring.drift_report import channel_detail, channel_series
+from monitoring.families import Family
+from monitoring.observer import ModelEventRecord, ObservedRecord, RequestRecord
+from monitoring.reference import REFERENCE_FILENAME, load_reference, thresholds_for
+from monitoring.signals import SignalError, build_spec, datatype_kind
+from monitoring.tensors import ReferenceDataError
+
+log = logging.getLogger("ferry.monitoring.drift")
+
+DRIFT_FAMILIES = {
+    "ferry_drift_enabled": ("1 when drift monitoring of this model version is active.", "gauge"),
+    "ferry_drift_score": ("Drift statistic of the last window per signal (KS distance D).",
+                          "gauge"),
+    "ferry_drift_threshold": ("Statistic above which a signal counts as drifted.", "gauge"),
+    "ferry_drift_p_value": ("p-value of the last window's two-sample KS test per signal.",
+                            "gauge"),
+    "ferry_drift_detected": ("1 when the last window drifted in this scope (after correction).",
+                             "gauge"),
+    "ferry_drift_consecutive_windows": ("Consecutive windows that drifted in this scope.",
+                                        "gauge"),
+    "ferry_drift_window_samples": ("Rows in the last evaluated window.", "gauge"),
+    "ferry_drift_open_window_samples": ("Rows in the window being filled.", "gauge"),
+    "ferry_drift_reference_samples": ("Rows in the drift reference sample.", "gauge"),
+    "ferry_drift_windows_total": ("Drift windows evaluated.", "counter"),
+    "ferry_drift_detections_total": ("Windows that drifted, per scope.", "counter"),
+    "ferry_drift_last_evaluation_timestamp_seconds": ("Unix time of the last evaluation.",
+                                                      "gauge"),
+    "ferry_drift_dropped_rows_total": ("Rows not monitored because evaluation fell behind.",
+                                       "counter"),
+    "ferry_drift_nonfinite_rows_total": ("Rows left out of drift windows for NaN/Inf signals.",
+                                         "counter"),
+    "ferry_prediction_class_total": ("Predicted (top-1) class of monitored rows.", "counter"),
+}
+
+
+class DriftMonitor:
+    """Observer for drift; `observe` only queues, a daemon thread computes and evaluates."""
+
+    def __init__(self, enabled: bool = True, window: int = 1000, alpha: float = 0.05,
+                 baseline_samples: int = 0, max_window_age_s: float = 600.0,
+                 poll_s: float = 0.2) -> None:
+        self.enabled, self.window, self.alpha = enabled, window, alpha
+        self.baseline_samples, self.max_window_age_s, self.poll_s = \
+            baseline_samples, max_window_age_s, poll_s
+        self._channels: dict[tuple[str, str], DriftChannel] = {}
+        self._to_load: list[tuple[DriftChannel, ModelEventRecord]] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def observe(self, record: ObservedRecord) -> None:
+        """Queue rows of a successful request; register model versions as they become ready."""
+        try:
+            if isinstance(record, RequestRecord):
+                if record.success:
+                    channel = self._channels.get((record.model, record.version))
+                    if channel is not None and channel.offer(record):
+                        self._wake.set()
+            elif isinstance(record, ModelEventRecord):
+                self._on_event(record)
+        except Exception:  # an observer never raises into the server
+            log.exception("drift monitor failed to observe a record")
+
+    def _on_event(self, event: ModelEventRecord) -> None:
+        key = (event.model, event.version)
+        with self._lock:
+            if event.state != "READY":
+                self._channels.pop(key, None)
+                return
+            channel = DriftChannel(event.model, event.version, self.window, self.alpha,
+                                   event.max_batch_size > 0, self.max_window_age_s)
+            self._channels[key] = channel
+            self._to_load.append((channel, event))
+        self._wake.set()
+
+    def start(self) -> None:
+        """Start the worker thread."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="ferry-drift", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        """Stop the worker thread."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.poll_s)
+            self._wake.clear()
+            self.step()
+
+    def step(self) -> None:
+        """One worker pass: load new versions, drain every channel (public for tests)."""
+        with self._lock:
+            to_load, self._to_load = self._to_load, []
+        for channel, event in to_load:
+            self._load(channel, event)
+        for channel in list(self._channels.values()):
+            try:
+                channel.drain()
+            except Exception as exc:
+                log.exception("drift evaluation of %s/%s failed", channel.model, channel.version)
+                channel.disable(f"evaluation failed: {exc}")
+
+    def _load(self, channel: DriftChannel, event: ModelEventRecord) -> None:
+        name = f"{event.model}/{event.version}"
+        if not self.enabled:
+            channel.disable("drift detection is off (ferry serve --no-drift)")
+            return
+        path = Path(event.version_path) / REFERENCE_FILENAME if event.version_path else None
+        try:
+            if path is not None and path.is_file():
+                reference = load_reference(path)
+                thresholds = thresholds_for(reference, self.window, self.alpha)
+                channel.activate(reference.spec, reference, self.baseline_samples, thresholds)
+            elif self.baseline_samples > 0:
+                channel.activate(self._spec_from_wire(event), None, self.baseline_samples, None)
+            else:
+                channel.disable(f"no {REFERENCE_FILENAME} in the version folder (build one "
+                                "with `ferry drift reference`)")
+                log.info("drift monitoring off for %s: %s", name, channel.reason)
+                return
+        except (ReferenceDataError, SignalError, OSError) as exc:
+            channel.disable(f"reference unusable: {exc}")
+            log.warning("drift monitoring off for %s: %s", name, channel.reason)
+            return
+        log.info("drift monitoring on for %s (%s, %d signals, window %d, alpha %g)", name,
+                 channel.source, len(channel.spec.names) if channel.spec else 0, self.window,
+                 self.alpha)
+
+    @staticmethod
+    def _spec_from_wire(event: ModelEventRecord) -> Any:
+        batched = event.max_batch_size > 0
+
+        def rows(specs: Any) -> dict[str, tuple[str, tuple[int, ...]]]:
+            return {n: (datatype_kind(dt), tuple(shape[1:] if batched else shape))
+                    for n, (dt, shape) in (specs or {}).items()}
+
+        return build_spec(rows(event.inputs), rows(event.outputs), {})
+
+    def detail(self, model: str, version: str | None) -> dict[str, Any] | None:
+        """Per-signal JSON of a model version (latest version when None); None when unknown."""
+        channels = [c for (m, _), c in list(self._channels.items()) if m == model]
+        if version is not None:
+            channels = [c for c in channels if c.version == version]
+        if not channels:
+            return None
+        latest = max(channels, key=lambda c: (c.version.isdigit(), int(c.version)
+                                              if c.version.isdigit() else 0, c.version))
+        return channel_detail(latest)
+
+    def families(self) -> list[Family]:
+        """The drift series of every monitored model version."""
+        families = {n: Family(n, doc, kind) for n, (doc, kind) in DRIFT_FAMILIES.items()}
+        for channel in list(self._channels.values()):
+            channel_series(channel, families)
+        return [f for f in families.values() if f.metric.samples]

@@ -1,0 +1,204 @@
+"""One model version's drift state: a bounded intake, signal computation, windows, KS decisions."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from monitoring.ks import calibrate_signal_alpha, ks_threshold, window_p_values
+from monitoring.observer import RequestRecord
+from monitoring.reference import Reference
+from monitoring.signals import SignalError, SignalSpec, compute_signals, predicted_classes
+from monitoring.window import TumblingWindow
+
+log = logging.getLogger("ferry.monitoring.drift")
+FloatArray = NDArray[np.float64]
+MAX_PENDING_BYTES = 64 * 1024 * 1024
+Item = tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray], int]
+
+
+class DriftChannel:
+    """Drift state of one model version; `offer` runs on the server loop, the rest on a worker."""
+
+    def __init__(self, model: str, version: str, window: int, alpha: float, batched: bool,
+                 max_age_s: float = 600.0) -> None:
+        self.model, self.version, self.window_size, self.alpha = model, version, window, alpha
+        self.batched = batched
+        self.max_age_s = max_age_s
+        self.state, self.reason, self.source = "loading", "", ""
+        self.max_pending_rows = max(2 * window, 1024)
+        self.max_pending_bytes = MAX_PENDING_BYTES
+        self._pending_bytes = 0
+        self._lock = threading.Lock()
+        self._pending: list[Item] = []
+        self._pending_rows = 0
+        self.dropped_rows = self.nonfinite_rows = self.skipped_rows = self.rows_seen = 0
+        self.spec: SignalSpec | None = None
+        self.window: TumblingWindow | None = None
+        self.sorted_reference: FloatArray | None = None
+        self.alpha_signal = 0.0
+        self.thresholds: FloatArray | None = None
+        self.reference_created = ""
+        self.baseline_target = 0
+        self._baseline: list[FloatArray] = []
+        self.windows_total = 0
+        self.detections_total: dict[str, int] = {}
+        self.consecutive: dict[str, int] = {}
+        self.last: dict[str, Any] | None = None
+        self.last_evaluation_s = 0.0
+        self.class_counts: NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+
+    # -- loop thread -------------------------------------------------------------------------
+    def offer(self, record: RequestRecord) -> bool:
+        """Queue a request's rows (or count them dropped when full); True when a drain is due."""
+        if self.state not in ("active", "baselining") or record.outputs is None:
+            return False
+        rows = max(1, record.batch_size)
+        size = sum(getattr(a, "nbytes", 0) for a in record.outputs.values()) + \
+            sum(getattr(a, "nbytes", 0) for a in (record.inputs or {}).values())
+        with self._lock:
+            if self._pending_rows + rows > self.max_pending_rows or \
+                    self._pending_bytes + size > self.max_pending_bytes:
+                self.dropped_rows += rows
+                return True
+            self._pending.append((record.inputs or {}, record.outputs, rows))
+            self._pending_rows += rows
+            self._pending_bytes += size
+            return self._pending_rows * 4 >= self.max_pending_rows
+
+    # -- worker thread -----------------------------------------------------------------------
+    def activate(self, spec: SignalSpec, reference: Reference | None, baseline_rows: int,
+                 thresholds: tuple[float, FloatArray] | None) -> None:
+        """Start monitoring with a stored reference, or start collecting a production baseline."""
+        self.spec = spec
+        self.class_counts = np.zeros(0, dtype=np.int64)
+        if baseline_rows > 0:
+            self.baseline_target, self.state = baseline_rows, "baselining"
+            self.source = f"first {baseline_rows} production rows"
+            return
+        assert reference is not None and thresholds is not None
+        self.reference_created = reference.created
+        self._use_reference(reference.sorted_samples, *thresholds)
+        self.source = "reference.npz"
+
+    def disable(self, reason: str) -> None:
+        """Stop monitoring this version, keeping the reason for the JSON detail."""
+        self.state, self.reason = "disabled", reason
+        with self._lock:
+            self._pending, self._pending_rows, self._pending_bytes = [], 0, 0
+
+    def _use_reference(self, sorted_samples: FloatArray, alpha_signal: float,
+                       thresholds: FloatArray) -> None:
+        assert self.spec is not None
+        self.sorted_reference = sorted_samples
+        self.alpha_signal, self.thresholds = alpha_signal, thresholds
+        self.window = TumblingWindow(self.window_size, len(self.spec.names), self.max_age_s)
+        self.state = "active"
+
+    def drain(self) -> None:
+        """Compute signals for queued rows, feed the window and evaluate completed windows."""
+        with self._lock:
+            items, self._pending, self._pending_rows = self._pending, [], 0
+            self._pending_bytes = 0
+        if items and self.spec is not None:
+            for rows in self._signal_rows(items):
+                self._take(rows)
+        if self.window is not None and self.state == "active":
+            stale = self.window.close_if_stale()
+            if stale is not None:
+                self._evaluate(stale, "stale")
+
+    def _signal_rows(self, items: list[Item]) -> list[FloatArray]:
+        assert self.spec is not None
+        names = self.spec.tensors
+        try:
+            groups = [self._stack(items, names)]
+        except (ValueError, KeyError):
+            groups = []
+            for item in items:
+                try:
+                    groups.append(self._stack([item], names))
+                except (ValueError, KeyError):
+                    self.skipped_rows += item[2]
+        result = []
+        for inputs, outputs, rows in groups:
+            try:
+                signals = compute_signals(self.spec, inputs, outputs)
+            except (SignalError, ValueError, IndexError):
+                self.skipped_rows += rows
+                continue
+            self._count_classes(outputs)
+            finite = np.isfinite(signals).all(axis=1)
+            self.nonfinite_rows += int(rows - finite.sum())
+            self.rows_seen += rows
+            result.append(signals[finite])
+        return result
+
+    def _stack(self, items: list[Item], names: tuple[tuple[str, str], ...]
+               ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
+        joined: dict[str, dict[str, np.ndarray]] = {"inputs": {}, "outputs": {}}
+        for scope, name in names:
+            arrays = [np.asarray((item[0] if scope == "inputs" else item[1])[name])
+                      for item in items]
+            if not self.batched:
+                arrays = [a[None] for a in arrays]
+            joined[scope][name] = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        rows = sum(item[2] for item in items)
+        for group in joined.values():
+            if any(a.shape[0] != rows for a in group.values()):
+                raise ValueError("row counts disagree")
+        return joined["inputs"], joined["outputs"], rows
+
+    def _count_classes(self, outputs: Mapping[str, np.ndarray]) -> None:
+        assert self.spec is not None
+        classes = predicted_classes(self.spec, outputs)
+        if classes.size:
+            counts = np.bincount(classes)
+            if counts.size > self.class_counts.size:
+                grow = counts.size - self.class_counts.size
+                self.class_counts = np.pad(self.class_counts, (0, grow))
+            self.class_counts[: counts.size] += counts
+
+    def _take(self, rows: FloatArray) -> None:
+        if self.state == "baselining":
+            have = sum(b.shape[0] for b in self._baseline)
+            need = self.baseline_target - have
+            self._baseline.append(rows[:need])
+            rows = rows[need:]
+            if have + self._baseline[-1].shape[0] >= self.baseline_target:
+                self._finish_baseline()
+        if self.state == "active" and self.window is not None and rows.shape[0]:
+            for full in self.window.add(rows):
+                self._evaluate(full, "full")
+
+    def _finish_baseline(self) -> None:
+        assert self.spec is not None
+        samples = np.concatenate(self._baseline)
+        self._baseline = []
+        alpha_signal = calibrate_signal_alpha(samples, self.window_size, self.alpha,
+                                              simulations=200)
+        thresholds = np.full(len(self.spec.names),
+                             ks_threshold(alpha_signal, self.window_size, samples.shape[0]))
+        self.reference_created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self._use_reference(np.sort(samples, axis=0), alpha_signal, thresholds)
+        log.info("drift baseline for %s/%s taken from %d production rows", self.model,
+                 self.version, samples.shape[0])
+
+    def _evaluate(self, rows: FloatArray, closed_by: str) -> None:
+        from monitoring.drift_report import evaluate_window
+
+        assert self.sorted_reference is not None and self.thresholds is not None
+        assert self.spec is not None
+        stats, p_values = window_p_values(self.sorted_reference, rows)
+        n, m = rows.shape[0], self.sorted_reference.shape[0]
+        thresholds = self.thresholds if n == self.window_size else \
+            np.full(stats.size, ks_threshold(self.alpha_signal, n, m))
+        self.windows_total += 1
+        self.last_evaluation_s = time.time()
+        self.last = evaluate_window(self, stats, p_values, thresholds, rows.shape[0], closed_by)
