@@ -12,7 +12,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from google.protobuf import json_format, text_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -20,7 +20,10 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from server.types import TensorSpec
 
-ModelConfig = mc.ModelConfig
+if TYPE_CHECKING:  # the compiled protos ship without type stubs
+    ModelConfig: TypeAlias = Any
+else:
+    ModelConfig = mc.ModelConfig
 
 CONFIG_FILENAME = "config.pbtxt"
 EXPORT_REPORT_FILENAME = "export_report.json"

@@ -87,7 +87,8 @@ def running_server(
 ) -> Iterator[ServerProcess]:
     """Run `ferry serve --model-repository REPO ...` on free loopback ports for a `with` block."""
     http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
-    log_file = tempfile.NamedTemporaryFile(prefix="ferry-serve-", suffix=".log", delete=False)
+    log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - outlives this frame, closed below
+        prefix="ferry-serve-", suffix=".log", delete=False)
     command = [
         sys.executable, "-m", "ferry", "serve",
         "--model-repository", str(repository),

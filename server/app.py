@@ -1,0 +1,149 @@
+"""Composition root: builds the repository, data plane, monitors and transports, runs them on one
+event loop, and shuts down gracefully.
+
+SIGTERM/SIGINT: readiness goes false at once, new inference requests are refused (503), every
+accepted request completes (up to --exit-timeout-secs), then the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Generator
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from server.dataplane import DataPlane
+from server.observers import ObserverFanout
+from server.protocol.grpc import create_grpc_server
+from server.protocol.http import create_http_app
+from server.repository import ModelRepository
+from server.settings import ModelControlMode, ServerSettings
+
+logger = logging.getLogger("ferry")
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handlers: ferry's shutdown drains first."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def _uvicorn_server(app: Any, host: str, port: int, log_level: str) -> _Uvicorn:
+    config = uvicorn.Config(
+        app, host=host, port=port, loop="none", http="httptools", lifespan="off",
+        log_level="warning" if log_level == "info" else log_level, access_log=False,
+        timeout_keep_alive=75, backlog=4096)
+    return _Uvicorn(config)
+
+
+def _metrics_app(render: Any) -> Starlette:
+    async def metrics(_: Request) -> Response:
+        body, content_type = await asyncio.to_thread(render)
+        return Response(body, media_type=content_type)
+    return Starlette(routes=[Route("/metrics", metrics, methods=["GET"]),
+                             Route("/metrics/", metrics, methods=["GET"])])
+
+
+async def serve(settings: ServerSettings) -> int:
+    """Run the server until SIGTERM/SIGINT; returns the process exit code."""
+    from monitoring import build_monitors
+
+    repository_ref: list[ModelRepository] = []
+    monitors = build_monitors(
+        pending_requests=lambda: repository_ref[0].pending_request_counts(),
+        drift_enabled=settings.drift_enabled, drift_window=settings.drift_window,
+        drift_alpha=settings.drift_alpha, drift_baseline_samples=settings.drift_baseline_samples)
+    fanout = ObserverFanout(monitors.observers)
+    repository = ModelRepository(settings.model_repository, settings.model_control_mode, fanout,
+                                 settings.default_max_batch_size)
+    repository_ref.append(repository)
+    dataplane = DataPlane(repository, fanout, settings.strict_readiness)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    http_servers: list[_Uvicorn] = []
+    tasks: list[asyncio.Task[Any]] = []
+    if settings.allow_http:
+        http_servers.append(_uvicorn_server(
+            create_http_app(dataplane, settings.http_max_request_bytes, monitors.drift_detail),
+            settings.http_address, settings.http_port, settings.log_level))
+    if settings.allow_metrics:
+        http_servers.append(_uvicorn_server(_metrics_app(monitors.render_metrics),
+                                            settings.metrics_address, settings.metrics_port,
+                                            settings.log_level))
+    grpc_server = None
+    try:
+        if settings.allow_grpc:
+            grpc_server = create_grpc_server(dataplane,
+                                             f"{settings.grpc_address}:{settings.grpc_port}")
+            await grpc_server.start()
+        for server in http_servers:
+            tasks.append(asyncio.create_task(server.serve()))
+        await asyncio.sleep(0)
+        while not all(s.started for s in http_servers):
+            if any(t.done() for t in tasks):
+                raise OSError("an HTTP listener failed to start (is the port in use?)")
+            await asyncio.sleep(0.01)
+    except (OSError, RuntimeError) as exc:
+        logger.error("cannot start listeners: %s", exc)
+        for server in http_servers:
+            server.should_exit = True
+        if grpc_server is not None:
+            await grpc_server.stop(0)
+        return 1
+
+    monitors.start()
+    await repository.start(settings.load_models)
+    dataplane.started = True
+    loaded = [f"{v.name}:{v.version}" for v in repository.ready_versions()]
+    logger.info("models ready: %s", ", ".join(loaded) or "none")
+    logger.info("serving: HTTP %s:%d, gRPC %s:%d, metrics %s:%d (model control mode %s)",
+                settings.http_address, settings.http_port, settings.grpc_address,
+                settings.grpc_port, settings.metrics_address, settings.metrics_port,
+                settings.model_control_mode.value)
+    poller = None
+    if settings.model_control_mode == ModelControlMode.POLL:
+        poller = asyncio.create_task(repository.poll_forever(settings.repository_poll_secs))
+
+    await stop.wait()
+    logger.info("shutting down: refusing new requests, draining accepted ones")
+    if poller is not None:
+        poller.cancel()
+    drained = await dataplane.drain(settings.exit_timeout_secs)
+    if not drained:
+        logger.warning("exit timeout (%.0fs) reached with requests still running",
+                       settings.exit_timeout_secs)
+    await repository.close()
+    if grpc_server is not None:
+        await grpc_server.stop(grace=5)
+    for server in http_servers:
+        server.should_exit = True
+    await asyncio.gather(*tasks, return_exceptions=True)
+    monitors.close()
+    logger.info("stopped")
+    return 0
+
+
+def run_server(settings: ServerSettings) -> int:
+    """Entry point of `ferry serve`: logging, uvloop, and the event loop."""
+    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run(serve(settings))
+    return uvloop.run(serve(settings))

@@ -1,0 +1,392 @@
+"""Triton-style dynamic batcher: one queue (or one per priority level) per model version.
+
+Batch formation follows Triton's DynamicBatchScheduler (reference/triton.md §3.2): when an
+instance is free, requests are scanned in arrival order, highest priority first; requests join
+while their non-batch shapes equal the first one's and the rows fit `max_batch_size`. A preferred
+size is executed at once; a full or shape-closed batch is executed at once; otherwise the batch
+waits for more requests up to `max_queue_delay` (0: take what is queued). Queue policies reject
+on a full queue and time requests out (REJECT) or move them behind the others (DELAY).
+
+Inputs are concatenated along axis 0 (one copy) on the instance's worker thread and outputs are
+split back as views, so a request only ever sees its own rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import math
+import time
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from server.errors import ErrorKind, ServingError
+from server.repository_format import ModelConfig
+from server.runtimes import Runtime
+
+TIMEOUT_ACTION_DELAY = 1  # ModelQueuePolicy.TimeoutAction.DELAY
+
+
+@dataclass(frozen=True, slots=True)
+class QueuePolicy:
+    """Triton's ModelQueuePolicy for one queue."""
+
+    max_queue_size: int = 0
+    default_timeout_s: float = 0.0
+    allow_timeout_override: bool = False
+    delay_on_timeout: bool = False
+
+    @classmethod
+    def from_proto(cls, policy: Any) -> QueuePolicy:
+        """Read a ModelQueuePolicy message."""
+        return cls(
+            max_queue_size=int(policy.max_queue_size),
+            default_timeout_s=policy.default_timeout_microseconds / 1e6,
+            allow_timeout_override=bool(policy.allow_timeout_override),
+            delay_on_timeout=policy.timeout_action == TIMEOUT_ACTION_DELAY,
+        )
+
+    def timeout_s(self, requested_us: int) -> float:
+        """A request's timeout: the default, shortened (never lengthened) by an allowed override."""
+        if self.allow_timeout_override and requested_us and self.default_timeout_s and \
+                requested_us / 1e6 < self.default_timeout_s:
+            return requested_us / 1e6
+        return self.default_timeout_s
+
+
+@dataclass(frozen=True, slots=True)
+class BatchingPolicy:
+    """Everything the batcher takes from a model config."""
+
+    max_batch_size: int = 0
+    dynamic: bool = False
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_s: float = 0.0
+    preserve_ordering: bool = False
+    priority_levels: int = 0
+    default_priority_level: int = 0
+    queue_policies: Mapping[int, QueuePolicy] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> BatchingPolicy:
+        """Triton's semantics: no `dynamic_batching` means each request executes on its own."""
+        if not config.HasField("dynamic_batching"):
+            return cls(max_batch_size=int(config.max_batch_size))
+        dyn = config.dynamic_batching
+        default = QueuePolicy.from_proto(dyn.default_queue_policy)
+        levels = int(dyn.priority_levels)
+        policies = {level: default for level in range(levels + 1)}
+        for level, policy in dyn.priority_queue_policy.items():
+            policies[int(level)] = QueuePolicy.from_proto(policy)
+        preferred = tuple(sorted(int(s) for s in dyn.preferred_batch_size))
+        return cls(
+            max_batch_size=int(config.max_batch_size),
+            dynamic=config.max_batch_size > 0,
+            preferred_batch_sizes=preferred or (int(config.max_batch_size),),
+            max_queue_delay_s=dyn.max_queue_delay_microseconds / 1e6,
+            preserve_ordering=bool(dyn.preserve_ordering),
+            priority_levels=levels,
+            default_priority_level=int(dyn.default_priority_level) if levels else 0,
+            queue_policies=policies,
+        )
+
+    def level_of(self, priority: int) -> int:
+        """Queue index for a request priority (0: the default level; clamped to the levels)."""
+        if not self.priority_levels:
+            return 0
+        if priority <= 0:
+            return self.default_priority_level or self.priority_levels
+        return min(priority, self.priority_levels)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestTiming:
+    """Where one request's time went, in seconds, and the size of the batch it ran in."""
+
+    queue_s: float
+    compute_input_s: float
+    compute_infer_s: float
+    compute_output_s: float
+    batch_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """Reported once per execution (statistics, metrics)."""
+
+    batch_size: int
+    request_count: int
+    compute_input_s: float
+    compute_infer_s: float
+    compute_output_s: float
+    success: bool
+
+
+class _Pending:
+    __slots__ = ("deadline", "enqueued_at", "future", "inputs", "level", "rows", "shape_key")
+
+    def __init__(self, inputs: Mapping[str, np.ndarray], rows: int, shape_key: Hashable,
+                 level: int, deadline: float, future: asyncio.Future[Any]) -> None:
+        self.inputs = inputs
+        self.rows = rows
+        self.shape_key = shape_key
+        self.level = level
+        self.deadline = deadline
+        self.enqueued_at = time.perf_counter()
+        self.future = future
+
+
+class Batcher:
+    """Owns the queue of one model version and its instances (one worker thread each)."""
+
+    def __init__(
+        self, runtimes: Sequence[Runtime], policy: BatchingPolicy, output_names: Sequence[str],
+        on_batch: Callable[[BatchResult], None] | None = None, name: str = "model",
+    ) -> None:
+        if not runtimes:
+            raise ValueError("a batcher needs at least one runtime instance")
+        self.policy = policy
+        self.output_names = list(output_names)
+        self._runtimes = list(runtimes)
+        self._free = list(runtimes)
+        self._executor = ThreadPoolExecutor(len(runtimes), thread_name_prefix=f"ferry-{name}")
+        self._on_batch = on_batch
+        levels = policy.priority_levels + 1
+        self._queues: list[collections.deque[_Pending]] = [collections.deque()
+                                                           for _ in range(levels)]
+        self._delayed: list[collections.deque[_Pending]] = [collections.deque()
+                                                            for _ in range(levels)]
+        self._queued = 0
+        self._timed = 0  # queued requests with a finite deadline
+        self._inflight = 0
+        self._accepting = True
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._sequence = itertools.count()
+        self._next_delivery = 0
+        self._held: dict[int, Callable[[], None]] = {}
+        self._task = asyncio.get_running_loop().create_task(self._schedule(), name=f"batch-{name}")
+
+    @property
+    def pending_count(self) -> int:
+        """Requests accepted but not yet executing (nv_inference_pending_request_count)."""
+        return self._queued
+
+    async def submit(
+        self, inputs: Mapping[str, np.ndarray], rows: int, priority: int = 0,
+        timeout_us: int = 0,
+    ) -> tuple[dict[str, np.ndarray], RequestTiming]:
+        """Queue a validated request and wait for its own outputs."""
+        if not self._accepting:
+            raise ServingError(ErrorKind.UNAVAILABLE, "model is shutting down")
+        level = self.policy.level_of(priority)
+        queue_policy = self.policy.queue_policies.get(level, QueuePolicy())
+        queue = self._queues[level]
+        if queue_policy.max_queue_size and \
+                len(queue) + len(self._delayed[level]) >= queue_policy.max_queue_size:
+            raise ServingError(ErrorKind.UNAVAILABLE, "Exceeds maximum queue size")
+        timeout_s = queue_policy.timeout_s(timeout_us)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        deadline = time.perf_counter() + timeout_s if timeout_s else math.inf
+        shape_key = tuple((name, array.shape[1:]) for name, array in inputs.items()) \
+            if self.policy.dynamic else None
+        queue.append(_Pending(inputs, rows, shape_key, level, deadline, future))
+        self._queued += 1
+        self._timed += deadline != math.inf
+        self._idle.clear()
+        self._wakeup.set()
+        result: tuple[dict[str, np.ndarray], RequestTiming] = await future
+        return result
+
+    # --- scheduling (event loop) ---------------------------------------------------------------
+
+    async def _schedule(self) -> None:
+        while True:
+            self._wakeup.clear()
+            wait_s: float | None = None
+            if self._free and self._queued:
+                if self._timed:
+                    self._apply_timeouts(time.perf_counter())
+                if self._queued:
+                    batch, wait_s = self._form_batch(time.perf_counter())
+                    if batch:
+                        self._dispatch(batch)
+                        continue
+            if not self._accepting and not self._queued and not self._inflight:
+                return
+            if wait_s is None:
+                await self._wakeup.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), timeout=wait_s)
+
+    def _scan(self) -> itertools.chain[_Pending]:
+        """Arrival order, highest priority (level 1) first; delayed requests last in a level."""
+        return itertools.chain.from_iterable(
+            itertools.chain(self._queues[level], self._delayed[level])
+            for level in range(len(self._queues)))
+
+    def _apply_timeouts(self, now: float) -> None:
+        for level in range(len(self._queues)):
+            queue = self._queues[level]
+            if not any(p.deadline <= now for p in queue):
+                continue
+            kept: collections.deque[_Pending] = collections.deque()
+            for pending in queue:
+                if pending.deadline > now:
+                    kept.append(pending)
+                    continue
+                self._timed -= 1
+                if self.policy.queue_policies[level].delay_on_timeout:
+                    pending.deadline = math.inf
+                    self._delayed[level].append(pending)
+                else:
+                    self._queued -= 1
+                    if not pending.future.done():
+                        pending.future.set_exception(
+                            ServingError(ErrorKind.UNAVAILABLE, "Request timeout expired"))
+            self._queues[level] = kept
+        self._update_idle()
+
+    def _form_batch(self, now: float) -> tuple[list[_Pending], float | None]:
+        policy = self.policy
+        if not policy.dynamic:
+            return [next(self._scan())], None
+        taken: list[_Pending] = []
+        rows = 0
+        best_cut = 0
+        forced = False
+        max_preferred = policy.preferred_batch_sizes[-1]
+        for pending in self._scan():
+            if taken and (pending.shape_key != taken[0].shape_key
+                          or rows + pending.rows > policy.max_batch_size):
+                forced = True
+                break
+            taken.append(pending)
+            rows += pending.rows
+            if rows in policy.preferred_batch_sizes:
+                best_cut = len(taken)
+            if rows >= max_preferred:
+                break
+        waited = now - taken[0].enqueued_at
+        if best_cut and waited < policy.max_queue_delay_s:
+            return taken[:best_cut], None
+        if forced or rows >= max_preferred or policy.max_queue_delay_s <= 0 or \
+                waited >= policy.max_queue_delay_s:
+            return taken, None
+        wait_s = policy.max_queue_delay_s - waited
+        if self._timed:
+            nearest = min(p.deadline for p in self._scan())
+            wait_s = min(wait_s, max(nearest - now, 0.0))
+        return [], wait_s
+
+    def _dispatch(self, batch: list[_Pending]) -> None:
+        remaining = len(batch)
+        for level in range(len(self._queues)):
+            for queue in (self._queues[level], self._delayed[level]):
+                while remaining and queue and queue[0] is batch[len(batch) - remaining]:
+                    queue.popleft()
+                    remaining -= 1
+        self._queued -= len(batch)
+        self._timed -= sum(p.deadline != math.inf for p in batch)
+        runtime = self._free.pop()
+        self._inflight += 1
+        sequence = next(self._sequence)
+        dispatched_at = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._executor, self._execute, runtime, batch)
+        future.add_done_callback(
+            lambda done: self._complete(done, runtime, batch, sequence, dispatched_at))
+
+    # --- execution (worker thread) -------------------------------------------------------------
+
+    def _execute(
+        self, runtime: Runtime, batch: list[_Pending]
+    ) -> tuple[list[dict[str, np.ndarray]], tuple[float, float, float], int]:
+        t0 = time.perf_counter()
+        if len(batch) == 1:
+            inputs = batch[0].inputs
+        else:
+            inputs = {name: np.concatenate([p.inputs[name] for p in batch], axis=0)
+                      for name in batch[0].inputs}
+        rows = sum(p.rows for p in batch)
+        t1 = time.perf_counter()
+        outputs = runtime.infer(inputs, self.output_names)
+        t2 = time.perf_counter()
+        if len(batch) == 1:
+            per_request = [outputs]
+        else:
+            for name, array in outputs.items():
+                if array.ndim == 0 or array.shape[0] != rows:
+                    raise ServingError(
+                        ErrorKind.INTERNAL,
+                        f"output '{name}' has shape {list(array.shape)}, expected {rows} rows "
+                        "for the batch: the model's first dimension is not a batch dimension")
+            per_request, offset = [], 0
+            for pending in batch:
+                end = offset + pending.rows
+                per_request.append({name: array[offset:end] for name, array in outputs.items()})
+                offset = end
+        t3 = time.perf_counter()
+        return per_request, (t1 - t0, t2 - t1, t3 - t2), rows
+
+    # --- completion (event loop) ---------------------------------------------------------------
+
+    def _complete(self, done: asyncio.Future[Any], runtime: Runtime, batch: list[_Pending],
+                  sequence: int, dispatched_at: float) -> None:
+        self._free.append(runtime)
+        self._inflight -= 1
+        error = done.exception()
+        if error is None:
+            per_request, (t_in, t_infer, t_out), rows = done.result()
+        else:
+            per_request, (t_in, t_infer, t_out), rows = [], (0.0, 0.0, 0.0), 0
+
+        def deliver() -> None:
+            for index, pending in enumerate(batch):
+                if pending.future.done():
+                    continue
+                if error is not None:
+                    failure = error if isinstance(error, ServingError) else ServingError(
+                        ErrorKind.INTERNAL, f"model execution failed: {error}")
+                    pending.future.set_exception(failure)
+                else:
+                    timing = RequestTiming(dispatched_at - pending.enqueued_at, t_in, t_infer,
+                                           t_out, rows)
+                    pending.future.set_result((per_request[index], timing))
+
+        if self.policy.preserve_ordering:
+            self._held[sequence] = deliver
+            while self._next_delivery in self._held:
+                self._held.pop(self._next_delivery)()
+                self._next_delivery += 1
+        else:
+            deliver()
+        if self._on_batch is not None:
+            self._on_batch(BatchResult(rows or sum(p.rows for p in batch), len(batch), t_in,
+                                       t_infer, t_out, error is None))
+        self._update_idle()
+        self._wakeup.set()
+
+    def _update_idle(self) -> None:
+        if not self._queued and not self._inflight:
+            self._idle.set()
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def drain(self) -> None:
+        """Stop accepting, finish everything queued or running, then release the instances."""
+        self._accepting = False
+        self._wakeup.set()
+        await self._idle.wait()
+        await self._task
+        self._executor.shutdown(wait=True)
+        for runtime in self._runtimes:
+            runtime.close()

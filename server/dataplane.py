@@ -1,0 +1,242 @@
+"""DataPlane: the transport-independent server API (health, metadata, config, infer, statistics,
+repository control). HTTP and gRPC both call it; neither knows how a model runs.
+
+A request is validated against the model's specs BEFORE it joins a batch, so a bad request never
+fails its batch-mates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ferry import __version__
+from monitoring.observer import (
+    FAILURE_BACKEND,
+    FAILURE_CANCELED,
+    FAILURE_OTHER,
+    FAILURE_REJECTED,
+    RequestRecord,
+)
+from server.classification import classify
+from server.errors import ErrorKind, ServingError, invalid
+from server.model import ModelVersion
+from server.observers import ObserverFanout
+from server.repository import ModelRepository
+from server.repository_format import ModelConfig
+from server.settings import ModelControlMode
+from server.types import InferenceRequest, InferenceResponse, datatype_of
+
+SERVER_NAME = "ferry"
+EXTENSIONS = (
+    "classification", "model_repository", "model_repository(unload_dependents)",
+    "schedule_policy", "model_configuration", "binary_tensor_data", "parameters", "statistics",
+)
+
+
+class DataPlane:
+    """Everything a transport can ask of the server."""
+
+    def __init__(self, repository: ModelRepository, fanout: ObserverFanout,
+                 strict_readiness: bool = True) -> None:
+        self.repository = repository
+        self.fanout = fanout
+        self.strict_readiness = strict_readiness
+        self.started = False
+        self.accepting = True
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # --- health and metadata -------------------------------------------------------------------
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        if not (self.started and self.accepting):
+            return False
+        return self.repository.all_ready() if self.strict_readiness else True
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.repository.get(name, version)
+        except ServingError as exc:
+            if exc.kind == ErrorKind.NOT_FOUND and version in ("", "-1"):
+                raise
+            return False
+        return True
+
+    def model_metadata(self, name: str, version: str = "") -> dict[str, Any]:
+        model = self.repository.get(name, version)
+        versions = [version] if version not in ("", "-1") else sorted(
+            (v.version for v in self.repository.ready_versions() if v.name == name), key=int)
+        return {
+            "name": name,
+            "versions": versions,
+            "platform": model.platform,
+            "inputs": [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)}
+                       for s in model.inputs.values()],
+            "outputs": [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)}
+                        for s in model.outputs.values()],
+        }
+
+    def model_config(self, name: str, version: str = "") -> ModelConfig:
+        return self.repository.get(name, version).config
+
+    def statistics(self, name: str = "", version: str = "") -> list[dict[str, Any]]:
+        if not name:
+            return [v.statistics.as_json() for v in self.repository.ready_versions()]
+        try:
+            model = self.repository.get(name, version)
+        except ServingError as exc:
+            raise invalid(f"requested model '{name}' is not available") from exc
+        if version in ("", "-1"):
+            return [v.statistics.as_json() for v in self.repository.ready_versions()
+                    if v.name == name]
+        return [model.statistics.as_json()]
+
+    # --- repository control --------------------------------------------------------------------
+
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        return self.repository.index(ready_only)
+
+    def _require_explicit(self, action: str) -> None:
+        if self.repository.mode != ModelControlMode.EXPLICIT:
+            raise ServingError(ErrorKind.UNAVAILABLE,
+                               f"explicit model {action} is not allowed if polling is enabled"
+                               if self.repository.mode == ModelControlMode.POLL else
+                               f"explicit model {action} is not allowed in model control mode "
+                               f"'{self.repository.mode.value}'")
+
+    async def load_model(self, name: str, config_json: str | None = None,
+                         files: Mapping[str, bytes] | None = None) -> None:
+        self._require_explicit("load / unload")
+        await self.repository.load(name, config_json, files)
+
+    async def unload_model(self, name: str) -> None:
+        self._require_explicit("load / unload")
+        await self.repository.unload(name)
+
+    # --- inference -----------------------------------------------------------------------------
+
+    async def infer(self, request: InferenceRequest) -> InferenceResponse:
+        """Validate, queue, run and post-process one request; observers see its outcome."""
+        if not self.accepting:
+            raise ServingError(ErrorKind.UNAVAILABLE, "Server is shutting down")
+        started = time.perf_counter()
+        model = self.repository.get(request.model_name, request.model_version)
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            rows = validate_request(model, request)
+            outputs, timing = await model.batcher.submit(
+                request.inputs, rows, request.priority, request.timeout_us)
+            response_outputs = select_outputs(model, request, outputs)
+        except BaseException as exc:
+            self._record_failure(model, request, started, exc)
+            raise
+        finally:
+            self._inflight -= 1
+            if not self._inflight:
+                self._idle.set()
+        elapsed = time.perf_counter() - started
+        model.statistics.record_success(rows, elapsed, timing.queue_s, timing.compute_input_s,
+                                        timing.compute_infer_s, timing.compute_output_s)
+        if self.fanout:
+            self.fanout.notify(RequestRecord(
+                model.name, model.version, request.protocol, True, rows, elapsed,
+                timing.queue_s, timing.compute_input_s, timing.compute_infer_s,
+                timing.compute_output_s, inputs=request.inputs, outputs=outputs))
+        return InferenceResponse(model.name, model.version, response_outputs, request.id)
+
+    def _record_failure(self, model: ModelVersion, request: InferenceRequest, started: float,
+                        exc: BaseException) -> None:
+        elapsed = time.perf_counter() - started
+        model.statistics.record_failure(elapsed)
+        if isinstance(exc, asyncio.CancelledError):
+            reason = FAILURE_CANCELED
+        elif isinstance(exc, ServingError) and exc.kind == ErrorKind.UNAVAILABLE:
+            reason = FAILURE_REJECTED
+        elif isinstance(exc, ServingError) and exc.kind == ErrorKind.INTERNAL:
+            reason = FAILURE_BACKEND
+        else:
+            reason = FAILURE_OTHER
+        if self.fanout:
+            self.fanout.notify(RequestRecord(model.name, model.version, request.protocol, False,
+                                             0, elapsed, failure_reason=reason))
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Refuse new requests and wait for accepted ones; False if the timeout ran out."""
+        self.accepting = False
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+
+def validate_request(model: ModelVersion, request: InferenceRequest) -> int:
+    """Check inputs and requested outputs against the model; return the request's rows."""
+    name = model.name
+    for input_name in request.inputs:
+        if input_name not in model.inputs:
+            raise invalid(f"unexpected inference input '{input_name}' for model '{name}'")
+    missing = [n for n, spec in model.inputs.items() if n not in request.inputs]
+    if missing:
+        raise invalid(f"expected {len(model.inputs)} inputs but got {len(request.inputs)} inputs "
+                      f"for model '{name}'; missing: {', '.join(missing)}")
+    batching = model.max_batch_size > 0
+    rows = 1
+    batch_sizes = set()
+    for input_name, array in request.inputs.items():
+        spec = model.inputs[input_name]
+        datatype = datatype_of(array)
+        if datatype != spec.datatype:
+            raise invalid(f"inference input '{input_name}' data-type is '{datatype}', but model "
+                          f"'{name}' expects '{spec.datatype}'")
+        shape = array.shape
+        if len(shape) != len(spec.shape) or any(
+                want != -1 and got != want for got, want in zip(shape, spec.shape, strict=False)):
+            raise invalid(f"unexpected shape for input '{input_name}' for model '{name}'. "
+                          f"Expected {list(spec.shape)}, got {list(shape)}")
+        if batching:
+            batch_sizes.add(shape[0])
+    if batching:
+        if len(batch_sizes) > 1:
+            raise invalid(f"inputs of model '{name}' disagree on the batch size: "
+                          f"{sorted(batch_sizes)}")
+        rows = batch_sizes.pop()
+        if rows < 1:
+            raise invalid(f"inference request batch-size must be >= 1 for '{name}'")
+        if rows > model.max_batch_size:
+            raise invalid(f"inference request batch-size must be <= {model.max_batch_size} for "
+                          f"'{name}'")
+    for requested in request.requested_outputs or ():
+        if requested.name not in model.outputs:
+            raise invalid(f"unexpected inference output '{requested.name}' for model '{name}'")
+        if requested.classification < 0:
+            raise invalid(f"classification count for output '{requested.name}' must be >= 0")
+    return rows
+
+
+def select_outputs(model: ModelVersion, request: InferenceRequest,
+                   outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The requested outputs in request order (all, in config order, when none were named)."""
+    if request.requested_outputs is None:
+        return {name: outputs[name] for name in model.outputs}
+    selected: dict[str, np.ndarray] = {}
+    for requested in request.requested_outputs:
+        array = outputs[requested.name]
+        if requested.classification:
+            array = classify(array, requested.classification, model.max_batch_size > 0,
+                             model.labels.get(requested.name))
+        selected[requested.name] = array
+    return selected

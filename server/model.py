@@ -1,0 +1,116 @@
+"""A loaded model version: its config, wire specs, instances behind a batcher, and statistics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from monitoring.observer import BatchRecord
+from server.batching import Batcher, BatchingPolicy, BatchResult
+from server.observers import ObserverFanout
+from server.repository_format import ModelConfig, tensor_specs
+from server.runtimes import Runtime, runtime_factory
+from server.statistics import ModelStatistics
+from server.types import TensorSpec
+
+logger = logging.getLogger(__name__)
+
+KIND_CPU = 2  # ModelInstanceGroup.Kind.KIND_CPU
+ONNX_CPU_DEFAULT_INSTANCES = 2  # Triton's onnxruntime backend default for KIND_CPU without count
+
+
+def instance_count(config: ModelConfig) -> int:
+    """Instances to create: the sum over instance groups (1 when the config names none)."""
+    if not config.instance_group:
+        return 1
+    total = 0
+    for group in config.instance_group:
+        if group.count > 0:
+            total += int(group.count) * max(1, len(group.gpus))
+        else:
+            total += ONNX_CPU_DEFAULT_INSTANCES if group.kind == KIND_CPU else 1
+    return max(total, 1)
+
+
+def create_instances(config: ModelConfig, version_path: Path) -> list[Runtime]:
+    """Load every instance of a version (blocking: run it off the event loop)."""
+    factory = runtime_factory(config)
+    instances: list[Runtime] = []
+    try:
+        for index in range(instance_count(config)):
+            instances.append(factory(config, version_path, index))
+    except BaseException:
+        for runtime in instances:
+            runtime.close()
+        raise
+    return instances
+
+
+def read_labels(model_dir: Path, config: ModelConfig) -> dict[str, list[str]]:
+    """Class labels per output from `label_filename` (classification extension)."""
+    labels: dict[str, list[str]] = {}
+    for output in config.output:
+        if output.label_filename:
+            path = model_dir / output.label_filename
+            if path.is_file():
+                labels[output.name] = path.read_text().splitlines()
+    return labels
+
+
+@dataclass
+class ModelVersion:
+    """One READY version: what the data plane needs to validate and run a request."""
+
+    name: str
+    version: str
+    config: ModelConfig
+    version_path: Path
+    batcher: Batcher
+    statistics: ModelStatistics
+    inputs: dict[str, TensorSpec]
+    outputs: dict[str, TensorSpec]
+    labels: dict[str, list[str]] = field(default_factory=dict)
+    load_duration_s: float = 0.0
+    signature: tuple[object, ...] = ()
+
+    @property
+    def max_batch_size(self) -> int:
+        return int(self.config.max_batch_size)
+
+    @property
+    def platform(self) -> str:
+        return str(self.config.platform or self.config.backend)
+
+
+def start_version(
+    name: str, version: int, config: ModelConfig, version_path: Path, instances: list[Runtime],
+    fanout: ObserverFanout, load_started: float, signature: tuple[object, ...] = (),
+) -> ModelVersion:
+    """Put loaded instances behind a batcher (on the event loop) and return the READY version."""
+    input_specs, output_specs = tensor_specs(config)
+    statistics = ModelStatistics(name, str(version))
+    version_str = str(version)
+
+    def on_batch(result: BatchResult) -> None:
+        if result.success:
+            statistics.record_execution(result.batch_size, result.compute_input_s,
+                                        result.compute_infer_s, result.compute_output_s)
+        if fanout:
+            fanout.notify(BatchRecord(name, version_str, result.batch_size, result.request_count,
+                                      result.compute_input_s, result.compute_infer_s,
+                                      result.compute_output_s))
+
+    batcher = Batcher(instances, BatchingPolicy.from_config(config),
+                      [spec.name for spec in output_specs], on_batch=on_batch,
+                      name=f"{name}-{version}")
+    return ModelVersion(
+        name=name, version=version_str, config=config, version_path=version_path,
+        batcher=batcher, statistics=statistics,
+        inputs={spec.name: spec for spec in input_specs},
+        outputs={spec.name: spec for spec in output_specs},
+        labels=read_labels(version_path.parent, config),
+        load_duration_s=time.perf_counter() - load_started,
+        signature=signature,
+    )

@@ -1,0 +1,187 @@
+"""KServe v2 gRPC service (Triton's GRPCInferenceService, from tritonclient's compiled protos) and
+the standard gRPC health service; each RPC is one DataPlane call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
+
+from server.dataplane import DataPlane
+from server.errors import ErrorKind, ServingError
+from server.protocol import grpc_codec
+from server.protocol.status import GRPC_CODE_BY_KIND
+
+logger = logging.getLogger(__name__)
+MAX_MESSAGE_BYTES = 2**31 - 1
+T = TypeVar("T")
+
+
+async def _call(context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]) -> T:
+    """Run one RPC body; a ServingError becomes the matching gRPC status."""
+    try:
+        return await work()
+    except ServingError as exc:
+        await context.abort(GRPC_CODE_BY_KIND[exc.kind], exc.message)
+        raise  # unreachable: abort raises
+
+
+class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    """inference.GRPCInferenceService on top of the DataPlane."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        return pb.ServerLiveResponse(live=self.dataplane.live())
+
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        return pb.ServerReadyResponse(ready=self.dataplane.ready())
+
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        async def work() -> Any:
+            return pb.ModelReadyResponse(
+                ready=self.dataplane.model_ready(request.name, request.version))
+        return await _call(context, work)
+
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        return pb.ServerMetadataResponse(**self.dataplane.server_metadata())
+
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        async def work() -> Any:
+            metadata = self.dataplane.model_metadata(request.name, request.version)
+            return json_format.ParseDict(metadata, pb.ModelMetadataResponse())
+        return await _call(context, work)
+
+    async def ModelConfig(self, request: Any, context: Any) -> Any:
+        async def work() -> Any:
+            return pb.ModelConfigResponse(
+                config=self.dataplane.model_config(request.name, request.version))
+        return await _call(context, work)
+
+    async def ModelStatistics(self, request: Any, context: Any) -> Any:
+        async def work() -> Any:
+            stats = self.dataplane.statistics(request.name, request.version)
+            return json_format.ParseDict({"model_stats": stats}, pb.ModelStatisticsResponse(),
+                                         ignore_unknown_fields=True)
+        return await _call(context, work)
+
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        async def work() -> Any:
+            response = await self.dataplane.infer(grpc_codec.decode_request(request))
+            return grpc_codec.encode_response(response)
+        return await _call(context, work)
+
+    async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
+        """Requests on one stream run concurrently; each response is final."""
+        responses: asyncio.Queue[Any] = asyncio.Queue()
+        pending: set[asyncio.Task[None]] = set()
+
+        async def one(request: Any) -> None:
+            message = pb.ModelStreamInferResponse()
+            try:
+                response = await self.dataplane.infer(grpc_codec.decode_request(request))
+                message.infer_response.CopyFrom(grpc_codec.encode_response(response))
+                message.infer_response.parameters["triton_final_response"].bool_param = True
+            except ServingError as exc:
+                message.error_message = exc.message
+            await responses.put(message)
+
+        async def read_all() -> None:
+            async for request in request_iterator:
+                task = asyncio.create_task(one(request))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            if pending:
+                await asyncio.gather(*list(pending))
+            await responses.put(None)
+
+        reader = asyncio.create_task(read_all())
+        try:
+            while (message := await responses.get()) is not None:
+                yield message
+        finally:
+            reader.cancel()
+
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        rows = self.dataplane.repository_index(request.ready)
+        return pb.RepositoryIndexResponse(models=[
+            pb.RepositoryIndexResponse.ModelIndex(**row) for row in rows])
+
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        async def work() -> Any:
+            if request.repository_name:
+                raise ServingError(ErrorKind.UNSUPPORTED,
+                                   "'repository_name' specification is not supported")
+            config, files = None, {}
+            for key, parameter in request.parameters.items():
+                if key == "config":
+                    config = grpc_codec.parameter_value(parameter)
+                elif key.startswith("file:"):
+                    files[key[len("file:"):]] = grpc_codec.parameter_value(parameter)
+            await self.dataplane.load_model(request.model_name, config, files or None)
+            return pb.RepositoryModelLoadResponse()
+        return await _call(context, work)
+
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        async def work() -> Any:
+            if request.repository_name:
+                raise ServingError(ErrorKind.UNSUPPORTED,
+                                   "'repository_name' specification is not supported")
+            await self.dataplane.unload_model(request.model_name)
+            return pb.RepositoryModelUnloadResponse()
+        return await _call(context, work)
+
+    async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        return pb.SystemSharedMemoryStatusResponse()
+
+    async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                            "client shared memory is not enabled on this server")
+
+    async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        return pb.CudaSharedMemoryStatusResponse()
+
+    async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                            "CUDA shared memory is not enabled on this server")
+
+    async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        return pb.CudaSharedMemoryUnregisterResponse()
+
+
+class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
+    """grpc.health.v1.Health: SERVING while the server is ready."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    async def Check(self, request: Any, context: Any) -> Any:
+        status = health_pb2.HealthCheckResponse.SERVING if self.dataplane.ready() \
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        return health_pb2.HealthCheckResponse(status=status)
+
+
+def create_grpc_server(dataplane: DataPlane, address: str) -> grpc.aio.Server:
+    """A grpc.aio server with both services and 2 GiB-1 message limits, bound to `address`."""
+    options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+               ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+               ("grpc.so_reuseport", 0)]
+    server = grpc.aio.server(options=options)
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane),
+                                                                server)
+    health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(dataplane), server)
+    if server.add_insecure_port(address) == 0:
+        raise OSError(f"cannot bind the gRPC port {address}")
+    return server

@@ -1,0 +1,270 @@
+"""KServe v2 / Triton HTTP routes on FastAPI. Handlers read the raw body (tritonclient sends no
+Content-Type), call the DataPlane once, and answer with Triton's status codes and
+`{"error": "..."}` bodies. A malformed body is the client's fault: 400, not Triton's 500.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from server.dataplane import DataPlane
+from server.errors import ErrorKind, ServingError, invalid
+from server.protocol.http_codec import (
+    choose_response_encoding,
+    compress,
+    decode_request,
+    decompress,
+    encode_response,
+    parse_header_length,
+)
+from server.protocol.status import HTTP_STATUS_BY_KIND
+from server.repository_format import config_to_json
+from server.types import InferenceRequest
+
+DriftDetail = Callable[[str, str | None], dict[str, Any] | None]
+JSON = "application/json"
+
+
+def json_response(content: Any, status_code: int = 200) -> Response:
+    return Response(orjson.dumps(content), status_code=status_code, media_type=JSON)
+
+
+def error_response(status_code: int, message: str, headers: dict[str, str] | None = None
+                   ) -> Response:
+    return Response(orjson.dumps({"error": message}), status_code=status_code, media_type=JSON,
+                    headers=headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused past `limit` bytes (before and after decompression)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise invalid(f"request body of {declared} bytes exceeds the maximum of {limit} bytes "
+                      "(--http-max-request-bytes)")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise invalid(f"request body exceeds the maximum of {limit} bytes "
+                          "(--http-max-request-bytes)")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding in ("gzip", "deflate"):
+        return decompress(body, encoding, limit)
+    raise ServingError(ErrorKind.UNSUPPORTED, f"unsupported Content-Encoding '{encoding}'; "
+                                              "supported: gzip, deflate")
+
+
+async def optional_json(request: Request, limit: int) -> dict[str, Any]:
+    """Parse an optional JSON object body (empty body: {})."""
+    body = await read_body(request, limit)
+    if not body.strip():
+        return {}
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise invalid(f"failed to parse the request JSON buffer: {exc}") from None
+    if not isinstance(value, dict):
+        raise invalid("the request body must be a JSON object")
+    return value
+
+
+def create_http_app(dataplane: DataPlane, max_request_bytes: int,
+                    drift_detail: DriftDetail | None = None) -> FastAPI:
+    """The HTTP application: every route Triton serves for ferry's extensions."""
+    app = FastAPI(title="ferry", docs_url=None, redoc_url=None, openapi_url=None)
+
+    async def on_serving_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ServingError)
+        headers = {"Accept-Encoding": "gzip, deflate"} if exc.kind == ErrorKind.UNSUPPORTED \
+            and "Content-Encoding" in exc.message else None
+        return error_response(HTTP_STATUS_BY_KIND[exc.kind], exc.message, headers)
+
+    async def on_http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return error_response(exc.status_code, str(exc.detail))
+
+    app.add_exception_handler(ServingError, on_serving_error)
+    app.add_exception_handler(HTTPException, on_http_error)
+
+    def route(path: str, methods: list[str]) -> Callable[[Callable[[Request], Awaitable[Response]]],
+                                                        Any]:
+        def register(endpoint: Callable[[Request], Awaitable[Response]]) -> Any:
+            app.router.add_route(path, endpoint, methods=methods, include_in_schema=False)
+            return endpoint
+        return register
+
+    def model_route(suffix: str, methods: list[str]) -> Callable[..., Any]:
+        def register(endpoint: Callable[[Request], Awaitable[Response]]) -> Any:
+            for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version:int}"):
+                app.router.add_route(prefix + suffix, endpoint, methods=methods,
+                                     include_in_schema=False)
+            return endpoint
+        return register
+
+    def model_and_version(request: Request) -> tuple[str, str]:
+        version = request.path_params.get("version")
+        return request.path_params["model"], "" if version is None else str(version)
+
+    @route("/v2/health/live", ["GET"])
+    async def health_live(_: Request) -> Response:
+        return Response(status_code=200 if dataplane.live() else 400)
+
+    @route("/v2/health/ready", ["GET"])
+    async def health_ready(_: Request) -> Response:
+        return Response(status_code=200 if dataplane.ready() else 400)
+
+    @route("/v2", ["GET"])
+    async def server_metadata(_: Request) -> Response:
+        return json_response(dataplane.server_metadata())
+
+    @route("/v2/models/stats", ["GET"])
+    async def all_statistics(_: Request) -> Response:
+        return json_response({"model_stats": dataplane.statistics()})
+
+    @model_route("", ["GET"])
+    async def model_metadata(request: Request) -> Response:
+        return json_response(dataplane.model_metadata(*model_and_version(request)))
+
+    @model_route("/ready", ["GET"])
+    async def model_ready(request: Request) -> Response:
+        if dataplane.model_ready(*model_and_version(request)):
+            return Response(status_code=200)
+        return error_response(400, "Model version not ready")
+
+    @model_route("/config", ["GET"])
+    async def model_config(request: Request) -> Response:
+        return json_response(config_to_json(dataplane.model_config(*model_and_version(request))))
+
+    @model_route("/stats", ["GET"])
+    async def model_statistics(request: Request) -> Response:
+        return json_response({"model_stats": dataplane.statistics(*model_and_version(request))})
+
+    @model_route("/drift", ["GET"])
+    async def model_drift(request: Request) -> Response:
+        name, version = model_and_version(request)
+        dataplane.repository.get(name, version)  # 404/503 for unknown or unready models
+        detail = drift_detail(name, version or None) if drift_detail else None
+        if detail is None:
+            raise ServingError(ErrorKind.NOT_FOUND, f"model '{name}' has no drift reference "
+                                                    "(or drift monitoring is off)")
+        return json_response(detail)
+
+    @model_route("/infer", ["POST"])
+    async def infer(request: Request) -> Response:
+        name, version = model_and_version(request)
+        body = await read_body(request, max_request_bytes)
+        header_length = parse_header_length(
+            request.headers.get("inference-header-content-length"), len(body))
+        if header_length == 0:
+            return await _raw_binary_infer(dataplane, name, version, body)
+        inference_request, encoding = decode_request(body, header_length, name, version)
+        response = await dataplane.infer(inference_request)
+        payload, json_length = encode_response(response, encoding)
+        headers = {}
+        if json_length is not None:
+            headers["Inference-Header-Content-Length"] = str(json_length)
+        algorithm = choose_response_encoding(request.headers.get("accept-encoding"))
+        if algorithm is not None:
+            payload = compress(payload, algorithm)
+            headers["Content-Encoding"] = algorithm
+        media_type = JSON if json_length is None else "application/octet-stream"
+        return Response(payload, media_type=media_type, headers=headers)
+
+    @route("/v2/repository/index", ["POST"])
+    @route("/v2/repository/{repository}/index", ["POST"])
+    async def repository_index(request: Request) -> Response:
+        body = await optional_json(request, max_request_bytes)
+        return json_response(dataplane.repository_index(bool(body.get("ready", False))))
+
+    @route("/v2/repository/models/{model:path}/load", ["POST"])
+    async def load(request: Request) -> Response:
+        body = await optional_json(request, max_request_bytes)
+        config, files = _load_parameters(body)
+        await dataplane.load_model(request.path_params["model"], config, files)
+        return Response(status_code=200)
+
+    @route("/v2/repository/models/{model:path}/unload", ["POST"])
+    async def unload(request: Request) -> Response:
+        await optional_json(request, max_request_bytes)
+        await dataplane.unload_model(request.path_params["model"])
+        return Response(status_code=200)
+
+    @route("/v2/repository/{repository}/models/{model:path}/{action}", ["POST"])
+    async def named_repository(_: Request) -> Response:
+        raise ServingError(ErrorKind.UNSUPPORTED,
+                           "'repository_name' specification is not supported")
+
+    for kind in ("systemsharedmemory", "cudasharedmemory"):
+        for prefix in (f"/v2/{kind}", f"/v2/{kind}/region/{{region}}"):
+            app.router.add_route(prefix + "/status", _shm_status, methods=["GET"],
+                                 include_in_schema=False)
+            app.router.add_route(prefix + "/register", _shm_register, methods=["POST"],
+                                 include_in_schema=False)
+            app.router.add_route(prefix + "/unregister", _shm_unregister, methods=["POST"],
+                                 include_in_schema=False)
+    return app
+
+
+async def _shm_status(_: Request) -> Response:
+    return json_response([])
+
+
+async def _shm_register(_: Request) -> Response:
+    return error_response(501, "client shared memory is not enabled on this server; send "
+                               "tensors in the request body (binary tensor data extension)")
+
+
+async def _shm_unregister(_: Request) -> Response:
+    return Response(status_code=200)  # nothing is ever registered
+
+
+def _load_parameters(body: dict[str, Any]) -> tuple[str | None, dict[str, bytes] | None]:
+    parameters = body.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise invalid("load 'parameters' must be an object")
+    config = parameters.get("config")
+    if config is not None and not isinstance(config, str):
+        raise invalid("load parameter 'config' must be a JSON string")
+    files: dict[str, bytes] = {}
+    for key, value in parameters.items():
+        if key.startswith("file:"):
+            try:
+                files[key[len("file:"):]] = base64.b64decode(value, validate=True)
+            except (ValueError, TypeError) as exc:
+                raise invalid(f"load parameter '{key}' is not valid base64") from exc
+    return config, files or None
+
+
+async def _raw_binary_infer(dataplane: DataPlane, name: str, version: str,
+                            body: bytes) -> Response:
+    """Inference-Header-Content-Length: 0 — the body is the only input's data, batch 1."""
+    from server.protocol.tensors import array_from_bytes
+
+    model = dataplane.repository.get(name, version)
+    if len(model.inputs) != 1:
+        raise invalid(f"raw binary request needs a model with exactly one input; '{name}' has "
+                      f"{len(model.inputs)}")
+    spec = next(iter(model.inputs.values()))
+    shape = tuple(1 if d == -1 and i == 0 and model.max_batch_size > 0 else d
+                  for i, d in enumerate(spec.shape))
+    if any(d == -1 for d in shape):
+        raise invalid(f"raw binary request needs fixed dims for input '{spec.name}'")
+    array = array_from_bytes(spec.name, body, spec.datatype, shape)
+    response = await dataplane.infer(InferenceRequest(name, version, {spec.name: array}))
+    from server.protocol.http_codec import OutputEncoding
+
+    payload, json_length = encode_response(response, OutputEncoding(True, {}))
+    return Response(payload, media_type="application/octet-stream",
+                    headers={"Inference-Header-Content-Length": str(json_length)})

@@ -1,0 +1,223 @@
+"""KServe v2 HTTP infer bodies: JSON, and JSON + binary tensor data (Triton's extension)."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from server.errors import ErrorKind, ServingError, invalid
+from server.protocol.tensors import (
+    array_from_bytes,
+    array_from_json,
+    array_to_bytes,
+    array_to_json,
+    check_datatype,
+    check_shape,
+)
+from server.types import InferenceRequest, InferenceResponse, RequestedOutput, datatype_of
+
+RESERVED_PARAMETERS = frozenset({"sequence_id", "sequence_start", "sequence_end", "priority",
+                                 "timeout", "headers", "binary_data_output"})
+
+
+@dataclass(frozen=True, slots=True)
+class OutputEncoding:
+    """How the response's outputs go on the wire."""
+
+    binary_default: bool
+    binary_by_output: Mapping[str, bool | None]
+
+
+def parse_header_length(value: str | None, body_length: int) -> int | None:
+    """Inference-Header-Content-Length: None (all JSON), or the JSON part's length."""
+    if value is None:
+        return None
+    try:
+        length = int(value)
+    except ValueError:
+        raise invalid(f"invalid Inference-Header-Content-Length '{value}'") from None
+    if length < 0 or length > body_length:
+        raise invalid(f"inference header size should be in range (0, {body_length}), got: "
+                      f"{length}")
+    return length
+
+
+def decode_request(body: bytes, header_length: int | None, model_name: str,
+                   model_version: str) -> tuple[InferenceRequest, OutputEncoding]:
+    """Decode an infer body into an InferenceRequest and the requested output encoding."""
+    json_end = len(body) if header_length is None else header_length
+    try:
+        header = orjson.loads(memoryview(body)[:json_end])
+    except orjson.JSONDecodeError as exc:
+        raise invalid(f"failed to parse the request JSON buffer: {exc}") from None
+    if not isinstance(header, dict):
+        raise invalid("the request JSON must be an object")
+    parameters = header.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise invalid("request 'parameters' must be an object")
+    for key in parameters:
+        if key.startswith("triton_"):
+            raise invalid(f"parameter keys starting with 'triton_' are reserved for Triton usage "
+                          f"and should not be specified: '{key}'")
+    inputs = _decode_inputs(header.get("inputs"), body, json_end)
+    requested, binary_by_output = _decode_outputs(header.get("outputs"))
+    priority = _unsigned(parameters.get("priority", 0), "priority")
+    timeout_us = _unsigned(parameters.get("timeout", 0), "timeout")
+    custom = {k: v for k, v in parameters.items() if k not in RESERVED_PARAMETERS
+              and isinstance(v, (str, int, float, bool))}
+    request_id = header.get("id", "")
+    request = InferenceRequest(
+        model_name=model_name, model_version=model_version, inputs=inputs,
+        id=request_id if isinstance(request_id, str) else str(request_id),
+        requested_outputs=requested, parameters=custom, priority=priority,
+        timeout_us=timeout_us, protocol="http")
+    binary_default = parameters.get("binary_data_output", False) is True
+    return request, OutputEncoding(binary_default, binary_by_output)
+
+
+def _unsigned(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise invalid(f"parameter '{name}' must be a non-negative integer")
+    return value
+
+
+def _decode_inputs(specs: Any, body: bytes, binary_start: int) -> dict[str, np.ndarray]:
+    if not isinstance(specs, list) or not specs:
+        raise invalid("the request must list its 'inputs'")
+    inputs: dict[str, np.ndarray] = {}
+    offset = binary_start
+    for spec in specs:
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise invalid("each input must be an object with a 'name'")
+        name = spec["name"]
+        if name in inputs:
+            raise invalid(f"input '{name}' is given twice")
+        shape = check_shape(name, spec.get("shape", None))
+        datatype = check_datatype(name, spec.get("datatype"))
+        params = spec.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise invalid(f"input '{name}': 'parameters' must be an object")
+        sources = ("data" in spec) + ("binary_data_size" in params) + \
+            ("shared_memory_region" in params)
+        if sources != 1:
+            raise invalid(f"Input '{name}' must set only one of the following fields: 'data', "
+                          "'binary_data_size' in 'parameters', 'shared_memory_region' in "
+                          "'parameters'")
+        if "shared_memory_region" in params:
+            raise ServingError(ErrorKind.UNSUPPORTED, "client shared memory is not enabled on "
+                                                       "this server")
+        if "data" in spec:
+            inputs[name] = array_from_json(name, spec["data"], datatype, shape)
+            continue
+        size = _unsigned(params["binary_data_size"], "binary_data_size")
+        if offset + size > len(body):
+            raise invalid(f"unexpected size for input '{name}', expecting {size} additional bytes "
+                          f"but only {len(body) - offset} remain in the request body")
+        inputs[name] = array_from_bytes(name, body, datatype, shape, offset, size)
+        offset += size
+    if offset != len(body):
+        raise invalid(f"unexpected additional input data: {len(body) - offset} bytes after the "
+                      "last binary input")
+    return inputs
+
+
+def _decode_outputs(specs: Any) -> tuple[tuple[RequestedOutput, ...] | None,
+                                         dict[str, bool | None]]:
+    if specs is None:
+        return None, {}
+    if not isinstance(specs, list):
+        raise invalid("request 'outputs' must be a list")
+    requested, binary = [], {}
+    for spec in specs:
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise invalid("each requested output must be an object with a 'name'")
+        params = spec.get("parameters") or {}
+        if "shared_memory_region" in params:
+            raise ServingError(ErrorKind.UNSUPPORTED, "client shared memory is not enabled on "
+                                                       "this server")
+        flag = params.get("binary_data")
+        if flag is not None and not isinstance(flag, bool):
+            raise invalid(f"output '{spec['name']}': 'binary_data' must be a boolean")
+        classification = _unsigned(params.get("classification", 0), "classification")
+        requested.append(RequestedOutput(spec["name"], flag, classification))
+        binary[spec["name"]] = flag
+    return tuple(requested), binary
+
+
+def encode_response(response: InferenceResponse,
+                    encoding: OutputEncoding) -> tuple[bytes, int | None]:
+    """Response body and, when any output is binary, the JSON header's length."""
+    outputs, blobs = [], []
+    for name, array in response.outputs.items():
+        datatype = datatype_of(array)
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        flag = encoding.binary_by_output.get(name)
+        if flag if flag is not None else encoding.binary_default:
+            blob = array_to_bytes(array)
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        elif datatype in ("FP16", "BF16"):
+            raise invalid(f"sending {datatype} data via JSON is not supported. Please use the "
+                          "binary data format for output")
+        else:
+            entry["data"] = array_to_json(array)
+        outputs.append(entry)
+    header: dict[str, Any] = {}
+    if response.id:
+        header["id"] = response.id
+    header["model_name"] = response.model_name
+    header["model_version"] = response.model_version
+    header["outputs"] = outputs
+    json_part = orjson.dumps(header)
+    if not blobs:
+        return json_part, None
+    return b"".join([json_part, *blobs]), len(json_part)
+
+
+def decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """Undo a request Content-Encoding (gzip/deflate) without inflating past `limit` bytes."""
+    wbits = {"gzip": 31, "deflate": 15}[encoding]
+    inflater = zlib.decompressobj(wbits)
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise invalid(f"request body is not valid {encoding} data: {exc}") from None
+    if len(data) > limit or inflater.unconsumed_tail:
+        raise invalid(f"decompressed request body exceeds the maximum of {limit} bytes")
+    return data
+
+
+def choose_response_encoding(accept_encoding: str | None) -> str | None:
+    """gzip or deflate, by the highest q-weight in Accept-Encoding (first wins a tie)."""
+    if not accept_encoding:
+        return None
+    best, best_q = None, 0.0
+    for item in accept_encoding.split(","):
+        token, _, params = item.strip().partition(";")
+        token = token.strip().lower()
+        if token not in ("gzip", "deflate"):
+            continue
+        q = 1.0
+        params = params.strip()
+        if params.startswith("q="):
+            try:
+                q = float(params[2:])
+            except ValueError:
+                q = 0.0
+        if q > best_q:
+            best, best_q = token, q
+    return best
+
+
+def compress(body: bytes, encoding: str) -> bytes:
+    """gzip or zlib-wrapped deflate, as Triton sends them."""
+    if encoding == "gzip":
+        compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
+    else:
+        compressor = zlib.compressobj(6, zlib.DEFLATED, 15)
+    return compressor.compress(body) + compressor.flush()

@@ -1,0 +1,135 @@
+"""Tensor bytes and JSON values <-> numpy, shared by the HTTP binary extension and gRPC raw
+contents: little-endian row-major data; BYTES elements are a u32 LE length + the raw bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from server.errors import ErrorKind, ServingError, invalid
+from server.types import ALL_DATATYPES, ELEMENT_SIZE_BY_DATATYPE, NUMPY_DTYPE_BY_DATATYPE
+
+_U32 = struct.Struct("<I")
+MAX_DIMS = 64
+
+
+def check_shape(name: str, shape: Any) -> tuple[int, ...]:
+    """Validate a wire shape (ints >= 0) and return it as a tuple."""
+    if not isinstance(shape, (list, tuple)) or len(shape) > MAX_DIMS:
+        raise invalid(f"input '{name}': shape must be a list of at most {MAX_DIMS} dimensions")
+    dims = []
+    for dim in shape:
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
+            raise invalid(f"input '{name}': invalid shape {list(shape)}: dimensions must be "
+                          "non-negative integers")
+        dims.append(dim)
+    return tuple(dims)
+
+
+def check_datatype(name: str, datatype: Any) -> str:
+    """Validate a wire datatype; BF16 is a valid wire type that no ferry runtime takes."""
+    if datatype not in ALL_DATATYPES:
+        raise invalid(f"input '{name}': invalid datatype '{datatype}'")
+    if datatype == "BF16":
+        raise ServingError(ErrorKind.UNSUPPORTED, f"input '{name}': BF16 tensors are not supported")
+    return str(datatype)
+
+
+def element_count(shape: Sequence[int]) -> int:
+    return math.prod(shape)
+
+
+def array_from_bytes(name: str, buffer: bytes | memoryview, datatype: str,
+                     shape: tuple[int, ...], offset: int = 0, size: int | None = None
+                     ) -> np.ndarray:
+    """Decode one tensor from `buffer[offset:offset+size]`."""
+    size = len(buffer) - offset if size is None else size
+    count = element_count(shape)
+    if datatype == "BYTES":
+        return _deserialize_bytes(name, memoryview(buffer)[offset:offset + size], count, shape)
+    expected = count * ELEMENT_SIZE_BY_DATATYPE[datatype]
+    if size != expected:
+        raise invalid(f"input '{name}': unexpected size {size} bytes for shape {list(shape)} and "
+                      f"datatype {datatype}, expecting {expected} bytes")
+    dtype = NUMPY_DTYPE_BY_DATATYPE[datatype].newbyteorder("<")
+    return np.frombuffer(buffer, dtype=dtype, count=count, offset=offset).reshape(shape)
+
+
+def _deserialize_bytes(name: str, view: memoryview, count: int,
+                       shape: tuple[int, ...]) -> np.ndarray:
+    items: list[bytes] = []
+    position, end = 0, len(view)
+    while position < end:
+        if position + 4 > end:
+            raise invalid(f"input '{name}': truncated BYTES element length")
+        (length,) = _U32.unpack_from(view, position)
+        position += 4
+        if position + length > end:
+            raise invalid(f"input '{name}': BYTES element of {length} bytes runs past the data")
+        items.append(bytes(view[position:position + length]))
+        position += length
+        if len(items) > count:
+            break
+    if len(items) != count:
+        raise invalid(f"input '{name}': expected {count} BYTES elements for shape {list(shape)}, "
+                      f"got {len(items)}")
+    array = np.empty(count, dtype=np.object_)
+    array[:] = items
+    return array.reshape(shape)
+
+
+def array_to_bytes(array: np.ndarray) -> bytes:
+    """Encode a tensor's data for the wire."""
+    if array.dtype == np.object_ or array.dtype.kind in ("S", "U"):
+        parts = []
+        for item in array.reshape(-1):
+            data = item if isinstance(item, bytes) else str(item).encode()
+            parts.append(_U32.pack(len(data)))
+            parts.append(data)
+        return b"".join(parts)
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return np.ascontiguousarray(array).tobytes()
+
+
+def array_from_json(name: str, data: Any, datatype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Decode a JSON `data` field (nested or flat, row-major)."""
+    if datatype in ("FP16", "BF16"):
+        raise invalid(f"input '{name}': {datatype} data must be sent in binary format")
+    count = element_count(shape)
+    try:
+        if datatype == "BYTES":
+            flat = _flatten(data)
+            array = np.empty(len(flat), dtype=np.object_)
+            array[:] = [item.encode() if isinstance(item, str) else
+                        str(item).encode() for item in flat]
+        else:
+            array = np.asarray(data, dtype=NUMPY_DTYPE_BY_DATATYPE[datatype])
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise invalid(f"input '{name}': data does not match datatype {datatype}: {exc}") from exc
+    if array.size != count:
+        raise invalid(f"input '{name}': {array.size} data elements for shape {list(shape)}, "
+                      f"expecting {count}")
+    return array.reshape(shape)
+
+
+def _flatten(data: Any) -> list[Any]:
+    if not isinstance(data, list):
+        return [data]
+    flat: list[Any] = []
+    for item in data:
+        flat.extend(_flatten(item) if isinstance(item, list) else [item])
+    return flat
+
+
+def array_to_json(array: np.ndarray) -> list[Any]:
+    """A flat list for a JSON `data` field."""
+    if array.dtype == np.object_:
+        return [item.decode("utf-8", errors="replace") if isinstance(item, bytes) else str(item)
+                for item in array.reshape(-1)]
+    return array.reshape(-1).tolist()  # type: ignore[no-any-return]

@@ -1,0 +1,138 @@
+"""ONNX Runtime as a ferry runtime, configured as Triton's onnxruntime backend reads config.pbtxt.
+
+- `parameters { key: "intra_op_thread_count" | "inter_op_thread_count" | "execution_mode" |
+  "enable_mem_arena" | "enable_mem_pattern" }` set the session options;
+- `optimization { graph { level: -1 | 1 } }` picks BASIC / EXTENDED (default: ALL), as Triton does;
+- `instance_group { kind: KIND_GPU }` runs on CUDA; `optimization { execution_accelerators {
+  gpu_execution_accelerator [{ name: "tensorrt" parameters {...} }] } }` adds the TensorRT
+  execution provider (precision_mode FP16, trt_engine_cache_path, max_workspace_size_bytes...).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from server.errors import ErrorKind, ServingError
+from server.repository_format import ModelConfig, model_filename
+
+logger = logging.getLogger(__name__)
+
+KIND_GPU = 1  # ModelInstanceGroup.Kind.KIND_GPU
+
+
+def _parameter(config: ModelConfig, key: str) -> str | None:
+    if key in config.parameters:
+        return str(config.parameters[key].string_value)
+    return None
+
+
+def session_options(config: ModelConfig) -> Any:
+    """Build ort.SessionOptions from the model config."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    level = config.optimization.graph.level if config.HasField("optimization") else 0
+    options.graph_optimization_level = {
+        -1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        1: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    }.get(level, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    intra = _parameter(config, "intra_op_thread_count")
+    if intra is not None:
+        options.intra_op_num_threads = int(intra)
+    inter = _parameter(config, "inter_op_thread_count")
+    if inter is not None:
+        options.inter_op_num_threads = int(inter)
+    if _parameter(config, "execution_mode") == "1":
+        options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+    arena = _parameter(config, "enable_mem_arena")
+    if arena is not None:
+        options.enable_cpu_mem_arena = arena.lower() in ("1", "true")
+    pattern = _parameter(config, "enable_mem_pattern")
+    if pattern is not None:
+        options.enable_mem_pattern = pattern.lower() in ("1", "true")
+    return options
+
+
+def execution_providers(config: ModelConfig, device_id: int = 0) -> list[Any]:
+    """CPU by default; CUDA for KIND_GPU; TensorRT in front when the config asks for it."""
+    wants_gpu = any(group.kind == KIND_GPU for group in config.instance_group)
+    accelerators = config.optimization.execution_accelerators.gpu_execution_accelerator
+    providers: list[Any] = []
+    for accelerator in accelerators:
+        if accelerator.name != "tensorrt":
+            raise ServingError(ErrorKind.UNSUPPORTED,
+                               f"GPU execution accelerator '{accelerator.name}' is not supported")
+        trt_options: dict[str, Any] = {"device_id": device_id}
+        for key, value in accelerator.parameters.items():
+            if key == "precision_mode":
+                trt_options["trt_fp16_enable"] = value.upper() == "FP16"
+                trt_options["trt_int8_enable"] = value.upper() == "INT8"
+            elif key == "max_workspace_size_bytes":
+                trt_options["trt_max_workspace_size"] = int(value)
+            elif key in ("trt_engine_cache_path", "engine_cache_path"):
+                trt_options["trt_engine_cache_enable"] = True
+                trt_options["trt_engine_cache_path"] = value
+            elif key == "trt_engine_cache_enable":
+                trt_options["trt_engine_cache_enable"] = value.lower() in ("1", "true")
+            else:
+                trt_options[key] = value
+        providers.append(("TensorrtExecutionProvider", trt_options))
+    if wants_gpu or providers:
+        providers.append(("CUDAExecutionProvider", {"device_id": device_id}))
+    providers.append("CPUExecutionProvider")
+    return providers
+
+
+class OnnxRuntime:
+    """One ONNX Runtime InferenceSession: a model instance."""
+
+    def __init__(self, config: ModelConfig, version_path: Path, instance_index: int) -> None:
+        import onnxruntime as ort
+
+        path = Path(version_path) / model_filename(config)
+        if not path.exists():
+            raise ServingError(ErrorKind.NOT_FOUND, f"model file not found: {path}")
+        providers = execution_providers(config, self._device_id(config))
+        available = set(ort.get_available_providers())
+        missing = [p if isinstance(p, str) else p[0] for p in providers]
+        missing = [name for name in missing if name not in available]
+        if missing:
+            raise ServingError(
+                ErrorKind.UNAVAILABLE,
+                f"execution providers {missing} are not available in this onnxruntime build "
+                f"(available: {sorted(available)}); install the `gpu` extra on a GPU machine")
+        try:
+            self._session = ort.InferenceSession(
+                str(path), sess_options=session_options(config), providers=providers)
+        except Exception as exc:  # ORT raises several unrelated types for bad files
+            raise ServingError(ErrorKind.INTERNAL,
+                               f"onnxruntime could not load {path.name}: {exc}") from exc
+        self.providers: list[str] = list(self._session.get_providers())
+        self.instance_index = instance_index
+        logger.debug("loaded %s instance %d on %s", path, instance_index, self.providers)
+
+    @staticmethod
+    def _device_id(config: ModelConfig) -> int:
+        for group in config.instance_group:
+            if group.kind == KIND_GPU and group.gpus:
+                return int(group.gpus[0])
+        return 0
+
+    def infer(
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        """Run the session; ORT releases the GIL while it computes."""
+        try:
+            results = self._session.run(list(output_names), dict(inputs))
+        except Exception as exc:
+            raise ServingError(ErrorKind.INTERNAL, f"onnxruntime execution failed: {exc}") from exc
+        return dict(zip(output_names, results, strict=True))
+
+    def close(self) -> None:
+        """Drop the session (ORT frees it when the last reference goes)."""
+        self._session = None

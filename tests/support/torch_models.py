@@ -1,0 +1,156 @@
+"""Small torch models for export tests: every SOURCE form, several I/O, and models that fail."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TinyMLP(nn.Module):
+    """x (FP32, 8) -> logits (4)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class TwoInTwoOut(nn.Module):
+    """features (FP32, 6) and ids (INT64, 3) -> (scores (3), total (1))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.embed = nn.Embedding(10, 6)
+        self.proj = nn.Linear(6, 3)
+
+    def forward(self, features: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        mixed = features + self.embed(ids).mean(dim=1)
+        scores = self.proj(mixed)
+        return scores, scores.sum(dim=1, keepdim=True)
+
+
+class ConvBNDropout(nn.Module):
+    """image (FP32, 3x16x16) -> probabilities (5): conv + BatchNorm + Dropout (eval mode)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(2)
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.5),
+        )
+        self.head = nn.Linear(16, 5)
+        with torch.no_grad():  # non-trivial running statistics, as after training
+            for module in self.modules():
+                if isinstance(module, nn.BatchNorm2d):
+                    module.running_mean.uniform_(-0.5, 0.5)
+                    module.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.head(self.features(image)), dim=1)
+
+
+class GRUClassifier(nn.Module):
+    """sequence (FP32, 12x5) -> logits (3) through a 2-layer GRU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.gru = nn.GRU(5, 16, num_layers=2, batch_first=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, sequence: torch.Tensor) -> torch.Tensor:
+        out, _ = self.gru(sequence)
+        return self.head(out[:, -1])
+
+
+class LSTMTagger(nn.Module):
+    """sequence (FP32, 10x4) -> per-step tags (10x2) through an LSTM."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(4)
+        self.lstm = nn.LSTM(4, 8, batch_first=True)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, sequence: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(sequence)
+        return self.head(out)
+
+
+class TinyEncoder(nn.Module):
+    """tokens (INT64, 16) -> logits (3) through a 2-layer nn.TransformerEncoder."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.embed = nn.Embedding(10, 32)
+        layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.1, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(32, 3)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(self.embed(tokens)).mean(dim=1))
+
+
+class DictOutput(nn.Module):
+    """x (FP32, 4) -> {"doubled": 2x, "negated": -x}."""
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"doubled": x * 2, "negated": -x}
+
+
+@torch.library.custom_op("ferry_tests::mystery", mutates_args=())
+def mystery(x: torch.Tensor) -> torch.Tensor:
+    """A custom operator that has no ONNX translation in either exporter."""
+    return x.clone()
+
+
+@mystery.register_fake
+def _mystery_fake(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+class Unexportable(nn.Module):
+    """x (FP32, 4) -> mystery(x) + 1: no exporter can translate the custom op."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return mystery(x) + 1
+
+
+class NaNAtBatchOne(nn.Module):
+    """Divides by (batch - 1) computed in a way ONNX and torch agree on: NaN/Inf at batch 1."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x / (x.shape[0] - 1)
+
+
+class ParityBreaker(nn.Module):
+    """Computes differently under torch than in the exported graph (a tracing-time constant)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # torch.export traces this once (offset 1.0); later eager calls use other offsets.
+        self.calls += 1
+        return x + float(self.calls)
+
+
+def make_tiny_mlp() -> TinyMLP:
+    """A factory SOURCE: returns the module."""
+    return TinyMLP()
+
+
+def not_a_module() -> str:
+    """A factory SOURCE that returns something else."""
+    return "not a module"
+
+
+TINY_MLP_INSTANCE = TinyMLP()
