@@ -1,1 +1,1 @@
-"""Model optimization: graph, INT8, FP16 and TensorRT variants, gated on accuracy, benchmarked, published."""
+"""Model optimization: graph, INT8, FP16 and TensorRT variants, accuracy-gated and benchmarked."""

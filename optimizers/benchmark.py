@@ -1,0 +1,85 @@
+"""In-process benchmark of candidates: warm-up, interleaved rounds, percentiles, peak memory."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from server.runtimes import Runtime
+
+
+@dataclass
+class Timing:
+    """Latency samples of one runtime at one batch size."""
+
+    batch: int
+    seconds: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, float]:
+        """p50/p95/p99 in ms; throughput (samples/s) from the median, robust to hiccups."""
+        values = np.asarray(self.seconds) * 1000.0
+        p50, p95, p99 = (float(np.percentile(values, q)) for q in (50, 95, 99))
+        return {"batch": self.batch, "p50_ms": p50, "p95_ms": p95, "p99_ms": p99,
+                "throughput": self.batch * 1000.0 / p50,
+                "iterations": len(values)}
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process now."""
+    return _status_kb("VmRSS") * 1024
+
+
+def _status_kb(key: str) -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) so the next peak is one candidate's own."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size since the last reset."""
+    return _status_kb("VmHWM") * 1024
+
+
+def benchmark(runtimes: Mapping[str, Runtime], batches: Mapping[int, Mapping[str, np.ndarray]],
+              output_names: Sequence[str], *, warmup: int = 3, min_iterations: int = 20,
+              budget_s: float = 20.0) -> dict[str, dict[int, Timing]]:
+    """Time every runtime at every batch size, interleaving them round by round.
+
+    Interleaving spreads background load on a shared machine evenly over the candidates, so
+    their ratios stay fair even when absolute numbers drift.
+    """
+    timings = {name: {batch: Timing(batch) for batch in batches} for name in runtimes}
+    for batch, inputs in batches.items():
+        for runtime in runtimes.values():
+            for _ in range(warmup):
+                runtime.infer(inputs, output_names)
+        deadline = time.perf_counter() + budget_s / max(len(batches), 1)
+        rounds = 0
+        while rounds < min_iterations or (time.perf_counter() < deadline and rounds < 200):
+            for name, runtime in runtimes.items():
+                start = time.perf_counter()
+                runtime.infer(inputs, output_names)
+                timings[name][batch].seconds.append(time.perf_counter() - start)
+            rounds += 1
+            if rounds >= min_iterations and time.perf_counter() >= deadline:
+                break
+    return timings
