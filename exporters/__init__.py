@@ -1,1 +1,1 @@
-"""PyTorch -> ONNX export: load a model, export with a dynamic batch, verify parity, write a repository entry."""
+"""PyTorch -> ONNX: load a model, export with a dynamic batch, prove parity, write a model entry."""

@@ -40,9 +40,16 @@ class ConvBNDropout(nn.Module):
         super().__init__()
         torch.manual_seed(2)
         self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.5),
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Dropout(0.5),
         )
         self.head = nn.Linear(16, 5)
         with torch.no_grad():  # non-trivial running statistics, as after training
@@ -123,24 +130,22 @@ class Unexportable(nn.Module):
         return mystery(x) + 1
 
 
-class NaNAtBatchOne(nn.Module):
-    """Divides by (batch - 1) computed in a way ONNX and torch agree on: NaN/Inf at batch 1."""
+class NaNInExport(nn.Module):
+    """Eager torch returns x; the exported graph returns NaN (is_exporting() while tracing)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x / (x.shape[0] - 1)
+        if torch.compiler.is_exporting():
+            return x * float("nan")
+        return x
 
 
 class ParityBreaker(nn.Module):
-    """Computes differently under torch than in the exported graph (a tracing-time constant)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls = 0
+    """Eager torch returns x; the exported graph returns x + 0.01: a parity failure."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # torch.export traces this once (offset 1.0); later eager calls use other offsets.
-        self.calls += 1
-        return x + float(self.calls)
+        if torch.compiler.is_exporting():
+            return x + 0.01
+        return x
 
 
 def make_tiny_mlp() -> TinyMLP:

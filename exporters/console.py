@@ -1,0 +1,98 @@
+"""Rich rendering of an export: stage progress, the parity table and the final summary."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.status import Status
+from rich.table import Table
+
+from exporters.parity import ParityReport
+from exporters.pipeline import ExportResult
+
+
+class ConsoleProgress:
+    """A spinner while a stage runs, then one line with its result and time."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._status: Status | None = None
+
+    def stage_started(self, stage: str, description: str) -> None:
+        """Show a spinner for the stage."""
+        self._status = self.console.status(f"[bold]{stage}[/]: {description}…")
+        self._status.start()
+
+    def stage_finished(self, stage: str, detail: str, seconds: float) -> None:
+        """Replace the spinner with a done line."""
+        self.stop()
+        self.console.print(
+            f"[green]✓[/] [bold]{stage:<7}[/] {seconds:6.2f}s  {detail}", highlight=False
+        )
+
+    def stop(self) -> None:
+        """Stop the spinner (on success or failure)."""
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+
+
+def parity_table(parity: ParityReport, only_failures: bool = False) -> Table:
+    """One row per output and batch size: errors, worst element, verdict."""
+    table = Table(
+        title=f"parity: ONNX Runtime vs PyTorch (atol {parity.atol:g}, rtol {parity.rtol:g})"
+    )
+    for column in (
+        "batch",
+        "output",
+        "max abs err",
+        "max rel err",
+        "worst element",
+        "PyTorch",
+        "ONNX",
+        "verdict",
+    ):
+        table.add_column(column, justify="right" if column != "output" else "left")
+    for check in parity.checks:
+        if only_failures and check.passed:
+            continue
+        verdict = "[green]ok[/]" if check.passed else f"[red]FAIL[/] {check.reason}"
+        table.add_row(
+            str(check.batch),
+            check.output,
+            f"{check.max_abs_error:.3g}",
+            f"{check.max_rel_error:.3g}",
+            str(list(check.worst_index)),
+            f"{check.expected:.6g}",
+            f"{check.actual:.6g}",
+            verdict,
+        )
+    return table
+
+
+def summary_table(result: ExportResult) -> Table:
+    """What was written, by which exporter, with which figures."""
+    table = Table(title="ferry export", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    table.add_row("model", f"{result.version_dir.parent.name} version {result.version}")
+    table.add_row("written to", str(result.version_dir))
+    exporter = result.exporter
+    if result.report.get("dynamo_error"):
+        exporter += " (dynamo failed, see export_report.json)"
+    table.add_row("exporter", f"{exporter}, opset {result.opset}")
+    table.add_row("inputs", ", ".join(f"{s} (batch dim dynamic)" for s in result.inputs))
+    table.add_row("outputs", ", ".join(map(str, result.outputs)))
+    batches = sorted({c.batch for c in result.parity.checks})
+    table.add_row(
+        "parity",
+        f"passed at batch {', '.join(map(str, batches))}: max abs error "
+        f"{result.parity.max_abs_error():.2e}, max rel error "
+        f"{result.parity.max_rel_error():.2e}",
+    )
+    table.add_row("model.onnx", f"{result.report['model_file']['bytes'] / 1e6:.2f} MB")
+    if result.report.get("reference"):
+        table.add_row("drift reference", str(result.report["reference"]))
+    total = sum(result.timings_s.values())
+    stages = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings_s.items())
+    table.add_row("time", f"{total:.2f}s ({stages})")
+    return table
