@@ -209,6 +209,8 @@ def validate_request(model: ModelVersion, request: InferenceRequest) -> int:
                           f"Expected {list(spec.shape)}, got {list(shape)}")
         if batching:
             batch_sizes.add(shape[0])
+        if datatype == "BYTES" and model.utf8_strings:
+            check_utf8(input_name, array)
     if batching:
         if len(batch_sizes) > 1:
             raise invalid(f"inputs of model '{name}' disagree on the batch size: "
@@ -225,6 +227,17 @@ def validate_request(model: ModelVersion, request: InferenceRequest) -> int:
         if requested.classification < 0:
             raise invalid(f"classification count for output '{requested.name}' must be >= 0")
     return rows
+
+
+def check_utf8(name: str, array: np.ndarray) -> None:
+    """Reject non-UTF-8 strings here, before the request can fail a whole batch."""
+    try:
+        for item in array.reshape(-1):
+            if isinstance(item, bytes):
+                item.decode()
+    except UnicodeDecodeError:
+        raise invalid(f"input '{name}': ONNX Runtime string tensors must be valid UTF-8") \
+            from None
 
 
 def select_outputs(model: ModelVersion, request: InferenceRequest,

@@ -83,6 +83,11 @@ class ModelVersion:
     def platform(self) -> str:
         return str(self.config.platform or self.config.backend)
 
+    @property
+    def utf8_strings(self) -> bool:
+        """ONNX Runtime's Python binding only takes string tensors that are valid UTF-8."""
+        return self.platform.startswith("onnxruntime")
+
 
 def start_version(
     name: str, version: int, config: ModelConfig, version_path: Path, instances: list[Runtime],

@@ -88,6 +88,22 @@ def execution_providers(config: ModelConfig, device_id: int = 0) -> list[Any]:
     return providers
 
 
+def _to_ort_strings(name: str, array: np.ndarray) -> np.ndarray:
+    """ORT's Python binding takes string tensors as `str` objects (it would str() bytes)."""
+    try:
+        return np.vectorize(lambda item: item.decode() if isinstance(item, bytes) else str(item),
+                            otypes=[np.object_])(array)
+    except UnicodeDecodeError:
+        raise ServingError(ErrorKind.INVALID_ARG,
+                           f"input '{name}': ONNX Runtime string tensors must be valid UTF-8") \
+            from None
+
+
+def _from_ort_strings(array: np.ndarray) -> np.ndarray:
+    return np.vectorize(lambda item: item.encode() if isinstance(item, str) else item,
+                        otypes=[np.object_])(array)
+
+
 class OnnxRuntime:
     """One ONNX Runtime InferenceSession: a model instance."""
 
@@ -127,11 +143,14 @@ class OnnxRuntime:
         self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
     ) -> dict[str, np.ndarray]:
         """Run the session; ORT releases the GIL while it computes."""
+        feeds = {name: _to_ort_strings(name, array) if array.dtype == np.object_ else array
+                 for name, array in inputs.items()}
         try:
-            results = self._session.run(list(output_names), dict(inputs))
+            results = self._session.run(list(output_names), feeds)
         except Exception as exc:
             raise ServingError(ErrorKind.INTERNAL, f"onnxruntime execution failed: {exc}") from exc
-        return dict(zip(output_names, results, strict=True))
+        return {name: _from_ort_strings(result) if result.dtype == np.object_ else result
+                for name, result in zip(output_names, results, strict=True)}
 
     def close(self) -> None:
         """Drop the session (ORT frees it when the last reference goes)."""

@@ -80,3 +80,37 @@ def run_reference(model_path: Path, inputs: dict[str, np.ndarray]) -> dict[str, 
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, inputs), strict=True))
+
+
+def slow_model(width: int = 256, layers: int = 150, seed: int = 0) -> onnx.ModelProto:
+    """x -> tanh(x W) repeated `layers` times with one shared W: a few ms of real compute per row,
+    for tests of queueing, timeouts and draining."""
+    rng = np.random.default_rng(seed)
+    weight = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+    nodes, current = [], "input"
+    for layer in range(layers):
+        nodes.append(helper.make_node("MatMul", [current, "w"], [f"m{layer}"]))
+        out = "output" if layer == layers - 1 else f"t{layer}"
+        nodes.append(helper.make_node("Tanh", [f"m{layer}"], [out]))
+        current = out
+    graph = helper.make_graph(
+        nodes, "slow",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", width])],
+        initializer=[numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def bytes_model() -> onnx.ModelProto:
+    """A BYTES (string) identity model: text in, the same text out."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["text"], ["echo"])], "strings",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, ["batch", 2])],
+        [helper.make_tensor_value_info("echo", TensorProto.STRING, ["batch", 2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
