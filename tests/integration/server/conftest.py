@@ -35,5 +35,5 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def server(repository: Path) -> Iterator[ServerProcess]:
-    with running_server(repository) as process:
+    with running_server(repository, "--http-max-request-bytes", str(1 << 20)) as process:
         yield process

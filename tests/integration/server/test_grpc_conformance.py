@@ -95,7 +95,7 @@ def test_status_codes(client: grpcclient.InferenceServerClient) -> None:
         client.infer("mlp", [bad])
     assert shape.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert "unexpected shape" in shape.value.message()
-    too_big, infer_input = mlp_input(5)
+    _, infer_input = mlp_input(5)
     with pytest.raises(InferenceServerException, match="batch-size must be <= 4"):
         client.infer("mlp", [infer_input])
     with pytest.raises(InferenceServerException) as load:
