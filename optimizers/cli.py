@@ -39,7 +39,7 @@ def optimize(
     calibration_method: Annotated[str, typer.Option(
         help="minmax | percentile | entropy")] = "minmax",
     static_exclude: Annotated[str, typer.Option(
-        help="Op types int8-static keeps in FP32 ('' quantizes everything).")
+        help="Op types int8-static keeps in FP32; '' quantizes every op (naive).")
     ] = ",".join(STATIC_EXCLUDED_OPS),
     threads: Annotated[int | None, typer.Option(
         help="Intra-op threads for every candidate (default: all usable cores).")] = None,

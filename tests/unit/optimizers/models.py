@@ -1,0 +1,71 @@
+"""Small repositories and .npz files for optimize tests (onnx.helper models, no torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from tests.support.onnx_models import mlp_model, run_reference, write_model
+
+CONFIG = """
+name: "{name}"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [ {{ name: "input" data_type: TYPE_FP32 dims: [ {features} ] }} ]
+output [ {{ name: "output" data_type: TYPE_FP32 dims: [ {outputs} ] }} ]
+dynamic_batching {{ }}
+"""
+
+
+@dataclass(frozen=True)
+class Example:
+    """A repository with one FP32 model and its eval / calibration data."""
+
+    repository: Path
+    name: str
+    eval_data: Path
+    calibration_data: Path
+
+    @property
+    def model_dir(self) -> Path:
+        return self.repository / self.name
+
+
+def write_example(root: Path, name: str = "mlp", *, regression: bool = False, seed: int = 0,
+                  features: int = 32, samples: int = 256) -> Example:
+    """An MLP classifier (5 classes) or regressor with labels from the FP32 model itself."""
+    outputs = 1 if regression else 5
+    repository = root / "repo"
+    model_dir = write_model(repository, name, mlp_model(features, 64, outputs, seed=seed),
+                            CONFIG.format(name=name, features=features, outputs=outputs))
+    rng = np.random.default_rng(seed + 1)
+    x = rng.standard_normal((samples * 2, features)).astype(np.float32)
+    y = run_reference(model_dir / "1" / "model.onnx", {"input": x})["output"]
+    labels = (y[:, 0] + rng.normal(0, 0.1, len(y))).astype(np.float32) if regression \
+        else y.argmax(axis=1).astype(np.int64)
+    eval_path, calibration_path = root / "eval.npz", root / "calibration.npz"
+    np.savez(eval_path, input=x[:samples], labels=labels[:samples])
+    np.savez(calibration_path, input=x[samples:])
+    return Example(repository, name, eval_path, calibration_path)
+
+
+def perturbed(model_path: Path, out_path: Path, scale: float = 3.0, seed: int = 7) -> Path:
+    """A copy of an ONNX model whose weights are drowned in noise (its accuracy collapses)."""
+    model = onnx.load(str(model_path))
+    rng = np.random.default_rng(seed)
+    for index, initializer in enumerate(model.graph.initializer):
+        array = numpy_helper.to_array(initializer)
+        noisy = array + rng.standard_normal(array.shape).astype(array.dtype) * scale
+        model.graph.initializer[index].CopyFrom(numpy_helper.from_array(noisy, initializer.name))
+    onnx.save(model, str(out_path))
+    return out_path
+
+
+def tree_snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under root with its bytes (to prove a failed run changed nothing)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
