@@ -185,8 +185,12 @@ def validate_schemas(objs: list[Obj], overlay: str, k8s: Path = K8S) -> list[str
 
 def parse_serve_args(args: list[str]) -> dict[str, Any]:
     """Parse `ferry serve ARGS` with ferry's own typer/click command; raises ValueError."""
-    import click
     import typer
+
+    try:  # typer >= 0.20 vendors click as typer._click
+        from typer import _click as click
+    except ImportError:  # pragma: no cover
+        import click  # type: ignore[no-redef]
 
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
@@ -196,10 +200,10 @@ def parse_serve_args(args: list[str]) -> dict[str, Any]:
     serve = group.commands["serve"]  # type: ignore[attr-defined]
     try:
         ctx = serve.make_context("ferry serve", list(args))
-    except click.exceptions.Exit:
-        raise ValueError(f"`ferry serve {' '.join(args)}` exits without serving") from None
-    except click.ClickException as error:
+    except click.exceptions.ClickException as error:
         raise ValueError(error.format_message()) from None
+    except (SystemExit, RuntimeError) as error:  # --help and friends: typer's Exit
+        raise ValueError(f"`ferry serve {' '.join(args)}` exits without serving") from error
     return dict(ctx.params)
 
 
