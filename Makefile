@@ -48,7 +48,6 @@ test-gpu: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 typecheck: $(STAMP)
@@ -59,7 +58,7 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 bench: $(STAMP)
-	$(BIN)/python -m bench.serving
+	PYTHONPATH=. $(BIN)/python -m bench.serving $(BENCH_ARGS)
 
 image:
 	docker build --target cpu -t ferry:cpu .

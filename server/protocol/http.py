@@ -117,6 +117,28 @@ def create_http_app(dataplane: DataPlane, max_request_bytes: int,
         version = request.path_params.get("version")
         return request.path_params["model"], "" if version is None else str(version)
 
+    # infer first: Starlette matches routes in order, and this is the hot one
+    @model_route("/infer", ["POST"])
+    async def infer(request: Request) -> Response:
+        name, version = model_and_version(request)
+        body = await read_body(request, max_request_bytes)
+        header_length = parse_header_length(
+            request.headers.get("inference-header-content-length"), len(body))
+        if header_length == 0:
+            return await _raw_binary_infer(dataplane, name, version, body)
+        inference_request, encoding = decode_request(body, header_length, name, version)
+        response = await dataplane.infer(inference_request)
+        payload, json_length = encode_response(response, encoding)
+        headers = {}
+        if json_length is not None:
+            headers["Inference-Header-Content-Length"] = str(json_length)
+        algorithm = choose_response_encoding(request.headers.get("accept-encoding"))
+        if algorithm is not None:
+            payload = compress(payload, algorithm)
+            headers["Content-Encoding"] = algorithm
+        media_type = JSON if json_length is None else "application/octet-stream"
+        return Response(payload, media_type=media_type, headers=headers)
+
     @route("/v2/health/live", ["GET"])
     async def health_live(_: Request) -> Response:
         return Response(status_code=200 if dataplane.live() else 400)
@@ -160,27 +182,6 @@ def create_http_app(dataplane: DataPlane, max_request_bytes: int,
             raise ServingError(ErrorKind.NOT_FOUND, f"model '{name}' has no drift reference "
                                                     "(or drift monitoring is off)")
         return json_response(detail)
-
-    @model_route("/infer", ["POST"])
-    async def infer(request: Request) -> Response:
-        name, version = model_and_version(request)
-        body = await read_body(request, max_request_bytes)
-        header_length = parse_header_length(
-            request.headers.get("inference-header-content-length"), len(body))
-        if header_length == 0:
-            return await _raw_binary_infer(dataplane, name, version, body)
-        inference_request, encoding = decode_request(body, header_length, name, version)
-        response = await dataplane.infer(inference_request)
-        payload, json_length = encode_response(response, encoding)
-        headers = {}
-        if json_length is not None:
-            headers["Inference-Header-Content-Length"] = str(json_length)
-        algorithm = choose_response_encoding(request.headers.get("accept-encoding"))
-        if algorithm is not None:
-            payload = compress(payload, algorithm)
-            headers["Content-Encoding"] = algorithm
-        media_type = JSON if json_length is None else "application/octet-stream"
-        return Response(payload, media_type=media_type, headers=headers)
 
     @route("/v2/repository/index", ["POST"])
     @route("/v2/repository/{repository}/index", ["POST"])

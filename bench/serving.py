@@ -1,0 +1,258 @@
+"""`make bench`: ferry's serving throughput and latency against in-process ONNX Runtime.
+
+Measured in one run on this machine: the in-process ceiling (best batch size), `ferry serve`
+over HTTP-binary, HTTP-JSON and gRPC at concurrency 1, 8 and 64 (wrk for HTTP, a lean
+pre-serialized grpc.aio client for gRPC, each in its own process), the mean batch the dynamic
+batcher formed, and a hand-written FastAPI + ONNX Runtime endpoint without batching.
+Prints ratios; writes bench/artifacts/serving.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.models import MLP_FEATURES, build_repository
+
+ARTIFACTS = Path(__file__).parent / "artifacts"
+TRITON_MLP_REQS = 15_900  # Triton 2.51, KServe v2 JSON, c=64, same kind of machine (issue #2)
+TRITON_ENCODER_RATIO = 0.76
+SAMPLE = {"mlp": ("x", "FP32", (1, MLP_FEATURES)), "encoder": ("tokens", "INT64", (1, 64))}
+
+
+def sample_input(model: str, rows: int = 1) -> np.ndarray:
+    _, datatype, shape = SAMPLE[model]
+    rng = np.random.default_rng(0)
+    if datatype == "INT64":
+        return rng.integers(0, 32, size=(rows, *shape[1:])).astype(np.int64)
+    return rng.standard_normal((rows, *shape[1:])).astype(np.float32)
+
+
+def in_process(model_path: Path, model: str, threads: int, seconds: float) -> dict[str, Any]:
+    """Best rows/s over batch sizes, and the batch-1 p50 latency: the ceiling to compare with."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    name = SAMPLE[model][0]
+    results: dict[str, Any] = {"rows_per_s": {}}
+    for batch in (1, 8, 16, 32, 64):
+        feed = {name: sample_input(model, batch)}
+        for _ in range(3):
+            session.run(None, feed)
+        times, deadline = [], time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            start = time.perf_counter()
+            session.run(None, feed)
+            times.append(time.perf_counter() - start)
+        results["rows_per_s"][batch] = batch * len(times) / sum(times)
+        if batch == 1:
+            results["p50_ms"] = float(np.percentile(np.array(times) * 1000, 50))
+    results["ceiling_rows_per_s"] = max(results["rows_per_s"].values())
+    return results
+
+
+def write_payloads(model: str, folder: Path) -> dict[str, Path]:
+    """Request bodies for one single-row request: HTTP binary, HTTP JSON, gRPC message."""
+    from tritonclient.grpc import service_pb2
+
+    name, datatype, shape = SAMPLE[model]
+    x = sample_input(model)
+    header = json.dumps({"inputs": [{"name": name, "shape": list(shape), "datatype": datatype,
+                                     "parameters": {"binary_data_size": x.nbytes}}],
+                         "parameters": {"binary_data_output": True}}).encode()
+    paths = {"http-binary": folder / f"{model}.bin", "http-json": folder / f"{model}.json",
+             "grpc": folder / f"{model}.grpc"}
+    paths["http-binary"].write_bytes(header + x.tobytes())
+    (folder / f"{model}.bin.len").write_text(str(len(header)))
+    paths["http-json"].write_bytes(json.dumps({"inputs": [{
+        "name": name, "shape": list(shape), "datatype": datatype,
+        "data": x.reshape(-1).tolist()}]}).encode())
+    message = service_pb2.ModelInferRequest(model_name=model)
+    message.inputs.add(name=name, datatype=datatype, shape=list(shape))
+    message.raw_input_contents.append(x.tobytes())
+    paths["grpc"].write_bytes(message.SerializeToString())
+    return paths
+
+
+WRK_SCRIPT = """
+local f = io.open("{body}", "rb")
+wrk.method = "POST"
+wrk.body = f:read("*all")
+f:close()
+{headers}
+"""
+
+
+def wrk(url: str, body: Path, concurrency: int, seconds: float,
+        headers: dict[str, str]) -> dict[str, float]:
+    """Run wrk against one URL; parse requests/s, p50/p99 latency and non-2xx responses."""
+    lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(WRK_SCRIPT.format(body=body, headers=lines))
+    subprocess.run(["wrk", "-t1", f"-c{concurrency}", "-d1s", "-s", script.name, url],
+                   capture_output=True, check=True)  # warm-up
+    duration = f"-d{max(int(seconds), 1)}s"
+    out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", duration, "--latency", "-s",
+                          script.name, url], capture_output=True, text=True, check=True).stdout
+    os.unlink(script.name)
+
+    def latency_ms(percent: str) -> float:
+        match = re.search(rf"^\s+{percent}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if not match:
+            return float("nan")
+        scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[match.group(2)]
+        return float(match.group(1)) * scale
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"req_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+            "p50_ms": latency_ms("50"), "p99_ms": latency_ms("99"),
+            "errors": float(errors.group(1)) if errors else 0.0}
+
+
+def grpc_load(url: str, body: Path, concurrency: int, seconds: float) -> dict[str, float]:
+    out = subprocess.run([sys.executable, "-m", "bench.grpc_load", "--url", url,
+                          "--request-file", str(body), "--concurrency", str(concurrency),
+                          "--duration", str(seconds)], capture_output=True, text=True,
+                         check=True).stdout
+    result = json.loads(out)
+    return {"req_per_s": result["requests"] / result["seconds"], "p50_ms": result["p50_ms"],
+            "p99_ms": result["p99_ms"], "errors": float(result["errors"])}
+
+
+def model_stats(http_url: str, model: str) -> tuple[int, int]:
+    with urllib.request.urlopen(f"http://{http_url}/v2/models/{model}/stats") as response:
+        stats = json.loads(response.read())["model_stats"][0]
+    return int(stats["inference_count"]), int(stats["execution_count"])
+
+
+def serve(repo: Path, extra: list[str]) -> tuple[subprocess.Popen[bytes], str, str]:
+    from tests.support.server_process import ServerProcess, free_port, wait_until_live
+
+    ports = [free_port() for _ in range(3)]
+    log = open(ARTIFACTS / "serve.log", "wb")  # noqa: SIM115 - lives as long as the server
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ferry", "serve", "--model-repository", str(repo),
+         "--http-address", "127.0.0.1", "--http-port", str(ports[0]),
+         "--grpc-address", "127.0.0.1", "--grpc-port", str(ports[1]),
+         "--metrics-address", "127.0.0.1", "--metrics-port", str(ports[2]), *extra],
+        stdout=log, stderr=subprocess.STDOUT)
+    wait_until_live(ServerProcess(process, *ports, Path(log.name)), ready=True)
+    return process, f"127.0.0.1:{ports[0]}", f"127.0.0.1:{ports[1]}"
+
+
+def fastapi_baseline(model_path: Path, body: Path, seconds: float) -> dict[str, float]:
+    from tests.support.server_process import free_port
+
+    port = free_port()
+    env = dict(os.environ, FERRY_BASELINE_MODEL=str(model_path), OMP_NUM_THREADS="2")
+    process = subprocess.Popen([sys.executable, "-m", "uvicorn", "bench.fastapi_baseline:app",
+                                "--port", str(port), "--log-level", "warning"], env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/docs", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+        return wrk(f"http://127.0.0.1:{port}/predict", body, 64, seconds,
+                   {"Content-Type": "application/json"})
+    finally:
+        process.terminate()
+        process.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=4.0, help="per measurement")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--models", nargs="+", default=["mlp", "encoder"])
+    args = parser.parse_args()
+    ARTIFACTS.mkdir(exist_ok=True)
+    repo = ARTIFACTS / "repository"
+    build_repository(repo)
+    payload_dir = ARTIFACTS / "payloads"
+    payload_dir.mkdir(exist_ok=True)
+    report: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}, "models": {}}
+    process, http_url, grpc_url = serve(repo, ["--no-drift"])
+    try:
+        for model in args.models:
+            model_path = repo / model / "1" / "model.onnx"
+            ceiling = in_process(model_path, model, threads=2, seconds=2.0)
+            payloads = write_payloads(model, payload_dir)
+            header_length = (payload_dir / f"{model}.bin.len").read_text()
+            runs: dict[str, Any] = {}
+            for protocol in ("http-binary", "http-json", "grpc"):
+                for concurrency in args.concurrency:
+                    before = model_stats(http_url, model)
+                    if protocol == "grpc":
+                        result = grpc_load(grpc_url, payloads[protocol], concurrency,
+                                           args.seconds)
+                    else:
+                        headers = {"Inference-Header-Content-Length": header_length} \
+                            if protocol == "http-binary" else {}
+                        result = wrk(f"http://{http_url}/v2/models/{model}/infer",
+                                     payloads[protocol], concurrency, args.seconds, headers)
+                    after = model_stats(http_url, model)
+                    executions = max(after[1] - before[1], 1)
+                    result["mean_batch"] = (after[0] - before[0]) / executions
+                    runs[f"{protocol}@{concurrency}"] = result
+                    print(f"{model:8s} {protocol:12s} c={concurrency:<3d} "
+                          f"{result['req_per_s']:9.0f} req/s  p50 {result['p50_ms']:7.2f} ms  "
+                          f"p99 {result['p99_ms']:7.2f} ms  batch {result['mean_batch']:5.1f}"
+                          f"  errors {result['errors']:.0f}", flush=True)
+            report["models"][model] = {"in_process": ceiling, "server": runs}
+    finally:
+        process.terminate()
+        process.wait()
+    if "mlp" in args.models:
+        body = payload_dir / "mlp.baseline.json"
+        body.write_bytes(json.dumps({"inputs": sample_input("mlp").tolist()}).encode())
+        report["models"]["mlp"]["fastapi_baseline"] = fastapi_baseline(
+            repo / "mlp" / "1" / "model.onnx", body, args.seconds)
+    (ARTIFACTS / "serving.json").write_text(json.dumps(report, indent=2))
+    print_ratios(report, max(args.concurrency))
+
+
+def print_ratios(report: dict[str, Any], top: int) -> None:
+    print("\n=== ratios (same machine, same run) ===")
+    for model, data in report["models"].items():
+        ceiling = data["in_process"]["ceiling_rows_per_s"]
+        print(f"{model}: in-process ceiling {ceiling:.0f} rows/s "
+              f"(batch-1 p50 {data['in_process']['p50_ms']:.2f} ms)")
+        for protocol in ("grpc", "http-binary", "http-json"):
+            run = data["server"].get(f"{protocol}@{top}")
+            if run:
+                print(f"  {protocol:12s} c={top}: {run['req_per_s'] / ceiling:5.2f} x ceiling, "
+                      f"mean batch {run['mean_batch']:.1f}")
+            single = data["server"].get(f"{protocol}@1")
+            if single:
+                print(f"  {protocol:12s} c=1: p50 {single['p50_ms']:.2f} ms = in-process + "
+                      f"{single['p50_ms'] - data['in_process']['p50_ms']:.2f} ms")
+        if model == "encoder":
+            print(f"  (Triton 2.51 python backend, JSON c=64: {TRITON_ENCODER_RATIO} x ceiling)")
+        if "fastapi_baseline" in data:
+            base = data["fastapi_baseline"]["req_per_s"]
+            for protocol in ("http-json", "http-binary", "grpc"):
+                run = data["server"].get(f"{protocol}@{top}")
+                if run:
+                    print(f"  {protocol:12s} c={top}: {run['req_per_s'] / base:5.2f} x "
+                          f"hand-written FastAPI ({base:.0f} req/s); "
+                          f"{run['req_per_s'] / TRITON_MLP_REQS:4.2f} x Triton's {TRITON_MLP_REQS}")
+
+
+if __name__ == "__main__":
+    main()
