@@ -21,9 +21,9 @@ def evaluate_window(
     channel: DriftChannel, stats: NDArray[np.float64], p_values: NDArray[np.float64],
     thresholds: NDArray[np.float64], rows: int, closed_by: str,
 ) -> dict[str, Any]:
-    """Decide per scope (any signal with p below the per-signal alpha), update counters."""
+    """Decide per scope (any signal with D over its threshold), update counters."""
     assert channel.spec is not None
-    drifted = p_values < channel.alpha_signal
+    drifted = stats > thresholds
     scopes = np.array(channel.spec.scopes)
     decision: dict[str, bool] = {}
     for scope in SCOPES:

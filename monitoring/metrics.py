@@ -118,10 +118,8 @@ class ServingMetrics:
     def _event(self, event: ModelEventRecord) -> None:
         key = (event.model, event.version)
         self._known_models.add(event.model)
-        previous = self._stats.get(key)
-        if event.state == "UNAVAILABLE" and previous is not None and previous.ready == 0.0 \
-                and not event.reason:
-            self._stats.pop(key)  # a deliberate unload: the version's series go away, as Triton's
+        if event.state == "UNAVAILABLE" and event.reason == "unloaded":
+            self._stats.pop(key, None)  # a deliberate unload: its series go away, as Triton's
             return
         stats = self._get(*key)
         stats.ready = 1.0 if event.state == "READY" else 0.0

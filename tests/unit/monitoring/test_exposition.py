@@ -107,8 +107,7 @@ def test_ferry_histograms() -> None:
 def test_unload_removes_series_and_failed_load_reports_not_ready() -> None:
     monitors = build_monitors(drift_enabled=False)
     for record in (ModelEventRecord("a", "1", "READY", None, 0.1),
-                   ModelEventRecord("a", "1", "UNLOADING"),
-                   ModelEventRecord("a", "1", "UNAVAILABLE"),
+                   ModelEventRecord("a", "1", "UNAVAILABLE", reason="unloaded"),
                    ModelEventRecord("b", "1", "UNAVAILABLE", reason="model.onnx is corrupt")):
         for observer in monitors.observers:
             observer.observe(record)
