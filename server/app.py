@@ -43,7 +43,8 @@ def _uvicorn_server(app: Any, host: str, port: int, log_level: str) -> _Uvicorn:
     config = uvicorn.Config(
         app, host=host, port=port, loop="none", http="httptools", lifespan="off",
         log_level="warning" if log_level == "info" else log_level, access_log=False,
-        timeout_keep_alive=75, backlog=4096)
+        timeout_keep_alive=75, backlog=4096, proxy_headers=False, server_header=False,
+        date_header=False)
     return _Uvicorn(config)
 
 

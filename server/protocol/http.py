@@ -17,17 +17,9 @@ from starlette.responses import Response
 
 from server.dataplane import DataPlane
 from server.errors import ErrorKind, ServingError, invalid
-from server.protocol.http_codec import (
-    choose_response_encoding,
-    compress,
-    decode_request,
-    decompress,
-    encode_response,
-    parse_header_length,
-)
+from server.protocol.http_infer import InferFastPath, decode_body, handle_infer
 from server.protocol.status import HTTP_STATUS_BY_KIND
 from server.repository_format import config_to_json
-from server.types import InferenceRequest
 
 DriftDetail = Callable[[str, str | None], dict[str, Any] | None]
 JSON = "application/json"
@@ -44,7 +36,7 @@ def error_response(status_code: int, message: str, headers: dict[str, str] | Non
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused past `limit` bytes (before and after decompression)."""
+    """The request body (decompressed), refused past `limit` bytes before and after."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise invalid(f"request body of {declared} bytes exceeds the maximum of {limit} bytes "
@@ -56,14 +48,7 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise invalid(f"request body exceeds the maximum of {limit} bytes "
                           "(--http-max-request-bytes)")
         chunks.append(chunk)
-    body = b"".join(chunks)
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding in ("", "identity"):
-        return body
-    if encoding in ("gzip", "deflate"):
-        return decompress(body, encoding, limit)
-    raise ServingError(ErrorKind.UNSUPPORTED, f"unsupported Content-Encoding '{encoding}'; "
-                                              "supported: gzip, deflate")
+    return decode_body(b"".join(chunks), request.headers.get("content-encoding"), limit)
 
 
 async def optional_json(request: Request, limit: int) -> dict[str, Any]:
@@ -81,8 +66,15 @@ async def optional_json(request: Request, limit: int) -> dict[str, Any]:
 
 
 def create_http_app(dataplane: DataPlane, max_request_bytes: int,
-                    drift_detail: DriftDetail | None = None) -> FastAPI:
+                    drift_detail: DriftDetail | None = None) -> InferFastPath:
     """The HTTP application: every route Triton serves for ferry's extensions."""
+    return InferFastPath(create_fastapi_app(dataplane, max_request_bytes, drift_detail),
+                         dataplane, max_request_bytes)
+
+
+def create_fastapi_app(dataplane: DataPlane, max_request_bytes: int,
+                       drift_detail: DriftDetail | None = None) -> FastAPI:
+    """Every route but the hot infer path (which the FastAPI app serves too, more slowly)."""
     app = FastAPI(title="ferry", docs_url=None, redoc_url=None, openapi_url=None)
 
     async def on_serving_error(_: Request, exc: Exception) -> Response:
@@ -117,27 +109,14 @@ def create_http_app(dataplane: DataPlane, max_request_bytes: int,
         version = request.path_params.get("version")
         return request.path_params["model"], "" if version is None else str(version)
 
-    # infer first: Starlette matches routes in order, and this is the hot one
     @model_route("/infer", ["POST"])
     async def infer(request: Request) -> Response:
-        name, version = model_and_version(request)
-        body = await read_body(request, max_request_bytes)
-        header_length = parse_header_length(
-            request.headers.get("inference-header-content-length"), len(body))
-        if header_length == 0:
-            return await _raw_binary_infer(dataplane, name, version, body)
-        inference_request, encoding = decode_request(body, header_length, name, version)
-        response = await dataplane.infer(inference_request)
-        payload, json_length = encode_response(response, encoding)
-        headers = {}
-        if json_length is not None:
-            headers["Inference-Header-Content-Length"] = str(json_length)
-        algorithm = choose_response_encoding(request.headers.get("accept-encoding"))
-        if algorithm is not None:
-            payload = compress(payload, algorithm)
-            headers["Content-Encoding"] = algorithm
-        media_type = JSON if json_length is None else "application/octet-stream"
-        return Response(payload, media_type=media_type, headers=headers)
+        """Reached only without the InferFastPath in front (which serves POST .../infer)."""
+        body = decode_body(await read_body(request, max_request_bytes),
+                           request.headers.get("content-encoding"), max_request_bytes)
+        payload, headers = await handle_infer(dataplane, *model_and_version(request),
+                                              request.headers, body)
+        return Response(payload, headers={k.decode(): v.decode() for k, v in headers})
 
     @route("/v2/health/live", ["GET"])
     async def health_live(_: Request) -> Response:
@@ -246,26 +225,3 @@ def _load_parameters(body: dict[str, Any]) -> tuple[str | None, dict[str, bytes]
             except (ValueError, TypeError) as exc:
                 raise invalid(f"load parameter '{key}' is not valid base64") from exc
     return config, files or None
-
-
-async def _raw_binary_infer(dataplane: DataPlane, name: str, version: str,
-                            body: bytes) -> Response:
-    """Inference-Header-Content-Length: 0 — the body is the only input's data, batch 1."""
-    from server.protocol.tensors import array_from_bytes
-
-    model = dataplane.repository.get(name, version)
-    if len(model.inputs) != 1:
-        raise invalid(f"raw binary request needs a model with exactly one input; '{name}' has "
-                      f"{len(model.inputs)}")
-    spec = next(iter(model.inputs.values()))
-    shape = tuple(1 if d == -1 and i == 0 and model.max_batch_size > 0 else d
-                  for i, d in enumerate(spec.shape))
-    if any(d == -1 for d in shape):
-        raise invalid(f"raw binary request needs fixed dims for input '{spec.name}'")
-    array = array_from_bytes(spec.name, body, spec.datatype, shape)
-    response = await dataplane.infer(InferenceRequest(name, version, {spec.name: array}))
-    from server.protocol.http_codec import OutputEncoding
-
-    payload, json_length = encode_response(response, OutputEncoding(True, {}))
-    return Response(payload, media_type="application/octet-stream",
-                    headers={"Inference-Header-Content-Length": str(json_length)})
