@@ -31,6 +31,8 @@ from server.repository_format import ModelConfig
 from server.runtimes import Runtime
 
 TIMEOUT_ACTION_DELAY = 1  # ModelQueuePolicy.TimeoutAction.DELAY
+INLINE_MAX_S = 100e-6  # executions faster than this run on the event loop (see _inline_ok)
+INLINE_WARMUP_EXECUTIONS = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +174,8 @@ class Batcher:
         self._sequence = itertools.count()
         self._next_delivery = 0
         self._held: dict[int, Callable[[], None]] = {}
+        self._executions = 0
+        self._execute_s_ewma = 0.0
         self._task = asyncio.get_running_loop().create_task(self._schedule(), name=f"batch-{name}")
 
     @property
@@ -301,9 +305,26 @@ class Batcher:
         sequence = next(self._sequence)
         dispatched_at = time.perf_counter()
         loop = asyncio.get_running_loop()
+        if self._inline_ok():
+            future: asyncio.Future[Any] = loop.create_future()
+            try:
+                future.set_result(self._execute(runtime, batch))
+            except Exception as exc:
+                future.set_exception(exc)
+            self._complete(future, runtime, batch, sequence, dispatched_at)
+            return
         future = loop.run_in_executor(self._executor, self._execute, runtime, batch)
         future.add_done_callback(
             lambda done: self._complete(done, runtime, batch, sequence, dispatched_at))
+
+    def _inline_ok(self) -> bool:
+        """Tiny models run on the event loop: a thread hand-off would cost more than the model.
+
+        Only with one instance, after enough executions to trust the moving average, and only
+        while executions stay well under INLINE_MAX_S (one slow run sends them back to the pool).
+        """
+        return len(self._runtimes) == 1 and self._executions >= INLINE_WARMUP_EXECUTIONS and \
+            self._execute_s_ewma < INLINE_MAX_S
 
     # --- execution (worker thread) -------------------------------------------------------------
 
@@ -335,6 +356,8 @@ class Batcher:
                 per_request.append({name: array[offset:end] for name, array in outputs.items()})
                 offset = end
         t3 = time.perf_counter()
+        self._executions += 1
+        self._execute_s_ewma += 0.1 * ((t3 - t0) - self._execute_s_ewma)
         return per_request, (t1 - t0, t2 - t1, t3 - t2), rows
 
     # --- completion (event loop) ---------------------------------------------------------------
