@@ -1,6 +1,6 @@
 """Offline checks for ferry's Dockerfile and Kubernetes manifests (no Docker, no cluster needed).
 
-    python k8s/validate.py sync      # regenerate k8s/components/monitoring/generated/ from monitoring/
+    python k8s/validate.py sync      # rewrite k8s/components/monitoring/generated/ from monitoring/
     python k8s/validate.py check     # yamllint, kustomize render, schemas, cross-object, hadolint
     python k8s/validate.py check --checkov --server http://127.0.0.1:8000 \
         --metrics http://127.0.0.1:8002/metrics   # + checkov + probes/HPA against a running server
@@ -12,9 +12,7 @@ The deploy tests (tests/unit/deploy, tests/integration/test_deploy*.py) call the
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import os
 import re
 import shlex
 import shutil
@@ -88,7 +86,10 @@ def checkov() -> str:
     exe = venv / "bin" / "checkov"
     if not exe.exists():
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", CHECKOV], check=True)
+        result = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", CHECKOV],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"installing {CHECKOV} failed:\n{result.stderr[-3000:]}")
     return str(exe)
 
 
@@ -511,6 +512,17 @@ def check_consistency(overlay: str, objs: list[Obj], k8s: Path = K8S,
                     problems.append(f"{overlay}: {_name(hpa)} metric {name!r} is produced by "
                                     f"no rule in k8s/prometheus-adapter/values.yaml "
                                     f"({sorted(adapter)})")
+    for policy in by_kind.get("NetworkPolicy", []):
+        sel = policy["spec"]["podSelector"].get("matchLabels", {})
+        selected = [n for n, labels in pod_labels.items() if _selects(sel, labels)]
+        if not selected:
+            problems.append(f"{overlay}: {_name(policy)} podSelector {sel} matches no pods")
+        for rule in policy["spec"].get("ingress", []):
+            for port in rule.get("ports", []):
+                if isinstance(port.get("port"), str) and not any(
+                        port["port"] in container_ports[n] for n in selected):
+                    problems.append(f"{overlay}: {_name(policy)} allows port {port['port']!r}, "
+                                    "which is not a container port name")
     for pdb in pdbs:
         sel = pdb["spec"]["selector"].get("matchLabels", {})
         if not any(_selects(sel, labels) for labels in pod_labels.values()):
@@ -717,7 +729,7 @@ def check_dockerfile(path: Path = DOCKERFILE, k8s: Path = K8S) -> list[str]:
     for target in ("cpu", "gpu"):
         stage = stages.get(target)
         if stage is None:
-            problems.append(f"Dockerfile: no `{target}` stage (make image{'-gpu' * (target == 'gpu')})")
+            problems.append(f"Dockerfile: no `{target}` stage (`docker build --target {target}`)")
             continue
         where = f"Dockerfile stage {target}"
         base = re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), stage.base)
@@ -801,7 +813,8 @@ def run_checkov(rendered: dict[str, list[Obj]], dockerfile: Path = DOCKERFILE) -
         for argv, what in runs:
             result = subprocess.run([exe, *argv, "--skip-download", "--compact", "--quiet"],
                                     capture_output=True, text=True)
-            if result.returncode != 0:
+            # checkov exits 0 when it crashes on an input, so a traceback is a failure too.
+            if result.returncode != 0 or "Traceback" in result.stdout + result.stderr:
                 problems.append(f"checkov on {what}:\n{result.stdout[-6000:]}"
                                 f"{result.stderr[-2000:]}")
     return problems
