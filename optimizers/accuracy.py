@@ -132,7 +132,7 @@ def gate(task: Task, reference: Mapping[str, np.ndarray], reference_value: float
     value = metric_value(task, prediction, labels)
     delta = metric_drop(task.metric, reference_value, value)
     if delta > max_drop + 1e-12:
-        reason = (f"accuracy drop: {task.metric} {value:.4f} vs FP32 {reference_value:.4f}: drop {delta:.4f} "
-                  f"exceeds --max-drop {max_drop:g}")
+        reason = (f"accuracy drop: {task.metric} {value:.4f} vs FP32 {reference_value:.4f}: "
+                  f"drop {delta:.4f} exceeds --max-drop {max_drop:g}")
         return GateResult(value, delta, False, reason, agreement, max_abs_diff)
     return GateResult(value, delta, True, "", agreement, max_abs_diff)
