@@ -81,7 +81,8 @@ def compare_output(
     same_nonfinite = (np.isnan(want) & np.isnan(got)) | (np.isinf(want) & (want == got))
     bad_nonfinite = ~np.isfinite(got) & ~same_nonfinite
     lost_nonfinite = ~np.isfinite(want) & ~same_nonfinite
-    diff = np.where(same_nonfinite, 0.0, np.abs(got - want))
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.where(same_nonfinite, 0.0, np.abs(got - want))
     diff = np.where(np.isnan(diff), np.inf, diff)
     scale = np.where(np.isfinite(want), np.abs(want), 0.0)
     rel = np.where(scale >= max(atol, 1e-30), diff / np.maximum(scale, 1e-30), 0.0)

@@ -139,8 +139,10 @@ def run_export(options: ExportOptions, listener: StageListener | None = None) ->
                 options.rtol,
             )
             if not parity.passed:
+                first = next(c for c in parity.checks if not c.passed)
                 raise ExportError(
-                    "the ONNX model does not match PyTorch (parity gate failed)",
+                    "the ONNX model does not match PyTorch (parity gate failed): output "
+                    f"'{first.output}' at batch {first.batch}: {first.reason}",
                     stage="verify",
                     detail=parity,
                 )
