@@ -90,18 +90,22 @@ def execution_providers(config: ModelConfig, device_id: int = 0) -> list[Any]:
 
 def _to_ort_strings(name: str, array: np.ndarray) -> np.ndarray:
     """ORT's Python binding takes string tensors as `str` objects (it would str() bytes)."""
+    decode = np.vectorize(lambda item: item.decode() if isinstance(item, bytes) else str(item),
+                          otypes=[np.object_])
     try:
-        return np.vectorize(lambda item: item.decode() if isinstance(item, bytes) else str(item),
-                            otypes=[np.object_])(array)
+        decoded: np.ndarray = decode(array)
     except UnicodeDecodeError:
         raise ServingError(ErrorKind.INVALID_ARG,
                            f"input '{name}': ONNX Runtime string tensors must be valid UTF-8") \
             from None
+    return decoded
 
 
 def _from_ort_strings(array: np.ndarray) -> np.ndarray:
-    return np.vectorize(lambda item: item.encode() if isinstance(item, str) else item,
-                        otypes=[np.object_])(array)
+    encode = np.vectorize(lambda item: item.encode() if isinstance(item, str) else item,
+                          otypes=[np.object_])
+    encoded: np.ndarray = encode(array)
+    return encoded
 
 
 class OnnxRuntime:
