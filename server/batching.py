@@ -31,7 +31,7 @@ from server.repository_format import ModelConfig
 from server.runtimes import Runtime
 
 TIMEOUT_ACTION_DELAY = 1  # ModelQueuePolicy.TimeoutAction.DELAY
-INLINE_MAX_S = 100e-6  # executions faster than this run on the event loop (see _inline_ok)
+INLINE_MAX_S = 200e-6  # executions faster than this run on the event loop (see _inline_ok)
 INLINE_WARMUP_EXECUTIONS = 20
 
 
@@ -318,7 +318,8 @@ class Batcher:
             lambda done: self._complete(done, runtime, batch, sequence, dispatched_at))
 
     def _inline_ok(self) -> bool:
-        """Tiny models run on the event loop: a thread hand-off would cost more than the model.
+        """Tiny models run on the event loop: a thread hand-off (~100-200 us of loop time and GIL
+        ping-pong) would cost more than the model.
 
         Only with one instance, after enough executions to trust the moving average, and only
         while executions stay well under INLINE_MAX_S (one slow run sends them back to the pool).

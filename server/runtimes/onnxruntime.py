@@ -1,7 +1,9 @@
 """ONNX Runtime as a ferry runtime, configured as Triton's onnxruntime backend reads config.pbtxt.
 
 - `parameters { key: "intra_op_thread_count" | "inter_op_thread_count" | "execution_mode" |
-  "enable_mem_arena" | "enable_mem_pattern" }` set the session options;
+  "enable_mem_arena" | "enable_mem_pattern" }` set the session options, and keys starting with
+  "session." are passed to ONNX Runtime as session config entries (e.g.
+  "session.intra_op.allow_spinning": "0");
 - `optimization { graph { level: -1 | 1 } }` picks BASIC / EXTENDED (default: ALL), as Triton does;
 - `instance_group { kind: KIND_GPU }` runs on CUDA; `optimization { execution_accelerators {
   gpu_execution_accelerator [{ name: "tensorrt" parameters {...} }] } }` adds the TensorRT
@@ -55,6 +57,9 @@ def session_options(config: ModelConfig) -> Any:
     pattern = _parameter(config, "enable_mem_pattern")
     if pattern is not None:
         options.enable_mem_pattern = pattern.lower() in ("1", "true")
+    for key, value in config.parameters.items():  # ORT session config entries, verbatim
+        if key.startswith("session."):
+            options.add_session_config_entry(key, value.string_value)
     return options
 
 
