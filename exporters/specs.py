@@ -11,18 +11,13 @@ from typing import Any
 import numpy as np
 
 from exporters.errors import ExportError
+from server.types import NUMPY_DTYPE_BY_DATATYPE as SERVER_NUMPY_DTYPES
 
-# KServe datatype -> numpy dtype for the tensors a torch model can take or produce.
+# KServe datatype -> numpy dtype, for the tensors a torch model can take or produce (the server's
+# table, less the unsigned wide integers and BYTES that torch has no tensors for).
+TORCH_DATATYPES = ("BOOL", "UINT8", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64")
 NUMPY_DTYPE_BY_DATATYPE: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
+    name: SERVER_NUMPY_DTYPES[name] for name in TORCH_DATATYPES
 }
 DATATYPE_BY_NUMPY_DTYPE: dict[np.dtype[Any], str] = {
     dtype: name for name, dtype in NUMPY_DTYPE_BY_DATATYPE.items()
