@@ -57,7 +57,7 @@ fmt: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: $(STAMP)
+bench: $(STAMP) system-deps
 	PYTHONPATH=. $(BIN)/python -m bench.serving $(BENCH_ARGS)
 
 image:

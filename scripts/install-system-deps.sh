@@ -5,6 +5,7 @@ need=()
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v tini >/dev/null 2>&1 || [ -x /usr/bin/tini ] || need+=(tini)
+command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)  # gRPC load in `make bench`
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then SUDO=sudo; else SUDO=; fi
   echo "installing Debian packages: ${need[*]}"
