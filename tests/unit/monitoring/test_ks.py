@@ -70,6 +70,12 @@ def test_calibration_uses_the_budget_for_redundant_signals() -> None:
     assert alpha_signal > 0.02  # Bonferroni would be 0.005
 
 
+def test_small_reference_falls_back_to_bonferroni() -> None:
+    column = np.random.default_rng(6).standard_normal((270, 1))
+    samples = np.repeat(column, 10, axis=1)  # redundant signals, but only 2.7 windows of rows
+    assert calibrate_signal_alpha(samples, 100, 0.05, simulations=100) == pytest.approx(0.005)
+
+
 def test_calibrated_false_alarm_rate_on_fresh_null_windows() -> None:
     rng = np.random.default_rng(5)
     cov = 0.7 * np.ones((6, 6)) + 0.3 * np.eye(6)  # correlated signals
