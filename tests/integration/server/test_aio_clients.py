@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,28 +14,37 @@ from tests.support.onnx_models import run_reference
 from tests.support.server_process import ServerProcess
 
 
+async def infer_concurrently(
+        xs: list[np.ndarray], infer: Callable[[np.ndarray], Awaitable[np.ndarray]],
+        repository: Path) -> None:
+    """Send every x at once; each answer must be that x's own result."""
+    outputs = await asyncio.gather(*(infer(x) for x in xs))
+    model = repository / "mlp" / "1" / "model.onnx"
+    for x, out in zip(xs, outputs, strict=True):
+        np.testing.assert_allclose(out, run_reference(model, {"input": x})["output"], rtol=1e-5)
+
+
+def random_inputs(count: int, rows: int, seed: int) -> list[np.ndarray]:
+    return [np.random.default_rng(seed + i).standard_normal((rows, 16)).astype(np.float32)
+            for i in range(count)]
+
+
 def test_http_aio(server: ServerProcess, repository: Path) -> None:
     async def scenario() -> None:
         client = httpaio.InferenceServerClient(server.http_url)
+
+        async def infer(x: np.ndarray) -> np.ndarray:
+            infer_input = httpaio.InferInput("input", list(x.shape), "FP32")
+            infer_input.set_data_from_numpy(x)
+            return (await client.infer("mlp", [infer_input])).as_numpy("output")
+
         try:
             assert await client.is_server_ready()
             assert (await client.get_model_metadata("mlp"))["name"] == "mlp"
             assert (await client.get_model_config("mlp"))["max_batch_size"] == 4
-            xs = [np.random.default_rng(i).standard_normal((1, 16)).astype(np.float32)
-                  for i in range(16)]
-
-            async def one(x: np.ndarray) -> np.ndarray:
-                infer_input = httpaio.InferInput("input", [1, 16], "FP32")
-                infer_input.set_data_from_numpy(x)
-                return (await client.infer("mlp", [infer_input])).as_numpy("output")
-
-            outputs = await asyncio.gather(*(one(x) for x in xs))
+            await infer_concurrently(random_inputs(16, 1, seed=0), infer, repository)
         finally:
             await client.close()
-        model = repository / "mlp" / "1" / "model.onnx"
-        for x, out in zip(xs, outputs, strict=True):
-            np.testing.assert_allclose(out, run_reference(model, {"input": x})["output"],
-                                       rtol=1e-5)
 
     asyncio.run(scenario())
 
@@ -42,24 +52,18 @@ def test_http_aio(server: ServerProcess, repository: Path) -> None:
 def test_grpc_aio(server: ServerProcess, repository: Path) -> None:
     async def scenario() -> None:
         client = grpcaio.InferenceServerClient(server.grpc_url)
+
+        async def infer(x: np.ndarray) -> np.ndarray:
+            infer_input = grpcaio.InferInput("input", list(x.shape), "FP32")
+            infer_input.set_data_from_numpy(x)
+            return (await client.infer("mlp", [infer_input])).as_numpy("output")
+
         try:
             assert await client.is_server_live()
             metadata = await client.get_model_metadata("mlp", as_json=True)
             assert metadata["platform"] == "onnxruntime_onnx"
-            xs = [np.random.default_rng(50 + i).standard_normal((2, 16)).astype(np.float32)
-                  for i in range(12)]
-
-            async def one(x: np.ndarray) -> np.ndarray:
-                infer_input = grpcaio.InferInput("input", [2, 16], "FP32")
-                infer_input.set_data_from_numpy(x)
-                return (await client.infer("mlp", [infer_input])).as_numpy("output")
-
-            outputs = await asyncio.gather(*(one(x) for x in xs))
+            await infer_concurrently(random_inputs(12, 2, seed=50), infer, repository)
         finally:
             await client.close()
-        model = repository / "mlp" / "1" / "model.onnx"
-        for x, out in zip(xs, outputs, strict=True):
-            np.testing.assert_allclose(out, run_reference(model, {"input": x})["output"],
-                                       rtol=1e-5)
 
     asyncio.run(scenario())
