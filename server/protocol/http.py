@@ -17,7 +17,7 @@ from starlette.responses import Response
 
 from server.dataplane import DataPlane
 from server.errors import ErrorKind, ServingError, invalid
-from server.protocol.http_infer import InferFastPath, decode_body, handle_infer
+from server.protocol.http_infer import InferFastPath, decode_body, handle_infer, read_raw_body
 from server.protocol.status import HTTP_STATUS_BY_KIND
 from server.repository_format import config_to_json
 
@@ -37,18 +37,8 @@ def error_response(status_code: int, message: str, headers: dict[str, str] | Non
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body (decompressed), refused past `limit` bytes before and after."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise invalid(f"request body of {declared} bytes exceeds the maximum of {limit} bytes "
-                      "(--http-max-request-bytes)")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise invalid(f"request body exceeds the maximum of {limit} bytes "
-                          "(--http-max-request-bytes)")
-        chunks.append(chunk)
-    return decode_body(b"".join(chunks), request.headers.get("content-encoding"), limit)
+    body = await read_raw_body(request.receive, request.headers, limit)
+    return decode_body(body, request.headers.get("content-encoding"), limit)
 
 
 async def optional_json(request: Request, limit: int) -> dict[str, Any]:

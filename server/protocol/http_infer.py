@@ -92,6 +92,28 @@ def decode_body(body: bytes, content_encoding: str | None, limit: int) -> bytes:
                                               "supported: gzip, deflate")
 
 
+async def read_raw_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
+    """The raw request body from ASGI `receive`, refused past `limit` bytes."""
+    declared = headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise invalid(f"request body of {declared} bytes exceeds the maximum of {limit} bytes "
+                      "(--http-max-request-bytes)")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise invalid(f"request body exceeds the maximum of {limit} bytes "
+                          "(--http-max-request-bytes)")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 class InferFastPath:
     """ASGI app: POST .../infer handled directly, everything else by `fallback` (FastAPI)."""
 
@@ -113,7 +135,7 @@ class InferFastPath:
         headers = {key.decode("latin-1").lower(): value.decode("latin-1")
                    for key, value in scope["headers"]}
         try:
-            body = decode_body(await self._read_body(receive, headers),
+            body = decode_body(await read_raw_body(receive, headers, self.limit),
                                headers.get("content-encoding"), self.limit)
             payload, response_headers = await handle_infer(self.dataplane, name, version,
                                                            headers, body)
@@ -135,23 +157,3 @@ class InferFastPath:
         await send({"type": "http.response.start", "status": status,
                     "headers": response_headers})
         await send({"type": "http.response.body", "body": payload})
-
-    async def _read_body(self, receive: Receive, headers: Mapping[str, str]) -> bytes:
-        declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            raise invalid(f"request body of {declared} bytes exceeds the maximum of "
-                          f"{self.limit} bytes (--http-max-request-bytes)")
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ClientDisconnected
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.limit:
-                raise invalid(f"request body exceeds the maximum of {self.limit} bytes "
-                              "(--http-max-request-bytes)")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
