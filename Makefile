@@ -4,11 +4,16 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# A real NVIDIA Triton for the gateway tests, from the nvidia-pytriton wheel, in its own venv: the
+# wheel pins numpy<2, which cannot share .venv.
+TRITON_VENV := .venv-triton
+TRITON_STAMP := $(TRITON_VENV)/.installed
+PYTRITON_VERSION := 0.7.0
 EXAMPLE_REPO ?= model_repository
 PYTEST_ARGS ?=
 
 .PHONY: help install serve test test-unit test-integration test-gpu lint typecheck fmt bench \
-        example-repo system-deps image image-gpu clean
+        example-repo system-deps triton-server image image-gpu clean
 
 help:
 	@echo "make serve   - set up and serve the example model repository on :8000/:8001/:8002"
@@ -24,6 +29,17 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+$(TRITON_STAMP):
+	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TRITON_VENV)/bin/python -m pip install -q nvidia-pytriton==$(PYTRITON_VERSION)
+	$(TRITON_VENV)/bin/python -c "import pathlib, pytriton; \
+	  assert (pathlib.Path(pytriton.__file__).parent / 'tritonserver/bin/tritonserver').is_file()"
+	touch $(TRITON_STAMP)
+
+# tritonserver (CPU, python backend) for tests/integration/server/test_triton_gateway.py.
+triton-server: $(TRITON_STAMP)
+
 # Debian packages the tests use (Prometheus + promtool). Installed only when missing.
 system-deps:
 	@bash scripts/install-system-deps.sh
@@ -34,13 +50,13 @@ example-repo: $(STAMP)
 serve: example-repo
 	$(BIN)/ferry serve --model-repository $(EXAMPLE_REPO)
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps $(TRITON_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: $(STAMP) system-deps
+test-integration: $(STAMP) system-deps $(TRITON_STAMP)
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
 test-gpu: $(STAMP)
@@ -67,4 +83,4 @@ image-gpu:
 	docker build --target gpu -t ferry:gpu .
 
 clean:
-	rm -rf $(VENV) $(EXAMPLE_REPO) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TRITON_VENV) $(EXAMPLE_REPO) .pytest_cache .mypy_cache .ruff_cache

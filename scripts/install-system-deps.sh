@@ -6,6 +6,9 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v tini >/dev/null 2>&1 || [ -x /usr/bin/tini ] || need+=(tini)
 command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)  # gRPC load in `make bench`
+# The Triton python backend stub (nvidia-pytriton, gateway tests) links the system libpython.
+py=$("${PYTHON:-python3}" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+ldconfig -p 2>/dev/null | grep "libpython$py\.so\.1\.0" >/dev/null || need+=("libpython$py")
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then SUDO=sudo; else SUDO=; fi
   echo "installing Debian packages: ${need[*]}"

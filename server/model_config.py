@@ -21,6 +21,7 @@ from server.repository_format import (
     tensor_specs,
     version_numbers,
 )
+from server.runtimes import complete_config
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,7 @@ def prepare(name: str, model_dir: Path, config_json: str | None,
         except Exception as exc:  # onnx raises DecodeError and friends on a corrupt file
             raise ModelConfigError(f"cannot read {onnx_path.name} to auto-complete the config: "
                                    f"{exc}") from exc
+    base = complete_config(base, name)  # platforms completed elsewhere (e.g. an upstream Triton)
     base.name = base.name or name
     validate(base, name)
     normalize_config(base)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -42,6 +42,14 @@ RUNTIME_BY_PLATFORM: dict[str, str] = {
     "onnxruntime": "server.runtimes.onnxruntime:OnnxRuntime",
     "tensorrt_plan": "server.runtimes.tensorrt:TensorRTRuntime",
     "tensorrt": "server.runtimes.tensorrt:TensorRTRuntime",
+    "triton_gateway": "server.runtimes.triton_gateway:TritonGatewayRuntime",
+}
+
+# platform -> "module:function(config, name) -> config" run at load, before validation, for
+# platforms whose config is completed from somewhere other than a model file (ONNX's is in
+# server.repository_format).
+CONFIG_COMPLETER_BY_PLATFORM: dict[str, str] = {
+    "triton_gateway": "server.runtimes.triton_gateway:complete_config",
 }
 
 
@@ -55,6 +63,19 @@ def runtime_factory(config: ModelConfig) -> RuntimeFactory:
             f"platform '{platform}' is not supported; ferry runs: "
             f"{', '.join(sorted(RUNTIME_BY_PLATFORM))}",
         )
-    module_name, attribute = target.split(":")
-    factory: RuntimeFactory = getattr(importlib.import_module(module_name), attribute)
+    factory: RuntimeFactory = _resolve(target)
     return factory
+
+
+def complete_config(config: ModelConfig, name: str) -> ModelConfig:
+    """Run the platform's config completer (if it has one) on a config about to be loaded."""
+    target = CONFIG_COMPLETER_BY_PLATFORM.get(config.platform or config.backend)
+    if target is None:
+        return config
+    completed: ModelConfig = _resolve(target)(config, name)
+    return completed
+
+
+def _resolve(target: str) -> Any:
+    module_name, attribute = target.split(":")
+    return getattr(importlib.import_module(module_name), attribute)
