@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import itertools
 import math
 import time
@@ -168,7 +167,10 @@ class Batcher:
         self._timed = 0  # queued requests with a finite deadline
         self._inflight = 0
         self._accepting = True
-        self._wakeup = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._run_scheduled = False  # a _run callback is queued on the loop
+        self._running = False  # inside _run (inline executions complete there)
+        self._timer: asyncio.TimerHandle | None = None  # wakes _run when a queue delay ends
         self._idle = asyncio.Event()
         self._idle.set()
         self._sequence = itertools.count()
@@ -176,7 +178,9 @@ class Batcher:
         self._held: dict[int, Callable[[], None]] = {}
         self._executions = 0
         self._execute_s_ewma = 0.0
-        self._task = asyncio.get_running_loop().create_task(self._schedule(), name=f"batch-{name}")
+        # runtimes that block on I/O (the Triton gateway) never run on the event loop
+        self._inline_capable = len(self._runtimes) == 1 and \
+            getattr(self._runtimes[0], "inline_capable", True)
 
     @property
     def pending_count(self) -> int:
@@ -197,7 +201,7 @@ class Batcher:
                 len(queue) + len(self._delayed[level]) >= queue_policy.max_queue_size:
             raise ServingError(ErrorKind.UNAVAILABLE, "Exceeds maximum queue size")
         timeout_s = queue_policy.timeout_s(timeout_us)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Any] = self._loop.create_future()
         deadline = time.perf_counter() + timeout_s if timeout_s else math.inf
         shape_key = tuple((name, array.shape[1:]) for name, array in inputs.items()) \
             if self.policy.dynamic else None
@@ -205,31 +209,40 @@ class Batcher:
         self._queued += 1
         self._timed += deadline != math.inf
         self._idle.clear()
-        self._wakeup.set()
+        self._kick()
         result: tuple[dict[str, np.ndarray], RequestTiming] = await future
         return result
 
     # --- scheduling (event loop) ---------------------------------------------------------------
 
-    async def _schedule(self) -> None:
-        while True:
-            self._wakeup.clear()
-            wait_s: float | None = None
-            if self._free and self._queued:
+    def _kick(self) -> None:
+        """Run the scheduler at the next loop turn: every request that arrives in this turn
+        can still join the batch (a plain callback, cheaper than waking a task)."""
+        if not self._run_scheduled and not self._running:
+            self._run_scheduled = True
+            self._loop.call_soon(self._run)
+
+    def _run(self) -> None:
+        """Form and dispatch batches while an instance is free; arm a timer for a queue delay."""
+        self._run_scheduled = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._running = True
+        try:
+            while self._free and self._queued:
+                now = time.perf_counter()
                 if self._timed:
-                    self._apply_timeouts(time.perf_counter())
-                if self._queued:
-                    batch, wait_s = self._form_batch(time.perf_counter())
-                    if batch:
-                        self._dispatch(batch)
-                        continue
-            if not self._accepting and not self._queued and not self._inflight:
-                return
-            if wait_s is None:
-                await self._wakeup.wait()
-            else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), timeout=wait_s)
+                    self._apply_timeouts(now)
+                    if not self._queued:
+                        break
+                batch, wait_s = self._form_batch(now)
+                if not batch:
+                    self._timer = self._loop.call_later(wait_s or 0.0, self._kick)
+                    break
+                self._dispatch(batch)
+        finally:
+            self._running = False
 
     def _scan(self) -> itertools.chain[_Pending]:
         """Arrival order, highest priority (level 1) first; delayed requests last in a level."""
@@ -304,18 +317,18 @@ class Batcher:
         self._inflight += 1
         sequence = next(self._sequence)
         dispatched_at = time.perf_counter()
-        loop = asyncio.get_running_loop()
         if self._inline_ok():
-            future: asyncio.Future[Any] = loop.create_future()
             try:
-                future.set_result(self._execute(runtime, batch))
+                result = self._execute(runtime, batch)
             except Exception as exc:
-                future.set_exception(exc)
-            self._complete(future, runtime, batch, sequence, dispatched_at)
+                self._complete(None, exc, runtime, batch, sequence, dispatched_at)
+            else:
+                self._complete(result, None, runtime, batch, sequence, dispatched_at)
             return
-        future = loop.run_in_executor(self._executor, self._execute, runtime, batch)
-        future.add_done_callback(
-            lambda done: self._complete(done, runtime, batch, sequence, dispatched_at))
+        future = self._loop.run_in_executor(self._executor, self._execute, runtime, batch)
+        future.add_done_callback(lambda done: self._complete(
+            None if done.exception() else done.result(), done.exception(), runtime, batch,
+            sequence, dispatched_at))
 
     def _inline_ok(self) -> bool:
         """Tiny models run on the event loop: a thread hand-off (~100-200 us of loop time and GIL
@@ -324,7 +337,7 @@ class Batcher:
         Only with one instance, after enough executions to trust the moving average, and only
         while executions stay well under INLINE_MAX_S (one slow run sends them back to the pool).
         """
-        return len(self._runtimes) == 1 and self._executions >= INLINE_WARMUP_EXECUTIONS and \
+        return self._inline_capable and self._executions >= INLINE_WARMUP_EXECUTIONS and \
             self._execute_s_ewma < INLINE_MAX_S
 
     # --- execution (worker thread) -------------------------------------------------------------
@@ -363,13 +376,12 @@ class Batcher:
 
     # --- completion (event loop) ---------------------------------------------------------------
 
-    def _complete(self, done: asyncio.Future[Any], runtime: Runtime, batch: list[_Pending],
-                  sequence: int, dispatched_at: float) -> None:
+    def _complete(self, result: Any, error: BaseException | None, runtime: Runtime,
+                  batch: list[_Pending], sequence: int, dispatched_at: float) -> None:
         self._free.append(runtime)
         self._inflight -= 1
-        error = done.exception()
         if error is None:
-            per_request, (t_in, t_infer, t_out), rows = done.result()
+            per_request, (t_in, t_infer, t_out), rows = result
         else:
             per_request, (t_in, t_infer, t_out), rows = [], (0.0, 0.0, 0.0), 0
 
@@ -397,7 +409,7 @@ class Batcher:
             self._on_batch(BatchResult(rows or sum(p.rows for p in batch), len(batch), t_in,
                                        t_infer, t_out, error is None))
         self._update_idle()
-        self._wakeup.set()
+        self._kick()
 
     def _update_idle(self) -> None:
         if not self._queued and not self._inflight:
@@ -408,9 +420,10 @@ class Batcher:
     async def drain(self) -> None:
         """Stop accepting, finish everything queued or running, then release the instances."""
         self._accepting = False
-        self._wakeup.set()
+        self._kick()
         await self._idle.wait()
-        await self._task
+        if self._timer is not None:
+            self._timer.cancel()
         self._executor.shutdown(wait=True)
         for runtime in self._runtimes:
             runtime.close()

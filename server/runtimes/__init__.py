@@ -18,7 +18,11 @@ from server.repository_format import ModelConfig
 
 
 class Runtime(Protocol):
-    """One model instance. Construct = load; `infer` is synchronous and runs on a worker thread."""
+    """One model instance. Construct = load; `infer` is synchronous and runs on a worker thread.
+
+    A runtime may set `inline_capable = False` (the default is True) to keep the batcher from
+    running its very fast executions on the event loop, e.g. when `infer` blocks on I/O.
+    """
 
     def infer(
         self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]

@@ -251,6 +251,9 @@ def complete_config(config: ModelConfig, name: str) -> ModelConfig:
 class TritonGatewayRuntime:
     """One instance: a gRPC channel to the upstream Triton that runs each formed batch there."""
 
+    # a blocking network round trip: the batcher must never run it on the event loop
+    inline_capable = False
+
     def __init__(self, config: ModelConfig, version_path: Path, instance_index: int) -> None:
         self.settings = GatewaySettings.from_config(config)
         self.instance_index = instance_index
