@@ -3,8 +3,10 @@
 Measured in one run on this machine: the in-process ceiling (best batch size), `ferry serve`
 over HTTP-binary, HTTP-JSON and gRPC at concurrency 1, 8 and 64 (wrk for HTTP, h2load for
 gRPC: compiled load generators in their own processes), the mean batch the dynamic batcher
-formed, and a hand-written FastAPI + ONNX Runtime endpoint without batching. The ceiling is the
-best of one 2-thread session and two 1-thread sessions side by side, over batch sizes.
+formed, a hand-written FastAPI + ONNX Runtime endpoint without batching, and the transport
+floor (bench/transport_floor.py: the same HTTP and gRPC stacks answering a canned response).
+The ceiling is the best of one 2-thread session and two 1-thread sessions side by side, over
+batch sizes.
 Prints ratios; writes bench/artifacts/serving.json.
 """
 
@@ -242,6 +244,42 @@ def fastapi_baseline(model_path: Path, body: Path, seconds: float) -> dict[str, 
         process.wait()
 
 
+def transport_floor(payloads: dict[str, Path], header_length: str,
+                    seconds: float) -> dict[str, dict[str, float]]:
+    """c=64 against the bare stacks (canned responses): the most ferry could reach on them."""
+    from tests.support.server_process import free_port
+
+    floors: dict[str, dict[str, float]] = {}
+    for kind in ("http", "grpc"):
+        port = free_port()
+        process = subprocess.Popen([sys.executable, "-m", "bench.transport_floor", kind,
+                                    str(port)])
+        try:
+            _wait_for_port(port)
+            if kind == "grpc":
+                floors["grpc"] = grpc_load(f"127.0.0.1:{port}", payloads["grpc"], 64, seconds)
+            else:
+                floors["http-binary"] = wrk(
+                    f"http://127.0.0.1:{port}/v2/models/mlp/infer", payloads["http-binary"], 64,
+                    seconds, {"Inference-Header-Content-Length": header_length})
+        finally:
+            process.terminate()
+            process.wait()
+    return floors
+
+
+def _wait_for_port(port: int, timeout_s: float = 30.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=4.0, help="per measurement")
@@ -293,6 +331,9 @@ def main() -> None:
         body.write_bytes(json.dumps({"inputs": sample_input("mlp").tolist()}).encode())
         report["models"]["mlp"]["fastapi_baseline"] = fastapi_baseline(
             repo / "mlp" / "1" / "model.onnx", body, args.seconds)
+        report["models"]["mlp"]["transport_floor"] = transport_floor(
+            write_payloads("mlp", payload_dir),
+            (payload_dir / "mlp.bin.len").read_text(), args.seconds)
     (ARTIFACTS / "serving.json").write_text(json.dumps(report, indent=2))
     print_ratios(report, max(args.concurrency))
 
@@ -322,6 +363,12 @@ def print_ratios(report: dict[str, Any], top: int) -> None:
                     print(f"  {protocol:12s} c={top}: {run['req_per_s'] / base:5.2f} x "
                           f"hand-written FastAPI ({base:.0f} req/s); "
                           f"{run['req_per_s'] / TRITON_MLP_REQS:4.2f} x Triton's {TRITON_MLP_REQS}")
+        for protocol, floor in data.get("transport_floor", {}).items():
+            run = data["server"].get(f"{protocol}@64")
+            if run:
+                print(f"  {protocol:12s} c=64: {run['req_per_s'] / floor['req_per_s']:5.2f} x "
+                      f"the bare transport answering a canned response "
+                      f"({floor['req_per_s']:.0f} req/s)")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,85 @@
+"""The transport floor: the same HTTP and gRPC stacks as `ferry serve` (uvicorn + httptools +
+uvloop, grpc.aio + uvloop) with handlers that ignore the request and return a canned MLP-sized
+response. No model, no parsing, no batching: the most any server on these stacks can reach on
+this machine, so `make bench` can say how much of it ferry keeps.
+
+    python -m bench.transport_floor http PORT
+    python -m bench.transport_floor grpc PORT
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import numpy as np
+
+OUTPUT_WIDTH = 10  # the bench MLP's output: [1, 10] FP32
+
+
+def canned_grpc_response() -> bytes:
+    from tritonclient.grpc import service_pb2 as pb
+
+    message = pb.ModelInferResponse(model_name="mlp", model_version="1")
+    output = message.outputs.add()
+    output.name, output.datatype = "output", "FP32"
+    output.shape.extend([1, OUTPUT_WIDTH])
+    message.raw_output_contents.append(np.zeros((1, OUTPUT_WIDTH), np.float32).tobytes())
+    return bytes(message.SerializeToString())
+
+
+def canned_http_response() -> bytes:
+    return json.dumps({"model_name": "mlp", "model_version": "1", "outputs": [
+        {"name": "output", "datatype": "FP32", "shape": [1, OUTPUT_WIDTH],
+         "data": [0.0] * OUTPUT_WIDTH}]}).encode()
+
+
+async def serve_grpc(port: int) -> None:
+    import grpc
+
+    body = canned_grpc_response()
+
+    async def infer(request: bytes, context: Any) -> bytes:
+        return body
+
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "inference.GRPCInferenceService",
+        {"ModelInfer": grpc.unary_unary_rpc_method_handler(infer)}),))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+def http_app() -> Any:
+    body = canned_http_response()
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode())]
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+    return app
+
+
+def main() -> None:
+    import uvloop
+
+    kind, port = sys.argv[1], int(sys.argv[2])
+    if kind == "grpc":
+        uvloop.run(serve_grpc(port))
+        return
+    import uvicorn
+
+    uvicorn.run(http_app(), host="127.0.0.1", port=port, loop="uvloop", http="httptools",
+                lifespan="off", log_level="warning", access_log=False, server_header=False,
+                date_header=False, backlog=4096)
+
+
+if __name__ == "__main__":
+    main()
