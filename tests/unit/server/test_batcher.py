@@ -211,3 +211,39 @@ def test_policy_from_config() -> None:
     assert batching.queue_policies[2] == QueuePolicy(7, 0.002, True, True)
     assert batching.level_of(0) == 2 and batching.level_of(1) == 1 and batching.level_of(9) == 2
     assert not BatchingPolicy.from_config(parse_config("max_batch_size: 8")).dynamic
+
+
+class ThreadRecordingRuntime(RecordingRuntime):
+    """Records the thread each execution ran on."""
+
+    def __init__(self, inline_capable: bool) -> None:
+        super().__init__()
+        self.inline_capable = inline_capable
+        self.threads: set[str] = set()
+
+    def infer(self, inputs: Mapping[str, np.ndarray],
+              output_names: Sequence[str]) -> dict[str, np.ndarray]:
+        self.threads.add(threading.current_thread().name)
+        return super().infer(inputs, output_names)
+
+
+@pytest.mark.parametrize("inline_capable", [True, False])
+def test_fast_executions_run_on_the_loop_unless_the_runtime_opts_out(
+        inline_capable: bool) -> None:
+    async def scenario() -> set[str]:
+        runtime = ThreadRecordingRuntime(inline_capable)
+        batcher = Batcher([runtime], policy(), ["y"])
+        for i in range(60):  # sequential: past the warm-up, every execution is tiny
+            await batcher.submit(rows(i), 1)
+        runtime.threads.clear()
+        for i in range(5):
+            await batcher.submit(rows(i), 1)
+        await batcher.drain()
+        return runtime.threads
+
+    threads = run(scenario())
+    loop_thread = threading.current_thread().name
+    if inline_capable:
+        assert threads == {loop_thread}
+    else:
+        assert loop_thread not in threads and threads
