@@ -1,0 +1,36 @@
+"""The benchmark interleaves candidates by blocks, each after an untimed settling call."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from optimizers.benchmark import benchmark
+
+
+class Recorder:
+    """A Runtime that logs its calls in a shared list."""
+
+    def __init__(self, name: str, log: list[str]) -> None:
+        self.name, self.log = name, log
+
+    def infer(self, inputs: Mapping[str, np.ndarray],
+              output_names: Sequence[str]) -> dict[str, np.ndarray]:
+        self.log.append(self.name)
+        return {name: inputs["x"] for name in output_names}
+
+    def close(self) -> None:
+        pass
+
+
+def test_blocks_alternate_and_the_settling_call_is_not_timed() -> None:
+    log: list[str] = []
+    runtimes = {"a": Recorder("a", log), "b": Recorder("b", log)}
+    batch = {"x": np.zeros((2, 3), np.float32)}
+    timings = benchmark(runtimes, {2: batch}, ["y"], warmup=1, min_iterations=6,
+                        budget_s=0.0, block=3)
+    assert log[:2] == ["a", "b"]  # warm-up
+    assert log[2:] == ["a"] * 4 + ["b"] * 4 + ["a"] * 4 + ["b"] * 4
+    for name in runtimes:
+        assert len(timings[name][2].seconds) == 6  # 2 blocks of 3; settling calls not timed
