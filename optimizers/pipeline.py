@@ -21,6 +21,7 @@ from optimizers.runners import (
     default_threads,
     repeat_to,
     run_dataset,
+    slice_inputs,
 )
 from optimizers.selection import choose, summarize
 from optimizers.source import Dataset, OptimizeError, SourceModel, load_dataset, locate_source
@@ -28,6 +29,7 @@ from server.repository_format import tensor_specs
 from server.runtimes import Runtime
 
 MIN_CALIBRATION_SAMPLES = 32
+REWRITE_CHECK_SAMPLES = 8  # eval samples a graph rewrite (attention fusion) must reproduce
 OBJECTIVES = ("throughput", "latency")
 
 
@@ -117,7 +119,9 @@ def run_optimize(options: OptimizeOptions,
         context = variants.BuildContext(
             source, work_dir, options.target, calibration, options.calibration_method,
             options.excluded_ops, {n: tuple(a.shape[1:]) for n, a in evaluation.inputs.items()},
-            options.cache_dir)
+            options.cache_dir,
+            samples=slice_inputs(evaluation.inputs, 0, min(evaluation.count, REWRITE_CHECK_SAMPLES),
+                                 source.max_batch_size > 0))
         for name in chosen:
             spec = variants.VARIANTS[name]
             row: dict[str, Any] = {"variant": name, "precision": spec.precision,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from optimizers import onnx_variants as ov
 from optimizers.runners import PROVIDERS_BY_TARGET, OrtRunner
@@ -34,6 +36,8 @@ class BuildContext:
     excluded_ops: tuple[str, ...]
     sample_shapes: dict[str, tuple[int, ...]]
     cache_dir: Path
+    # A few real inputs (one batch): graph rewrites are checked against the source on them.
+    samples: Mapping[str, np.ndarray] | None = None
 
 
 @dataclass
@@ -74,13 +78,15 @@ class VariantSpec:
 
 
 def _ort_fp32(ctx: BuildContext, out: Path) -> Artifact:
-    details = ov.build_ort_fp32(ctx.source.onnx_path, out, PROVIDERS_BY_TARGET[ctx.target])
+    details = ov.build_ort_fp32(ctx.source.onnx_path, out, PROVIDERS_BY_TARGET[ctx.target],
+                                samples=ctx.samples)
     return Artifact("ort-fp32", "fp32", out, details=details)
 
 
 def _int8_dynamic(ctx: BuildContext, out: Path) -> Artifact:
     return Artifact("int8-dynamic", "int8", out,
-                    details=ov.build_int8_dynamic(ctx.source.onnx_path, out, per_channel=False))
+                    details=ov.build_int8_dynamic(ctx.source.onnx_path, out, per_channel=False,
+                                                  samples=ctx.samples))
 
 
 def _static(ctx: BuildContext, out: Path, symmetric: bool) -> dict[str, Any]:

@@ -134,3 +134,20 @@ def test_poll_mode_serves_the_published_version_without_failures(tmp_path: Path)
         np.testing.assert_allclose(infer(client, example.name, x), want, rtol=1e-4, atol=1e-4)
     assert failures == [] and answered[0] > 10
     assert (example.model_dir / "1" / "model.onnx").is_file()
+
+
+def test_encoder_int8_quantizes_fused_attention_within_the_gate(tmp_path: Path) -> None:
+    """The real `encoder` example (trained, `ferry export`ed with dynamo): its int8-dynamic
+    variant has every attention block fused and quantized (QAttention) and passes the gate."""
+    from bench.optimize_examples import prepare
+
+    repository, artifacts = prepare("encoder", tmp_path)
+    report = run_optimize(OptimizeOptions(
+        "encoder", repository, artifacts / "test.npz", artifacts / "val.npz",
+        variants=("ort-fp32", "int8-dynamic"), min_gain=0.0, bench_seconds=1))
+    rows = {row["variant"]: row for row in report["candidates"]}
+    assert rows["ort-fp32"]["details"]["transformer_fusions"]["Attention"] == 4
+    int8 = rows["int8-dynamic"]
+    assert int8["details"]["quantized_ops"]["QAttention"] == 4
+    assert int8["passed"] and int8["delta"] >= -0.01 and int8["top1_agreement"] >= 0.99
+    assert report["published"] is not None

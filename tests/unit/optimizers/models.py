@@ -69,3 +69,50 @@ def tree_snapshot(root: Path) -> dict[str, bytes]:
     """Every file under root with its bytes (to prove a failed run changed nothing)."""
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
             if p.is_file()}
+
+
+ENCODER_CONFIG = """
+name: "{name}"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [ {{ name: "tokens" data_type: TYPE_INT64 dims: [ 64 ] }} ]
+output [ {{ name: "output" data_type: TYPE_FP32 dims: [ 4 ] }} ]
+dynamic_batching {{ }}
+"""
+
+
+def encoder_onnx(path: Path, layers: int = 2, d_model: int = 64) -> Path:
+    """A small `examples.encoder` model (nn.TransformerEncoder) exported the way `ferry export`
+    does it (torch.onnx dynamo, opset 20, dynamic batch): the graph the attention fusion targets."""
+    import torch
+
+    from examples.encoder import EncoderClassifier
+    from exporters.onnx_export import quiet_exporter
+
+    torch.manual_seed(0)
+    model = EncoderClassifier(layers=layers, d_model=d_model).eval()
+    tokens = torch.randint(0, 32, (2, 64))
+    with quiet_exporter():
+        program = torch.onnx.export(
+            model, (tokens,), None, dynamo=True, input_names=["tokens"], output_names=["output"],
+            opset_version=20, dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+            external_data=False, optimize=True, verbose=False)
+    assert program is not None
+    program.save(str(path), external_data=False)
+    return path
+
+
+def write_encoder_example(root: Path, name: str = "encoder", samples: int = 64) -> Example:
+    """A repository holding a small encoder, labels from the FP32 model itself."""
+    from examples.encoder import make_dataset
+
+    repository = root / "repo"
+    (repository / name / "1").mkdir(parents=True)
+    (repository / name / "config.pbtxt").write_text(ENCODER_CONFIG.format(name=name))
+    onnx_path = encoder_onnx(repository / name / "1" / "model.onnx")
+    tokens, _ = make_dataset(rows=samples * 2, seed=3)
+    labels = run_reference(onnx_path, {"tokens": tokens})["output"].argmax(axis=1)
+    eval_path, calibration_path = root / "eval.npz", root / "calibration.npz"
+    np.savez(eval_path, tokens=tokens[:samples], labels=labels[:samples])
+    np.savez(calibration_path, tokens=tokens[samples:])
+    return Example(repository, name, eval_path, calibration_path)

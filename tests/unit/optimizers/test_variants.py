@@ -11,10 +11,10 @@ from onnx import helper, numpy_helper
 
 from optimizers import variants
 from optimizers.onnx_variants import STATIC_EXCLUDED_OPS, is_transformer, op_types
-from optimizers.runners import OrtRunner, run_dataset
+from optimizers.runners import OrtRunner, run_dataset, slice_inputs
 from optimizers.source import load_dataset, locate_source
 from tests.support.onnx_models import mlp_model
-from tests.unit.optimizers.models import Example, write_example
+from tests.unit.optimizers.models import Example, write_encoder_example, write_example
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +107,47 @@ def test_transformer_detection(example: Example) -> None:
 def test_default_variants_exist_for_every_target() -> None:
     for target, names in variants.DEFAULT_VARIANTS.items():
         assert all(target in variants.VARIANTS[n].targets for n in names)
+
+
+@pytest.fixture(scope="module")
+def encoder_example(tmp_path_factory: pytest.TempPathFactory) -> Example:
+    return write_encoder_example(tmp_path_factory.mktemp("encoder"))
+
+
+def encoder_context(example: Example, work: Path) -> variants.BuildContext:
+    source = locate_source(example.repository, example.name, None)
+    data = load_dataset(example.eval_data, source, role="eval", need_labels=True)
+    return variants.BuildContext(source, work, "cpu", None, "minmax", STATIC_EXCLUDED_OPS,
+                                 {"tokens": (64,)}, work / "cache",
+                                 samples=slice_inputs(data.inputs, 0, 8, batching=True))
+
+
+def test_transformer_variants_fuse_attention(encoder_example: Example, tmp_path: Path) -> None:
+    """ort-fp32 gets ORT's Attention op for the dynamo graph (no SkipLayerNormalization on CPU,
+    slower there); int8-dynamic quantizes it to QAttention; both stay close to FP32."""
+    ctx = encoder_context(encoder_example, tmp_path)
+    assert is_transformer(ctx.source.onnx_path)
+    data = np.load(encoder_example.eval_data)
+    fp32 = OrtRunner(ctx.source.onnx_path, ["CPUExecutionProvider"], 1).infer(
+        {"tokens": data["tokens"]}, ["output"])["output"]
+    fused = variants.build(variants.VARIANTS["ort-fp32"], ctx)
+    assert fused.details["transformer_fusions"]["Attention"] == 2
+    assert "SkipLayerNormalization" not in fused.details["transformer_fusions"]
+    assert "Attention" in op_types(fused.path) and "Transpose" not in op_types(fused.path)
+    got = fused.open("cpu", 1, ctx.source).infer({"tokens": data["tokens"]}, ["output"])["output"]
+    np.testing.assert_allclose(got, fp32, atol=1e-5)
+    int8 = variants.build(variants.VARIANTS["int8-dynamic"], ctx)
+    assert int8.details["quantized_ops"]["QAttention"] == 2
+    assert {"QAttention", "DynamicQuantizeLinear", "MatMulInteger"} <= op_types(int8.path)
+    got = int8.open("cpu", 1, ctx.source).infer({"tokens": data["tokens"]}, ["output"])["output"]
+    assert np.abs(got - fp32).max() < 0.02
+    assert np.mean(got.argmax(1) == fp32.argmax(1)) >= 0.9
+
+
+def test_without_samples_transformers_are_not_attention_fused(encoder_example: Example,
+                                                              tmp_path: Path) -> None:
+    ctx = encoder_context(encoder_example, tmp_path)
+    ctx = variants.BuildContext(**{**ctx.__dict__, "samples": None})
+    int8 = variants.build(variants.VARIANTS["int8-dynamic"], ctx)
+    assert "Attention" not in int8.details["transformer_fusions"]
+    assert "QAttention" not in op_types(int8.path) and "MatMulInteger" in op_types(int8.path)
