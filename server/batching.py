@@ -238,7 +238,11 @@ class Batcher:
                         break
                 batch, wait_s = self._form_batch(now)
                 if not batch:
-                    self._timer = self._loop.call_later(wait_s or 0.0, self._kick)
+                    # uvloop's timers tick in whole milliseconds (0.8 ms fires after ~1.2 ms):
+                    # a wait under 1 ms re-checks on every loop turn instead
+                    wait_s = wait_s or 0.0
+                    self._timer = self._loop.call_later(wait_s if wait_s >= 1e-3 else 0.0,
+                                                        self._kick)
                     break
                 self._dispatch(batch)
         finally:
