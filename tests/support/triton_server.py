@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -21,12 +20,11 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tests.support.server_process import free_port
+from tests.support.server_process import ServerProcess, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TRITON_VENV = REPO_ROOT / ".venv-triton"
@@ -56,35 +54,8 @@ def missing_reason() -> str | None:
     return None
 
 
-@dataclass
-class TritonServer:
-    """A running tritonserver: its ports, process and log."""
-
-    process: subprocess.Popen[bytes]
-    http_port: int
-    grpc_port: int
-    log_path: Path
-
-    @property
-    def http_url(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
-
-    @property
-    def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM (Triton drains and exits), SIGKILL after `timeout`."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+# The same handle as a `ferry serve` process: ports, log, SIGTERM-then-kill stop.
+TritonServer = ServerProcess
 
 
 def _python_backend_dir(site_packages: Path, workdir: Path) -> Path:
@@ -127,7 +98,7 @@ def running_tritonserver(model_repository: Path, timeout: float = 120.0) -> Iter
         raise RuntimeError(missing_reason())
     workdir = Path(tempfile.mkdtemp(prefix="ferry-tritonserver-"))
     log_path = workdir / "tritonserver.log"
-    http_port, grpc_port = free_port(), free_port()
+    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     command = [
         str(binary),
         "--model-repository",
@@ -144,8 +115,10 @@ def running_tritonserver(model_repository: Path, timeout: float = 120.0) -> Iter
         "127.0.0.1",
         "--grpc-port",
         str(grpc_port),
-        "--allow-metrics",
-        "false",
+        "--metrics-address",
+        "127.0.0.1",
+        "--metrics-port",
+        str(metrics_port),
         "--allow-gpu-metrics",
         "false",
         "--strict-readiness",
@@ -172,7 +145,7 @@ def running_tritonserver(model_repository: Path, timeout: float = 120.0) -> Iter
         process = subprocess.Popen(
             command, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
-    server = TritonServer(process, http_port, grpc_port, log_path)
+    server = TritonServer(process, http_port, grpc_port, metrics_port, log_path)
     try:
         _wait_until_ready(server, timeout)
         yield server
