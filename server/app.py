@@ -89,8 +89,8 @@ async def serve(settings: ServerSettings) -> int:
     grpc_server = None
     try:
         if settings.allow_grpc:
-            grpc_server = create_grpc_server(dataplane,
-                                             f"{settings.grpc_address}:{settings.grpc_port}")
+            grpc_server = create_grpc_server(dataplane, settings.grpc_address,
+                                             settings.grpc_port, settings.grpc_transport)
             await grpc_server.start()
         for server in http_servers:
             tasks.append(asyncio.create_task(server.serve()))

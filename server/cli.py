@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from server.settings import ModelControlMode, ServerSettings
+from server.settings import GrpcTransport, ModelControlMode, ServerSettings
 
 
 def serve(
@@ -20,6 +20,12 @@ def serve(
     http_address: Annotated[str, typer.Option(help="HTTP bind address.")] = "0.0.0.0",
     grpc_address: Annotated[str, typer.Option(help="gRPC bind address.")] = "0.0.0.0",
     metrics_address: Annotated[str, typer.Option(help="Metrics bind address.")] = "0.0.0.0",
+    grpc_transport: Annotated[
+        GrpcTransport,
+        typer.Option(help="ferry: ferry's own HTTP/2 layer on the event loop (fast; batches "
+                          "form across concurrent calls); grpcio: grpc.aio (TLS-capable code "
+                          "base, about a third of the throughput)."),
+    ] = GrpcTransport.FERRY,
     allow_http: Annotated[bool, typer.Option(help="Serve HTTP.")] = True,
     allow_grpc: Annotated[bool, typer.Option(help="Serve gRPC.")] = True,
     allow_metrics: Annotated[bool, typer.Option(help="Serve Prometheus metrics.")] = True,
@@ -60,7 +66,7 @@ def serve(
     settings = ServerSettings(
         model_repository=model_repository,
         http_address=http_address, http_port=http_port,
-        grpc_address=grpc_address, grpc_port=grpc_port,
+        grpc_address=grpc_address, grpc_port=grpc_port, grpc_transport=grpc_transport,
         metrics_address=metrics_address, metrics_port=metrics_port,
         allow_http=allow_http, allow_grpc=allow_grpc, allow_metrics=allow_metrics,
         model_control_mode=model_control_mode,

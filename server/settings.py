@@ -15,6 +15,13 @@ class ModelControlMode(enum.StrEnum):
     EXPLICIT = "explicit"
 
 
+class GrpcTransport(enum.StrEnum):
+    """Which implementation serves gRPC: ferry's own HTTP/2 layer, or grpcio's grpc.aio."""
+
+    FERRY = "ferry"
+    GRPCIO = "grpcio"
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     """Everything `ferry serve` can be told; field names follow Triton's flags."""
@@ -24,6 +31,7 @@ class ServerSettings:
     http_port: int = 8000
     grpc_address: str = "0.0.0.0"
     grpc_port: int = 8001
+    grpc_transport: GrpcTransport = GrpcTransport.FERRY
     metrics_address: str = "0.0.0.0"
     metrics_port: int = 8002
     allow_http: bool = True

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import grpc
 from google.protobuf import json_format
@@ -18,7 +18,10 @@ from tritonclient.grpc import service_pb2_grpc
 from server.dataplane import DataPlane
 from server.errors import ErrorKind, ServingError
 from server.protocol import grpc_codec
+from server.protocol.grpc_wire.rpc import routes_for
+from server.protocol.grpc_wire.server import GrpcWireServer
 from server.protocol.status import GRPC_CODE_BY_KIND
+from server.settings import GrpcTransport
 
 logger = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 2**31 - 1
@@ -173,7 +176,27 @@ class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
         return health_pb2.HealthCheckResponse(status=status)
 
 
-def create_grpc_server(dataplane: DataPlane, address: str) -> grpc.aio.Server:
+def create_grpc_server(dataplane: DataPlane, host: str, port: int,
+                       transport: GrpcTransport = GrpcTransport.FERRY) -> GrpcServer:
+    """Both services on the chosen transport, bound to host:port once started."""
+    if transport == GrpcTransport.GRPCIO:
+        return cast(GrpcServer, create_grpcio_server(dataplane, f"{host}:{port}"))
+    routes = routes_for(InferenceServicer(dataplane), pb.DESCRIPTOR.services_by_name[
+        "GRPCInferenceService"], service_pb2_grpc.GRPCInferenceServiceServicer)
+    routes.update(routes_for(HealthServicer(dataplane), health_pb2.DESCRIPTOR.services_by_name[
+        "Health"], health_pb2_grpc.HealthServicer))
+    return GrpcWireServer(routes, host, port, MAX_MESSAGE_BYTES)
+
+
+class GrpcServer(Protocol):
+    """What app.py needs from either transport."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self, grace: float | None) -> None: ...
+
+
+def create_grpcio_server(dataplane: DataPlane, address: str) -> grpc.aio.Server:
     """A grpc.aio server with both services and 2 GiB-1 message limits, bound to `address`."""
     options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
