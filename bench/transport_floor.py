@@ -1,7 +1,7 @@
 """The transport floor: the same HTTP and gRPC stacks as `ferry serve` (uvicorn + httptools +
-uvloop, grpc.aio + uvloop) with handlers that ignore the request and return a canned MLP-sized
-response. No model, no parsing, no batching: the most any server on these stacks can reach on
-this machine, so `make bench` can say how much of it ferry keeps.
+uvloop; ferry's HTTP/2 gRPC layer + uvloop) with handlers that ignore the request and return a
+canned MLP-sized response. No model, no tensor decoding, no batching: the most any server on
+these stacks can reach on this machine, so `make bench` can say how much of it ferry keeps.
 
     python -m bench.transport_floor http PORT
     python -m bench.transport_floor grpc PORT
@@ -9,6 +9,7 @@ this machine, so `make bench` can say how much of it ferry keeps.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from typing import Any
@@ -36,20 +37,23 @@ def canned_http_response() -> bytes:
 
 
 async def serve_grpc(port: int) -> None:
-    import grpc
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc
 
-    body = canned_grpc_response()
+    from server.protocol.grpc_wire.rpc import routes_for
+    from server.protocol.grpc_wire.server import GrpcWireServer
 
-    async def infer(request: bytes, context: Any) -> bytes:
-        return body
+    reply = pb.ModelInferResponse.FromString(canned_grpc_response())
 
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-        "inference.GRPCInferenceService",
-        {"ModelInfer": grpc.unary_unary_rpc_method_handler(infer)}),))
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    class Canned(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+        async def ModelInfer(self, request: Any, context: Any) -> Any:
+            return reply
+
+    server = GrpcWireServer(routes_for(Canned(), pb.DESCRIPTOR.services_by_name[
+        "GRPCInferenceService"], service_pb2_grpc.GRPCInferenceServiceServicer),
+        "127.0.0.1", port, 2**31 - 1)
     await server.start()
-    await server.wait_for_termination()
+    await asyncio.Event().wait()
 
 
 def http_app() -> Any:

@@ -44,7 +44,8 @@ def decode_request(message: pb.ModelInferRequest) -> InferenceRequest:
     """ModelInferRequest -> InferenceRequest."""
     parameters: dict[str, Any] = {}
     priority = timeout_us = 0
-    for key, parameter in message.parameters.items():
+    # iterating an empty protobuf map still goes through collections.abc (~2 % of a request)
+    for key, parameter in message.parameters.items() if message.parameters else ():
         if key.startswith("triton_") and key not in ALLOWED_TRITON_PARAMETERS:
             raise invalid(f"parameter keys starting with 'triton_' are reserved for Triton usage "
                           f"and should not be specified: '{key}'")

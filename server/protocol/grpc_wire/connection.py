@@ -77,7 +77,9 @@ class Stream:
         self.recv_unacked = 0
 
 
-class ConnectionError_(Exception):
+class ProtocolViolation(Exception):
+    """A connection error (RFC 9113 §5.4.1): GOAWAY with `code`, then close."""
+
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(reason)
         self.code = code
@@ -90,6 +92,7 @@ class GrpcConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = ""
         self.buffer = bytearray()
+        self.needed = len(f.PREFACE)  # bytes the next parse step needs
         self.preface_seen = False
         self.decoder = HeaderDecoder()
         self.streams: dict[int, Stream] = {}
@@ -126,10 +129,12 @@ class GrpcConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.buffer:
             self.buffer += data
+            if len(self.buffer) < self.needed:  # a large frame still arriving: just collect
+                return
             data = bytes(self.buffer)
         try:
             consumed = self.parse(data)
-        except ConnectionError_ as exc:
+        except ProtocolViolation as exc:
             self.abort_connection(exc.code, str(exc))
             return
         except hpack.HPACKError as exc:
@@ -147,10 +152,10 @@ class GrpcConnection(asyncio.Protocol):
         if not self.preface_seen:
             if len(data) < len(f.PREFACE):
                 if not f.PREFACE.startswith(data):
-                    raise ConnectionError_(f.PROTOCOL_ERROR, "not an HTTP/2 connection preface")
+                    raise ProtocolViolation(f.PROTOCOL_ERROR, "not an HTTP/2 connection preface")
                 return 0
             if not data.startswith(f.PREFACE):
-                raise ConnectionError_(f.PROTOCOL_ERROR, "not an HTTP/2 connection preface")
+                raise ProtocolViolation(f.PROTOCOL_ERROR, "not an HTTP/2 connection preface")
             self.preface_seen = True
             offset = len(f.PREFACE)
         end = len(data)
@@ -159,14 +164,15 @@ class GrpcConnection(asyncio.Protocol):
             high, low, frame_type, flags, stream_id = unpack(data, offset)
             length = (high << 16) | low
             if length > MAX_FRAME:
-                raise ConnectionError_(f.FRAME_SIZE_ERROR, f"frame of {length} bytes")
+                raise ProtocolViolation(f.FRAME_SIZE_ERROR, f"frame of {length} bytes")
             start = offset + f.FRAME_HEADER_BYTES
             if end - start < length:
-                break
+                self.needed = f.FRAME_HEADER_BYTES + length
+                return offset
             offset = start + length
             stream_id &= 0x7FFFFFFF
             if self.header_fragments is not None and frame_type != f.CONTINUATION:
-                raise ConnectionError_(f.PROTOCOL_ERROR, "expected CONTINUATION")
+                raise ProtocolViolation(f.PROTOCOL_ERROR, "expected CONTINUATION")
             if frame_type == f.DATA:
                 self.on_data(stream_id, flags, data, start, length)
             elif frame_type == f.HEADERS:
@@ -183,8 +189,9 @@ class GrpcConnection(asyncio.Protocol):
             elif frame_type == f.RST_STREAM:
                 self.on_reset(stream_id)
             elif frame_type == f.PUSH_PROMISE:
-                raise ConnectionError_(f.PROTOCOL_ERROR, "clients cannot push")
+                raise ProtocolViolation(f.PROTOCOL_ERROR, "clients cannot push")
             # PRIORITY, GOAWAY and unknown types need nothing from a server
+        self.needed = f.FRAME_HEADER_BYTES
         return offset
 
     def on_headers(self, stream_id: int, flags: int, payload: bytes) -> None:
@@ -200,7 +207,7 @@ class GrpcConnection(asyncio.Protocol):
 
     def on_continuation(self, stream_id: int, flags: int, payload: bytes) -> None:
         if self.header_fragments is None or self.header_fragments[0] != stream_id:
-            raise ConnectionError_(f.PROTOCOL_ERROR, "unexpected CONTINUATION")
+            raise ProtocolViolation(f.PROTOCOL_ERROR, "unexpected CONTINUATION")
         self.header_fragments[2].extend(payload)
         if flags & f.END_HEADERS:
             first_id, first_flags, block = self.header_fragments
@@ -301,12 +308,12 @@ class GrpcConnection(asyncio.Protocol):
         if flags & f.ACK:
             return
         if len(payload) % 6:
-            raise ConnectionError_(f.FRAME_SIZE_ERROR, "SETTINGS length not a multiple of 6")
+            raise ProtocolViolation(f.FRAME_SIZE_ERROR, "SETTINGS length not a multiple of 6")
         for offset in range(0, len(payload), 6):
             key, value = struct.unpack_from(">HL", payload, offset)
             if key == f.SETTINGS_INITIAL_WINDOW_SIZE:
                 if value > f.MAX_WINDOW:
-                    raise ConnectionError_(f.FLOW_CONTROL_ERROR, "initial window too large")
+                    raise ProtocolViolation(f.FLOW_CONTROL_ERROR, "initial window too large")
                 delta = value - self.peer_initial_window
                 self.peer_initial_window = value
                 for stream in self.streams.values():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -13,7 +14,18 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from tests.support.onnx_models import run_reference
-from tests.support.server_process import ServerProcess
+from tests.support.server_process import ServerProcess, running_server
+
+
+@pytest.fixture(scope="module", params=["ferry", "grpcio"])
+def server(request: pytest.FixtureRequest, server: ServerProcess,
+           repository: Path) -> Iterator[ServerProcess]:
+    """Every test here runs on both gRPC transports (`--grpc-transport`)."""
+    if request.param == "ferry":
+        yield server  # the default: the session's shared server
+        return
+    with running_server(repository, "--grpc-transport", request.param) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,139 @@
+"""The pure parts of ferry's gRPC transport: HPACK blocks we send, the header cache, message
+framing, timeouts and routes."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+
+import grpc
+import hpack
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from server.protocol.grpc_wire import frames
+from server.protocol.grpc_wire.headers import HeaderDecoder
+from server.protocol.grpc_wire.rpc import (
+    INTERNAL,
+    RESOURCE_EXHAUSTED,
+    UNIMPLEMENTED,
+    AbortError,
+    decode_message,
+    routes_for,
+    split_messages,
+)
+
+
+def decoded(block: bytes) -> list[tuple[str, str]]:
+    return [(str(name), str(value)) for name, value in hpack.Decoder().decode(block)]
+
+
+def test_response_blocks_decode_as_grpc_headers() -> None:
+    assert decoded(frames.RESPONSE_HEADERS) == [
+        (":status", "200"), ("content-type", "application/grpc"),
+        ("grpc-accept-encoding", "identity,deflate,gzip")]
+    assert decoded(frames.TRAILERS_OK) == [("grpc-status", "0")]
+    assert decoded(frames.http_status_block(415)) == [(":status", "415")]
+
+
+def test_status_block_percent_encodes_the_message() -> None:
+    message = "model 'x' not found: 100% über\n" + "y" * 300  # long: multi-byte length
+    trailers = decoded(frames.status_block(5, message, with_headers=False))
+    assert trailers[0] == ("grpc-status", "5")
+    name, value = trailers[1]
+    assert name == "grpc-message"
+    assert value.startswith("model 'x' not found: 100%25 %C3%BCber%0Ay")
+    assert value.isascii() and len(value) > 300
+    trailers_only = decoded(frames.status_block(14, "", with_headers=True))
+    assert trailers_only[0] == (":status", "200") and trailers_only[-1] == ("grpc-status", "14")
+
+
+@pytest.mark.parametrize("value,seconds", [("100m", 0.1), ("5S", 5.0), ("2M", 120.0),
+                                           ("1H", 3600.0), ("250u", 250e-6), ("7n", 7e-9)])
+def test_grpc_timeout(value: str, seconds: float) -> None:
+    assert frames.parse_grpc_timeout(value) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("value", ["", "5", "m", "5x", "-5m", "1234567890S"])
+def test_malformed_grpc_timeout(value: str) -> None:
+    assert frames.parse_grpc_timeout(value) is None
+
+
+def request_headers(path: str, timeout: str | None = None) -> list[tuple[str, str]]:
+    headers = [(":method", "POST"), (":scheme", "http"), (":path", path),
+               (":authority", "127.0.0.1"), ("content-type", "application/grpc"),
+               ("te", "trailers"), ("x-request-tag", "abc")]
+    return headers + ([("grpc-timeout", timeout)] if timeout else [])
+
+
+def test_header_cache_follows_the_dynamic_table() -> None:
+    encoder, decoder = hpack.Encoder(), HeaderDecoder()
+    first = encoder.encode(request_headers("/svc/A"))  # literals added to the table
+    head = decoder.decode(first)
+    assert (head.method, head.path, head.content_type) == ("POST", "/svc/A", "application/grpc")
+    assert head.metadata == (("x-request-tag", "abc"),)
+    second = encoder.encode(request_headers("/svc/A"))  # all indexed now
+    assert second != first and len(second) < 10
+    assert decoder.decode(second) == head
+    assert decoder.decode(second) is decoder.decode(second)  # served from the cache
+    # A block that adds to the table changes what the same index bytes mean afterwards.
+    third = decoder.decode(encoder.encode(request_headers("/svc/B", timeout="10m")))
+    assert (third.path, third.timeout) == ("/svc/B", "10m")
+    fourth = encoder.encode(request_headers("/svc/B", timeout="10m"))
+    assert decoder.decode(fourth).path == "/svc/B"
+    assert decoder.decode(encoder.encode(request_headers("/svc/A"))).path == "/svc/A"
+
+
+def framed(payload: bytes, compressed: int = 0) -> bytes:
+    return bytes((compressed,)) + len(payload).to_bytes(4, "big") + payload
+
+
+def test_split_messages_keeps_a_partial_tail() -> None:
+    buffer = bytearray(framed(b"one") + framed(b"") + framed(b"three")[:6])
+    assert split_messages(buffer, 1 << 20) == [(0, b"one"), (0, b"")]
+    assert buffer == framed(b"three")[:6]
+    buffer += framed(b"three")[6:]
+    assert split_messages(buffer, 1 << 20) == [(0, b"three")] and not buffer
+
+
+def test_split_messages_refuses_an_oversized_prefix_before_its_body_arrives() -> None:
+    with pytest.raises(AbortError) as caught:
+        split_messages(bytearray(framed(b"x" * 10)[:5]), 9)
+    assert caught.value.code == RESOURCE_EXHAUSTED
+
+
+def test_decode_message_encodings() -> None:
+    assert decode_message(0, b"plain", "gzip") == b"plain"
+    assert decode_message(1, gzip.compress(b"data"), "gzip") == b"data"
+    assert decode_message(1, zlib.compress(b"data"), "deflate") == b"data"
+    for payload, encoding, code in [(b"x", "snappy", UNIMPLEMENTED), (b"x", "", INTERNAL),
+                                    (b"not gzip", "gzip", INTERNAL)]:
+        with pytest.raises(AbortError) as caught:
+            decode_message(1, payload, encoding)
+        assert caught.value.code == code
+
+
+class CheckOnly(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
+    async def Check(self, request: object, context: object) -> object:
+        return health_pb2.HealthCheckResponse()
+
+
+def test_routes_cover_only_overridden_methods() -> None:
+    routes = routes_for(CheckOnly(), health_pb2.DESCRIPTOR.services_by_name["Health"],
+                        health_pb2_grpc.HealthServicer)
+    assert list(routes) == ["/grpc.health.v1.Health/Check"]
+    route = routes["/grpc.health.v1.Health/Check"]
+    assert route.request_type is health_pb2.HealthCheckRequest
+    assert not route.client_streaming and not route.server_streaming
+
+
+def test_abort_carries_the_numeric_code() -> None:
+    import asyncio
+
+    from server.protocol.grpc_wire.rpc import RpcContext
+
+    context = RpcContext((("k", "v"),), None, "ipv4:127.0.0.1:1")
+    with pytest.raises(AbortError) as caught:
+        asyncio.run(context.abort(grpc.StatusCode.NOT_FOUND, "gone"))
+    assert (caught.value.code, caught.value.details) == (5, "gone")
+    assert context.invocation_metadata() == (("k", "v"),) and context.time_remaining() is None
