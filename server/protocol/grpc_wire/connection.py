@@ -140,6 +140,9 @@ class GrpcConnection(asyncio.Protocol):
         except hpack.HPACKError as exc:
             self.abort_connection(f.COMPRESSION_ERROR, f"bad header block: {exc}")
             return
+        except (IndexError, ValueError, struct.error) as exc:  # frames too short for their flags
+            self.abort_connection(f.PROTOCOL_ERROR, f"malformed frame: {exc}")
+            return
         self.buffer = bytearray(data[consumed:])
         if self.recv_unacked >= CONNECTION_WINDOW // 2:
             self.write(f.window_update(0, self.recv_unacked))

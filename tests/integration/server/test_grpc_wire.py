@@ -234,6 +234,24 @@ def test_bad_preface_gets_goaway() -> None:
     serve(scenario)
 
 
+@pytest.mark.parametrize("garbage", [
+    frames.frame(frames.HEADERS, frames.PADDED | frames.END_HEADERS, 1, b""),  # no pad length
+    frames.frame(frames.HEADERS, frames.END_HEADERS, 1, b"\xff\xff\xff\xff"),  # bad HPACK
+    frames.frame(frames.SETTINGS, 0, 0, b"\x00\x04\x00"),  # not a multiple of 6
+    frames.frame(frames.CONTINUATION, frames.END_HEADERS, 1, b""),  # nothing to continue
+    frames.frame(frames.PUSH_PROMISE, 0, 1, b"\x00\x00\x00\x02"),
+])
+def test_malformed_frames_close_only_their_connection(garbage: bytes) -> None:
+    async def scenario(server: GrpcWireServer, service: EchoService, url: str) -> None:
+        received = await exchange(url, frames.PREFACE + frames.settings_frame({}) + garbage)
+        assert received[-1][0] == frames.GOAWAY
+        assert int.from_bytes(received[-1][3][4:8], "big") != frames.NO_ERROR
+        async with grpc.aio.insecure_channel(url) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            assert (await stub.ModelInfer(request(b"ok"))).raw_output_contents[0] == b"ok"
+    serve(scenario)
+
+
 @pytest.mark.parametrize("overrides,status", [({":method": "GET"}, "405"),
                                               ({"content-type": "text/plain"}, "415")])
 def test_requests_that_are_not_grpc_get_an_http_status(overrides: dict[str, str],
