@@ -27,6 +27,7 @@ from server.protocol.grpc import create_grpc_server
 from server.protocol.http import create_http_app
 from server.repository import ModelRepository
 from server.settings import ModelControlMode, ServerSettings
+from server.shared_memory import SharedMemoryManager
 
 logger = logging.getLogger("ferry")
 
@@ -69,7 +70,8 @@ async def serve(settings: ServerSettings) -> int:
     repository = ModelRepository(settings.model_repository, settings.model_control_mode, fanout,
                                  settings.default_max_batch_size)
     repository_ref.append(repository)
-    dataplane = DataPlane(repository, fanout, settings.strict_readiness)
+    shared_memory = SharedMemoryManager() if settings.allow_client_shm else None
+    dataplane = DataPlane(repository, fanout, settings.strict_readiness, shared_memory)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -116,6 +118,9 @@ async def serve(settings: ServerSettings) -> int:
                 settings.http_address, settings.http_port, settings.grpc_address,
                 settings.grpc_port, settings.metrics_address, settings.metrics_port,
                 settings.model_control_mode.value)
+    if shared_memory is not None:
+        logger.warning("client shared memory is enabled (--allow-client-shm): clients can make "
+                       "the server read and write any shared memory object it can open")
     poller = None
     if settings.model_control_mode == ModelControlMode.POLL:
         poller = asyncio.create_task(repository.poll_forever(settings.repository_poll_secs))
@@ -135,6 +140,8 @@ async def serve(settings: ServerSettings) -> int:
         server.should_exit = True
     await asyncio.gather(*tasks, return_exceptions=True)
     monitors.close()
+    if shared_memory is not None:
+        shared_memory.close()
     logger.info("stopped")
     return 0
 

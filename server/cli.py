@@ -48,6 +48,12 @@ def serve(
     http_max_request_bytes: Annotated[
         int, typer.Option(help="Largest HTTP request body accepted (after decompression).")
     ] = 512 * 1024 * 1024,
+    allow_client_shm: Annotated[
+        bool, typer.Option(help="Let clients register POSIX shared memory regions and pass "
+                                "tensors through them (Triton's system shared memory extension; "
+                                "off by default, as in Triton: any client can then make the "
+                                "server read and write shared memory objects it can open).")
+    ] = False,
     default_max_batch_size: Annotated[
         int, typer.Option(help="max_batch_size given to auto-completed batching models.")] = 4,
     drift: Annotated[bool, typer.Option(help="Online drift detection for models with a "
@@ -75,6 +81,7 @@ def serve(
         strict_readiness=strict_readiness,
         exit_timeout_secs=exit_timeout_secs,
         http_max_request_bytes=http_max_request_bytes,
+        allow_client_shm=allow_client_shm,
         default_max_batch_size=default_max_batch_size,
         drift_enabled=drift, drift_window=drift_window, drift_alpha=drift_alpha,
         drift_baseline_samples=drift_baseline_samples,

@@ -29,6 +29,7 @@ from server.observers import ObserverFanout
 from server.repository import ModelRepository
 from server.repository_format import ModelConfig
 from server.settings import ModelControlMode
+from server.shared_memory import SharedMemoryManager
 from server.types import InferenceRequest, InferenceResponse, datatype_of
 
 SERVER_NAME = "ferry"
@@ -42,10 +43,13 @@ class DataPlane:
     """Everything a transport can ask of the server."""
 
     def __init__(self, repository: ModelRepository, fanout: ObserverFanout,
-                 strict_readiness: bool = True) -> None:
+                 strict_readiness: bool = True,
+                 shared_memory: SharedMemoryManager | None = None) -> None:
         self.repository = repository
         self.fanout = fanout
         self.strict_readiness = strict_readiness
+        # client shared memory regions (--allow-client-shm); None: the extension is off
+        self.shared_memory = shared_memory
         self.started = False
         self.accepting = True
         self._inflight = 0
@@ -63,7 +67,10 @@ class DataPlane:
         return self.repository.all_ready() if self.strict_readiness else True
 
     def server_metadata(self) -> dict[str, Any]:
-        return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
+        extensions = list(EXTENSIONS)
+        if self.shared_memory is not None:
+            extensions.insert(extensions.index("model_configuration") + 1, "system_shared_memory")
+        return {"name": SERVER_NAME, "version": __version__, "extensions": extensions}
 
     def model_ready(self, name: str, version: str = "") -> bool:
         try:

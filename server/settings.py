@@ -43,6 +43,7 @@ class ServerSettings:
     strict_readiness: bool = True
     exit_timeout_secs: float = 30.0
     http_max_request_bytes: int = 512 * 1024 * 1024
+    allow_client_shm: bool = False
     default_max_batch_size: int = 4
     drift_enabled: bool = True
     drift_window: int = 1000

@@ -79,9 +79,15 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         async def work() -> Any:
-            response = await self.dataplane.infer(grpc_codec.decode_request(request))
-            return grpc_codec.encode_response(response)
+            return await self._infer(request)
         return await _call(context, work)
+
+    async def _infer(self, request: Any) -> Any:
+        """Decode, infer, encode one ModelInferRequest (tensors may live in shared memory)."""
+        shared_memory = self.dataplane.shared_memory
+        inference_request, in_shared_memory = grpc_codec.decode_request(request, shared_memory)
+        response = await self.dataplane.infer(inference_request)
+        return grpc_codec.encode_response(response, in_shared_memory, shared_memory)
 
     async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
         """Requests on one stream run concurrently; each response is final."""
@@ -91,8 +97,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         async def one(request: Any) -> None:
             message = pb.ModelStreamInferResponse()
             try:
-                response = await self.dataplane.infer(grpc_codec.decode_request(request))
-                message.infer_response.CopyFrom(grpc_codec.encode_response(response))
+                message.infer_response.CopyFrom(await self._infer(request))
                 message.infer_response.parameters["triton_final_response"].bool_param = True
             except ServingError as exc:
                 message.error_message = exc.message
@@ -144,13 +149,29 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         return await _call(context, work)
 
     async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
-        return pb.SystemSharedMemoryStatusResponse()
+        async def work() -> Any:
+            response = pb.SystemSharedMemoryStatusResponse()
+            shared_memory = self.dataplane.shared_memory
+            for region in shared_memory.status(request.name) if shared_memory else ():
+                response.regions[region["name"]].CopyFrom(
+                    pb.SystemSharedMemoryStatusResponse.RegionStatus(**region))
+            return response
+        return await _call(context, work)
 
     async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                            "client shared memory is not enabled on this server")
+        async def work() -> Any:
+            shared_memory = self.dataplane.shared_memory
+            if shared_memory is None:
+                raise ServingError(ErrorKind.UNSUPPORTED,
+                                   "client shared memory is not enabled on this server (start "
+                                   "ferry serve with --allow-client-shm)")
+            shared_memory.register(request.name, request.key, request.offset, request.byte_size)
+            return pb.SystemSharedMemoryRegisterResponse()
+        return await _call(context, work)
 
     async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        if self.dataplane.shared_memory is not None:  # else nothing is ever registered
+            self.dataplane.shared_memory.unregister(request.name)
         return pb.SystemSharedMemoryUnregisterResponse()
 
     async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -15,10 +16,16 @@ from server.protocol.tensors import (
     check_datatype,
     check_shape,
 )
+from server.shared_memory import (
+    SharedMemoryManager,
+    SharedMemoryReference,
+    shared_memory_reference,
+)
 from server.types import InferenceRequest, InferenceResponse, RequestedOutput, datatype_of
 
 # Triton accepts only these `triton_` keys on gRPC requests (TRITON_RESERVED_REQUEST_PARAMS).
 ALLOWED_TRITON_PARAMETERS = frozenset({"triton_enable_empty_final_response"})
+SHM_NOT_ENABLED = "client shared memory is not enabled on this server"
 _CONTENTS_FIELD_BY_DATATYPE = {
     "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
     "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
@@ -40,8 +47,11 @@ def _non_negative(parameter: Any, name: str) -> int:
     return value
 
 
-def decode_request(message: pb.ModelInferRequest) -> InferenceRequest:
-    """ModelInferRequest -> InferenceRequest."""
+def decode_request(message: pb.ModelInferRequest,
+                   shared_memory: SharedMemoryManager | None = None
+                   ) -> tuple[InferenceRequest, dict[str, SharedMemoryReference]]:
+    """ModelInferRequest -> InferenceRequest, and the outputs to write into client shared memory
+    (`shared_memory` None: the extension is off)."""
     parameters: dict[str, Any] = {}
     priority = timeout_us = 0
     # iterating an empty protobuf map still goes through collections.abc (~2 % of a request)
@@ -56,41 +66,84 @@ def decode_request(message: pb.ModelInferRequest) -> InferenceRequest:
         elif not key.startswith("triton_") and key not in ("sequence_id", "sequence_start",
                                                            "sequence_end"):
             parameters[key] = parameter_value(parameter)
+    inputs = _decode_inputs(message, shared_memory)
+    requested = None
+    in_shared_memory: dict[str, SharedMemoryReference] = {}
+    if message.outputs:
+        outputs = []
+        for output in message.outputs:
+            params = output.parameters
+            classification = _non_negative(params["classification"], "classification") \
+                if "classification" in params else 0
+            if "shared_memory_region" in params:
+                if shared_memory is None:
+                    raise ServingError(ErrorKind.UNSUPPORTED, SHM_NOT_ENABLED)
+                if "classification" in params:
+                    raise invalid("output can't set both 'shared_memory_region' and "
+                                  "'classification'")
+                reference = _reference(output.name, params)
+                shared_memory.check(reference)
+                in_shared_memory[output.name] = reference
+            outputs.append(RequestedOutput(output.name, None, classification))
+        requested = tuple(outputs)
+    request = InferenceRequest(
+        model_name=message.model_name, model_version=message.model_version,
+        inputs=inputs, id=message.id, requested_outputs=requested, parameters=parameters,
+        priority=priority, timeout_us=timeout_us, protocol="grpc")
+    return request, in_shared_memory
+
+
+def _decode_inputs(message: pb.ModelInferRequest,
+                   shared_memory: SharedMemoryManager | None) -> dict[str, np.ndarray]:
+    """raw_input_contents entries are consumed in order by the inputs not in shared memory."""
     raw = message.raw_input_contents
-    if raw and len(raw) != len(message.inputs):
-        raise invalid(f"expected {len(message.inputs)} raw_input_contents entries (one per input), "
-                      f"got {len(raw)}")
+    raw_index = 0
     inputs: dict[str, np.ndarray] = {}
-    for index, tensor in enumerate(message.inputs):
+    for tensor in message.inputs:
         name = tensor.name
         if name in inputs:
             raise invalid(f"input '{name}' is given twice")
-        if "shared_memory_region" in tensor.parameters:
-            raise ServingError(ErrorKind.UNSUPPORTED, "client shared memory is not enabled on "
-                                                       "this server")
         shape = check_shape(name, list(tensor.shape))
         datatype = check_datatype(name, tensor.datatype)
         has_contents = tensor.HasField("contents")
-        if raw:
+        if "shared_memory_region" in tensor.parameters:
+            if shared_memory is None:
+                raise ServingError(ErrorKind.UNSUPPORTED, SHM_NOT_ENABLED)
+            if has_contents:
+                raise invalid(f"unexpected 'content' provided when using shared memory for "
+                              f"input tensor '{name}' for model '{message.model_name}'")
+            data = shared_memory.read(_reference(name, tensor.parameters))
+            inputs[name] = array_from_bytes(name, data, datatype, shape)
+        elif raw:
             if has_contents:
                 raise invalid("contents field must not be specified when using "
                               "raw_input_contents")
-            inputs[name] = array_from_bytes(name, raw[index], datatype, shape)
+            if raw_index >= len(raw):
+                raise _raw_count_error(message, len(raw))
+            inputs[name] = array_from_bytes(name, raw[raw_index], datatype, shape)
+            raw_index += 1
         elif has_contents:
             inputs[name] = _from_contents(name, tensor.contents, datatype, shape)
         else:
             raise invalid(f"input '{name}' has no data: use raw_input_contents or contents")
-    requested = None
-    if message.outputs:
-        requested = tuple(
-            RequestedOutput(output.name, None, _non_negative(output.parameters["classification"],
-                                                             "classification")
-                            if "classification" in output.parameters else 0)
-            for output in message.outputs)
-    return InferenceRequest(
-        model_name=message.model_name, model_version=message.model_version,
-        inputs=inputs, id=message.id, requested_outputs=requested, parameters=parameters,
-        priority=priority, timeout_us=timeout_us, protocol="grpc")
+    if raw_index != len(raw):
+        raise _raw_count_error(message, len(raw))
+    return inputs
+
+
+def _raw_count_error(message: pb.ModelInferRequest, count: int) -> ServingError:
+    expected = sum("shared_memory_region" not in t.parameters for t in message.inputs)
+    return invalid(f"expected {expected} raw_input_contents entries (one per input not in shared "
+                   f"memory), got {count}")
+
+
+def _reference(tensor: str, params: Any) -> SharedMemoryReference:
+    """The tensor's `shared_memory_*` parameters (tritonclient sends int64_param sizes)."""
+    def value(key: str, default: Any) -> Any:
+        return parameter_value(params[key]) if key in params else default
+    return shared_memory_reference(tensor, value("shared_memory_region", None),
+                                   value("shared_memory_byte_size", None),
+                                   value("shared_memory_offset", 0))
 
 
 def _from_contents(name: str, contents: Any, datatype: str,
@@ -108,8 +161,11 @@ def _from_contents(name: str, contents: Any, datatype: str,
     return array_from_json(name, values, datatype, shape)
 
 
-def encode_response(response: InferenceResponse) -> pb.ModelInferResponse:
-    """Every output's data goes to raw_output_contents, index-aligned with `outputs`."""
+def encode_response(response: InferenceResponse,
+                    in_shared_memory: Mapping[str, SharedMemoryReference] | None = None,
+                    shared_memory: SharedMemoryManager | None = None) -> pb.ModelInferResponse:
+    """Every output's data goes to raw_output_contents, index-aligned with `outputs`; an output
+    written into client shared memory gets an empty entry and its shared memory parameters."""
     message = pb.ModelInferResponse(model_name=response.model_name,
                                     model_version=response.model_version, id=response.id)
     for name, array in response.outputs.items():
@@ -117,5 +173,15 @@ def encode_response(response: InferenceResponse) -> pb.ModelInferResponse:
         output.name = name
         output.datatype = datatype_of(array)
         output.shape.extend(array.shape)
-        message.raw_output_contents.append(array_to_bytes(array))
+        reference = in_shared_memory.get(name) if in_shared_memory else None
+        if reference is None or shared_memory is None:
+            message.raw_output_contents.append(array_to_bytes(array))
+            continue
+        blob = array_to_bytes(array)
+        shared_memory.write(reference, name, blob)
+        output.parameters["shared_memory_region"].string_param = reference.region
+        output.parameters["shared_memory_byte_size"].int64_param = len(blob)
+        if reference.offset:
+            output.parameters["shared_memory_offset"].int64_param = reference.offset
+        message.raw_output_contents.append(b"")
     return message

@@ -176,27 +176,73 @@ def create_fastapi_app(dataplane: DataPlane, max_request_bytes: int,
         raise ServingError(ErrorKind.UNSUPPORTED,
                            "'repository_name' specification is not supported")
 
-    for kind in ("systemsharedmemory", "cudasharedmemory"):
+    shared_memory = dataplane.shared_memory
+
+    async def system_shm_status(request: Request) -> Response:
+        if shared_memory is None:
+            return json_response([])
+        return json_response(shared_memory.status(request.path_params.get("region", "")))
+
+    async def system_shm_register(request: Request) -> Response:
+        if shared_memory is None:
+            return _shm_not_enabled()
+        key, offset, byte_size = _register_parameters(await optional_json(request,
+                                                                          max_request_bytes))
+        shared_memory.register(request.path_params.get("region", ""), key, offset, byte_size)
+        return Response(status_code=200)
+
+    async def system_shm_unregister(request: Request) -> Response:
+        if shared_memory is not None:  # else nothing is ever registered
+            shared_memory.unregister(request.path_params.get("region", ""))
+        return Response(status_code=200)
+
+    shm_handlers = {"systemsharedmemory": (system_shm_status, system_shm_register,
+                                           system_shm_unregister),
+                    "cudasharedmemory": (_cuda_shm_status, _cuda_shm_register,
+                                         _cuda_shm_unregister)}
+    for kind, (status, register, unregister) in shm_handlers.items():
         for prefix in (f"/v2/{kind}", f"/v2/{kind}/region/{{region}}"):
-            app.router.add_route(prefix + "/status", _shm_status, methods=["GET"],
+            app.router.add_route(prefix + "/status", status, methods=["GET"],
                                  include_in_schema=False)
-            app.router.add_route(prefix + "/register", _shm_register, methods=["POST"],
+            app.router.add_route(prefix + "/register", register, methods=["POST"],
                                  include_in_schema=False)
-            app.router.add_route(prefix + "/unregister", _shm_unregister, methods=["POST"],
+            app.router.add_route(prefix + "/unregister", unregister, methods=["POST"],
                                  include_in_schema=False)
     return app
 
 
-async def _shm_status(_: Request) -> Response:
+def _shm_not_enabled() -> Response:
+    return error_response(501, "client shared memory is not enabled on this server (start "
+                               "ferry serve with --allow-client-shm); send tensors in the "
+                               "request body (binary tensor data extension)")
+
+
+def _register_parameters(body: dict[str, Any]) -> tuple[str, int, int]:
+    """key, offset and byte_size of a system shared memory register request."""
+    if "key" not in body:
+        raise invalid("Shared memory register request has no 'key' field")
+    if "byte_size" not in body:
+        raise invalid("Shared memory register request has no 'byte_size' field")
+    key, offset, byte_size = body["key"], body.get("offset", 0), body["byte_size"]
+    if not isinstance(key, str):
+        raise invalid("Shared memory register request: 'key' must be a string")
+    for label, value in (("offset", offset), ("byte_size", byte_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise invalid(f"Shared memory register request: '{label}' must be a non-negative "
+                          "integer")
+    return key, offset, byte_size
+
+
+async def _cuda_shm_status(_: Request) -> Response:
     return json_response([])
 
 
-async def _shm_register(_: Request) -> Response:
-    return error_response(501, "client shared memory is not enabled on this server; send "
+async def _cuda_shm_register(_: Request) -> Response:
+    return error_response(501, "CUDA shared memory is not enabled on this server; send "
                                "tensors in the request body (binary tensor data extension)")
 
 
-async def _shm_unregister(_: Request) -> Response:
+async def _cuda_shm_unregister(_: Request) -> Response:
     return Response(status_code=200)  # nothing is ever registered
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,10 +19,16 @@ from server.protocol.tensors import (
     check_datatype,
     check_shape,
 )
+from server.shared_memory import (
+    SharedMemoryManager,
+    SharedMemoryReference,
+    shared_memory_reference,
+)
 from server.types import InferenceRequest, InferenceResponse, RequestedOutput, datatype_of
 
 RESERVED_PARAMETERS = frozenset({"sequence_id", "sequence_start", "sequence_end", "priority",
                                  "timeout", "headers", "binary_data_output"})
+SHM_NOT_ENABLED = "client shared memory is not enabled on this server"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +37,8 @@ class OutputEncoding:
 
     binary_default: bool
     binary_by_output: Mapping[str, bool | None]
+    # outputs the client asked to have written into its shared memory regions
+    shared_memory_by_output: Mapping[str, SharedMemoryReference] = field(default_factory=dict)
 
 
 def parse_header_length(value: str | None, body_length: int) -> int | None:
@@ -48,8 +56,10 @@ def parse_header_length(value: str | None, body_length: int) -> int | None:
 
 
 def decode_request(body: bytes, header_length: int | None, model_name: str,
-                   model_version: str) -> tuple[InferenceRequest, OutputEncoding]:
-    """Decode an infer body into an InferenceRequest and the requested output encoding."""
+                   model_version: str, shared_memory: SharedMemoryManager | None = None
+                   ) -> tuple[InferenceRequest, OutputEncoding]:
+    """Decode an infer body into an InferenceRequest and the requested output encoding; tensors
+    in client shared memory need `shared_memory` (None: the extension is off)."""
     json_end = len(body) if header_length is None else header_length
     try:
         header = orjson.loads(memoryview(body)[:json_end])
@@ -64,8 +74,9 @@ def decode_request(body: bytes, header_length: int | None, model_name: str,
         if key.startswith("triton_"):
             raise invalid(f"parameter keys starting with 'triton_' are reserved for Triton usage "
                           f"and should not be specified: '{key}'")
-    inputs = _decode_inputs(header.get("inputs"), body, json_end)
-    requested, binary_by_output = _decode_outputs(header.get("outputs"))
+    inputs = _decode_inputs(header.get("inputs"), body, json_end, shared_memory)
+    requested, binary_by_output, in_shared_memory = _decode_outputs(header.get("outputs"),
+                                                                    shared_memory)
     priority = _unsigned(parameters.get("priority", 0), "priority")
     timeout_us = _unsigned(parameters.get("timeout", 0), "timeout")
     custom = {k: v for k, v in parameters.items() if k not in RESERVED_PARAMETERS
@@ -77,7 +88,7 @@ def decode_request(body: bytes, header_length: int | None, model_name: str,
         requested_outputs=requested, parameters=custom, priority=priority,
         timeout_us=timeout_us, protocol="http")
     binary_default = parameters.get("binary_data_output", False) is True
-    return request, OutputEncoding(binary_default, binary_by_output)
+    return request, OutputEncoding(binary_default, binary_by_output, in_shared_memory)
 
 
 def _unsigned(value: Any, name: str) -> int:
@@ -86,7 +97,8 @@ def _unsigned(value: Any, name: str) -> int:
     return value
 
 
-def _decode_inputs(specs: Any, body: bytes, binary_start: int) -> dict[str, np.ndarray]:
+def _decode_inputs(specs: Any, body: bytes, binary_start: int,
+                   shared_memory: SharedMemoryManager | None) -> dict[str, np.ndarray]:
     if not isinstance(specs, list) or not specs:
         raise invalid("the request must list its 'inputs'")
     inputs: dict[str, np.ndarray] = {}
@@ -109,8 +121,13 @@ def _decode_inputs(specs: Any, body: bytes, binary_start: int) -> dict[str, np.n
                           "'binary_data_size' in 'parameters', 'shared_memory_region' in "
                           "'parameters'")
         if "shared_memory_region" in params:
-            raise ServingError(ErrorKind.UNSUPPORTED, "client shared memory is not enabled on "
-                                                       "this server")
+            if shared_memory is None:
+                raise ServingError(ErrorKind.UNSUPPORTED, SHM_NOT_ENABLED)
+            reference = shared_memory_reference(
+                name, params["shared_memory_region"], params.get("shared_memory_byte_size"),
+                params.get("shared_memory_offset", 0))
+            inputs[name] = array_from_bytes(name, shared_memory.read(reference), datatype, shape)
+            continue
         if "data" in spec:
             inputs[name] = array_from_json(name, spec["data"], datatype, shape)
             continue
@@ -126,38 +143,58 @@ def _decode_inputs(specs: Any, body: bytes, binary_start: int) -> dict[str, np.n
     return inputs
 
 
-def _decode_outputs(specs: Any) -> tuple[tuple[RequestedOutput, ...] | None,
-                                         dict[str, bool | None]]:
+def _decode_outputs(specs: Any, shared_memory: SharedMemoryManager | None
+                    ) -> tuple[tuple[RequestedOutput, ...] | None, dict[str, bool | None],
+                               dict[str, SharedMemoryReference]]:
     if specs is None:
-        return None, {}
+        return None, {}, {}
     if not isinstance(specs, list):
         raise invalid("request 'outputs' must be a list")
-    requested, binary = [], {}
+    requested, binary, in_shared_memory = [], {}, {}
     for spec in specs:
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
             raise invalid("each requested output must be an object with a 'name'")
+        name = spec["name"]
         params = spec.get("parameters") or {}
-        if "shared_memory_region" in params:
-            raise ServingError(ErrorKind.UNSUPPORTED, "client shared memory is not enabled on "
-                                                       "this server")
+        if not isinstance(params, dict):
+            raise invalid(f"output '{name}': 'parameters' must be an object")
         flag = params.get("binary_data")
         if flag is not None and not isinstance(flag, bool):
-            raise invalid(f"output '{spec['name']}': 'binary_data' must be a boolean")
+            raise invalid(f"output '{name}': 'binary_data' must be a boolean")
+        if "shared_memory_region" in params:
+            if shared_memory is None:
+                raise ServingError(ErrorKind.UNSUPPORTED, SHM_NOT_ENABLED)
+            if "classification" in params:
+                raise invalid("Output can't set both 'shared_memory_region' and "
+                              "'classification'")
+            if flag:
+                raise invalid("Output can't set both 'shared_memory_region' and 'binary_data'")
+            reference = shared_memory_reference(
+                name, params["shared_memory_region"], params.get("shared_memory_byte_size"),
+                params.get("shared_memory_offset", 0))
+            shared_memory.check(reference)
+            in_shared_memory[name] = reference
         classification = _unsigned(params.get("classification", 0), "classification")
-        requested.append(RequestedOutput(spec["name"], flag, classification))
-        binary[spec["name"]] = flag
-    return tuple(requested), binary
+        requested.append(RequestedOutput(name, flag, classification))
+        binary[name] = flag
+    return tuple(requested), binary, in_shared_memory
 
 
-def encode_response(response: InferenceResponse,
-                    encoding: OutputEncoding) -> tuple[bytes, int | None]:
-    """Response body and, when any output is binary, the JSON header's length."""
+def encode_response(response: InferenceResponse, encoding: OutputEncoding,
+                    shared_memory: SharedMemoryManager | None = None
+                    ) -> tuple[bytes, int | None]:
+    """Response body and, when any output is binary, the JSON header's length. Outputs in
+    client shared memory are written there and carry no data."""
     outputs, blobs = [], []
+    in_shared_memory = encoding.shared_memory_by_output if shared_memory is not None else None
     for name, array in response.outputs.items():
         datatype = datatype_of(array)
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         flag = encoding.binary_by_output.get(name)
-        if flag if flag is not None else encoding.binary_default:
+        reference = in_shared_memory.get(name) if in_shared_memory else None
+        if reference is not None and shared_memory is not None:
+            entry["parameters"] = _write_to_shared_memory(shared_memory, reference, name, array)
+        elif flag if flag is not None else encoding.binary_default:
             blob = array_to_bytes(array)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
@@ -177,6 +214,18 @@ def encode_response(response: InferenceResponse,
     if not blobs:
         return json_part, None
     return b"".join([json_part, *blobs]), len(json_part)
+
+
+def _write_to_shared_memory(shared_memory: SharedMemoryManager, reference: SharedMemoryReference,
+                           name: str, array: np.ndarray) -> dict[str, Any]:
+    """Write an output's wire bytes into its region; the parameters that describe where."""
+    blob = array_to_bytes(array)
+    shared_memory.write(reference, name, blob)
+    parameters: dict[str, Any] = {"shared_memory_region": reference.region,
+                                  "shared_memory_byte_size": len(blob)}
+    if reference.offset:
+        parameters["shared_memory_offset"] = reference.offset
+    return parameters
 
 
 def decompress(body: bytes, encoding: str, limit: int) -> bytes:

@@ -52,9 +52,10 @@ async def handle_infer(dataplane: DataPlane, name: str, version: str,
     if header_length == 0:
         inference_request, encoding = _raw_binary_request(dataplane, name, version, body)
     else:
-        inference_request, encoding = decode_request(body, header_length, name, version)
+        inference_request, encoding = decode_request(body, header_length, name, version,
+                                                     dataplane.shared_memory)
     response = await dataplane.infer(inference_request)
-    payload, json_length = encode_response(response, encoding)
+    payload, json_length = encode_response(response, encoding, dataplane.shared_memory)
     response_headers = [(b"content-type", JSON_TYPE if json_length is None else BINARY_TYPE)]
     if json_length is not None:
         response_headers.append((b"inference-header-content-length", b"%d" % json_length))

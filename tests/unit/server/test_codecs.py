@@ -85,7 +85,8 @@ def test_grpc_request_decoding() -> None:
     message.parameters["timeout"].int64_param = 50
     message.parameters["custom"].string_param = "v"
     message.outputs.add(name="y").parameters["classification"].int64_param = 2
-    request = grpc_codec.decode_request(message)
+    request, in_shared_memory = grpc_codec.decode_request(message)
+    assert not in_shared_memory
     assert request.inputs["x"].tolist() == [[3, 4]] and request.protocol == "grpc"
     assert request.priority == 1 and request.timeout_us == 50
     assert request.parameters == {"custom": "v"}
