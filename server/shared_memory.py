@@ -50,6 +50,30 @@ def shared_memory_reference(tensor: str, region: Any, byte_size: Any,
     return SharedMemoryReference(region, byte_size, offset)
 
 
+NOT_ENABLED = "client shared memory is not enabled on this server"
+
+
+def require_enabled(shared_memory: SharedMemoryManager | None) -> SharedMemoryManager:
+    """The manager; a request naming a region while the extension is off gets UNSUPPORTED."""
+    if shared_memory is None:
+        raise ServingError(ErrorKind.UNSUPPORTED, NOT_ENABLED)
+    return shared_memory
+
+
+def output_destination(shared_memory: SharedMemoryManager | None, tensor: str, region: Any,
+                       byte_size: Any, offset: Any, classification: bool,
+                       binary_data: bool = False) -> SharedMemoryReference:
+    """Where a requested output goes (either wire), checked against the registered regions."""
+    manager = require_enabled(shared_memory)
+    if classification:
+        raise invalid("Output can't set both 'shared_memory_region' and 'classification'")
+    if binary_data:
+        raise invalid("Output can't set both 'shared_memory_region' and 'binary_data'")
+    reference = shared_memory_reference(tensor, region, byte_size, offset)
+    manager.check(reference)
+    return reference
+
+
 @dataclass(slots=True)
 class _Region:
     name: str

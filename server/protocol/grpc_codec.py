@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
-from server.errors import ErrorKind, ServingError, invalid
+from server.errors import ServingError, invalid
 from server.protocol.tensors import (
     array_from_bytes,
     array_from_json,
@@ -19,13 +19,14 @@ from server.protocol.tensors import (
 from server.shared_memory import (
     SharedMemoryManager,
     SharedMemoryReference,
+    output_destination,
+    require_enabled,
     shared_memory_reference,
 )
 from server.types import InferenceRequest, InferenceResponse, RequestedOutput, datatype_of
 
 # Triton accepts only these `triton_` keys on gRPC requests (TRITON_RESERVED_REQUEST_PARAMS).
 ALLOWED_TRITON_PARAMETERS = frozenset({"triton_enable_empty_final_response"})
-SHM_NOT_ENABLED = "client shared memory is not enabled on this server"
 _CONTENTS_FIELD_BY_DATATYPE = {
     "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
     "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
@@ -76,14 +77,9 @@ def decode_request(message: pb.ModelInferRequest,
             classification = _non_negative(params["classification"], "classification") \
                 if "classification" in params else 0
             if "shared_memory_region" in params:
-                if shared_memory is None:
-                    raise ServingError(ErrorKind.UNSUPPORTED, SHM_NOT_ENABLED)
-                if "classification" in params:
-                    raise invalid("output can't set both 'shared_memory_region' and "
-                                  "'classification'")
-                reference = _reference(output.name, params)
-                shared_memory.check(reference)
-                in_shared_memory[output.name] = reference
+                in_shared_memory[output.name] = output_destination(
+                    shared_memory, output.name, *_reference_parameters(params),
+                    classification="classification" in params)
             outputs.append(RequestedOutput(output.name, None, classification))
         requested = tuple(outputs)
     request = InferenceRequest(
@@ -107,12 +103,12 @@ def _decode_inputs(message: pb.ModelInferRequest,
         datatype = check_datatype(name, tensor.datatype)
         has_contents = tensor.HasField("contents")
         if "shared_memory_region" in tensor.parameters:
-            if shared_memory is None:
-                raise ServingError(ErrorKind.UNSUPPORTED, SHM_NOT_ENABLED)
+            manager = require_enabled(shared_memory)
             if has_contents:
                 raise invalid(f"unexpected 'content' provided when using shared memory for "
                               f"input tensor '{name}' for model '{message.model_name}'")
-            data = shared_memory.read(_reference(name, tensor.parameters))
+            data = manager.read(shared_memory_reference(
+                name, *_reference_parameters(tensor.parameters)))
             inputs[name] = array_from_bytes(name, data, datatype, shape)
         elif raw:
             if has_contents:
@@ -137,13 +133,13 @@ def _raw_count_error(message: pb.ModelInferRequest, count: int) -> ServingError:
                    f"memory), got {count}")
 
 
-def _reference(tensor: str, params: Any) -> SharedMemoryReference:
-    """The tensor's `shared_memory_*` parameters (tritonclient sends int64_param sizes)."""
+def _reference_parameters(params: Any) -> tuple[Any, Any, Any]:
+    """A tensor's `shared_memory_*` region, byte size and offset (tritonclient sends int64
+    sizes); validated by `shared_memory_reference`."""
     def value(key: str, default: Any) -> Any:
         return parameter_value(params[key]) if key in params else default
-    return shared_memory_reference(tensor, value("shared_memory_region", None),
-                                   value("shared_memory_byte_size", None),
-                                   value("shared_memory_offset", 0))
+    return (value("shared_memory_region", None), value("shared_memory_byte_size", None),
+            value("shared_memory_offset", 0))
 
 
 def _from_contents(name: str, contents: Any, datatype: str,

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from server.errors import ErrorKind, ServingError, invalid
+from server.errors import invalid
 from server.protocol.tensors import (
     array_from_bytes,
     array_from_json,
@@ -22,13 +22,14 @@ from server.protocol.tensors import (
 from server.shared_memory import (
     SharedMemoryManager,
     SharedMemoryReference,
+    output_destination,
+    require_enabled,
     shared_memory_reference,
 )
 from server.types import InferenceRequest, InferenceResponse, RequestedOutput, datatype_of
 
 RESERVED_PARAMETERS = frozenset({"sequence_id", "sequence_start", "sequence_end", "priority",
                                  "timeout", "headers", "binary_data_output"})
-SHM_NOT_ENABLED = "client shared memory is not enabled on this server"
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,12 +122,11 @@ def _decode_inputs(specs: Any, body: bytes, binary_start: int,
                           "'binary_data_size' in 'parameters', 'shared_memory_region' in "
                           "'parameters'")
         if "shared_memory_region" in params:
-            if shared_memory is None:
-                raise ServingError(ErrorKind.UNSUPPORTED, SHM_NOT_ENABLED)
+            manager = require_enabled(shared_memory)
             reference = shared_memory_reference(
                 name, params["shared_memory_region"], params.get("shared_memory_byte_size"),
                 params.get("shared_memory_offset", 0))
-            inputs[name] = array_from_bytes(name, shared_memory.read(reference), datatype, shape)
+            inputs[name] = array_from_bytes(name, manager.read(reference), datatype, shape)
             continue
         if "data" in spec:
             inputs[name] = array_from_json(name, spec["data"], datatype, shape)
@@ -162,18 +162,10 @@ def _decode_outputs(specs: Any, shared_memory: SharedMemoryManager | None
         if flag is not None and not isinstance(flag, bool):
             raise invalid(f"output '{name}': 'binary_data' must be a boolean")
         if "shared_memory_region" in params:
-            if shared_memory is None:
-                raise ServingError(ErrorKind.UNSUPPORTED, SHM_NOT_ENABLED)
-            if "classification" in params:
-                raise invalid("Output can't set both 'shared_memory_region' and "
-                              "'classification'")
-            if flag:
-                raise invalid("Output can't set both 'shared_memory_region' and 'binary_data'")
-            reference = shared_memory_reference(
-                name, params["shared_memory_region"], params.get("shared_memory_byte_size"),
-                params.get("shared_memory_offset", 0))
-            shared_memory.check(reference)
-            in_shared_memory[name] = reference
+            in_shared_memory[name] = output_destination(
+                shared_memory, name, params["shared_memory_region"],
+                params.get("shared_memory_byte_size"), params.get("shared_memory_offset", 0),
+                classification="classification" in params, binary_data=bool(flag))
         classification = _unsigned(params.get("classification", 0), "classification")
         requested.append(RequestedOutput(name, flag, classification))
         binary[name] = flag
