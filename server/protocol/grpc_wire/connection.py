@@ -22,6 +22,7 @@ from server.protocol.grpc_wire.rpc import (
     DEADLINE_EXCEEDED,
     INTERNAL,
     OK,
+    RESOURCE_EXHAUSTED,
     UNAVAILABLE,
     UNIMPLEMENTED,
     UNKNOWN,
@@ -269,6 +270,10 @@ class GrpcConnection(asyncio.Protocol):
         stream.body += data[start:end]
         if stream.messages is not None:
             self.deliver_stream_messages(stream)
+        elif len(stream.body) > self.server.max_message_bytes + 5:  # refuse before it all arrives
+            self.send_status(stream, RESOURCE_EXHAUSTED, "received message larger than max "
+                                                         f"({self.server.max_message_bytes})")
+            return
         if flags & f.END_STREAM:
             self.end_of_request(stream)
         elif stream.recv_unacked >= STREAM_WINDOW // 2 and not stream.done:

@@ -53,12 +53,13 @@ def request(payload: bytes = b"", tag: str = "", sleep_s: float = 0.0) -> Any:
     return message
 
 
-def serve(scenario: Callable[[GrpcWireServer, EchoService, str], Awaitable[None]]) -> None:
+def serve(scenario: Callable[[GrpcWireServer, EchoService, str], Awaitable[None]],
+          max_message: int = MAX_MESSAGE) -> None:
     async def main() -> None:
         service = EchoService()
         server = GrpcWireServer(routes_for(
             service, pb.DESCRIPTOR.services_by_name["GRPCInferenceService"],
-            service_pb2_grpc.GRPCInferenceServiceServicer), "127.0.0.1", 0, MAX_MESSAGE)
+            service_pb2_grpc.GRPCInferenceServiceServicer), "127.0.0.1", 0, max_message)
         await server.start()
         try:
             await asyncio.wait_for(scenario(server, service, f"127.0.0.1:{server.bound_port}"),
@@ -285,6 +286,18 @@ def test_header_block_split_over_continuation_frames() -> None:
         reply = pb.ModelInferResponse.FromString(message[5:])
         assert reply.id == "c" * 40_000 and reply.raw_output_contents[0] == b"abc"
     serve(scenario)
+
+
+def test_oversized_unary_message_is_refused_before_it_ends() -> None:
+    async def scenario(server: GrpcWireServer, service: EchoService, url: str) -> None:
+        declared = (1 << 20).to_bytes(4, "big")
+        received = await exchange(url, frames.PREFACE + frames.settings_frame({}) + headers_frame(
+            grpc_fields(), end_stream=False) + frames.frame(frames.DATA, 0, 1, b"\0" + declared
+                                                            + b"x" * 5000))  # no END_STREAM
+        trailers = dict(response_headers(received)[-1])
+        assert trailers["grpc-status"] == str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
+        assert "larger than max" in trailers["grpc-message"]
+    serve(scenario, max_message=1000)
 
 
 def test_two_messages_on_a_unary_call_are_refused() -> None:
