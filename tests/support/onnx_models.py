@@ -114,3 +114,20 @@ def bytes_model() -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
+
+
+CLASSIFIER_CONFIG = """
+name: "classifier"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [{ name: "input" data_type: TYPE_FP32 dims: [16] }]
+output [{ name: "output" data_type: TYPE_FP32 dims: [4] label_filename: "labels.txt" }]
+"""
+
+
+def write_classifier(repository: Path, extra_config: str = "") -> Path:
+    """The `classifier` model: an MLP whose 4 outputs are labelled (classification extension)."""
+    model_dir = write_model(repository, "classifier", mlp_model(seed=3),
+                            CLASSIFIER_CONFIG + extra_config)
+    (model_dir / "labels.txt").write_text("cat\ndog\nbird\nfish\n")
+    return model_dir

@@ -61,14 +61,15 @@ class ServerProcess:
         return int(self.process.returncode)
 
 
-def wait_until_live(server: ServerProcess, timeout: float = 90.0, ready: bool = False) -> None:
+def wait_until_live(server: ServerProcess, timeout: float = 90.0, ready: bool = False,
+                    label: str = "ferry serve") -> None:
     """Poll the health endpoint until it answers 200 (or the process dies)."""
     path = "ready" if ready else "live"
     deadline = time.monotonic() + timeout
     url = f"http://{server.http_url}/v2/health/{path}"
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            raise RuntimeError(f"ferry serve exited with {server.process.returncode}:\n"
+            raise RuntimeError(f"{label} exited with {server.process.returncode}:\n"
                                f"{server.log()}")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
@@ -77,7 +78,7 @@ def wait_until_live(server: ServerProcess, timeout: float = 90.0, ready: bool = 
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
         time.sleep(0.1)
-    raise TimeoutError(f"ferry serve did not become {path} in {timeout}s:\n{server.log()}")
+    raise TimeoutError(f"{label} did not become {path} in {timeout}s:\n{server.log()}")
 
 
 @contextlib.contextmanager

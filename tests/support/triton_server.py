@@ -15,16 +15,13 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from tests.support.server_process import ServerProcess, free_port
+from tests.support.server_process import ServerProcess, free_port, wait_until_live
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TRITON_VENV = REPO_ROOT / ".venv-triton"
@@ -70,24 +67,6 @@ def _python_backend_dir(site_packages: Path, workdir: Path) -> Path:
     stub = dist / "python_backend_stubs" / python_version / "triton_python_backend_stub"
     shutil.copy2(stub, backend / stub.name)
     return backend.parent
-
-
-def _wait_until_ready(server: TritonServer, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    url = f"http://{server.http_url}/v2/health/ready"
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(
-                f"tritonserver exited with {server.process.returncode}:\n{server.log()[-6000:]}"
-            )
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"tritonserver was not ready in {timeout}s:\n{server.log()[-6000:]}")
 
 
 @contextlib.contextmanager
@@ -147,7 +126,7 @@ def running_tritonserver(model_repository: Path, timeout: float = 120.0) -> Iter
         )
     server = TritonServer(process, http_port, grpc_port, metrics_port, log_path)
     try:
-        _wait_until_ready(server, timeout)
+        wait_until_live(server, timeout, ready=True, label="tritonserver")
         yield server
     finally:
         server.stop()

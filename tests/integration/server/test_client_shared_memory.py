@@ -24,6 +24,7 @@ from tests.support.onnx_models import (
     mlp_model,
     run_reference,
     two_io_model,
+    write_classifier,
     write_model,
 )
 from tests.support.server_process import ServerProcess, running_server
@@ -34,13 +35,6 @@ HELD_CONFIG = """
 max_batch_size: 8
 dynamic_batching { preferred_batch_size: [8] max_queue_delay_microseconds: 60000000 }
 """
-CLASSIFIER_CONFIG = """
-name: "classifier"
-platform: "onnxruntime_onnx"
-max_batch_size: 8
-input [{ name: "input" data_type: TYPE_FP32 dims: [16] }]
-output [{ name: "output" data_type: TYPE_FP32 dims: [4] label_filename: "labels.txt" }]
-"""
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +44,7 @@ def shm_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_model(repo, "two_io", two_io_model(), "max_batch_size: 8\n")
     write_model(repo, "strings", bytes_model())
     write_model(repo, "held", mlp_model(seed=7), HELD_CONFIG)
-    classifier = write_model(repo, "classifier", mlp_model(seed=3), CLASSIFIER_CONFIG)
-    (classifier / "labels.txt").write_text("cat\ndog\nbird\nfish\n")
+    write_classifier(repo)
     return repo
 
 
