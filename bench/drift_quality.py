@@ -36,8 +36,15 @@ ALPHAS = (0.01, 0.05, 0.10)
 CONFIGS = [(k, lvl) for k in ("noise", "rotation") for lvl in NOISE] + [("knockout", "class0")]
 
 
-def shift(images: np.ndarray, labels: np.ndarray, kind: str, level: str, fraction: float,
-          size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def shift(
+    images: np.ndarray,
+    labels: np.ndarray,
+    kind: str,
+    level: str,
+    fraction: float,
+    size: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
     """A window of `size` pool images with `fraction` of it shifted (or class 0 knocked out)."""
     if kind == "knockout":  # label shift: delete `fraction` of the class-0 images from the pool
         zeros = np.flatnonzero(labels == 0)
@@ -60,8 +67,7 @@ def shift(images: np.ndarray, labels: np.ndarray, kind: str, level: str, fractio
 class Harness:
     """The exported model and ferry's DriftMonitor for one (window, alpha)."""
 
-    def __init__(self, version_dir: Path, reference: np.ndarray, window: int,
-                 alpha: float) -> None:
+    def __init__(self, version_dir: Path, reference: np.ndarray, window: int, alpha: float) -> None:
         import onnxruntime as ort
 
         model = version_dir / "model.onnx"
@@ -70,8 +76,9 @@ class Harness:
         self.reference_s = time.perf_counter() - started
         self.session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
         self.monitor = DriftMonitor(window=window, alpha=alpha, max_window_age_s=1e9)
-        self.monitor.observe(ModelEventRecord("digits", "1", "READY", str(version_dir), 0.0,
-                                              max_batch_size=64))
+        self.monitor.observe(
+            ModelEventRecord("digits", "1", "READY", str(version_dir), 0.0, max_batch_size=64)
+        )
         self.monitor.step()
         self.info = self.detail()
         if self.info["state"] != "active":
@@ -87,17 +94,27 @@ class Harness:
         """(calibrated decision, plain-Bonferroni decision, predicted classes) of one window."""
         y = np.asarray(self.session.run(None, {"image": x})[0])
         for i in range(0, x.shape[0], 8):
-            self.monitor.observe(RequestRecord("digits", "1", "http", True, x[i:i + 8].shape[0],
-                                               0.001, inputs={"image": x[i:i + 8]},
-                                               outputs={"probabilities": y[i:i + 8]}))
+            self.monitor.observe(
+                RequestRecord(
+                    "digits",
+                    "1",
+                    "http",
+                    True,
+                    x[i : i + 8].shape[0],
+                    0.001,
+                    inputs={"image": x[i : i + 8]},
+                    outputs={"probabilities": y[i : i + 8]},
+                )
+            )
         self.monitor.step()
         last = self.detail()["last_window"]
         min_p = min(s["p_value"] for s in last["signals"])
         return bool(last["drift"]), min_p < self.info["bonferroni_alpha"], y.argmax(1)
 
 
-def shifted_suite(h: Harness, xt: np.ndarray, yt: np.ndarray, base_acc: float, window: int,
-                  trials: int) -> dict[tuple[str, str, float], np.ndarray]:
+def shifted_suite(
+    h: Harness, xt: np.ndarray, yt: np.ndarray, base_acc: float, window: int, trials: int
+) -> dict[tuple[str, str, float], np.ndarray]:
     """Per shift config, rows of (calibrated, Bonferroni, accuracy drop) over `trials` windows."""
     rng = np.random.default_rng(window)
     out = {}
@@ -112,33 +129,50 @@ def shifted_suite(h: Harness, xt: np.ndarray, yt: np.ndarray, base_acc: float, w
     return out
 
 
-def summarize(window: int, h: Harness, res: dict[tuple[str, str, float], np.ndarray],
-              eval_s: float) -> None:
+def summarize(
+    window: int, h: Harness, res: dict[tuple[str, str, float], np.ndarray], eval_s: float
+) -> None:
     rows = np.concatenate(list(res.values()))
     harmful = rows[rows[:, 2] >= 0.10]
-    print(f"\nwindow {window}: {len(h.info['signals'])} signals, alpha 0.05, per-signal alpha "
-          f"{h.info['alpha_per_signal']:.4g} (Bonferroni {h.info['bonferroni_alpha']:.4g}); "
-          f"reference build {h.reference_s:.1f} s; {1e3 * eval_s:.1f} ms per window "
-          "(shift, infer, feed, evaluate)")
-    print(f"  shifted windows detected: {rows[:, 0].mean():.3f} calibrated, "
-          f"{rows[:, 1].mean():.3f} plain Bonferroni ({len(rows)} windows, {len(res)} configs)")
-    print(f"  windows losing >= 10 points of accuracy: {len(harmful)}, detected "
-          f"{harmful[:, 0].mean() if len(harmful) else float('nan'):.3f} calibrated, "
-          f"{harmful[:, 1].mean() if len(harmful) else float('nan'):.3f} Bonferroni")
+    print(
+        f"\nwindow {window}: {len(h.info['signals'])} signals, alpha 0.05, per-signal alpha "
+        f"{h.info['alpha_per_signal']:.4g} (Bonferroni {h.info['bonferroni_alpha']:.4g}); "
+        f"reference build {h.reference_s:.1f} s; {1e3 * eval_s:.1f} ms per window "
+        "(shift, infer, feed, evaluate)"
+    )
+    print(
+        f"  shifted windows detected: {rows[:, 0].mean():.3f} calibrated, "
+        f"{rows[:, 1].mean():.3f} plain Bonferroni ({len(rows)} windows, {len(res)} configs)"
+    )
+    print(
+        f"  windows losing >= 10 points of accuracy: {len(harmful)}, detected "
+        f"{harmful[:, 0].mean() if len(harmful) else float('nan'):.3f} calibrated, "
+        f"{harmful[:, 1].mean() if len(harmful) else float('nan'):.3f} Bonferroni"
+    )
     print("  shift            detected at 10/50/100 %   (mean accuracy drop, points)")
     for kind, level in CONFIGS:
         parts = [res[(kind, level, f)] for f in FRACTIONS]
-        print(f"  {kind + '-' + level:16s} " + " ".join(f"{p[:, 0].mean():.2f}" for p in parts)
-              + "   (" + " ".join(f"{100 * p[:, 2].mean():5.1f}" for p in parts) + ")")
+        print(
+            f"  {kind + '-' + level:16s} "
+            + " ".join(f"{p[:, 0].mean():.2f}" for p in parts)
+            + "   ("
+            + " ".join(f"{100 * p[:, 2].mean():5.1f}" for p in parts)
+            + ")"
+        )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--trials", type=int, default=40, help="windows per shift config")
     parser.add_argument("--null-trials", type=int, default=400, help="unshifted windows per alpha")
-    parser.add_argument("--reference", choices=("val", "train"), default="val",
-                        help="reference rows: validation split, or the example's reference.npz")
+    parser.add_argument(
+        "--reference",
+        choices=("val", "train"),
+        default="val",
+        help="reference rows: validation split, or the example's reference.npz",
+    )
     parser.add_argument("--artifacts", type=Path, default=ARTIFACTS_DIR)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ferry-drift-bench-") as repository:
@@ -162,21 +196,32 @@ def run(args: argparse.Namespace, repository: Path) -> None:
         h = Harness(version_dir, reference, window, 0.05)
         base_acc = h.accuracy(xt, yt)
         if window == WINDOWS[0]:
-            print(f"digits CNN (exported ONNX): test accuracy {base_acc:.4f}; reference "
-                  f"{args.reference} {reference.shape[0]} rows, test pool {yt.size} rows")
+            print(
+                f"digits CNN (exported ONNX): test accuracy {base_acc:.4f}; reference "
+                f"{args.reference} {reference.shape[0]} rows, test pool {yt.size} rows"
+            )
         started = time.perf_counter()
         res = shifted_suite(h, xt, yt, base_acc, window, args.trials)
         summarize(window, h, res, (time.perf_counter() - started) / args.trials / len(res))
-    print("\nunshifted windows: false-alarm rate, calibrated / plain Bonferroni "
-          f"({args.null_trials} windows each)")
+    print(
+        "\nunshifted windows: false-alarm rate, calibrated / plain Bonferroni "
+        f"({args.null_trials} windows each)"
+    )
     for window in WINDOWS:
         for alpha in ALPHAS:
             h = Harness(version_dir, reference, window, alpha)
             rng = np.random.default_rng(1000 + window)
-            alarms = np.array([h.detect(xt[rng.choice(yt.size, window, replace=False)])[:2]
-                               for _ in range(args.null_trials)], dtype=float)
-            print(f"  window {window}, alpha {alpha:.2f}: {alarms[:, 0].mean():.3f} / "
-                  f"{alarms[:, 1].mean():.3f}  (target <= {1.5 * alpha:.3f})")
+            alarms = np.array(
+                [
+                    h.detect(xt[rng.choice(yt.size, window, replace=False)])[:2]
+                    for _ in range(args.null_trials)
+                ],
+                dtype=float,
+            )
+            print(
+                f"  window {window}, alpha {alpha:.2f}: {alarms[:, 0].mean():.3f} / "
+                f"{alarms[:, 1].mean():.3f}  (target <= {1.5 * alpha:.3f})"
+            )
 
 
 if __name__ == "__main__":

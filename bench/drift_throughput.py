@@ -62,9 +62,12 @@ def main() -> None:
     args = parser.parse_args()
     repo = Path(tempfile.mkdtemp(prefix="ferry-drift-cost-"))
     model_dir = write_model(repo, "mlp", mlp_model(in_features=64, out_features=10))
-    write_reference(model_dir / "1", model_dir / "1" / "model.onnx",
-                    {"input": np.random.default_rng(0).standard_normal((2000, 64))
-                     .astype(np.float32)}, window=1000)
+    write_reference(
+        model_dir / "1",
+        model_dir / "1" / "model.onnx",
+        {"input": np.random.default_rng(0).standard_normal((2000, 64)).astype(np.float32)},
+        window=1000,
+    )
     results: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}
     for _ in range(args.rounds):
         for mode in ("off", "on"):
@@ -77,8 +80,10 @@ def main() -> None:
     off = np.mean([r for r, _ in results["off"]])
     on = np.mean([r for r, _ in results["on"]])
     rss = np.mean([m for _, m in results["on"]]) - np.mean([m for _, m in results["off"]])
-    print(f"throughput on/off: {on / off:.3f} ({100 * (1 - on / off):+.1f} % drop); "
-          f"RSS on - off: {rss:+.1f} MiB (one model version)")
+    print(
+        f"throughput on/off: {on / off:.3f} ({100 * (1 - on / off):+.1f} % drop); "
+        f"RSS on - off: {rss:+.1f} MiB (one model version)"
+    )
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ import onnxruntime as ort
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-session = ort.InferenceSession(os.environ.get("FERRY_BASELINE_MODEL", "model.onnx"),
-                               providers=["CPUExecutionProvider"])
+session = ort.InferenceSession(
+    os.environ.get("FERRY_BASELINE_MODEL", "model.onnx"), providers=["CPUExecutionProvider"]
+)
 input_name = session.get_inputs()[0].name
 app = FastAPI()
 

@@ -15,10 +15,13 @@ import numpy as np
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
 
 
-async def run(url: str, payload: bytes, concurrency: int, duration_s: float,
-              warmup_s: float) -> dict[str, float]:
-    options = [("grpc.max_send_message_length", 2**31 - 1),
-               ("grpc.max_receive_message_length", 2**31 - 1)]
+async def run(
+    url: str, payload: bytes, concurrency: int, duration_s: float, warmup_s: float
+) -> dict[str, float]:
+    options = [
+        ("grpc.max_send_message_length", 2**31 - 1),
+        ("grpc.max_receive_message_length", 2**31 - 1),
+    ]
     async with grpc.aio.insecure_channel(url, options=options) as channel:
         call = channel.unary_unary(METHOD, request_serializer=None, response_deserializer=None)
         latencies: list[float] = []
@@ -47,9 +50,13 @@ async def run(url: str, payload: bytes, concurrency: int, duration_s: float,
         await asyncio.gather(clock(), *(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started - warmup_s
     values = np.array(latencies) * 1000
-    return {"requests": len(latencies), "errors": errors, "seconds": elapsed,
-            "p50_ms": float(np.percentile(values, 50)) if len(values) else 0.0,
-            "p99_ms": float(np.percentile(values, 99)) if len(values) else 0.0}
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "seconds": elapsed,
+        "p50_ms": float(np.percentile(values, 50)) if len(values) else 0.0,
+        "p99_ms": float(np.percentile(values, 99)) if len(values) else 0.0,
+    }
 
 
 def main() -> None:
@@ -68,8 +75,11 @@ def main() -> None:
         uvloop.install()
     except ImportError:
         pass
-    print(json.dumps(asyncio.run(run(args.url, payload, args.concurrency, args.duration,
-                                     args.warmup))))
+    print(
+        json.dumps(
+            asyncio.run(run(args.url, payload, args.concurrency, args.duration, args.warmup))
+        )
+    )
 
 
 if __name__ == "__main__":

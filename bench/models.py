@@ -62,12 +62,30 @@ def build_repository(repo: Path) -> None:
     }
     for name, args in exports.items():
         if not (repo / name / "1" / "model.onnx").exists():
-            subprocess.run([sys.executable, "-m", "ferry", "export", args[0], "--name", name,
-                            "--model-repository", str(repo), *args[1:],
-                            "--max-batch-size", "64"], check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "ferry",
+                    "export",
+                    args[0],
+                    "--name",
+                    name,
+                    "--model-repository",
+                    str(repo),
+                    *args[1:],
+                    "--max-batch-size",
+                    "64",
+                ],
+                check=True,
+            )
         config = (repo / name / "config.pbtxt").read_text()
         base = config.split("dynamic_batching")[0].rstrip() + "\n"
         if "max_batch_size" in SERVING_CONFIG[name]:
-            base = "\n".join(line for line in base.splitlines()
-                              if not line.startswith("max_batch_size")) + "\n"
+            base = (
+                "\n".join(
+                    line for line in base.splitlines() if not line.startswith("max_batch_size")
+                )
+                + "\n"
+            )
         (repo / name / "config.pbtxt").write_text(base + SERVING_CONFIG[name])

@@ -32,11 +32,26 @@ def prepare(name: str, root: Path) -> tuple[Path, Path]:
     module.train(artifacts)
     attr, max_batch = EXPORT_ARGS[name]
     repo = root / "repo"
-    subprocess.run([sys.executable, "-m", "ferry", "export", f"examples.{name}:{attr}",
-                    "--name", name, "--model-repository", str(repo),
-                    "--weights", str(artifacts / "weights.pt"),
-                    "--example", str(artifacts / "val.npz"),
-                    "--max-batch-size", str(max_batch)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ferry",
+            "export",
+            f"examples.{name}:{attr}",
+            "--name",
+            name,
+            "--model-repository",
+            str(repo),
+            "--weights",
+            str(artifacts / "weights.pt"),
+            "--example",
+            str(artifacts / "val.npz"),
+            "--max-batch-size",
+            str(max_batch),
+        ],
+        check=True,
+    )
     return repo, artifacts
 
 
@@ -50,10 +65,23 @@ def main() -> None:
     root = args.keep or Path(tempfile.mkdtemp(prefix="ferry-bench-optimize-"))
     for name in args.examples:
         repo, artifacts = prepare(name, root)
-        command = [sys.executable, "-m", "ferry", "optimize", name, "--model-repository",
-                   str(repo), "--eval-data", str(artifacts / "test.npz"),
-                   "--calibration-data", str(artifacts / "val.npz"),
-                   "--bench-seconds", args.bench_seconds, "--report", str(root / f"{name}.json")]
+        command = [
+            sys.executable,
+            "-m",
+            "ferry",
+            "optimize",
+            name,
+            "--model-repository",
+            str(repo),
+            "--eval-data",
+            str(artifacts / "test.npz"),
+            "--calibration-data",
+            str(artifacts / "val.npz"),
+            "--bench-seconds",
+            args.bench_seconds,
+            "--report",
+            str(root / f"{name}.json"),
+        ]
         if args.variants:
             command += ["--variants", args.variants]
         started = time.perf_counter()
@@ -61,16 +89,20 @@ def main() -> None:
         wall = time.perf_counter() - started
         report = json.loads((root / f"{name}.json").read_text())
         reference = report["reference"]
-        print(f"\n{name}: ferry optimize took {wall:.1f}s (target < 180 s); "
-              f"FP32 {report['metric']} {reference['value']:.4f}, "
-              f"{reference['throughput']:.1f}/s at batch {reference['throughput_batch']}; "
-              f"CPU {report['fingerprint']['cpu']} {report['fingerprint']['cpu_flags']}")
+        print(
+            f"\n{name}: ferry optimize took {wall:.1f}s (target < 180 s); "
+            f"FP32 {report['metric']} {reference['value']:.4f}, "
+            f"{reference['throughput']:.1f}/s at batch {reference['throughput_batch']}; "
+            f"CPU {report['fingerprint']['cpu']} {report['fingerprint']['cpu_flags']}"
+        )
         for row in report["candidates"]:
             if "throughput" in row:
-                print(f"  {row['variant']:>14}: {row['throughput'] / reference['throughput']:.2f}x "
-                      f"throughput, p95 batch 1 {reference['p95_ms'] / row['p95_ms']:.2f}x, "
-                      f"{report['metric']} delta {row['delta']:+.4f}, "
-                      f"top-1 agreement {row.get('top1_agreement')}")
+                print(
+                    f"  {row['variant']:>14}: {row['throughput'] / reference['throughput']:.2f}x "
+                    f"throughput, p95 batch 1 {reference['p95_ms'] / row['p95_ms']:.2f}x, "
+                    f"{report['metric']} delta {row['delta']:+.4f}, "
+                    f"top-1 agreement {row.get('top1_agreement')}"
+                )
             else:
                 print(f"  {row['variant']:>14}: {row.get('reason')}")
         print(f"  published: {report['published']}")

@@ -58,13 +58,15 @@ class InProcessReference:
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = 2
-        self.session = ort.InferenceSession(str(model_path), options,
-                                            providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            str(model_path), options, providers=["CPUExecutionProvider"]
+        )
         single = ort.SessionOptions()
         single.intra_op_num_threads = 1
-        self.parallel = [ort.InferenceSession(str(model_path), single,
-                                              providers=["CPUExecutionProvider"])
-                         for _ in range(2)]
+        self.parallel = [
+            ort.InferenceSession(str(model_path), single, providers=["CPUExecutionProvider"])
+            for _ in range(2)
+        ]
         self.model = model
         self.best: tuple[str, int] = ("single", 1)
 
@@ -111,18 +113,27 @@ class InProcessReference:
         candidates = {("single", b): v for b, v in single.items()}
         candidates.update({("parallel", b): v for b, v in parallel.items()})
         self.best = max(candidates, key=lambda key: candidates[key])
-        return {"rows_per_s": single, "parallel_rows_per_s": parallel,
-                "best": f"{self.best[0]} batch {self.best[1]}",
-                "ceiling_rows_per_s": candidates[self.best], **self.probe(seconds / 2)}
+        return {
+            "rows_per_s": single,
+            "parallel_rows_per_s": parallel,
+            "best": f"{self.best[0]} batch {self.best[1]}",
+            "ceiling_rows_per_s": candidates[self.best],
+            **self.probe(seconds / 2),
+        }
 
     def probe(self, seconds: float) -> dict[str, float]:
         """The best configuration's rows/s and the batch-1 p50 (2 threads), measured now."""
         kind, batch = self.best
-        rate = self._single(batch, seconds)[0] if kind == "single" \
+        rate = (
+            self._single(batch, seconds)[0]
+            if kind == "single"
             else self._side_by_side(batch, seconds)
+        )
         _, times = self._single(1, seconds)
-        return {"ceiling_rows_per_s": rate,
-                "p50_ms": float(np.percentile(np.array(times) * 1000, 50))}
+        return {
+            "ceiling_rows_per_s": rate,
+            "p50_ms": float(np.percentile(np.array(times) * 1000, 50)),
+        }
 
 
 def write_payloads(model: str, folder: Path) -> dict[str, Path]:
@@ -131,16 +142,40 @@ def write_payloads(model: str, folder: Path) -> dict[str, Path]:
 
     name, datatype, shape = SAMPLE[model]
     x = sample_input(model)
-    header = json.dumps({"inputs": [{"name": name, "shape": list(shape), "datatype": datatype,
-                                     "parameters": {"binary_data_size": x.nbytes}}],
-                         "parameters": {"binary_data_output": True}}).encode()
-    paths = {"http-binary": folder / f"{model}.bin", "http-json": folder / f"{model}.json",
-             "grpc": folder / f"{model}.grpc"}
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": name,
+                    "shape": list(shape),
+                    "datatype": datatype,
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
+    paths = {
+        "http-binary": folder / f"{model}.bin",
+        "http-json": folder / f"{model}.json",
+        "grpc": folder / f"{model}.grpc",
+    }
     paths["http-binary"].write_bytes(header + x.tobytes())
     (folder / f"{model}.bin.len").write_text(str(len(header)))
-    paths["http-json"].write_bytes(json.dumps({"inputs": [{
-        "name": name, "shape": list(shape), "datatype": datatype,
-        "data": x.reshape(-1).tolist()}]}).encode())
+    paths["http-json"].write_bytes(
+        json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": name,
+                        "shape": list(shape),
+                        "datatype": datatype,
+                        "data": x.reshape(-1).tolist(),
+                    }
+                ]
+            }
+        ).encode()
+    )
     message = service_pb2.ModelInferRequest(model_name=model)
     message.inputs.add(name=name, datatype=datatype, shape=list(shape))
     message.raw_input_contents.append(x.tobytes())
@@ -157,17 +192,25 @@ f:close()
 """
 
 
-def wrk(url: str, body: Path, concurrency: int, seconds: float,
-        headers: dict[str, str]) -> dict[str, float]:
+def wrk(
+    url: str, body: Path, concurrency: int, seconds: float, headers: dict[str, str]
+) -> dict[str, float]:
     """Run wrk against one URL; parse requests/s, p50/p99 latency and non-2xx responses."""
     lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(WRK_SCRIPT.format(body=body, headers=lines))
-    subprocess.run(["wrk", "-t1", f"-c{concurrency}", "-d1s", "-s", script.name, url],
-                   capture_output=True, check=True)  # warm-up
+    subprocess.run(
+        ["wrk", "-t1", f"-c{concurrency}", "-d1s", "-s", script.name, url],
+        capture_output=True,
+        check=True,
+    )  # warm-up
     duration = f"-d{max(int(seconds), 1)}s"
-    out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", duration, "--latency", "-s",
-                          script.name, url], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{concurrency}", duration, "--latency", "-s", script.name, url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     os.unlink(script.name)
 
     def latency_ms(percent: str) -> float:
@@ -178,9 +221,12 @@ def wrk(url: str, body: Path, concurrency: int, seconds: float,
         return float(match.group(1)) * scale
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"req_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-            "p50_ms": latency_ms("50"), "p99_ms": latency_ms("99"),
-            "errors": float(errors.group(1)) if errors else 0.0}
+    return {
+        "req_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "p50_ms": latency_ms("50"),
+        "p99_ms": latency_ms("99"),
+        "errors": float(errors.group(1)) if errors else 0.0,
+    }
 
 
 def grpc_load(url: str, body: Path, concurrency: int, seconds: float) -> dict[str, float]:
@@ -188,41 +234,77 @@ def grpc_load(url: str, body: Path, concurrency: int, seconds: float) -> dict[st
     connections, each request the length-prefixed ModelInferRequest; falls back to the lean
     Python client when h2load is missing. gRPC errors are counted from server statistics."""
     if shutil.which("h2load") is None:
-        out = subprocess.run([sys.executable, "-m", "bench.grpc_load", "--url", url,
-                              "--request-file", str(body), "--concurrency", str(concurrency),
-                              "--duration", str(seconds)], capture_output=True, text=True,
-                             check=True).stdout
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bench.grpc_load",
+                "--url",
+                url,
+                "--request-file",
+                str(body),
+                "--concurrency",
+                str(concurrency),
+                "--duration",
+                str(seconds),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         result = json.loads(out)
-        return {"req_per_s": result["requests"] / result["seconds"],
-                "p50_ms": result["p50_ms"], "p99_ms": result["p99_ms"],
-                "errors": float(result["errors"])}
+        return {
+            "req_per_s": result["requests"] / result["seconds"],
+            "p50_ms": result["p50_ms"],
+            "p99_ms": result["p99_ms"],
+            "errors": float(result["errors"]),
+        }
     message = body.read_bytes()
     framed = body.with_suffix(".h2")
     framed.write_bytes(b"\x00" + len(message).to_bytes(4, "big") + message)
     clients = min(concurrency, 8)
     streams = max(concurrency // clients, 1)
-    command = ["h2load", "-t1", f"-c{clients}", f"-m{streams}", "-H", "content-type: "
-               "application/grpc", "-H", "te: trailers", "-d", str(framed),
-               f"http://{url}/inference.GRPCInferenceService/ModelInfer"]
+    command = [
+        "h2load",
+        "-t1",
+        f"-c{clients}",
+        f"-m{streams}",
+        "-H",
+        "content-type: application/grpc",
+        "-H",
+        "te: trailers",
+        "-d",
+        str(framed),
+        f"http://{url}/inference.GRPCInferenceService/ModelInfer",
+    ]
     subprocess.run([*command, "-D", "1"], capture_output=True, check=True)  # warm-up
     with tempfile.NamedTemporaryFile(suffix=".log") as log:
-        out = subprocess.run([*command, "-D", str(max(int(seconds), 1)), "--log-file", log.name],
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [*command, "-D", str(max(int(seconds), 1)), "--log-file", log.name],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         rows = [line.split("\t") for line in Path(log.name).read_text().splitlines()]
     latencies = np.array([int(row[2]) for row in rows if len(row) >= 3]) / 1000.0
     rate = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
-    return {"req_per_s": float(rate.group(1)) if rate else float("nan"),  # type: ignore[union-attr]
-            "p50_ms": float(np.percentile(latencies, 50)) if len(latencies) else float("nan"),
-            "p99_ms": float(np.percentile(latencies, 99)) if len(latencies) else float("nan"),
-            "errors": float(sum(1 for row in rows if len(row) >= 2 and row[1] != "200"))}
+    return {
+        "req_per_s": float(rate.group(1)) if rate else float("nan"),  # type: ignore[union-attr]
+        "p50_ms": float(np.percentile(latencies, 50)) if len(latencies) else float("nan"),
+        "p99_ms": float(np.percentile(latencies, 99)) if len(latencies) else float("nan"),
+        "errors": float(sum(1 for row in rows if len(row) >= 2 and row[1] != "200")),
+    }
 
 
 def model_stats(http_url: str, model: str) -> tuple[int, int, int]:
     """(rows inferred, executions, failed requests) so far."""
     with urllib.request.urlopen(f"http://{http_url}/v2/models/{model}/stats") as response:
         stats = json.loads(response.read())["model_stats"][0]
-    return (int(stats["inference_count"]), int(stats["execution_count"]),
-            int(stats["inference_stats"]["fail"]["count"]))
+    return (
+        int(stats["inference_count"]),
+        int(stats["execution_count"]),
+        int(stats["inference_stats"]["fail"]["count"]),
+    )
 
 
 def serve(repo: Path, extra: list[str]) -> tuple[subprocess.Popen[bytes], str, str]:
@@ -231,11 +313,30 @@ def serve(repo: Path, extra: list[str]) -> tuple[subprocess.Popen[bytes], str, s
     ports = [free_port() for _ in range(3)]
     log = open(ARTIFACTS / "serve.log", "wb")  # noqa: SIM115 - lives as long as the server
     process = subprocess.Popen(
-        [sys.executable, "-m", "ferry", "serve", "--model-repository", str(repo),
-         "--http-address", "127.0.0.1", "--http-port", str(ports[0]),
-         "--grpc-address", "127.0.0.1", "--grpc-port", str(ports[1]),
-         "--metrics-address", "127.0.0.1", "--metrics-port", str(ports[2]), *extra],
-        stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "ferry",
+            "serve",
+            "--model-repository",
+            str(repo),
+            "--http-address",
+            "127.0.0.1",
+            "--http-port",
+            str(ports[0]),
+            "--grpc-address",
+            "127.0.0.1",
+            "--grpc-port",
+            str(ports[1]),
+            "--metrics-address",
+            "127.0.0.1",
+            "--metrics-port",
+            str(ports[2]),
+            *extra,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     wait_until_live(ServerProcess(process, *ports, Path(log.name)), ready=True)
     return process, f"127.0.0.1:{ports[0]}", f"127.0.0.1:{ports[1]}"
 
@@ -245,8 +346,19 @@ def fastapi_baseline(model_path: Path, body: Path, seconds: float) -> dict[str, 
 
     port = free_port()
     env = dict(os.environ, FERRY_BASELINE_MODEL=str(model_path), OMP_NUM_THREADS="2")
-    process = subprocess.Popen([sys.executable, "-m", "uvicorn", "bench.fastapi_baseline:app",
-                                "--port", str(port), "--log-level", "warning"], env=env)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bench.fastapi_baseline:app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+    )
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -255,31 +367,40 @@ def fastapi_baseline(model_path: Path, body: Path, seconds: float) -> dict[str, 
                 break
             except OSError:
                 time.sleep(0.2)
-        return wrk(f"http://127.0.0.1:{port}/predict", body, 64, seconds,
-                   {"Content-Type": "application/json"})
+        return wrk(
+            f"http://127.0.0.1:{port}/predict",
+            body,
+            64,
+            seconds,
+            {"Content-Type": "application/json"},
+        )
     finally:
         process.terminate()
         process.wait()
 
 
-def transport_floor(payloads: dict[str, Path], header_length: str,
-                    seconds: float) -> dict[str, dict[str, float]]:
+def transport_floor(
+    payloads: dict[str, Path], header_length: str, seconds: float
+) -> dict[str, dict[str, float]]:
     """c=64 against the bare stacks (canned responses): the most ferry could reach on them."""
     from tests.support.server_process import free_port
 
     floors: dict[str, dict[str, float]] = {}
     for kind in ("http", "grpc"):
         port = free_port()
-        process = subprocess.Popen([sys.executable, "-m", "bench.transport_floor", kind,
-                                    str(port)])
+        process = subprocess.Popen([sys.executable, "-m", "bench.transport_floor", kind, str(port)])
         try:
             _wait_for_port(port)
             if kind == "grpc":
                 floors["grpc"] = grpc_load(f"127.0.0.1:{port}", payloads["grpc"], 64, seconds)
             else:
                 floors["http-binary"] = wrk(
-                    f"http://127.0.0.1:{port}/v2/models/mlp/infer", payloads["http-binary"], 64,
-                    seconds, {"Inference-Header-Content-Length": header_length})
+                    f"http://127.0.0.1:{port}/v2/models/mlp/infer",
+                    payloads["http-binary"],
+                    64,
+                    seconds,
+                    {"Inference-Header-Content-Length": header_length},
+                )
         finally:
             process.terminate()
             process.wait()
@@ -324,31 +445,43 @@ def main() -> None:
                     probes = [reference.probe(PROBE_SECONDS)]
                     before = model_stats(http_url, model)
                     if protocol == "grpc":
-                        result = grpc_load(grpc_url, payloads[protocol], concurrency,
-                                           args.seconds)
+                        result = grpc_load(grpc_url, payloads[protocol], concurrency, args.seconds)
                     else:
-                        headers = {"Inference-Header-Content-Length": header_length} \
-                            if protocol == "http-binary" else {}
-                        result = wrk(f"http://{http_url}/v2/models/{model}/infer",
-                                     payloads[protocol], concurrency, args.seconds, headers)
+                        headers = (
+                            {"Inference-Header-Content-Length": header_length}
+                            if protocol == "http-binary"
+                            else {}
+                        )
+                        result = wrk(
+                            f"http://{http_url}/v2/models/{model}/infer",
+                            payloads[protocol],
+                            concurrency,
+                            args.seconds,
+                            headers,
+                        )
                     after = model_stats(http_url, model)
                     probes.append(reference.probe(PROBE_SECONDS))
                     result["reference"] = {
                         key: float(np.mean([probe[key] for probe in probes]))
-                        for key in ("ceiling_rows_per_s", "p50_ms")}
+                        for key in ("ceiling_rows_per_s", "p50_ms")
+                    }
                     result["reference_spread"] = {
                         key: abs(probes[0][key] - probes[1][key]) / result["reference"][key]
-                        for key in ("ceiling_rows_per_s", "p50_ms")}
+                        for key in ("ceiling_rows_per_s", "p50_ms")
+                    }
                     executions = max(after[1] - before[1], 1)
                     result["mean_batch"] = (after[0] - before[0]) / executions
                     # gRPC requests still in flight when the load generator stops are cancelled
                     # and counted as failures by the server: report them, don't call them errors
                     result["server_failures"] = after[2] - before[2]
                     runs[f"{protocol}@{concurrency}"] = result
-                    print(f"{model:8s} {protocol:12s} c={concurrency:<3d} "
-                          f"{result['req_per_s']:9.0f} req/s  p50 {result['p50_ms']:7.2f} ms  "
-                          f"p99 {result['p99_ms']:7.2f} ms  batch {result['mean_batch']:5.1f}"
-                          f"  errors {result['errors']:.0f}", flush=True)
+                    print(
+                        f"{model:8s} {protocol:12s} c={concurrency:<3d} "
+                        f"{result['req_per_s']:9.0f} req/s  p50 {result['p50_ms']:7.2f} ms  "
+                        f"p99 {result['p99_ms']:7.2f} ms  batch {result['mean_batch']:5.1f}"
+                        f"  errors {result['errors']:.0f}",
+                        flush=True,
+                    )
             report["models"][model] = {"in_process": sweep, "server": runs}
     finally:
         process.terminate()
@@ -357,10 +490,13 @@ def main() -> None:
         body = payload_dir / "mlp.baseline.json"
         body.write_bytes(json.dumps({"inputs": sample_input("mlp").tolist()}).encode())
         report["models"]["mlp"]["fastapi_baseline"] = fastapi_baseline(
-            repo / "mlp" / "1" / "model.onnx", body, args.seconds)
+            repo / "mlp" / "1" / "model.onnx", body, args.seconds
+        )
         report["models"]["mlp"]["transport_floor"] = transport_floor(
             write_payloads("mlp", payload_dir),
-            (payload_dir / "mlp.bin.len").read_text(), args.seconds)
+            (payload_dir / "mlp.bin.len").read_text(),
+            args.seconds,
+        )
     (ARTIFACTS / "serving.json").write_text(json.dumps(report, indent=2))
     print_ratios(report, max(args.concurrency))
 
@@ -369,23 +505,29 @@ def print_ratios(report: dict[str, Any], top: int) -> None:
     print("\n=== ratios (same machine, same run) ===")
     for model, data in report["models"].items():
         sweep = data["in_process"]
-        print(f"{model}: in-process ceiling {sweep['ceiling_rows_per_s']:.0f} rows/s "
-              f"({sweep['best']}), batch-1 p50 {sweep['p50_ms']:.2f} ms; each ratio below uses "
-              "the reference re-measured just before and after that run (drift in brackets)")
+        print(
+            f"{model}: in-process ceiling {sweep['ceiling_rows_per_s']:.0f} rows/s "
+            f"({sweep['best']}), batch-1 p50 {sweep['p50_ms']:.2f} ms; each ratio below uses "
+            "the reference re-measured just before and after that run (drift in brackets)"
+        )
         for protocol in ("grpc", "http-binary", "http-json"):
             run = data["server"].get(f"{protocol}@{top}")
             if run:
                 ceiling = run["reference"]["ceiling_rows_per_s"]
                 drift = run["reference_spread"]["ceiling_rows_per_s"]
-                print(f"  {protocol:12s} c={top}: {run['req_per_s'] / ceiling:5.2f} x ceiling "
-                      f"{ceiling:.0f} rows/s (drift {drift:.0%}), "
-                      f"mean batch {run['mean_batch']:.1f}")
+                print(
+                    f"  {protocol:12s} c={top}: {run['req_per_s'] / ceiling:5.2f} x ceiling "
+                    f"{ceiling:.0f} rows/s (drift {drift:.0%}), "
+                    f"mean batch {run['mean_batch']:.1f}"
+                )
             single = data["server"].get(f"{protocol}@1")
             if single:
                 base = single["reference"]["p50_ms"]
-                print(f"  {protocol:12s} c=1: p50 {single['p50_ms']:.2f} ms = in-process "
-                      f"{base:.2f} + {single['p50_ms'] - base:.2f} ms "
-                      f"(drift {single['reference_spread']['p50_ms']:.0%})")
+                print(
+                    f"  {protocol:12s} c=1: p50 {single['p50_ms']:.2f} ms = in-process "
+                    f"{base:.2f} + {single['p50_ms'] - base:.2f} ms "
+                    f"(drift {single['reference_spread']['p50_ms']:.0%})"
+                )
         if model == "encoder":
             print(f"  (Triton 2.51 python backend, JSON c=64: {TRITON_ENCODER_RATIO} x ceiling)")
         if "fastapi_baseline" in data:
@@ -393,15 +535,19 @@ def print_ratios(report: dict[str, Any], top: int) -> None:
             for protocol in ("http-json", "http-binary", "grpc"):
                 run = data["server"].get(f"{protocol}@{top}")
                 if run:
-                    print(f"  {protocol:12s} c={top}: {run['req_per_s'] / base:5.2f} x "
-                          f"hand-written FastAPI ({base:.0f} req/s); "
-                          f"{run['req_per_s'] / TRITON_MLP_REQS:4.2f} x Triton's {TRITON_MLP_REQS}")
+                    print(
+                        f"  {protocol:12s} c={top}: {run['req_per_s'] / base:5.2f} x "
+                        f"hand-written FastAPI ({base:.0f} req/s); "
+                        f"{run['req_per_s'] / TRITON_MLP_REQS:4.2f} x Triton's {TRITON_MLP_REQS}"
+                    )
         for protocol, floor in data.get("transport_floor", {}).items():
             run = data["server"].get(f"{protocol}@64")
             if run:
-                print(f"  {protocol:12s} c=64: {run['req_per_s'] / floor['req_per_s']:5.2f} x "
-                      f"the bare transport answering a canned response "
-                      f"({floor['req_per_s']:.0f} req/s)")
+                print(
+                    f"  {protocol:12s} c=64: {run['req_per_s'] / floor['req_per_s']:5.2f} x "
+                    f"the bare transport answering a canned response "
+                    f"({floor['req_per_s']:.0f} req/s)"
+                )
 
 
 if __name__ == "__main__":

@@ -31,9 +31,20 @@ def canned_grpc_response() -> bytes:
 
 
 def canned_http_response() -> bytes:
-    return json.dumps({"model_name": "mlp", "model_version": "1", "outputs": [
-        {"name": "output", "datatype": "FP32", "shape": [1, OUTPUT_WIDTH],
-         "data": [0.0] * OUTPUT_WIDTH}]}).encode()
+    return json.dumps(
+        {
+            "model_name": "mlp",
+            "model_version": "1",
+            "outputs": [
+                {
+                    "name": "output",
+                    "datatype": "FP32",
+                    "shape": [1, OUTPUT_WIDTH],
+                    "data": [0.0] * OUTPUT_WIDTH,
+                }
+            ],
+        }
+    ).encode()
 
 
 async def serve_grpc(port: int) -> None:
@@ -49,17 +60,23 @@ async def serve_grpc(port: int) -> None:
         async def ModelInfer(self, request: Any, context: Any) -> Any:
             return reply
 
-    server = GrpcWireServer(routes_for(Canned(), pb.DESCRIPTOR.services_by_name[
-        "GRPCInferenceService"], service_pb2_grpc.GRPCInferenceServiceServicer),
-        "127.0.0.1", port, 2**31 - 1)
+    server = GrpcWireServer(
+        routes_for(
+            Canned(),
+            pb.DESCRIPTOR.services_by_name["GRPCInferenceService"],
+            service_pb2_grpc.GRPCInferenceServiceServicer,
+        ),
+        "127.0.0.1",
+        port,
+        2**31 - 1,
+    )
     await server.start()
     await asyncio.Event().wait()
 
 
 def http_app() -> Any:
     body = canned_http_response()
-    headers = [(b"content-type", b"application/json"),
-               (b"content-length", str(len(body)).encode())]
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -68,6 +85,7 @@ def http_app() -> Any:
             pass
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
     return app
 
 
@@ -80,9 +98,19 @@ def main() -> None:
         return
     import uvicorn
 
-    uvicorn.run(http_app(), host="127.0.0.1", port=port, loop="uvloop", http="httptools",
-                lifespan="off", log_level="warning", access_log=False, server_header=False,
-                date_header=False, backlog=4096)
+    uvicorn.run(
+        http_app(),
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        date_header=False,
+        backlog=4096,
+    )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ app = typer.Typer(
 @app.callback(invoke_without_command=True)
 def _root(
     version: bool = typer.Option(
-        False, "--version", is_eager=True, help="Print ferry's version and exit."),
+        False, "--version", is_eager=True, help="Print ferry's version and exit."
+    ),
 ) -> None:
     """Export, optimize, serve and monitor PyTorch models (KServe v2 / Triton compatible)."""
     if version:

@@ -58,14 +58,21 @@ class Monitors:
 
 
 def build_monitors(
-    pending_requests: PendingCounts | None = None, drift_enabled: bool = True,
-    drift_window: int = 1000, drift_alpha: float = 0.05, drift_baseline_samples: int = 0,
+    pending_requests: PendingCounts | None = None,
+    drift_enabled: bool = True,
+    drift_window: int = 1000,
+    drift_alpha: float = 0.05,
+    drift_baseline_samples: int = 0,
     drift_max_window_age_s: float = 600.0,
 ) -> Monitors:
     """Build the metrics and drift observers with the server's settings."""
     if drift_window < 2 or not 0.0 < drift_alpha < 1.0 or drift_baseline_samples < 0:
-        raise ValueError("need --drift-window >= 2, 0 < --drift-alpha < 1, "
-                         "--drift-baseline-samples >= 0")
-    return Monitors(ServingMetrics(pending_requests),
-                    DriftMonitor(drift_enabled, drift_window, drift_alpha,
-                                 drift_baseline_samples, drift_max_window_age_s))
+        raise ValueError(
+            "need --drift-window >= 2, 0 < --drift-alpha < 1, --drift-baseline-samples >= 0"
+        )
+    return Monitors(
+        ServingMetrics(pending_requests),
+        DriftMonitor(
+            drift_enabled, drift_window, drift_alpha, drift_baseline_samples, drift_max_window_age_s
+        ),
+    )

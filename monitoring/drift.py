@@ -19,26 +19,31 @@ log = logging.getLogger("ferry.monitoring.drift")
 
 DRIFT_FAMILIES = {
     "ferry_drift_enabled": ("1 when drift monitoring of this model version is active.", "gauge"),
-    "ferry_drift_score": ("Drift statistic of the last window per signal (KS distance D).",
-                          "gauge"),
+    "ferry_drift_score": (
+        "Drift statistic of the last window per signal (KS distance D).",
+        "gauge",
+    ),
     "ferry_drift_threshold": ("Statistic above which a signal counts as drifted.", "gauge"),
-    "ferry_drift_p_value": ("p-value of the last window's two-sample KS test per signal.",
-                            "gauge"),
-    "ferry_drift_detected": ("1 when the last window drifted in this scope (after correction).",
-                             "gauge"),
-    "ferry_drift_consecutive_windows": ("Consecutive windows that drifted in this scope.",
-                                        "gauge"),
+    "ferry_drift_p_value": ("p-value of the last window's two-sample KS test per signal.", "gauge"),
+    "ferry_drift_detected": (
+        "1 when the last window drifted in this scope (after correction).",
+        "gauge",
+    ),
+    "ferry_drift_consecutive_windows": ("Consecutive windows that drifted in this scope.", "gauge"),
     "ferry_drift_window_samples": ("Rows in the last evaluated window.", "gauge"),
     "ferry_drift_open_window_samples": ("Rows in the window being filled.", "gauge"),
     "ferry_drift_reference_samples": ("Rows in the drift reference sample.", "gauge"),
     "ferry_drift_windows_total": ("Drift windows evaluated.", "counter"),
     "ferry_drift_detections_total": ("Windows that drifted, per scope.", "counter"),
-    "ferry_drift_last_evaluation_timestamp_seconds": ("Unix time of the last evaluation.",
-                                                      "gauge"),
-    "ferry_drift_dropped_rows_total": ("Rows not monitored because evaluation fell behind.",
-                                       "counter"),
-    "ferry_drift_nonfinite_rows_total": ("Rows left out of drift windows for NaN/Inf signals.",
-                                         "counter"),
+    "ferry_drift_last_evaluation_timestamp_seconds": ("Unix time of the last evaluation.", "gauge"),
+    "ferry_drift_dropped_rows_total": (
+        "Rows not monitored because evaluation fell behind.",
+        "counter",
+    ),
+    "ferry_drift_nonfinite_rows_total": (
+        "Rows left out of drift windows for NaN/Inf signals.",
+        "counter",
+    ),
     "ferry_prediction_class_total": ("Predicted (top-1) class of monitored rows.", "counter"),
 }
 
@@ -46,12 +51,21 @@ DRIFT_FAMILIES = {
 class DriftMonitor:
     """Observer for drift; `observe` only queues, a daemon thread computes and evaluates."""
 
-    def __init__(self, enabled: bool = True, window: int = 1000, alpha: float = 0.05,
-                 baseline_samples: int = 0, max_window_age_s: float = 600.0,
-                 poll_s: float = 0.2) -> None:
+    def __init__(
+        self,
+        enabled: bool = True,
+        window: int = 1000,
+        alpha: float = 0.05,
+        baseline_samples: int = 0,
+        max_window_age_s: float = 600.0,
+        poll_s: float = 0.2,
+    ) -> None:
         self.enabled, self.window, self.alpha = enabled, window, alpha
-        self.baseline_samples, self.max_window_age_s, self.poll_s = \
-            baseline_samples, max_window_age_s, poll_s
+        self.baseline_samples, self.max_window_age_s, self.poll_s = (
+            baseline_samples,
+            max_window_age_s,
+            poll_s,
+        )
         self._channels: dict[tuple[str, str], DriftChannel] = {}
         self._to_load: list[tuple[DriftChannel, ModelEventRecord]] = []
         self._lock = threading.Lock()
@@ -78,8 +92,14 @@ class DriftMonitor:
             if event.state != "READY":
                 self._channels.pop(key, None)
                 return
-            channel = DriftChannel(event.model, event.version, self.window, self.alpha,
-                                   event.max_batch_size > 0, self.max_window_age_s)
+            channel = DriftChannel(
+                event.model,
+                event.version,
+                self.window,
+                self.alpha,
+                event.max_batch_size > 0,
+                self.max_window_age_s,
+            )
             self._channels[key] = channel
             self._to_load.append((channel, event))
         self._wake.set()
@@ -131,25 +151,34 @@ class DriftMonitor:
             elif self.baseline_samples > 0:
                 channel.activate(self._spec_from_wire(event), None, self.baseline_samples, None)
             else:
-                channel.disable(f"no {REFERENCE_FILENAME} in the version folder (build one "
-                                "with `ferry drift reference`)")
+                channel.disable(
+                    f"no {REFERENCE_FILENAME} in the version folder (build one "
+                    "with `ferry drift reference`)"
+                )
                 log.info("drift monitoring off for %s: %s", name, channel.reason)
                 return
         except (ReferenceDataError, SignalError, OSError) as exc:
             channel.disable(f"reference unusable: {exc}")
             log.warning("drift monitoring off for %s: %s", name, channel.reason)
             return
-        log.info("drift monitoring on for %s (%s, %d signals, window %d, alpha %g)", name,
-                 channel.source, len(channel.spec.names) if channel.spec else 0, self.window,
-                 self.alpha)
+        log.info(
+            "drift monitoring on for %s (%s, %d signals, window %d, alpha %g)",
+            name,
+            channel.source,
+            len(channel.spec.names) if channel.spec else 0,
+            self.window,
+            self.alpha,
+        )
 
     @staticmethod
     def _spec_from_wire(event: ModelEventRecord) -> Any:
         batched = event.max_batch_size > 0
 
         def rows(specs: Any) -> dict[str, tuple[str, tuple[int, ...]]]:
-            return {n: (datatype_kind(dt), tuple(shape[1:] if batched else shape))
-                    for n, (dt, shape) in (specs or {}).items()}
+            return {
+                n: (datatype_kind(dt), tuple(shape[1:] if batched else shape))
+                for n, (dt, shape) in (specs or {}).items()
+            }
 
         return build_spec(rows(event.inputs), rows(event.outputs), {})
 
@@ -160,8 +189,14 @@ class DriftMonitor:
             channels = [c for c in channels if c.version == version]
         if not channels:
             return None
-        latest = max(channels, key=lambda c: (c.version.isdigit(), int(c.version)
-                                              if c.version.isdigit() else 0, c.version))
+        latest = max(
+            channels,
+            key=lambda c: (
+                c.version.isdigit(),
+                int(c.version) if c.version.isdigit() else 0,
+                c.version,
+            ),
+        )
         return channel_detail(latest)
 
     def families(self) -> list[Family]:

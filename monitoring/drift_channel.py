@@ -26,8 +26,15 @@ Item = tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray], int]
 class DriftChannel:
     """Drift state of one model version; `offer` runs on the server loop, the rest on a worker."""
 
-    def __init__(self, model: str, version: str, window: int, alpha: float, batched: bool,
-                 max_age_s: float = 600.0) -> None:
+    def __init__(
+        self,
+        model: str,
+        version: str,
+        window: int,
+        alpha: float,
+        batched: bool,
+        max_age_s: float = 600.0,
+    ) -> None:
         self.model, self.version, self.window_size, self.alpha = model, version, window, alpha
         self.batched = batched
         self.max_age_s = max_age_s
@@ -60,11 +67,14 @@ class DriftChannel:
         if self.state not in ("active", "baselining") or record.outputs is None:
             return False
         rows = max(1, record.batch_size)
-        size = sum(getattr(a, "nbytes", 0) for a in record.outputs.values()) + \
-            sum(getattr(a, "nbytes", 0) for a in (record.inputs or {}).values())
+        size = sum(getattr(a, "nbytes", 0) for a in record.outputs.values()) + sum(
+            getattr(a, "nbytes", 0) for a in (record.inputs or {}).values()
+        )
         with self._lock:
-            if self._pending_rows + rows > self.max_pending_rows or \
-                    self._pending_bytes + size > self.max_pending_bytes:
+            if (
+                self._pending_rows + rows > self.max_pending_rows
+                or self._pending_bytes + size > self.max_pending_bytes
+            ):
                 self.dropped_rows += rows
                 return True
             self._pending.append((record.inputs or {}, record.outputs, rows))
@@ -73,8 +83,13 @@ class DriftChannel:
             return self._pending_rows * 4 >= self.max_pending_rows
 
     # -- worker thread -----------------------------------------------------------------------
-    def activate(self, spec: SignalSpec, reference: Reference | None, baseline_rows: int,
-                 thresholds: tuple[float, FloatArray] | None) -> None:
+    def activate(
+        self,
+        spec: SignalSpec,
+        reference: Reference | None,
+        baseline_rows: int,
+        thresholds: tuple[float, FloatArray] | None,
+    ) -> None:
         """Start monitoring with a stored reference, or start collecting a production baseline."""
         self.spec = spec
         self.class_counts = np.zeros(0, dtype=np.int64)
@@ -93,8 +108,9 @@ class DriftChannel:
         with self._lock:
             self._pending, self._pending_rows, self._pending_bytes = [], 0, 0
 
-    def _use_reference(self, sorted_samples: FloatArray, alpha_signal: float,
-                       thresholds: FloatArray) -> None:
+    def _use_reference(
+        self, sorted_samples: FloatArray, alpha_signal: float, thresholds: FloatArray
+    ) -> None:
         assert self.spec is not None
         self.sorted_reference = sorted_samples
         self.alpha_signal, self.thresholds = alpha_signal, thresholds
@@ -140,12 +156,14 @@ class DriftChannel:
             result.append(signals[finite])
         return result
 
-    def _stack(self, items: list[Item], names: tuple[tuple[str, str], ...]
-               ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
+    def _stack(
+        self, items: list[Item], names: tuple[tuple[str, str], ...]
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
         joined: dict[str, dict[str, np.ndarray]] = {"inputs": {}, "outputs": {}}
         for scope, name in names:
-            arrays = [np.asarray((item[0] if scope == "inputs" else item[1])[name])
-                      for item in items]
+            arrays = [
+                np.asarray((item[0] if scope == "inputs" else item[1])[name]) for item in items
+            ]
             if not self.batched:
                 arrays = [a[None] for a in arrays]
             joined[scope][name] = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
@@ -181,14 +199,20 @@ class DriftChannel:
         assert self.spec is not None
         samples = np.concatenate(self._baseline)
         self._baseline = []
-        alpha_signal = calibrate_signal_alpha(samples, self.window_size, self.alpha,
-                                              simulations=200)
-        thresholds = np.full(len(self.spec.names),
-                             ks_threshold(alpha_signal, self.window_size, samples.shape[0]))
+        alpha_signal = calibrate_signal_alpha(
+            samples, self.window_size, self.alpha, simulations=200
+        )
+        thresholds = np.full(
+            len(self.spec.names), ks_threshold(alpha_signal, self.window_size, samples.shape[0])
+        )
         self.reference_created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self._use_reference(np.sort(samples, axis=0), alpha_signal, thresholds)
-        log.info("drift baseline for %s/%s taken from %d production rows", self.model,
-                 self.version, samples.shape[0])
+        log.info(
+            "drift baseline for %s/%s taken from %d production rows",
+            self.model,
+            self.version,
+            samples.shape[0],
+        )
 
     def _evaluate(self, rows: FloatArray, closed_by: str) -> None:
         from monitoring.drift_report import evaluate_window
@@ -197,8 +221,11 @@ class DriftChannel:
         assert self.spec is not None
         stats, p_values = window_p_values(self.sorted_reference, rows)
         n, m = rows.shape[0], self.sorted_reference.shape[0]
-        thresholds = self.thresholds if n == self.window_size else \
-            np.full(stats.size, ks_threshold(self.alpha_signal, n, m))
+        thresholds = (
+            self.thresholds
+            if n == self.window_size
+            else np.full(stats.size, ks_threshold(self.alpha_signal, n, m))
+        )
         self.windows_total += 1
         self.last_evaluation_s = time.time()
         self.last = evaluate_window(self, stats, p_values, thresholds, rows.shape[0], closed_by)

@@ -18,8 +18,12 @@ SCOPES = ("outputs", "inputs")
 
 
 def evaluate_window(
-    channel: DriftChannel, stats: NDArray[np.float64], p_values: NDArray[np.float64],
-    thresholds: NDArray[np.float64], rows: int, closed_by: str,
+    channel: DriftChannel,
+    stats: NDArray[np.float64],
+    p_values: NDArray[np.float64],
+    thresholds: NDArray[np.float64],
+    rows: int,
+    closed_by: str,
 ) -> dict[str, Any]:
     """Decide per scope (any signal with D over its threshold), update counters."""
     assert channel.spec is not None
@@ -30,19 +34,38 @@ def evaluate_window(
         if not np.any(scopes == scope):
             continue
         decision[scope] = bool(np.any(drifted[scopes == scope]))
-        channel.detections_total[scope] = channel.detections_total.get(scope, 0) + \
-            int(decision[scope])
-        channel.consecutive[scope] = channel.consecutive.get(scope, 0) + 1 \
-            if decision[scope] else 0
+        channel.detections_total[scope] = channel.detections_total.get(scope, 0) + int(
+            decision[scope]
+        )
+        channel.consecutive[scope] = channel.consecutive.get(scope, 0) + 1 if decision[scope] else 0
     signals = [
-        {"name": name, "scope": scope, "method": "ks", "statistic": float(d),
-         "p_value": float(p), "threshold": float(t), "drifted": bool(x)}
-        for name, scope, d, p, t, x in zip(channel.spec.names, channel.spec.scopes, stats,
-                                           p_values, thresholds, drifted, strict=True)]
+        {
+            "name": name,
+            "scope": scope,
+            "method": "ks",
+            "statistic": float(d),
+            "p_value": float(p),
+            "threshold": float(t),
+            "drifted": bool(x),
+        }
+        for name, scope, d, p, t, x in zip(
+            channel.spec.names,
+            channel.spec.scopes,
+            stats,
+            p_values,
+            thresholds,
+            drifted,
+            strict=True,
+        )
+    ]
     return {
-        "index": channel.windows_total, "rows": rows, "closed_by": closed_by,
+        "index": channel.windows_total,
+        "rows": rows,
+        "closed_by": closed_by,
         "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "drift": any(decision.values()), "scopes": decision, "signals": signals,
+        "drift": any(decision.values()),
+        "scopes": decision,
+        "signals": signals,
     }
 
 
@@ -52,20 +75,33 @@ def channel_detail(channel: DriftChannel) -> dict[str, Any]:
     n_signals = len(spec.names) if spec else 0
     bonferroni = channel.alpha / n_signals if n_signals else None
     return {
-        "model": channel.model, "version": channel.version, "state": channel.state,
-        "reason": channel.reason, "method": "two-sample Kolmogorov-Smirnov per signal",
-        "correction": "bonferroni" if channel.alpha_signal == bonferroni else
-        "calibrated (min-p under exchangeability, floor bonferroni)",
-        "window_size": channel.window_size, "alpha": channel.alpha,
-        "alpha_per_signal": channel.alpha_signal or bonferroni, "bonferroni_alpha": bonferroni,
-        "reference": {"source": channel.source, "created": channel.reference_created,
-                      "rows": 0 if channel.sorted_reference is None
-                      else int(channel.sorted_reference.shape[0])},
-        "signals": [{"name": n, "scope": s} for n, s in
-                    zip(spec.names, spec.scopes, strict=True)] if spec else [],
+        "model": channel.model,
+        "version": channel.version,
+        "state": channel.state,
+        "reason": channel.reason,
+        "method": "two-sample Kolmogorov-Smirnov per signal",
+        "correction": "bonferroni"
+        if channel.alpha_signal == bonferroni
+        else "calibrated (min-p under exchangeability, floor bonferroni)",
+        "window_size": channel.window_size,
+        "alpha": channel.alpha,
+        "alpha_per_signal": channel.alpha_signal or bonferroni,
+        "bonferroni_alpha": bonferroni,
+        "reference": {
+            "source": channel.source,
+            "created": channel.reference_created,
+            "rows": 0
+            if channel.sorted_reference is None
+            else int(channel.sorted_reference.shape[0]),
+        },
+        "signals": [{"name": n, "scope": s} for n, s in zip(spec.names, spec.scopes, strict=True)]
+        if spec
+        else [],
         "open_window_rows": channel.window.filled if channel.window else 0,
-        "rows_seen": channel.rows_seen, "dropped_rows": channel.dropped_rows,
-        "nonfinite_rows": channel.nonfinite_rows, "skipped_rows": channel.skipped_rows,
+        "rows_seen": channel.rows_seen,
+        "dropped_rows": channel.dropped_rows,
+        "nonfinite_rows": channel.nonfinite_rows,
+        "skipped_rows": channel.skipped_rows,
         "windows_total": channel.windows_total,
         "detections_total": dict(channel.detections_total),
         "consecutive_detections": dict(channel.consecutive),
@@ -105,5 +141,6 @@ def channel_series(channel: DriftChannel, families: dict[str, Family]) -> None:
         labels = {**base, "signal": signal["name"]}
         families["ferry_drift_score"].add({**labels, "method": "ks"}, signal["statistic"])
         families["ferry_drift_threshold"].add({**labels, "method": "ks"}, signal["threshold"])
-        families["ferry_drift_p_value"].add(labels, signal["p_value"] if
-                                            math.isfinite(signal["p_value"]) else 1.0)
+        families["ferry_drift_p_value"].add(
+            labels, signal["p_value"] if math.isfinite(signal["p_value"]) else 1.0
+        )

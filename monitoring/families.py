@@ -37,8 +37,13 @@ class Family:
         """Add a sample named `name + suffix`."""
         self.metric.add_sample(self.metric.name + suffix, dict(labels), float(value))
 
-    def add_histogram(self, labels: Mapping[str, str], bounds: Sequence[float],
-                      counts: Sequence[int], total: float) -> None:
+    def add_histogram(
+        self,
+        labels: Mapping[str, str],
+        bounds: Sequence[float],
+        counts: Sequence[int],
+        total: float,
+    ) -> None:
         """Add a classic histogram from per-bucket (non-cumulative) counts incl. the +Inf one."""
         running = 0
         for bound, count in zip([*bounds, math.inf], counts, strict=True):
@@ -63,8 +68,11 @@ def render(metrics: Iterable[Metric]) -> bytes:
     """Text exposition format 0.0.4 of the given metric families."""
     lines: list[str] = []
     for metric in metrics:
-        kind = metric.type if metric.type in ("counter", "gauge", "histogram", "summary") \
+        kind = (
+            metric.type
+            if metric.type in ("counter", "gauge", "histogram", "summary")
             else "untyped"
+        )
         name = _type_name(metric)
         lines.append(f"# HELP {name} {_escape(metric.documentation, False)}")
         lines.append(f"# TYPE {name} {kind}")

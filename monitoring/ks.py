@@ -36,12 +36,14 @@ def ks_threshold(alpha: float, n: int, m: int) -> float:
 
 def window_statistics(sorted_reference: FloatArray, window: FloatArray) -> FloatArray:
     """Per-signal KS distance D of a window (rows x signals) against sorted reference columns."""
-    return np.array([ks_statistic(sorted_reference[:, j], window[:, j])
-                     for j in range(window.shape[1])])
+    return np.array(
+        [ks_statistic(sorted_reference[:, j], window[:, j]) for j in range(window.shape[1])]
+    )
 
 
 def window_p_values(
-    sorted_reference: FloatArray, window: FloatArray,
+    sorted_reference: FloatArray,
+    window: FloatArray,
 ) -> tuple[FloatArray, FloatArray]:
     """Per-signal D and asymptotic p-value (one vectorised kstwo call: it costs ms per call)."""
     stats = window_statistics(sorted_reference, window)
@@ -53,7 +55,11 @@ MIN_ROWS_PER_WINDOW = 4  # calibrate only with a reference of at least 4 windows
 
 
 def calibrate_signal_alpha(
-    samples: FloatArray, window: int, alpha: float, simulations: int = 400, seed: int = 0,
+    samples: FloatArray,
+    window: int,
+    alpha: float,
+    simulations: int = 400,
+    seed: int = 0,
     max_reference: int = 2000,
 ) -> float:
     """Per-signal p-value cut that gives a family-wise false-alarm rate of `alpha` per window.
@@ -78,7 +84,7 @@ def calibrate_signal_alpha(
     rest_rows = min(rows - window, max_reference)
     for b in range(simulations):
         order = rng.permutation(rows)
-        rest = np.sort(samples[order[window:window + rest_rows]], axis=0)
+        rest = np.sort(samples[order[window : window + rest_rows]], axis=0)
         max_d[b] = window_statistics(rest, samples[order[:window]]).max()
     critical = float(np.quantile(max_d, 1.0 - alpha, method="higher"))
     quantile = ks_p_value(critical, rest_rows, window)

@@ -19,8 +19,26 @@ from monitoring.observer import (
 log = logging.getLogger("ferry.monitoring.metrics")
 
 # Inference latencies: 100 µs .. 60 s.
-LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                     0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+LATENCY_BUCKETS_S = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
 PendingCounts = Callable[[], Iterable[tuple[str, str, int]]]
@@ -82,8 +100,11 @@ class ServingMetrics:
         try:
             with self._lock:
                 if isinstance(record, RequestRecord):
-                    if record.success or record.model in self._known_models or \
-                            (record.model, record.version) in self._stats:
+                    if (
+                        record.success
+                        or record.model in self._known_models
+                        or (record.model, record.version) in self._stats
+                    ):
                         self._request(self._get(record.model, record.version), record)
                 elif isinstance(record, BatchRecord):
                     stats = self._get(record.model, record.version)
@@ -112,8 +133,9 @@ class ServingMetrics:
             histogram = stats.request_s[r.protocol] = Histogram(LATENCY_BUCKETS_S)
         histogram.observe(r.request_duration_s)
         stats.queue_s.observe(r.queue_duration_s)
-        stats.compute_s.observe(r.compute_input_duration_s + r.compute_infer_duration_s +
-                                r.compute_output_duration_s)
+        stats.compute_s.observe(
+            r.compute_input_duration_s + r.compute_infer_duration_s + r.compute_output_duration_s
+        )
 
     def _event(self, event: ModelEventRecord) -> None:
         key = (event.model, event.version)
@@ -148,8 +170,19 @@ def _copy(stats: _VersionStats) -> _VersionStats:
         return new
 
     return _VersionStats(
-        stats.success, dict(stats.failure), stats.inference_count, stats.exec_count,
-        stats.request_us, stats.queue_us, stats.compute_input_us, stats.compute_infer_us,
-        stats.compute_output_us, {p: hist(h) for p, h in stats.request_s.items()},
-        hist(stats.queue_s), hist(stats.compute_s), hist(stats.batch_size), stats.ready,
-        stats.load_duration_s)
+        stats.success,
+        dict(stats.failure),
+        stats.inference_count,
+        stats.exec_count,
+        stats.request_us,
+        stats.queue_us,
+        stats.compute_input_us,
+        stats.compute_infer_us,
+        stats.compute_output_us,
+        {p: hist(h) for p, h in stats.request_s.items()},
+        hist(stats.queue_s),
+        hist(stats.compute_s),
+        hist(stats.batch_size),
+        stats.ready,
+        stats.load_duration_s,
+    )

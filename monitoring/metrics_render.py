@@ -10,50 +10,84 @@ if TYPE_CHECKING:
     from monitoring.metrics import _VersionStats
 
 _TRITON_COUNTERS = (
-    ("nv_inference_request_success", "Number of successful inference requests, all batch sizes",
-     "success"),
-    ("nv_inference_count", "Number of inferences performed (does not include cached requests)",
-     "inference_count"),
-    ("nv_inference_exec_count",
-     "Number of model executions performed (does not include cached requests)", "exec_count"),
-    ("nv_inference_request_duration_us",
-     "Cumulative inference request duration in microseconds (includes cached requests)",
-     "request_us"),
-    ("nv_inference_queue_duration_us", "Cumulative inference queuing duration in microseconds",
-     "queue_us"),
-    ("nv_inference_compute_input_duration_us",
-     "Cumulative compute input duration in microseconds", "compute_input_us"),
-    ("nv_inference_compute_infer_duration_us",
-     "Cumulative compute inference duration in microseconds", "compute_infer_us"),
-    ("nv_inference_compute_output_duration_us",
-     "Cumulative inference compute output duration in microseconds", "compute_output_us"),
+    (
+        "nv_inference_request_success",
+        "Number of successful inference requests, all batch sizes",
+        "success",
+    ),
+    (
+        "nv_inference_count",
+        "Number of inferences performed (does not include cached requests)",
+        "inference_count",
+    ),
+    (
+        "nv_inference_exec_count",
+        "Number of model executions performed (does not include cached requests)",
+        "exec_count",
+    ),
+    (
+        "nv_inference_request_duration_us",
+        "Cumulative inference request duration in microseconds (includes cached requests)",
+        "request_us",
+    ),
+    (
+        "nv_inference_queue_duration_us",
+        "Cumulative inference queuing duration in microseconds",
+        "queue_us",
+    ),
+    (
+        "nv_inference_compute_input_duration_us",
+        "Cumulative compute input duration in microseconds",
+        "compute_input_us",
+    ),
+    (
+        "nv_inference_compute_infer_duration_us",
+        "Cumulative compute inference duration in microseconds",
+        "compute_infer_us",
+    ),
+    (
+        "nv_inference_compute_output_duration_us",
+        "Cumulative inference compute output duration in microseconds",
+        "compute_output_us",
+    ),
 )
 
 
 def serving_families(
-    snapshot: dict[tuple[str, str], _VersionStats], pending: list[tuple[str, str, int]],
+    snapshot: dict[tuple[str, str], _VersionStats],
+    pending: list[tuple[str, str, int]],
 ) -> list[Family]:
     """All serving families, in a stable order; empty families are still described."""
     success = Family(*_TRITON_COUNTERS[0][:2], "counter")
-    failure = Family("nv_inference_request_failure",
-                     "Number of failed inference requests, all batch sizes", "counter")
+    failure = Family(
+        "nv_inference_request_failure",
+        "Number of failed inference requests, all batch sizes",
+        "counter",
+    )
     counters = [Family(n, doc, "counter") for n, doc, _ in _TRITON_COUNTERS[1:]]
-    pending_family = Family("nv_inference_pending_request_count",
-                            "Instantaneous number of pending requests awaiting execution "
-                            "per-model.",
-                            "gauge")
+    pending_family = Family(
+        "nv_inference_pending_request_count",
+        "Instantaneous number of pending requests awaiting execution per-model.",
+        "gauge",
+    )
     load = Family("nv_model_load_duration_secs", "Model load time in seconds", "gauge")
-    ready = Family("ferry_model_ready", "1 when the model version is loaded and ready, else 0",
-                   "gauge")
-    request = Family("ferry_request_duration_seconds",
-                     "End-to-end inference request duration (successful requests)", "histogram")
-    queue = Family("ferry_queue_duration_seconds", "Time a request waited for its batch",
-                   "histogram")
-    compute = Family("ferry_compute_duration_seconds",
-                     "Compute time (input + infer + output) of the batch a request ran in",
-                     "histogram")
-    batch = Family("ferry_batch_size", "Rows per model execution (formed batch size)",
-                   "histogram")
+    ready = Family(
+        "ferry_model_ready", "1 when the model version is loaded and ready, else 0", "gauge"
+    )
+    request = Family(
+        "ferry_request_duration_seconds",
+        "End-to-end inference request duration (successful requests)",
+        "histogram",
+    )
+    queue = Family(
+        "ferry_queue_duration_seconds", "Time a request waited for its batch", "histogram"
+    )
+    compute = Family(
+        "ferry_compute_duration_seconds",
+        "Compute time (input + infer + output) of the batch a request ran in",
+        "histogram",
+    )
+    batch = Family("ferry_batch_size", "Rows per model execution (formed batch size)", "histogram")
     for (model, version), stats in sorted(snapshot.items()):
         labels = {"model": model, "version": version}
         success.add(labels, stats.success)
@@ -66,12 +100,29 @@ def serving_families(
         if stats.ready is not None:
             ready.add(labels, stats.ready)
         for protocol, histogram in sorted(stats.request_s.items()):
-            request.add_histogram({**labels, "protocol": protocol}, histogram.bounds,
-                                  histogram.counts, histogram.total)
-        for family, histogram in ((queue, stats.queue_s), (compute, stats.compute_s),
-                                  (batch, stats.batch_size)):
+            request.add_histogram(
+                {**labels, "protocol": protocol},
+                histogram.bounds,
+                histogram.counts,
+                histogram.total,
+            )
+        for family, histogram in (
+            (queue, stats.queue_s),
+            (compute, stats.compute_s),
+            (batch, stats.batch_size),
+        ):
             family.add_histogram(labels, histogram.bounds, histogram.counts, histogram.total)
     for model, version, count in sorted(pending):
         pending_family.add({"model": model, "version": version}, count)
-    return [success, failure, *counters, pending_family, load, ready, request, queue, compute,
-            batch]
+    return [
+        success,
+        failure,
+        *counters,
+        pending_family,
+        load,
+        ready,
+        request,
+        queue,
+        compute,
+        batch,
+    ]

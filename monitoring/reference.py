@@ -43,8 +43,15 @@ class Reference:
 
 
 def write_reference(
-    version_dir: Path, model_path: Path, data: Mapping[str, np.ndarray], window: int = 1000,
-    alpha: float = 0.05, *, task: str = "auto", max_rows: int = 10_000, seed: int = 0,
+    version_dir: Path,
+    model_path: Path,
+    data: Mapping[str, np.ndarray],
+    window: int = 1000,
+    alpha: float = 0.05,
+    *,
+    task: str = "auto",
+    max_rows: int = 10_000,
+    seed: int = 0,
     simulations: int = 400,
 ) -> Path:
     """Run the ONNX model on `data` and write version_dir/reference.npz; returns its path."""
@@ -61,18 +68,29 @@ def write_reference(
     samples = compute_signals(spec, inputs, outputs)
     samples = samples[np.isfinite(samples).all(axis=1)]
     if samples.shape[0] < MIN_ROWS:
-        raise ReferenceDataError(f"only {samples.shape[0]} reference rows give finite signals "
-                             f"(need {MIN_ROWS})")
+        raise ReferenceDataError(
+            f"only {samples.shape[0]} reference rows give finite signals (need {MIN_ROWS})"
+        )
     alpha_signal = calibrate_signal_alpha(samples, window, alpha, simulations, seed)
     thresholds = np.full(len(spec.names), ks_threshold(alpha_signal, window, samples.shape[0]))
-    meta = {"format": FORMAT_VERSION, "window": window, "alpha": alpha,
-            "alpha_signal": alpha_signal, "bonferroni_alpha": alpha / len(spec.names),
-            "rows": int(samples.shape[0]), "task": task, "model": Path(model_path).name,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    meta = {
+        "format": FORMAT_VERSION,
+        "window": window,
+        "alpha": alpha,
+        "alpha_signal": alpha_signal,
+        "bonferroni_alpha": alpha / len(spec.names),
+        "rows": int(samples.shape[0]),
+        "task": task,
+        "model": Path(model_path).name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     payload: dict[str, Any] = {
-        "samples": samples.astype(np.float32), "signal_names": np.array(spec.names),
-        "signal_scopes": np.array(spec.scopes), "thresholds": thresholds,
-        "spec": np.array(spec.to_json()), "meta": np.array(json.dumps(meta)),
+        "samples": samples.astype(np.float32),
+        "signal_names": np.array(spec.names),
+        "signal_scopes": np.array(spec.scopes),
+        "thresholds": thresholds,
+        "spec": np.array(spec.to_json()),
+        "meta": np.array(json.dumps(meta)),
         **{f"array_{k}": v for k, v in spec.arrays.items()},
     }
     target = Path(version_dir) / REFERENCE_FILENAME
@@ -111,20 +129,34 @@ def load_reference(path: Path) -> Reference:
     names = tuple(str(n) for n in files["signal_names"])
     thresholds = np.asarray(files["thresholds"], dtype=np.float64)
     if meta.get("format") != FORMAT_VERSION:
-        raise ReferenceDataError(f"{path} has format {meta.get('format')}, expected "
-                                 f"{FORMAT_VERSION}")
-    if names != spec.names or samples.ndim != 2 or samples.shape[1] != len(names) or \
-            thresholds.shape != (len(names),):
+        raise ReferenceDataError(
+            f"{path} has format {meta.get('format')}, expected {FORMAT_VERSION}"
+        )
+    if (
+        names != spec.names
+        or samples.ndim != 2
+        or samples.shape[1] != len(names)
+        or thresholds.shape != (len(names),)
+    ):
         raise ReferenceDataError(f"{path}: samples, signal names, thresholds and spec disagree")
     if samples.shape[0] < MIN_ROWS or not np.isfinite(samples).all():
         raise ReferenceDataError(f"{path}: needs >= {MIN_ROWS} rows of finite signal samples")
-    return Reference(spec, samples, np.sort(samples, axis=0), int(meta["window"]),
-                     float(meta["alpha"]), float(meta["alpha_signal"]),
-                     thresholds, str(meta.get("created", "")))
+    return Reference(
+        spec,
+        samples,
+        np.sort(samples, axis=0),
+        int(meta["window"]),
+        float(meta["alpha"]),
+        float(meta["alpha_signal"]),
+        thresholds,
+        str(meta.get("created", "")),
+    )
 
 
 def thresholds_for(
-    reference: Reference, window: int, alpha: float,
+    reference: Reference,
+    window: int,
+    alpha: float,
 ) -> tuple[float, NDArray[np.float64]]:
     """Per-signal alpha and D thresholds for the serving window/alpha (recalibrated on mismatch)."""
     if window == reference.window and alpha == reference.alpha:
@@ -134,5 +166,11 @@ def thresholds_for(
     return alpha_signal, np.full(size, ks_threshold(alpha_signal, window, reference.rows))
 
 
-__all__ = ["ModelTensors", "Reference", "ReferenceDataError", "load_reference", "thresholds_for",
-           "write_reference"]
+__all__ = [
+    "ModelTensors",
+    "Reference",
+    "ReferenceDataError",
+    "load_reference",
+    "thresholds_for",
+    "write_reference",
+]

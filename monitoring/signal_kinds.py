@@ -52,14 +52,21 @@ def _moments(x: np.ndarray, e: dict[str, Any], _: FloatArray | None) -> FloatArr
 def _channels(x: np.ndarray, e: dict[str, Any], _: FloatArray | None) -> FloatArray:
     c = int(e["channels"])
     values = x.astype(np.float64)
-    per = values.reshape(x.shape[0], -1, c) if e["channel_last"] else \
-        values.reshape(x.shape[0], c, -1).transpose(0, 2, 1)
+    per = (
+        values.reshape(x.shape[0], -1, c)
+        if e["channel_last"]
+        else values.reshape(x.shape[0], c, -1).transpose(0, 2, 1)
+    )
     return np.concatenate([per.mean(axis=1), per.std(axis=1)], axis=1)
 
 
 EXTRACTORS: dict[str, Extractor] = {
-    "probs": _probs, "confidence": _confidence, "values": _values, "projection": _projection,
-    "moments": _moments, "channels": _channels,
+    "probs": _probs,
+    "confidence": _confidence,
+    "values": _values,
+    "projection": _projection,
+    "moments": _moments,
+    "channels": _channels,
 }
 
 
@@ -67,12 +74,23 @@ def _static_size(shape: tuple[int, ...]) -> int | None:
     return math.prod(shape) if all(d > 0 for d in shape) else None
 
 
-def _project(name: str, scope: str, size: int, k: int, rng: np.random.Generator,
-             arrays: dict[str, FloatArray]) -> dict[str, Any]:
+def _project(
+    name: str,
+    scope: str,
+    size: int,
+    k: int,
+    rng: np.random.Generator,
+    arrays: dict[str, FloatArray],
+) -> dict[str, Any]:
     key = f"projection_{len(arrays)}"
     arrays[key] = rng.standard_normal((size, k)) / math.sqrt(size)
-    return {"kind": "projection", "tensor": name, "scope": scope, "matrix": key,
-            "names": [f"{name}.rp{i}" for i in range(k)]}
+    return {
+        "kind": "projection",
+        "tensor": name,
+        "scope": scope,
+        "matrix": key,
+        "names": [f"{name}.rp{i}" for i in range(k)],
+    }
 
 
 def _is_probability(sample: np.ndarray | None) -> bool:
@@ -83,8 +101,14 @@ def _is_probability(sample: np.ndarray | None) -> bool:
 
 
 def plan_output(
-    name: str, kind: str, shape: tuple[int, ...], sample: np.ndarray | None, task: str,
-    budget: int, rng: np.random.Generator, arrays: dict[str, FloatArray],
+    name: str,
+    kind: str,
+    shape: tuple[int, ...],
+    sample: np.ndarray | None,
+    task: str,
+    budget: int,
+    rng: np.random.Generator,
+    arrays: dict[str, FloatArray],
 ) -> list[dict[str, Any]]:
     """Signals for one output (row shape `shape`, numpy kind char): class probs, value, ..."""
     size = _static_size(shape)
@@ -94,15 +118,23 @@ def plan_output(
     if size is None:
         return [{"kind": "moments", **base, "names": [f"{name}.mean", f"{name}.std"]}][:budget]
     is_class = task == "classification" or (
-        task == "auto" and kind == "f" and size >= 2
-        and not any(h in name.lower() for h in _NOT_CLASS_HINTS))
+        task == "auto"
+        and kind == "f"
+        and size >= 2
+        and not any(h in name.lower() for h in _NOT_CLASS_HINTS)
+    )
     if is_class and size >= 2:
         plan = {**base, "softmax": not _is_probability(sample), "classes": size}
         if size <= min(MAX_PER_CLASS, budget):
             return [{"kind": "probs", **plan, "names": [f"{name}.p{c}" for c in range(size)]}]
         if budget >= 3:
-            return [{"kind": "confidence", **plan,
-                     "names": [f"{name}.max_prob", f"{name}.entropy", f"{name}.margin"]}]
+            return [
+                {
+                    "kind": "confidence",
+                    **plan,
+                    "names": [f"{name}.max_prob", f"{name}.entropy", f"{name}.margin"],
+                }
+            ]
         return []
     if size <= min(PROJECTIONS, budget):
         names = [f"{name}.value"] if size == 1 else [f"{name}.v{i}" for i in range(size)]
@@ -111,7 +143,11 @@ def plan_output(
 
 
 def plan_input(
-    name: str, kind: str, shape: tuple[int, ...], budget: int, rng: np.random.Generator,
+    name: str,
+    kind: str,
+    shape: tuple[int, ...],
+    budget: int,
+    rng: np.random.Generator,
     arrays: dict[str, FloatArray],
 ) -> list[dict[str, Any]]:
     """Summaries of one input: channel mean/std for images, named features, or projections."""
@@ -128,9 +164,15 @@ def plan_input(
         channels = 1 if len(shape) == 2 else (shape[-1] if channel_last else shape[0])
         if 2 * channels > budget:
             return [moments]
-        plans: list[dict[str, Any]] = [{
-            "kind": "channels", **base, "channels": channels, "channel_last": channel_last,
-            "names": [f"{name}.c{c}.{s}" for s in ("mean", "std") for c in range(channels)]}]
+        plans: list[dict[str, Any]] = [
+            {
+                "kind": "channels",
+                **base,
+                "channels": channels,
+                "channel_last": channel_last,
+                "names": [f"{name}.c{c}.{s}" for s in ("mean", "std") for c in range(channels)],
+            }
+        ]
         k = min(PROJECTIONS, budget - 2 * channels)
         return plans + ([_project(name, "inputs", size, k, rng, arrays)] if k > 0 else [])
     if size <= min(MAX_NAMED_FEATURES, budget):

@@ -55,16 +55,22 @@ class SignalSpec:
                 raise SignalError(f"unknown signal kind {e['kind']!r}")
             if "matrix" in e and e["matrix"] not in arrays:
                 raise SignalError(f"projection matrix {e['matrix']!r} is missing")
-        return cls(extractors, names, scopes, {k: np.asarray(v, np.float64)
-                                               for k, v in arrays.items()},
-                   data.get("class_output"))
+        return cls(
+            extractors,
+            names,
+            scopes,
+            {k: np.asarray(v, np.float64) for k, v in arrays.items()},
+            data.get("class_output"),
+        )
 
 
 def build_spec(
     inputs: Mapping[str, tuple[str, tuple[int, ...]]],
     outputs: Mapping[str, tuple[str, tuple[int, ...]]],
     sample_outputs: Mapping[str, np.ndarray],
-    task: str = "auto", max_signals: int = MAX_SIGNALS, seed: int = 0,
+    task: str = "auto",
+    max_signals: int = MAX_SIGNALS,
+    seed: int = 0,
 ) -> SignalSpec:
     """Choose signals: outputs first (up to 24), then input summaries, at most `max_signals`."""
     if task not in TASKS:
@@ -75,8 +81,9 @@ def build_spec(
     class_output: str | None = None
     budget = min(MAX_OUTPUT_SIGNALS, max_signals)
     for name, (kind, shape) in outputs.items():
-        for plan in plan_output(name, kind, shape, sample_outputs.get(name), task, budget, rng,
-                                arrays):
+        for plan in plan_output(
+            name, kind, shape, sample_outputs.get(name), task, budget, rng, arrays
+        ):
             extractors.append(plan)
             budget -= len(plan["names"])
             if class_output is None and 0 < plan.get("classes", 0) <= MAX_COUNTED_CLASSES:
@@ -94,7 +101,9 @@ def build_spec(
 
 
 def compute_signals(
-    spec: SignalSpec, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray],
+    spec: SignalSpec,
+    inputs: Mapping[str, np.ndarray],
+    outputs: Mapping[str, np.ndarray],
 ) -> FloatArray:
     """Signal rows (rows x signals, float64) for tensors that carry a leading row dimension."""
     blocks = []

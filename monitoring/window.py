@@ -19,7 +19,11 @@ class TumblingWindow:
     """
 
     def __init__(
-        self, size: int, signals: int, max_age_s: float = 600.0, min_rows: int | None = None,
+        self,
+        size: int,
+        signals: int,
+        max_age_s: float = 600.0,
+        min_rows: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if size < 2:
@@ -46,7 +50,7 @@ class TumblingWindow:
             if self._filled == 0:
                 self._opened_at = self._clock()
             take = min(self.size - self._filled, rows.shape[0] - start)
-            self._buffer[self._filled:self._filled + take] = rows[start:start + take]
+            self._buffer[self._filled : self._filled + take] = rows[start : start + take]
             self._filled += take
             start += take
             if self._filled == self.size:

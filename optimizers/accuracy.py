@@ -36,8 +36,7 @@ class GateResult:
     max_abs_diff: float
 
 
-def infer_task(labels: np.ndarray, prediction: np.ndarray, output: str,
-               metric: str | None) -> Task:
+def infer_task(labels: np.ndarray, prediction: np.ndarray, output: str, metric: str | None) -> Task:
     """Classification or regression from labels and the FP32 output; reject misfit metrics."""
     columns = 1 if prediction.ndim == 1 else int(np.prod(prediction.shape[1:]))
     integral = labels.dtype.kind in "biu" or bool(np.all(np.mod(labels, 1) == 0))
@@ -51,15 +50,23 @@ def infer_task(labels: np.ndarray, prediction: np.ndarray, output: str,
         raise OptimizeError(
             f"metric '{metric}' needs a classifier, but output '{output}' has {columns} column(s) "
             f"and the labels are {'continuous' if not integral else 'not 0/1'}: "
-            f"use one of {', '.join(REGRESSION_METRICS)}")
+            f"use one of {', '.join(REGRESSION_METRICS)}"
+        )
     if metric in REGRESSION_METRICS and columns != 1:
         raise OptimizeError(
             f"metric '{metric}' needs one regression value per sample, but output '{output}' "
-            f"has {columns} columns (a classifier): use one of {', '.join(CLASSIFICATION_METRICS)}")
-    if metric in CLASSIFICATION_METRICS and columns >= 2 and labels.size and \
-            (labels.min() < 0 or labels.max() >= columns):
-        raise OptimizeError(f"labels range {labels.min()}..{labels.max()} does not fit the "
-                            f"{columns} classes of output '{output}'")
+            f"has {columns} columns (a classifier): use one of {', '.join(CLASSIFICATION_METRICS)}"
+        )
+    if (
+        metric in CLASSIFICATION_METRICS
+        and columns >= 2
+        and labels.size
+        and (labels.min() < 0 or labels.max() >= columns)
+    ):
+        raise OptimizeError(
+            f"labels range {labels.min()}..{labels.max()} does not fit the "
+            f"{columns} classes of output '{output}'"
+        )
     kind = "classification" if metric in CLASSIFICATION_METRICS else "regression"
     return Task(kind, metric, output)
 
@@ -84,8 +91,11 @@ def metric_value(task: Task, prediction: np.ndarray, labels: np.ndarray) -> floa
     if task.kind == "regression":
         y_pred = prediction.reshape(len(prediction)).astype(np.float64)
         y_true = labels.reshape(len(labels)).astype(np.float64)
-        regression = {"mae": sk.mean_absolute_error, "mse": sk.mean_squared_error,
-                      "r2": sk.r2_score}
+        regression = {
+            "mae": sk.mean_absolute_error,
+            "mse": sk.mean_squared_error,
+            "r2": sk.r2_score,
+        }
         if task.metric == "rmse":
             return float(np.sqrt(sk.mean_squared_error(y_true, y_pred)))
         return float(regression[task.metric](y_true, y_pred))
@@ -97,8 +107,11 @@ def metric_value(task: Task, prediction: np.ndarray, labels: np.ndarray) -> floa
         if task.metric == "auc":
             if probs.shape[1] == 2:
                 return float(sk.roc_auc_score(y_true, probs[:, 1]))
-            return float(sk.roc_auc_score(y_true, probs, multi_class="ovr",
-                                          labels=list(range(probs.shape[1]))))
+            return float(
+                sk.roc_auc_score(
+                    y_true, probs, multi_class="ovr", labels=list(range(probs.shape[1]))
+                )
+            )
     except ValueError as exc:
         raise OptimizeError(f"AUC cannot be computed on these labels: {exc}") from exc
     if task.metric == "accuracy":
@@ -112,27 +125,51 @@ def metric_drop(metric: str, reference: float, value: float) -> float:
     return value - reference if metric in LOWER_IS_BETTER else reference - value
 
 
-def gate(task: Task, reference: Mapping[str, np.ndarray], reference_value: float,
-         candidate: Mapping[str, np.ndarray], labels: np.ndarray, max_drop: float) -> GateResult:
+def gate(
+    task: Task,
+    reference: Mapping[str, np.ndarray],
+    reference_value: float,
+    candidate: Mapping[str, np.ndarray],
+    labels: np.ndarray,
+    max_drop: float,
+) -> GateResult:
     """Score a candidate, check it for NaN/Inf and compare it with the FP32 reference."""
-    nonfinite = {name: int(np.size(v) - np.isfinite(v).sum()) for name, v in candidate.items()
-                 if np.issubdtype(np.asarray(v).dtype, np.floating)}
-    diffs = [float(np.max(np.abs(candidate[n].astype(np.float64) - reference[n])))
-             for n in reference if np.size(reference[n]) and n in candidate]
+    nonfinite = {
+        name: int(np.size(v) - np.isfinite(v).sum())
+        for name, v in candidate.items()
+        if np.issubdtype(np.asarray(v).dtype, np.floating)
+    }
+    diffs = [
+        float(np.max(np.abs(candidate[n].astype(np.float64) - reference[n])))
+        for n in reference
+        if np.size(reference[n]) and n in candidate
+    ]
     max_abs_diff = max(diffs, default=0.0)
     prediction = candidate[task.output]
     agreement = None
     if task.kind == "classification":
-        agreement = float(np.mean(probabilities(np.nan_to_num(prediction)).argmax(axis=1)
-                                  == probabilities(reference[task.output]).argmax(axis=1)))
+        agreement = float(
+            np.mean(
+                probabilities(np.nan_to_num(prediction)).argmax(axis=1)
+                == probabilities(reference[task.output]).argmax(axis=1)
+            )
+        )
     bad = {name: count for name, count in nonfinite.items() if count}
     if bad:
-        return GateResult(float("nan"), float("nan"), False,
-                          f"NaN/Inf: non-finite values in outputs {bad}", agreement, float("nan"))
+        return GateResult(
+            float("nan"),
+            float("nan"),
+            False,
+            f"NaN/Inf: non-finite values in outputs {bad}",
+            agreement,
+            float("nan"),
+        )
     value = metric_value(task, prediction, labels)
     delta = metric_drop(task.metric, reference_value, value)
     if delta > max_drop + 1e-12:
-        reason = (f"accuracy drop: {task.metric} {value:.4f} vs FP32 {reference_value:.4f}: "
-                  f"drop {delta:.4f} exceeds --max-drop {max_drop:g}")
+        reason = (
+            f"accuracy drop: {task.metric} {value:.4f} vs FP32 {reference_value:.4f}: "
+            f"drop {delta:.4f} exceeds --max-drop {max_drop:g}"
+        )
         return GateResult(value, delta, False, reason, agreement, max_abs_diff)
     return GateResult(value, delta, True, "", agreement, max_abs_diff)

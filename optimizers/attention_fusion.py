@@ -65,7 +65,8 @@ class _Graph:
         self.model = model
         self.graph = model.graph
         self.constants: dict[str, np.ndarray] = {
-            i.name: numpy_helper.to_array(i) for i in self.graph.initializer}
+            i.name: numpy_helper.to_array(i) for i in self.graph.initializer
+        }
         self.producer: dict[str, Any] = {}
         self.consumers: dict[str, list[Any]] = {}
         for node in self.graph.node:
@@ -156,8 +157,13 @@ def _projection(g: _Graph, name: str) -> _Projection | None:
         if weight is None or weight.ndim != 2:
             return None
         return _Projection(node.input[0], weight, bias, [node, *nodes])
-    if node.op_type == "Gemm" and bias is None and not g.attr(node, "transA", 0) \
-            and g.attr(node, "alpha", 1.0) == 1.0 and g.attr(node, "beta", 1.0) == 1.0:
+    if (
+        node.op_type == "Gemm"
+        and bias is None
+        and not g.attr(node, "transA", 0)
+        and g.attr(node, "alpha", 1.0) == 1.0
+        and g.attr(node, "beta", 1.0) == 1.0
+    ):
         weight = g.constants.get(node.input[1])
         c = g.constants.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         if weight is None or weight.ndim != 2 or (c is not None and c.ndim != 1):
@@ -193,8 +199,11 @@ def _out_projection(g: _Graph, name: str) -> _Projection | None:
 def _batch_first_input(g: _Graph, x: str) -> str:
     """The (batch, seq, hidden) tensor: x itself, or x's source when x is its (seq, batch) view."""
     node = g.producer.get(x)
-    if node is not None and node.op_type == "Transpose" and \
-            list(g.attr(node, "perm", [])) == [1, 0, 2]:
+    if (
+        node is not None
+        and node.op_type == "Transpose"
+        and list(g.attr(node, "perm", [])) == [1, 0, 2]
+    ):
         return str(node.input[0])
     return x
 
@@ -214,8 +223,11 @@ def _match(g: _Graph, softmax: Any) -> dict[str, Any] | None:
     if node is None or node.op_type != "MatMul":
         return None  # masks (an Add before the Softmax) are not fused
     context_node = g.sole_consumer(softmax.output[0])
-    if context_node is None or context_node.op_type != "MatMul" or \
-            context_node.input[0] != softmax.output[0]:
+    if (
+        context_node is None
+        or context_node.op_type != "MatMul"
+        or context_node.input[0] != softmax.output[0]
+    ):
         return None
     q, k = _trace_branch(g, node.input[0]), _trace_branch(g, node.input[1])
     v = _trace_branch(g, context_node.input[1])
@@ -227,23 +239,29 @@ def _match(g: _Graph, softmax: Any) -> dict[str, Any] | None:
         if projection is None or sorted(order) != [0, 1, 2]:
             return None
         hidden = projection.weight.shape[1] // 3
-        weight = np.concatenate([projection.weight[:, b * hidden:(b + 1) * hidden]
-                                 for b in order], axis=1)
-        bias = None if projection.bias is None else np.concatenate(
-            [projection.bias[b * hidden:(b + 1) * hidden] for b in order])
+        weight = np.concatenate(
+            [projection.weight[:, b * hidden : (b + 1) * hidden] for b in order], axis=1
+        )
+        bias = (
+            None
+            if projection.bias is None
+            else np.concatenate([projection.bias[b * hidden : (b + 1) * hidden] for b in order])
+        )
         x = projection.x
     else:
         parts = [_projection(g, b.root) for b in (q, k, v)]
         if any(p is None or b.block is not None for p, b in zip(parts, (q, k, v), strict=True)):
             return None
         projections = [p for p in parts if p is not None]
-        if len({p.x for p in projections}) != 1 or \
-                len({p.weight.shape for p in projections}) != 1:
+        if len({p.x for p in projections}) != 1 or len({p.weight.shape for p in projections}) != 1:
             return None
         hidden = projections[0].weight.shape[1]
         weight = np.concatenate([p.weight for p in projections], axis=1)
-        bias = None if any(p.bias is None for p in projections) else np.concatenate(
-            [p.bias for p in projections if p.bias is not None])
+        bias = (
+            None
+            if any(p.bias is None for p in projections)
+            else np.concatenate([p.bias for p in projections if p.bias is not None])
+        )
         x = projections[0].x
     if hidden % q.head_size or hidden == q.head_size:
         return None
@@ -255,9 +273,17 @@ def _match(g: _Graph, softmax: Any) -> dict[str, Any] | None:
     name = _follow_layout(g, out.nodes[-1].output[0])
     if bias is None:
         bias = np.zeros(weight.shape[1], dtype=weight.dtype)
-    return {"x": _batch_first_input(g, x), "weight": weight, "bias": bias,
-            "num_heads": hidden // q.head_size, "scale": scale * q.scale * k.scale,
-            "v_scale": v.scale, "out_weight": out.weight, "out_bias": out.bias, "output": name}
+    return {
+        "x": _batch_first_input(g, x),
+        "weight": weight,
+        "bias": bias,
+        "num_heads": hidden // q.head_size,
+        "scale": scale * q.scale * k.scale,
+        "v_scale": v.scale,
+        "out_weight": out.weight,
+        "out_bias": out.bias,
+        "output": name,
+    }
 
 
 def fuse_attention(model: Any) -> list[str]:
@@ -265,38 +291,62 @@ def fuse_attention(model: Any) -> list[str]:
     from onnx import helper, numpy_helper
 
     g = _Graph(model)
-    matches = [m for node in g.graph.node if node.op_type == "Softmax"
-               if (m := _match(g, node)) is not None]
+    matches = [
+        m
+        for node in g.graph.node
+        if node.op_type == "Softmax"
+        if (m := _match(g, node)) is not None
+    ]
     new_nodes, new_initializers = [], []
     for index, match in enumerate(matches):
         prefix = f"ferry_attention_{index}"
         weight = match["weight"].astype(np.float32)
         if match["v_scale"] != 1.0:  # a scalar on v scales the context: fold it into W_v
             hidden = weight.shape[1] // 3
-            weight[:, 2 * hidden:] *= match["v_scale"]
+            weight[:, 2 * hidden :] *= match["v_scale"]
             match["bias"] = match["bias"].copy()
-            match["bias"][2 * hidden:] *= match["v_scale"]
+            match["bias"][2 * hidden :] *= match["v_scale"]
         new_initializers += [
             numpy_helper.from_array(weight, f"{prefix}_qkv_weight"),
             numpy_helper.from_array(match["bias"].astype(np.float32), f"{prefix}_qkv_bias"),
             numpy_helper.from_array(match["out_weight"].astype(np.float32), f"{prefix}_out_weight"),
         ]
         context, projected = f"{prefix}_context", f"{prefix}_projected"
-        new_nodes.append(helper.make_node(
-            "Attention", [match["x"], f"{prefix}_qkv_weight", f"{prefix}_qkv_bias"], [context],
-            name=prefix, domain=MS_DOMAIN, num_heads=int(match["num_heads"]),
-            scale=float(match["scale"])))
+        new_nodes.append(
+            helper.make_node(
+                "Attention",
+                [match["x"], f"{prefix}_qkv_weight", f"{prefix}_qkv_bias"],
+                [context],
+                name=prefix,
+                domain=MS_DOMAIN,
+                num_heads=int(match["num_heads"]),
+                scale=float(match["scale"]),
+            )
+        )
         if match["out_bias"] is None:
-            new_nodes.append(helper.make_node("MatMul", [context, f"{prefix}_out_weight"],
-                                              [match["output"]], name=f"{prefix}_out"))
+            new_nodes.append(
+                helper.make_node(
+                    "MatMul",
+                    [context, f"{prefix}_out_weight"],
+                    [match["output"]],
+                    name=f"{prefix}_out",
+                )
+            )
         else:
-            new_initializers.append(numpy_helper.from_array(
-                match["out_bias"].astype(np.float32), f"{prefix}_out_bias"))
+            new_initializers.append(
+                numpy_helper.from_array(match["out_bias"].astype(np.float32), f"{prefix}_out_bias")
+            )
             new_nodes += [
-                helper.make_node("MatMul", [context, f"{prefix}_out_weight"], [projected],
-                                 name=f"{prefix}_out"),
-                helper.make_node("Add", [projected, f"{prefix}_out_bias"], [match["output"]],
-                                 name=f"{prefix}_out_bias")]
+                helper.make_node(
+                    "MatMul", [context, f"{prefix}_out_weight"], [projected], name=f"{prefix}_out"
+                ),
+                helper.make_node(
+                    "Add",
+                    [projected, f"{prefix}_out_bias"],
+                    [match["output"]],
+                    name=f"{prefix}_out_bias",
+                ),
+            ]
     if not matches:
         return []
     replaced = {m["output"] for m in matches}
@@ -330,8 +380,11 @@ def _topological(nodes: list[Any]) -> list[Any]:
                 raise ValueError(f"cycle through node {node.name}")
             visiting.add(id(node))
             stack.append((node, True))
-            stack += [(producer[name], False) for name in reversed(node.input)
-                      if name in producer and id(producer[name]) not in done]
+            stack += [
+                (producer[name], False)
+                for name in reversed(node.input)
+                if name in producer and id(producer[name]) not in done
+            ]
     return ordered
 
 
@@ -363,8 +416,9 @@ def _remove_dead_nodes(model: Any) -> None:
         field.extend(kept)
 
 
-def fuse_attention_file(source: Path, output: Path,
-                        samples: Mapping[str, np.ndarray] | None) -> int:
+def fuse_attention_file(
+    source: Path, output: Path, samples: Mapping[str, np.ndarray] | None
+) -> int:
     """Fuse `source` into `output` when the fused model reproduces it on `samples`.
 
     The check compares every fused block's output tensor (the residual-stream tensor it
@@ -379,21 +433,26 @@ def fuse_attention_file(source: Path, output: Path,
     original = onnx.load(str(source))
     fused = fuse_attention(model)
     if fused and samples is None:
-        logger.warning("attention fusion matched %d block(s) but there is no sample data to "
-                       "check them; not fused", len(fused))
+        logger.warning(
+            "attention fusion matched %d block(s) but there is no sample data to "
+            "check them; not fused",
+            len(fused),
+        )
         model, fused = original, []
     elif fused and samples is not None:
         error = _relative_error(original, model, samples, fused)
         if error is None or error > CHECK_TOLERANCE:
-            logger.warning("attention fusion changed the results (relative error %s); "
-                           "not fused", error)
+            logger.warning(
+                "attention fusion changed the results (relative error %s); not fused", error
+            )
             model, fused = original, []
     onnx.save(model, str(output))
     return len(fused)
 
 
-def _relative_error(original: Any, fused: Any, samples: Mapping[str, np.ndarray],
-                    tensors: list[str]) -> float | None:
+def _relative_error(
+    original: Any, fused: Any, samples: Mapping[str, np.ndarray], tensors: list[str]
+) -> float | None:
     """Worst max|fused - original| / max|original| over the outputs and the fused tensors;
     None when the fused graph does not run or its results have the wrong shape or NaN/Inf."""
     import onnx
@@ -409,10 +468,12 @@ def _relative_error(original: Any, fused: Any, samples: Mapping[str, np.ndarray]
             probe.CopyFrom(model)
             names = [o.name for o in probe.graph.output]
             extra = [name for name in tensors if name not in names]  # float residual streams
-            probe.graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
-                                      for name in extra)
-            session = ort.InferenceSession(probe.SerializeToString(), options,
-                                           providers=["CPUExecutionProvider"])
+            probe.graph.output.extend(
+                helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in extra
+            )
+            session = ort.InferenceSession(
+                probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
+            )
             results.append(session.run([*names, *extra], dict(samples)))
     except Exception as exc:  # the fused graph does not load or run: it is wrong
         logger.warning("the attention-fused model does not run: %s", exc)

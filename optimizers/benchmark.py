@@ -23,9 +23,14 @@ class Timing:
         """p50/p95/p99 in ms; throughput (samples/s) from the median, robust to hiccups."""
         values = np.asarray(self.seconds) * 1000.0
         p50, p95, p99 = (float(np.percentile(values, q)) for q in (50, 95, 99))
-        return {"batch": self.batch, "p50_ms": p50, "p95_ms": p95, "p99_ms": p99,
-                "throughput": self.batch * 1000.0 / p50,
-                "iterations": len(values)}
+        return {
+            "batch": self.batch,
+            "p50_ms": p50,
+            "p95_ms": p95,
+            "p99_ms": p99,
+            "throughput": self.batch * 1000.0 / p50,
+            "iterations": len(values),
+        }
 
 
 def rss_bytes() -> int:
@@ -59,9 +64,16 @@ def peak_rss_bytes() -> int:
     return _status_kb("VmHWM") * 1024
 
 
-def benchmark(runtimes: Mapping[str, Runtime], batches: Mapping[int, Mapping[str, np.ndarray]],
-              output_names: Sequence[str], *, warmup: int = 3, min_iterations: int = 20,
-              budget_s: float = 20.0, block: int = 5) -> dict[str, dict[int, Timing]]:
+def benchmark(
+    runtimes: Mapping[str, Runtime],
+    batches: Mapping[int, Mapping[str, np.ndarray]],
+    output_names: Sequence[str],
+    *,
+    warmup: int = 3,
+    min_iterations: int = 20,
+    budget_s: float = 20.0,
+    block: int = 5,
+) -> dict[str, dict[int, Timing]]:
     """Time every runtime at every batch size, interleaving them block by block.
 
     Interleaving spreads background load on a shared machine evenly over the candidates, so

@@ -16,41 +16,70 @@ from optimizers.source import OptimizeError
 def optimize(
     name: Annotated[str, typer.Argument(help="Model name (folder under the repository).")],
     model_repository: Annotated[Path, typer.Option(help="Triton-layout model repository.")],
-    eval_data: Annotated[Path, typer.Option(
-        help="Labelled .npz: one array per model input plus `labels`; scores every variant.")],
-    calibration_data: Annotated[Path | None, typer.Option(
-        help="Unlabelled .npz for INT8 static calibration (use data disjoint from eval).")] = None,
-    metric: Annotated[str | None, typer.Option(
-        help="accuracy|precision|recall|f1|auc|mae|mse|rmse|r2 (default: accuracy for "
-             "classifiers, r2 for regressors).")] = None,
-    max_drop: Annotated[float, typer.Option(
-        help="Largest allowed absolute metric drop versus FP32.")] = 0.01,
-    target: Annotated[str, typer.Option(help="cpu | cuda | tensorrt")] = "cpu",
-    variants: Annotated[str | None, typer.Option(
-        help="Comma-separated: ort-fp32,int8-dynamic,int8-static,fp16,ort-tensorrt-ep,"
-             "tensorrt-fp16,tensorrt-int8 (default: the target's set).")] = None,
-    objective: Annotated[str, typer.Option(
-        help="throughput (at max_batch_size) or latency (p95 at batch 1).")] = "throughput",
-    model_version: Annotated[int | None, typer.Option(
-        help="FP32 version to start from (default: newest version not made by optimize).")
+    eval_data: Annotated[
+        Path,
+        typer.Option(
+            help="Labelled .npz: one array per model input plus `labels`; scores every variant."
+        ),
+    ],
+    calibration_data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Unlabelled .npz for INT8 static calibration (use data disjoint from eval)."
+        ),
     ] = None,
-    output: Annotated[str | None, typer.Option(
-        help="Output scored by the metric (default: the first output).")] = None,
-    calibration_method: Annotated[str, typer.Option(
-        help="minmax | percentile | entropy")] = "minmax",
-    static_exclude: Annotated[str, typer.Option(
-        help="Op types int8-static keeps in FP32; '' quantizes every op (naive).")
+    metric: Annotated[
+        str | None,
+        typer.Option(
+            help="accuracy|precision|recall|f1|auc|mae|mse|rmse|r2 (default: accuracy for "
+            "classifiers, r2 for regressors)."
+        ),
+    ] = None,
+    max_drop: Annotated[
+        float, typer.Option(help="Largest allowed absolute metric drop versus FP32.")
+    ] = 0.01,
+    target: Annotated[str, typer.Option(help="cpu | cuda | tensorrt")] = "cpu",
+    variants: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated: ort-fp32,int8-dynamic,int8-static,fp16,ort-tensorrt-ep,"
+            "tensorrt-fp16,tensorrt-int8 (default: the target's set)."
+        ),
+    ] = None,
+    objective: Annotated[
+        str, typer.Option(help="throughput (at max_batch_size) or latency (p95 at batch 1).")
+    ] = "throughput",
+    model_version: Annotated[
+        int | None,
+        typer.Option(
+            help="FP32 version to start from (default: newest version not made by optimize)."
+        ),
+    ] = None,
+    output: Annotated[
+        str | None, typer.Option(help="Output scored by the metric (default: the first output).")
+    ] = None,
+    calibration_method: Annotated[
+        str, typer.Option(help="minmax | percentile | entropy")
+    ] = "minmax",
+    static_exclude: Annotated[
+        str, typer.Option(help="Op types int8-static keeps in FP32; '' quantizes every op (naive).")
     ] = ",".join(STATIC_EXCLUDED_OPS),
-    threads: Annotated[int | None, typer.Option(
-        help="Intra-op threads for every candidate (default: all usable cores).")] = None,
-    min_gain: Annotated[float, typer.Option(
-        help="A variant must beat FP32 by this factor on the objective to be published.")
+    threads: Annotated[
+        int | None,
+        typer.Option(help="Intra-op threads for every candidate (default: all usable cores)."),
+    ] = None,
+    min_gain: Annotated[
+        float,
+        typer.Option(
+            help="A variant must beat FP32 by this factor on the objective to be published."
+        ),
     ] = 1.05,
     bench_seconds: Annotated[float, typer.Option(help="Benchmark time budget.")] = 20.0,
-    publish: Annotated[bool, typer.Option(
-        help="Publish the winner as the next version (--no-publish: report only).")] = True,
-    report: Annotated[Path | None, typer.Option(
-        help="Also write the report JSON here.")] = None,
+    publish: Annotated[
+        bool,
+        typer.Option(help="Publish the winner as the next version (--no-publish: report only)."),
+    ] = True,
+    report: Annotated[Path | None, typer.Option(help="Also write the report JSON here.")] = None,
 ) -> None:
     """Build optimized variants of a model, gate them on accuracy, publish the fastest.
 
@@ -64,13 +93,24 @@ def optimize(
     if not console.is_terminal:
         console.width = max(console.width, 150)
     options = OptimizeOptions(
-        name=name, repository=model_repository, eval_data=eval_data,
-        calibration_data=calibration_data, metric=metric, max_drop=max_drop, target=target,
+        name=name,
+        repository=model_repository,
+        eval_data=eval_data,
+        calibration_data=calibration_data,
+        metric=metric,
+        max_drop=max_drop,
+        target=target,
         variants=tuple(v.strip() for v in variants.split(",") if v.strip()) if variants else None,
-        objective=objective, model_version=model_version, output=output,
+        objective=objective,
+        model_version=model_version,
+        output=output,
         calibration_method=calibration_method,
         excluded_ops=tuple(op.strip() for op in static_exclude.split(",") if op.strip()),
-        threads=threads, min_gain=min_gain, publish=publish, bench_seconds=bench_seconds)
+        threads=threads,
+        min_gain=min_gain,
+        publish=publish,
+        bench_seconds=bench_seconds,
+    )
     try:
         with console.status("optimizing") as status:
             result = run_optimize(options, progress=lambda text: status.update(text))
@@ -85,13 +125,17 @@ def optimize(
         report.write_text(json.dumps(result, indent=2) + "\n")
     published = result["published"]
     if published:
-        console.print(f"published [bold]{published['variant']}[/bold] as version "
-                      f"{published['version']} of '{name}' ({result['duration_s']}s)")
+        console.print(
+            f"published [bold]{published['variant']}[/bold] as version "
+            f"{published['version']} of '{name}' ({result['duration_s']}s)"
+        )
     elif result.get("would_publish"):
         console.print(f"would publish {result['would_publish']} (--no-publish given)")
     else:
-        console.print("nothing published: no variant passed the gate and beat FP32 "
-                      f"by {min_gain:g}x on {objective}")
+        console.print(
+            "nothing published: no variant passed the gate and beat FP32 "
+            f"by {min_gain:g}x on {objective}"
+        )
 
 
 def _number(value: Any, digits: int = 4) -> str:
@@ -102,19 +146,38 @@ def render_table(result: dict[str, Any]) -> Any:
     """A rich table of the FP32 reference and every candidate."""
     from rich.table import Table
 
-    table = Table(title=f"ferry optimize {result['model']} ({result['target']}, "
-                        f"{result['metric']}, max-drop {result['max_drop']:g})")
-    for column in ("variant", "precision", "metric", "delta", "p50 ms", "p95 ms", "p99 ms",
-                   "throughput/s", "speedup", "verdict"):
+    table = Table(
+        title=f"ferry optimize {result['model']} ({result['target']}, "
+        f"{result['metric']}, max-drop {result['max_drop']:g})"
+    )
+    for column in (
+        "variant",
+        "precision",
+        "metric",
+        "delta",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "throughput/s",
+        "speedup",
+        "verdict",
+    ):
         table.add_column(column, justify="left" if column in ("variant", "verdict") else "right")
     for row in [result["reference"], *result["candidates"]]:
         verdict = (row.get("reason") or "passed").split(":")[0]
         style = "green" if row.get("passed") else "red"
-        table.add_row(row["variant"], row["precision"], _number(row.get("value")),
-                      _number(row.get("delta")), _number(row.get("p50_ms"), 2),
-                      _number(row.get("p95_ms"), 2), _number(row.get("p99_ms"), 2),
-                      _number(row.get("throughput"), 1), _number(row.get("speedup"), 2),
-                      f"[{style}]{verdict}[/{style}]")
+        table.add_row(
+            row["variant"],
+            row["precision"],
+            _number(row.get("value")),
+            _number(row.get("delta")),
+            _number(row.get("p50_ms"), 2),
+            _number(row.get("p95_ms"), 2),
+            _number(row.get("p99_ms"), 2),
+            _number(row.get("throughput"), 1),
+            _number(row.get("speedup"), 2),
+            f"[{style}]{verdict}[/{style}]",
+        )
     return table
 
 

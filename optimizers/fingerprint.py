@@ -9,9 +9,22 @@ from pathlib import Path
 from typing import Any
 
 # CPU flags that decide INT8 / FP16 speed on x86 and Arm.
-RELEVANT_CPU_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni",
-                      "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_int8", "amx_bf16",
-                      "asimddp", "fphp")
+RELEVANT_CPU_FLAGS = (
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_int8",
+    "amx_bf16",
+    "asimddp",
+    "fphp",
+)
 
 
 def _cpuinfo() -> tuple[str, list[str]]:
@@ -44,10 +57,19 @@ def fingerprint(target: str, threads: int) -> dict[str, Any]:
     cpu_model, flags = _cpuinfo()
     ort = _version("onnxruntime") or _version("onnxruntime-gpu")
     data: dict[str, Any] = {
-        "target": target, "cpu": cpu_model, "cpu_flags": flags, "cpu_count": os.cpu_count(),
-        "threads": threads, "python": platform.python_version(), "os": platform.platform(),
-        "onnxruntime": ort, "onnx": _version("onnx"), "numpy": _version("numpy"),
-        "tensorrt": None, "gpu": None, "compute_capability": None,
+        "target": target,
+        "cpu": cpu_model,
+        "cpu_flags": flags,
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "python": platform.python_version(),
+        "os": platform.platform(),
+        "onnxruntime": ort,
+        "onnx": _version("onnx"),
+        "numpy": _version("numpy"),
+        "tensorrt": None,
+        "gpu": None,
+        "compute_capability": None,
     }
     if target != "cpu":
         gpu = gpu_info()

@@ -14,11 +14,27 @@ from optimizers.attention_fusion import fuse_attention_file
 from optimizers.source import Dataset, OptimizeError
 
 # Nodes that break INT8 accuracy when quantized (outlier activations), ORT's fused forms included.
-STATIC_EXCLUDED_OPS = ("LayerNormalization", "SkipLayerNormalization", "Softmax", "Gelu",
-                       "FastGelu", "BiasGelu")
+STATIC_EXCLUDED_OPS = (
+    "LayerNormalization",
+    "SkipLayerNormalization",
+    "Softmax",
+    "Gelu",
+    "FastGelu",
+    "BiasGelu",
+)
 # Kept in FP32 by the FP16 conversion: reductions, variance, exponentials overflow in FP16.
-FP16_BLOCKED_OPS = ("LayerNormalization", "SkipLayerNormalization", "ReduceMean", "ReduceSum",
-                    "Pow", "Softmax", "Exp", "Log", "Sqrt", "Erf")
+FP16_BLOCKED_OPS = (
+    "LayerNormalization",
+    "SkipLayerNormalization",
+    "ReduceMean",
+    "ReduceSum",
+    "Pow",
+    "Softmax",
+    "Exp",
+    "Log",
+    "Sqrt",
+    "Erf",
+)
 QUANTIZED_OP_TYPES = ["MatMul", "Gemm", "Conv"]
 # quantize_dynamic: fused `Attention` becomes QAttention (its QKV projection in INT8).
 DYNAMIC_QUANTIZED_OP_TYPES = ("MatMul", "Gemm", "Attention")
@@ -55,8 +71,9 @@ def ort_offline_optimize(source: Path, output: Path, providers: list[Any]) -> No
     ort.InferenceSession(str(source), options, providers=providers)
 
 
-def transformer_fuse(source: Path, output: Path, use_gpu: bool,
-                     samples: Mapping[str, np.ndarray] | None = None) -> dict[str, int]:
+def transformer_fuse(
+    source: Path, output: Path, use_gpu: bool, samples: Mapping[str, np.ndarray] | None = None
+) -> dict[str, int]:
     """Attention fusion, then onnxruntime.transformers fusions; returns the fused-op counts.
 
     `fuse_attention_file` matches the self-attention of the torch dynamo export (which the ORT
@@ -73,27 +90,42 @@ def transformer_fuse(source: Path, output: Path, use_gpu: bool,
     options = FusionOptions("bert")
     if not use_gpu:
         options.enable_skip_layer_norm = options.enable_bias_skip_layer_norm = False
-    fused = optimizer.optimize_model(str(attention), model_type="bert", num_heads=0,
-                                     hidden_size=0, opt_level=0, use_gpu=use_gpu,
-                                     optimization_options=options)
+    fused = optimizer.optimize_model(
+        str(attention),
+        model_type="bert",
+        num_heads=0,
+        hidden_size=0,
+        opt_level=0,
+        use_gpu=use_gpu,
+        optimization_options=options,
+    )
     fused.save_model_to_file(str(output))
     attention.unlink()
-    stats = {name: int(count) for name, count in  # the graph's fused ops, ours included
-             (fused.get_fused_operator_statistics() or {}).items() if count}
+    stats = {
+        name: int(count)
+        for name, count in (  # the graph's fused ops, ours included
+            fused.get_fused_operator_statistics() or {}
+        ).items()
+        if count
+    }
     logger.info("attention fusion: %d block(s); fused ops %s", fused_blocks, stats)
     return stats
 
 
-def build_ort_fp32(source: Path, output: Path, providers: list[Any],
-                   samples: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
+def build_ort_fp32(
+    source: Path,
+    output: Path,
+    providers: list[Any],
+    samples: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
     """`ort-fp32`: transformer fusions (for transformer graphs) then offline EXTENDED."""
     details: dict[str, Any] = {"graph_optimization_level": "ORT_ENABLE_EXTENDED"}
     graph = source
     if is_transformer(source):
         fused_path = output.with_name("fused.onnx")
         details["transformer_fusions"] = transformer_fuse(
-            source, fused_path, use_gpu=_first(providers) != "CPUExecutionProvider",
-            samples=samples)
+            source, fused_path, use_gpu=_first(providers) != "CPUExecutionProvider", samples=samples
+        )
         graph = fused_path
     ort_offline_optimize(graph, output, providers)
     return details
@@ -115,8 +147,9 @@ def preprocess(source: Path, output: Path) -> None:
     onnx.save(model, str(output))
 
 
-def build_int8_dynamic(source: Path, output: Path, per_channel: bool,
-                       samples: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
+def build_int8_dynamic(
+    source: Path, output: Path, per_channel: bool, samples: Mapping[str, np.ndarray] | None = None
+) -> dict[str, Any]:
     """`int8-dynamic`: quant_pre_process + quantize_dynamic of MatMul/Gemm weights.
 
     Transformer graphs are fused first (`transformer_fuse`, CPU fusions) so that each
@@ -129,17 +162,28 @@ def build_int8_dynamic(source: Path, output: Path, per_channel: bool,
     graph = source
     if is_transformer(source):
         graph = output.with_name("fused.onnx")
-        details["transformer_fusions"] = transformer_fuse(source, graph, use_gpu=False,
-                                                          samples=samples)
+        details["transformer_fusions"] = transformer_fuse(
+            source, graph, use_gpu=False, samples=samples
+        )
     ops = list(DYNAMIC_QUANTIZED_OP_TYPES)
     pre = output.with_name("preprocessed.onnx")
     preprocess(graph, pre)
-    quantize_dynamic(str(pre), str(output), weight_type=QuantType.QInt8, per_channel=per_channel,
-                     op_types_to_quantize=ops)
+    quantize_dynamic(
+        str(pre),
+        str(output),
+        weight_type=QuantType.QInt8,
+        per_channel=per_channel,
+        op_types_to_quantize=ops,
+    )
     quantized = Counter(node.op_type for node in _nodes(output))
-    return details | {"ops": ops, "quantized_ops": {
-        op: quantized[op] for op in ("MatMulInteger", "QAttention", "DynamicQuantizeMatMul")
-        if quantized[op]}}
+    return details | {
+        "ops": ops,
+        "quantized_ops": {
+            op: quantized[op]
+            for op in ("MatMulInteger", "QAttention", "DynamicQuantizeMatMul")
+            if quantized[op]
+        },
+    }
 
 
 class _Calibration:
@@ -153,8 +197,10 @@ class _Calibration:
         count = min(self._data.count, CALIBRATION_MAX_SAMPLES)
         step = CALIBRATION_BATCH if self._batching else 1
         for start in range(0, count, step):
-            yield {name: (array[start:start + step] if self._batching else array[start])
-                   for name, array in self._data.inputs.items()}
+            yield {
+                name: (array[start : start + step] if self._batching else array[start])
+                for name, array in self._data.inputs.items()
+            }
 
     def get_next(self) -> dict[str, Any] | None:
         return next(self._iterator, None)
@@ -163,9 +209,17 @@ class _Calibration:
         self._iterator = self._batches()
 
 
-def build_int8_static(source: Path, output: Path, calibration: Dataset, *, batching: bool,
-                      method: str, excluded_ops: tuple[str, ...], symmetric: bool,
-                      per_channel: bool = True) -> dict[str, Any]:
+def build_int8_static(
+    source: Path,
+    output: Path,
+    calibration: Dataset,
+    *,
+    batching: bool,
+    method: str,
+    excluded_ops: tuple[str, ...],
+    symmetric: bool,
+    per_channel: bool = True,
+) -> dict[str, Any]:
     """`int8-static`: QDQ S8S8 with calibration of MatMul/Gemm/Conv; excluded op types stay FP32.
 
     With no exclusions every quantizable op is quantized: the naive setting that breaks models
@@ -174,27 +228,44 @@ def build_int8_static(source: Path, output: Path, calibration: Dataset, *, batch
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-               "entropy": CalibrationMethod.Entropy}
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }
     if method not in methods:
         raise OptimizeError(f"unknown calibration method '{method}'; choose {sorted(methods)}")
     pre = output.with_name("preprocessed.onnx")
     preprocess(source, pre)
-    excluded = [node.name for node in onnx.load(str(pre)).graph.node
-                if node.op_type in excluded_ops]
+    excluded = [
+        node.name for node in onnx.load(str(pre)).graph.node if node.op_type in excluded_ops
+    ]
     quantize_static(
-        str(pre), str(output), _Calibration(calibration, batching),
-        quant_format=QuantFormat.QDQ, per_channel=per_channel,
-        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+        str(pre),
+        str(output),
+        _Calibration(calibration, batching),
+        quant_format=QuantFormat.QDQ,
+        per_channel=per_channel,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
         op_types_to_quantize=QUANTIZED_OP_TYPES if excluded_ops else None,
         nodes_to_exclude=excluded,
         calibrate_method=methods[method],
-        extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True,
-                       "CalibPercentile": 99.999})
-    return {"format": "QDQ", "calibration_method": method, "per_channel": per_channel,
-            "symmetric_activations": symmetric, "excluded_op_types": list(excluded_ops),
-            "excluded_nodes": len(excluded),
-            "calibration_samples": min(calibration.count, CALIBRATION_MAX_SAMPLES)}
+        extra_options={
+            "ActivationSymmetric": symmetric,
+            "WeightSymmetric": True,
+            "CalibPercentile": 99.999,
+        },
+    )
+    return {
+        "format": "QDQ",
+        "calibration_method": method,
+        "per_channel": per_channel,
+        "symmetric_activations": symmetric,
+        "excluded_op_types": list(excluded_ops),
+        "excluded_nodes": len(excluded),
+        "calibration_samples": min(calibration.count, CALIBRATION_MAX_SAMPLES),
+    }
 
 
 def build_fp16(source: Path, output: Path) -> dict[str, Any]:
@@ -203,8 +274,9 @@ def build_fp16(source: Path, output: Path) -> dict[str, Any]:
     from onnxruntime.transformers import float16
 
     blocked = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(FP16_BLOCKED_OPS))
-    model = float16.convert_float_to_float16(onnx.load(str(source)), keep_io_types=True,
-                                             op_block_list=blocked)
+    model = float16.convert_float_to_float16(
+        onnx.load(str(source)), keep_io_types=True, op_block_list=blocked
+    )
     onnx.save(model, str(output))
     return {"keep_io_types": True, "blocked_op_types": sorted(FP16_BLOCKED_OPS)}
 

@@ -50,7 +50,7 @@ def served_versions(config: ModelConfig, versions: list[int]) -> list[int]:
     if policy.HasField("specific"):
         return [v for v in versions if v in set(policy.specific.versions)]
     count = policy.latest.num_versions if policy.HasField("latest") else 1
-    return versions[-max(1, count):]
+    return versions[-max(1, count) :]
 
 
 def final_config(source: SourceModel, artifact: Artifact, version: int) -> ModelConfig | None:

@@ -39,8 +39,9 @@ class OrtRunner:
         self._session = ort.InferenceSession(str(model_path), options, providers=list(providers))
         self.providers: list[str] = list(self._session.get_providers())
 
-    def infer(self, inputs: Mapping[str, np.ndarray],
-              output_names: Sequence[str]) -> dict[str, np.ndarray]:
+    def infer(
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+    ) -> dict[str, np.ndarray]:
         """Run one batch."""
         values = self._session.run(list(output_names), dict(inputs))
         return {name: np.asarray(value) for name, value in zip(output_names, values, strict=True)}
@@ -50,16 +51,22 @@ class OrtRunner:
         del self._session
 
 
-def slice_inputs(inputs: Mapping[str, np.ndarray], start: int, stop: int,
-                 batching: bool) -> dict[str, np.ndarray]:
+def slice_inputs(
+    inputs: Mapping[str, np.ndarray], start: int, stop: int, batching: bool
+) -> dict[str, np.ndarray]:
     """Samples [start, stop) as one batch (a non-batching model gets one sample, unstacked)."""
     if batching:
         return {name: np.ascontiguousarray(array[start:stop]) for name, array in inputs.items()}
     return {name: np.ascontiguousarray(array[start]) for name, array in inputs.items()}
 
 
-def run_dataset(runtime: Runtime, inputs: Mapping[str, np.ndarray], count: int,
-                output_names: Sequence[str], max_batch_size: int) -> dict[str, np.ndarray]:
+def run_dataset(
+    runtime: Runtime,
+    inputs: Mapping[str, np.ndarray],
+    count: int,
+    output_names: Sequence[str],
+    max_batch_size: int,
+) -> dict[str, np.ndarray]:
     """Outputs over the whole dataset, in batches of max_batch_size (one by one if 0)."""
     batching = max_batch_size > 0
     step = max_batch_size if batching else 1
@@ -73,11 +80,14 @@ def run_dataset(runtime: Runtime, inputs: Mapping[str, np.ndarray], count: int,
     return {name: np.concatenate(values) for name, values in parts.items()}
 
 
-def repeat_to(inputs: Mapping[str, np.ndarray], count: int, batch: int,
-              batching: bool) -> dict[str, np.ndarray]:
+def repeat_to(
+    inputs: Mapping[str, np.ndarray], count: int, batch: int, batching: bool
+) -> dict[str, np.ndarray]:
     """A benchmark batch of `batch` samples cut (and tiled when short) from real data."""
     if not batching:
         return slice_inputs(inputs, 0, 1, batching=False)
     reps = -(-batch // max(count, 1))
-    return {name: np.ascontiguousarray(np.concatenate([array] * reps)[:batch])
-            for name, array in inputs.items()}
+    return {
+        name: np.ascontiguousarray(np.concatenate([array] * reps)[:batch])
+        for name, array in inputs.items()
+    }

@@ -16,9 +16,14 @@ def summarize(timings: Mapping[int, Timing]) -> dict[str, Any]:
     """Report fields: latency percentiles at batch 1, throughput at the largest batch."""
     by_batch = {batch: timing.summary() for batch, timing in sorted(timings.items())}
     smallest, largest = by_batch[min(by_batch)], by_batch[max(by_batch)]
-    return {"p50_ms": smallest["p50_ms"], "p95_ms": smallest["p95_ms"],
-            "p99_ms": smallest["p99_ms"], "throughput": largest["throughput"],
-            "throughput_batch": largest["batch"], "benchmark": list(by_batch.values())}
+    return {
+        "p50_ms": smallest["p50_ms"],
+        "p95_ms": smallest["p95_ms"],
+        "p99_ms": smallest["p99_ms"],
+        "throughput": largest["throughput"],
+        "throughput_batch": largest["batch"],
+        "benchmark": list(by_batch.values()),
+    }
 
 
 def score(row: Mapping[str, Any], objective: str) -> float:
@@ -28,8 +33,9 @@ def score(row: Mapping[str, Any], objective: str) -> float:
     return 1.0 / float(row["p95_ms"])
 
 
-def choose(reference: dict[str, Any], rows: Sequence[dict[str, Any]], objective: str,
-           min_gain: float) -> str | None:
+def choose(
+    reference: dict[str, Any], rows: Sequence[dict[str, Any]], objective: str, min_gain: float
+) -> str | None:
     """Name of the variant to publish (None when nothing beats FP32 by min_gain)."""
     base = score(reference, objective)
     eligible = [row for row in rows if row.get("passed") and "throughput" in row]
@@ -38,8 +44,10 @@ def choose(reference: dict[str, Any], rows: Sequence[dict[str, Any]], objective:
     winners = [row for row in eligible if row["speedup"] >= min_gain]
     for row in rows:
         if row.get("passed") and "throughput" in row and row not in winners:
-            row["reason"] = (f"too slow: not faster than FP32 by {min_gain:g}x on {objective} "
-                             f"({row['speedup']:.2f}x)")
+            row["reason"] = (
+                f"too slow: not faster than FP32 by {min_gain:g}x on {objective} "
+                f"({row['speedup']:.2f}x)"
+            )
     if not winners:
         return None
     best = max(score(row, objective) for row in winners)

@@ -60,8 +60,12 @@ def locate_source(repository: Path, name: str, version: int | None) -> SourceMod
     if not versions:
         raise OptimizeError(f"model '{name}' has no version folders in '{repository}'")
     if version is None:
-        fp32 = [v for v in versions if (model_dir / str(v) / SOURCE_FILENAME).is_file()
-                and not (model_dir / str(v) / OPTIMIZE_REPORT_FILENAME).exists()]
+        fp32 = [
+            v
+            for v in versions
+            if (model_dir / str(v) / SOURCE_FILENAME).is_file()
+            and not (model_dir / str(v) / OPTIMIZE_REPORT_FILENAME).exists()
+        ]
         if not fp32:
             raise OptimizeError(f"model '{name}' has no FP32 version holding {SOURCE_FILENAME}")
         version = fp32[-1]
@@ -78,8 +82,9 @@ def locate_source(repository: Path, name: str, version: int | None) -> SourceMod
     return SourceModel(name, model_dir, version, onnx_path, config)
 
 
-def load_dataset(path: Path, source: SourceModel, *, role: str, need_labels: bool,
-                 min_samples: int = 1) -> Dataset:
+def load_dataset(
+    path: Path, source: SourceModel, *, role: str, need_labels: bool, min_samples: int = 1
+) -> Dataset:
     """Load an `.npz` (one array per model input, plus `labels`) and check it fits the model."""
     if not Path(path).is_file():
         raise OptimizeError(f"{role} data '{path}' does not exist")
@@ -91,8 +96,10 @@ def load_dataset(path: Path, source: SourceModel, *, role: str, need_labels: boo
     specs, _ = tensor_specs(source.config)
     missing = [spec.name for spec in specs if spec.name not in arrays]
     if missing:
-        raise OptimizeError(f"{role} data '{path}' lacks input(s) {missing}; it holds "
-                            f"{sorted(arrays)} and the model takes {[s.name for s in specs]}")
+        raise OptimizeError(
+            f"{role} data '{path}' lacks input(s) {missing}; it holds "
+            f"{sorted(arrays)} and the model takes {[s.name for s in specs]}"
+        )
     inputs = {spec.name: _checked(arrays[spec.name], spec, source, role) for spec in specs}
     labels = arrays.get(LABELS_KEY)
     if need_labels and labels is None:
@@ -112,12 +119,16 @@ def _checked(array: np.ndarray, spec: TensorSpec, source: SourceModel, role: str
     """The array when its dtype and per-sample shape fit the input spec; OptimizeError if not."""
     expected = NUMPY_DTYPE_BY_DATATYPE.get(spec.datatype)
     if expected is None or array.dtype != expected:
-        raise OptimizeError(f"{role} input '{spec.name}' is {array.dtype}; the model takes "
-                            f"{spec.datatype} ({expected})")
+        raise OptimizeError(
+            f"{role} input '{spec.name}' is {array.dtype}; the model takes "
+            f"{spec.datatype} ({expected})"
+        )
     sample_shape = spec.shape[1:] if source.max_batch_size > 0 else spec.shape
     if array.ndim != len(sample_shape) + 1 or any(
-            want not in (-1, got) for want, got in zip(sample_shape, array.shape[1:], strict=True)):
+        want not in (-1, got) for want, got in zip(sample_shape, array.shape[1:], strict=True)
+    ):
         wanted = ", ".join(["N", *[str(d) if d >= 0 else "?" for d in sample_shape]])
-        raise OptimizeError(f"{role} input '{spec.name}' has shape {tuple(array.shape)}; "
-                            f"the model takes ({wanted})")
+        raise OptimizeError(
+            f"{role} input '{spec.name}' has shape {tuple(array.shape)}; the model takes ({wanted})"
+        )
     return array

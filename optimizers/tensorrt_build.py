@@ -73,27 +73,49 @@ def require_target(target: str) -> None:
         raise OptimizeError(f"--target {target} needs " + "; ".join(missing))
 
 
-def engine_cache_key(onnx_path: Path, precision: str, shapes: dict[str, list[tuple[int, ...]]],
-                     trt_version: str, gpu: GpuInfo) -> str:
+def engine_cache_key(
+    onnx_path: Path,
+    precision: str,
+    shapes: dict[str, list[tuple[int, ...]]],
+    trt_version: str,
+    gpu: GpuInfo,
+) -> str:
     """Engines are valid only for the same model, TensorRT, GPU, precision and shapes."""
     digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
-    material = json.dumps({"onnx": digest, "trt": trt_version, "cc": gpu.compute_capability,
-                           "gpu": gpu.name, "precision": precision, "shapes": shapes,
-                           "opt_level": BUILDER_OPTIMIZATION_LEVEL}, sort_keys=True)
+    material = json.dumps(
+        {
+            "onnx": digest,
+            "trt": trt_version,
+            "cc": gpu.compute_capability,
+            "gpu": gpu.name,
+            "precision": precision,
+            "shapes": shapes,
+            "opt_level": BUILDER_OPTIMIZATION_LEVEL,
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
-def profile_shapes(sample_shapes: dict[str, tuple[int, ...]], max_batch_size: int
-                   ) -> dict[str, list[tuple[int, ...]]]:
+def profile_shapes(
+    sample_shapes: dict[str, tuple[int, ...]], max_batch_size: int
+) -> dict[str, list[tuple[int, ...]]]:
     """min/opt/max per input: batch 1, max/2 and max; other dims as in the data."""
     opt = max(1, max_batch_size // 2)
-    return {name: [(b, *shape) for b in (1, opt, max_batch_size)]
-            for name, shape in sample_shapes.items()}
+    return {
+        name: [(b, *shape) for b in (1, opt, max_batch_size)]
+        for name, shape in sample_shapes.items()
+    }
 
 
-def build_engine(onnx_path: Path, output: Path, precision: str,
-                 sample_shapes: dict[str, tuple[int, ...]], max_batch_size: int,
-                 cache_dir: Path) -> dict[str, Any]:
+def build_engine(
+    onnx_path: Path,
+    output: Path,
+    precision: str,
+    sample_shapes: dict[str, tuple[int, ...]],
+    max_batch_size: int,
+    cache_dir: Path,
+) -> dict[str, Any]:
     """Build (or reuse from the engine cache) a serialized engine at `output`."""
     import tensorrt as trt
 
@@ -104,10 +126,13 @@ def build_engine(onnx_path: Path, output: Path, precision: str,
     key = engine_cache_key(onnx_path, precision, shapes, trt.__version__, gpu)
     cache_dir.mkdir(parents=True, exist_ok=True)
     cached = cache_dir / f"engine-{key}.plan"
-    details: dict[str, Any] = {"tensorrt": trt.__version__, "gpu": gpu.name,
-                               "compute_capability": gpu.compute_capability,
-                               "profile": {n: [list(s) for s in v] for n, v in shapes.items()},
-                               "engine_cache_key": key}
+    details: dict[str, Any] = {
+        "tensorrt": trt.__version__,
+        "gpu": gpu.name,
+        "compute_capability": gpu.compute_capability,
+        "profile": {n: [list(s) for s in v] for n, v in shapes.items()},
+        "engine_cache_key": key,
+    }
     if cached.is_file():
         shutil.copyfile(cached, output)
         return details | {"engine_cache": "hit"}
@@ -129,8 +154,7 @@ def build_engine(onnx_path: Path, output: Path, precision: str,
         profile.set_shape(name, low, opt, high)
     config.add_optimization_profile(profile)
     timing_path = cache_dir / f"timing-{trt.__version__}-sm{gpu.compute_capability}.cache"
-    timing = config.create_timing_cache(timing_path.read_bytes() if timing_path.is_file()
-                                        else b"")
+    timing = config.create_timing_cache(timing_path.read_bytes() if timing_path.is_file() else b"")
     config.set_timing_cache(timing, ignore_mismatch=False)
     plan = builder.build_serialized_network(network, config)
     if plan is None:

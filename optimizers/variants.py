@@ -78,24 +78,35 @@ class VariantSpec:
 
 
 def _ort_fp32(ctx: BuildContext, out: Path) -> Artifact:
-    details = ov.build_ort_fp32(ctx.source.onnx_path, out, PROVIDERS_BY_TARGET[ctx.target],
-                                samples=ctx.samples)
+    details = ov.build_ort_fp32(
+        ctx.source.onnx_path, out, PROVIDERS_BY_TARGET[ctx.target], samples=ctx.samples
+    )
     return Artifact("ort-fp32", "fp32", out, details=details)
 
 
 def _int8_dynamic(ctx: BuildContext, out: Path) -> Artifact:
-    return Artifact("int8-dynamic", "int8", out,
-                    details=ov.build_int8_dynamic(ctx.source.onnx_path, out, per_channel=False,
-                                                  samples=ctx.samples))
+    return Artifact(
+        "int8-dynamic",
+        "int8",
+        out,
+        details=ov.build_int8_dynamic(
+            ctx.source.onnx_path, out, per_channel=False, samples=ctx.samples
+        ),
+    )
 
 
 def _static(ctx: BuildContext, out: Path, symmetric: bool) -> dict[str, Any]:
     if ctx.calibration is None:
         raise OptimizeError("int8-static needs --calibration-data")
-    return ov.build_int8_static(ctx.source.onnx_path, out, ctx.calibration,
-                                batching=ctx.source.max_batch_size > 0,
-                                method=ctx.calibration_method, excluded_ops=ctx.excluded_ops,
-                                symmetric=symmetric)
+    return ov.build_int8_static(
+        ctx.source.onnx_path,
+        out,
+        ctx.calibration,
+        batching=ctx.source.max_batch_size > 0,
+        method=ctx.calibration_method,
+        excluded_ops=ctx.excluded_ops,
+        symmetric=symmetric,
+    )
 
 
 def _int8_static(ctx: BuildContext, out: Path) -> Artifact:
@@ -110,11 +121,15 @@ def _tensorrt(ctx: BuildContext, out: Path, precision: str) -> Artifact:
     from optimizers.tensorrt_build import build_engine
 
     onnx_path = out.with_name(f"{precision}.onnx")
-    details = (ov.build_fp16(ctx.source.onnx_path, onnx_path) if precision == "fp16"
-               else _static(ctx, onnx_path, symmetric=True))
+    details = (
+        ov.build_fp16(ctx.source.onnx_path, onnx_path)
+        if precision == "fp16"
+        else _static(ctx, onnx_path, symmetric=True)
+    )
     plan = out.with_name("model.plan")
-    details |= build_engine(onnx_path, plan, precision, ctx.sample_shapes,
-                            ctx.source.max_batch_size, ctx.cache_dir)
+    details |= build_engine(
+        onnx_path, plan, precision, ctx.sample_shapes, ctx.source.max_batch_size, ctx.cache_dir
+    )
     return Artifact(f"tensorrt-{precision}", precision, plan, TENSORRT_PLATFORM, details)
 
 
@@ -123,34 +138,71 @@ def _ort_tensorrt_ep(ctx: BuildContext, out: Path) -> Artifact:
     details = ov.build_fp16(ctx.source.onnx_path, out)
     cache = ctx.cache_dir / "ort-trt"
     cache.mkdir(parents=True, exist_ok=True)
-    shapes = {"min": 1, "opt": max(1, ctx.source.max_batch_size // 2),
-              "max": max(1, ctx.source.max_batch_size)}
-    profile = {key: ",".join(f"{name}:{'x'.join(str(d) for d in (batch, *shape))}"
-                             for name, shape in ctx.sample_shapes.items())
-               for key, batch in shapes.items()}
-    options = {"trt_fp16_enable": True, "trt_engine_cache_enable": True,
-               "trt_engine_cache_path": str(cache), "trt_timing_cache_enable": True,
-               "trt_profile_min_shapes": profile["min"], "trt_profile_opt_shapes": profile["opt"],
-               "trt_profile_max_shapes": profile["max"]}
-    accelerator = {"precision_mode": "FP16", "max_workspace_size_bytes": str(1 << 30),
-                   "trt_engine_cache_enable": "1", "trt_engine_cache_path": "/tmp/ferry-trt"}
-    providers = [("TensorrtExecutionProvider", options), "CUDAExecutionProvider",
-                 "CPUExecutionProvider"]
-    return Artifact("ort-tensorrt-ep", "fp16", out, details=details | {"ort_trt_options": options},
-                    providers=providers, accelerator=accelerator)
+    shapes = {
+        "min": 1,
+        "opt": max(1, ctx.source.max_batch_size // 2),
+        "max": max(1, ctx.source.max_batch_size),
+    }
+    profile = {
+        key: ",".join(
+            f"{name}:{'x'.join(str(d) for d in (batch, *shape))}"
+            for name, shape in ctx.sample_shapes.items()
+        )
+        for key, batch in shapes.items()
+    }
+    options = {
+        "trt_fp16_enable": True,
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(cache),
+        "trt_timing_cache_enable": True,
+        "trt_profile_min_shapes": profile["min"],
+        "trt_profile_opt_shapes": profile["opt"],
+        "trt_profile_max_shapes": profile["max"],
+    }
+    accelerator = {
+        "precision_mode": "FP16",
+        "max_workspace_size_bytes": str(1 << 30),
+        "trt_engine_cache_enable": "1",
+        "trt_engine_cache_path": "/tmp/ferry-trt",
+    }
+    providers = [
+        ("TensorrtExecutionProvider", options),
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    ]
+    return Artifact(
+        "ort-tensorrt-ep",
+        "fp16",
+        out,
+        details=details | {"ort_trt_options": options},
+        providers=providers,
+        accelerator=accelerator,
+    )
 
 
-VARIANTS: dict[str, VariantSpec] = {spec.name: spec for spec in (
-    VariantSpec("ort-fp32", "fp32", 1, TARGETS, _ort_fp32),
-    VariantSpec("int8-dynamic", "int8", 2, ("cpu",), _int8_dynamic),
-    VariantSpec("int8-static", "int8", 3, ("cpu", "cuda"), _int8_static, needs_calibration=True),
-    VariantSpec("fp16", "fp16", 4, TARGETS, _fp16, benchmarked_on=("cuda", "tensorrt")),
-    VariantSpec("ort-tensorrt-ep", "fp16", 5, ("tensorrt",), _ort_tensorrt_ep),
-    VariantSpec("tensorrt-fp16", "fp16", 6, ("tensorrt",),
-                lambda ctx, out: _tensorrt(ctx, out, "fp16")),
-    VariantSpec("tensorrt-int8", "int8", 7, ("tensorrt",),
-                lambda ctx, out: _tensorrt(ctx, out, "int8"), needs_calibration=True),
-)}
+VARIANTS: dict[str, VariantSpec] = {
+    spec.name: spec
+    for spec in (
+        VariantSpec("ort-fp32", "fp32", 1, TARGETS, _ort_fp32),
+        VariantSpec("int8-dynamic", "int8", 2, ("cpu",), _int8_dynamic),
+        VariantSpec(
+            "int8-static", "int8", 3, ("cpu", "cuda"), _int8_static, needs_calibration=True
+        ),
+        VariantSpec("fp16", "fp16", 4, TARGETS, _fp16, benchmarked_on=("cuda", "tensorrt")),
+        VariantSpec("ort-tensorrt-ep", "fp16", 5, ("tensorrt",), _ort_tensorrt_ep),
+        VariantSpec(
+            "tensorrt-fp16", "fp16", 6, ("tensorrt",), lambda ctx, out: _tensorrt(ctx, out, "fp16")
+        ),
+        VariantSpec(
+            "tensorrt-int8",
+            "int8",
+            7,
+            ("tensorrt",),
+            lambda ctx, out: _tensorrt(ctx, out, "int8"),
+            needs_calibration=True,
+        ),
+    )
+}
 
 
 def build(spec: VariantSpec, ctx: BuildContext) -> Artifact:

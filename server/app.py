@@ -42,10 +42,20 @@ class _Uvicorn(uvicorn.Server):
 
 def _uvicorn_server(app: Any, host: str, port: int, log_level: str) -> _Uvicorn:
     config = uvicorn.Config(
-        app, host=host, port=port, loop="none", http="httptools", lifespan="off",
-        log_level="warning" if log_level == "info" else log_level, access_log=False,
-        timeout_keep_alive=75, backlog=4096, proxy_headers=False, server_header=False,
-        date_header=False)
+        app,
+        host=host,
+        port=port,
+        loop="none",
+        http="httptools",
+        lifespan="off",
+        log_level="warning" if log_level == "info" else log_level,
+        access_log=False,
+        timeout_keep_alive=75,
+        backlog=4096,
+        proxy_headers=False,
+        server_header=False,
+        date_header=False,
+    )
     return _Uvicorn(config)
 
 
@@ -53,8 +63,13 @@ def _metrics_app(render: Any) -> Starlette:
     async def metrics(_: Request) -> Response:
         body, content_type = await asyncio.to_thread(render)
         return Response(body, media_type=content_type)
-    return Starlette(routes=[Route("/metrics", metrics, methods=["GET"]),
-                             Route("/metrics/", metrics, methods=["GET"])])
+
+    return Starlette(
+        routes=[
+            Route("/metrics", metrics, methods=["GET"]),
+            Route("/metrics/", metrics, methods=["GET"]),
+        ]
+    )
 
 
 async def serve(settings: ServerSettings) -> int:
@@ -64,11 +79,18 @@ async def serve(settings: ServerSettings) -> int:
     repository_ref: list[ModelRepository] = []
     monitors = build_monitors(
         pending_requests=lambda: repository_ref[0].pending_request_counts(),
-        drift_enabled=settings.drift_enabled, drift_window=settings.drift_window,
-        drift_alpha=settings.drift_alpha, drift_baseline_samples=settings.drift_baseline_samples)
+        drift_enabled=settings.drift_enabled,
+        drift_window=settings.drift_window,
+        drift_alpha=settings.drift_alpha,
+        drift_baseline_samples=settings.drift_baseline_samples,
+    )
     fanout = ObserverFanout(monitors.observers)
-    repository = ModelRepository(settings.model_repository, settings.model_control_mode, fanout,
-                                 settings.default_max_batch_size)
+    repository = ModelRepository(
+        settings.model_repository,
+        settings.model_control_mode,
+        fanout,
+        settings.default_max_batch_size,
+    )
     repository_ref.append(repository)
     shared_memory = SharedMemoryManager() if settings.allow_client_shm else None
     dataplane = DataPlane(repository, fanout, settings.strict_readiness, shared_memory)
@@ -81,18 +103,29 @@ async def serve(settings: ServerSettings) -> int:
     http_servers: list[_Uvicorn] = []
     tasks: list[asyncio.Task[Any]] = []
     if settings.allow_http:
-        http_servers.append(_uvicorn_server(
-            create_http_app(dataplane, settings.http_max_request_bytes, monitors.drift_detail),
-            settings.http_address, settings.http_port, settings.log_level))
+        http_servers.append(
+            _uvicorn_server(
+                create_http_app(dataplane, settings.http_max_request_bytes, monitors.drift_detail),
+                settings.http_address,
+                settings.http_port,
+                settings.log_level,
+            )
+        )
     if settings.allow_metrics:
-        http_servers.append(_uvicorn_server(_metrics_app(monitors.render_metrics),
-                                            settings.metrics_address, settings.metrics_port,
-                                            settings.log_level))
+        http_servers.append(
+            _uvicorn_server(
+                _metrics_app(monitors.render_metrics),
+                settings.metrics_address,
+                settings.metrics_port,
+                settings.log_level,
+            )
+        )
     grpc_server = None
     try:
         if settings.allow_grpc:
-            grpc_server = create_grpc_server(dataplane, settings.grpc_address,
-                                             settings.grpc_port, settings.grpc_transport)
+            grpc_server = create_grpc_server(
+                dataplane, settings.grpc_address, settings.grpc_port, settings.grpc_transport
+            )
             await grpc_server.start()
         for server in http_servers:
             tasks.append(asyncio.create_task(server.serve()))
@@ -114,13 +147,21 @@ async def serve(settings: ServerSettings) -> int:
     dataplane.started = True
     loaded = [f"{v.name}:{v.version}" for v in repository.ready_versions()]
     logger.info("models ready: %s", ", ".join(loaded) or "none")
-    logger.info("serving: HTTP %s:%d, gRPC %s:%d, metrics %s:%d (model control mode %s)",
-                settings.http_address, settings.http_port, settings.grpc_address,
-                settings.grpc_port, settings.metrics_address, settings.metrics_port,
-                settings.model_control_mode.value)
+    logger.info(
+        "serving: HTTP %s:%d, gRPC %s:%d, metrics %s:%d (model control mode %s)",
+        settings.http_address,
+        settings.http_port,
+        settings.grpc_address,
+        settings.grpc_port,
+        settings.metrics_address,
+        settings.metrics_port,
+        settings.model_control_mode.value,
+    )
     if shared_memory is not None:
-        logger.warning("client shared memory is enabled (--allow-client-shm): clients can make "
-                       "the server read and write any shared memory object it can open")
+        logger.warning(
+            "client shared memory is enabled (--allow-client-shm): clients can make "
+            "the server read and write any shared memory object it can open"
+        )
     poller = None
     if settings.model_control_mode == ModelControlMode.POLL:
         poller = asyncio.create_task(repository.poll_forever(settings.repository_poll_secs))
@@ -131,8 +172,9 @@ async def serve(settings: ServerSettings) -> int:
         poller.cancel()
     drained = await dataplane.drain(settings.exit_timeout_secs)
     if not drained:
-        logger.warning("exit timeout (%.0fs) reached with requests still running",
-                       settings.exit_timeout_secs)
+        logger.warning(
+            "exit timeout (%.0fs) reached with requests still running", settings.exit_timeout_secs
+        )
     await repository.close()
     if grpc_server is not None:
         await grpc_server.stop(grace=5)
@@ -148,8 +190,11 @@ async def serve(settings: ServerSettings) -> int:
 
 def run_server(settings: ServerSettings) -> int:
     """Entry point of `ferry serve`: logging, uvloop, and the event loop."""
-    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux

@@ -55,8 +55,12 @@ class QueuePolicy:
 
     def timeout_s(self, requested_us: int) -> float:
         """A request's timeout: the default, shortened (never lengthened) by an allowed override."""
-        if self.allow_timeout_override and requested_us and self.default_timeout_s and \
-                requested_us / 1e6 < self.default_timeout_s:
+        if (
+            self.allow_timeout_override
+            and requested_us
+            and self.default_timeout_s
+            and requested_us / 1e6 < self.default_timeout_s
+        ):
             return requested_us / 1e6
         return self.default_timeout_s
 
@@ -132,8 +136,15 @@ class BatchResult:
 class _Pending:
     __slots__ = ("deadline", "enqueued_at", "future", "inputs", "level", "rows", "shape_key")
 
-    def __init__(self, inputs: Mapping[str, np.ndarray], rows: int, shape_key: Hashable,
-                 level: int, deadline: float, future: asyncio.Future[Any]) -> None:
+    def __init__(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        rows: int,
+        shape_key: Hashable,
+        level: int,
+        deadline: float,
+        future: asyncio.Future[Any],
+    ) -> None:
         self.inputs = inputs
         self.rows = rows
         self.shape_key = shape_key
@@ -147,8 +158,12 @@ class Batcher:
     """Owns the queue of one model version and its instances (one worker thread each)."""
 
     def __init__(
-        self, runtimes: Sequence[Runtime], policy: BatchingPolicy, output_names: Sequence[str],
-        on_batch: Callable[[BatchResult], None] | None = None, name: str = "model",
+        self,
+        runtimes: Sequence[Runtime],
+        policy: BatchingPolicy,
+        output_names: Sequence[str],
+        on_batch: Callable[[BatchResult], None] | None = None,
+        name: str = "model",
     ) -> None:
         if not runtimes:
             raise ValueError("a batcher needs at least one runtime instance")
@@ -159,10 +174,12 @@ class Batcher:
         self._executor = ThreadPoolExecutor(len(runtimes), thread_name_prefix=f"ferry-{name}")
         self._on_batch = on_batch
         levels = policy.priority_levels + 1
-        self._queues: list[collections.deque[_Pending]] = [collections.deque()
-                                                           for _ in range(levels)]
-        self._delayed: list[collections.deque[_Pending]] = [collections.deque()
-                                                            for _ in range(levels)]
+        self._queues: list[collections.deque[_Pending]] = [
+            collections.deque() for _ in range(levels)
+        ]
+        self._delayed: list[collections.deque[_Pending]] = [
+            collections.deque() for _ in range(levels)
+        ]
         self._queued = 0
         self._timed = 0  # queued requests with a finite deadline
         self._inflight = 0
@@ -179,8 +196,9 @@ class Batcher:
         self._executions = 0
         self._execute_s_ewma = 0.0
         # runtimes that block on I/O (the Triton gateway) never run on the event loop
-        self._inline_capable = len(self._runtimes) == 1 and \
-            getattr(self._runtimes[0], "inline_capable", True)
+        self._inline_capable = len(self._runtimes) == 1 and getattr(
+            self._runtimes[0], "inline_capable", True
+        )
 
     @property
     def pending_count(self) -> int:
@@ -188,7 +206,10 @@ class Batcher:
         return self._queued
 
     async def submit(
-        self, inputs: Mapping[str, np.ndarray], rows: int, priority: int = 0,
+        self,
+        inputs: Mapping[str, np.ndarray],
+        rows: int,
+        priority: int = 0,
         timeout_us: int = 0,
     ) -> tuple[dict[str, np.ndarray], RequestTiming]:
         """Queue a validated request and wait for its own outputs."""
@@ -197,14 +218,19 @@ class Batcher:
         level = self.policy.level_of(priority)
         queue_policy = self.policy.queue_policies.get(level, QueuePolicy())
         queue = self._queues[level]
-        if queue_policy.max_queue_size and \
-                len(queue) + len(self._delayed[level]) >= queue_policy.max_queue_size:
+        if (
+            queue_policy.max_queue_size
+            and len(queue) + len(self._delayed[level]) >= queue_policy.max_queue_size
+        ):
             raise ServingError(ErrorKind.UNAVAILABLE, "Exceeds maximum queue size")
         timeout_s = queue_policy.timeout_s(timeout_us)
         future: asyncio.Future[Any] = self._loop.create_future()
         deadline = time.perf_counter() + timeout_s if timeout_s else math.inf
-        shape_key = tuple((name, array.shape[1:]) for name, array in inputs.items()) \
-            if self.policy.dynamic else None
+        shape_key = (
+            tuple((name, array.shape[1:]) for name, array in inputs.items())
+            if self.policy.dynamic
+            else None
+        )
         queue.append(_Pending(inputs, rows, shape_key, level, deadline, future))
         self._queued += 1
         self._timed += deadline != math.inf
@@ -241,8 +267,9 @@ class Batcher:
                     # uvloop's timers tick in whole milliseconds (0.8 ms fires after ~1.2 ms):
                     # a wait under 1 ms re-checks on every loop turn instead
                     wait_s = wait_s or 0.0
-                    self._timer = self._loop.call_later(wait_s if wait_s >= 1e-3 else 0.0,
-                                                        self._kick)
+                    self._timer = self._loop.call_later(
+                        wait_s if wait_s >= 1e-3 else 0.0, self._kick
+                    )
                     break
                 self._dispatch(batch)
         finally:
@@ -252,7 +279,8 @@ class Batcher:
         """Arrival order, highest priority (level 1) first; delayed requests last in a level."""
         return itertools.chain.from_iterable(
             itertools.chain(self._queues[level], self._delayed[level])
-            for level in range(len(self._queues)))
+            for level in range(len(self._queues))
+        )
 
     def _apply_timeouts(self, now: float) -> None:
         for level in range(len(self._queues)):
@@ -272,7 +300,8 @@ class Batcher:
                     self._queued -= 1
                     if not pending.future.done():
                         pending.future.set_exception(
-                            ServingError(ErrorKind.UNAVAILABLE, "Request timeout expired"))
+                            ServingError(ErrorKind.UNAVAILABLE, "Request timeout expired")
+                        )
             self._queues[level] = kept
         self._update_idle()
 
@@ -286,8 +315,10 @@ class Batcher:
         forced = False
         max_preferred = policy.preferred_batch_sizes[-1]
         for pending in self._scan():
-            if taken and (pending.shape_key != taken[0].shape_key
-                          or rows + pending.rows > policy.max_batch_size):
+            if taken and (
+                pending.shape_key != taken[0].shape_key
+                or rows + pending.rows > policy.max_batch_size
+            ):
                 forced = True
                 break
             taken.append(pending)
@@ -299,8 +330,12 @@ class Batcher:
         waited = now - taken[0].enqueued_at
         if best_cut and waited < policy.max_queue_delay_s:
             return taken[:best_cut], None
-        if forced or rows >= max_preferred or policy.max_queue_delay_s <= 0 or \
-                waited >= policy.max_queue_delay_s:
+        if (
+            forced
+            or rows >= max_preferred
+            or policy.max_queue_delay_s <= 0
+            or waited >= policy.max_queue_delay_s
+        ):
             return taken, None
         wait_s = policy.max_queue_delay_s - waited
         if self._timed:
@@ -330,9 +365,16 @@ class Batcher:
                 self._complete(result, None, runtime, batch, sequence, dispatched_at)
             return
         future = self._loop.run_in_executor(self._executor, self._execute, runtime, batch)
-        future.add_done_callback(lambda done: self._complete(
-            None if done.exception() else done.result(), done.exception(), runtime, batch,
-            sequence, dispatched_at))
+        future.add_done_callback(
+            lambda done: self._complete(
+                None if done.exception() else done.result(),
+                done.exception(),
+                runtime,
+                batch,
+                sequence,
+                dispatched_at,
+            )
+        )
 
     def _inline_ok(self) -> bool:
         """Tiny models run on the event loop: a thread hand-off (~100-200 us of loop time and GIL
@@ -341,8 +383,11 @@ class Batcher:
         Only with one instance, after enough executions to trust the moving average, and only
         while executions stay well under INLINE_MAX_S (one slow run sends them back to the pool).
         """
-        return self._inline_capable and self._executions >= INLINE_WARMUP_EXECUTIONS and \
-            self._execute_s_ewma < INLINE_MAX_S
+        return (
+            self._inline_capable
+            and self._executions >= INLINE_WARMUP_EXECUTIONS
+            and self._execute_s_ewma < INLINE_MAX_S
+        )
 
     # --- execution (worker thread) -------------------------------------------------------------
 
@@ -353,8 +398,10 @@ class Batcher:
         if len(batch) == 1:
             inputs = batch[0].inputs
         else:
-            inputs = {name: np.concatenate([p.inputs[name] for p in batch], axis=0)
-                      for name in batch[0].inputs}
+            inputs = {
+                name: np.concatenate([p.inputs[name] for p in batch], axis=0)
+                for name in batch[0].inputs
+            }
         rows = sum(p.rows for p in batch)
         t1 = time.perf_counter()
         outputs = runtime.infer(inputs, self.output_names)
@@ -367,7 +414,8 @@ class Batcher:
                     raise ServingError(
                         ErrorKind.INTERNAL,
                         f"output '{name}' has shape {list(array.shape)}, expected {rows} rows "
-                        "for the batch: the model's first dimension is not a batch dimension")
+                        "for the batch: the model's first dimension is not a batch dimension",
+                    )
             per_request, offset = [], 0
             for pending in batch:
                 end = offset + pending.rows
@@ -380,8 +428,15 @@ class Batcher:
 
     # --- completion (event loop) ---------------------------------------------------------------
 
-    def _complete(self, result: Any, error: BaseException | None, runtime: Runtime,
-                  batch: list[_Pending], sequence: int, dispatched_at: float) -> None:
+    def _complete(
+        self,
+        result: Any,
+        error: BaseException | None,
+        runtime: Runtime,
+        batch: list[_Pending],
+        sequence: int,
+        dispatched_at: float,
+    ) -> None:
         self._free.append(runtime)
         self._inflight -= 1
         if error is None:
@@ -394,12 +449,16 @@ class Batcher:
                 if pending.future.done():
                     continue
                 if error is not None:
-                    failure = error if isinstance(error, ServingError) else ServingError(
-                        ErrorKind.INTERNAL, f"model execution failed: {error}")
+                    failure = (
+                        error
+                        if isinstance(error, ServingError)
+                        else ServingError(ErrorKind.INTERNAL, f"model execution failed: {error}")
+                    )
                     pending.future.set_exception(failure)
                 else:
-                    timing = RequestTiming(dispatched_at - pending.enqueued_at, t_in, t_infer,
-                                           t_out, rows)
+                    timing = RequestTiming(
+                        dispatched_at - pending.enqueued_at, t_in, t_infer, t_out, rows
+                    )
                     pending.future.set_result((per_request[index], timing))
 
         if self.policy.preserve_ordering:
@@ -410,8 +469,16 @@ class Batcher:
         else:
             deliver()
         if self._on_batch is not None:
-            self._on_batch(BatchResult(rows or sum(p.rows for p in batch), len(batch), t_in,
-                                       t_infer, t_out, error is None))
+            self._on_batch(
+                BatchResult(
+                    rows or sum(p.rows for p in batch),
+                    len(batch),
+                    t_in,
+                    t_infer,
+                    t_out,
+                    error is None,
+                )
+            )
         self._update_idle()
         self._kick()
 

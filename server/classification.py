@@ -7,12 +7,15 @@ import numpy as np
 from server.errors import ErrorKind, ServingError
 
 
-def classify(array: np.ndarray, count: int, batched: bool,
-             labels: list[str] | None = None) -> np.ndarray:
+def classify(
+    array: np.ndarray, count: int, batched: bool, labels: list[str] | None = None
+) -> np.ndarray:
     """Top-`count` classes per batch row as a BYTES tensor, formatted like Triton's C++."""
     if array.dtype.kind not in "iuf" or array.dtype == np.float16:
-        raise ServingError(ErrorKind.INVALID_ARG,
-                           f"class result not available for output of datatype {array.dtype}")
+        raise ServingError(
+            ErrorKind.INVALID_ARG,
+            f"class result not available for output of datatype {array.dtype}",
+        )
     rows = array.reshape(array.shape[0], -1) if batched else array.reshape(1, -1)
     k = min(count, rows.shape[1])
     order = np.argsort(-rows, axis=1, kind="stable")[:, :k]

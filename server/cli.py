@@ -12,8 +12,12 @@ from server.settings import GrpcTransport, ModelControlMode, ServerSettings
 
 def serve(
     model_repository: Annotated[
-        Path, typer.Option(help="Triton-layout model repository: REPO/NAME/config.pbtxt + "
-                                "REPO/NAME/<version>/model.onnx|model.plan.")],
+        Path,
+        typer.Option(
+            help="Triton-layout model repository: REPO/NAME/config.pbtxt + "
+            "REPO/NAME/<version>/model.onnx|model.plan."
+        ),
+    ],
     http_port: Annotated[int, typer.Option(help="HTTP/REST (KServe v2) port.")] = 8000,
     grpc_port: Annotated[int, typer.Option(help="gRPC (KServe v2) port.")] = 8001,
     metrics_port: Annotated[int, typer.Option(help="Prometheus /metrics port.")] = 8002,
@@ -22,48 +26,65 @@ def serve(
     metrics_address: Annotated[str, typer.Option(help="Metrics bind address.")] = "0.0.0.0",
     grpc_transport: Annotated[
         GrpcTransport,
-        typer.Option(help="ferry: ferry's own HTTP/2 layer on the event loop (fast; batches "
-                          "form across concurrent calls); grpcio: grpc.aio (TLS-capable code "
-                          "base, about a third of the throughput)."),
+        typer.Option(
+            help="ferry: ferry's own HTTP/2 layer on the event loop (fast; batches "
+            "form across concurrent calls); grpcio: grpc.aio (TLS-capable code "
+            "base, about a third of the throughput)."
+        ),
     ] = GrpcTransport.FERRY,
     allow_http: Annotated[bool, typer.Option(help="Serve HTTP.")] = True,
     allow_grpc: Annotated[bool, typer.Option(help="Serve gRPC.")] = True,
     allow_metrics: Annotated[bool, typer.Option(help="Serve Prometheus metrics.")] = True,
     model_control_mode: Annotated[
         ModelControlMode,
-        typer.Option(help="none: load everything at start; poll: rescan the repository every "
-                          "--repository-poll-secs; explicit: load/unload only via the API and "
-                          "--load-model."),
+        typer.Option(
+            help="none: load everything at start; poll: rescan the repository every "
+            "--repository-poll-secs; explicit: load/unload only via the API and "
+            "--load-model."
+        ),
     ] = ModelControlMode.NONE,
     load_model: Annotated[
         list[str] | None,
         typer.Option(help="Model to load at start in explicit mode ('*' loads all). Repeatable."),
     ] = None,
     repository_poll_secs: Annotated[
-        float, typer.Option(help="Seconds between repository scans in poll mode.")] = 15.0,
+        float, typer.Option(help="Seconds between repository scans in poll mode.")
+    ] = 15.0,
     strict_readiness: Annotated[
-        bool, typer.Option(help="Ready only when every loaded model is ready.")] = True,
+        bool, typer.Option(help="Ready only when every loaded model is ready.")
+    ] = True,
     exit_timeout_secs: Annotated[
-        float, typer.Option(help="On SIGTERM, how long to wait for accepted requests.")] = 30.0,
+        float, typer.Option(help="On SIGTERM, how long to wait for accepted requests.")
+    ] = 30.0,
     http_max_request_bytes: Annotated[
         int, typer.Option(help="Largest HTTP request body accepted (after decompression).")
     ] = 512 * 1024 * 1024,
     allow_client_shm: Annotated[
-        bool, typer.Option(help="Let clients register POSIX shared memory regions and pass "
-                                "tensors through them (Triton's system shared memory extension; "
-                                "off by default, as in Triton: any client can then make the "
-                                "server read and write shared memory objects it can open).")
+        bool,
+        typer.Option(
+            help="Let clients register POSIX shared memory regions and pass "
+            "tensors through them (Triton's system shared memory extension; "
+            "off by default, as in Triton: any client can then make the "
+            "server read and write shared memory objects it can open)."
+        ),
     ] = False,
     default_max_batch_size: Annotated[
-        int, typer.Option(help="max_batch_size given to auto-completed batching models.")] = 4,
-    drift: Annotated[bool, typer.Option(help="Online drift detection for models with a "
-                                             "reference.npz.")] = True,
+        int, typer.Option(help="max_batch_size given to auto-completed batching models.")
+    ] = 4,
+    drift: Annotated[
+        bool, typer.Option(help="Online drift detection for models with a reference.npz.")
+    ] = True,
     drift_window: Annotated[int, typer.Option(help="Rows per drift evaluation window.")] = 1000,
     drift_alpha: Annotated[
-        float, typer.Option(help="Per-window false-alarm rate of the drift test.")] = 0.05,
+        float, typer.Option(help="Per-window false-alarm rate of the drift test.")
+    ] = 0.05,
     drift_baseline_samples: Annotated[
-        int, typer.Option(help="Take the drift reference from the first N production rows "
-                               "instead of reference.npz (0: off).")] = 0,
+        int,
+        typer.Option(
+            help="Take the drift reference from the first N production rows "
+            "instead of reference.npz (0: off)."
+        ),
+    ] = 0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve a model repository over KServe v2 HTTP and gRPC, with dynamic batching."""
@@ -71,10 +92,16 @@ def serve(
 
     settings = ServerSettings(
         model_repository=model_repository,
-        http_address=http_address, http_port=http_port,
-        grpc_address=grpc_address, grpc_port=grpc_port, grpc_transport=grpc_transport,
-        metrics_address=metrics_address, metrics_port=metrics_port,
-        allow_http=allow_http, allow_grpc=allow_grpc, allow_metrics=allow_metrics,
+        http_address=http_address,
+        http_port=http_port,
+        grpc_address=grpc_address,
+        grpc_port=grpc_port,
+        grpc_transport=grpc_transport,
+        metrics_address=metrics_address,
+        metrics_port=metrics_port,
+        allow_http=allow_http,
+        allow_grpc=allow_grpc,
+        allow_metrics=allow_metrics,
         model_control_mode=model_control_mode,
         load_models=tuple(load_model or ()),
         repository_poll_secs=repository_poll_secs,
@@ -83,7 +110,9 @@ def serve(
         http_max_request_bytes=http_max_request_bytes,
         allow_client_shm=allow_client_shm,
         default_max_batch_size=default_max_batch_size,
-        drift_enabled=drift, drift_window=drift_window, drift_alpha=drift_alpha,
+        drift_enabled=drift,
+        drift_window=drift_window,
+        drift_alpha=drift_alpha,
         drift_baseline_samples=drift_baseline_samples,
         log_level=log_level,
     )

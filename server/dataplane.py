@@ -34,17 +34,27 @@ from server.types import InferenceRequest, InferenceResponse, datatype_of
 
 SERVER_NAME = "ferry"
 EXTENSIONS = (
-    "classification", "model_repository", "model_repository(unload_dependents)",
-    "schedule_policy", "model_configuration", "binary_tensor_data", "parameters", "statistics",
+    "classification",
+    "model_repository",
+    "model_repository(unload_dependents)",
+    "schedule_policy",
+    "model_configuration",
+    "binary_tensor_data",
+    "parameters",
+    "statistics",
 )
 
 
 class DataPlane:
     """Everything a transport can ask of the server."""
 
-    def __init__(self, repository: ModelRepository, fanout: ObserverFanout,
-                 strict_readiness: bool = True,
-                 shared_memory: SharedMemoryManager | None = None) -> None:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        fanout: ObserverFanout,
+        strict_readiness: bool = True,
+        shared_memory: SharedMemoryManager | None = None,
+    ) -> None:
         self.repository = repository
         self.fanout = fanout
         self.strict_readiness = strict_readiness
@@ -83,16 +93,25 @@ class DataPlane:
 
     def model_metadata(self, name: str, version: str = "") -> dict[str, Any]:
         model = self.repository.get(name, version)
-        versions = [version] if version not in ("", "-1") else sorted(
-            (v.version for v in self.repository.ready_versions() if v.name == name), key=int)
+        versions = (
+            [version]
+            if version not in ("", "-1")
+            else sorted(
+                (v.version for v in self.repository.ready_versions() if v.name == name), key=int
+            )
+        )
         return {
             "name": name,
             "versions": versions,
             "platform": model.platform,
-            "inputs": [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)}
-                       for s in model.inputs.values()],
-            "outputs": [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)}
-                        for s in model.outputs.values()],
+            "inputs": [
+                {"name": s.name, "datatype": s.datatype, "shape": list(s.shape)}
+                for s in model.inputs.values()
+            ],
+            "outputs": [
+                {"name": s.name, "datatype": s.datatype, "shape": list(s.shape)}
+                for s in model.outputs.values()
+            ],
         }
 
     def model_config(self, name: str, version: str = "") -> ModelConfig:
@@ -106,8 +125,9 @@ class DataPlane:
         except ServingError as exc:
             raise invalid(f"requested model '{name}' is not available") from exc
         if version in ("", "-1"):
-            return [v.statistics.as_json() for v in self.repository.ready_versions()
-                    if v.name == name]
+            return [
+                v.statistics.as_json() for v in self.repository.ready_versions() if v.name == name
+            ]
         return [model.statistics.as_json()]
 
     # --- repository control --------------------------------------------------------------------
@@ -117,14 +137,17 @@ class DataPlane:
 
     def _require_explicit(self, action: str) -> None:
         if self.repository.mode != ModelControlMode.EXPLICIT:
-            raise ServingError(ErrorKind.UNAVAILABLE,
-                               f"explicit model {action} is not allowed if polling is enabled"
-                               if self.repository.mode == ModelControlMode.POLL else
-                               f"explicit model {action} is not allowed in model control mode "
-                               f"'{self.repository.mode.value}'")
+            raise ServingError(
+                ErrorKind.UNAVAILABLE,
+                f"explicit model {action} is not allowed if polling is enabled"
+                if self.repository.mode == ModelControlMode.POLL
+                else f"explicit model {action} is not allowed in model control mode "
+                f"'{self.repository.mode.value}'",
+            )
 
-    async def load_model(self, name: str, config_json: str | None = None,
-                         files: Mapping[str, bytes] | None = None) -> None:
+    async def load_model(
+        self, name: str, config_json: str | None = None, files: Mapping[str, bytes] | None = None
+    ) -> None:
         self._require_explicit("load / unload")
         await self.repository.load(name, config_json, files)
 
@@ -145,7 +168,8 @@ class DataPlane:
         try:
             rows = validate_request(model, request)
             outputs, timing = await model.batcher.submit(
-                request.inputs, rows, request.priority, request.timeout_us)
+                request.inputs, rows, request.priority, request.timeout_us
+            )
             response_outputs = select_outputs(model, request, outputs)
         except BaseException as exc:
             self._record_failure(model, request, started, exc)
@@ -155,17 +179,36 @@ class DataPlane:
             if not self._inflight:
                 self._idle.set()
         elapsed = time.perf_counter() - started
-        model.statistics.record_success(rows, elapsed, timing.queue_s, timing.compute_input_s,
-                                        timing.compute_infer_s, timing.compute_output_s)
+        model.statistics.record_success(
+            rows,
+            elapsed,
+            timing.queue_s,
+            timing.compute_input_s,
+            timing.compute_infer_s,
+            timing.compute_output_s,
+        )
         if self.fanout:
-            self.fanout.notify(RequestRecord(
-                model.name, model.version, request.protocol, True, rows, elapsed,
-                timing.queue_s, timing.compute_input_s, timing.compute_infer_s,
-                timing.compute_output_s, inputs=request.inputs, outputs=outputs))
+            self.fanout.notify(
+                RequestRecord(
+                    model.name,
+                    model.version,
+                    request.protocol,
+                    True,
+                    rows,
+                    elapsed,
+                    timing.queue_s,
+                    timing.compute_input_s,
+                    timing.compute_infer_s,
+                    timing.compute_output_s,
+                    inputs=request.inputs,
+                    outputs=outputs,
+                )
+            )
         return InferenceResponse(model.name, model.version, response_outputs, request.id)
 
-    def _record_failure(self, model: ModelVersion, request: InferenceRequest, started: float,
-                        exc: BaseException) -> None:
+    def _record_failure(
+        self, model: ModelVersion, request: InferenceRequest, started: float, exc: BaseException
+    ) -> None:
         elapsed = time.perf_counter() - started
         model.statistics.record_failure(elapsed)
         if isinstance(exc, asyncio.CancelledError):
@@ -177,8 +220,17 @@ class DataPlane:
         else:
             reason = FAILURE_OTHER
         if self.fanout:
-            self.fanout.notify(RequestRecord(model.name, model.version, request.protocol, False,
-                                             0, elapsed, failure_reason=reason))
+            self.fanout.notify(
+                RequestRecord(
+                    model.name,
+                    model.version,
+                    request.protocol,
+                    False,
+                    0,
+                    elapsed,
+                    failure_reason=reason,
+                )
+            )
 
     async def drain(self, timeout_s: float) -> bool:
         """Refuse new requests and wait for accepted ones; False if the timeout ran out."""
@@ -198,8 +250,10 @@ def validate_request(model: ModelVersion, request: InferenceRequest) -> int:
             raise invalid(f"unexpected inference input '{input_name}' for model '{name}'")
     missing = [n for n, spec in model.inputs.items() if n not in request.inputs]
     if missing:
-        raise invalid(f"expected {len(model.inputs)} inputs but got {len(request.inputs)} inputs "
-                      f"for model '{name}'; missing: {', '.join(missing)}")
+        raise invalid(
+            f"expected {len(model.inputs)} inputs but got {len(request.inputs)} inputs "
+            f"for model '{name}'; missing: {', '.join(missing)}"
+        )
     batching = model.max_batch_size > 0
     rows = 1
     batch_sizes = set()
@@ -207,27 +261,34 @@ def validate_request(model: ModelVersion, request: InferenceRequest) -> int:
         spec = model.inputs[input_name]
         datatype = datatype_of(array)
         if datatype != spec.datatype:
-            raise invalid(f"inference input '{input_name}' data-type is '{datatype}', but model "
-                          f"'{name}' expects '{spec.datatype}'")
+            raise invalid(
+                f"inference input '{input_name}' data-type is '{datatype}', but model "
+                f"'{name}' expects '{spec.datatype}'"
+            )
         shape = array.shape
         if len(shape) != len(spec.shape) or any(
-                want != -1 and got != want for got, want in zip(shape, spec.shape, strict=False)):
-            raise invalid(f"unexpected shape for input '{input_name}' for model '{name}'. "
-                          f"Expected {list(spec.shape)}, got {list(shape)}")
+            want != -1 and got != want for got, want in zip(shape, spec.shape, strict=False)
+        ):
+            raise invalid(
+                f"unexpected shape for input '{input_name}' for model '{name}'. "
+                f"Expected {list(spec.shape)}, got {list(shape)}"
+            )
         if batching:
             batch_sizes.add(shape[0])
         if datatype == "BYTES" and model.utf8_strings:
             check_utf8(input_name, array)
     if batching:
         if len(batch_sizes) > 1:
-            raise invalid(f"inputs of model '{name}' disagree on the batch size: "
-                          f"{sorted(batch_sizes)}")
+            raise invalid(
+                f"inputs of model '{name}' disagree on the batch size: {sorted(batch_sizes)}"
+            )
         rows = batch_sizes.pop()
         if rows < 1:
             raise invalid(f"inference request batch-size must be >= 1 for '{name}'")
         if rows > model.max_batch_size:
-            raise invalid(f"inference request batch-size must be <= {model.max_batch_size} for "
-                          f"'{name}'")
+            raise invalid(
+                f"inference request batch-size must be <= {model.max_batch_size} for '{name}'"
+            )
     for requested in request.requested_outputs or ():
         if requested.name not in model.outputs:
             raise invalid(f"unexpected inference output '{requested.name}' for model '{name}'")
@@ -243,12 +304,12 @@ def check_utf8(name: str, array: np.ndarray) -> None:
             if isinstance(item, bytes):
                 item.decode()
     except UnicodeDecodeError:
-        raise invalid(f"input '{name}': ONNX Runtime string tensors must be valid UTF-8") \
-            from None
+        raise invalid(f"input '{name}': ONNX Runtime string tensors must be valid UTF-8") from None
 
 
-def select_outputs(model: ModelVersion, request: InferenceRequest,
-                   outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def select_outputs(
+    model: ModelVersion, request: InferenceRequest, outputs: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
     """The requested outputs in request order (all, in config order, when none were named)."""
     if request.requested_outputs is None:
         return {name: outputs[name] for name in model.outputs}
@@ -256,7 +317,11 @@ def select_outputs(model: ModelVersion, request: InferenceRequest,
     for requested in request.requested_outputs:
         array = outputs[requested.name]
         if requested.classification:
-            array = classify(array, requested.classification, model.max_batch_size > 0,
-                             model.labels.get(requested.name))
+            array = classify(
+                array,
+                requested.classification,
+                model.max_batch_size > 0,
+                model.labels.get(requested.name),
+            )
         selected[requested.name] = array
     return selected

@@ -90,8 +90,14 @@ class ModelVersion:
 
 
 def start_version(
-    name: str, version: int, config: ModelConfig, version_path: Path, instances: list[Runtime],
-    fanout: ObserverFanout, load_started: float, signature: tuple[object, ...] = (),
+    name: str,
+    version: int,
+    config: ModelConfig,
+    version_path: Path,
+    instances: list[Runtime],
+    fanout: ObserverFanout,
+    load_started: float,
+    signature: tuple[object, ...] = (),
 ) -> ModelVersion:
     """Put loaded instances behind a batcher (on the event loop) and return the READY version."""
     input_specs, output_specs = tensor_specs(config)
@@ -100,19 +106,39 @@ def start_version(
 
     def on_batch(result: BatchResult) -> None:
         if result.success:
-            statistics.record_execution(result.batch_size, result.compute_input_s,
-                                        result.compute_infer_s, result.compute_output_s)
+            statistics.record_execution(
+                result.batch_size,
+                result.compute_input_s,
+                result.compute_infer_s,
+                result.compute_output_s,
+            )
         if fanout:
-            fanout.notify(BatchRecord(name, version_str, result.batch_size, result.request_count,
-                                      result.compute_input_s, result.compute_infer_s,
-                                      result.compute_output_s))
+            fanout.notify(
+                BatchRecord(
+                    name,
+                    version_str,
+                    result.batch_size,
+                    result.request_count,
+                    result.compute_input_s,
+                    result.compute_infer_s,
+                    result.compute_output_s,
+                )
+            )
 
-    batcher = Batcher(instances, BatchingPolicy.from_config(config),
-                      [spec.name for spec in output_specs], on_batch=on_batch,
-                      name=f"{name}-{version}")
+    batcher = Batcher(
+        instances,
+        BatchingPolicy.from_config(config),
+        [spec.name for spec in output_specs],
+        on_batch=on_batch,
+        name=f"{name}-{version}",
+    )
     return ModelVersion(
-        name=name, version=version_str, config=config, version_path=version_path,
-        batcher=batcher, statistics=statistics,
+        name=name,
+        version=version_str,
+        config=config,
+        version_path=version_path,
+        batcher=batcher,
+        statistics=statistics,
         inputs={spec.name: spec for spec in input_specs},
         outputs={spec.name: spec for spec in output_specs},
         labels=read_labels(version_path.parent, config),

@@ -69,7 +69,7 @@ def select_versions(config: ModelConfig, available: list[int]) -> list[int]:
     if kind == "specific":
         return [v for v in sorted(set(policy.specific.versions)) if v in available]
     count = policy.latest.num_versions if kind == "latest" else 1
-    return available[-max(int(count), 1):] if available else []
+    return available[-max(int(count), 1) :] if available else []
 
 
 def _infer_platform(config: ModelConfig, model_dir: Path, versions: list[int]) -> None:
@@ -86,8 +86,9 @@ def _infer_platform(config: ModelConfig, model_dir: Path, versions: list[int]) -
 def validate(config: ModelConfig, name: str) -> None:
     """Reject configs Triton would reject, with a message naming the field."""
     if config.name and config.name != name:
-        raise ModelConfigError(f"config name '{config.name}' does not match the model folder "
-                               f"'{name}'")
+        raise ModelConfigError(
+            f"config name '{config.name}' does not match the model folder '{name}'"
+        )
     if config.max_batch_size < 0:
         raise ModelConfigError("max_batch_size must be >= 0")
     if not config.input or not config.output:
@@ -100,18 +101,23 @@ def validate(config: ModelConfig, name: str) -> None:
         dyn = config.dynamic_batching
         for size in dyn.preferred_batch_size:
             if size <= 0 or size > config.max_batch_size:
-                raise ModelConfigError(f"preferred_batch_size {size} must be in "
-                                       f"[1, max_batch_size={config.max_batch_size}]")
+                raise ModelConfigError(
+                    f"preferred_batch_size {size} must be in "
+                    f"[1, max_batch_size={config.max_batch_size}]"
+                )
         if dyn.priority_levels and not 1 <= dyn.default_priority_level <= dyn.priority_levels:
             raise ModelConfigError("default_priority_level must be in [1, priority_levels]")
         for level in dyn.priority_queue_policy:
             if not 1 <= level <= dyn.priority_levels:
-                raise ModelConfigError(f"priority_queue_policy level {level} is outside "
-                                       f"[1, priority_levels={dyn.priority_levels}]")
+                raise ModelConfigError(
+                    f"priority_queue_policy level {level} is outside "
+                    f"[1, priority_levels={dyn.priority_levels}]"
+                )
 
 
-def prepare(name: str, model_dir: Path, config_json: str | None,
-            default_max_batch_size: int) -> PreparedModel:
+def prepare(
+    name: str, model_dir: Path, config_json: str | None, default_max_batch_size: int
+) -> PreparedModel:
     """Read (or take the given) config, pick versions, auto-complete from ONNX, validate."""
     config = config_from_json(config_json) if config_json else read_config(model_dir)
     available = version_numbers(model_dir)
@@ -127,19 +133,21 @@ def prepare(name: str, model_dir: Path, config_json: str | None,
         if not onnx_path.exists():
             raise ModelConfigError(f"model file not found: {onnx_path}")
         try:
-            base = autocomplete_from_onnx(config and base, onnx_path, name,
-                                          default_max_batch_size)
+            base = autocomplete_from_onnx(config and base, onnx_path, name, default_max_batch_size)
         except ModelConfigError:
             raise
         except Exception as exc:  # onnx raises DecodeError and friends on a corrupt file
-            raise ModelConfigError(f"cannot read {onnx_path.name} to auto-complete the config: "
-                                   f"{exc}") from exc
+            raise ModelConfigError(
+                f"cannot read {onnx_path.name} to auto-complete the config: {exc}"
+            ) from exc
     base = complete_config(base, name)  # platforms completed elsewhere (e.g. an upstream Triton)
     base.name = base.name or name
     validate(base, name)
     normalize_config(base)
     return PreparedModel(
-        config=base, versions=versions, config_text=format_config(base),
+        config=base,
+        versions=versions,
+        config_text=format_config(base),
         version_files={n: _files_signature(model_dir / str(n)) for n in versions},
         scan_signature=scan_signature(model_dir),
     )

@@ -56,8 +56,13 @@ class ModelEntry:
 class ModelRepository:
     """Loaded models by name and version, plus the control operations on them."""
 
-    def __init__(self, root: Path, mode: ModelControlMode, fanout: ObserverFanout | None = None,
-                 default_max_batch_size: int = 4) -> None:
+    def __init__(
+        self,
+        root: Path,
+        mode: ModelControlMode,
+        fanout: ObserverFanout | None = None,
+        default_max_batch_size: int = 4,
+    ) -> None:
         self.root = Path(root)
         self.mode = mode
         self.fanout = fanout or ObserverFanout()
@@ -72,15 +77,19 @@ class ModelRepository:
         """Resolve a request's model and version ('' or -1: the highest READY version)."""
         entry = self._entries.get(name)
         if entry is None or not entry.live:
-            raise ServingError(ErrorKind.NOT_FOUND, f"Request for unknown model: '{name}' is not "
-                                                    "found")
+            raise ServingError(
+                ErrorKind.NOT_FOUND, f"Request for unknown model: '{name}' is not found"
+            )
         if version in ("", "-1"):
             if not entry.versions:
                 reason = entry.failure or "; ".join(
-                    s.reason for s in entry.states.values() if s.reason)
-                raise ServingError(ErrorKind.UNAVAILABLE,
-                                   f"Request for unknown model: '{name}' has no available versions"
-                                   + (f" ({reason})" if reason else ""))
+                    s.reason for s in entry.states.values() if s.reason
+                )
+                raise ServingError(
+                    ErrorKind.UNAVAILABLE,
+                    f"Request for unknown model: '{name}' has no available versions"
+                    + (f" ({reason})" if reason else ""),
+                )
             return entry.versions[max(entry.versions)]
         if not version.isdigit():
             raise ServingError(ErrorKind.INVALID_ARG, f"invalid model version '{version}'")
@@ -88,10 +97,14 @@ class ModelRepository:
         if number in entry.versions:
             return entry.versions[number]
         if number in entry.states:
-            raise ServingError(ErrorKind.UNAVAILABLE, f"Request for unknown model: '{name}' "
-                                                       f"version {number} is not at ready state")
-        raise ServingError(ErrorKind.NOT_FOUND,
-                           f"Request for unknown model: '{name}' version {number} is not found")
+            raise ServingError(
+                ErrorKind.UNAVAILABLE,
+                f"Request for unknown model: '{name}' version {number} is not at ready state",
+            )
+        raise ServingError(
+            ErrorKind.NOT_FOUND,
+            f"Request for unknown model: '{name}' version {number} is not found",
+        )
 
     def ready_versions(self) -> Iterator[ModelVersion]:
         """Every READY version of every model."""
@@ -105,10 +118,16 @@ class ModelRepository:
     def all_ready(self) -> bool:
         """Strict readiness: every live model has each of its versions READY."""
         return all(
-            not entry.failure and entry.versions
-            and all(state.state == READY for state in entry.states.values()
-                    if state.reason != "unloaded")
-            for entry in self._entries.values() if entry.live)
+            not entry.failure
+            and entry.versions
+            and all(
+                state.state == READY
+                for state in entry.states.values()
+                if state.reason != "unloaded"
+            )
+            for entry in self._entries.values()
+            if entry.live
+        )
 
     def index(self, ready_only: bool = False) -> list[dict[str, str]]:
         """Triton's repository index: every model in the repository, per-version state."""
@@ -121,13 +140,20 @@ class ModelRepository:
                     rows.append({"name": name})
                 continue
             if entry.failure and not entry.versions and not ready_only:
-                rows.append({"name": name, "version": "", "state": UNAVAILABLE,
-                                 "reason": entry.failure})
+                rows.append(
+                    {"name": name, "version": "", "state": UNAVAILABLE, "reason": entry.failure}
+                )
             for number, state in sorted(entry.states.items()):
                 if ready_only and state.state != READY:
                     continue
-                rows.append({"name": name, "version": str(number), "state": state.state,
-                             "reason": state.reason})
+                rows.append(
+                    {
+                        "name": name,
+                        "version": str(number),
+                        "state": state.state,
+                        "reason": state.reason,
+                    }
+                )
         return rows
 
     def _scan_names(self) -> list[str]:
@@ -149,29 +175,37 @@ class ModelRepository:
             except ServingError as exc:
                 logger.error("model '%s' failed to load: %s", name, exc.message)
 
-    async def load(self, name: str, config_json: str | None = None,
-                   files: Mapping[str, bytes] | None = None) -> None:
+    async def load(
+        self, name: str, config_json: str | None = None, files: Mapping[str, bytes] | None = None
+    ) -> None:
         """Load (or reload) a model; raises ServingError when it ends with no READY version."""
         if not is_valid_model_name(name):
-            raise ServingError(ErrorKind.INVALID_ARG,
-                               f"invalid model name '{name}': path separators, '..' and hidden "
-                               "names are not allowed")
+            raise ServingError(
+                ErrorKind.INVALID_ARG,
+                f"invalid model name '{name}': path separators, '..' and hidden "
+                "names are not allowed",
+            )
         async with self._lock:
             source_dir, temporary = self.root / name, None
             if files:
                 if config_json is None:
-                    raise ServingError(ErrorKind.INVALID_ARG,
-                                       "load with 'file:' parameters needs a 'config' parameter")
+                    raise ServingError(
+                        ErrorKind.INVALID_ARG,
+                        "load with 'file:' parameters needs a 'config' parameter",
+                    )
                 temporary = await asyncio.to_thread(_write_model_files, name, files)
                 source_dir = temporary / name
             elif not source_dir.is_dir() and config_json is None:
-                raise ServingError(ErrorKind.NOT_FOUND,
-                                   f"failed to load '{name}', failed to poll from model "
-                                   "repository: no such model folder")
+                raise ServingError(
+                    ErrorKind.NOT_FOUND,
+                    f"failed to load '{name}', failed to poll from model "
+                    "repository: no such model folder",
+                )
             await self._load_locked(name, source_dir, config_json, temporary)
 
-    async def _load_locked(self, name: str, source_dir: Path, config_json: str | None,
-                           temporary: Path | None) -> None:
+    async def _load_locked(
+        self, name: str, source_dir: Path, config_json: str | None, temporary: Path | None
+    ) -> None:
         entry = self._entries.setdefault(name, ModelEntry(name, source_dir))
         if entry.temporary_dir is not None and entry.temporary_dir != temporary:
             shutil.rmtree(entry.temporary_dir, ignore_errors=True)
@@ -179,19 +213,23 @@ class ModelRepository:
         started = time.perf_counter()
         try:
             prepared = await asyncio.to_thread(
-                model_config.prepare, name, source_dir, config_json, self.default_max_batch_size)
+                model_config.prepare, name, source_dir, config_json, self.default_max_batch_size
+            )
         except (ModelConfigError, ServingError, OSError) as exc:
             message = exc.message if isinstance(exc, ServingError) else str(exc)
             if entry.versions:
-                logger.error("reload of '%s' failed, the loaded versions keep serving: %s",
-                             name, message)
-                raise ServingError(ErrorKind.INVALID_ARG,
-                                   f"failed to load '{name}': {message}") from exc
+                logger.error(
+                    "reload of '%s' failed, the loaded versions keep serving: %s", name, message
+                )
+                raise ServingError(
+                    ErrorKind.INVALID_ARG, f"failed to load '{name}': {message}"
+                ) from exc
             entry.failure = message
             entry.states = {}
             self.fanout.notify(ModelEventRecord(name, "", UNAVAILABLE, reason=message))
-            raise ServingError(ErrorKind.INVALID_ARG, f"failed to load '{name}': {message}") \
-                from exc
+            raise ServingError(
+                ErrorKind.INVALID_ARG, f"failed to load '{name}': {message}"
+            ) from exc
         entry.failure = ""
         entry.scan_signature = prepared.scan_signature
         new_versions: dict[int, ModelVersion] = {}
@@ -206,8 +244,7 @@ class ModelRepository:
             entry.states[number] = VersionState(LOADING)
             version_path = source_dir / str(number)
             try:
-                instances = await asyncio.to_thread(create_instances, prepared.config,
-                                                    version_path)
+                instances = await asyncio.to_thread(create_instances, prepared.config, version_path)
             except (ServingError, OSError, ValueError) as exc:
                 reason = exc.message if isinstance(exc, ServingError) else str(exc)
                 logger.error("model '%s' version %d failed to load: %s", name, number, reason)
@@ -216,8 +253,16 @@ class ModelRepository:
                 else:
                     new_states[number] = VersionState(UNAVAILABLE, reason)
                 continue
-            new_versions[number] = start_version(name, number, prepared.config, version_path,
-                                                 instances, self.fanout, started, signature)
+            new_versions[number] = start_version(
+                name,
+                number,
+                prepared.config,
+                version_path,
+                instances,
+                self.fanout,
+                started,
+                signature,
+            )
             new_states[number] = VersionState(READY)
             created.append(new_versions[number])
         retired = [v for n, v in entry.versions.items() if new_versions.get(n) is not v]
@@ -227,29 +272,42 @@ class ModelRepository:
         entry.versions, entry.states = new_versions, new_states
         for old_version in retired:
             if int(old_version.version) not in new_versions:
-                self.fanout.notify(ModelEventRecord(name, old_version.version, UNAVAILABLE,
-                                                    reason="unloaded"))
+                self.fanout.notify(
+                    ModelEventRecord(name, old_version.version, UNAVAILABLE, reason="unloaded")
+                )
             self._retire(old_version)
         for version in created:
             self._announce(version)
         self._log_versions(entry)
         if not new_versions:
             reasons = "; ".join(f"version {n}: {s.reason}" for n, s in new_states.items())
-            raise ServingError(ErrorKind.INVALID_ARG,
-                               f"failed to load '{name}': {reasons or 'no version to load'}")
+            raise ServingError(
+                ErrorKind.INVALID_ARG, f"failed to load '{name}': {reasons or 'no version to load'}"
+            )
 
     def _announce(self, version: ModelVersion) -> None:
-        self.fanout.notify(ModelEventRecord(
-            version.name, version.version, READY, version_path=str(version.version_path),
-            load_duration_s=version.load_duration_s,
-            inputs={s.name: (s.datatype, s.shape) for s in version.inputs.values()},
-            outputs={s.name: (s.datatype, s.shape) for s in version.outputs.values()},
-            max_batch_size=version.max_batch_size))
+        self.fanout.notify(
+            ModelEventRecord(
+                version.name,
+                version.version,
+                READY,
+                version_path=str(version.version_path),
+                load_duration_s=version.load_duration_s,
+                inputs={s.name: (s.datatype, s.shape) for s in version.inputs.values()},
+                outputs={s.name: (s.datatype, s.shape) for s in version.outputs.values()},
+                max_batch_size=version.max_batch_size,
+            )
+        )
 
     def _log_versions(self, entry: ModelEntry) -> None:
         for number, state in sorted(entry.states.items()):
-            logger.info("model '%s' version %d: %s%s", entry.name, number, state.state,
-                        f" ({state.reason})" if state.reason else "")
+            logger.info(
+                "model '%s' version %d: %s%s",
+                entry.name,
+                number,
+                state.state,
+                f" ({state.reason})" if state.reason else "",
+            )
 
     async def unload(self, name: str) -> None:
         """Unload every version; queued and running requests finish first."""
@@ -260,8 +318,9 @@ class ModelRepository:
             if entry is None or not entry.live:
                 return  # Triton answers success for a model that is not loaded
             for version in entry.versions.values():
-                self.fanout.notify(ModelEventRecord(name, version.version, UNAVAILABLE,
-                                                    reason="unloaded"))
+                self.fanout.notify(
+                    ModelEventRecord(name, version.version, UNAVAILABLE, reason="unloaded")
+                )
                 self._retire(version)
             entry.states = {n: VersionState(UNAVAILABLE, "unloaded") for n in entry.versions}
             entry.versions, entry.live, entry.failure = {}, False, ""
@@ -276,8 +335,7 @@ class ModelRepository:
         for name in sorted(present):
             entry = self._entries.get(name)
             if entry is not None and entry.temporary_dir is None and entry.live:
-                signature = await asyncio.to_thread(model_config.scan_signature,
-                                                    self.root / name)
+                signature = await asyncio.to_thread(model_config.scan_signature, self.root / name)
                 if signature == entry.scan_signature:
                     continue
                 if entry.failure == "" and not entry.versions and not entry.states:
@@ -288,7 +346,8 @@ class ModelRepository:
                 logger.error("poll: %s", exc.message)
                 if name in self._entries:  # don't retry an unchanged broken model every poll
                     self._entries[name].scan_signature = await asyncio.to_thread(
-                        model_config.scan_signature, self.root / name)
+                        model_config.scan_signature, self.root / name
+                    )
         for name, entry in list(self._entries.items()):
             if entry.live and entry.temporary_dir is None and name not in present:
                 await self.unload(name)
@@ -328,8 +387,9 @@ def _write_model_files(name: str, files: Mapping[str, bytes]) -> Path:
         target = (model_dir / relative).resolve()
         if model_dir not in target.parents:
             shutil.rmtree(root, ignore_errors=True)
-            raise ServingError(ErrorKind.INVALID_ARG, f"file path '{relative}' leaves the model "
-                                                       "folder")
+            raise ServingError(
+                ErrorKind.INVALID_ARG, f"file path '{relative}' leaves the model folder"
+            )
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(content)
     return root

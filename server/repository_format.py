@@ -41,8 +41,21 @@ _MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
 def _config_type_pairs() -> list[tuple[str, int]]:
-    names = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-             "FP16", "FP32", "FP64", "BF16"]
+    names = [
+        "BOOL",
+        "UINT8",
+        "UINT16",
+        "UINT32",
+        "UINT64",
+        "INT8",
+        "INT16",
+        "INT32",
+        "INT64",
+        "FP16",
+        "FP32",
+        "FP64",
+        "BF16",
+    ]
     pairs = [(name, mc.DataType.Value(f"TYPE_{name}")) for name in names]
     pairs.append(("BYTES", mc.DataType.Value("TYPE_STRING")))
     return pairs
@@ -53,8 +66,20 @@ CONFIG_TYPE_BY_DATATYPE: dict[str, int] = {name: enum for name, enum in _config_
 
 # onnx.TensorProto.DataType -> KServe datatype (numbers from onnx.proto, so onnx is not imported).
 DATATYPE_BY_ONNX_ELEM_TYPE: dict[int, str] = {
-    1: "FP32", 2: "UINT8", 3: "INT8", 4: "UINT16", 5: "INT16", 6: "INT32", 7: "INT64",
-    8: "BYTES", 9: "BOOL", 10: "FP16", 11: "FP64", 12: "UINT32", 13: "UINT64", 16: "BF16",
+    1: "FP32",
+    2: "UINT8",
+    3: "INT8",
+    4: "UINT16",
+    5: "INT16",
+    6: "INT32",
+    7: "INT64",
+    8: "BYTES",
+    9: "BOOL",
+    10: "FP16",
+    11: "FP64",
+    12: "UINT32",
+    13: "UINT64",
+    16: "BF16",
 }
 
 
@@ -64,8 +89,11 @@ class ModelConfigError(ValueError):
 
 def is_valid_model_name(name: str) -> bool:
     """True for a plain folder name: no path separators, no '..', nothing hidden."""
-    return bool(_MODEL_NAME_PATTERN.match(name)) and name not in (".", "..") and \
-        not name.startswith(".")
+    return (
+        bool(_MODEL_NAME_PATTERN.match(name))
+        and name not in (".", "..")
+        and not name.startswith(".")
+    )
 
 
 def parse_config(text: str) -> ModelConfig:
@@ -116,8 +144,11 @@ def version_numbers(model_dir: Path) -> list[int]:
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()
-                  and int(p.name) > 0)
+    return sorted(
+        int(p.name)
+        for p in model_dir.iterdir()
+        if p.is_dir() and p.name.isdigit() and int(p.name) > 0
+    )
 
 
 def next_version(model_dir: Path) -> int:
@@ -180,14 +211,21 @@ def normalize_config(config: ModelConfig) -> None:
     """Fill the defaults Triton fills before serving a config."""
     if not config.HasField("version_policy"):
         config.version_policy.latest.num_versions = 1
-    if config.HasField("dynamic_batching") and not config.dynamic_batching.preferred_batch_size \
-            and config.max_batch_size > 0:
+    if (
+        config.HasField("dynamic_batching")
+        and not config.dynamic_batching.preferred_batch_size
+        and config.max_batch_size > 0
+    ):
         config.dynamic_batching.preferred_batch_size.append(config.max_batch_size)
 
 
-_INT64_TYPES = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64,
-                FieldDescriptor.TYPE_SINT64, FieldDescriptor.TYPE_FIXED64,
-                FieldDescriptor.TYPE_SFIXED64}
+_INT64_TYPES = {
+    FieldDescriptor.TYPE_INT64,
+    FieldDescriptor.TYPE_UINT64,
+    FieldDescriptor.TYPE_SINT64,
+    FieldDescriptor.TYPE_FIXED64,
+    FieldDescriptor.TYPE_SFIXED64,
+}
 
 
 def _int64_strings_to_numbers(data: Any, descriptor: Descriptor) -> None:
@@ -217,7 +255,9 @@ def _int64_strings_to_numbers(data: Any, descriptor: Descriptor) -> None:
 
 
 def autocomplete_from_onnx(
-    config: ModelConfig | None, onnx_path: Path, name: str,
+    config: ModelConfig | None,
+    onnx_path: Path,
+    name: str,
     default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
 ) -> ModelConfig:
     """Fill what the config leaves out from the ONNX graph: platform, I/O, max_batch_size.
@@ -240,8 +280,9 @@ def autocomplete_from_onnx(
 
     def dims_of(value_info: Any) -> list[int]:
         dims = value_info.type.tensor_type.shape.dim
-        return [int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else -1
-                for d in dims]
+        return [
+            int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in dims
+        ]
 
     all_shapes = [dims_of(v) for v in graph_inputs + graph_outputs]
     batches = bool(all_shapes) and all(shape and shape[0] == -1 for shape in all_shapes)
@@ -252,7 +293,8 @@ def autocomplete_from_onnx(
     if explicit_batch and not batches:
         raise ModelConfigError(
             f"max_batch_size {config.max_batch_size if config else 0} needs a dynamic first "
-            "dimension on every input and output of the ONNX model")
+            "dimension on every input and output of the ONNX model"
+        )
 
     def complete(section: Any, value_infos: list[Any]) -> None:
         known = {t.name for t in section}
@@ -263,7 +305,8 @@ def autocomplete_from_onnx(
             datatype = DATATYPE_BY_ONNX_ELEM_TYPE.get(elem_type)
             if datatype is None:
                 raise ModelConfigError(
-                    f"ONNX tensor '{value_info.name}' has an unsupported element type {elem_type}")
+                    f"ONNX tensor '{value_info.name}' has an unsupported element type {elem_type}"
+                )
             tensor = section.add()
             tensor.name = value_info.name
             tensor.data_type = CONFIG_TYPE_BY_DATATYPE[datatype]
@@ -271,8 +314,11 @@ def autocomplete_from_onnx(
 
     complete(completed.input, graph_inputs)
     complete(completed.output, graph_outputs)
-    if completed.max_batch_size > 1 and not completed.HasField("dynamic_batching") \
-            and not completed.HasField("sequence_batching"):
+    if (
+        completed.max_batch_size > 1
+        and not completed.HasField("dynamic_batching")
+        and not completed.HasField("sequence_batching")
+    ):
         completed.dynamic_batching.SetInParent()
     return completed
 

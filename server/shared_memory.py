@@ -33,20 +33,26 @@ class SharedMemoryReference:
     offset: int = 0
 
 
-def shared_memory_reference(tensor: str, region: Any, byte_size: Any,
-                            offset: Any = 0) -> SharedMemoryReference:
+def shared_memory_reference(
+    tensor: str, region: Any, byte_size: Any, offset: Any = 0
+) -> SharedMemoryReference:
     """Validate a tensor's `shared_memory_*` parameters (as sent on either wire)."""
     if not isinstance(region, str) or not region:
-        raise invalid(f"invalid value for 'shared_memory_region' parameter for tensor "
-                      f"'{tensor}', expected a region name")
+        raise invalid(
+            f"invalid value for 'shared_memory_region' parameter for tensor "
+            f"'{tensor}', expected a region name"
+        )
     if byte_size is None:
-        raise invalid(f"'shared_memory_byte_size' must be specified along with "
-                      f"'shared_memory_region' parameter for tensor '{tensor}'")
-    for label, value in (("shared_memory_byte_size", byte_size),
-                         ("shared_memory_offset", offset)):
+        raise invalid(
+            f"'shared_memory_byte_size' must be specified along with "
+            f"'shared_memory_region' parameter for tensor '{tensor}'"
+        )
+    for label, value in (("shared_memory_byte_size", byte_size), ("shared_memory_offset", offset)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise invalid(f"invalid value for '{label}' parameter for tensor '{tensor}', "
-                          "expected a non-negative integer")
+            raise invalid(
+                f"invalid value for '{label}' parameter for tensor '{tensor}', "
+                "expected a non-negative integer"
+            )
     return SharedMemoryReference(region, byte_size, offset)
 
 
@@ -60,9 +66,15 @@ def require_enabled(shared_memory: SharedMemoryManager | None) -> SharedMemoryMa
     return shared_memory
 
 
-def output_destination(shared_memory: SharedMemoryManager | None, tensor: str, region: Any,
-                       byte_size: Any, offset: Any, classification: bool,
-                       binary_data: bool = False) -> SharedMemoryReference:
+def output_destination(
+    shared_memory: SharedMemoryManager | None,
+    tensor: str,
+    region: Any,
+    byte_size: Any,
+    offset: Any,
+    classification: bool,
+    binary_data: bool = False,
+) -> SharedMemoryReference:
     """Where a requested output goes (either wire), checked against the registered regions."""
     manager = require_enabled(shared_memory)
     if classification:
@@ -97,12 +109,15 @@ class SharedMemoryManager:
         if not name:
             raise invalid("'region name' is necessary to register system shared memory region")
         if byte_size <= 0 or offset < 0:
-            raise invalid(f"failed to register shared memory region '{name}': byte_size must be "
-                          "greater than 0 and offset non-negative")
+            raise invalid(
+                f"failed to register shared memory region '{name}': byte_size must be "
+                "greater than 0 and offset non-negative"
+            )
         with self._lock:
             if name in self._regions:
-                raise ServingError(ErrorKind.ALREADY_EXISTS,
-                                   f"shared memory region '{name}' already in manager")
+                raise ServingError(
+                    ErrorKind.ALREADY_EXISTS, f"shared memory region '{name}' already in manager"
+                )
             self._regions[name] = self._map(name, key, offset, byte_size)
 
     def _map(self, name: str, key: str, offset: int, byte_size: int) -> _Region:
@@ -110,24 +125,35 @@ class SharedMemoryManager:
         try:  # as shm_open does: no symlinks, not inherited by child processes
             fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as exc:
-            raise invalid(f"Unable to open shared memory region: '{key}' ({exc.strerror})") \
-                from None
+            raise invalid(
+                f"Unable to open shared memory region: '{key}' ({exc.strerror})"
+            ) from None
         try:
             status = os.fstat(fd)
             if not stat.S_ISREG(status.st_mode):
-                raise invalid(f"Unable to open shared memory region: '{key}' (not a shared "
-                              "memory object)")
+                raise invalid(
+                    f"Unable to open shared memory region: '{key}' (not a shared memory object)"
+                )
             if offset + byte_size > status.st_size:
-                raise invalid(f"failed to register shared memory region '{name}': offset "
-                              f"{offset} + byte_size {byte_size} exceeds the {status.st_size} "
-                              f"bytes of shared memory object '{key}'")
+                raise invalid(
+                    f"failed to register shared memory region '{name}': offset "
+                    f"{offset} + byte_size {byte_size} exceeds the {status.st_size} "
+                    f"bytes of shared memory object '{key}'"
+                )
             start = offset % mmap.ALLOCATIONGRANULARITY
             try:
-                mapping = mmap.mmap(fd, start + byte_size, mmap.MAP_SHARED,
-                                    mmap.PROT_READ | mmap.PROT_WRITE, offset=offset - start)
+                mapping = mmap.mmap(
+                    fd,
+                    start + byte_size,
+                    mmap.MAP_SHARED,
+                    mmap.PROT_READ | mmap.PROT_WRITE,
+                    offset=offset - start,
+                )
             except OSError as exc:
-                raise invalid(f"failed to register shared memory region '{name}': unable to "
-                              f"map '{key}': {exc.strerror}") from None
+                raise invalid(
+                    f"failed to register shared memory region '{name}': unable to "
+                    f"map '{key}': {exc.strerror}"
+                ) from None
         finally:
             os.close(fd)
         return _Region(name, key, offset, byte_size, mapping, start)
@@ -136,8 +162,10 @@ class SharedMemoryManager:
         """The object's file: a POSIX shm name is one path component, leading slashes aside."""
         base = key.lstrip("/")
         if not base or "/" in base or "\0" in base or base in (".", ".."):
-            raise invalid(f"invalid shared memory key '{key}': expected a POSIX shared memory "
-                          "object name such as '/input_data'")
+            raise invalid(
+                f"invalid shared memory key '{key}': expected a POSIX shared memory "
+                "object name such as '/input_data'"
+            )
         return self._directory / base
 
     def status(self, name: str = "") -> list[dict[str, Any]]:
@@ -148,10 +176,13 @@ class SharedMemoryManager:
             elif name in self._regions:
                 regions = [self._regions[name]]
             else:
-                raise ServingError(ErrorKind.NOT_FOUND,
-                                   f"Unable to find system shared memory region: '{name}'")
-            return [{"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size}
-                    for r in regions]
+                raise ServingError(
+                    ErrorKind.NOT_FOUND, f"Unable to find system shared memory region: '{name}'"
+                )
+            return [
+                {"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size}
+                for r in regions
+            ]
 
     def unregister(self, name: str = "") -> None:
         """Unmap one region (unknown names are fine, as in Triton), or all when `name` is empty."""
@@ -164,17 +195,19 @@ class SharedMemoryManager:
         """A copy of the referenced bytes (the client may reuse its region at once)."""
         with self._lock:
             region, begin = self._locate(reference)
-            return region.mapping[begin:begin + reference.byte_size]
+            return region.mapping[begin : begin + reference.byte_size]
 
     def write(self, reference: SharedMemoryReference, tensor: str, data: bytes) -> None:
         """Copy an output's wire bytes into the referenced place."""
         if len(data) > reference.byte_size:
-            raise invalid(f"shared memory size specified with the request for output '{tensor}' "
-                          f"({reference.byte_size} bytes) should be at least {len(data)} bytes "
-                          "to hold the results")
+            raise invalid(
+                f"shared memory size specified with the request for output '{tensor}' "
+                f"({reference.byte_size} bytes) should be at least {len(data)} bytes "
+                "to hold the results"
+            )
         with self._lock:
             region, begin = self._locate(reference)
-            region.mapping[begin:begin + len(data)] = data
+            region.mapping[begin : begin + len(data)] = data
 
     def check(self, reference: SharedMemoryReference) -> None:
         """Fail now, before inference, if the reference does not fit a registered region."""
@@ -186,9 +219,11 @@ class SharedMemoryManager:
         if region is None:
             raise invalid(f"Unable to find shared memory region: '{reference.region}'")
         if reference.offset + reference.byte_size > region.byte_size:
-            raise invalid(f"Invalid offset + byte size for shared memory region: "
-                          f"'{reference.region}' (offset {reference.offset} + byte size "
-                          f"{reference.byte_size} > the region's {region.byte_size} bytes)")
+            raise invalid(
+                f"Invalid offset + byte size for shared memory region: "
+                f"'{reference.region}' (offset {reference.offset} + byte size "
+                f"{reference.byte_size} > the region's {region.byte_size} bytes)"
+            )
         return region, region.start + reference.offset
 
     def close(self) -> None:

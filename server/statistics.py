@@ -51,8 +51,15 @@ class ModelStatistics:
     compute_output: Duration = field(default_factory=Duration)
     batches: dict[int, BatchDurations] = field(default_factory=dict)
 
-    def record_success(self, rows: int, request_s: float, queue_s: float, compute_input_s: float,
-                       compute_infer_s: float, compute_output_s: float) -> None:
+    def record_success(
+        self,
+        rows: int,
+        request_s: float,
+        queue_s: float,
+        compute_input_s: float,
+        compute_infer_s: float,
+        compute_output_s: float,
+    ) -> None:
         """One successful request."""
         self.last_inference_ms = int(time.time() * 1000)
         self.inference_count += rows
@@ -66,8 +73,13 @@ class ModelStatistics:
         """One failed request."""
         self.fail.add(request_s)
 
-    def record_execution(self, batch_size: int, compute_input_s: float, compute_infer_s: float,
-                         compute_output_s: float) -> None:
+    def record_execution(
+        self,
+        batch_size: int,
+        compute_input_s: float,
+        compute_infer_s: float,
+        compute_output_s: float,
+    ) -> None:
         """One model execution."""
         self.execution_count += 1
         durations = self.batches.setdefault(batch_size, BatchDurations())
@@ -95,10 +107,12 @@ class ModelStatistics:
             },
             "response_stats": {},
             "batch_stats": [
-                {"batch_size": size,
-                 "compute_input": d.compute_input.as_json(),
-                 "compute_infer": d.compute_infer.as_json(),
-                 "compute_output": d.compute_output.as_json()}
+                {
+                    "batch_size": size,
+                    "compute_input": d.compute_input.as_json(),
+                    "compute_infer": d.compute_infer.as_json(),
+                    "compute_output": d.compute_output.as_json(),
+                }
                 for size, d in sorted(self.batches.items())
             ],
             "memory_usage": [],

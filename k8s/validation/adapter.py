@@ -35,11 +35,13 @@ def _selector_names(promql: str) -> list[str]:
 
 def adapter_metric_sources(rule: Obj) -> list[str]:
     """The series a rule reads, from its seriesQuery and metricsQuery."""
-    return sorted(set(_selector_names(rule["seriesQuery"])
-                      + _selector_names(rule["metricsQuery"])))
+    return sorted(set(_selector_names(rule["seriesQuery"]) + _selector_names(rule["metricsQuery"])))
 
 
 def hpa_pods_metrics(hpa: Obj) -> list[str]:
     """Names of the Pods-type metrics an HPA scales on."""
-    return [metric["pods"]["metric"]["name"] for metric in hpa["spec"].get("metrics", [])
-            if metric.get("type") == "Pods"]
+    return [
+        metric["pods"]["metric"]["name"]
+        for metric in hpa["spec"].get("metrics", [])
+        if metric.get("type") == "Pods"
+    ]

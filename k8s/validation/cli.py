@@ -28,8 +28,9 @@ from .render import render_all
 from .schemas import validate_schemas
 
 
-def static_problems(k8s: Path = K8S, dockerfile: Path = DOCKERFILE,
-                    monitoring: Path = MONITORING) -> tuple[dict[str, list[Obj]], list[str]]:
+def static_problems(
+    k8s: Path = K8S, dockerfile: Path = DOCKERFILE, monitoring: Path = MONITORING
+) -> tuple[dict[str, list[Obj]], list[str]]:
     """Every check that needs neither a server nor checkov, over every overlay."""
     problems = yamllint(k8s) + sync_monitoring(k8s, monitoring)
     rendered, render_problems = render_all(k8s)
@@ -44,8 +45,9 @@ def static_problems(k8s: Path = K8S, dockerfile: Path = DOCKERFILE,
 
 def _parser() -> argparse.ArgumentParser:
     """`validate.py sync` and `validate.py check [--checkov] [--server URL [--metrics URL]]`."""
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("sync", help="rewrite k8s/components/monitoring/generated/ from monitoring/")
     check = sub.add_parser("check", help="run the offline checks")

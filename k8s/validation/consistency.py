@@ -37,8 +37,9 @@ def check_containers(overlay: str, objs: list[Obj]) -> list[str]:
     return problems
 
 
-def check_consistency(overlay: str, objs: list[Obj], k8s: Path = K8S,
-                      dockerfile: Path = DOCKERFILE) -> list[str]:
+def check_consistency(
+    overlay: str, objs: list[Obj], k8s: Path = K8S, dockerfile: Path = DOCKERFILE
+) -> list[str]:
     """Cross-object checks that need no server: selectors, ports, probes, security, CLI args."""
     stages = set(dockerfile_stages(dockerfile)) if dockerfile.exists() else set()
     problems = check_containers(overlay, objs)

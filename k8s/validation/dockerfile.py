@@ -72,7 +72,7 @@ def exec_form(value: str | None) -> list[str]:
 def healthcheck_command(stage: Stage) -> list[str]:
     """The argv of the stage's HEALTHCHECK CMD."""
     value = stage.last("HEALTHCHECK") or ""
-    cmd = value[value.index("CMD") + 3:] if "CMD" in value else ""
+    cmd = value[value.index("CMD") + 3 :] if "CMD" in value else ""
     return exec_form(cmd)
 
 
@@ -124,13 +124,19 @@ def _check_build_context(path: Path, stages: dict[str, Stage]) -> list[str]:
             for src in shlex.split(ins["value"])[:-1]:
                 if src.startswith("--"):
                     continue
-                if f"!{src}" not in ignore and f"!{src.rstrip('/')}/" not in ignore \
-                        and f"!{src.rstrip('/')}" not in ignore:
-                    problems.append(f"Dockerfile line {ins['startline'] + 1}: COPY {src} is "
-                                    "excluded by .dockerignore")
+                if (
+                    f"!{src}" not in ignore
+                    and f"!{src.rstrip('/')}/" not in ignore
+                    and f"!{src.rstrip('/')}" not in ignore
+                ):
+                    problems.append(
+                        f"Dockerfile line {ins['startline'] + 1}: COPY {src} is "
+                        "excluded by .dockerignore"
+                    )
                 if not (path.parent / src).exists():
-                    problems.append(f"Dockerfile line {ins['startline'] + 1}: COPY {src} does "
-                                    "not exist")
+                    problems.append(
+                        f"Dockerfile line {ins['startline'] + 1}: COPY {src} does not exist"
+                    )
     return problems
 
 
@@ -156,6 +162,7 @@ def check_dockerfile(path: Path = DOCKERFILE, k8s: Path = K8S) -> list[str]:
     project = tomllib.loads((path.parent / "pyproject.toml").read_text())["project"]
     heavy = [d for d in project["dependencies"] if re.match(r"torch\b", d)]
     if heavy:
-        problems.append(f"pyproject.toml: runtime dependencies include {heavy}; the serving "
-                        "image must not")
+        problems.append(
+            f"pyproject.toml: runtime dependencies include {heavy}; the serving image must not"
+        )
     return problems + _check_build_context(path, stages)

@@ -22,11 +22,15 @@ def _check_ports(f: FerryContainer) -> list[str]:
         if f.kserve and role == "http":
             first = c.get("ports", [{}])[0]
             if first.get("containerPort") != number or number != 8080:
-                problems.append(f"{f.where}: KServe needs the HTTP port 8080 first in "
-                                f"ports, got {c.get('ports')}")
+                problems.append(
+                    f"{f.where}: KServe needs the HTTP port 8080 first in "
+                    f"ports, got {c.get('ports')}"
+                )
         if ports.get(port_name) != number:
-            problems.append(f"{f.where}: container port {port_name!r} should be {number} "
-                            f"(ferry's --{role}-port), found {ports.get(port_name)}")
+            problems.append(
+                f"{f.where}: container port {port_name!r} should be {number} "
+                f"(ferry's --{role}-port), found {ports.get(port_name)}"
+            )
     return problems
 
 
@@ -43,14 +47,15 @@ def _check_probes(f: FerryContainer) -> list[str]:
             continue
         get = probe.get("httpGet", {})
         if get.get("path") != path:
-            problems.append(f"{f.where}: {probe_name} path {get.get('path')!r} should "
-                            f"be {path!r}")
+            problems.append(f"{f.where}: {probe_name} path {get.get('path')!r} should be {path!r}")
         if f.port_number(get.get("port")) is None:
-            problems.append(f"{f.where}: {probe_name} port {get.get('port')!r} is not a "
-                            "container port")
+            problems.append(
+                f"{f.where}: {probe_name} port {get.get('port')!r} is not a container port"
+            )
         elif f.role(get.get("port")) != "http":
-            problems.append(f"{f.where}: {probe_name} port {get.get('port')!r} is not "
-                            "ferry's HTTP port")
+            problems.append(
+                f"{f.where}: {probe_name} port {get.get('port')!r} is not ferry's HTTP port"
+            )
     return problems
 
 
@@ -62,8 +67,9 @@ def _check_storage(f: FerryContainer) -> list[str]:
     mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
     if f.kserve:
         if repo_path != "/mnt/models":
-            problems.append(f"{f.where}: KServe puts models in /mnt/models, ferry reads "
-                            f"{repo_path}")
+            problems.append(
+                f"{f.where}: KServe puts models in /mnt/models, ferry reads {repo_path}"
+            )
     elif not any(repo_path == m or repo_path.startswith(m.rstrip("/") + "/") for m in mounts):
         problems.append(f"{f.where}: --model-repository {repo_path} is not a volumeMount")
     tmp = mounts.get("/tmp")
@@ -84,8 +90,10 @@ def _check_drain(f: FerryContainer) -> list[str]:
     grace = int(f.pod_spec.get("terminationGracePeriodSeconds", 30))
     pre = f.container.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
     if grace <= pre + exit_timeout:
-        return [f"{f.where}: terminationGracePeriodSeconds {grace} <= preStop {pre}s + "
-                f"--exit-timeout-secs {exit_timeout}"]
+        return [
+            f"{f.where}: terminationGracePeriodSeconds {grace} <= preStop {pre}s + "
+            f"--exit-timeout-secs {exit_timeout}"
+        ]
     return []
 
 
@@ -119,15 +127,24 @@ def check_ferry_container(f: FerryContainer, overlay: str, stages: set[str]) -> 
     c = f.container
     problems: list[str] = []
     if c.get("command") and c["command"][-2:] != ["ferry", "serve"]:
-        problems.append(f"{f.where}: command {c['command']} overrides the image's "
-                        "`ferry serve` entrypoint")
+        problems.append(
+            f"{f.where}: command {c['command']} overrides the image's `ferry serve` entrypoint"
+        )
     try:
         f.params = parse_serve_args(c.get("args", []))
     except ValueError as error:
-        return [*problems, f"{f.where}: args {c.get('args', [])} rejected by `ferry serve`: "
-                           f"{error}"]
-    return (problems + _check_ports(f) + _check_probes(f) + _check_storage(f) + _check_drain(f)
-            + _check_flavour(f, overlay, stages))
+        return [
+            *problems,
+            f"{f.where}: args {c.get('args', [])} rejected by `ferry serve`: {error}",
+        ]
+    return (
+        problems
+        + _check_ports(f)
+        + _check_probes(f)
+        + _check_storage(f)
+        + _check_drain(f)
+        + _check_flavour(f, overlay, stages)
+    )
 
 
 def _startup_seconds(probe: Obj) -> int:
@@ -141,11 +158,15 @@ def check_gpu_startup(overlay: str, ferries: list[FerryContainer], k8s: Path) ->
         return []
     problems: list[str] = []
     cpu_rendered = render(k8s / "overlays" / "cpu") if (k8s / "overlays/cpu").exists() else []
-    cpu_budget = [_startup_seconds(f.container.get("startupProbe", {}))
-                  for f in ferry_containers("cpu", cpu_rendered)]
+    cpu_budget = [
+        _startup_seconds(f.container.get("startupProbe", {}))
+        for f in ferry_containers("cpu", cpu_rendered)
+    ]
     for f in ferries:
         budget = _startup_seconds(f.container.get("startupProbe", {}))
         if cpu_budget and budget <= max(cpu_budget):
-            problems.append(f"{f.where}: startupProbe budget {budget}s is not longer than "
-                            f"the CPU overlay's {max(cpu_budget)}s")
+            problems.append(
+                f"{f.where}: startupProbe budget {budget}s is not longer than "
+                f"the CPU overlay's {max(cpu_budget)}s"
+            )
     return problems

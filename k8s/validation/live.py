@@ -40,13 +40,16 @@ def _check_probes(f: FerryContainer, base_urls: dict[str, str]) -> list[str]:
             continue
         role = f.role(get.get("port"))
         if role not in base_urls:
-            problems.append(f"{f.where}: {probe_name} port {get.get('port')!r} reaches "
-                            "no ferry HTTP listener")
+            problems.append(
+                f"{f.where}: {probe_name} port {get.get('port')!r} reaches no ferry HTTP listener"
+            )
             continue
         status = _status(base_urls[role] + get["path"])
         if status != 200:
-            problems.append(f"{f.where}: {probe_name} path {get['path']} answered "
-                            f"{status} from ferry serve ({role} port)")
+            problems.append(
+                f"{f.where}: {probe_name} path {get['path']} answered "
+                f"{status} from ferry serve ({role} port)"
+            )
     return problems
 
 
@@ -61,34 +64,44 @@ def _scrape_endpoints(obj: Obj, objs: list[Obj]) -> list[tuple[object, str]]:
                     if p.get("name") == ep.get("port"):
                         endpoints.append((p.get("targetPort"), ep.get("path", "/metrics")))
     elif obj.get("kind") == "PodMonitor":
-        endpoints = [(ep.get("port"), ep.get("path", "/metrics"))
-                     for ep in obj["spec"]["podMetricsEndpoints"]]
+        endpoints = [
+            (ep.get("port"), ep.get("path", "/metrics"))
+            for ep in obj["spec"]["podMetricsEndpoints"]
+        ]
     return endpoints
 
 
-def _check_hpa_metrics(overlay: str, objs: list[Obj], adapter: dict[str, Obj],
-                       exported: set[str]) -> list[str]:
+def _check_hpa_metrics(
+    overlay: str, objs: list[Obj], adapter: dict[str, Obj], exported: set[str]
+) -> list[str]:
     """Every HPA Pods metric comes from a per-pod adapter rule over series ferry exports."""
     problems: list[str] = []
     for hpa in (o for o in objs if o.get("kind") == "HorizontalPodAutoscaler"):
         for metric in hpa_pods_metrics(hpa):
             rule = adapter.get(metric)
             if rule is None:
-                problems.append(f"{overlay}: {name(hpa)} metric {metric!r}: no rule in "
-                                "k8s/prometheus-adapter/values.yaml produces it")
+                problems.append(
+                    f"{overlay}: {name(hpa)} metric {metric!r}: no rule in "
+                    "k8s/prometheus-adapter/values.yaml produces it"
+                )
                 continue
             if "<<.LabelMatchers>>" not in rule["metricsQuery"]:
-                problems.append(f"{overlay}: adapter rule for {metric!r} lacks "
-                                "<<.LabelMatchers>> (it would not be per pod)")
+                problems.append(
+                    f"{overlay}: adapter rule for {metric!r} lacks "
+                    "<<.LabelMatchers>> (it would not be per pod)"
+                )
             missing = [m for m in adapter_metric_sources(rule) if m not in exported]
             if missing:
-                problems.append(f"{overlay}: {name(hpa)} metric {metric!r} reads {missing}, "
-                                "which ferry serve does not export on /metrics")
+                problems.append(
+                    f"{overlay}: {name(hpa)} metric {metric!r} reads {missing}, "
+                    "which ferry serve does not export on /metrics"
+                )
     return problems
 
 
-def check_live(rendered: dict[str, list[Obj]], base_urls: dict[str, str], metrics_text: str,
-               k8s: Path = K8S) -> list[str]:
+def check_live(
+    rendered: dict[str, list[Obj]], base_urls: dict[str, str], metrics_text: str, k8s: Path = K8S
+) -> list[str]:
     """Against a running `ferry serve`: every probe and scrape path answers 200 on the listener
     its port maps to, and every HPA Pods metric comes from an adapter rule reading series that
     ferry exports. base_urls: {'http': 'http://127.0.0.1:PORT', 'metrics': ...}."""
@@ -109,7 +122,9 @@ def check_live(rendered: dict[str, list[Obj]], base_urls: dict[str, str], metric
                 for role in roles & set(base_urls):
                     status = _status(base_urls[role] + path)
                     if status != 200:
-                        problems.append(f"{overlay}: {name(obj)} scrape path {path} answered "
-                                        f"{status} from ferry serve ({role} port)")
+                        problems.append(
+                            f"{overlay}: {name(obj)} scrape path {path} answered "
+                            f"{status} from ferry serve ({role} port)"
+                        )
         problems += _check_hpa_metrics(overlay, objs, adapter_rules(k8s), exported)
     return problems

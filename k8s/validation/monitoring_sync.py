@@ -34,12 +34,13 @@ def _prometheus_rule(source: Path) -> str:
     if "groups" not in (yaml.safe_load(body) or {}):
         raise ValueError(f"{source}: a Prometheus rule file needs a top-level `groups`")
     labels = "".join(f"    {k}: {v}\n" for k, v in MONITORING_LABELS.items())
-    return (f"{HEADER}# source: monitoring/alerts/{source.name}\n"
-            "apiVersion: monitoring.coreos.com/v1\nkind: PrometheusRule\n"
-            f"metadata:\n  name: ferry-{_k8s_name(source.stem)}\n  labels:\n"
-            f"{labels}spec:\n"
-            + "".join(f"  {line}" if line.strip() else line
-                      for line in body.splitlines(keepends=True)))
+    return (
+        f"{HEADER}# source: monitoring/alerts/{source.name}\n"
+        "apiVersion: monitoring.coreos.com/v1\nkind: PrometheusRule\n"
+        f"metadata:\n  name: ferry-{_k8s_name(source.stem)}\n  labels:\n"
+        f"{labels}spec:\n"
+        + "".join(f"  {line}" if line.strip() else line for line in body.splitlines(keepends=True))
+    )
 
 
 def generated_monitoring(monitoring: Path = MONITORING) -> dict[str, str]:
@@ -53,19 +54,23 @@ def generated_monitoring(monitoring: Path = MONITORING) -> dict[str, str]:
     generators = []
     for source in _dashboard_sources(monitoring):
         files[f"dashboards/{source.name}"] = source.read_text()
-        generators.append(f"  - name: ferry-dashboard-{_k8s_name(source.stem)}\n"
-                          f"    files:\n      - dashboards/{source.name}\n")
+        generators.append(
+            f"  - name: ferry-dashboard-{_k8s_name(source.stem)}\n"
+            f"    files:\n      - dashboards/{source.name}\n"
+        )
     files["kustomization.yaml"] = (
         f"{HEADER}apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
         + ("resources:\n" + "".join(f"  - {r}\n" for r in resources) if resources else "")
         + "generatorOptions:\n  disableNameSuffixHash: true\n  labels:\n"
-          "    grafana_dashboard: \"1\"\n  annotations:\n    grafana_folder: ferry\n"
-        + ("configMapGenerator:\n" + "".join(generators) if generators else ""))
+        '    grafana_dashboard: "1"\n  annotations:\n    grafana_folder: ferry\n'
+        + ("configMapGenerator:\n" + "".join(generators) if generators else "")
+    )
     return files
 
 
-def sync_monitoring(k8s: Path = K8S, monitoring: Path = MONITORING,
-                    write: bool = False) -> list[str]:
+def sync_monitoring(
+    k8s: Path = K8S, monitoring: Path = MONITORING, write: bool = False
+) -> list[str]:
     """Compare (or, with write, rewrite) generated/ against monitoring/."""
     target = k8s / GENERATED
     wanted = generated_monitoring(monitoring)
@@ -73,8 +78,10 @@ def sync_monitoring(k8s: Path = K8S, monitoring: Path = MONITORING,
     problems = []
     for rel, text in wanted.items():
         if rel not in present or present[rel].read_text() != text:
-            problems.append(f"k8s/{GENERATED}/{rel} is out of date with monitoring/ "
-                            "(run `python k8s/validate.py sync`)")
+            problems.append(
+                f"k8s/{GENERATED}/{rel} is out of date with monitoring/ "
+                "(run `python k8s/validate.py sync`)"
+            )
             if write:
                 (target / rel).parent.mkdir(parents=True, exist_ok=True)
                 (target / rel).write_text(text)
@@ -86,32 +93,39 @@ def sync_monitoring(k8s: Path = K8S, monitoring: Path = MONITORING,
     return [] if write else problems
 
 
-def check_monitoring_equal(overlay: str, objs: list[Obj],
-                           monitoring: Path = MONITORING) -> list[str]:
+def check_monitoring_equal(
+    overlay: str, objs: list[Obj], monitoring: Path = MONITORING
+) -> list[str]:
     """The rendered PrometheusRules and dashboard ConfigMaps equal the files in monitoring/."""
     problems = []
-    want_groups = [g for src in _alert_sources(monitoring)
-                   for g in yaml.safe_load(src.read_text())["groups"]]
-    got_groups = [g for o in objs if o.get("kind") == "PrometheusRule"
-                  for g in o["spec"]["groups"]]
+    want_groups = [
+        g for src in _alert_sources(monitoring) for g in yaml.safe_load(src.read_text())["groups"]
+    ]
+    got_groups = [g for o in objs if o.get("kind") == "PrometheusRule" for g in o["spec"]["groups"]]
     if not want_groups:
         problems.append("monitoring/alerts/ holds no rule files")
     if got_groups != want_groups:
-        problems.append(f"{overlay}: rendered PrometheusRule groups differ from "
-                        f"monitoring/alerts/ ({[g.get('name') for g in got_groups]} vs "
-                        f"{[g.get('name') for g in want_groups]})")
+        problems.append(
+            f"{overlay}: rendered PrometheusRule groups differ from "
+            f"monitoring/alerts/ ({[g.get('name') for g in got_groups]} vs "
+            f"{[g.get('name') for g in want_groups]})"
+        )
     want = {p.name: p.read_text() for p in _dashboard_sources(monitoring)}
     got: dict[str, str] = {}
     for o in objs:
-        if o.get("kind") == "ConfigMap" and \
-                o["metadata"].get("labels", {}).get("grafana_dashboard") == "1":
+        if (
+            o.get("kind") == "ConfigMap"
+            and o["metadata"].get("labels", {}).get("grafana_dashboard") == "1"
+        ):
             got.update(o.get("data", {}))
     if not want:
         problems.append("monitoring/dashboards/ holds no dashboards")
     for name in sorted(set(want) | set(got)):
         if want.get(name) != got.get(name):
-            problems.append(f"{overlay}: dashboard {name} in the rendered ConfigMaps differs "
-                            f"from monitoring/dashboards/{name}")
+            problems.append(
+                f"{overlay}: dashboard {name} in the rendered ConfigMaps differs "
+                f"from monitoring/dashboards/{name}"
+            )
         elif len(got[name].encode()) > 1_000_000:
             problems.append(f"{overlay}: dashboard {name} exceeds the 1 MB ConfigMap limit")
     return problems

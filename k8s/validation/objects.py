@@ -33,9 +33,9 @@ def image_ref(image: str) -> tuple[str, str]:
 class FerryContainer:
     """A container that runs the ferry image, where it lives, and its parsed serve flags."""
 
-    where: str          # "cpu: Deployment/ferry container ferry"
+    where: str  # "cpu: Deployment/ferry container ferry"
     container: Obj
-    pod_spec: Obj       # volumes, securityContext, terminationGracePeriodSeconds
+    pod_spec: Obj  # volumes, securityContext, terminationGracePeriodSeconds
     pod_labels: dict[str, str]
     kserve: bool
     params: dict[str, Any] | None = None
@@ -71,8 +71,11 @@ def ferry_containers(overlay: str, objs: list[Obj]) -> list[FerryContainer]:
         labels = {} if kserve else obj["spec"]["template"].get("metadata", {}).get("labels", {})
         for c in pod.get("containers", []):
             if image_ref(c.get("image", ""))[0] == "ferry":
-                found.append(FerryContainer(f"{overlay}: {name(obj)} container {c['name']}",
-                                            c, pod, labels, kserve))
+                found.append(
+                    FerryContainer(
+                        f"{overlay}: {name(obj)} container {c['name']}", c, pod, labels, kserve
+                    )
+                )
     return found
 
 

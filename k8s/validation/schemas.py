@@ -18,8 +18,12 @@ def _path(parts: Iterable[Any]) -> str:
 
 def _pod_of(containers: list[Obj], extra: Obj | None = None) -> Obj:
     """A v1 Pod around containers embedded in a CRD, so they validate strictly."""
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "embedded"},
-            "spec": {"containers": containers, **(extra or {})}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "embedded"},
+        "spec": {"containers": containers, **(extra or {})},
+    }
 
 
 def validate_schemas(objs: list[Obj], overlay: str, k8s: Path = K8S) -> list[str]:
@@ -35,8 +39,10 @@ def validate_schemas(objs: list[Obj], overlay: str, k8s: Path = K8S) -> list[str
             try:
                 kv.validate(obj, version, strict=True)
             except kv.ValidationError as error:
-                problems.append(f"{overlay}: {what} invalid for Kubernetes {version} at "
-                                f"{_path(error.path)}: {error.message}")
+                problems.append(
+                    f"{overlay}: {what} invalid for Kubernetes {version} at "
+                    f"{_path(error.path)}: {error.message}"
+                )
                 return
 
     for obj in objs:
@@ -44,22 +50,30 @@ def validate_schemas(objs: list[Obj], overlay: str, k8s: Path = K8S) -> list[str
         if kind in CRD_KINDS:
             schema = json.loads((k8s / "schemas" / f"{kind.lower()}.json").read_text())
             for error in jsonschema.Draft202012Validator(schema).iter_errors(obj):
-                problems.append(f"{overlay}: {name(obj)} does not match "
-                                f"k8s/schemas/{kind.lower()}.json at "
-                                f"{_path(error.absolute_path)}: {error.message}")
+                problems.append(
+                    f"{overlay}: {name(obj)} does not match "
+                    f"k8s/schemas/{kind.lower()}.json at "
+                    f"{_path(error.absolute_path)}: {error.message}"
+                )
             spec = obj.get("spec", {})
             if kind == "ServingRuntime":
-                builtin(_pod_of(spec.get("containers", []), {"volumes": spec.get("volumes", [])}),
-                        f"{name(obj)} containers (as a v1 Pod)")
+                builtin(
+                    _pod_of(spec.get("containers", []), {"volumes": spec.get("volumes", [])}),
+                    f"{name(obj)} containers (as a v1 Pod)",
+                )
             if kind == "InferenceService" and spec.get("predictor", {}).get("containers"):
-                builtin(_pod_of(spec["predictor"]["containers"]),
-                        f"{name(obj)} predictor containers (as a v1 Pod)")
+                builtin(
+                    _pod_of(spec["predictor"]["containers"]),
+                    f"{name(obj)} predictor containers (as a v1 Pod)",
+                )
             continue
         try:
             kv.validate(obj, K8S_VERSIONS[0], strict=True)
         except kv.SchemaNotFoundError:
-            problems.append(f"{overlay}: {name(obj)}: no schema for {obj.get('apiVersion')} "
-                            f"{kind} (neither built in nor in k8s/schemas/)")
+            problems.append(
+                f"{overlay}: {name(obj)}: no schema for {obj.get('apiVersion')} "
+                f"{kind} (neither built in nor in k8s/schemas/)"
+            )
             continue
         except kv.ValidationError:
             pass

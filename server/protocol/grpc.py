@@ -52,7 +52,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     async def ModelReady(self, request: Any, context: Any) -> Any:
         async def work() -> Any:
             return pb.ModelReadyResponse(
-                ready=self.dataplane.model_ready(request.name, request.version))
+                ready=self.dataplane.model_ready(request.name, request.version)
+            )
+
         return await _call(context, work)
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
@@ -62,24 +64,30 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         async def work() -> Any:
             metadata = self.dataplane.model_metadata(request.name, request.version)
             return json_format.ParseDict(metadata, pb.ModelMetadataResponse())
+
         return await _call(context, work)
 
     async def ModelConfig(self, request: Any, context: Any) -> Any:
         async def work() -> Any:
             return pb.ModelConfigResponse(
-                config=self.dataplane.model_config(request.name, request.version))
+                config=self.dataplane.model_config(request.name, request.version)
+            )
+
         return await _call(context, work)
 
     async def ModelStatistics(self, request: Any, context: Any) -> Any:
         async def work() -> Any:
             stats = self.dataplane.statistics(request.name, request.version)
-            return json_format.ParseDict({"model_stats": stats}, pb.ModelStatisticsResponse(),
-                                         ignore_unknown_fields=True)
+            return json_format.ParseDict(
+                {"model_stats": stats}, pb.ModelStatisticsResponse(), ignore_unknown_fields=True
+            )
+
         return await _call(context, work)
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         async def work() -> Any:
             return await self._infer(request)
+
         return await _call(context, work)
 
     async def _infer(self, request: Any) -> Any:
@@ -121,31 +129,36 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:
         rows = self.dataplane.repository_index(request.ready)
-        return pb.RepositoryIndexResponse(models=[
-            pb.RepositoryIndexResponse.ModelIndex(**row) for row in rows])
+        return pb.RepositoryIndexResponse(
+            models=[pb.RepositoryIndexResponse.ModelIndex(**row) for row in rows]
+        )
 
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
         async def work() -> Any:
             if request.repository_name:
-                raise ServingError(ErrorKind.UNSUPPORTED,
-                                   "'repository_name' specification is not supported")
+                raise ServingError(
+                    ErrorKind.UNSUPPORTED, "'repository_name' specification is not supported"
+                )
             config, files = None, {}
             for key, parameter in request.parameters.items():
                 if key == "config":
                     config = grpc_codec.parameter_value(parameter)
                 elif key.startswith("file:"):
-                    files[key[len("file:"):]] = grpc_codec.parameter_value(parameter)
+                    files[key[len("file:") :]] = grpc_codec.parameter_value(parameter)
             await self.dataplane.load_model(request.model_name, config, files or None)
             return pb.RepositoryModelLoadResponse()
+
         return await _call(context, work)
 
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
         async def work() -> Any:
             if request.repository_name:
-                raise ServingError(ErrorKind.UNSUPPORTED,
-                                   "'repository_name' specification is not supported")
+                raise ServingError(
+                    ErrorKind.UNSUPPORTED, "'repository_name' specification is not supported"
+                )
             await self.dataplane.unload_model(request.model_name)
             return pb.RepositoryModelUnloadResponse()
+
         return await _call(context, work)
 
     async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
@@ -154,19 +167,24 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             shared_memory = self.dataplane.shared_memory
             for region in shared_memory.status(request.name) if shared_memory else ():
                 response.regions[region["name"]].CopyFrom(
-                    pb.SystemSharedMemoryStatusResponse.RegionStatus(**region))
+                    pb.SystemSharedMemoryStatusResponse.RegionStatus(**region)
+                )
             return response
+
         return await _call(context, work)
 
     async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
         async def work() -> Any:
             shared_memory = self.dataplane.shared_memory
             if shared_memory is None:
-                raise ServingError(ErrorKind.UNSUPPORTED,
-                                   "client shared memory is not enabled on this server (start "
-                                   "ferry serve with --allow-client-shm)")
+                raise ServingError(
+                    ErrorKind.UNSUPPORTED,
+                    "client shared memory is not enabled on this server (start "
+                    "ferry serve with --allow-client-shm)",
+                )
             shared_memory.register(request.name, request.key, request.offset, request.byte_size)
             return pb.SystemSharedMemoryRegisterResponse()
+
         return await _call(context, work)
 
     async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
@@ -178,8 +196,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         return pb.CudaSharedMemoryStatusResponse()
 
     async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                            "CUDA shared memory is not enabled on this server")
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "CUDA shared memory is not enabled on this server"
+        )
 
     async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
         return pb.CudaSharedMemoryUnregisterResponse()
@@ -192,20 +211,32 @@ class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
         self.dataplane = dataplane
 
     async def Check(self, request: Any, context: Any) -> Any:
-        status = health_pb2.HealthCheckResponse.SERVING if self.dataplane.ready() \
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if self.dataplane.ready()
             else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         return health_pb2.HealthCheckResponse(status=status)
 
 
-def create_grpc_server(dataplane: DataPlane, host: str, port: int,
-                       transport: GrpcTransport = GrpcTransport.FERRY) -> GrpcServer:
+def create_grpc_server(
+    dataplane: DataPlane, host: str, port: int, transport: GrpcTransport = GrpcTransport.FERRY
+) -> GrpcServer:
     """Both services on the chosen transport, bound to host:port once started."""
     if transport == GrpcTransport.GRPCIO:
         return cast(GrpcServer, create_grpcio_server(dataplane, f"{host}:{port}"))
-    routes = routes_for(InferenceServicer(dataplane), pb.DESCRIPTOR.services_by_name[
-        "GRPCInferenceService"], service_pb2_grpc.GRPCInferenceServiceServicer)
-    routes.update(routes_for(HealthServicer(dataplane), health_pb2.DESCRIPTOR.services_by_name[
-        "Health"], health_pb2_grpc.HealthServicer))
+    routes = routes_for(
+        InferenceServicer(dataplane),
+        pb.DESCRIPTOR.services_by_name["GRPCInferenceService"],
+        service_pb2_grpc.GRPCInferenceServiceServicer,
+    )
+    routes.update(
+        routes_for(
+            HealthServicer(dataplane),
+            health_pb2.DESCRIPTOR.services_by_name["Health"],
+            health_pb2_grpc.HealthServicer,
+        )
+    )
     return GrpcWireServer(routes, host, port, MAX_MESSAGE_BYTES)
 
 
@@ -219,12 +250,15 @@ class GrpcServer(Protocol):
 
 def create_grpcio_server(dataplane: DataPlane, address: str) -> grpc.aio.Server:
     """A grpc.aio server with both services and 2 GiB-1 message limits, bound to `address`."""
-    options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-               ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-               ("grpc.so_reuseport", 0)]
+    options = [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.so_reuseport", 0),
+    ]
     server = grpc.aio.server(options=options)
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane),
-                                                                server)
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+        InferenceServicer(dataplane), server
+    )
     health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(dataplane), server)
     if server.add_insecure_port(address) == 0:
         raise OSError(f"cannot bind the gRPC port {address}")

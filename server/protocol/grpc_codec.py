@@ -28,10 +28,18 @@ from server.types import InferenceRequest, InferenceResponse, RequestedOutput, d
 # Triton accepts only these `triton_` keys on gRPC requests (TRITON_RESERVED_REQUEST_PARAMS).
 ALLOWED_TRITON_PARAMETERS = frozenset({"triton_enable_empty_final_response"})
 _CONTENTS_FIELD_BY_DATATYPE = {
-    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
-    "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
-    "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
-    "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
 }
 
 
@@ -48,9 +56,9 @@ def _non_negative(parameter: Any, name: str) -> int:
     return value
 
 
-def decode_request(message: pb.ModelInferRequest,
-                   shared_memory: SharedMemoryManager | None = None
-                   ) -> tuple[InferenceRequest, dict[str, SharedMemoryReference]]:
+def decode_request(
+    message: pb.ModelInferRequest, shared_memory: SharedMemoryManager | None = None
+) -> tuple[InferenceRequest, dict[str, SharedMemoryReference]]:
     """ModelInferRequest -> InferenceRequest, and the outputs to write into client shared memory
     (`shared_memory` None: the extension is off)."""
     parameters: dict[str, Any] = {}
@@ -58,14 +66,19 @@ def decode_request(message: pb.ModelInferRequest,
     # iterating an empty protobuf map still goes through collections.abc (~2 % of a request)
     for key, parameter in message.parameters.items() if message.parameters else ():
         if key.startswith("triton_") and key not in ALLOWED_TRITON_PARAMETERS:
-            raise invalid(f"parameter keys starting with 'triton_' are reserved for Triton usage "
-                          f"and should not be specified: '{key}'")
+            raise invalid(
+                f"parameter keys starting with 'triton_' are reserved for Triton usage "
+                f"and should not be specified: '{key}'"
+            )
         if key == "priority":
             priority = _non_negative(parameter, key)
         elif key == "timeout":
             timeout_us = _non_negative(parameter, key)
-        elif not key.startswith("triton_") and key not in ("sequence_id", "sequence_start",
-                                                           "sequence_end"):
+        elif not key.startswith("triton_") and key not in (
+            "sequence_id",
+            "sequence_start",
+            "sequence_end",
+        ):
             parameters[key] = parameter_value(parameter)
     inputs = _decode_inputs(message, shared_memory)
     requested = None
@@ -74,23 +87,37 @@ def decode_request(message: pb.ModelInferRequest,
         outputs = []
         for output in message.outputs:
             params = output.parameters
-            classification = _non_negative(params["classification"], "classification") \
-                if "classification" in params else 0
+            classification = (
+                _non_negative(params["classification"], "classification")
+                if "classification" in params
+                else 0
+            )
             if "shared_memory_region" in params:
                 in_shared_memory[output.name] = output_destination(
-                    shared_memory, output.name, *_reference_parameters(params),
-                    classification="classification" in params)
+                    shared_memory,
+                    output.name,
+                    *_reference_parameters(params),
+                    classification="classification" in params,
+                )
             outputs.append(RequestedOutput(output.name, None, classification))
         requested = tuple(outputs)
     request = InferenceRequest(
-        model_name=message.model_name, model_version=message.model_version,
-        inputs=inputs, id=message.id, requested_outputs=requested, parameters=parameters,
-        priority=priority, timeout_us=timeout_us, protocol="grpc")
+        model_name=message.model_name,
+        model_version=message.model_version,
+        inputs=inputs,
+        id=message.id,
+        requested_outputs=requested,
+        parameters=parameters,
+        priority=priority,
+        timeout_us=timeout_us,
+        protocol="grpc",
+    )
     return request, in_shared_memory
 
 
-def _decode_inputs(message: pb.ModelInferRequest,
-                   shared_memory: SharedMemoryManager | None) -> dict[str, np.ndarray]:
+def _decode_inputs(
+    message: pb.ModelInferRequest, shared_memory: SharedMemoryManager | None
+) -> dict[str, np.ndarray]:
     """raw_input_contents entries are consumed in order by the inputs not in shared memory."""
     raw = message.raw_input_contents
     raw_index = 0
@@ -105,15 +132,17 @@ def _decode_inputs(message: pb.ModelInferRequest,
         if "shared_memory_region" in tensor.parameters:
             manager = require_enabled(shared_memory)
             if has_contents:
-                raise invalid(f"unexpected 'content' provided when using shared memory for "
-                              f"input tensor '{name}' for model '{message.model_name}'")
-            data = manager.read(shared_memory_reference(
-                name, *_reference_parameters(tensor.parameters)))
+                raise invalid(
+                    f"unexpected 'content' provided when using shared memory for "
+                    f"input tensor '{name}' for model '{message.model_name}'"
+                )
+            data = manager.read(
+                shared_memory_reference(name, *_reference_parameters(tensor.parameters))
+            )
             inputs[name] = array_from_bytes(name, data, datatype, shape)
         elif raw:
             if has_contents:
-                raise invalid("contents field must not be specified when using "
-                              "raw_input_contents")
+                raise invalid("contents field must not be specified when using raw_input_contents")
             if raw_index >= len(raw):
                 raise _raw_count_error(message, len(raw))
             inputs[name] = array_from_bytes(name, raw[raw_index], datatype, shape)
@@ -129,21 +158,27 @@ def _decode_inputs(message: pb.ModelInferRequest,
 
 def _raw_count_error(message: pb.ModelInferRequest, count: int) -> ServingError:
     expected = sum("shared_memory_region" not in t.parameters for t in message.inputs)
-    return invalid(f"expected {expected} raw_input_contents entries (one per input not in shared "
-                   f"memory), got {count}")
+    return invalid(
+        f"expected {expected} raw_input_contents entries (one per input not in shared "
+        f"memory), got {count}"
+    )
 
 
 def _reference_parameters(params: Any) -> tuple[Any, Any, Any]:
     """A tensor's `shared_memory_*` region, byte size and offset (tritonclient sends int64
     sizes); validated by `shared_memory_reference`."""
+
     def value(key: str, default: Any) -> Any:
         return parameter_value(params[key]) if key in params else default
-    return (value("shared_memory_region", None), value("shared_memory_byte_size", None),
-            value("shared_memory_offset", 0))
+
+    return (
+        value("shared_memory_region", None),
+        value("shared_memory_byte_size", None),
+        value("shared_memory_offset", 0),
+    )
 
 
-def _from_contents(name: str, contents: Any, datatype: str,
-                   shape: tuple[int, ...]) -> np.ndarray:
+def _from_contents(name: str, contents: Any, datatype: str, shape: tuple[int, ...]) -> np.ndarray:
     field = _CONTENTS_FIELD_BY_DATATYPE.get(datatype)
     if field is None:
         raise invalid(f"input '{name}': {datatype} data must be sent in raw_input_contents")
@@ -157,13 +192,16 @@ def _from_contents(name: str, contents: Any, datatype: str,
     return array_from_json(name, values, datatype, shape)
 
 
-def encode_response(response: InferenceResponse,
-                    in_shared_memory: Mapping[str, SharedMemoryReference] | None = None,
-                    shared_memory: SharedMemoryManager | None = None) -> pb.ModelInferResponse:
+def encode_response(
+    response: InferenceResponse,
+    in_shared_memory: Mapping[str, SharedMemoryReference] | None = None,
+    shared_memory: SharedMemoryManager | None = None,
+) -> pb.ModelInferResponse:
     """Every output's data goes to raw_output_contents, index-aligned with `outputs`; an output
     written into client shared memory gets an empty entry and its shared memory parameters."""
-    message = pb.ModelInferResponse(model_name=response.model_name,
-                                    model_version=response.model_version, id=response.id)
+    message = pb.ModelInferResponse(
+        model_name=response.model_name, model_version=response.model_version, id=response.id
+    )
     for name, array in response.outputs.items():
         output = message.outputs.add()
         output.name = name

@@ -29,10 +29,12 @@ def json_response(content: Any, status_code: int = 200) -> Response:
     return Response(orjson.dumps(content), status_code=status_code, media_type=JSON)
 
 
-def error_response(status_code: int, message: str, headers: dict[str, str] | None = None
-                   ) -> Response:
-    return Response(orjson.dumps({"error": message}), status_code=status_code, media_type=JSON,
-                    headers=headers)
+def error_response(
+    status_code: int, message: str, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(
+        orjson.dumps({"error": message}), status_code=status_code, media_type=JSON, headers=headers
+    )
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -55,22 +57,28 @@ async def optional_json(request: Request, limit: int) -> dict[str, Any]:
     return value
 
 
-def create_http_app(dataplane: DataPlane, max_request_bytes: int,
-                    drift_detail: DriftDetail | None = None) -> InferFastPath:
+def create_http_app(
+    dataplane: DataPlane, max_request_bytes: int, drift_detail: DriftDetail | None = None
+) -> InferFastPath:
     """The HTTP application: every route Triton serves for ferry's extensions."""
-    return InferFastPath(create_fastapi_app(dataplane, max_request_bytes, drift_detail),
-                         dataplane, max_request_bytes)
+    return InferFastPath(
+        create_fastapi_app(dataplane, max_request_bytes, drift_detail), dataplane, max_request_bytes
+    )
 
 
-def create_fastapi_app(dataplane: DataPlane, max_request_bytes: int,
-                       drift_detail: DriftDetail | None = None) -> FastAPI:
+def create_fastapi_app(
+    dataplane: DataPlane, max_request_bytes: int, drift_detail: DriftDetail | None = None
+) -> FastAPI:
     """Every route but the hot infer path (which the FastAPI app serves too, more slowly)."""
     app = FastAPI(title="ferry", docs_url=None, redoc_url=None, openapi_url=None)
 
     async def on_serving_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, ServingError)
-        headers = {"Accept-Encoding": "gzip, deflate"} if exc.kind == ErrorKind.UNSUPPORTED \
-            and "Content-Encoding" in exc.message else None
+        headers = (
+            {"Accept-Encoding": "gzip, deflate"}
+            if exc.kind == ErrorKind.UNSUPPORTED and "Content-Encoding" in exc.message
+            else None
+        )
         return error_response(HTTP_STATUS_BY_KIND[exc.kind], exc.message, headers)
 
     async def on_http_error(_: Request, exc: Exception) -> Response:
@@ -80,19 +88,23 @@ def create_fastapi_app(dataplane: DataPlane, max_request_bytes: int,
     app.add_exception_handler(ServingError, on_serving_error)
     app.add_exception_handler(HTTPException, on_http_error)
 
-    def route(path: str, methods: list[str]) -> Callable[[Callable[[Request], Awaitable[Response]]],
-                                                        Any]:
+    def route(
+        path: str, methods: list[str]
+    ) -> Callable[[Callable[[Request], Awaitable[Response]]], Any]:
         def register(endpoint: Callable[[Request], Awaitable[Response]]) -> Any:
             app.router.add_route(path, endpoint, methods=methods, include_in_schema=False)
             return endpoint
+
         return register
 
     def model_route(suffix: str, methods: list[str]) -> Callable[..., Any]:
         def register(endpoint: Callable[[Request], Awaitable[Response]]) -> Any:
             for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version:int}"):
-                app.router.add_route(prefix + suffix, endpoint, methods=methods,
-                                     include_in_schema=False)
+                app.router.add_route(
+                    prefix + suffix, endpoint, methods=methods, include_in_schema=False
+                )
             return endpoint
+
         return register
 
     def model_and_version(request: Request) -> tuple[str, str]:
@@ -102,10 +114,14 @@ def create_fastapi_app(dataplane: DataPlane, max_request_bytes: int,
     @model_route("/infer", ["POST"])
     async def infer(request: Request) -> Response:
         """Reached only without the InferFastPath in front (which serves POST .../infer)."""
-        body = decode_body(await read_body(request, max_request_bytes),
-                           request.headers.get("content-encoding"), max_request_bytes)
-        payload, headers = await handle_infer(dataplane, *model_and_version(request),
-                                              request.headers, body)
+        body = decode_body(
+            await read_body(request, max_request_bytes),
+            request.headers.get("content-encoding"),
+            max_request_bytes,
+        )
+        payload, headers = await handle_infer(
+            dataplane, *model_and_version(request), request.headers, body
+        )
         return Response(payload, headers={k.decode(): v.decode() for k, v in headers})
 
     @route("/v2/health/live", ["GET"])
@@ -148,8 +164,10 @@ def create_fastapi_app(dataplane: DataPlane, max_request_bytes: int,
         dataplane.repository.get(name, version)  # 404/503 for unknown or unready models
         detail = drift_detail(name, version or None) if drift_detail else None
         if detail is None:
-            raise ServingError(ErrorKind.NOT_FOUND, f"model '{name}' has no drift reference "
-                                                    "(or drift monitoring is off)")
+            raise ServingError(
+                ErrorKind.NOT_FOUND,
+                f"model '{name}' has no drift reference (or drift monitoring is off)",
+            )
         return json_response(detail)
 
     @route("/v2/repository/index", ["POST"])
@@ -173,8 +191,9 @@ def create_fastapi_app(dataplane: DataPlane, max_request_bytes: int,
 
     @route("/v2/repository/{repository}/models/{model:path}/{action}", ["POST"])
     async def named_repository(_: Request) -> Response:
-        raise ServingError(ErrorKind.UNSUPPORTED,
-                           "'repository_name' specification is not supported")
+        raise ServingError(
+            ErrorKind.UNSUPPORTED, "'repository_name' specification is not supported"
+        )
 
     shared_memory = dataplane.shared_memory
 
@@ -186,8 +205,9 @@ def create_fastapi_app(dataplane: DataPlane, max_request_bytes: int,
     async def system_shm_register(request: Request) -> Response:
         if shared_memory is None:
             return _shm_not_enabled()
-        key, offset, byte_size = _register_parameters(await optional_json(request,
-                                                                          max_request_bytes))
+        key, offset, byte_size = _register_parameters(
+            await optional_json(request, max_request_bytes)
+        )
         shared_memory.register(request.path_params.get("region", ""), key, offset, byte_size)
         return Response(status_code=200)
 
@@ -196,25 +216,31 @@ def create_fastapi_app(dataplane: DataPlane, max_request_bytes: int,
             shared_memory.unregister(request.path_params.get("region", ""))
         return Response(status_code=200)
 
-    shm_handlers = {"systemsharedmemory": (system_shm_status, system_shm_register,
-                                           system_shm_unregister),
-                    "cudasharedmemory": (_cuda_shm_status, _cuda_shm_register,
-                                         _cuda_shm_unregister)}
+    shm_handlers = {
+        "systemsharedmemory": (system_shm_status, system_shm_register, system_shm_unregister),
+        "cudasharedmemory": (_cuda_shm_status, _cuda_shm_register, _cuda_shm_unregister),
+    }
     for kind, (status, register, unregister) in shm_handlers.items():
         for prefix in (f"/v2/{kind}", f"/v2/{kind}/region/{{region}}"):
-            app.router.add_route(prefix + "/status", status, methods=["GET"],
-                                 include_in_schema=False)
-            app.router.add_route(prefix + "/register", register, methods=["POST"],
-                                 include_in_schema=False)
-            app.router.add_route(prefix + "/unregister", unregister, methods=["POST"],
-                                 include_in_schema=False)
+            app.router.add_route(
+                prefix + "/status", status, methods=["GET"], include_in_schema=False
+            )
+            app.router.add_route(
+                prefix + "/register", register, methods=["POST"], include_in_schema=False
+            )
+            app.router.add_route(
+                prefix + "/unregister", unregister, methods=["POST"], include_in_schema=False
+            )
     return app
 
 
 def _shm_not_enabled() -> Response:
-    return error_response(501, "client shared memory is not enabled on this server (start "
-                               "ferry serve with --allow-client-shm); send tensors in the "
-                               "request body (binary tensor data extension)")
+    return error_response(
+        501,
+        "client shared memory is not enabled on this server (start "
+        "ferry serve with --allow-client-shm); send tensors in the "
+        "request body (binary tensor data extension)",
+    )
 
 
 def _register_parameters(body: dict[str, Any]) -> tuple[str, int, int]:
@@ -228,8 +254,9 @@ def _register_parameters(body: dict[str, Any]) -> tuple[str, int, int]:
         raise invalid("Shared memory register request: 'key' must be a string")
     for label, value in (("offset", offset), ("byte_size", byte_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise invalid(f"Shared memory register request: '{label}' must be a non-negative "
-                          "integer")
+            raise invalid(
+                f"Shared memory register request: '{label}' must be a non-negative integer"
+            )
     return key, offset, byte_size
 
 
@@ -238,8 +265,11 @@ async def _cuda_shm_status(_: Request) -> Response:
 
 
 async def _cuda_shm_register(_: Request) -> Response:
-    return error_response(501, "CUDA shared memory is not enabled on this server; send "
-                               "tensors in the request body (binary tensor data extension)")
+    return error_response(
+        501,
+        "CUDA shared memory is not enabled on this server; send "
+        "tensors in the request body (binary tensor data extension)",
+    )
 
 
 async def _cuda_shm_unregister(_: Request) -> Response:
@@ -257,7 +287,7 @@ def _load_parameters(body: dict[str, Any]) -> tuple[str | None, dict[str, bytes]
     for key, value in parameters.items():
         if key.startswith("file:"):
             try:
-                files[key[len("file:"):]] = base64.b64decode(value, validate=True)
+                files[key[len("file:") :]] = base64.b64decode(value, validate=True)
             except (ValueError, TypeError) as exc:
                 raise invalid(f"load parameter '{key}' is not valid base64") from exc
     return config, files or None

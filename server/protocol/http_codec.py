@@ -28,8 +28,17 @@ from server.shared_memory import (
 )
 from server.types import InferenceRequest, InferenceResponse, RequestedOutput, datatype_of
 
-RESERVED_PARAMETERS = frozenset({"sequence_id", "sequence_start", "sequence_end", "priority",
-                                 "timeout", "headers", "binary_data_output"})
+RESERVED_PARAMETERS = frozenset(
+    {
+        "sequence_id",
+        "sequence_start",
+        "sequence_end",
+        "priority",
+        "timeout",
+        "headers",
+        "binary_data_output",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,14 +60,17 @@ def parse_header_length(value: str | None, body_length: int) -> int | None:
     except ValueError:
         raise invalid(f"invalid Inference-Header-Content-Length '{value}'") from None
     if length < 0 or length > body_length:
-        raise invalid(f"inference header size should be in range (0, {body_length}), got: "
-                      f"{length}")
+        raise invalid(f"inference header size should be in range (0, {body_length}), got: {length}")
     return length
 
 
-def decode_request(body: bytes, header_length: int | None, model_name: str,
-                   model_version: str, shared_memory: SharedMemoryManager | None = None
-                   ) -> tuple[InferenceRequest, OutputEncoding]:
+def decode_request(
+    body: bytes,
+    header_length: int | None,
+    model_name: str,
+    model_version: str,
+    shared_memory: SharedMemoryManager | None = None,
+) -> tuple[InferenceRequest, OutputEncoding]:
     """Decode an infer body into an InferenceRequest and the requested output encoding; tensors
     in client shared memory need `shared_memory` (None: the extension is off)."""
     json_end = len(body) if header_length is None else header_length
@@ -73,21 +85,33 @@ def decode_request(body: bytes, header_length: int | None, model_name: str,
         raise invalid("request 'parameters' must be an object")
     for key in parameters:
         if key.startswith("triton_"):
-            raise invalid(f"parameter keys starting with 'triton_' are reserved for Triton usage "
-                          f"and should not be specified: '{key}'")
+            raise invalid(
+                f"parameter keys starting with 'triton_' are reserved for Triton usage "
+                f"and should not be specified: '{key}'"
+            )
     inputs = _decode_inputs(header.get("inputs"), body, json_end, shared_memory)
-    requested, binary_by_output, in_shared_memory = _decode_outputs(header.get("outputs"),
-                                                                    shared_memory)
+    requested, binary_by_output, in_shared_memory = _decode_outputs(
+        header.get("outputs"), shared_memory
+    )
     priority = _unsigned(parameters.get("priority", 0), "priority")
     timeout_us = _unsigned(parameters.get("timeout", 0), "timeout")
-    custom = {k: v for k, v in parameters.items() if k not in RESERVED_PARAMETERS
-              and isinstance(v, (str, int, float, bool))}
+    custom = {
+        k: v
+        for k, v in parameters.items()
+        if k not in RESERVED_PARAMETERS and isinstance(v, (str, int, float, bool))
+    }
     request_id = header.get("id", "")
     request = InferenceRequest(
-        model_name=model_name, model_version=model_version, inputs=inputs,
+        model_name=model_name,
+        model_version=model_version,
+        inputs=inputs,
         id=request_id if isinstance(request_id, str) else str(request_id),
-        requested_outputs=requested, parameters=custom, priority=priority,
-        timeout_us=timeout_us, protocol="http")
+        requested_outputs=requested,
+        parameters=custom,
+        priority=priority,
+        timeout_us=timeout_us,
+        protocol="http",
+    )
     binary_default = parameters.get("binary_data_output", False) is True
     return request, OutputEncoding(binary_default, binary_by_output, in_shared_memory)
 
@@ -98,8 +122,9 @@ def _unsigned(value: Any, name: str) -> int:
     return value
 
 
-def _decode_inputs(specs: Any, body: bytes, binary_start: int,
-                   shared_memory: SharedMemoryManager | None) -> dict[str, np.ndarray]:
+def _decode_inputs(
+    specs: Any, body: bytes, binary_start: int, shared_memory: SharedMemoryManager | None
+) -> dict[str, np.ndarray]:
     if not isinstance(specs, list) or not specs:
         raise invalid("the request must list its 'inputs'")
     inputs: dict[str, np.ndarray] = {}
@@ -115,17 +140,23 @@ def _decode_inputs(specs: Any, body: bytes, binary_start: int,
         params = spec.get("parameters") or {}
         if not isinstance(params, dict):
             raise invalid(f"input '{name}': 'parameters' must be an object")
-        sources = ("data" in spec) + ("binary_data_size" in params) + \
-            ("shared_memory_region" in params)
+        sources = (
+            ("data" in spec) + ("binary_data_size" in params) + ("shared_memory_region" in params)
+        )
         if sources != 1:
-            raise invalid(f"Input '{name}' must set only one of the following fields: 'data', "
-                          "'binary_data_size' in 'parameters', 'shared_memory_region' in "
-                          "'parameters'")
+            raise invalid(
+                f"Input '{name}' must set only one of the following fields: 'data', "
+                "'binary_data_size' in 'parameters', 'shared_memory_region' in "
+                "'parameters'"
+            )
         if "shared_memory_region" in params:
             manager = require_enabled(shared_memory)
             reference = shared_memory_reference(
-                name, params["shared_memory_region"], params.get("shared_memory_byte_size"),
-                params.get("shared_memory_offset", 0))
+                name,
+                params["shared_memory_region"],
+                params.get("shared_memory_byte_size"),
+                params.get("shared_memory_offset", 0),
+            )
             inputs[name] = array_from_bytes(name, manager.read(reference), datatype, shape)
             continue
         if "data" in spec:
@@ -133,19 +164,25 @@ def _decode_inputs(specs: Any, body: bytes, binary_start: int,
             continue
         size = _unsigned(params["binary_data_size"], "binary_data_size")
         if offset + size > len(body):
-            raise invalid(f"unexpected size for input '{name}', expecting {size} additional bytes "
-                          f"but only {len(body) - offset} remain in the request body")
+            raise invalid(
+                f"unexpected size for input '{name}', expecting {size} additional bytes "
+                f"but only {len(body) - offset} remain in the request body"
+            )
         inputs[name] = array_from_bytes(name, body, datatype, shape, offset, size)
         offset += size
     if offset != len(body):
-        raise invalid(f"unexpected additional input data: {len(body) - offset} bytes after the "
-                      "last binary input")
+        raise invalid(
+            f"unexpected additional input data: {len(body) - offset} bytes after the "
+            "last binary input"
+        )
     return inputs
 
 
-def _decode_outputs(specs: Any, shared_memory: SharedMemoryManager | None
-                    ) -> tuple[tuple[RequestedOutput, ...] | None, dict[str, bool | None],
-                               dict[str, SharedMemoryReference]]:
+def _decode_outputs(
+    specs: Any, shared_memory: SharedMemoryManager | None
+) -> tuple[
+    tuple[RequestedOutput, ...] | None, dict[str, bool | None], dict[str, SharedMemoryReference]
+]:
     if specs is None:
         return None, {}, {}
     if not isinstance(specs, list):
@@ -163,18 +200,25 @@ def _decode_outputs(specs: Any, shared_memory: SharedMemoryManager | None
             raise invalid(f"output '{name}': 'binary_data' must be a boolean")
         if "shared_memory_region" in params:
             in_shared_memory[name] = output_destination(
-                shared_memory, name, params["shared_memory_region"],
-                params.get("shared_memory_byte_size"), params.get("shared_memory_offset", 0),
-                classification="classification" in params, binary_data=bool(flag))
+                shared_memory,
+                name,
+                params["shared_memory_region"],
+                params.get("shared_memory_byte_size"),
+                params.get("shared_memory_offset", 0),
+                classification="classification" in params,
+                binary_data=bool(flag),
+            )
         classification = _unsigned(params.get("classification", 0), "classification")
         requested.append(RequestedOutput(name, flag, classification))
         binary[name] = flag
     return tuple(requested), binary, in_shared_memory
 
 
-def encode_response(response: InferenceResponse, encoding: OutputEncoding,
-                    shared_memory: SharedMemoryManager | None = None
-                    ) -> tuple[bytes, int | None]:
+def encode_response(
+    response: InferenceResponse,
+    encoding: OutputEncoding,
+    shared_memory: SharedMemoryManager | None = None,
+) -> tuple[bytes, int | None]:
     """Response body and, when any output is binary, the JSON header's length. Outputs in
     client shared memory are written there and carry no data."""
     outputs, blobs = [], []
@@ -191,8 +235,10 @@ def encode_response(response: InferenceResponse, encoding: OutputEncoding,
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         elif datatype in ("FP16", "BF16"):
-            raise invalid(f"sending {datatype} data via JSON is not supported. Please use the "
-                          "binary data format for output")
+            raise invalid(
+                f"sending {datatype} data via JSON is not supported. Please use the "
+                "binary data format for output"
+            )
         else:
             entry["data"] = array_to_json(array)
         outputs.append(entry)
@@ -208,13 +254,19 @@ def encode_response(response: InferenceResponse, encoding: OutputEncoding,
     return b"".join([json_part, *blobs]), len(json_part)
 
 
-def _write_to_shared_memory(shared_memory: SharedMemoryManager, reference: SharedMemoryReference,
-                           name: str, array: np.ndarray) -> dict[str, Any]:
+def _write_to_shared_memory(
+    shared_memory: SharedMemoryManager,
+    reference: SharedMemoryReference,
+    name: str,
+    array: np.ndarray,
+) -> dict[str, Any]:
     """Write an output's wire bytes into its region; the parameters that describe where."""
     blob = array_to_bytes(array)
     shared_memory.write(reference, name, blob)
-    parameters: dict[str, Any] = {"shared_memory_region": reference.region,
-                                  "shared_memory_byte_size": len(blob)}
+    parameters: dict[str, Any] = {
+        "shared_memory_region": reference.region,
+        "shared_memory_byte_size": len(blob),
+    }
     if reference.offset:
         parameters["shared_memory_offset"] = reference.offset
     return parameters

@@ -43,17 +43,17 @@ class ClientDisconnected(Exception):
     """The client went away before its request body arrived."""
 
 
-async def handle_infer(dataplane: DataPlane, name: str, version: str,
-                       headers: Mapping[str, str], body: bytes
-                       ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+async def handle_infer(
+    dataplane: DataPlane, name: str, version: str, headers: Mapping[str, str], body: bytes
+) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     """Decode, infer, encode: the response body and its headers (status 200)."""
-    header_length = parse_header_length(headers.get("inference-header-content-length"),
-                                        len(body))
+    header_length = parse_header_length(headers.get("inference-header-content-length"), len(body))
     if header_length == 0:
         inference_request, encoding = _raw_binary_request(dataplane, name, version, body)
     else:
-        inference_request, encoding = decode_request(body, header_length, name, version,
-                                                     dataplane.shared_memory)
+        inference_request, encoding = decode_request(
+            body, header_length, name, version, dataplane.shared_memory
+        )
     response = await dataplane.infer(inference_request)
     payload, json_length = encode_response(response, encoding, dataplane.shared_memory)
     response_headers = [(b"content-type", JSON_TYPE if json_length is None else BINARY_TYPE)]
@@ -66,16 +66,21 @@ async def handle_infer(dataplane: DataPlane, name: str, version: str,
     return payload, response_headers
 
 
-def _raw_binary_request(dataplane: DataPlane, name: str, version: str,
-                        body: bytes) -> tuple[InferenceRequest, OutputEncoding]:
+def _raw_binary_request(
+    dataplane: DataPlane, name: str, version: str, body: bytes
+) -> tuple[InferenceRequest, OutputEncoding]:
     """Inference-Header-Content-Length: 0 — the body is the only input's data, batch 1."""
     model = dataplane.repository.get(name, version)
     if len(model.inputs) != 1:
-        raise invalid(f"raw binary request needs a model with exactly one input; '{name}' has "
-                      f"{len(model.inputs)}")
+        raise invalid(
+            f"raw binary request needs a model with exactly one input; '{name}' has "
+            f"{len(model.inputs)}"
+        )
     spec = next(iter(model.inputs.values()))
-    shape = tuple(1 if d == -1 and i == 0 and model.max_batch_size > 0 else d
-                  for i, d in enumerate(spec.shape))
+    shape = tuple(
+        1 if d == -1 and i == 0 and model.max_batch_size > 0 else d
+        for i, d in enumerate(spec.shape)
+    )
     if any(d == -1 for d in shape):
         raise invalid(f"raw binary request needs fixed dims for input '{spec.name}'")
     array = array_from_bytes(spec.name, body, spec.datatype, shape)
@@ -89,16 +94,20 @@ def decode_body(body: bytes, content_encoding: str | None, limit: int) -> bytes:
         return body
     if encoding in ("gzip", "deflate"):
         return decompress(body, encoding, limit)
-    raise ServingError(ErrorKind.UNSUPPORTED, f"unsupported Content-Encoding '{encoding}'; "
-                                              "supported: gzip, deflate")
+    raise ServingError(
+        ErrorKind.UNSUPPORTED,
+        f"unsupported Content-Encoding '{encoding}'; supported: gzip, deflate",
+    )
 
 
 async def read_raw_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
     """The raw request body from ASGI `receive`, refused past `limit` bytes."""
     declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise invalid(f"request body of {declared} bytes exceeds the maximum of {limit} bytes "
-                      "(--http-max-request-bytes)")
+        raise invalid(
+            f"request body of {declared} bytes exceeds the maximum of {limit} bytes "
+            "(--http-max-request-bytes)"
+        )
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -108,8 +117,9 @@ async def read_raw_body(receive: Receive, headers: Mapping[str, str], limit: int
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise invalid(f"request body exceeds the maximum of {limit} bytes "
-                          "(--http-max-request-bytes)")
+            raise invalid(
+                f"request body exceeds the maximum of {limit} bytes (--http-max-request-bytes)"
+            )
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -131,15 +141,22 @@ class InferFastPath:
                 return
         await self.fallback(scope, receive, send)
 
-    async def _infer(self, scope: Scope, receive: Receive, send: Send, name: str,
-                     version: str) -> None:
-        headers = {key.decode("latin-1").lower(): value.decode("latin-1")
-                   for key, value in scope["headers"]}
+    async def _infer(
+        self, scope: Scope, receive: Receive, send: Send, name: str, version: str
+    ) -> None:
+        headers = {
+            key.decode("latin-1").lower(): value.decode("latin-1")
+            for key, value in scope["headers"]
+        }
         try:
-            body = decode_body(await read_raw_body(receive, headers, self.limit),
-                               headers.get("content-encoding"), self.limit)
-            payload, response_headers = await handle_infer(self.dataplane, name, version,
-                                                           headers, body)
+            body = decode_body(
+                await read_raw_body(receive, headers, self.limit),
+                headers.get("content-encoding"),
+                self.limit,
+            )
+            payload, response_headers = await handle_infer(
+                self.dataplane, name, version, headers, body
+            )
             status = 200
         except ClientDisconnected:
             return
@@ -155,6 +172,5 @@ class InferFastPath:
             payload = orjson.dumps({"error": f"internal error: {exc}"})
             response_headers = [(b"content-type", JSON_TYPE)]
         response_headers.append((b"content-length", b"%d" % len(payload)))
-        await send({"type": "http.response.start", "status": status,
-                    "headers": response_headers})
+        await send({"type": "http.response.start", "status": status, "headers": response_headers})
         await send({"type": "http.response.body", "body": payload})

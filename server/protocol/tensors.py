@@ -25,8 +25,10 @@ def check_shape(name: str, shape: Any) -> tuple[int, ...]:
     dims = []
     for dim in shape:
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
-            raise invalid(f"input '{name}': invalid shape {list(shape)}: dimensions must be "
-                          "non-negative integers")
+            raise invalid(
+                f"input '{name}': invalid shape {list(shape)}: dimensions must be "
+                "non-negative integers"
+            )
         dims.append(dim)
     return tuple(dims)
 
@@ -44,24 +46,32 @@ def element_count(shape: Sequence[int]) -> int:
     return math.prod(shape)
 
 
-def array_from_bytes(name: str, buffer: bytes | memoryview, datatype: str,
-                     shape: tuple[int, ...], offset: int = 0, size: int | None = None
-                     ) -> np.ndarray:
+def array_from_bytes(
+    name: str,
+    buffer: bytes | memoryview,
+    datatype: str,
+    shape: tuple[int, ...],
+    offset: int = 0,
+    size: int | None = None,
+) -> np.ndarray:
     """Decode one tensor from `buffer[offset:offset+size]`."""
     size = len(buffer) - offset if size is None else size
     count = element_count(shape)
     if datatype == "BYTES":
-        return _deserialize_bytes(name, memoryview(buffer)[offset:offset + size], count, shape)
+        return _deserialize_bytes(name, memoryview(buffer)[offset : offset + size], count, shape)
     expected = count * ELEMENT_SIZE_BY_DATATYPE[datatype]
     if size != expected:
-        raise invalid(f"input '{name}': unexpected size {size} bytes for shape {list(shape)} and "
-                      f"datatype {datatype}, expecting {expected} bytes")
+        raise invalid(
+            f"input '{name}': unexpected size {size} bytes for shape {list(shape)} and "
+            f"datatype {datatype}, expecting {expected} bytes"
+        )
     dtype = NUMPY_DTYPE_BY_DATATYPE[datatype].newbyteorder("<")
     return np.frombuffer(buffer, dtype=dtype, count=count, offset=offset).reshape(shape)
 
 
-def _deserialize_bytes(name: str, view: memoryview, count: int,
-                       shape: tuple[int, ...]) -> np.ndarray:
+def _deserialize_bytes(
+    name: str, view: memoryview, count: int, shape: tuple[int, ...]
+) -> np.ndarray:
     items: list[bytes] = []
     position, end = 0, len(view)
     while position < end:
@@ -71,13 +81,15 @@ def _deserialize_bytes(name: str, view: memoryview, count: int,
         position += 4
         if position + length > end:
             raise invalid(f"input '{name}': BYTES element of {length} bytes runs past the data")
-        items.append(bytes(view[position:position + length]))
+        items.append(bytes(view[position : position + length]))
         position += length
         if len(items) > count:
             break
     if len(items) != count:
-        raise invalid(f"input '{name}': expected {count} BYTES elements for shape {list(shape)}, "
-                      f"got {len(items)}")
+        raise invalid(
+            f"input '{name}': expected {count} BYTES elements for shape {list(shape)}, "
+            f"got {len(items)}"
+        )
     array = np.empty(count, dtype=np.object_)
     array[:] = items
     return array.reshape(shape)
@@ -106,15 +118,17 @@ def array_from_json(name: str, data: Any, datatype: str, shape: tuple[int, ...])
         if datatype == "BYTES":
             flat = _flatten(data)
             array = np.empty(len(flat), dtype=np.object_)
-            array[:] = [item.encode() if isinstance(item, str) else
-                        str(item).encode() for item in flat]
+            array[:] = [
+                item.encode() if isinstance(item, str) else str(item).encode() for item in flat
+            ]
         else:
             array = np.asarray(data, dtype=NUMPY_DTYPE_BY_DATATYPE[datatype])
     except (ValueError, TypeError, OverflowError) as exc:
         raise invalid(f"input '{name}': data does not match datatype {datatype}: {exc}") from exc
     if array.size != count:
-        raise invalid(f"input '{name}': {array.size} data elements for shape {list(shape)}, "
-                      f"expecting {count}")
+        raise invalid(
+            f"input '{name}': {array.size} data elements for shape {list(shape)}, expecting {count}"
+        )
     return array.reshape(shape)
 
 
@@ -130,6 +144,8 @@ def _flatten(data: Any) -> list[Any]:
 def array_to_json(array: np.ndarray) -> list[Any]:
     """A flat list for a JSON `data` field."""
     if array.dtype == np.object_:
-        return [item.decode("utf-8", errors="replace") if isinstance(item, bytes) else str(item)
-                for item in array.reshape(-1)]
+        return [
+            item.decode("utf-8", errors="replace") if isinstance(item, bytes) else str(item)
+            for item in array.reshape(-1)
+        ]
     return array.reshape(-1).tolist()  # type: ignore[no-any-return]

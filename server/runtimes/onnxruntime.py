@@ -70,8 +70,10 @@ def execution_providers(config: ModelConfig, device_id: int = 0) -> list[Any]:
     providers: list[Any] = []
     for accelerator in accelerators:
         if accelerator.name != "tensorrt":
-            raise ServingError(ErrorKind.UNSUPPORTED,
-                               f"GPU execution accelerator '{accelerator.name}' is not supported")
+            raise ServingError(
+                ErrorKind.UNSUPPORTED,
+                f"GPU execution accelerator '{accelerator.name}' is not supported",
+            )
         trt_options: dict[str, Any] = {"device_id": device_id}
         for key, value in accelerator.parameters.items():
             if key == "precision_mode":
@@ -95,20 +97,23 @@ def execution_providers(config: ModelConfig, device_id: int = 0) -> list[Any]:
 
 def _to_ort_strings(name: str, array: np.ndarray) -> np.ndarray:
     """ORT's Python binding takes string tensors as `str` objects (it would str() bytes)."""
-    decode = np.vectorize(lambda item: item.decode() if isinstance(item, bytes) else str(item),
-                          otypes=[np.object_])
+    decode = np.vectorize(
+        lambda item: item.decode() if isinstance(item, bytes) else str(item), otypes=[np.object_]
+    )
     try:
         decoded: np.ndarray = decode(array)
     except UnicodeDecodeError:
-        raise ServingError(ErrorKind.INVALID_ARG,
-                           f"input '{name}': ONNX Runtime string tensors must be valid UTF-8") \
-            from None
+        raise ServingError(
+            ErrorKind.INVALID_ARG,
+            f"input '{name}': ONNX Runtime string tensors must be valid UTF-8",
+        ) from None
     return decoded
 
 
 def _from_ort_strings(array: np.ndarray) -> np.ndarray:
-    encode = np.vectorize(lambda item: item.encode() if isinstance(item, str) else item,
-                          otypes=[np.object_])
+    encode = np.vectorize(
+        lambda item: item.encode() if isinstance(item, str) else item, otypes=[np.object_]
+    )
     encoded: np.ndarray = encode(array)
     return encoded
 
@@ -130,13 +135,16 @@ class OnnxRuntime:
             raise ServingError(
                 ErrorKind.UNAVAILABLE,
                 f"execution providers {missing} are not available in this onnxruntime build "
-                f"(available: {sorted(available)}); install the `gpu` extra on a GPU machine")
+                f"(available: {sorted(available)}); install the `gpu` extra on a GPU machine",
+            )
         try:
             self._session = ort.InferenceSession(
-                str(path), sess_options=session_options(config), providers=providers)
+                str(path), sess_options=session_options(config), providers=providers
+            )
         except Exception as exc:  # ORT raises several unrelated types for bad files
-            raise ServingError(ErrorKind.INTERNAL,
-                               f"onnxruntime could not load {path.name}: {exc}") from exc
+            raise ServingError(
+                ErrorKind.INTERNAL, f"onnxruntime could not load {path.name}: {exc}"
+            ) from exc
         self.providers: list[str] = list(self._session.get_providers())
         self.instance_index = instance_index
         logger.debug("loaded %s instance %d on %s", path, instance_index, self.providers)
@@ -152,14 +160,18 @@ class OnnxRuntime:
         self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
     ) -> dict[str, np.ndarray]:
         """Run the session; ORT releases the GIL while it computes."""
-        feeds = {name: _to_ort_strings(name, array) if array.dtype == np.object_ else array
-                 for name, array in inputs.items()}
+        feeds = {
+            name: _to_ort_strings(name, array) if array.dtype == np.object_ else array
+            for name, array in inputs.items()
+        }
         try:
             results = self._session.run(list(output_names), feeds)
         except Exception as exc:
             raise ServingError(ErrorKind.INTERNAL, f"onnxruntime execution failed: {exc}") from exc
-        return {name: _from_ort_strings(result) if result.dtype == np.object_ else result
-                for name, result in zip(output_names, results, strict=True)}
+        return {
+            name: _from_ort_strings(result) if result.dtype == np.object_ else result
+            for name, result in zip(output_names, results, strict=True)
+        }
 
     def close(self) -> None:
         """Drop the session (ORT frees it when the last reference goes)."""

@@ -51,12 +51,14 @@ class TensorRTRuntime:
             raise ServingError(
                 ErrorKind.INTERNAL,
                 f"{plan_path} does not deserialize with TensorRT {trt.__version__} on this GPU "
-                "(engines are tied to the GPU and TensorRT version): rebuild with ferry optimize")
+                "(engines are tied to the GPU and TensorRT version): rebuild with ferry optimize",
+            )
         self._context = self._engine.create_execution_context()
         self._stream = _check(cudart.cudaStreamCreate())
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
-        self._inputs = [n for n in names
-                        if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self._inputs = [
+            n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT
+        ]
         self._outputs = [n for n in names if n not in self._inputs]
         self._dtypes = {n: np.dtype(trt.nptype(self._engine.get_tensor_dtype(n))) for n in names}
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
@@ -71,8 +73,9 @@ class TensorRTRuntime:
             self._buffers[name] = (pointer, nbytes)
         return pointer
 
-    def infer(self, inputs: Mapping[str, np.ndarray],
-              output_names: Sequence[str]) -> dict[str, np.ndarray]:
+    def infer(
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+    ) -> dict[str, np.ndarray]:
         """Copy inputs in, execute the engine, copy the requested outputs back."""
         cudart = self._cudart
         _check(cudart.cudaSetDevice(self._device))
@@ -83,11 +86,14 @@ class TensorRTRuntime:
             array = np.ascontiguousarray(inputs[name], dtype=self._dtypes[name])
             keep.append(array)
             if not self._context.set_input_shape(name, tuple(array.shape)):
-                raise ServingError(ErrorKind.INVALID_ARG,
-                                   f"shape {array.shape} of '{name}' is outside the engine profile")
+                raise ServingError(
+                    ErrorKind.INVALID_ARG,
+                    f"shape {array.shape} of '{name}' is outside the engine profile",
+                )
             pointer = self._buffer(name, array.nbytes)
-            _check(cudart.cudaMemcpyAsync(pointer, array.ctypes.data, array.nbytes, h2d,
-                                          self._stream))
+            _check(
+                cudart.cudaMemcpyAsync(pointer, array.ctypes.data, array.nbytes, h2d, self._stream)
+            )
             self._context.set_tensor_address(name, pointer)
         results: dict[str, np.ndarray] = {}
         for name in self._outputs:
@@ -98,8 +104,11 @@ class TensorRTRuntime:
             raise ServingError(ErrorKind.INTERNAL, "TensorRT execution failed")
         for name in output_names:
             host = results[name]
-            _check(cudart.cudaMemcpyAsync(host.ctypes.data, self._buffers[name][0], host.nbytes,
-                                          d2h, self._stream))
+            _check(
+                cudart.cudaMemcpyAsync(
+                    host.ctypes.data, self._buffers[name][0], host.nbytes, d2h, self._stream
+                )
+            )
         _check(cudart.cudaStreamSynchronize(self._stream))
         return {name: results[name] for name in output_names}
 

@@ -50,8 +50,12 @@ class Replay:
         shims.mkdir(exist_ok=True)
         if not (shims / "python").exists():
             (shims / "python").symlink_to(sys._base_executable)  # type: ignore[attr-defined]
-        self.env = {"PATH": f"{shims}:/usr/local/bin:/usr/bin:/bin", "HOME": str(root / "home"),
-                    "PIP_CACHE_DIR": str(Path.home() / ".cache" / "pip"), "LANG": "C.UTF-8"}
+        self.env = {
+            "PATH": f"{shims}:/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(root / "home"),
+            "PIP_CACHE_DIR": str(Path.home() / ".cache" / "pip"),
+            "LANG": "C.UTF-8",
+        }
         for key in ("PIP_FIND_LINKS", "PIP_CERT", "PIP_DEFAULT_TIMEOUT", "PIP_CONFIG_FILE"):
             if key in os.environ:
                 self.env[key] = os.environ[key]
@@ -71,8 +75,11 @@ class Replay:
                     self.env[key] = _expand(self.map(raw), self.env)
             elif kind == "ARG":
                 name = value.split("=", 1)[0]
-                self.env[name] = (shlex.split(value)[0].split("=", 1)[1] if "=" in value
-                                  else self.args.get(name, ""))
+                self.env[name] = (
+                    shlex.split(value)[0].split("=", 1)[1]
+                    if "=" in value
+                    else self.args.get(name, "")
+                )
             elif kind == "WORKDIR":
                 self.workdir = Path(self.map(value))
                 self.workdir.mkdir(parents=True, exist_ok=True)
@@ -80,21 +87,31 @@ class Replay:
                 *sources, dest = shlex.split(value)
                 for source in sources:
                     origin = REPO / source
-                    target = self.workdir / dest if not dest.startswith("/") else Path(
-                        self.map(dest))
+                    target = (
+                        self.workdir / dest if not dest.startswith("/") else Path(self.map(dest))
+                    )
                     if origin.is_dir():
-                        shutil.copytree(origin, target / "" if dest.endswith("/") else target,
-                                        dirs_exist_ok=True,
-                                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+                        shutil.copytree(
+                            origin,
+                            target / "" if dest.endswith("/") else target,
+                            dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+                        )
                     else:
                         target.mkdir(parents=True, exist_ok=True)
                         shutil.copy(origin, target / origin.name)
             elif kind == "RUN":
                 command = self.map(re.sub(r"^(--mount=\S+\s+)+", "", value))
-                result = subprocess.run(["/bin/sh", "-c", command], cwd=self.workdir,
-                                        env=self.env, capture_output=True, text=True)
-                assert result.returncode == 0, (f"RUN {value!r} failed:\n"
-                                                f"{result.stdout[-3000:]}{result.stderr[-3000:]}")
+                result = subprocess.run(
+                    ["/bin/sh", "-c", command],
+                    cwd=self.workdir,
+                    env=self.env,
+                    capture_output=True,
+                    text=True,
+                )
+                assert result.returncode == 0, (
+                    f"RUN {value!r} failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
+                )
 
 
 @pytest.fixture(scope="module")
@@ -102,11 +119,17 @@ def image_root() -> Iterator[tuple[Path, dict[str, Path], float]]:
     """The cpu-builder stage replayed once; yields (root, path map, seconds it took)."""
     root = Path(tempfile.mkdtemp(prefix="ferry-image-replay-"))
     root.chmod(0o755)
-    paths = {"/opt/venv": root / "opt-venv", "/src": root / "src", "/models": root / "models",
-             "/home/ferry": root / "home-ferry"}
+    paths = {
+        "/opt/venv": root / "opt-venv",
+        "/src": root / "src",
+        "/models": root / "models",
+        "/home/ferry": root / "home-ferry",
+    }
     stages = validate.dockerfile_stages()
-    builder = re.search(r"--from=(\S+)\s+/opt/venv", " ".join(
-        i["value"] for i in stages["cpu"].instructions if i["instruction"] == "COPY"))
+    builder = re.search(
+        r"--from=(\S+)\s+/opt/venv",
+        " ".join(i["value"] for i in stages["cpu"].instructions if i["instruction"] == "COPY"),
+    )
     assert builder, "the cpu stage copies no /opt/venv from a builder stage"
     started = time.monotonic()
     Replay(root, paths).run_stage(stages[builder.group(1)])
@@ -119,11 +142,14 @@ def image_root() -> Iterator[tuple[Path, dict[str, Path], float]]:
 
 
 def test_serving_install_has_no_torch_and_fits_a_slim_image(
-        image_root: tuple[Path, dict[str, Path], float]) -> None:
+    image_root: tuple[Path, dict[str, Path], float],
+) -> None:
     _, paths, _ = image_root
     python = paths["/opt/venv"] / "bin" / "python"
-    probe = ("import importlib.util as u, sys; "
-             "sys.exit(any(u.find_spec(m) for m in ('torch', 'tensorrt', 'onnxscript')))")
+    probe = (
+        "import importlib.util as u, sys; "
+        "sys.exit(any(u.find_spec(m) for m in ('torch', 'tensorrt', 'onnxscript')))"
+    )
     assert subprocess.run([str(python), "-c", probe]).returncode == 0, "torch in the cpu image"
     assert (paths["/opt/venv"] / "bin" / "ferry").exists()
     size_mb = sum(f.stat().st_size for f in paths["/opt/venv"].rglob("*") if f.is_file()) / 2**20
@@ -132,7 +158,8 @@ def test_serving_install_has_no_torch_and_fits_a_slim_image(
 
 
 def test_entrypoint_cmd_healthcheck_and_sigterm(
-        image_root: tuple[Path, dict[str, Path], float]) -> None:
+    image_root: tuple[Path, dict[str, Path], float],
+) -> None:
     root, paths, _ = image_root
     cpu = validate.dockerfile_stages()["cpu"]
     replay = Replay(root, paths)
@@ -143,18 +170,23 @@ def test_entrypoint_cmd_healthcheck_and_sigterm(
     entrypoint = validate.exec_form(cpu.last("ENTRYPOINT"))
     cmd = validate.exec_form(cpu.last("CMD"))
     if not Path(entrypoint[0]).exists():  # tini not installed on this host: ferry runs as PID
-        entrypoint = entrypoint[entrypoint.index("--") + 1:]  # child of pytest instead
+        entrypoint = entrypoint[entrypoint.index("--") + 1 :]  # child of pytest instead
     ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
-    overrides = [a for role, port in ports.items()
-                 for a in (f"--{role}-port", str(port), f"--{role}-address", "127.0.0.1")]
+    overrides = [
+        a
+        for role, port in ports.items()
+        for a in (f"--{role}-port", str(port), f"--{role}-address", "127.0.0.1")
+    ]
     argv = [replay.map(a) for a in entrypoint + cmd] + overrides
     uid = int((cpu.last("USER") or "0").split(":")[0])
     run_as = {"user": uid, "group": uid} if os.geteuid() == 0 else {}
     venv_python = str(paths["/opt/venv"] / "bin" / "python")
     if run_as:
         try:
-            usable = subprocess.run([venv_python, "-c", ""], capture_output=True,
-                                    **run_as).returncode == 0  # type: ignore[call-overload]
+            usable = (
+                subprocess.run([venv_python, "-c", ""], capture_output=True, **run_as).returncode
+                == 0
+            )  # type: ignore[call-overload]
         except OSError:
             usable = False
         if not usable:
@@ -169,15 +201,17 @@ def test_entrypoint_cmd_healthcheck_and_sigterm(
         replay.env["HOME"] = str(paths["/home/ferry"])
     log = root / "serve.log"
     with log.open("wb") as out:
-        process = subprocess.Popen(argv, env=replay.env, stdout=out, stderr=subprocess.STDOUT,
-                                   cwd=root, **run_as)  # type: ignore[call-overload]
+        process = subprocess.Popen(
+            argv, env=replay.env, stdout=out, stderr=subprocess.STDOUT, cwd=root, **run_as
+        )  # type: ignore[call-overload]
     server = ServerProcess(process, ports["http"], ports["grpc"], ports["metrics"], log)
     try:
         wait_until_live(server, timeout=120, ready=True)
-        health = [replay.map(a).replace("127.0.0.1:8000/", f"127.0.0.1:{ports['http']}/")
-                  for a in validate.healthcheck_command(cpu)]
-        check = subprocess.run(health, env=replay.env, capture_output=True, text=True,
-                               timeout=30)
+        health = [
+            replay.map(a).replace("127.0.0.1:8000/", f"127.0.0.1:{ports['http']}/")
+            for a in validate.healthcheck_command(cpu)
+        ]
+        check = subprocess.run(health, env=replay.env, capture_output=True, text=True, timeout=30)
         assert check.returncode == 0, check.stderr
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0, server.log()

@@ -26,10 +26,18 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     repository = tmp_path_factory.mktemp("repo")
     write_model(repository, "mlp", mlp_model())
     with running_server(repository) as process:
-        body = json.dumps({"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32",
-                                       "data": [0.5] * 16}]}).encode()
-        request = urllib.request.Request(f"http://{process.http_url}/v2/models/mlp/infer",
-                                         data=body, headers={"Content-Type": "application/json"})
+        body = json.dumps(
+            {
+                "inputs": [
+                    {"name": "input", "shape": [1, 16], "datatype": "FP32", "data": [0.5] * 16}
+                ]
+            }
+        ).encode()
+        request = urllib.request.Request(
+            f"http://{process.http_url}/v2/models/mlp/infer",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=30) as response:
             assert response.status == 200
         yield process
@@ -42,8 +50,10 @@ def metrics_text(server: ServerProcess) -> str:
 
 
 def _bases(server: ServerProcess) -> dict[str, str]:
-    return {"http": f"http://{server.http_url}",
-            "metrics": server.metrics_url.rsplit("/metrics", 1)[0]}
+    return {
+        "http": f"http://{server.http_url}",
+        "metrics": server.metrics_url.rsplit("/metrics", 1)[0],
+    }
 
 
 def _live(k8s: Path, server: ServerProcess, metrics_text: str) -> list[str]:
@@ -53,7 +63,8 @@ def _live(k8s: Path, server: ServerProcess, metrics_text: str) -> list[str]:
 
 
 def test_probes_scrapes_and_hpa_metric_hold_against_ferry_serve(
-        server: ServerProcess, metrics_text: str) -> None:
+    server: ServerProcess, metrics_text: str
+) -> None:
     assert _live(REPO / "k8s", server, metrics_text) == []
 
 
@@ -64,51 +75,67 @@ def test_adapter_rule_reads_series_ferry_exports(metrics_text: str) -> None:
 
 
 def test_probe_path_the_server_does_not_serve_fails(
-        tmp_path: Path, server: ServerProcess, metrics_text: str) -> None:
+    tmp_path: Path, server: ServerProcess, metrics_text: str
+) -> None:
     k8s = copy_k8s(tmp_path)
     edit(k8s / "base/deployment.yaml", "path: /v2/health/live", "path: /v2/health/alive")
     problems = _live(k8s, server, metrics_text)
-    assert any("livenessProbe path /v2/health/alive answered 404" in p for p in problems), \
-        problems
+    assert any("livenessProbe path /v2/health/alive answered 404" in p for p in problems), problems
 
 
 def test_kserve_probe_path_the_server_does_not_serve_fails(
-        tmp_path: Path, server: ServerProcess, metrics_text: str) -> None:
+    tmp_path: Path, server: ServerProcess, metrics_text: str
+) -> None:
     k8s = copy_k8s(tmp_path)
     text = (k8s / "overlays/kserve/servingruntime.yaml").read_text()
     (k8s / "overlays/kserve/servingruntime.yaml").write_text(
-        text.replace("path: /v2/health/ready", "path: /ready"))
+        text.replace("path: /v2/health/ready", "path: /ready")
+    )
     problems = _live(k8s, server, metrics_text)
     assert any("kserve" in p and "path /ready answered 404" in p for p in problems), problems
 
 
 def test_scrape_path_the_server_does_not_serve_fails(
-        tmp_path: Path, server: ServerProcess, metrics_text: str) -> None:
+    tmp_path: Path, server: ServerProcess, metrics_text: str
+) -> None:
     k8s = copy_k8s(tmp_path)
     edit(k8s / "components/monitoring/servicemonitor.yaml", "path: /metrics", "path: /stats")
     problems = _live(k8s, server, metrics_text)
-    assert any("ServiceMonitor/ferry scrape path /stats answered 404" in p
-               for p in problems), problems
+    assert any("ServiceMonitor/ferry scrape path /stats answered 404" in p for p in problems), (
+        problems
+    )
 
 
 def test_hpa_metric_that_nothing_exports_fails(
-        tmp_path: Path, server: ServerProcess, metrics_text: str) -> None:
+    tmp_path: Path, server: ServerProcess, metrics_text: str
+) -> None:
     k8s = copy_k8s(tmp_path)
     values = k8s / "prometheus-adapter/values.yaml"
-    values.write_text(values.read_text().replace("nv_inference_queue_duration_us",
-                                                 "nv_inference_queue_wait_us"))
-    edit(k8s / "base/hpa.yaml", "name: ferry_queue_time_per_request_us",
-         "name: ferry_queue_time_per_request_us\n")
+    values.write_text(
+        values.read_text().replace("nv_inference_queue_duration_us", "nv_inference_queue_wait_us")
+    )
+    edit(
+        k8s / "base/hpa.yaml",
+        "name: ferry_queue_time_per_request_us",
+        "name: ferry_queue_time_per_request_us\n",
+    )
     problems = _live(k8s, server, metrics_text)
-    assert any("'ferry_queue_time_per_request_us' reads ['nv_inference_queue_wait_us']" in p
-               and "does not export" in p for p in problems), problems
+    assert any(
+        "'ferry_queue_time_per_request_us' reads ['nv_inference_queue_wait_us']" in p
+        and "does not export" in p
+        for p in problems
+    ), problems
 
 
 def test_hpa_metric_without_an_adapter_rule_fails(
-        tmp_path: Path, server: ServerProcess, metrics_text: str) -> None:
+    tmp_path: Path, server: ServerProcess, metrics_text: str
+) -> None:
     k8s = copy_k8s(tmp_path)
-    edit(k8s / "base/hpa.yaml", "name: ferry_queue_time_per_request_us",
-         "name: ferry_inflight_requests")
+    edit(
+        k8s / "base/hpa.yaml",
+        "name: ferry_queue_time_per_request_us",
+        "name: ferry_inflight_requests",
+    )
     problems = _live(k8s, server, metrics_text)
     assert any("'ferry_inflight_requests': no rule" in p for p in problems), problems
 
@@ -116,9 +143,19 @@ def test_hpa_metric_without_an_adapter_rule_fails(
 def test_validate_script_runs_for_users(server: ServerProcess) -> None:
     """`python k8s/validate.py check --server ... --metrics ...` exits 0 and says ok."""
     result = subprocess.run(
-        [sys.executable, str(REPO / "k8s/validate.py"), "check",
-         "--server", f"http://{server.http_url}", "--metrics", server.metrics_url],
-        capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            str(REPO / "k8s/validate.py"),
+            "check",
+            "--server",
+            f"http://{server.http_url}",
+            "--metrics",
+            server.metrics_url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip().endswith("ok")
 
@@ -138,6 +175,7 @@ def test_checkov_flags_a_writable_root_filesystem() -> None:
     for obj in objs:
         if obj["kind"] == "Deployment":
             obj["spec"]["template"]["spec"]["containers"][0]["securityContext"][
-                "readOnlyRootFilesystem"] = False
+                "readOnlyRootFilesystem"
+            ] = False
     (problem,) = validate.run_checkov({"cpu": objs}, REPO / "Dockerfile")
     assert "CKV_K8S_22" in problem

@@ -26,15 +26,26 @@ FORCE = ("--min-gain", "0", "--max-drop", "1", "--bench-seconds", "1")
 
 
 def ferry_optimize(example: Example, name: str, *args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "ferry", "optimize", name,
-               "--model-repository", str(example.repository),
-               "--eval-data", str(example.eval_data),
-               "--calibration-data", str(example.calibration_data), *args]
+    command = [
+        sys.executable,
+        "-m",
+        "ferry",
+        "optimize",
+        name,
+        "--model-repository",
+        str(example.repository),
+        "--eval-data",
+        str(example.eval_data),
+        "--calibration-data",
+        str(example.calibration_data),
+        *args,
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 
-def infer(client: httpclient.InferenceServerClient, name: str, x: np.ndarray,
-          version: str = "") -> np.ndarray:
+def infer(
+    client: httpclient.InferenceServerClient, name: str, x: np.ndarray, version: str = ""
+) -> np.ndarray:
     tensor = httpclient.InferInput("input", list(x.shape), "FP32")
     tensor.set_data_from_numpy(x)
     result = client.infer(name, [tensor], model_version=version)
@@ -46,15 +57,27 @@ def test_each_cpu_variant_is_published_and_served(tmp_path: Path) -> None:
     for variant in CPU_VARIANTS[1:]:
         shutil.copytree(example.model_dir, example.repository / variant)
         (example.repository / variant / "config.pbtxt").write_text(
-            (example.model_dir / "config.pbtxt").read_text().replace('"mlp"', f'"{variant}"'))
+            (example.model_dir / "config.pbtxt").read_text().replace('"mlp"', f'"{variant}"')
+        )
     shutil.move(example.model_dir, example.repository / CPU_VARIANTS[0])
     (example.repository / CPU_VARIANTS[0] / "config.pbtxt").write_text(
-        (example.repository / CPU_VARIANTS[1] / "config.pbtxt").read_text()
-        .replace(f'"{CPU_VARIANTS[1]}"', f'"{CPU_VARIANTS[0]}"'))
+        (example.repository / CPU_VARIANTS[1] / "config.pbtxt")
+        .read_text()
+        .replace(f'"{CPU_VARIANTS[1]}"', f'"{CPU_VARIANTS[0]}"')
+    )
     for variant in CPU_VARIANTS:
-        result = run_optimize(OptimizeOptions(
-            variant, example.repository, example.eval_data, example.calibration_data,
-            variants=(variant,), min_gain=0.0, max_drop=1.0, bench_seconds=1))
+        result = run_optimize(
+            OptimizeOptions(
+                variant,
+                example.repository,
+                example.eval_data,
+                example.calibration_data,
+                variants=(variant,),
+                min_gain=0.0,
+                max_drop=1.0,
+                bench_seconds=1,
+            )
+        )
         report_path = example.repository / variant / "2" / "optimize_report.json"
         if variant == "fp16":  # checked for correctness on CPU, never published there
             assert not report_path.exists() and result["published"] is None
@@ -63,8 +86,19 @@ def test_each_cpu_variant_is_published_and_served(tmp_path: Path) -> None:
         report = json.loads(report_path.read_text())
         assert report["published"] == {"variant": variant, "version": 2}
         row = report["candidates"][0]
-        for key in ("variant", "precision", "metric", "value", "delta", "passed", "reason",
-                    "p50_ms", "p95_ms", "p99_ms", "throughput"):
+        for key in (
+            "variant",
+            "precision",
+            "metric",
+            "value",
+            "delta",
+            "passed",
+            "reason",
+            "p50_ms",
+            "p95_ms",
+            "p99_ms",
+            "throughput",
+        ):
             assert key in row, key
         assert report["fingerprint"]["cpu_flags"] and report["fingerprint"]["onnxruntime"]
     x = np.load(example.eval_data)["input"][:6]
@@ -75,13 +109,13 @@ def test_each_cpu_variant_is_published_and_served(tmp_path: Path) -> None:
             published = example.repository / variant / "2" / "model.onnx"
             want = run_reference(published, {"input": x})["output"]
             np.testing.assert_allclose(served, want, rtol=1e-4, atol=1e-4)
-            fp32 = run_reference(example.repository / variant / "1" / "model.onnx",
-                                 {"input": x})["output"]
+            fp32 = run_reference(example.repository / variant / "1" / "model.onnx", {"input": x})[
+                "output"
+            ]
             assert np.mean(served.argmax(1) == fp32.argmax(1)) >= 0.8
 
 
-def test_gate_rejects_a_collapsed_variant(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                          ) -> None:
+def test_gate_rejects_a_collapsed_variant(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     example = write_example(tmp_path)
 
     def noisy(ctx: variants.BuildContext, out: Path) -> variants.Artifact:
@@ -89,9 +123,16 @@ def test_gate_rejects_a_collapsed_variant(tmp_path: Path, monkeypatch: pytest.Mo
 
     spec = variants.VariantSpec("perturbed", "fp32", 0, ("cpu",), noisy)
     monkeypatch.setitem(variants.VARIANTS, "perturbed", spec)
-    report = run_optimize(OptimizeOptions(
-        example.name, example.repository, example.eval_data, variants=("perturbed",),
-        min_gain=0.0, bench_seconds=1))
+    report = run_optimize(
+        OptimizeOptions(
+            example.name,
+            example.repository,
+            example.eval_data,
+            variants=("perturbed",),
+            min_gain=0.0,
+            bench_seconds=1,
+        )
+    )
     row = report["candidates"][0]
     assert row["passed"] is False and row["reason"].startswith("accuracy drop: accuracy")
     assert row["delta"] > 0.3 and "p50_ms" not in row
@@ -104,8 +145,9 @@ def test_poll_mode_serves_the_published_version_without_failures(tmp_path: Path)
     failures: list[str] = []
     answered = [0]
     stop = threading.Event()
-    with running_server(example.repository, "--model-control-mode", "poll",
-                        "--repository-poll-secs", "1") as server:
+    with running_server(
+        example.repository, "--model-control-mode", "poll", "--repository-poll-secs", "1"
+    ) as server:
         client = httpclient.InferenceServerClient(server.http_url)
 
         def load() -> None:
@@ -142,9 +184,17 @@ def test_encoder_int8_quantizes_fused_attention_within_the_gate(tmp_path: Path) 
     from bench.optimize_examples import prepare
 
     repository, artifacts = prepare("encoder", tmp_path)
-    report = run_optimize(OptimizeOptions(
-        "encoder", repository, artifacts / "test.npz", artifacts / "val.npz",
-        variants=("ort-fp32", "int8-dynamic"), min_gain=0.0, bench_seconds=1))
+    report = run_optimize(
+        OptimizeOptions(
+            "encoder",
+            repository,
+            artifacts / "test.npz",
+            artifacts / "val.npz",
+            variants=("ort-fp32", "int8-dynamic"),
+            min_gain=0.0,
+            bench_seconds=1,
+        )
+    )
     rows = {row["variant"]: row for row in report["candidates"]}
     assert rows["ort-fp32"]["details"]["transformer_fusions"]["Attention"] == 4
     int8 = rows["int8-dynamic"]

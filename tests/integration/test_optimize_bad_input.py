@@ -29,9 +29,18 @@ def npz(path: Path, **arrays: np.ndarray) -> str:
 
 
 def run(example: Example, *args: str, eval_data: str | None = None) -> tuple[int, str]:
-    command = [sys.executable, "-m", "ferry", "optimize", example.name,
-               "--model-repository", str(example.repository),
-               "--eval-data", eval_data or str(example.eval_data), *args]
+    command = [
+        sys.executable,
+        "-m",
+        "ferry",
+        "optimize",
+        example.name,
+        "--model-repository",
+        str(example.repository),
+        "--eval-data",
+        eval_data or str(example.eval_data),
+        *args,
+    ]
     before = tree_snapshot(example.repository)
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert tree_snapshot(example.repository) == before, "a failed run changed the repository"
@@ -42,14 +51,18 @@ X = np.zeros((40, 32), np.float32)
 Y = np.zeros(40, np.int64)
 
 
-@pytest.mark.parametrize(("arrays", "message"), [
-    ({"input": X}, "has no 'labels' array"),
-    ({"features": X, "labels": Y}, "lacks input(s) ['input']"),
-    ({"input": X.astype(np.float64), "labels": Y}, "is float64; the model takes FP32"),
-    ({"input": X[:, :10], "labels": Y}, "has shape (40, 10); the model takes (N, 32)"),
-])
-def test_bad_eval_data(classifier: Example, tmp_path: Path, arrays: dict[str, np.ndarray],
-                       message: str) -> None:
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"input": X}, "has no 'labels' array"),
+        ({"features": X, "labels": Y}, "lacks input(s) ['input']"),
+        ({"input": X.astype(np.float64), "labels": Y}, "is float64; the model takes FP32"),
+        ({"input": X[:, :10], "labels": Y}, "has shape (40, 10); the model takes (N, 32)"),
+    ],
+)
+def test_bad_eval_data(
+    classifier: Example, tmp_path: Path, arrays: dict[str, np.ndarray], message: str
+) -> None:
     code, output = run(classifier, eval_data=npz(tmp_path / "bad.npz", **arrays))
     assert code == 2 and message in output
 
@@ -77,13 +90,16 @@ def test_tensorrt_target_without_gpu(classifier: Example) -> None:
     assert "TensorRT Python package" in output
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (("--variants", "int8-magic"), "unknown variant 'int8-magic'"),
-    (("--variants", "int8-static"), "variant 'int8-static' needs --calibration-data"),
-    (("--variants", "tensorrt-fp16"), "does not run on target 'cpu'"),
-    (("--objective", "cost"), "unknown objective"),
-    (("--max-drop", "-1"), "--max-drop must be >= 0"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--variants", "int8-magic"), "unknown variant 'int8-magic'"),
+        (("--variants", "int8-static"), "variant 'int8-static' needs --calibration-data"),
+        (("--variants", "tensorrt-fp16"), "does not run on target 'cpu'"),
+        (("--objective", "cost"), "unknown objective"),
+        (("--max-drop", "-1"), "--max-drop must be >= 0"),
+    ],
+)
 def test_bad_options(classifier: Example, args: tuple[str, ...], message: str) -> None:
     code, output = run(classifier, *args)
     assert code == 2 and message in output

@@ -26,8 +26,10 @@ DASHBOARDS = sorted((ROOT / "monitoring" / "dashboards").glob("*.json"))
 WINDOW = 100
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("prometheus") is None or shutil.which("promtool") is None,
-                       reason="prometheus/promtool not installed (make system-deps)"),
+    pytest.mark.skipif(
+        shutil.which("prometheus") is None or shutil.which("promtool") is None,
+        reason="prometheus/promtool not installed (make system-deps)",
+    ),
 ]
 
 
@@ -44,12 +46,19 @@ def running_prometheus(target: str) -> Iterator[str]:
     (workdir / "prometheus.yml").write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
         "scrape_configs:\n  - job_name: ferry\n"
-        f"    static_configs: [{{targets: ['{target}']}}]\n")
+        f"    static_configs: [{{targets: ['{target}']}}]\n"
+    )
     log = (workdir / "prometheus.log").open("wb")
     process = subprocess.Popen(
-        ["prometheus", f"--config.file={workdir / 'prometheus.yml'}",
-         f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=log, stderr=subprocess.STDOUT)
+        [
+            "prometheus",
+            f"--config.file={workdir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -89,8 +98,12 @@ def panel_queries() -> list[tuple[str, str]]:
         for panel in json.loads(path.read_text())["panels"]:
             for target in panel.get("targets", []):
                 expr = target["expr"]
-                for var, value in (("$__rate_interval", "1m"), ("$model", ".*"),
-                                   ("$version", ".*"), ("$pod", ".*")):
+                for var, value in (
+                    ("$__rate_interval", "1m"),
+                    ("$model", ".*"),
+                    ("$version", ".*"),
+                    ("$pod", ".*"),
+                ):
                     expr = expr.replace(var, value)
                 queries.append((panel["title"], expr))
     return queries
@@ -101,9 +114,14 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = tmp_path_factory.mktemp("repo")
     model_dir = write_model(repo, "clf", mlp_model(in_features=16, out_features=4))
     rng = np.random.default_rng(0)
-    write_reference(model_dir / "1", model_dir / "1" / "model.onnx",
-                    {"input": rng.standard_normal((2000, 16)).astype(np.float32)},
-                    window=WINDOW, alpha=0.05, simulations=100)
+    write_reference(
+        model_dir / "1",
+        model_dir / "1" / "model.onnx",
+        {"input": rng.standard_normal((2000, 16)).astype(np.float32)},
+        window=WINDOW,
+        alpha=0.05,
+        simulations=100,
+    )
     broken = write_model(repo, "broken_ref", mlp_model(in_features=16, out_features=4))
     (broken / "1" / "reference.npz").write_bytes(b"this is not an npz file")
     return repo
@@ -129,8 +147,9 @@ def send_burst(server: ServerProcess) -> None:
             if i < 10:
                 client.infer("broken_ref", [inp])
         for bad in (np.zeros((2, 15), np.float32), np.zeros((2, 16), np.float64)):
-            inp = httpclient.InferInput("input", list(bad.shape),
-                                        "FP32" if bad.dtype == np.float32 else "FP64")
+            inp = httpclient.InferInput(
+                "input", list(bad.shape), "FP32" if bad.dtype == np.float32 else "FP64"
+            )
             inp.set_data_from_numpy(bad)
             with pytest.raises(InferenceServerException):
                 http.infer("clf", [inp])
@@ -140,8 +159,12 @@ def send_burst(server: ServerProcess) -> None:
 
 
 def test_dashboard_queries_against_live_prometheus(repository: Path) -> None:
-    with running_server(repository, "--drift-window", str(WINDOW), "--drift-alpha", "0.05") \
-            as server, running_prometheus(f"127.0.0.1:{server.metrics_port}") as prometheus:
+    with (
+        running_server(
+            repository, "--drift-window", str(WINDOW), "--drift-alpha", "0.05"
+        ) as server,
+        running_prometheus(f"127.0.0.1:{server.metrics_port}") as prometheus,
+    ):
         send_burst(server)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # the drift worker and two scrapes catch up
@@ -164,8 +187,9 @@ def test_dashboard_queries_against_live_prometheus(repository: Path) -> None:
     assert detail["last_window"]["drift"] is True
     assert detected["data"]["result"][0]["value"][1] == "1"
     assert broken["state"] == "disabled" and "reference unusable" in broken["reason"]
-    check = subprocess.run(["promtool", "check", "metrics"], input=exposition,
-                           capture_output=True, timeout=30)
+    check = subprocess.run(
+        ["promtool", "check", "metrics"], input=exposition, capture_output=True, timeout=30
+    )
     lint = (check.stdout + check.stderr).decode().splitlines()
     assert check.returncode in (0, 3), lint  # 3 = naming lints only; the text parsed
     assert all(line.startswith("nv_inference_") for line in lint if line.strip()), lint

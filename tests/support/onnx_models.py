@@ -10,8 +10,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 
 def mlp_model(
-    in_features: int = 16, hidden: int = 32, out_features: int = 4, seed: int = 0,
-    input_name: str = "input", output_name: str = "output", batch_dim: str | int = "batch",
+    in_features: int = 16,
+    hidden: int = 32,
+    out_features: int = 4,
+    seed: int = 0,
+    input_name: str = "input",
+    output_name: str = "output",
+    batch_dim: str | int = "batch",
 ) -> onnx.ModelProto:
     """x -> relu(x W1 + b1) W2 + b2, FP32, with a dynamic (named) batch dimension."""
     rng = np.random.default_rng(seed)
@@ -27,12 +32,14 @@ def mlp_model(
         helper.make_node("Add", ["o0", "b2"], [output_name]),
     ]
     graph = helper.make_graph(
-        nodes, "mlp",
+        nodes,
+        "mlp",
         [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [batch_dim, in_features])],
-        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT,
-                                       [batch_dim, out_features])],
-        initializer=[numpy_helper.from_array(a, n) for a, n in
-                     ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))],
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, [batch_dim, out_features])],
+        initializer=[
+            numpy_helper.from_array(a, n)
+            for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -48,11 +55,16 @@ def two_io_model() -> onnx.ModelProto:
         helper.make_node("Mul", ["a", "two"], ["prod"]),
     ]
     graph = helper.make_graph(
-        nodes, "two_io",
-        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", 3]),
-         helper.make_tensor_value_info("b", TensorProto.INT64, ["batch", 3])],
-        [helper.make_tensor_value_info("sum", TensorProto.FLOAT, ["batch", 3]),
-         helper.make_tensor_value_info("prod", TensorProto.FLOAT, ["batch", 3])],
+        nodes,
+        "two_io",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", 3]),
+            helper.make_tensor_value_info("b", TensorProto.INT64, ["batch", 3]),
+        ],
+        [
+            helper.make_tensor_value_info("sum", TensorProto.FLOAT, ["batch", 3]),
+            helper.make_tensor_value_info("prod", TensorProto.FLOAT, ["batch", 3]),
+        ],
         initializer=[numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -61,7 +73,10 @@ def two_io_model() -> onnx.ModelProto:
 
 
 def write_model(
-    repository: Path, name: str, model: onnx.ModelProto, config: str | None = None,
+    repository: Path,
+    name: str,
+    model: onnx.ModelProto,
+    config: str | None = None,
     version: int = 1,
 ) -> Path:
     """Write REPO/NAME/<version>/model.onnx (+ config.pbtxt when given); returns the model dir."""
@@ -94,7 +109,8 @@ def slow_model(width: int = 256, layers: int = 150, seed: int = 0) -> onnx.Model
         nodes.append(helper.make_node("Tanh", [f"m{layer}"], [out]))
         current = out
     graph = helper.make_graph(
-        nodes, "slow",
+        nodes,
+        "slow",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", width])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", width])],
         initializer=[numpy_helper.from_array(weight, "w")],
@@ -107,7 +123,8 @@ def slow_model(width: int = 256, layers: int = 150, seed: int = 0) -> onnx.Model
 def bytes_model() -> onnx.ModelProto:
     """A BYTES (string) identity model: text in, the same text out."""
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["text"], ["echo"])], "strings",
+        [helper.make_node("Identity", ["text"], ["echo"])],
+        "strings",
         [helper.make_tensor_value_info("text", TensorProto.STRING, ["batch", 2])],
         [helper.make_tensor_value_info("echo", TensorProto.STRING, ["batch", 2])],
     )
@@ -127,7 +144,8 @@ output [{ name: "output" data_type: TYPE_FP32 dims: [4] label_filename: "labels.
 
 def write_classifier(repository: Path, extra_config: str = "") -> Path:
     """The `classifier` model: an MLP whose 4 outputs are labelled (classification extension)."""
-    model_dir = write_model(repository, "classifier", mlp_model(seed=3),
-                            CLASSIFIER_CONFIG + extra_config)
+    model_dir = write_model(
+        repository, "classifier", mlp_model(seed=3), CLASSIFIER_CONFIG + extra_config
+    )
     (model_dir / "labels.txt").write_text("cat\ndog\nbird\nfish\n")
     return model_dir

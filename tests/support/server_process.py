@@ -61,16 +61,16 @@ class ServerProcess:
         return int(self.process.returncode)
 
 
-def wait_until_live(server: ServerProcess, timeout: float = 90.0, ready: bool = False,
-                    label: str = "ferry serve") -> None:
+def wait_until_live(
+    server: ServerProcess, timeout: float = 90.0, ready: bool = False, label: str = "ferry serve"
+) -> None:
     """Poll the health endpoint until it answers 200 (or the process dies)."""
     path = "ready" if ready else "live"
     deadline = time.monotonic() + timeout
     url = f"http://{server.http_url}/v2/health/{path}"
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            raise RuntimeError(f"{label} exited with {server.process.returncode}:\n"
-                               f"{server.log()}")
+            raise RuntimeError(f"{label} exited with {server.process.returncode}:\n{server.log()}")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
@@ -83,24 +83,40 @@ def wait_until_live(server: ServerProcess, timeout: float = 90.0, ready: bool = 
 
 @contextlib.contextmanager
 def running_server(
-    repository: Path, *extra_args: str, ready: bool = True, env: dict[str, str] | None = None,
+    repository: Path,
+    *extra_args: str,
+    ready: bool = True,
+    env: dict[str, str] | None = None,
     timeout: float = 90.0,
 ) -> Iterator[ServerProcess]:
     """Run `ferry serve --model-repository REPO ...` on free loopback ports for a `with` block."""
     http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - outlives this frame, closed below
-        prefix="ferry-serve-", suffix=".log", delete=False)
+        prefix="ferry-serve-", suffix=".log", delete=False
+    )
     command = [
-        sys.executable, "-m", "ferry", "serve",
-        "--model-repository", str(repository),
-        "--http-address", "127.0.0.1", "--http-port", str(http_port),
-        "--grpc-address", "127.0.0.1", "--grpc-port", str(grpc_port),
-        "--metrics-address", "127.0.0.1", "--metrics-port", str(metrics_port),
+        sys.executable,
+        "-m",
+        "ferry",
+        "serve",
+        "--model-repository",
+        str(repository),
+        "--http-address",
+        "127.0.0.1",
+        "--http-port",
+        str(http_port),
+        "--grpc-address",
+        "127.0.0.1",
+        "--grpc-port",
+        str(grpc_port),
+        "--metrics-address",
+        "127.0.0.1",
+        "--metrics-port",
+        str(metrics_port),
         *extra_args,
     ]
     process_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
-    process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
-                               env=process_env)
+    process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=process_env)
     server = ServerProcess(process, http_port, grpc_port, metrics_port, Path(log_file.name))
     try:
         wait_until_live(server, timeout=timeout, ready=ready)

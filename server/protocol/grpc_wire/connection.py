@@ -115,9 +115,15 @@ class GrpcConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"ipv4:{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.server.connections.add(self)
-        self.write(f.settings_frame({f.SETTINGS_ENABLE_PUSH: 0,
-                                     f.SETTINGS_INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-                                     f.SETTINGS_MAX_FRAME_SIZE: MAX_FRAME}))
+        self.write(
+            f.settings_frame(
+                {
+                    f.SETTINGS_ENABLE_PUSH: 0,
+                    f.SETTINGS_INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                    f.SETTINGS_MAX_FRAME_SIZE: MAX_FRAME,
+                }
+            )
+        )
         self.write(f.window_update(0, CONNECTION_WINDOW - f.DEFAULT_WINDOW))
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -201,7 +207,7 @@ class GrpcConnection(asyncio.Protocol):
     def on_headers(self, stream_id: int, flags: int, payload: bytes) -> None:
         if flags & f.PADDED:
             pad = payload[0]
-            payload = payload[1:len(payload) - pad]
+            payload = payload[1 : len(payload) - pad]
         if flags & f.PRIORITY_FLAG:
             payload = payload[5:]
         if flags & f.END_HEADERS:
@@ -237,8 +243,11 @@ class GrpcConnection(asyncio.Protocol):
             stream.recv_closed = True
         if head.method != "POST" or not head.content_type.startswith("application/grpc"):
             status = 405 if head.method != "POST" else 415
-            self.write(f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, stream_id,
-                               f.http_status_block(status)))
+            self.write(
+                f.frame(
+                    f.HEADERS, f.END_HEADERS | f.END_STREAM, stream_id, f.http_status_block(status)
+                )
+            )
             self.finish(stream)
             return
         route = self.server.routes.get(head.path)
@@ -271,8 +280,11 @@ class GrpcConnection(asyncio.Protocol):
         if stream.messages is not None:
             self.deliver_stream_messages(stream)
         elif len(stream.body) > self.server.max_message_bytes + 5:  # refuse before it all arrives
-            self.send_status(stream, RESOURCE_EXHAUSTED, "received message larger than max "
-                                                         f"({self.server.max_message_bytes})")
+            self.send_status(
+                stream,
+                RESOURCE_EXHAUSTED,
+                f"received message larger than max ({self.server.max_message_bytes})",
+            )
             return
         if flags & f.END_STREAM:
             self.end_of_request(stream)
@@ -284,8 +296,9 @@ class GrpcConnection(asyncio.Protocol):
         assert stream.messages is not None
         try:
             for compressed, payload in split_messages(stream.body, self.server.max_message_bytes):
-                stream.messages.put_nowait(decode_message(compressed, payload,
-                                                          stream.head.encoding))
+                stream.messages.put_nowait(
+                    decode_message(compressed, payload, stream.head.encoding)
+                )
         except AbortError as exc:
             self.send_status(stream, exc.code, exc.details)
 
@@ -304,9 +317,11 @@ class GrpcConnection(asyncio.Protocol):
         try:
             messages = split_messages(stream.body, self.server.max_message_bytes)
             if len(messages) != 1 or stream.body:
-                raise AbortError(UNIMPLEMENTED if len(messages) > 1 else INTERNAL,
-                                 f"a unary call needs exactly one request message, got "
-                                 f"{len(messages)}" + (" and a partial one" if stream.body else ""))
+                raise AbortError(
+                    UNIMPLEMENTED if len(messages) > 1 else INTERNAL,
+                    f"a unary call needs exactly one request message, got "
+                    f"{len(messages)}" + (" and a partial one" if stream.body else ""),
+                )
             compressed, payload = messages[0]
             self.start(stream, decode_message(compressed, payload, stream.head.encoding))
         except AbortError as exc:
@@ -419,8 +434,12 @@ class GrpcConnection(asyncio.Protocol):
             self.write(f.frame(f.HEADERS, f.END_HEADERS, stream.id, f.RESPONSE_HEADERS))
         message = len(payload).to_bytes(5, "big") + payload  # flag byte 0: not compressed
         size = len(message)
-        if (not stream.pending and size <= self.send_window and size <= stream.send_window
-                and size <= self.peer_max_frame):
+        if (
+            not stream.pending
+            and size <= self.send_window
+            and size <= stream.send_window
+            and size <= self.peer_max_frame
+        ):
             self.send_window -= size
             stream.send_window -= size
             self.write(f.frame(f.DATA, 0, stream.id, message))

@@ -14,8 +14,18 @@ FRAME_HEADER = struct.Struct(">BHBBL")  # 24-bit length as (high byte, low 16 bi
 FRAME_HEADER_BYTES = 9
 
 # Frame types
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, \
-    CONTINUATION = range(10)
+(
+    DATA,
+    HEADERS,
+    PRIORITY,
+    RST_STREAM,
+    SETTINGS,
+    PUSH_PROMISE,
+    PING,
+    GOAWAY,
+    WINDOW_UPDATE,
+    CONTINUATION,
+) = range(10)
 
 # Flags
 END_STREAM = 0x1
@@ -56,8 +66,9 @@ def frame(frame_type: int, flags: int, stream_id: int, payload: bytes = b"") -> 
 
 
 def settings_frame(settings: dict[int, int]) -> bytes:
-    return frame(SETTINGS, 0, 0, b"".join(struct.pack(">HL", key, value)
-                                          for key, value in settings.items()))
+    return frame(
+        SETTINGS, 0, 0, b"".join(struct.pack(">HL", key, value) for key, value in settings.items())
+    )
 
 
 def window_update(stream_id: int, increment: int) -> bytes:
@@ -100,8 +111,12 @@ def literal(name: bytes, value: bytes) -> bytes:
 _TABLE_SIZE_ZERO = b"\x20"
 _STATUS_200 = b"\x88"  # static table index 8
 _CONTENT_TYPE_GRPC = b"\x0f\x10" + _string(b"application/grpc")  # name: static index 31
-RESPONSE_HEADERS = _TABLE_SIZE_ZERO + _STATUS_200 + _CONTENT_TYPE_GRPC + literal(
-    b"grpc-accept-encoding", b"identity,deflate,gzip")
+RESPONSE_HEADERS = (
+    _TABLE_SIZE_ZERO
+    + _STATUS_200
+    + _CONTENT_TYPE_GRPC
+    + literal(b"grpc-accept-encoding", b"identity,deflate,gzip")
+)
 TRAILERS_OK = _TABLE_SIZE_ZERO + literal(b"grpc-status", b"0")
 
 

@@ -14,8 +14,16 @@ from google.protobuf import descriptor as protobuf_descriptor
 from google.protobuf import message_factory
 
 # gRPC status codes used by the transport itself
-OK, CANCELLED, UNKNOWN, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNIMPLEMENTED, INTERNAL, \
-    UNAVAILABLE = 0, 1, 2, 4, 8, 12, 13, 14
+(
+    OK,
+    CANCELLED,
+    UNKNOWN,
+    DEADLINE_EXCEEDED,
+    RESOURCE_EXHAUSTED,
+    UNIMPLEMENTED,
+    INTERNAL,
+    UNAVAILABLE,
+) = 0, 1, 2, 4, 8, 12, 13, 14
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,8 +36,9 @@ class Route:
     server_streaming: bool
 
 
-def routes_for(servicer: object, service: protobuf_descriptor.ServiceDescriptor,
-               base: type) -> dict[str, Route]:
+def routes_for(
+    servicer: object, service: protobuf_descriptor.ServiceDescriptor, base: type
+) -> dict[str, Route]:
     """`/package.Service/Method` → Route for every method `servicer` overrides from `base`
     (the generated servicer class); the rest answer UNIMPLEMENTED, as grpcio does."""
     routes = {}
@@ -38,8 +47,11 @@ def routes_for(servicer: object, service: protobuf_descriptor.ServiceDescriptor,
         if implementation is None or implementation is getattr(base, method.name, None):
             continue
         routes[f"/{service.full_name}/{method.name}"] = Route(
-            getattr(servicer, method.name), message_factory.GetMessageClass(method.input_type),
-            method.client_streaming, method.server_streaming)
+            getattr(servicer, method.name),
+            message_factory.GetMessageClass(method.input_type),
+            method.client_streaming,
+            method.server_streaming,
+        )
     return routes
 
 
@@ -56,8 +68,9 @@ class RpcContext:
 
     __slots__ = ("_deadline", "_metadata", "_peer", "code", "details")
 
-    def __init__(self, metadata: tuple[tuple[str, str], ...], deadline: float | None,
-                 peer: str) -> None:
+    def __init__(
+        self, metadata: tuple[tuple[str, str], ...], deadline: float | None, peer: str
+    ) -> None:
         self._metadata, self._deadline, self._peer = metadata, deadline, peer
         self.code: int | None = None
         self.details = ""
@@ -94,8 +107,9 @@ def decode_message(compressed: int, payload: bytes, encoding: str) -> bytes:
         raise AbortError(INTERNAL, f"cannot decompress the {encoding} message: {exc}") from None
     if encoding in ("", "identity"):
         raise AbortError(INTERNAL, "compressed message flag set without a grpc-encoding")
-    raise AbortError(UNIMPLEMENTED, f"grpc-encoding '{encoding}' is not supported "
-                                    "(identity, deflate, gzip are)")
+    raise AbortError(
+        UNIMPLEMENTED, f"grpc-encoding '{encoding}' is not supported (identity, deflate, gzip are)"
+    )
 
 
 def split_messages(buffer: bytearray, max_bytes: int) -> list[tuple[int, bytes]]:
@@ -103,14 +117,15 @@ def split_messages(buffer: bytearray, max_bytes: int) -> list[tuple[int, bytes]]
     messages = []
     offset = 0
     while len(buffer) - offset >= 5:
-        length = int.from_bytes(buffer[offset + 1:offset + 5], "big")
+        length = int.from_bytes(buffer[offset + 1 : offset + 5], "big")
         if length > max_bytes:
-            raise AbortError(RESOURCE_EXHAUSTED, f"received message larger than max "
-                                                 f"({length} vs. {max_bytes})")
+            raise AbortError(
+                RESOURCE_EXHAUSTED, f"received message larger than max ({length} vs. {max_bytes})"
+            )
         end = offset + 5 + length
         if len(buffer) < end:
             break
-        messages.append((buffer[offset], bytes(buffer[offset + 5:end])))
+        messages.append((buffer[offset], bytes(buffer[offset + 5 : end])))
         offset = end
     del buffer[:offset]
     return messages

@@ -15,8 +15,9 @@ class GrpcWireServer:
     The surface `server/app.py` uses from grpc.aio.Server: `start`, `stop(grace)`.
     """
 
-    def __init__(self, routes: dict[str, Route], host: str, port: int,
-                 max_message_bytes: int) -> None:
+    def __init__(
+        self, routes: dict[str, Route], host: str, port: int, max_message_bytes: int
+    ) -> None:
         self.routes = routes
         self.host, self.port = host, port
         self.max_message_bytes = max_message_bytes
@@ -27,7 +28,8 @@ class GrpcWireServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._listener = await loop.create_server(
-            lambda: GrpcConnection(self), self.host, self.port, reuse_address=True, backlog=4096)
+            lambda: GrpcConnection(self), self.host, self.port, reuse_address=True, backlog=4096
+        )
 
     @property
     def bound_port(self) -> int:

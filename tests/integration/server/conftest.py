@@ -21,8 +21,12 @@ from tests.support.server_process import ServerProcess, running_server
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = tmp_path_factory.mktemp("repo")
     write_model(repo, "mlp", mlp_model())  # no config.pbtxt: auto-completed
-    write_model(repo, "two_io", two_io_model(),
-                "max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 500 }\n")
+    write_model(
+        repo,
+        "two_io",
+        two_io_model(),
+        "max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 500 }\n",
+    )
     write_classifier(repo, "dynamic_batching { max_queue_delay_microseconds: 2000 }\n")
     write_model(repo, "strings", bytes_model())
     write_model(repo, "nobatch", mlp_model(seed=5, batch_dim=2), "max_batch_size: 0\n")

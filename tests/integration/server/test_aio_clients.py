@@ -15,8 +15,8 @@ from tests.support.server_process import ServerProcess
 
 
 async def infer_concurrently(
-        xs: list[np.ndarray], infer: Callable[[np.ndarray], Awaitable[np.ndarray]],
-        repository: Path) -> None:
+    xs: list[np.ndarray], infer: Callable[[np.ndarray], Awaitable[np.ndarray]], repository: Path
+) -> None:
     """Send every x at once; each answer must be that x's own result."""
     outputs = await asyncio.gather(*(infer(x) for x in xs))
     model = repository / "mlp" / "1" / "model.onnx"
@@ -25,8 +25,10 @@ async def infer_concurrently(
 
 
 def random_inputs(count: int, rows: int, seed: int) -> list[np.ndarray]:
-    return [np.random.default_rng(seed + i).standard_normal((rows, 16)).astype(np.float32)
-            for i in range(count)]
+    return [
+        np.random.default_rng(seed + i).standard_normal((rows, 16)).astype(np.float32)
+        for i in range(count)
+    ]
 
 
 def test_http_aio(server: ServerProcess, repository: Path) -> None:

@@ -37,66 +37,203 @@ CASES = [
     ("no inputs", "mlp", b"{}", {}, 400, "inputs"),
     ("unknown model", "nope", infer_body(GOOD_INPUT), {}, 404, "unknown model"),
     ("unknown version", "mlp/versions/42", infer_body(GOOD_INPUT), {}, 404, "version 42"),
-    ("missing input", "two_io",
-     infer_body({"name": "a", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}), {}, 400,
-     "missing: b"),
-    ("extra input", "mlp",
-     infer_body(GOOD_INPUT, {"name": "extra", "shape": [1], "datatype": "FP32", "data": [1]}),
-     {}, 400, "unexpected inference input 'extra'"),
-    ("misnamed input", "mlp", infer_body({**GOOD_INPUT, "name": "inptu"}), {}, 400,
-     "unexpected inference input 'inptu'"),
-    ("wrong datatype", "mlp",
-     infer_body({**GOOD_INPUT, "datatype": "INT32", "data": [1] * 16}), {}, 400,
-     "expects 'FP32'"),
-    ("invalid datatype", "mlp", infer_body({**GOOD_INPUT, "datatype": "FLOAT"}), {}, 400,
-     "invalid datatype"),
-    ("wrong shape", "mlp", infer_body({**GOOD_INPUT, "shape": [2, 8]}), {}, 400,
-     "unexpected shape"),
-    ("element count does not match shape", "mlp",
-     infer_body({**GOOD_INPUT, "data": [0.1] * 15}), {}, 400, "expecting 16"),
-    ("batch above max_batch_size", "mlp",
-     infer_body({**GOOD_INPUT, "shape": [5, 16], "data": [0.1] * 80}), {}, 400,
-     "batch-size must be <= 4"),
-    ("negative dims", "mlp", infer_body({**GOOD_INPUT, "shape": [-1, 16]}), {}, 400,
-     "non-negative"),
-    ("absurd dims", "mlp", infer_body({**GOOD_INPUT, "shape": [2**40, 2**40]}), {}, 400,
-     "expecting"),
-    ("data and binary_data_size both set", "mlp",
-     infer_body({**GOOD_INPUT, "parameters": {"binary_data_size": 64}}), {}, 400,
-     "only one of"),
-    ("FP16 as JSON", "mlp", infer_body({**GOOD_INPUT, "datatype": "FP16"}), {}, 400,
-     "binary format"),
-    ("reserved triton_ parameter", "mlp",
-     infer_body(GOOD_INPUT, parameters={"triton_secret": 1}), {}, 400, "reserved"),
-    ("header length larger than the body", "mlp", b"{}", {"Inference-Header-Content-Length":
-                                                          "999"}, 400,
-     "inference header size"),
-    ("unsupported content encoding", "mlp", infer_body(GOOD_INPUT), {"Content-Encoding": "br"},
-     501, "Content-Encoding"),
+    (
+        "missing input",
+        "two_io",
+        infer_body({"name": "a", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}),
+        {},
+        400,
+        "missing: b",
+    ),
+    (
+        "extra input",
+        "mlp",
+        infer_body(GOOD_INPUT, {"name": "extra", "shape": [1], "datatype": "FP32", "data": [1]}),
+        {},
+        400,
+        "unexpected inference input 'extra'",
+    ),
+    (
+        "misnamed input",
+        "mlp",
+        infer_body({**GOOD_INPUT, "name": "inptu"}),
+        {},
+        400,
+        "unexpected inference input 'inptu'",
+    ),
+    (
+        "wrong datatype",
+        "mlp",
+        infer_body({**GOOD_INPUT, "datatype": "INT32", "data": [1] * 16}),
+        {},
+        400,
+        "expects 'FP32'",
+    ),
+    (
+        "invalid datatype",
+        "mlp",
+        infer_body({**GOOD_INPUT, "datatype": "FLOAT"}),
+        {},
+        400,
+        "invalid datatype",
+    ),
+    (
+        "wrong shape",
+        "mlp",
+        infer_body({**GOOD_INPUT, "shape": [2, 8]}),
+        {},
+        400,
+        "unexpected shape",
+    ),
+    (
+        "element count does not match shape",
+        "mlp",
+        infer_body({**GOOD_INPUT, "data": [0.1] * 15}),
+        {},
+        400,
+        "expecting 16",
+    ),
+    (
+        "batch above max_batch_size",
+        "mlp",
+        infer_body({**GOOD_INPUT, "shape": [5, 16], "data": [0.1] * 80}),
+        {},
+        400,
+        "batch-size must be <= 4",
+    ),
+    (
+        "negative dims",
+        "mlp",
+        infer_body({**GOOD_INPUT, "shape": [-1, 16]}),
+        {},
+        400,
+        "non-negative",
+    ),
+    (
+        "absurd dims",
+        "mlp",
+        infer_body({**GOOD_INPUT, "shape": [2**40, 2**40]}),
+        {},
+        400,
+        "expecting",
+    ),
+    (
+        "data and binary_data_size both set",
+        "mlp",
+        infer_body({**GOOD_INPUT, "parameters": {"binary_data_size": 64}}),
+        {},
+        400,
+        "only one of",
+    ),
+    (
+        "FP16 as JSON",
+        "mlp",
+        infer_body({**GOOD_INPUT, "datatype": "FP16"}),
+        {},
+        400,
+        "binary format",
+    ),
+    (
+        "reserved triton_ parameter",
+        "mlp",
+        infer_body(GOOD_INPUT, parameters={"triton_secret": 1}),
+        {},
+        400,
+        "reserved",
+    ),
+    (
+        "header length larger than the body",
+        "mlp",
+        b"{}",
+        {"Inference-Header-Content-Length": "999"},
+        400,
+        "inference header size",
+    ),
+    (
+        "unsupported content encoding",
+        "mlp",
+        infer_body(GOOD_INPUT),
+        {"Content-Encoding": "br"},
+        501,
+        "Content-Encoding",
+    ),
     ("body over the size limit", "mlp", b"x" * ((1 << 20) + 10), {}, 400, "maximum"),
-    ("gzip bomb", "mlp", gzip.compress(b" " * (4 << 20)), {"Content-Encoding": "gzip"}, 400,
-     "maximum"),
+    (
+        "gzip bomb",
+        "mlp",
+        gzip.compress(b" " * (4 << 20)),
+        {"Content-Encoding": "gzip"},
+        400,
+        "maximum",
+    ),
 ]
 BINARY_CASES = [
-    ("binary size larger than the rest of the body",
-     {"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32",
-                  "parameters": {"binary_data_size": 128}}]}, FLOATS16, "additional bytes"),
-    ("binary size inconsistent with the shape",
-     {"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32",
-                  "parameters": {"binary_data_size": 60}}]}, FLOATS16[:60], "expecting 64"),
-    ("trailing bytes after the last input",
-     {"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32",
-                  "parameters": {"binary_data_size": 64}}]}, FLOATS16 + b"xx",
-     "additional input data"),
-    ("truncated BYTES element",
-     {"inputs": [{"name": "text", "shape": [1, 2], "datatype": "BYTES",
-                  "parameters": {"binary_data_size": 6}}]}, b"\x05\x00\x00\x00ab",
-     "runs past"),
+    (
+        "binary size larger than the rest of the body",
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [1, 16],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": 128},
+                }
+            ]
+        },
+        FLOATS16,
+        "additional bytes",
+    ),
+    (
+        "binary size inconsistent with the shape",
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [1, 16],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": 60},
+                }
+            ]
+        },
+        FLOATS16[:60],
+        "expecting 64",
+    ),
+    (
+        "trailing bytes after the last input",
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [1, 16],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": 64},
+                }
+            ]
+        },
+        FLOATS16 + b"xx",
+        "additional input data",
+    ),
+    (
+        "truncated BYTES element",
+        {
+            "inputs": [
+                {
+                    "name": "text",
+                    "shape": [1, 2],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": 6},
+                }
+            ]
+        },
+        b"\x05\x00\x00\x00ab",
+        "runs past",
+    ),
 ]
 
 
-def post(server: ServerProcess, path: str, body: bytes,
-         headers: dict[str, str]) -> tuple[int, dict[str, object], http.client.HTTPResponse]:
+def post(
+    server: ServerProcess, path: str, body: bytes, headers: dict[str, str]
+) -> tuple[int, dict[str, object], http.client.HTTPResponse]:
     connection = http.client.HTTPConnection(server.http_url, timeout=30)
     try:
         connection.request("POST", f"/v2/models/{path}/infer", body=body, headers=headers)
@@ -107,10 +244,18 @@ def post(server: ServerProcess, path: str, body: bytes,
     return response.status, json.loads(payload), response
 
 
-@pytest.mark.parametrize(("case", "path", "body", "headers", "status", "fragment"), CASES,
-                         ids=[c[0] for c in CASES])
-def test_bad_http_request(server: ServerProcess, case: str, path: str, body: bytes,
-                          headers: dict[str, str], status: int, fragment: str) -> None:
+@pytest.mark.parametrize(
+    ("case", "path", "body", "headers", "status", "fragment"), CASES, ids=[c[0] for c in CASES]
+)
+def test_bad_http_request(
+    server: ServerProcess,
+    case: str,
+    path: str,
+    body: bytes,
+    headers: dict[str, str],
+    status: int,
+    fragment: str,
+) -> None:
     got_status, error, response = post(server, path, body, headers)
     assert got_status == status, error
     assert fragment in error["error"], error
@@ -118,10 +263,12 @@ def test_bad_http_request(server: ServerProcess, case: str, path: str, body: byt
         assert response.headers["Accept-Encoding"] == "gzip, deflate"
 
 
-@pytest.mark.parametrize(("case", "header", "blob", "fragment"), BINARY_CASES,
-                         ids=[c[0] for c in BINARY_CASES])
-def test_bad_binary_request(server: ServerProcess, case: str, header: dict, blob: bytes,
-                            fragment: str) -> None:
+@pytest.mark.parametrize(
+    ("case", "header", "blob", "fragment"), BINARY_CASES, ids=[c[0] for c in BINARY_CASES]
+)
+def test_bad_binary_request(
+    server: ServerProcess, case: str, header: dict, blob: bytes, fragment: str
+) -> None:
     body, headers = binary_body(header, blob)
     model = "strings" if header["inputs"][0]["name"] == "text" else "mlp"
     status, error, _ = post(server, model, body, headers)
@@ -150,8 +297,9 @@ def test_bad_grpc_requests(server: ServerProcess) -> None:
         no_data.inputs.add(name="input", datatype="FP32", shape=[1, 16])
         assert "has no data" in call(no_data).details()
         typed = service_pb2.ModelInferRequest(model_name="mlp")
-        typed.inputs.add(name="input", datatype="FP32", shape=[1, 16]).contents.fp32_contents \
-            .extend([0.5] * 16)
+        typed.inputs.add(
+            name="input", datatype="FP32", shape=[1, 16]
+        ).contents.fp32_contents.extend([0.5] * 16)
         assert len(stub.ModelInfer(typed).raw_output_contents[0]) == 16  # typed contents work
 
 

@@ -23,16 +23,38 @@ SINGLE_THREAD = 'parameters { key: "intra_op_thread_count" value: { string_value
 @pytest.fixture(scope="module")
 def batching_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = tmp_path_factory.mktemp("batching")
-    write_model(repo, "batched", mlp_model(seed=9),
-                "max_batch_size: 16\ndynamic_batching { max_queue_delay_microseconds: 3000 }\n")
-    write_model(repo, "bounded", slow_model(), "max_batch_size: 4\n" + SINGLE_THREAD +
-                "dynamic_batching { default_queue_policy { max_queue_size: 2 } }\n")
-    write_model(repo, "timeouts", slow_model(), "max_batch_size: 1\n" + SINGLE_THREAD +
-                "dynamic_batching { default_queue_policy { default_timeout_microseconds: 5000 "
-                "allow_timeout_override: true } }\n")
-    write_model(repo, "delayed", slow_model(), "max_batch_size: 1\n" + SINGLE_THREAD +
-                "dynamic_batching { default_queue_policy { default_timeout_microseconds: 1000 "
-                "timeout_action: DELAY } }\n")
+    write_model(
+        repo,
+        "batched",
+        mlp_model(seed=9),
+        "max_batch_size: 16\ndynamic_batching { max_queue_delay_microseconds: 3000 }\n",
+    )
+    write_model(
+        repo,
+        "bounded",
+        slow_model(),
+        "max_batch_size: 4\n"
+        + SINGLE_THREAD
+        + "dynamic_batching { default_queue_policy { max_queue_size: 2 } }\n",
+    )
+    write_model(
+        repo,
+        "timeouts",
+        slow_model(),
+        "max_batch_size: 1\n"
+        + SINGLE_THREAD
+        + "dynamic_batching { default_queue_policy { default_timeout_microseconds: 5000 "
+        "allow_timeout_override: true } }\n",
+    )
+    write_model(
+        repo,
+        "delayed",
+        slow_model(),
+        "max_batch_size: 1\n"
+        + SINGLE_THREAD
+        + "dynamic_batching { default_queue_policy { default_timeout_microseconds: 1000 "
+        "timeout_action: DELAY } }\n",
+    )
     return repo
 
 
@@ -42,8 +64,7 @@ def server(batching_repo: Path) -> Iterator[ServerProcess]:
         yield process
 
 
-def test_concurrent_requests_get_their_own_rows(server: ServerProcess,
-                                                batching_repo: Path) -> None:
+def test_concurrent_requests_get_their_own_rows(server: ServerProcess, batching_repo: Path) -> None:
     model_path = batching_repo / "batched" / "1" / "model.onnx"
     failures: list[str] = []
     lock = threading.Lock()
@@ -51,8 +72,11 @@ def test_concurrent_requests_get_their_own_rows(server: ServerProcess,
     def worker(worker_id: int) -> int:
         rng = np.random.default_rng(worker_id)
         use_grpc = worker_id % 2 == 0
-        client = grpcclient.InferenceServerClient(server.grpc_url) if use_grpc else \
-            httpclient.InferenceServerClient(server.http_url)
+        client = (
+            grpcclient.InferenceServerClient(server.grpc_url)
+            if use_grpc
+            else httpclient.InferenceServerClient(server.http_url)
+        )
         module = grpcclient if use_grpc else httpclient
         checked = 0
         for _ in range(15):
@@ -62,8 +86,7 @@ def test_concurrent_requests_get_their_own_rows(server: ServerProcess,
             infer_input.set_data_from_numpy(x)
             got = client.infer("batched", [infer_input]).as_numpy("output")
             expected = run_reference(model_path, {"input": x})["output"]
-            if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-4,
-                                                              atol=1e-5):
+            if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-4, atol=1e-5):
                 with lock:
                     failures.append(f"worker {worker_id} got rows that are not its own")
             checked += 1
@@ -73,15 +96,17 @@ def test_concurrent_requests_get_their_own_rows(server: ServerProcess,
         total = sum(pool.map(worker, range(24)))
     assert not failures, failures[:3]
     assert total == 24 * 15
-    stats = httpclient.InferenceServerClient(server.http_url).get_inference_statistics(
-        "batched")["model_stats"][0]
+    stats = httpclient.InferenceServerClient(server.http_url).get_inference_statistics("batched")[
+        "model_stats"
+    ][0]
     assert stats["inference_stats"]["success"]["count"] == total
     assert stats["execution_count"] < total  # requests were merged into batches
     assert max(b["batch_size"] for b in stats["batch_stats"]) > 3
 
 
-def _burst(server: ServerProcess, model: str, count: int,
-           timeout_us: int | None = None) -> list[str]:
+def _burst(
+    server: ServerProcess, model: str, count: int, timeout_us: int | None = None
+) -> list[str]:
     """`count` concurrent single-row requests; returns 'ok' or the error message for each."""
     x = np.ones((1, 256), dtype=np.float32)
 
@@ -119,6 +144,7 @@ def test_delay_action_serves_everything(server: ServerProcess) -> None:
 
 
 def test_failures_are_counted_in_statistics(server: ServerProcess) -> None:
-    stats = httpclient.InferenceServerClient(server.http_url).get_inference_statistics(
-        "bounded")["model_stats"][0]
+    stats = httpclient.InferenceServerClient(server.http_url).get_inference_statistics("bounded")[
+        "model_stats"
+    ][0]
     assert stats["inference_stats"]["fail"]["count"] > 0

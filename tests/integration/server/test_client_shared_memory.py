@@ -55,14 +55,16 @@ def shm_server(shm_repository: Path) -> Iterator[ServerProcess]:
 
 
 @pytest.fixture(scope="module", params=["ferry", "grpcio"])
-def grpc_shm_server(request: pytest.FixtureRequest, shm_server: ServerProcess,
-                    shm_repository: Path) -> Iterator[ServerProcess]:
+def grpc_shm_server(
+    request: pytest.FixtureRequest, shm_server: ServerProcess, shm_repository: Path
+) -> Iterator[ServerProcess]:
     """The gRPC tests run on both gRPC transports (`--grpc-transport`)."""
     if request.param == "ferry":
         yield shm_server
         return
-    with running_server(shm_repository, "--allow-client-shm", "--grpc-transport",
-                        request.param) as process:
+    with running_server(
+        shm_repository, "--allow-client-shm", "--grpc-transport", request.param
+    ) as process:
         yield process
 
 
@@ -72,8 +74,10 @@ def model_path(repo: Path, name: str) -> Path:
 
 def two_io_inputs(seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return (rng.standard_normal((2, 3)).astype(np.float32),
-            rng.integers(-5, 5, (2, 3)).astype(np.int64))
+    return (
+        rng.standard_normal((2, 3)).astype(np.float32),
+        rng.integers(-5, 5, (2, 3)).astype(np.int64),
+    )
 
 
 def post(server: ServerProcess, path: str, body: Any) -> tuple[int, Any]:
@@ -106,8 +110,9 @@ def wait_until_queued(server: ServerProcess, model: str, count: int) -> None:
 # --- HTTP ------------------------------------------------------------------------------------
 
 
-def test_http_inputs_and_outputs_in_shared_memory(shm_server: ServerProcess,
-                                                  shm_repository: Path) -> None:
+def test_http_inputs_and_outputs_in_shared_memory(
+    shm_server: ServerProcess, shm_repository: Path
+) -> None:
     client = httpclient.InferenceServerClient(shm_server.http_url)
     client.unregister_system_shared_memory()
     assert "system_shared_memory" in client.get_server_metadata()["extensions"]
@@ -120,14 +125,19 @@ def test_http_inputs_and_outputs_in_shared_memory(shm_server: ServerProcess,
             client.register_system_shared_memory("output_data", outputs.key, outputs.byte_size)
             assert sorted(client.get_system_shared_memory_status(), key=lambda r: r["name"]) == [
                 {"name": "input_data", "key": inputs.key, "offset": 0, "byte_size": 72},
-                {"name": "output_data", "key": outputs.key, "offset": 0, "byte_size": 48}]
+                {"name": "output_data", "key": outputs.key, "offset": 0, "byte_size": 48},
+            ]
 
-            infer_inputs = [httpclient.InferInput("a", [2, 3], "FP32"),
-                            httpclient.InferInput("b", [2, 3], "INT64")]
+            infer_inputs = [
+                httpclient.InferInput("a", [2, 3], "FP32"),
+                httpclient.InferInput("b", [2, 3], "INT64"),
+            ]
             infer_inputs[0].set_shared_memory("input_data", a.nbytes)
             infer_inputs[1].set_shared_memory("input_data", b.nbytes, offset=a.nbytes)
-            requested = [httpclient.InferRequestedOutput("sum", binary_data=True),
-                         httpclient.InferRequestedOutput("prod", binary_data=True)]
+            requested = [
+                httpclient.InferRequestedOutput("sum", binary_data=True),
+                httpclient.InferRequestedOutput("prod", binary_data=True),
+            ]
             requested[0].set_shared_memory("output_data", a.nbytes)
             requested[1].set_shared_memory("output_data", a.nbytes, offset=a.nbytes)
             result = client.infer("two_io", infer_inputs, outputs=requested)
@@ -137,13 +147,13 @@ def test_http_inputs_and_outputs_in_shared_memory(shm_server: ServerProcess,
                 output = result.get_output(name)
                 assert "data" not in output and output["shape"] == [2, 3]
                 assert output["parameters"]["shared_memory_region"] == "output_data"
-                got = shm.get_contents_as_numpy(outputs.handle, np.float32, [2, 3],
-                                                offset=index * a.nbytes)
+                got = shm.get_contents_as_numpy(
+                    outputs.handle, np.float32, [2, 3], offset=index * a.nbytes
+                )
                 np.testing.assert_allclose(got, expected[name], rtol=1e-6)
 
             client.unregister_system_shared_memory("input_data")
-            assert [r["name"] for r in client.get_system_shared_memory_status()] == \
-                ["output_data"]
+            assert [r["name"] for r in client.get_system_shared_memory_status()] == ["output_data"]
             with pytest.raises(InferenceServerException) as unknown:
                 client.get_system_shared_memory_status("input_data")
             assert unknown.value.status() == "404"
@@ -178,19 +188,25 @@ def test_http_mixed_and_bytes(shm_server: ServerProcess, shm_repository: Path) -
             out_shm.set_shared_memory("out", 48, offset=16)
             result = client.infer("mlp", [in_body], outputs=[out_shm])
             assert result.get_output("output")["parameters"] == {
-                "shared_memory_region": "out", "shared_memory_byte_size": 48,
-                "shared_memory_offset": 16}
+                "shared_memory_region": "out",
+                "shared_memory_byte_size": 48,
+                "shared_memory_offset": 16,
+            }
             np.testing.assert_allclose(
                 shm.get_contents_as_numpy(outputs.handle, np.float32, [3, 4], offset=16),
-                expected, rtol=1e-5)
+                expected,
+                rtol=1e-5,
+            )
 
             text_input = httpclient.InferInput("text", [2, 2], "BYTES")
             text_input.set_shared_memory("in", text_size, offset=x.nbytes)
             echo = httpclient.InferRequestedOutput("echo")
             echo.set_shared_memory("out", 256)
             client.infer("strings", [text_input], outputs=[echo])
-            assert shm.get_contents_as_numpy(outputs.handle, np.object_, [2, 2]).tolist() == \
-                text.tolist()
+            assert (
+                shm.get_contents_as_numpy(outputs.handle, np.object_, [2, 2]).tolist()
+                == text.tolist()
+            )
         finally:
             client.unregister_system_shared_memory()
 
@@ -205,9 +221,11 @@ def test_http_bad_requests_are_clear_400s(shm_server: ServerProcess) -> None:
             with pytest.raises(InferenceServerException, match="already in manager") as twice:
                 client.register_system_shared_memory("r", region.key, 64)
             assert twice.value.status() == "400"
-            for key, size, fragment in ((region.key, 65, "exceeds the 64 bytes"),
-                                        ("/ferry_test_no_such_object", 8, "Unable to open"),
-                                        ("/../../etc/passwd", 8, "invalid shared memory key")):
+            for key, size, fragment in (
+                (region.key, 65, "exceeds the 64 bytes"),
+                ("/ferry_test_no_such_object", 8, "Unable to open"),
+                ("/../../etc/passwd", 8, "invalid shared memory key"),
+            ):
                 with pytest.raises(InferenceServerException, match=fragment) as bad:
                     client.register_system_shared_memory("bad", key, size)
                 assert bad.value.status() == "400"
@@ -220,9 +238,11 @@ def test_http_bad_requests_are_clear_400s(shm_server: ServerProcess) -> None:
                     requested.set_shared_memory("r", output_size)
                 client.infer("mlp", [infer_input], outputs=[requested])
 
-            for args, fragment in ((("nope",), "Unable to find shared memory region: 'nope'"),
-                                   (("r", 8), r"output 'output' \(8 bytes\) should be at least 16"),
-                                   (("r", 128), "Invalid offset \\+ byte size")):
+            for args, fragment in (
+                (("nope",), "Unable to find shared memory region: 'nope'"),
+                (("r", 8), r"output 'output' \(8 bytes\) should be at least 16"),
+                (("r", 128), "Invalid offset \\+ byte size"),
+            ):
                 with pytest.raises(InferenceServerException, match=fragment) as error:
                     infer(*args)
                 assert error.value.status() == "400"
@@ -234,21 +254,39 @@ def test_http_bad_requests_are_clear_400s(shm_server: ServerProcess) -> None:
                 in_body.set_data_from_numpy(x)
                 client.infer("classifier", [in_body], outputs=[requested])
 
-            binary_and_shm = {"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32",
-                                          "data": x.ravel().tolist()}],
-                              "outputs": [{"name": "output", "parameters": {
-                                  "binary_data": True, "shared_memory_region": "r",
-                                  "shared_memory_byte_size": 64}}]}
+            binary_and_shm = {
+                "inputs": [
+                    {
+                        "name": "input",
+                        "shape": [1, 16],
+                        "datatype": "FP32",
+                        "data": x.ravel().tolist(),
+                    }
+                ],
+                "outputs": [
+                    {
+                        "name": "output",
+                        "parameters": {
+                            "binary_data": True,
+                            "shared_memory_region": "r",
+                            "shared_memory_byte_size": 64,
+                        },
+                    }
+                ],
+            }
             status, error = post(shm_server, "/v2/models/mlp/infer", binary_and_shm)
             assert status == 400
             assert "can't set both 'shared_memory_region' and 'binary_data'" in error["error"]
-            for body, fragment in (({"key": region.key}, "no 'byte_size' field"),
-                                   ({"byte_size": 8}, "no 'key' field"),
-                                   ({"key": region.key, "byte_size": -1}, "non-negative")):
+            for body, fragment in (
+                ({"key": region.key}, "no 'byte_size' field"),
+                ({"byte_size": 8}, "no 'key' field"),
+                ({"key": region.key, "byte_size": -1}, "non-negative"),
+            ):
                 status, error = post(shm_server, "/v2/systemsharedmemory/region/b/register", body)
                 assert status == 400 and fragment in error["error"]
-            status, error = post(shm_server, "/v2/systemsharedmemory/register",
-                                 {"key": region.key, "byte_size": 8})
+            status, error = post(
+                shm_server, "/v2/systemsharedmemory/register", {"key": region.key, "byte_size": 8}
+            )
             assert status == 400 and "'region name' is necessary" in error["error"]
             assert [r["name"] for r in client.get_system_shared_memory_status()] == ["r"]
         finally:
@@ -259,8 +297,7 @@ def test_http_bad_requests_are_clear_400s(shm_server: ServerProcess) -> None:
     assert client.infer("mlp", [healthy]).as_numpy("output").shape == (1, 4)
 
 
-def test_http_unregister_while_in_flight(shm_server: ServerProcess,
-                                         shm_repository: Path) -> None:
+def test_http_unregister_while_in_flight(shm_server: ServerProcess, shm_repository: Path) -> None:
     """A request whose regions go away while it waits in the batcher fails alone, clearly."""
     client = httpclient.InferenceServerClient(shm_server.http_url, concurrency=2)
     x = np.random.default_rng(4).standard_normal((8, 16)).astype(np.float32)
@@ -281,10 +318,12 @@ def test_http_unregister_while_in_flight(shm_server: ServerProcess,
             rest = httpclient.InferInput("input", [7, 16], "FP32")  # completes the batch of 8
             rest.set_data_from_numpy(x[1:])
             second = client.async_infer("held", [rest])
-            np.testing.assert_allclose(second.get_result().as_numpy("output"), expected[1:],
-                                       rtol=1e-5)
-            with pytest.raises(InferenceServerException,
-                               match="Unable to find shared memory region: 'held_out'") as gone:
+            np.testing.assert_allclose(
+                second.get_result().as_numpy("output"), expected[1:], rtol=1e-5
+            )
+            with pytest.raises(
+                InferenceServerException, match="Unable to find shared memory region: 'held_out'"
+            ) as gone:
                 first.get_result()
             assert gone.value.status() == "400"
         finally:
@@ -297,12 +336,14 @@ def test_http_unregister_while_in_flight(shm_server: ServerProcess,
 
 def grpc_regions(client: grpcclient.InferenceServerClient, name: str = "") -> dict[str, Any]:
     status = client.get_system_shared_memory_status(name)
-    return {key: (value.key, value.offset, value.byte_size)
-            for key, value in status.regions.items()}
+    return {
+        key: (value.key, value.offset, value.byte_size) for key, value in status.regions.items()
+    }
 
 
-def test_grpc_inputs_and_outputs_in_shared_memory(grpc_shm_server: ServerProcess,
-                                                  shm_repository: Path) -> None:
+def test_grpc_inputs_and_outputs_in_shared_memory(
+    grpc_shm_server: ServerProcess, shm_repository: Path
+) -> None:
     client = grpcclient.InferenceServerClient(grpc_shm_server.grpc_url)
     client.unregister_system_shared_memory()
     assert "system_shared_memory" in client.get_server_metadata().extensions
@@ -314,25 +355,34 @@ def test_grpc_inputs_and_outputs_in_shared_memory(grpc_shm_server: ServerProcess
             shm.set_shared_memory_region(inputs.handle, [b], offset=a.nbytes)
             client.register_system_shared_memory("input_data", inputs.key, inputs.byte_size)
             client.register_system_shared_memory("output_data", outputs.key, outputs.byte_size)
-            assert grpc_regions(client) == {"input_data": (inputs.key, 0, 72),
-                                            "output_data": (outputs.key, 0, 48)}
+            assert grpc_regions(client) == {
+                "input_data": (inputs.key, 0, 72),
+                "output_data": (outputs.key, 0, 48),
+            }
             assert grpc_regions(client, "output_data") == {"output_data": (outputs.key, 0, 48)}
 
-            infer_inputs = [grpcclient.InferInput("a", [2, 3], "FP32"),
-                            grpcclient.InferInput("b", [2, 3], "INT64")]
+            infer_inputs = [
+                grpcclient.InferInput("a", [2, 3], "FP32"),
+                grpcclient.InferInput("b", [2, 3], "INT64"),
+            ]
             infer_inputs[0].set_shared_memory("input_data", a.nbytes)
             infer_inputs[1].set_shared_memory("input_data", b.nbytes, offset=a.nbytes)
-            requested = [grpcclient.InferRequestedOutput("sum"),
-                         grpcclient.InferRequestedOutput("prod")]
+            requested = [
+                grpcclient.InferRequestedOutput("sum"),
+                grpcclient.InferRequestedOutput("prod"),
+            ]
             requested[0].set_shared_memory("output_data", a.nbytes)
             requested[1].set_shared_memory("output_data", a.nbytes, offset=a.nbytes)
             response = client.infer("two_io", infer_inputs, outputs=requested).get_response()
             assert list(response.raw_output_contents) == [b"", b""]  # one empty entry each
             for index, name in enumerate(("sum", "prod")):
-                assert response.outputs[index].parameters["shared_memory_region"] \
-                    .string_param == "output_data"
-                got = shm.get_contents_as_numpy(outputs.handle, np.float32, [2, 3],
-                                                offset=index * a.nbytes)
+                assert (
+                    response.outputs[index].parameters["shared_memory_region"].string_param
+                    == "output_data"
+                )
+                got = shm.get_contents_as_numpy(
+                    outputs.handle, np.float32, [2, 3], offset=index * a.nbytes
+                )
                 np.testing.assert_allclose(got, expected[name], rtol=1e-6)
 
             # mixed: 'a' from shared memory, 'b' in raw_input_contents (the only entry);
@@ -342,13 +392,16 @@ def test_grpc_inputs_and_outputs_in_shared_memory(grpc_shm_server: ServerProcess
             b_raw = grpcclient.InferInput("b", [2, 3], "INT64")
             b_raw.set_data_from_numpy(b2)
             prod_inline = grpcclient.InferRequestedOutput("prod")
-            result = client.infer("two_io", [infer_inputs[0], b_raw],
-                                  outputs=[requested[0], prod_inline])
+            result = client.infer(
+                "two_io", [infer_inputs[0], b_raw], outputs=[requested[0], prod_inline]
+            )
             expected2 = run_reference(model_path(shm_repository, "two_io"), {"a": a2, "b": b2})
             np.testing.assert_allclose(result.as_numpy("prod"), expected2["prod"], rtol=1e-6)
             np.testing.assert_allclose(
-                shm.get_contents_as_numpy(outputs.handle, np.float32, [2, 3]), expected2["sum"],
-                rtol=1e-6)
+                shm.get_contents_as_numpy(outputs.handle, np.float32, [2, 3]),
+                expected2["sum"],
+                rtol=1e-6,
+            )
 
             client.unregister_system_shared_memory("input_data")
             assert list(grpc_regions(client)) == ["output_data"]
@@ -374,8 +427,9 @@ def test_grpc_bad_requests_are_invalid_argument(grpc_shm_server: ServerProcess) 
             assert big.value.status() == "StatusCode.INVALID_ARGUMENT"
 
             for region_name, output_size, fragment in (
-                    ("nope", None, "Unable to find shared memory region: 'nope'"),
-                    ("r", 8, r"output 'output' \(8 bytes\) should be at least 16")):
+                ("nope", None, "Unable to find shared memory region: 'nope'"),
+                ("r", 8, r"output 'output' \(8 bytes\) should be at least 16"),
+            ):
                 infer_input = grpcclient.InferInput("input", [1, 16], "FP32")
                 infer_input.set_shared_memory(region_name, 64)
                 requested = grpcclient.InferRequestedOutput("output")
@@ -399,8 +453,7 @@ def test_grpc_bad_requests_are_invalid_argument(grpc_shm_server: ServerProcess) 
     assert client.infer("mlp", [healthy]).as_numpy("output").shape == (1, 4)
 
 
-def test_grpc_unregister_while_in_flight(shm_server: ServerProcess,
-                                         shm_repository: Path) -> None:
+def test_grpc_unregister_while_in_flight(shm_server: ServerProcess, shm_repository: Path) -> None:
     client = grpcclient.InferenceServerClient(shm_server.grpc_url)
     x = np.random.default_rng(8).standard_normal((8, 16)).astype(np.float32)
     expected = run_reference(model_path(shm_repository, "held"), {"input": x})["output"]
@@ -412,19 +465,23 @@ def test_grpc_unregister_while_in_flight(shm_server: ServerProcess,
             first_output = grpcclient.InferRequestedOutput("output")
             first_output.set_shared_memory("held_out", 16)
             results: list[tuple[Any, Any]] = []
-            client.async_infer("held", [first_input],
-                               lambda result, error: results.append((result, error)),
-                               outputs=[first_output])
+            client.async_infer(
+                "held",
+                [first_input],
+                lambda result, error: results.append((result, error)),
+                outputs=[first_output],
+            )
             wait_until_queued(shm_server, "held", 1)
             client.unregister_system_shared_memory("held_out")
             rest = grpcclient.InferInput("input", [7, 16], "FP32")
             rest.set_data_from_numpy(x[1:])
-            np.testing.assert_allclose(client.infer("held", [rest]).as_numpy("output"),
-                                       expected[1:], rtol=1e-5)
+            np.testing.assert_allclose(
+                client.infer("held", [rest]).as_numpy("output"), expected[1:], rtol=1e-5
+            )
             deadline = time.monotonic() + 30
             while not results and time.monotonic() < deadline:
                 time.sleep(0.01)
-            (result, error), = results
+            ((result, error),) = results
             assert result is None and error.status() == "StatusCode.INVALID_ARGUMENT"
             assert "Unable to find shared memory region: 'held_out'" in error.message()
         finally:

@@ -15,12 +15,15 @@ from tests.support.server_process import running_server
 pytestmark = pytest.mark.gpu
 
 GPU_CONFIG = "max_batch_size: 8\ndynamic_batching {}\ninstance_group [{ kind: KIND_GPU }]\n"
-TENSORRT_CONFIG = GPU_CONFIG + """
+TENSORRT_CONFIG = (
+    GPU_CONFIG
+    + """
 optimization { execution_accelerators { gpu_execution_accelerator [{
   name: "tensorrt"
   parameters { key: "precision_mode" value: "FP16" }
   parameters { key: "trt_engine_cache_path" value: "%s" } }] } }
 """
+)
 
 
 @pytest.mark.parametrize("accelerator", ["cuda", "tensorrt"])

@@ -18,8 +18,9 @@ from tests.support.server_process import ServerProcess, running_server
 
 
 @pytest.fixture(scope="module", params=["ferry", "grpcio"])
-def server(request: pytest.FixtureRequest, server: ServerProcess,
-           repository: Path) -> Iterator[ServerProcess]:
+def server(
+    request: pytest.FixtureRequest, server: ServerProcess, repository: Path
+) -> Iterator[ServerProcess]:
     """Every test here runs on both gRPC transports (`--grpc-transport`)."""
     if request.param == "ferry":
         yield server  # the default: the session's shared server
@@ -53,8 +54,9 @@ def test_health_metadata_config(client: grpcclient.InferenceServerClient) -> Non
 
 def test_infer_raw_contents(client: grpcclient.InferenceServerClient, repository: Path) -> None:
     x, infer_input = mlp_input(3, seed=11)
-    result = client.infer("mlp", [infer_input], request_id="g1",
-                          outputs=[grpcclient.InferRequestedOutput("output")])
+    result = client.infer(
+        "mlp", [infer_input], request_id="g1", outputs=[grpcclient.InferRequestedOutput("output")]
+    )
     expected = run_reference(repository / "mlp" / "1" / "model.onnx", {"input": x})["output"]
     np.testing.assert_allclose(result.as_numpy("output"), expected, rtol=1e-5, atol=1e-6)
     response = result.get_response()
@@ -64,8 +66,10 @@ def test_infer_raw_contents(client: grpcclient.InferenceServerClient, repository
 def test_two_inputs_two_outputs_and_bytes(client: grpcclient.InferenceServerClient) -> None:
     a = np.ones((2, 3), dtype=np.float32)
     b = np.full((2, 3), 4, dtype=np.int64)
-    inputs = [grpcclient.InferInput("a", [2, 3], "FP32"), grpcclient.InferInput("b", [2, 3],
-                                                                               "INT64")]
+    inputs = [
+        grpcclient.InferInput("a", [2, 3], "FP32"),
+        grpcclient.InferInput("b", [2, 3], "INT64"),
+    ]
     inputs[0].set_data_from_numpy(a)
     inputs[1].set_data_from_numpy(b)
     result = client.infer("two_io", inputs)
@@ -79,8 +83,11 @@ def test_two_inputs_two_outputs_and_bytes(client: grpcclient.InferenceServerClie
 
 def test_classification(client: grpcclient.InferenceServerClient) -> None:
     _, infer_input = mlp_input(1, seed=3)
-    result = client.infer("classifier", [infer_input],
-                          outputs=[grpcclient.InferRequestedOutput("output", class_count=3)])
+    result = client.infer(
+        "classifier",
+        [infer_input],
+        outputs=[grpcclient.InferRequestedOutput("output", class_count=3)],
+    )
     classes = result.as_numpy("output")
     assert classes.shape == (1, 3)
     assert all(len(entry.decode().split(":")) == 3 for entry in classes[0])
@@ -93,7 +100,8 @@ def test_statistics_and_index(client: grpcclient.InferenceServerClient) -> None:
     assert stats["name"] == "mlp" and int(stats["inference_count"]) >= 2
     index = client.get_model_repository_index(as_json=True)["models"]
     assert {"name": "mlp", "version": "1", "state": "READY"} in [
-        {k: m.get(k) for k in ("name", "version", "state")} for m in index]
+        {k: m.get(k) for k in ("name", "version", "state")} for m in index
+    ]
 
 
 def test_status_codes(client: grpcclient.InferenceServerClient) -> None:
@@ -139,8 +147,9 @@ def test_stream_infer(client: grpcclient.InferenceServerClient, repository: Path
     assert len(errors) == 1 and "unexpected shape" in str(errors[0])
     model = repository / "mlp" / "1" / "model.onnx"
     for request_id, x in sent.items():
-        np.testing.assert_allclose(received[request_id],
-                                   run_reference(model, {"input": x})["output"], rtol=1e-5)
+        np.testing.assert_allclose(
+            received[request_id], run_reference(model, {"input": x})["output"], rtol=1e-5
+        )
 
 
 def test_standard_health_service(server: ServerProcess) -> None:

@@ -18,8 +18,10 @@ from server.protocol.grpc_wire.rpc import routes_for
 from server.protocol.grpc_wire.server import GrpcWireServer
 
 MAX_MESSAGE = 2**31 - 1
-CHANNEL_OPTIONS = [("grpc.max_send_message_length", MAX_MESSAGE),
-                   ("grpc.max_receive_message_length", MAX_MESSAGE)]
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+]
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 
@@ -38,13 +40,17 @@ class EchoService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignor
             self.cancelled.set()
             raise
         metadata = dict(context.invocation_metadata())
-        return pb.ModelInferResponse(id=metadata.get("x-tag", request.id),
-                                     raw_output_contents=request.raw_input_contents)
+        return pb.ModelInferResponse(
+            id=metadata.get("x-tag", request.id), raw_output_contents=request.raw_input_contents
+        )
 
     async def ModelStreamInfer(self, requests: Any, context: Any) -> AsyncIterator[Any]:
         async for request in requests:
-            yield pb.ModelStreamInferResponse(infer_response=pb.ModelInferResponse(
-                id=request.id, raw_output_contents=request.raw_input_contents))
+            yield pb.ModelStreamInferResponse(
+                infer_response=pb.ModelInferResponse(
+                    id=request.id, raw_output_contents=request.raw_input_contents
+                )
+            )
 
 
 def request(payload: bytes = b"", tag: str = "", sleep_s: float = 0.0) -> Any:
@@ -53,19 +59,28 @@ def request(payload: bytes = b"", tag: str = "", sleep_s: float = 0.0) -> Any:
     return message
 
 
-def serve(scenario: Callable[[GrpcWireServer, EchoService, str], Awaitable[None]],
-          max_message: int = MAX_MESSAGE) -> None:
+def serve(
+    scenario: Callable[[GrpcWireServer, EchoService, str], Awaitable[None]],
+    max_message: int = MAX_MESSAGE,
+) -> None:
     async def main() -> None:
         service = EchoService()
-        server = GrpcWireServer(routes_for(
-            service, pb.DESCRIPTOR.services_by_name["GRPCInferenceService"],
-            service_pb2_grpc.GRPCInferenceServiceServicer), "127.0.0.1", 0, max_message)
+        server = GrpcWireServer(
+            routes_for(
+                service,
+                pb.DESCRIPTOR.services_by_name["GRPCInferenceService"],
+                service_pb2_grpc.GRPCInferenceServiceServicer,
+            ),
+            "127.0.0.1",
+            0,
+            max_message,
+        )
         await server.start()
         try:
-            await asyncio.wait_for(scenario(server, service, f"127.0.0.1:{server.bound_port}"),
-                                   60)
+            await asyncio.wait_for(scenario(server, service, f"127.0.0.1:{server.bound_port}"), 60)
         finally:
             await server.stop(0)
+
     asyncio.run(main())
 
 
@@ -73,11 +88,12 @@ def test_concurrent_calls_on_one_channel_each_get_their_own_reply() -> None:
     async def scenario(server: GrpcWireServer, service: EchoService, url: str) -> None:
         async with grpc.aio.insecure_channel(url) as channel:
             stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-            replies = await asyncio.gather(*(stub.ModelInfer(request(bytes([i % 256]) * i,
-                                                                     tag=str(i)))
-                                             for i in range(300)))
+            replies = await asyncio.gather(
+                *(stub.ModelInfer(request(bytes([i % 256]) * i, tag=str(i))) for i in range(300))
+            )
         for i, reply in enumerate(replies):
             assert reply.id == str(i) and reply.raw_output_contents[0] == bytes([i % 256]) * i
+
     serve(scenario)
 
 
@@ -87,10 +103,12 @@ def test_messages_larger_than_every_flow_control_window() -> None:
     async def scenario(server: GrpcWireServer, service: EchoService, url: str) -> None:
         async with grpc.aio.insecure_channel(url, options=CHANNEL_OPTIONS) as channel:
             stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-            replies = await asyncio.gather(stub.ModelInfer(request(payload)),
-                                           stub.ModelInfer(request(payload[::-1])))
+            replies = await asyncio.gather(
+                stub.ModelInfer(request(payload)), stub.ModelInfer(request(payload[::-1]))
+            )
         assert replies[0].raw_output_contents[0] == payload
         assert replies[1].raw_output_contents[0] == payload[::-1]
+
     serve(scenario)
 
 
@@ -101,6 +119,7 @@ def test_compressed_requests(compression: grpc.Compression) -> None:
             stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
             reply = await stub.ModelInfer(request(b"z" * 100_000))
         assert reply.raw_output_contents[0] == b"z" * 100_000
+
     serve(scenario)
 
 
@@ -114,6 +133,7 @@ def test_bidirectional_stream() -> None:
             assert await call.code() == grpc.StatusCode.OK
         assert [r.infer_response.id for r in replies] == [str(n) for n in sizes]
         assert [len(r.infer_response.raw_output_contents[0]) for r in replies] == sizes
+
     serve(scenario)
 
 
@@ -123,6 +143,7 @@ def test_metadata_reaches_the_servicer() -> None:
             stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
             reply = await stub.ModelInfer(request(), metadata=(("x-tag", "t" * 20_000),))
         assert reply.id == "t" * 20_000
+
     serve(scenario)
 
 
@@ -137,6 +158,7 @@ def test_unknown_method_is_unimplemented() -> None:
             with pytest.raises(grpc.aio.AioRpcError) as caught:  # not overridden by the echo
                 await health(b"")
             assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
     serve(scenario)
 
 
@@ -149,6 +171,7 @@ def test_deadline_cancels_the_call_on_the_server() -> None:
             assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             await asyncio.wait_for(service.cancelled.wait(), 5)
             assert (await stub.ModelInfer(request(b"ok"))).raw_output_contents[0] == b"ok"
+
     serve(scenario)
 
 
@@ -160,6 +183,7 @@ def test_client_cancel_reaches_the_servicer() -> None:
             await asyncio.wait_for(service.started.wait(), 5)
             call.cancel()
             await asyncio.wait_for(service.cancelled.wait(), 5)
+
     serve(scenario)
 
 
@@ -176,6 +200,7 @@ def test_stop_lets_open_calls_finish_and_refuses_new_ones() -> None:
                 await stub.ModelInfer(request(), timeout=5)
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
             assert not service.cancelled.is_set()
+
     serve(scenario)
 
 
@@ -201,10 +226,13 @@ async def exchange(url: str, payload: bytes) -> list[tuple[int, int, int, bytes]
                 length = (high << 16) | low
                 if len(buffer) < 9 + length:
                     break
-                received.append((kind, flags, stream_id, buffer[9:9 + length]))
-                buffer = buffer[9 + length:]
-                if kind == frames.GOAWAY or (stream_id == 1 and flags & frames.END_STREAM
-                                             and kind in (frames.HEADERS, frames.DATA)):
+                received.append((kind, flags, stream_id, buffer[9 : 9 + length]))
+                buffer = buffer[9 + length :]
+                if kind == frames.GOAWAY or (
+                    stream_id == 1
+                    and flags & frames.END_STREAM
+                    and kind in (frames.HEADERS, frames.DATA)
+                ):
                     return received
     finally:
         writer.close()
@@ -216,15 +244,24 @@ def headers_frame(fields: list[tuple[str, str]], end_stream: bool) -> bytes:
 
 
 def grpc_fields(**overrides: str) -> list[tuple[str, str]]:
-    fields = {":method": "POST", ":scheme": "http", ":path": INFER, ":authority": "x",
-              "content-type": "application/grpc", "te": "trailers"}
+    fields = {
+        ":method": "POST",
+        ":scheme": "http",
+        ":path": INFER,
+        ":authority": "x",
+        "content-type": "application/grpc",
+        "te": "trailers",
+    }
     return list({**fields, **overrides}.items())
 
 
 def response_headers(received: list[tuple[int, int, int, bytes]]) -> list[list[tuple[str, str]]]:
     decoder = hpack.Decoder()
-    return [[(str(k), str(v)) for k, v in decoder.decode(payload)]
-            for kind, _, stream_id, payload in received if kind == frames.HEADERS]
+    return [
+        [(str(k), str(v)) for k, v in decoder.decode(payload)]
+        for kind, _, stream_id, payload in received
+        if kind == frames.HEADERS
+    ]
 
 
 def test_bad_preface_gets_goaway() -> None:
@@ -232,16 +269,20 @@ def test_bad_preface_gets_goaway() -> None:
         received = await exchange(url, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert received[-1][0] == frames.GOAWAY
         assert int.from_bytes(received[-1][3][4:8], "big") == frames.PROTOCOL_ERROR
+
     serve(scenario)
 
 
-@pytest.mark.parametrize("garbage", [
-    frames.frame(frames.HEADERS, frames.PADDED | frames.END_HEADERS, 1, b""),  # no pad length
-    frames.frame(frames.HEADERS, frames.END_HEADERS, 1, b"\xff\xff\xff\xff"),  # bad HPACK
-    frames.frame(frames.SETTINGS, 0, 0, b"\x00\x04\x00"),  # not a multiple of 6
-    frames.frame(frames.CONTINUATION, frames.END_HEADERS, 1, b""),  # nothing to continue
-    frames.frame(frames.PUSH_PROMISE, 0, 1, b"\x00\x00\x00\x02"),
-])
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        frames.frame(frames.HEADERS, frames.PADDED | frames.END_HEADERS, 1, b""),  # no pad length
+        frames.frame(frames.HEADERS, frames.END_HEADERS, 1, b"\xff\xff\xff\xff"),  # bad HPACK
+        frames.frame(frames.SETTINGS, 0, 0, b"\x00\x04\x00"),  # not a multiple of 6
+        frames.frame(frames.CONTINUATION, frames.END_HEADERS, 1, b""),  # nothing to continue
+        frames.frame(frames.PUSH_PROMISE, 0, 1, b"\x00\x00\x00\x02"),
+    ],
+)
 def test_malformed_frames_close_only_their_connection(garbage: bytes) -> None:
     async def scenario(server: GrpcWireServer, service: EchoService, url: str) -> None:
         received = await exchange(url, frames.PREFACE + frames.settings_frame({}) + garbage)
@@ -250,33 +291,46 @@ def test_malformed_frames_close_only_their_connection(garbage: bytes) -> None:
         async with grpc.aio.insecure_channel(url) as channel:
             stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
             assert (await stub.ModelInfer(request(b"ok"))).raw_output_contents[0] == b"ok"
+
     serve(scenario)
 
 
-@pytest.mark.parametrize("overrides,status", [({":method": "GET"}, "405"),
-                                              ({"content-type": "text/plain"}, "415")])
-def test_requests_that_are_not_grpc_get_an_http_status(overrides: dict[str, str],
-                                                       status: str) -> None:
+@pytest.mark.parametrize(
+    "overrides,status", [({":method": "GET"}, "405"), ({"content-type": "text/plain"}, "415")]
+)
+def test_requests_that_are_not_grpc_get_an_http_status(
+    overrides: dict[str, str], status: str
+) -> None:
     async def scenario(server: GrpcWireServer, service: EchoService, url: str) -> None:
-        received = await exchange(url, frames.PREFACE + frames.settings_frame({}) + headers_frame(
-            grpc_fields(**overrides), end_stream=True))
+        received = await exchange(
+            url,
+            frames.PREFACE
+            + frames.settings_frame({})
+            + headers_frame(grpc_fields(**overrides), end_stream=True),
+        )
         assert response_headers(received) == [[(":status", status)]]
+
     serve(scenario)
 
 
 def test_header_block_split_over_continuation_frames() -> None:
     async def scenario(server: GrpcWireServer, service: EchoService, url: str) -> None:
         block = hpack.Encoder().encode(grpc_fields(**{"x-tag": "c" * 40_000}))
-        pieces = [block[i:i + 16_000] for i in range(0, len(block), 16_000)]
+        pieces = [block[i : i + 16_000] for i in range(0, len(block), 16_000)]
         head = frames.frame(frames.HEADERS, 0, 1, pieces[0])
-        rest = b"".join(frames.frame(frames.CONTINUATION,
-                                     frames.END_HEADERS if i == len(pieces) - 1 else 0, 1, piece)
-                        for i, piece in enumerate(pieces[1:], 1))
+        rest = b"".join(
+            frames.frame(
+                frames.CONTINUATION, frames.END_HEADERS if i == len(pieces) - 1 else 0, 1, piece
+            )
+            for i, piece in enumerate(pieces[1:], 1)
+        )
         body = request(b"abc").SerializeToString()
-        data = frames.frame(frames.DATA, frames.END_STREAM, 1,
-                            b"\0" + len(body).to_bytes(4, "big") + body)
-        received = await exchange(url, frames.PREFACE + frames.settings_frame({}) + head + rest
-                                  + data)
+        data = frames.frame(
+            frames.DATA, frames.END_STREAM, 1, b"\0" + len(body).to_bytes(4, "big") + body
+        )
+        received = await exchange(
+            url, frames.PREFACE + frames.settings_frame({}) + head + rest + data
+        )
         headers = response_headers(received)
         assert headers[0][0] == (":status", "200") and headers[-1] == [("grpc-status", "0")]
         # the 40 kB reply is split to the client's default 16 kB frame size
@@ -285,18 +339,24 @@ def test_header_block_split_over_continuation_frames() -> None:
         message = b"".join(data_frames)
         reply = pb.ModelInferResponse.FromString(message[5:])
         assert reply.id == "c" * 40_000 and reply.raw_output_contents[0] == b"abc"
+
     serve(scenario)
 
 
 def test_oversized_unary_message_is_refused_before_it_ends() -> None:
     async def scenario(server: GrpcWireServer, service: EchoService, url: str) -> None:
         declared = (1 << 20).to_bytes(4, "big")
-        received = await exchange(url, frames.PREFACE + frames.settings_frame({}) + headers_frame(
-            grpc_fields(), end_stream=False) + frames.frame(frames.DATA, 0, 1, b"\0" + declared
-                                                            + b"x" * 5000))  # no END_STREAM
+        received = await exchange(
+            url,
+            frames.PREFACE
+            + frames.settings_frame({})
+            + headers_frame(grpc_fields(), end_stream=False)
+            + frames.frame(frames.DATA, 0, 1, b"\0" + declared + b"x" * 5000),
+        )  # no END_STREAM
         trailers = dict(response_headers(received)[-1])
         assert trailers["grpc-status"] == str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
         assert "larger than max" in trailers["grpc-message"]
+
     serve(scenario, max_message=1000)
 
 
@@ -304,9 +364,14 @@ def test_two_messages_on_a_unary_call_are_refused() -> None:
     async def scenario(server: GrpcWireServer, service: EchoService, url: str) -> None:
         body = request().SerializeToString()
         message = b"\0" + len(body).to_bytes(4, "big") + body
-        received = await exchange(url, frames.PREFACE + frames.settings_frame({}) + headers_frame(
-            grpc_fields(), end_stream=False) + frames.frame(frames.DATA, frames.END_STREAM, 1,
-                                                            message * 2))
+        received = await exchange(
+            url,
+            frames.PREFACE
+            + frames.settings_frame({})
+            + headers_frame(grpc_fields(), end_stream=False)
+            + frames.frame(frames.DATA, frames.END_STREAM, 1, message * 2),
+        )
         trailers = dict(response_headers(received)[-1])
         assert trailers["grpc-status"] == str(grpc.StatusCode.UNIMPLEMENTED.value[0])
+
     serve(scenario)

@@ -32,12 +32,18 @@ def test_health_and_server_metadata(client: httpclient.InferenceServerClient) ->
     assert client.is_server_ready()
     metadata = client.get_server_metadata()
     assert metadata["name"] == "ferry"
-    assert {"binary_tensor_data", "statistics", "model_repository",
-            "model_configuration", "classification"} <= set(metadata["extensions"])
+    assert {
+        "binary_tensor_data",
+        "statistics",
+        "model_repository",
+        "model_configuration",
+        "classification",
+    } <= set(metadata["extensions"])
 
 
 def test_model_metadata_has_batch_dim_and_kserve_datatypes(
-        client: httpclient.InferenceServerClient) -> None:
+    client: httpclient.InferenceServerClient,
+) -> None:
     metadata = client.get_model_metadata("mlp")
     assert metadata["versions"] == ["1"]
     assert metadata["platform"] == "onnxruntime_onnx"
@@ -70,8 +76,12 @@ def test_model_ready(client: httpclient.InferenceServerClient) -> None:
 
 @pytest.mark.parametrize("binary_input", [True, False])
 @pytest.mark.parametrize("binary_output", [True, False])
-def test_infer_matches_onnxruntime(client: httpclient.InferenceServerClient, repository: Path,
-                                   binary_input: bool, binary_output: bool) -> None:
+def test_infer_matches_onnxruntime(
+    client: httpclient.InferenceServerClient,
+    repository: Path,
+    binary_input: bool,
+    binary_output: bool,
+) -> None:
     x = rows(3, seed=1)
     infer_input = httpclient.InferInput("input", list(x.shape), "FP32")
     infer_input.set_data_from_numpy(x, binary_data=binary_input)
@@ -84,19 +94,21 @@ def test_infer_matches_onnxruntime(client: httpclient.InferenceServerClient, rep
     assert response["model_name"] == "mlp" and response["model_version"] == "1"
 
 
-def test_infer_without_outputs_returns_all(client: httpclient.InferenceServerClient,
-                                           repository: Path) -> None:
+def test_infer_without_outputs_returns_all(
+    client: httpclient.InferenceServerClient, repository: Path
+) -> None:
     a = rows(2, seed=2, width=3)
     b = np.arange(6, dtype=np.int64).reshape(2, 3)
-    inputs = [httpclient.InferInput("a", [2, 3], "FP32"), httpclient.InferInput("b", [2, 3],
-                                                                               "INT64")]
+    inputs = [
+        httpclient.InferInput("a", [2, 3], "FP32"),
+        httpclient.InferInput("b", [2, 3], "INT64"),
+    ]
     inputs[0].set_data_from_numpy(a)
     inputs[1].set_data_from_numpy(b)
     result = client.infer("two_io", inputs)
     np.testing.assert_allclose(result.as_numpy("sum"), a + b.astype(np.float32), rtol=1e-6)
     np.testing.assert_allclose(result.as_numpy("prod"), a * 2, rtol=1e-6)
-    only_prod = client.infer("two_io", inputs,
-                             outputs=[httpclient.InferRequestedOutput("prod")])
+    only_prod = client.infer("two_io", inputs, outputs=[httpclient.InferRequestedOutput("prod")])
     assert only_prod.as_numpy("sum") is None
     np.testing.assert_allclose(only_prod.as_numpy("prod"), a * 2, rtol=1e-6)
 
@@ -116,13 +128,17 @@ def test_bytes_tensors_round_trip(client: httpclient.InferenceServerClient) -> N
     assert error.value.status() == "400"
 
 
-def test_classification_extension(client: httpclient.InferenceServerClient,
-                                  repository: Path) -> None:
+def test_classification_extension(
+    client: httpclient.InferenceServerClient, repository: Path
+) -> None:
     x = rows(2, seed=4)
     infer_input = httpclient.InferInput("input", [2, 16], "FP32")
     infer_input.set_data_from_numpy(x)
-    result = client.infer("classifier", [infer_input],
-                          outputs=[httpclient.InferRequestedOutput("output", class_count=2)])
+    result = client.infer(
+        "classifier",
+        [infer_input],
+        outputs=[httpclient.InferRequestedOutput("output", class_count=2)],
+    )
     classes = result.as_numpy("output")
     assert classes.shape == (2, 2)
     logits = run_reference(repository / "classifier" / "1" / "model.onnx", {"input": x})["output"]
@@ -140,34 +156,44 @@ def test_non_batching_model(client: httpclient.InferenceServerClient, repository
     infer_input = httpclient.InferInput("input", [2, 16], "FP32")
     infer_input.set_data_from_numpy(x)
     expected = run_reference(repository / "nobatch" / "1" / "model.onnx", {"input": x})["output"]
-    np.testing.assert_allclose(client.infer("nobatch", [infer_input]).as_numpy("output"),
-                               expected, rtol=1e-5)
+    np.testing.assert_allclose(
+        client.infer("nobatch", [infer_input]).as_numpy("output"), expected, rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
-def test_compression_both_ways(client: httpclient.InferenceServerClient, repository: Path,
-                               algorithm: str) -> None:
+def test_compression_both_ways(
+    client: httpclient.InferenceServerClient, repository: Path, algorithm: str
+) -> None:
     x = rows(4, seed=7)
     infer_input = httpclient.InferInput("input", [4, 16], "FP32")
     infer_input.set_data_from_numpy(x)
-    result = client.infer("mlp", [infer_input], request_compression_algorithm=algorithm,
-                          response_compression_algorithm=algorithm)
+    result = client.infer(
+        "mlp",
+        [infer_input],
+        request_compression_algorithm=algorithm,
+        response_compression_algorithm=algorithm,
+    )
     expected = run_reference(repository / "mlp" / "1" / "model.onnx", {"input": x})["output"]
     np.testing.assert_allclose(result.as_numpy("output"), expected, rtol=1e-5)
 
 
 def test_response_compressed_only_when_asked(server: ServerProcess) -> None:
-    body = json.dumps({"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32",
-                                   "data": [0.5] * 16}]}).encode()
+    body = json.dumps(
+        {"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32", "data": [0.5] * 16}]}
+    ).encode()
     for encoding, decode in (("gzip", gzip.decompress), ("deflate", zlib.decompress)):
         request = urllib.request.Request(
-            f"http://{server.http_url}/v2/models/mlp/infer", data=body,
-            headers={"Accept-Encoding": f"br, {encoding};q=0.9"})
+            f"http://{server.http_url}/v2/models/mlp/infer",
+            data=body,
+            headers={"Accept-Encoding": f"br, {encoding};q=0.9"},
+        )
         with urllib.request.urlopen(request) as response:
             assert response.headers["Content-Encoding"] == encoding
             assert json.loads(decode(response.read()))["model_name"] == "mlp"
-    metadata = urllib.request.Request(f"http://{server.http_url}/v2/models/mlp",
-                                      headers={"Accept-Encoding": "gzip"})
+    metadata = urllib.request.Request(
+        f"http://{server.http_url}/v2/models/mlp", headers={"Accept-Encoding": "gzip"}
+    )
     with urllib.request.urlopen(metadata) as response:  # never compress non-infer responses
         assert response.headers.get("Content-Encoding") is None
         assert json.loads(response.read())["name"] == "mlp"
@@ -185,8 +211,10 @@ def test_statistics(client: httpclient.InferenceServerClient) -> None:
     client.infer("two_io", [a, b])
     after = client.get_inference_statistics("two_io", "1")["model_stats"][0]
     assert after["name"] == "two_io" and after["version"] == "1"
-    assert after["inference_stats"]["success"]["count"] == \
-        before["inference_stats"]["success"]["count"] + 1
+    assert (
+        after["inference_stats"]["success"]["count"]
+        == before["inference_stats"]["success"]["count"] + 1
+    )
     assert after["inference_count"] == before["inference_count"] + 2
     assert after["execution_count"] >= before["execution_count"] + 1
     assert after["inference_stats"]["compute_infer"]["ns"] > 0
@@ -203,15 +231,17 @@ def test_repository_index(client: httpclient.InferenceServerClient) -> None:
 
 
 def test_load_and_unload_refused_outside_explicit_mode(
-        client: httpclient.InferenceServerClient) -> None:
+    client: httpclient.InferenceServerClient,
+) -> None:
     with pytest.raises(InferenceServerException, match="not allowed"):
         client.load_model("mlp")
     with pytest.raises(InferenceServerException, match="not allowed"):
         client.unload_model("mlp")
 
 
-def test_errors_use_triton_status_and_error_json(client: httpclient.InferenceServerClient,
-                                                 server: ServerProcess) -> None:
+def test_errors_use_triton_status_and_error_json(
+    client: httpclient.InferenceServerClient, server: ServerProcess
+) -> None:
     with pytest.raises(InferenceServerException) as unknown:
         client.get_model_metadata("no_such_model")
     assert unknown.value.status() == "404"
@@ -219,9 +249,11 @@ def test_errors_use_triton_status_and_error_json(client: httpclient.InferenceSer
     with pytest.raises(InferenceServerException) as version:
         client.get_model_metadata("mlp", "9")
     assert version.value.status() == "404"
-    for path, method, status in (("/v2/nothing/here", "GET", 404),
-                                 ("/v2/health/live", "POST", 405),
-                                 ("/v2/models/mlp/infer", "GET", 405)):
+    for path, method, status in (
+        ("/v2/nothing/here", "GET", 404),
+        ("/v2/health/live", "POST", 405),
+        ("/v2/models/mlp/infer", "GET", 405),
+    ):
         request = urllib.request.Request(f"http://{server.http_url}{path}", method=method)
         with pytest.raises(urllib.error.HTTPError) as error:
             urllib.request.urlopen(request)

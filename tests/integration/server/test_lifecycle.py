@@ -27,8 +27,9 @@ from tests.support.onnx_models import (
 from tests.support.server_process import running_server
 
 
-def infer_mlp(client: httpclient.InferenceServerClient, x: np.ndarray,
-              model: str = "mlp") -> np.ndarray:
+def infer_mlp(
+    client: httpclient.InferenceServerClient, x: np.ndarray, model: str = "mlp"
+) -> np.ndarray:
     infer_input = httpclient.InferInput("input", list(x.shape), "FP32")
     infer_input.set_data_from_numpy(x)
     return client.infer(model, [infer_input]).as_numpy("output")
@@ -38,8 +39,9 @@ def test_poll_mode_hot_reload_under_load(tmp_path: Path) -> None:
     write_model(tmp_path, "mlp", mlp_model(seed=1))
     x = np.random.default_rng(0).standard_normal((1, 16)).astype(np.float32)
     expected_v1 = run_reference(tmp_path / "mlp" / "1" / "model.onnx", {"input": x})["output"]
-    with running_server(tmp_path, "--model-control-mode", "poll",
-                        "--repository-poll-secs", "0.3") as server:
+    with running_server(
+        tmp_path, "--model-control-mode", "poll", "--repository-poll-secs", "0.3"
+    ) as server:
         stop = threading.Event()
         outcomes: list[str] = []
         versions_seen: set[str] = set()
@@ -67,17 +69,20 @@ def test_poll_mode_hot_reload_under_load(tmp_path: Path) -> None:
             while time.monotonic() < deadline and "2" not in versions_seen:
                 time.sleep(0.1)
             assert "2" in versions_seen
-            expected_v2 = run_reference(tmp_path / "mlp" / "2" / "model.onnx",
-                                        {"input": x})["output"]
+            expected_v2 = run_reference(tmp_path / "mlp" / "2" / "model.onnx", {"input": x})[
+                "output"
+            ]
             np.testing.assert_allclose(infer_mlp(client, x), expected_v2, rtol=1e-5)
             assert not client.is_model_ready("mlp", "1")  # latest-1 policy retired v1
             # a changed file in the served version is reloaded too
             write_model(tmp_path, "mlp", mlp_model(seed=3), version=2)
-            expected_v2b = run_reference(tmp_path / "mlp" / "2" / "model.onnx",
-                                         {"input": x})["output"]
+            expected_v2b = run_reference(tmp_path / "mlp" / "2" / "model.onnx", {"input": x})[
+                "output"
+            ]
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline and not np.allclose(
-                    infer_mlp(client, x), expected_v2b, rtol=1e-5):
+                infer_mlp(client, x), expected_v2b, rtol=1e-5
+            ):
                 time.sleep(0.1)
             np.testing.assert_allclose(infer_mlp(client, x), expected_v2b, rtol=1e-5)
             # a new model appears, a removed one disappears
@@ -128,8 +133,9 @@ def test_failed_model_is_unavailable_and_others_serve(tmp_path: Path) -> None:
 def test_explicit_mode_load_and_unload(tmp_path: Path) -> None:
     write_model(tmp_path, "mlp", mlp_model())
     write_model(tmp_path, "two_io", two_io_model())
-    with running_server(tmp_path, "--model-control-mode", "explicit",
-                        "--load-model", "mlp") as server:
+    with running_server(
+        tmp_path, "--model-control-mode", "explicit", "--load-model", "mlp"
+    ) as server:
         http = httpclient.InferenceServerClient(server.http_url)
         grpc = grpcclient.InferenceServerClient(server.grpc_url)
         assert http.is_model_ready("mlp") and not http.is_model_ready("two_io")
@@ -139,21 +145,28 @@ def test_explicit_mode_load_and_unload(tmp_path: Path) -> None:
         grpc.unload_model("two_io")
         assert not http.is_model_ready("two_io")
         # load with a config override (JSON), as Model Analyzer does
-        config = json.dumps({"max_batch_size": 2, "dynamic_batching": {},
-                             "platform": "onnxruntime_onnx"})
+        config = json.dumps(
+            {"max_batch_size": 2, "dynamic_batching": {}, "platform": "onnxruntime_onnx"}
+        )
         grpc.load_model("two_io", config=config)
         assert http.get_model_config("two_io")["max_batch_size"] == 2
         # load from files sent with the request
         model_bytes = (tmp_path / "mlp" / "1" / "model.onnx").read_bytes()
-        http.load_model("uploaded", config=json.dumps({"platform": "onnxruntime_onnx"}),
-                        files={"file:1/model.onnx": model_bytes})
+        http.load_model(
+            "uploaded",
+            config=json.dumps({"platform": "onnxruntime_onnx"}),
+            files={"file:1/model.onnx": model_bytes},
+        )
         x = np.ones((1, 16), dtype=np.float32)
-        np.testing.assert_allclose(infer_mlp(http, x, "uploaded"), infer_mlp(http, x, "mlp"),
-                                   rtol=1e-6)
+        np.testing.assert_allclose(
+            infer_mlp(http, x, "uploaded"), infer_mlp(http, x, "mlp"), rtol=1e-6
+        )
         for bad_name in ("../mlp", "a/b", ".."):
             request = urllib.request.Request(
-                f"http://{server.http_url}/v2/repository/models/{bad_name}/load", data=b"",
-                method="POST")
+                f"http://{server.http_url}/v2/repository/models/{bad_name}/load",
+                data=b"",
+                method="POST",
+            )
             with pytest.raises(urllib.error.HTTPError) as error:
                 urllib.request.urlopen(request)
             assert error.value.code in (400, 404)
@@ -173,13 +186,18 @@ def pending_requests(metrics_url: str, model: str) -> int:
 
 
 def test_sigterm_drains_accepted_requests(tmp_path: Path) -> None:
-    write_model(tmp_path, "slow", slow_model(layers=400),
-                "max_batch_size: 1\n"
-                'parameters { key: "intra_op_thread_count" value: { string_value: "1" } }\n'
-                "dynamic_batching {}\n")
+    write_model(
+        tmp_path,
+        "slow",
+        slow_model(layers=400),
+        "max_batch_size: 1\n"
+        'parameters { key: "intra_op_thread_count" value: { string_value: "1" } }\n'
+        "dynamic_batching {}\n",
+    )
     x = np.ones((1, 256), dtype=np.float32)
     expected = run_reference(tmp_path / "slow" / "1" / "model.onnx", {"input": x})["output"]
     with running_server(tmp_path) as server:
+
         def one(_: int) -> np.ndarray:
             client = httpclient.InferenceServerClient(server.http_url, network_timeout=120)
             infer_input = httpclient.InferInput("input", [1, 256], "FP32")
@@ -192,8 +210,7 @@ def test_sigterm_drains_accepted_requests(tmp_path: Path) -> None:
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:  # until all 8 are accepted: queued or executed
                 stats = stats_client.get_inference_statistics("slow")["model_stats"][0]
-                if pending_requests(server.metrics_url, "slow") + stats["execution_count"] + 1 \
-                        >= 8:
+                if pending_requests(server.metrics_url, "slow") + stats["execution_count"] + 1 >= 8:
                     break
                 time.sleep(0.005)
             server.process.send_signal(signal.SIGTERM)

@@ -47,30 +47,51 @@ def test_makefile_targets_build_the_two_stages() -> None:
     assert "docker build --target cpu" in makefile and "docker build --target gpu" in makefile
 
 
-@pytest.mark.parametrize(("old", "new", "message"), [
-    ("USER 10001:10001\nWORKDIR /home/ferry\nEXPOSE 8000 8001 8002\nHEALTHCHECK --interval=30s "
-     "--timeout=5s --start-period=60s",
-     "USER root\nWORKDIR /home/ferry\nEXPOSE 8000 8001 8002\nHEALTHCHECK --interval=30s "
-     "--timeout=5s --start-period=60s", "numeric non-root uid"),
-    ("ENTRYPOINT [\"/usr/bin/tini\", \"--\", \"ferry\", \"serve\"]\nCMD [\"--model-repository\", "
-     "\"/models\"]\n", "ENTRYPOINT [\"ferry\", \"serve\"]\nCMD [\"--model-repository\", "
-     "\"/models\"]\n", "under tini"),
-    ("ARG PYTHON_IMAGE=python:3.11-slim-bookworm", "ARG PYTHON_IMAGE=python:latest",
-     "needs a pinned tag"),
-    ("CMD [\"--model-repository\", \"/models\"]\n", "CMD [\"--model-repo\", \"/models\"]\n",
-     "rejected by `ferry serve`"),
-    ("COPY monitoring/ monitoring/\nCOPY exporters/ exporters/\nCOPY optimizers/ optimizers/\n"
-     "RUN --mount=type=cache,target=/root/.cache/pip pip install --no-deps .\n\nFROM "
-     "${PYTHON_IMAGE} AS cpu", "COPY monitoring/ monitoring/\nCOPY exporters/ exporters/\nCOPY "
-     "optimizers/ optimizers/\nCOPY tests/ tests/\nRUN --mount=type=cache,target=/root/.cache/pip"
-     " pip install --no-deps .\n\nFROM ${PYTHON_IMAGE} AS cpu", "excluded by .dockerignore"),
-])
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (
+            "USER 10001:10001\nWORKDIR /home/ferry\nEXPOSE 8000 8001 8002\n"
+            "HEALTHCHECK --interval=30s --timeout=5s --start-period=60s",
+            "USER root\nWORKDIR /home/ferry\nEXPOSE 8000 8001 8002\n"
+            "HEALTHCHECK --interval=30s --timeout=5s --start-period=60s",
+            "numeric non-root uid",
+        ),
+        (
+            'ENTRYPOINT ["/usr/bin/tini", "--", "ferry", "serve"]\nCMD ["--model-repository", '
+            '"/models"]\n',
+            'ENTRYPOINT ["ferry", "serve"]\nCMD ["--model-repository", "/models"]\n',
+            "under tini",
+        ),
+        (
+            "ARG PYTHON_IMAGE=python:3.11-slim-bookworm",
+            "ARG PYTHON_IMAGE=python:latest",
+            "needs a pinned tag",
+        ),
+        (
+            'CMD ["--model-repository", "/models"]\n',
+            'CMD ["--model-repo", "/models"]\n',
+            "rejected by `ferry serve`",
+        ),
+        (
+            "COPY monitoring/ monitoring/\nCOPY exporters/ exporters/\n"
+            "COPY optimizers/ optimizers/\n"
+            "RUN --mount=type=cache,target=/root/.cache/pip pip install --no-deps .\n\n"
+            "FROM ${PYTHON_IMAGE} AS cpu",
+            "COPY monitoring/ monitoring/\nCOPY exporters/ exporters/\n"
+            "COPY optimizers/ optimizers/\nCOPY tests/ tests/\n"
+            "RUN --mount=type=cache,target=/root/.cache/pip pip install --no-deps .\n\n"
+            "FROM ${PYTHON_IMAGE} AS cpu",
+            "excluded by .dockerignore",
+        ),
+    ],
+)
 def test_broken_dockerfile_fails(context: Path, old: str, new: str, message: str) -> None:
     dockerfile = context / "Dockerfile"
     text = dockerfile.read_text()
     # Mutate the cpu stage (the last occurrence).
     index = text.rindex(old)
-    dockerfile.write_text(text[:index] + new + text[index + len(old):])
+    dockerfile.write_text(text[:index] + new + text[index + len(old) :])
     problems = validate.check_dockerfile(dockerfile)
     assert any(message in p for p in problems), problems
 

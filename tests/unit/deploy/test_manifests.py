@@ -42,8 +42,14 @@ def test_overlay_renders_with_kubectl_kustomize(overlay: str) -> None:
         assert {"ServingRuntime", "InferenceService", "PodMonitor"} <= _kinds(objs)
         assert not {"Deployment", "Service", "HorizontalPodAutoscaler"} & _kinds(objs)
     else:
-        assert {"Deployment", "Service", "ServiceAccount", "HorizontalPodAutoscaler",
-                "PodDisruptionBudget", "ServiceMonitor"} <= _kinds(objs)
+        assert {
+            "Deployment",
+            "Service",
+            "ServiceAccount",
+            "HorizontalPodAutoscaler",
+            "PodDisruptionBudget",
+            "ServiceMonitor",
+        } <= _kinds(objs)
     assert {"PrometheusRule", "ConfigMap"} <= _kinds(objs)
 
 
@@ -59,10 +65,15 @@ def test_cross_object_consistency(overlay: str, rendered: dict[str, list[dict[st
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=IDS)
 def test_rendered_rules_and_dashboards_equal_monitoring_folder(
-        overlay: str, rendered: dict[str, list[dict[str, Any]]]) -> None:
+    overlay: str, rendered: dict[str, list[dict[str, Any]]]
+) -> None:
     assert validate.check_monitoring_equal(overlay, rendered[overlay]) == []
-    dashboards = [o for o in rendered[overlay] if o["kind"] == "ConfigMap"
-                  and o["metadata"].get("labels", {}).get("grafana_dashboard") == "1"]
+    dashboards = [
+        o
+        for o in rendered[overlay]
+        if o["kind"] == "ConfigMap"
+        and o["metadata"].get("labels", {}).get("grafana_dashboard") == "1"
+    ]
     assert dashboards, "no ConfigMap labelled grafana_dashboard=1"
 
 
@@ -71,7 +82,8 @@ def test_generated_monitoring_is_in_sync() -> None:
 
 
 def test_gpu_overlay_requests_a_gpu_and_runs_the_gpu_image(
-        rendered: dict[str, list[dict[str, Any]]]) -> None:
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
     (deployment,) = [o for o in rendered["gpu"] if o["kind"] == "Deployment"]
     pod = deployment["spec"]["template"]["spec"]
     (ferry,) = pod["containers"]
@@ -79,13 +91,16 @@ def test_gpu_overlay_requests_a_gpu_and_runs_the_gpu_image(
     assert ferry["image"].endswith(":gpu")
     assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
     (cpu,) = [o for o in rendered["cpu"] if o["kind"] == "Deployment"]
-    assert "nvidia.com/gpu" not in cpu["spec"]["template"]["spec"]["containers"][0]["resources"][
-        "limits"]
+    assert (
+        "nvidia.com/gpu"
+        not in cpu["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    )
 
 
 def test_container_args_parse_with_ferrys_cli(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    params = validate.parse_serve_args(["--model-repository=/models", "--http-port=8000",
-                                        "--model-control-mode=poll"])
+    params = validate.parse_serve_args(
+        ["--model-repository=/models", "--http-port=8000", "--model-control-mode=poll"]
+    )
     assert params["http_port"] == 8000 and str(params["model_repository"]) == "/models"
     for overlay, objs in rendered.items():
         for container in validate.ferry_containers(overlay, objs):
@@ -99,11 +114,14 @@ def test_container_args_parse_with_ferrys_cli(rendered: dict[str, list[dict[str,
 def test_hpa_metric_comes_from_the_shipped_adapter_rule() -> None:
     rules = validate.adapter_rules()
     rule = rules["ferry_queue_time_per_request_us"]
-    assert validate.adapter_metric_sources(rule) == ["nv_inference_queue_duration_us",
-                                                     "nv_inference_request_success"]
+    assert validate.adapter_metric_sources(rule) == [
+        "nv_inference_queue_duration_us",
+        "nv_inference_request_success",
+    ]
 
 
 # ------------------------------------------------------------------- broken copies of k8s/
+
 
 def _problems(k8s: Path, overlay: str = "cpu", schemas: bool = False) -> list[str]:
     objs = validate.render(k8s / "overlays" / overlay)
@@ -113,8 +131,11 @@ def _problems(k8s: Path, overlay: str = "cpu", schemas: bool = False) -> list[st
 
 def test_overlay_referencing_a_missing_file_fails_naming_it(tmp_path: Path) -> None:
     k8s = copy_k8s(tmp_path)
-    edit(k8s / "overlays/cpu/kustomization.yaml", "  - ../../base\n",
-         "  - ../../base\n  - extra-config.yaml\n")
+    edit(
+        k8s / "overlays/cpu/kustomization.yaml",
+        "  - ../../base\n",
+        "  - ../../base\n  - extra-config.yaml\n",
+    )
     rendered, problems = validate.render_all(k8s)
     assert "cpu" not in rendered
     assert any("overlays/cpu" in p and "extra-config.yaml" in p for p in problems), problems
@@ -145,18 +166,25 @@ def test_probe_on_the_metrics_port_fails(tmp_path: Path) -> None:
     k8s = copy_k8s(tmp_path)
     text = (k8s / "base/deployment.yaml").read_text()
     (k8s / "base/deployment.yaml").write_text(
-        text.replace("path: /v2/health/live\n              port: http",
-                     "path: /v2/health/live\n              port: metrics"))
+        text.replace(
+            "path: /v2/health/live\n              port: http",
+            "path: /v2/health/live\n              port: metrics",
+        )
+    )
     problems = _problems(k8s)
-    assert any("livenessProbe port 'metrics' is not ferry's HTTP port" in p
-               for p in problems), problems
+    assert any("livenessProbe port 'metrics' is not ferry's HTTP port" in p for p in problems), (
+        problems
+    )
 
 
 def test_service_selector_mismatch_fails(tmp_path: Path) -> None:
     k8s = copy_k8s(tmp_path)
     service = k8s / "base/service.yaml"
-    edit(service, "  selector:\n    app.kubernetes.io/name: ferry\n",
-         "  selector:\n    app.kubernetes.io/name: feri\n")
+    edit(
+        service,
+        "  selector:\n    app.kubernetes.io/name: ferry\n",
+        "  selector:\n    app.kubernetes.io/name: feri\n",
+    )
     problems = _problems(k8s)
     assert any("Service/ferry selector" in p for p in problems), problems
 
@@ -192,25 +220,33 @@ def test_gpu_overlay_without_gpu_limit_fails(tmp_path: Path) -> None:
 
 def test_hpa_metric_without_adapter_rule_fails(tmp_path: Path) -> None:
     k8s = copy_k8s(tmp_path)
-    edit(k8s / "base/hpa.yaml", "name: ferry_queue_time_per_request_us",
-         "name: ferry_gpu_busy_ratio")
+    edit(
+        k8s / "base/hpa.yaml", "name: ferry_queue_time_per_request_us", "name: ferry_gpu_busy_ratio"
+    )
     problems = _problems(k8s)
     assert any("'ferry_gpu_busy_ratio' is produced by no rule" in p for p in problems), problems
 
 
 def test_unknown_field_fails_strict_schema(tmp_path: Path) -> None:
     k8s = copy_k8s(tmp_path)
-    edit(k8s / "base/deployment.yaml", "  revisionHistoryLimit: 5\n",
-         "  revisionHistoryLimit: 5\n  minReadySecond: 5\n")
+    edit(
+        k8s / "base/deployment.yaml",
+        "  revisionHistoryLimit: 5\n",
+        "  revisionHistoryLimit: 5\n  minReadySecond: 5\n",
+    )
     problems = _problems(k8s, schemas=True)
-    assert any("Deployment/ferry invalid" in p and "minReadySecond" in p for p in problems), \
+    assert any("Deployment/ferry invalid" in p and "minReadySecond" in p for p in problems), (
         problems
+    )
 
 
 def test_crd_field_outside_the_schema_fails(tmp_path: Path) -> None:
     k8s = copy_k8s(tmp_path)
-    edit(k8s / "components/monitoring/servicemonitor.yaml", "      interval: 15s\n",
-         "      intervall: 15s\n")
+    edit(
+        k8s / "components/monitoring/servicemonitor.yaml",
+        "      interval: 15s\n",
+        "      intervall: 15s\n",
+    )
     problems = _problems(k8s, schemas=True)
     assert any("servicemonitor.json" in p and "intervall" in p for p in problems), problems
 
@@ -226,7 +262,8 @@ def test_missing_security_context_fails(tmp_path: Path) -> None:
     k8s = copy_k8s(tmp_path)
     text = (k8s / "base/deployment.yaml").read_text()
     (k8s / "base/deployment.yaml").write_text(
-        text.replace("            readOnlyRootFilesystem: true\n", ""))
+        text.replace("            readOnlyRootFilesystem: true\n", "")
+    )
     problems = _problems(k8s)
     assert any("readOnlyRootFilesystem must be true" in p for p in problems), problems
 

@@ -37,7 +37,12 @@ def classifier(tmp_path_factory: pytest.TempPathFactory) -> Classifier:
     repo = tmp_path_factory.mktemp("repo")
     model_dir = write_model(repo, "clf", mlp_model(in_features=16, out_features=4))
     version_dir = model_dir / "1"
-    write_reference(version_dir, version_dir / "model.onnx",
-                    {"input": draw(np.random.default_rng(0), 3000)}, window=200, alpha=0.05,
-                    simulations=100)
+    write_reference(
+        version_dir,
+        version_dir / "model.onnx",
+        {"input": draw(np.random.default_rng(0), 3000)},
+        window=200,
+        alpha=0.05,
+        simulations=100,
+    )
     return Classifier(version_dir, version_dir / "model.onnx")

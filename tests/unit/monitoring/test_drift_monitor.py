@@ -19,17 +19,40 @@ WIRE_OUT = {"output": ("FP32", (-1, 4))}
 
 
 def ready(version_dir: Path | None, model: str = "clf") -> ModelEventRecord:
-    return ModelEventRecord(model, "1", "READY", str(version_dir) if version_dir else None, 0.1,
-                            inputs=WIRE_IN, outputs=WIRE_OUT, max_batch_size=8)
+    return ModelEventRecord(
+        model,
+        "1",
+        "READY",
+        str(version_dir) if version_dir else None,
+        0.1,
+        inputs=WIRE_IN,
+        outputs=WIRE_OUT,
+        max_batch_size=8,
+    )
 
 
-def send(monitor: DriftMonitor, clf: Classifier, x: np.ndarray, rows_per_request: int = 4,
-         model: str = "clf") -> None:
+def send(
+    monitor: DriftMonitor,
+    clf: Classifier,
+    x: np.ndarray,
+    rows_per_request: int = 4,
+    model: str = "clf",
+) -> None:
     y = clf.run(x)
     for start in range(0, x.shape[0], rows_per_request):
         sl = slice(start, start + rows_per_request)
-        monitor.observe(RequestRecord(model, "1", "http", True, x[sl].shape[0], 0.001,
-                                      inputs={"input": x[sl]}, outputs={"output": y[sl]}))
+        monitor.observe(
+            RequestRecord(
+                model,
+                "1",
+                "http",
+                True,
+                x[sl].shape[0],
+                0.001,
+                inputs={"input": x[sl]},
+                outputs={"output": y[sl]},
+            )
+        )
         if start % 400 == 0:
             monitor.step()
     monitor.step()
@@ -83,16 +106,20 @@ def test_full_intake_drops_and_counts(classifier: Classifier) -> None:
     x = draw(np.random.default_rng(12), 1)
     y = classifier.run(x)
     for _ in range(1500):  # no worker step: the intake (2 x window, at least 1024 rows) fills
-        monitor.observe(RequestRecord("clf", "1", "grpc", True, 1, 0.001,
-                                      inputs={"input": x}, outputs={"output": y}))
+        monitor.observe(
+            RequestRecord(
+                "clf", "1", "grpc", True, 1, 0.001, inputs={"input": x}, outputs={"output": y}
+            )
+        )
     monitor.step()
     detail = monitor.detail("clf", "1")
     assert detail is not None and detail["dropped_rows"] == 1500 - 1024
     assert detail["rows_seen"] == 1024
 
 
-def test_model_without_reference_has_no_drift_series(classifier: Classifier,
-                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_model_without_reference_has_no_drift_series(
+    classifier: Classifier, caplog: pytest.LogCaptureFixture
+) -> None:
     monitors = build_monitors(drift_window=200)
     with caplog.at_level(logging.INFO, logger="ferry.monitoring.drift"):
         for observer in monitors.observers:
@@ -109,7 +136,9 @@ def test_model_without_reference_has_no_drift_series(classifier: Classifier,
 
 
 def test_corrupt_reference_disables_drift_and_says_why(
-    classifier: Classifier, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    classifier: Classifier,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     (tmp_path / "reference.npz").write_bytes(b"\x00garbage")
     monitor = DriftMonitor(window=200)
@@ -132,8 +161,11 @@ def test_rebaseline_from_production(classifier: Classifier) -> None:
     send(monitor, classifier, draw(rng, 400, shift=0.5))
     detail = monitor.detail("clf", "1")
     assert detail is not None and detail["state"] == "active"
-    assert detail["reference"] == {"source": "first 1000 production rows",
-                                   "created": detail["reference"]["created"], "rows": 1000}
+    assert detail["reference"] == {
+        "source": "first 1000 production rows",
+        "created": detail["reference"]["created"],
+        "rows": 1000,
+    }
     assert detail["windows_total"] == 2
     assert sum(detail["detections_total"].values()) <= 1  # the shifted data is the new normal
 
@@ -154,8 +186,16 @@ def test_worker_thread_evaluates_and_metrics_show_it(classifier: Classifier) -> 
         x = draw(np.random.default_rng(14), 400, shift=1.0)
         y = classifier.run(x)
         for i in range(0, 400, 8):
-            record = RequestRecord("clf", "1", "http", True, 8, 0.001,
-                                   inputs={"input": x[i:i + 8]}, outputs={"output": y[i:i + 8]})
+            record = RequestRecord(
+                "clf",
+                "1",
+                "http",
+                True,
+                8,
+                0.001,
+                inputs={"input": x[i : i + 8]},
+                outputs={"output": y[i : i + 8]},
+            )
             for observer in monitors.observers:
                 observer.observe(record)
         deadline = time.monotonic() + 10

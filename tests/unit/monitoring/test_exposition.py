@@ -13,10 +13,15 @@ from monitoring.families import format_value
 from monitoring.observer import BatchRecord, ModelEventRecord, RequestRecord
 
 TRITON_COUNTERS = (
-    "nv_inference_request_success", "nv_inference_request_failure", "nv_inference_count",
-    "nv_inference_exec_count", "nv_inference_request_duration_us",
-    "nv_inference_queue_duration_us", "nv_inference_compute_input_duration_us",
-    "nv_inference_compute_infer_duration_us", "nv_inference_compute_output_duration_us",
+    "nv_inference_request_success",
+    "nv_inference_request_failure",
+    "nv_inference_count",
+    "nv_inference_exec_count",
+    "nv_inference_request_duration_us",
+    "nv_inference_queue_duration_us",
+    "nv_inference_compute_input_duration_us",
+    "nv_inference_compute_infer_duration_us",
+    "nv_inference_compute_output_duration_us",
 )
 
 TRITON_NAMES = (*TRITON_COUNTERS, "nv_inference_pending_request_count")
@@ -27,11 +32,21 @@ TRITON_NAMING_LINTS = (
 )
 
 
-@pytest.mark.parametrize(("value", "text"), [
-    (0, "0"), (161, "161"), (8589934592.0, "8589934592"), (1e6, "1000000"),
-    (12345678.5, "12345678.5"), (0.25, "0.25"), (1e22, "10000000000000000000000"),
-    (float("inf"), "+Inf"), (float("nan"), "NaN"), (-3.5, "-3.5"),
-])
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (0, "0"),
+        (161, "161"),
+        (8589934592.0, "8589934592"),
+        (1e6, "1000000"),
+        (12345678.5, "12345678.5"),
+        (0.25, "0.25"),
+        (1e22, "10000000000000000000000"),
+        (float("inf"), "+Inf"),
+        (float("nan"), "NaN"),
+        (-3.5, "-3.5"),
+    ],
+)
 def test_values_are_plain_decimals(value: float, text: str) -> None:
     assert format_value(value) == text
 
@@ -91,12 +106,17 @@ def test_triton_series_names_labels_and_counting() -> None:
 def test_ferry_histograms() -> None:
     text = _exposition()
     m = {"model": "digits", "version": "1"}
-    assert _sample(text, "ferry_request_duration_seconds_bucket", **m, protocol="grpc",
-                   le="0.005") == "1"
-    assert _sample(text, "ferry_request_duration_seconds_bucket", **m, protocol="http",
-                   le="60") == "0"
-    assert _sample(text, "ferry_request_duration_seconds_bucket", **m, protocol="http",
-                   le="+Inf") == "1"
+    assert (
+        _sample(text, "ferry_request_duration_seconds_bucket", **m, protocol="grpc", le="0.005")
+        == "1"
+    )
+    assert (
+        _sample(text, "ferry_request_duration_seconds_bucket", **m, protocol="http", le="60") == "0"
+    )
+    assert (
+        _sample(text, "ferry_request_duration_seconds_bucket", **m, protocol="http", le="+Inf")
+        == "1"
+    )
     assert _sample(text, "ferry_batch_size_bucket", **m, le="4") == "0"
     assert _sample(text, "ferry_batch_size_bucket", **m, le="8") == "1"
     assert _sample(text, "ferry_batch_size_count", **m) == "1"
@@ -106,9 +126,11 @@ def test_ferry_histograms() -> None:
 
 def test_unload_removes_series_and_failed_load_reports_not_ready() -> None:
     monitors = build_monitors(drift_enabled=False)
-    for record in (ModelEventRecord("a", "1", "READY", None, 0.1),
-                   ModelEventRecord("a", "1", "UNAVAILABLE", reason="unloaded"),
-                   ModelEventRecord("b", "1", "UNAVAILABLE", reason="model.onnx is corrupt")):
+    for record in (
+        ModelEventRecord("a", "1", "READY", None, 0.1),
+        ModelEventRecord("a", "1", "UNAVAILABLE", reason="unloaded"),
+        ModelEventRecord("b", "1", "UNAVAILABLE", reason="model.onnx is corrupt"),
+    ):
         for observer in monitors.observers:
             observer.observe(record)
     text = monitors.render_metrics()[0].decode()
@@ -127,13 +149,23 @@ def test_observers_never_raise() -> None:
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
 def test_promtool_accepts_exposition() -> None:
-    result = subprocess.run(["promtool", "check", "metrics"], input=_exposition().encode(),
-                            capture_output=True, timeout=30)
-    problems = [line for line in result.stdout.decode().splitlines() + result.stderr.decode()
-                .splitlines() if line.strip()]
+    result = subprocess.run(
+        ["promtool", "check", "metrics"],
+        input=_exposition().encode(),
+        capture_output=True,
+        timeout=30,
+    )
+    problems = [
+        line
+        for line in result.stdout.decode().splitlines() + result.stderr.decode().splitlines()
+        if line.strip()
+    ]
     assert result.returncode in (0, 3), problems  # 3: lint findings only, the text parsed
-    assert "nv_inference_request_success counter metrics should have \"_total\" suffix" in problems
+    assert 'nv_inference_request_success counter metrics should have "_total" suffix' in problems
     # Triton's fixed names break three naming lints by design; anything else is a real problem.
-    unexpected = [p for p in problems if not (p.split(" ")[0] in TRITON_NAMES and p.split(
-        " ", 1)[1] in TRITON_NAMING_LINTS)]
+    unexpected = [
+        p
+        for p in problems
+        if not (p.split(" ")[0] in TRITON_NAMES and p.split(" ", 1)[1] in TRITON_NAMING_LINTS)
+    ]
     assert unexpected == [], unexpected

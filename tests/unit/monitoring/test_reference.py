@@ -31,26 +31,45 @@ def test_reference_contents(classifier: Classifier) -> None:
 def test_wide_input_gets_moments_and_projections(tmp_path: Path) -> None:
     model_dir = write_model(tmp_path, "wide", mlp_model(in_features=64, out_features=30))
     data = {"input": np.random.default_rng(1).standard_normal((100, 64)).astype(np.float32)}
-    ref = load_reference(write_reference(model_dir / "1", model_dir / "1" / "model.onnx", data,
-                                         window=50, simulations=20))
-    assert ref.spec.names == ("output.max_prob", "output.entropy", "output.margin",
-                              "input.mean", "input.std", *(f"input.rp{i}" for i in range(8)))
+    ref = load_reference(
+        write_reference(
+            model_dir / "1", model_dir / "1" / "model.onnx", data, window=50, simulations=20
+        )
+    )
+    assert ref.spec.names == (
+        "output.max_prob",
+        "output.entropy",
+        "output.margin",
+        "input.mean",
+        "input.std",
+        *(f"input.rp{i}" for i in range(8)),
+    )
 
 
-@pytest.mark.parametrize(("data", "message"), [
-    ({"inputs": np.zeros((50, 16), np.float32)}, "model expects ['input']"),
-    ({"input": np.zeros((50, 15), np.float32)}, "expected rows of shape (16)"),
-    ({"input": np.zeros((50, 4, 4), np.float32)}, "expected rows of shape (16)"),
-    ({"input": np.zeros((50, 16), np.int64)}, "expected float32 data, got int64"),
-    ({"input": np.zeros((5, 16), np.float32)}, "at least 20 rows"),
-    ({"input": np.full((50, 16), np.nan, np.float32)}, "finite signals"),
-])
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"inputs": np.zeros((50, 16), np.float32)}, "model expects ['input']"),
+        ({"input": np.zeros((50, 15), np.float32)}, "expected rows of shape (16)"),
+        ({"input": np.zeros((50, 4, 4), np.float32)}, "expected rows of shape (16)"),
+        ({"input": np.zeros((50, 16), np.int64)}, "expected float32 data, got int64"),
+        ({"input": np.zeros((5, 16), np.float32)}, "at least 20 rows"),
+        ({"input": np.full((50, 16), np.nan, np.float32)}, "finite signals"),
+    ],
+)
 def test_bad_reference_data_is_refused_and_nothing_written(
-    tmp_path: Path, data: dict[str, np.ndarray], message: str,
+    tmp_path: Path,
+    data: dict[str, np.ndarray],
+    message: str,
 ) -> None:
     model_dir = write_model(tmp_path, "m", mlp_model())
-    with pytest.raises(ReferenceDataError, match=message.replace("(", r"\(").replace(
-            ")", r"\)").replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(
+        ReferenceDataError,
+        match=message.replace("(", r"\(")
+        .replace(")", r"\)")
+        .replace("[", r"\[")
+        .replace("]", r"\]"),
+    ):
         write_reference(model_dir / "1", model_dir / "1" / "model.onnx", data)
     assert sorted(p.name for p in (model_dir / "1").iterdir()) == ["model.onnx"]
 
@@ -63,8 +82,7 @@ def test_two_inputs_with_different_row_counts(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "missing-key"])
-def test_corrupt_reference_is_reported(classifier: Classifier, tmp_path: Path,
-                                       damage: str) -> None:
+def test_corrupt_reference_is_reported(classifier: Classifier, tmp_path: Path, damage: str) -> None:
     path = tmp_path / "reference.npz"
     shutil.copy(classifier.version_dir / "reference.npz", path)
     if damage == "truncate":
@@ -83,11 +101,26 @@ def test_cli_builds_reference(tmp_path: Path) -> None:
     write_model(tmp_path, "m", mlp_model(), version=1)
     write_model(tmp_path, "m", mlp_model(seed=1), version=3)
     data = tmp_path / "ref.npz"
-    np.savez(data, input=np.random.default_rng(2).standard_normal((80, 16)).astype(np.float32),
-             labels=np.zeros(80))
+    np.savez(
+        data,
+        input=np.random.default_rng(2).standard_normal((80, 16)).astype(np.float32),
+        labels=np.zeros(80),
+    )
     runner = CliRunner()
-    result = runner.invoke(app, ["drift", "reference", "m", "--model-repository", str(tmp_path),
-                                 "--data", str(data), "--window", "40"])
+    result = runner.invoke(
+        app,
+        [
+            "drift",
+            "reference",
+            "m",
+            "--model-repository",
+            str(tmp_path),
+            "--data",
+            str(data),
+            "--window",
+            "40",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "80 rows, 20 signals, window 40" in result.output
     assert (tmp_path / "m" / "3" / "reference.npz").is_file()  # highest version by default
@@ -99,11 +132,24 @@ def test_cli_errors_are_clear(tmp_path: Path) -> None:
     data = tmp_path / "ref.npz"
     np.savez(data, x=np.zeros((80, 16), np.float32))
     runner = CliRunner()
-    bad_version = runner.invoke(app, ["drift", "reference", "m", "--model-repository",
-                                      str(tmp_path), "--data", str(data), "--version", "7"])
+    bad_version = runner.invoke(
+        app,
+        [
+            "drift",
+            "reference",
+            "m",
+            "--model-repository",
+            str(tmp_path),
+            "--data",
+            str(data),
+            "--version",
+            "7",
+        ],
+    )
     assert bad_version.exit_code == 2 and "has no version 7" in bad_version.output
-    bad_names = runner.invoke(app, ["drift", "reference", "m", "--model-repository",
-                                    str(tmp_path), "--data", str(data)])
+    bad_names = runner.invoke(
+        app, ["drift", "reference", "m", "--model-repository", str(tmp_path), "--data", str(data)]
+    )
     assert bad_names.exit_code == 2
     assert "model expects ['input']" in bad_names.output
     assert not (tmp_path / "m" / "1" / "reference.npz").exists()

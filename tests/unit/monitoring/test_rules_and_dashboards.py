@@ -15,21 +15,24 @@ ROOT = Path(__file__).resolve().parents[3]
 RULES = sorted((ROOT / "monitoring" / "alerts").glob("*.yaml"))
 RULE_TESTS = Path(__file__).with_name("ferry.rules.test.yaml")
 DASHBOARDS = sorted((ROOT / "monitoring" / "dashboards").glob("*.json"))
-needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None,
-                                    reason="promtool not installed (make system-deps)")
+needs_promtool = pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool not installed (make system-deps)"
+)
 
 
 @needs_promtool
 def test_promtool_check_rules() -> None:
-    result = subprocess.run(["promtool", "check", "rules", *map(str, RULES)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["promtool", "check", "rules", *map(str, RULES)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 @needs_promtool
 def test_promtool_test_rules() -> None:
-    result = subprocess.run(["promtool", "test", "rules", str(RULE_TESTS)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        ["promtool", "test", "rules", str(RULE_TESTS)], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -39,8 +42,13 @@ def test_every_alert_has_metadata_and_a_firing_and_a_quiet_case() -> None:
     for group in tests:
         for case in group.get("alert_rule_test", []):
             cases.setdefault(case["alertname"], set()).add(bool(case["exp_alerts"]))
-    alerts = [rule for path in RULES for group in yaml.safe_load(path.read_text())["groups"]
-              for rule in group["rules"] if "alert" in rule]
+    alerts = [
+        rule
+        for path in RULES
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    ]
     assert len(alerts) >= 6
     for rule in alerts:
         assert rule["labels"]["severity"] in ("critical", "warning", "info")
@@ -70,13 +78,26 @@ def test_dashboard_only_queries_metrics_ferry_exports() -> None:
     from monitoring.drift import DRIFT_FAMILIES
 
     known = set(DRIFT_FAMILIES) | {
-        "nv_inference_request_success", "nv_inference_request_failure", "nv_inference_count",
-        "nv_inference_exec_count", "nv_inference_pending_request_count",
-        "nv_model_load_duration_secs", "ferry_model_ready", "process_cpu_seconds_total",
-        "process_resident_memory_bytes"}
-    known |= {f"{h}_{s}" for h in ("ferry_request_duration_seconds", "ferry_queue_duration_seconds",
-                                    "ferry_compute_duration_seconds", "ferry_batch_size")
-              for s in ("bucket", "sum", "count")}
+        "nv_inference_request_success",
+        "nv_inference_request_failure",
+        "nv_inference_count",
+        "nv_inference_exec_count",
+        "nv_inference_pending_request_count",
+        "nv_model_load_duration_secs",
+        "ferry_model_ready",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+    }
+    known |= {
+        f"{h}_{s}"
+        for h in (
+            "ferry_request_duration_seconds",
+            "ferry_queue_duration_seconds",
+            "ferry_compute_duration_seconds",
+            "ferry_batch_size",
+        )
+        for s in ("bucket", "sum", "count")
+    }
     for path in DASHBOARDS:
         for panel in json.loads(path.read_text())["panels"]:
             for target in panel.get("targets", []):

@@ -24,8 +24,11 @@ def test_windows_tumble_and_carry_rows_over() -> None:
     window = TumblingWindow(10, 2)
     assert window.add(rows(0, 7)) == []
     completed = window.add(rows(7, 25))  # 32 rows so far: three windows, 2 rows left
-    assert [w[:, 0].tolist() for w in completed] == [list(range(10)), list(range(10, 20)),
-                                                     list(range(20, 30))]
+    assert [w[:, 0].tolist() for w in completed] == [
+        list(range(10)),
+        list(range(10, 20)),
+        list(range(20, 30)),
+    ]
     assert window.filled == 2
 
 

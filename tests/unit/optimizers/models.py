@@ -35,18 +35,32 @@ class Example:
         return self.repository / self.name
 
 
-def write_example(root: Path, name: str = "mlp", *, regression: bool = False, seed: int = 0,
-                  features: int = 32, samples: int = 256) -> Example:
+def write_example(
+    root: Path,
+    name: str = "mlp",
+    *,
+    regression: bool = False,
+    seed: int = 0,
+    features: int = 32,
+    samples: int = 256,
+) -> Example:
     """An MLP classifier (5 classes) or regressor with labels from the FP32 model itself."""
     outputs = 1 if regression else 5
     repository = root / "repo"
-    model_dir = write_model(repository, name, mlp_model(features, 64, outputs, seed=seed),
-                            CONFIG.format(name=name, features=features, outputs=outputs))
+    model_dir = write_model(
+        repository,
+        name,
+        mlp_model(features, 64, outputs, seed=seed),
+        CONFIG.format(name=name, features=features, outputs=outputs),
+    )
     rng = np.random.default_rng(seed + 1)
     x = rng.standard_normal((samples * 2, features)).astype(np.float32)
     y = run_reference(model_dir / "1" / "model.onnx", {"input": x})["output"]
-    labels = (y[:, 0] + rng.normal(0, 0.1, len(y))).astype(np.float32) if regression \
+    labels = (
+        (y[:, 0] + rng.normal(0, 0.1, len(y))).astype(np.float32)
+        if regression
         else y.argmax(axis=1).astype(np.int64)
+    )
     eval_path, calibration_path = root / "eval.npz", root / "calibration.npz"
     np.savez(eval_path, input=x[:samples], labels=labels[:samples])
     np.savez(calibration_path, input=x[samples:])
@@ -67,8 +81,9 @@ def perturbed(model_path: Path, out_path: Path, scale: float = 3.0, seed: int = 
 
 def tree_snapshot(root: Path) -> dict[str, bytes]:
     """Every file under root with its bytes (to prove a failed run changed nothing)."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 ENCODER_CONFIG = """
@@ -94,9 +109,18 @@ def encoder_onnx(path: Path, layers: int = 2, d_model: int = 64) -> Path:
     tokens = torch.randint(0, 32, (2, 64))
     with quiet_exporter():
         program = torch.onnx.export(
-            model, (tokens,), None, dynamo=True, input_names=["tokens"], output_names=["output"],
-            opset_version=20, dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
-            external_data=False, optimize=True, verbose=False)
+            model,
+            (tokens,),
+            None,
+            dynamo=True,
+            input_names=["tokens"],
+            output_names=["output"],
+            opset_version=20,
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+            external_data=False,
+            optimize=True,
+            verbose=False,
+        )
     assert program is not None
     program.save(str(path), external_data=False)
     return path

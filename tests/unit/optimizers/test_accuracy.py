@@ -37,19 +37,25 @@ def test_regression_metrics() -> None:
     prediction = labels[:, None] + 0.5
     task = infer_task(labels, prediction, "y", None)
     assert (task.kind, task.metric) == ("regression", "r2")
-    values = {m: metric_value(infer_task(labels, prediction, "y", m), prediction, labels)
-              for m in ("mae", "mse", "rmse")}
+    values = {
+        m: metric_value(infer_task(labels, prediction, "y", m), prediction, labels)
+        for m in ("mae", "mse", "rmse")
+    }
     assert values == pytest.approx({"mae": 0.5, "mse": 0.25, "rmse": 0.5})
 
 
-@pytest.mark.parametrize(("labels", "prediction", "metric", "message"), [
-    (np.array([1.3, 2.7]), np.array([[1.0], [2.0]]), "auc", "needs a classifier"),
-    (LABELS, LOGITS, "mae", "has 3 columns"),
-    (LABELS, LOGITS, "bleu", "unknown metric"),
-    (np.array([0, 5]), LOGITS[:2], "accuracy", "does not fit the 3 classes"),
-])
-def test_misfit_metric(labels: np.ndarray, prediction: np.ndarray, metric: str,
-                       message: str) -> None:
+@pytest.mark.parametrize(
+    ("labels", "prediction", "metric", "message"),
+    [
+        (np.array([1.3, 2.7]), np.array([[1.0], [2.0]]), "auc", "needs a classifier"),
+        (LABELS, LOGITS, "mae", "has 3 columns"),
+        (LABELS, LOGITS, "bleu", "unknown metric"),
+        (np.array([0, 5]), LOGITS[:2], "accuracy", "does not fit the 3 classes"),
+    ],
+)
+def test_misfit_metric(
+    labels: np.ndarray, prediction: np.ndarray, metric: str, message: str
+) -> None:
     with pytest.raises(OptimizeError, match=message):
         infer_task(labels, prediction, "out", metric)
 

@@ -44,13 +44,15 @@ def test_dynamo_multihead_attention_is_fused(encoder: Path, tmp_path: Path) -> N
     assert attributes["scale"] == pytest.approx(1 / np.sqrt(64 // 4))
     for rows in (1, 7):  # any batch size, not only the checked one
         x = {"tokens": tokens(rows, seed=rows)}
-        np.testing.assert_allclose(run_reference(fused, x)["output"],
-                                   run_reference(encoder, x)["output"], atol=1e-5)
+        np.testing.assert_allclose(
+            run_reference(fused, x)["output"], run_reference(encoder, x)["output"], atol=1e-5
+        )
     onnx.checker.check_model(onnx.load(str(fused)))
 
 
-def test_a_fusion_that_changes_outputs_is_dropped(encoder: Path, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_fusion_that_changes_outputs_is_dropped(
+    encoder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real_match = attention_fusion._match
 
     def wrong_heads(g: Any, softmax: Any) -> dict[str, Any] | None:
@@ -77,29 +79,37 @@ def separate_projection_attention(hidden: int = 32, heads: int = 4) -> onnx.Mode
     weights = {f"w{n}": rng.standard_normal((hidden, hidden)) * 0.2 for n in "qkvo"}
     weights |= {f"b{n}": rng.standard_normal(hidden) * 0.1 for n in "qkvo"}
     arrays = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()]
-    arrays += [numpy_helper.from_array(np.array([0, 0, heads, head], np.int64), "heads_shape"),
-               numpy_helper.from_array(np.array([0, 0, hidden], np.int64), "merged_shape"),
-               numpy_helper.from_array(np.array(np.sqrt(head), np.float32), "sqrt_d")]
+    arrays += [
+        numpy_helper.from_array(np.array([0, 0, heads, head], np.int64), "heads_shape"),
+        numpy_helper.from_array(np.array([0, 0, hidden], np.int64), "merged_shape"),
+        numpy_helper.from_array(np.array(np.sqrt(head), np.float32), "sqrt_d"),
+    ]
     nodes = []
     for n, perm in (("q", [0, 2, 1, 3]), ("k", [0, 2, 3, 1]), ("v", [0, 2, 1, 3])):
-        nodes += [helper.make_node("MatMul", ["x", f"w{n}"], [f"{n}0"]),
-                  helper.make_node("Add", [f"{n}0", f"b{n}"], [f"{n}1"]),
-                  helper.make_node("Reshape", [f"{n}1", "heads_shape"], [f"{n}2"]),
-                  helper.make_node("Transpose", [f"{n}2"], [n], perm=perm)]
-    nodes += [helper.make_node("MatMul", ["q", "k"], ["scores"]),
-              helper.make_node("Div", ["scores", "sqrt_d"], ["scaled"]),
-              helper.make_node("Softmax", ["scaled"], ["probs"], axis=-1),
-              helper.make_node("MatMul", ["probs", "v"], ["context"]),
-              helper.make_node("Transpose", ["context"], ["context_t"], perm=[0, 2, 1, 3]),
-              helper.make_node("Reshape", ["context_t", "merged_shape"], ["merged"]),
-              helper.make_node("MatMul", ["merged", "wo"], ["o0"]),
-              helper.make_node("Add", ["o0", "bo"], ["attended"]),
-              helper.make_node("Add", ["x", "attended"], ["y"])]
+        nodes += [
+            helper.make_node("MatMul", ["x", f"w{n}"], [f"{n}0"]),
+            helper.make_node("Add", [f"{n}0", f"b{n}"], [f"{n}1"]),
+            helper.make_node("Reshape", [f"{n}1", "heads_shape"], [f"{n}2"]),
+            helper.make_node("Transpose", [f"{n}2"], [n], perm=perm),
+        ]
+    nodes += [
+        helper.make_node("MatMul", ["q", "k"], ["scores"]),
+        helper.make_node("Div", ["scores", "sqrt_d"], ["scaled"]),
+        helper.make_node("Softmax", ["scaled"], ["probs"], axis=-1),
+        helper.make_node("MatMul", ["probs", "v"], ["context"]),
+        helper.make_node("Transpose", ["context"], ["context_t"], perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", ["context_t", "merged_shape"], ["merged"]),
+        helper.make_node("MatMul", ["merged", "wo"], ["o0"]),
+        helper.make_node("Add", ["o0", "bo"], ["attended"]),
+        helper.make_node("Add", ["x", "attended"], ["y"]),
+    ]
     graph = helper.make_graph(
-        nodes, "hf_attention",
+        nodes,
+        "hf_attention",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 10, hidden])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10, hidden])],
-        initializer=arrays)
+        initializer=arrays,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
@@ -112,8 +122,9 @@ def test_separate_projections_are_fused(tmp_path: Path) -> None:
     fused = tmp_path / "fused.onnx"
     assert fuse_attention_file(source, fused, {"x": x}) == 1
     assert ops(fused) == Counter({"Attention": 1, "MatMul": 1, "Add": 2})
-    np.testing.assert_allclose(run_reference(fused, {"x": x})["y"],
-                               run_reference(source, {"x": x})["y"], atol=1e-5)
+    np.testing.assert_allclose(
+        run_reference(fused, {"x": x})["y"], run_reference(source, {"x": x})["y"], atol=1e-5
+    )
 
 
 def test_masked_attention_is_left_alone() -> None:

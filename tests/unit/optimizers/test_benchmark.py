@@ -15,8 +15,9 @@ class Recorder:
     def __init__(self, name: str, log: list[str]) -> None:
         self.name, self.log = name, log
 
-    def infer(self, inputs: Mapping[str, np.ndarray],
-              output_names: Sequence[str]) -> dict[str, np.ndarray]:
+    def infer(
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+    ) -> dict[str, np.ndarray]:
         self.log.append(self.name)
         return {name: inputs["x"] for name in output_names}
 
@@ -28,8 +29,9 @@ def test_blocks_alternate_and_the_settling_call_is_not_timed() -> None:
     log: list[str] = []
     runtimes = {"a": Recorder("a", log), "b": Recorder("b", log)}
     batch = {"x": np.zeros((2, 3), np.float32)}
-    timings = benchmark(runtimes, {2: batch}, ["y"], warmup=1, min_iterations=6,
-                        budget_s=0.0, block=3)
+    timings = benchmark(
+        runtimes, {2: batch}, ["y"], warmup=1, min_iterations=6, budget_s=0.0, block=3
+    )
     assert log[:2] == ["a", "b"]  # warm-up
     assert log[2:] == ["a"] * 4 + ["b"] * 4 + ["a"] * 4 + ["b"] * 4
     for name in runtimes:

@@ -40,8 +40,9 @@ def test_onnx_winner_becomes_next_version(example: Example, tmp_path: Path) -> N
     assert publish(source, artifact(tmp_path, "model.onnx"), report) == 3
 
 
-def test_tensorrt_winner_switches_platform_and_pins_version(example: Example,
-                                                            tmp_path: Path) -> None:
+def test_tensorrt_winner_switches_platform_and_pins_version(
+    example: Example, tmp_path: Path
+) -> None:
     source = locate_source(example.repository, example.name, None)
     report: dict[str, object] = {}
     plan = artifact(tmp_path, "model.plan", platform="tensorrt_plan")

@@ -41,16 +41,26 @@ def test_loads_eval_data(example: Example) -> None:
     assert data.count == 256 and data.labels is not None
 
 
-@pytest.mark.parametrize(("arrays", "message"), [
-    ({"input": np.zeros((4, 32), np.float32)}, "no 'labels' array"),
-    ({"x": np.zeros((4, 32), np.float32), "labels": np.zeros(4)}, r"lacks input\(s\) \['input'\]"),
-    ({"input": np.zeros((4, 32)), "labels": np.zeros(4)}, "is float64; the model takes FP32"),
-    ({"input": np.zeros((4, 31), np.float32), "labels": np.zeros(4)}, r"the model takes \(N, 32\)"),
-    ({"input": np.zeros((4, 32, 1), np.float32), "labels": np.zeros(4)}, "has shape"),
-    ({"input": np.zeros((4, 32), np.float32), "labels": np.zeros(5)}, "disagree"),
-])
-def test_bad_eval_data(example: Example, tmp_path: Path, arrays: dict[str, np.ndarray],
-                       message: str) -> None:
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"input": np.zeros((4, 32), np.float32)}, "no 'labels' array"),
+        (
+            {"x": np.zeros((4, 32), np.float32), "labels": np.zeros(4)},
+            r"lacks input\(s\) \['input'\]",
+        ),
+        ({"input": np.zeros((4, 32)), "labels": np.zeros(4)}, "is float64; the model takes FP32"),
+        (
+            {"input": np.zeros((4, 31), np.float32), "labels": np.zeros(4)},
+            r"the model takes \(N, 32\)",
+        ),
+        ({"input": np.zeros((4, 32, 1), np.float32), "labels": np.zeros(4)}, "has shape"),
+        ({"input": np.zeros((4, 32), np.float32), "labels": np.zeros(5)}, "disagree"),
+    ],
+)
+def test_bad_eval_data(
+    example: Example, tmp_path: Path, arrays: dict[str, np.ndarray], message: str
+) -> None:
     path = tmp_path / "bad.npz"
     np.savez(path, **arrays)  # type: ignore[arg-type]
     source = locate_source(example.repository, example.name, None)

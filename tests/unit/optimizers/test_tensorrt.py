@@ -39,10 +39,12 @@ def test_engine_cache_key_changes_with_what_invalidates_an_engine(tmp_path: Path
     shapes = profile_shapes({"x": (4,)}, 8)
     key = engine_cache_key(onnx_path, "fp16", shapes, "11.4.0", h100)
     assert key == engine_cache_key(onnx_path, "fp16", shapes, "11.4.0", h100)
-    others = {engine_cache_key(onnx_path, "int8", shapes, "11.4.0", h100),
-              engine_cache_key(onnx_path, "fp16", profile_shapes({"x": (4,)}, 16), "11.4.0", h100),
-              engine_cache_key(onnx_path, "fp16", shapes, "10.9.0", h100),
-              engine_cache_key(onnx_path, "fp16", shapes, "11.4.0", GpuInfo("A100", "8.0"))}
+    others = {
+        engine_cache_key(onnx_path, "int8", shapes, "11.4.0", h100),
+        engine_cache_key(onnx_path, "fp16", profile_shapes({"x": (4,)}, 16), "11.4.0", h100),
+        engine_cache_key(onnx_path, "fp16", shapes, "10.9.0", h100),
+        engine_cache_key(onnx_path, "fp16", shapes, "11.4.0", GpuInfo("A100", "8.0")),
+    }
     assert key not in others and len(others) == 4
 
 
@@ -58,10 +60,22 @@ def test_fp16_engine_builds_caches_and_serves(tmp_path: Path) -> None:
     assert fp16["keep_io_types"]
     version = tmp_path / "engine"
     version.mkdir()
-    first = build_engine(tmp_path / "fp16.onnx", version / "model.plan", "fp16", {"input": (32,)},
-                         8, tmp_path / "cache")
-    again = build_engine(tmp_path / "fp16.onnx", tmp_path / "again.plan", "fp16",
-                         {"input": (32,)}, 8, tmp_path / "cache")
+    first = build_engine(
+        tmp_path / "fp16.onnx",
+        version / "model.plan",
+        "fp16",
+        {"input": (32,)},
+        8,
+        tmp_path / "cache",
+    )
+    again = build_engine(
+        tmp_path / "fp16.onnx",
+        tmp_path / "again.plan",
+        "fp16",
+        {"input": (32,)},
+        8,
+        tmp_path / "cache",
+    )
     assert (first["engine_cache"], again["engine_cache"]) == ("miss", "hit")
     config = source.config
     config.platform, config.default_model_filename = "tensorrt_plan", "model.plan"

@@ -22,23 +22,30 @@ def example(tmp_path_factory: pytest.TempPathFactory) -> Example:
     return write_example(tmp_path_factory.mktemp("variants"))
 
 
-def context(example: Example, work: Path, excluded: tuple[str, ...] = STATIC_EXCLUDED_OPS
-            ) -> variants.BuildContext:
+def context(
+    example: Example, work: Path, excluded: tuple[str, ...] = STATIC_EXCLUDED_OPS
+) -> variants.BuildContext:
     source = locate_source(example.repository, example.name, None)
-    calibration = load_dataset(example.calibration_data, source, role="calibration",
-                               need_labels=False)
-    return variants.BuildContext(source, work, "cpu", calibration, "minmax", excluded,
-                                 {"input": (32,)}, work / "cache")
+    calibration = load_dataset(
+        example.calibration_data, source, role="calibration", need_labels=False
+    )
+    return variants.BuildContext(
+        source, work, "cpu", calibration, "minmax", excluded, {"input": (32,)}, work / "cache"
+    )
 
 
-@pytest.mark.parametrize(("name", "ops"), [
-    ("ort-fp32", None),
-    ("int8-dynamic", {"DynamicQuantizeLinear", "MatMulInteger"}),
-    ("int8-static", {"QuantizeLinear", "DequantizeLinear"}),
-    ("fp16", {"Cast"}),
-])
-def test_cpu_variant_builds_and_matches_fp32(example: Example, tmp_path: Path, name: str,
-                                             ops: set[str] | None) -> None:
+@pytest.mark.parametrize(
+    ("name", "ops"),
+    [
+        ("ort-fp32", None),
+        ("int8-dynamic", {"DynamicQuantizeLinear", "MatMulInteger"}),
+        ("int8-static", {"QuantizeLinear", "DequantizeLinear"}),
+        ("fp16", {"Cast"}),
+    ],
+)
+def test_cpu_variant_builds_and_matches_fp32(
+    example: Example, tmp_path: Path, name: str, ops: set[str] | None
+) -> None:
     ctx = context(example, tmp_path)
     artifact = variants.build(variants.VARIANTS[name], ctx)
     assert artifact.path.is_file() and artifact.precision == variants.VARIANTS[name].precision
@@ -51,7 +58,8 @@ def test_cpu_variant_builds_and_matches_fp32(example: Example, tmp_path: Path, n
     runtime = artifact.open("cpu", 1, ctx.source)
     got = run_dataset(runtime, {"input": data["input"]}, 256, ["output"], 8)["output"]
     fp32 = OrtRunner(ctx.source.onnx_path, ["CPUExecutionProvider"], 1).infer(
-        {"input": data["input"]}, ["output"])["output"]
+        {"input": data["input"]}, ["output"]
+    )["output"]
     tolerance = 1e-4 if name == "ort-fp32" else 0.25 * float(np.abs(fp32).max())
     assert np.abs(got - fp32).max() < tolerance
     assert np.mean(got.argmax(1) == fp32.argmax(1)) > 0.9
@@ -60,17 +68,24 @@ def test_cpu_variant_builds_and_matches_fp32(example: Example, tmp_path: Path, n
 def norm_softmax_model() -> onnx.ModelProto:
     """input -> MatMul -> LayerNormalization -> MatMul -> Softmax (the ops INT8 breaks)."""
     rng = np.random.default_rng(0)
-    weights = {"w1": rng.standard_normal((32, 16)), "scale": np.ones(16), "bias": np.zeros(16),
-               "w2": rng.standard_normal((16, 5))}
+    weights = {
+        "w1": rng.standard_normal((32, 16)),
+        "scale": np.ones(16),
+        "bias": np.zeros(16),
+        "w2": rng.standard_normal((16, 5)),
+    }
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["input", "w1"], ["h"]),
-         helper.make_node("LayerNormalization", ["h", "scale", "bias"], ["n"], axis=-1),
-         helper.make_node("MatMul", ["n", "w2"], ["logits"]),
-         helper.make_node("Softmax", ["logits"], ["output"], axis=-1)],
+        [
+            helper.make_node("MatMul", ["input", "w1"], ["h"]),
+            helper.make_node("LayerNormalization", ["h", "scale", "bias"], ["n"], axis=-1),
+            helper.make_node("MatMul", ["n", "w2"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["output"], axis=-1),
+        ],
         "norm_softmax",
         [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["batch", 32])],
         [helper.make_tensor_value_info("output", onnx.TensorProto.FLOAT, ["batch", 5])],
-        initializer=[numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
+        initializer=[numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
@@ -117,9 +132,17 @@ def encoder_example(tmp_path_factory: pytest.TempPathFactory) -> Example:
 def encoder_context(example: Example, work: Path) -> variants.BuildContext:
     source = locate_source(example.repository, example.name, None)
     data = load_dataset(example.eval_data, source, role="eval", need_labels=True)
-    return variants.BuildContext(source, work, "cpu", None, "minmax", STATIC_EXCLUDED_OPS,
-                                 {"tokens": (64,)}, work / "cache",
-                                 samples=slice_inputs(data.inputs, 0, 8, batching=True))
+    return variants.BuildContext(
+        source,
+        work,
+        "cpu",
+        None,
+        "minmax",
+        STATIC_EXCLUDED_OPS,
+        {"tokens": (64,)},
+        work / "cache",
+        samples=slice_inputs(data.inputs, 0, 8, batching=True),
+    )
 
 
 def test_transformer_variants_fuse_attention(encoder_example: Example, tmp_path: Path) -> None:
@@ -129,7 +152,8 @@ def test_transformer_variants_fuse_attention(encoder_example: Example, tmp_path:
     assert is_transformer(ctx.source.onnx_path)
     data = np.load(encoder_example.eval_data)
     fp32 = OrtRunner(ctx.source.onnx_path, ["CPUExecutionProvider"], 1).infer(
-        {"tokens": data["tokens"]}, ["output"])["output"]
+        {"tokens": data["tokens"]}, ["output"]
+    )["output"]
     fused = variants.build(variants.VARIANTS["ort-fp32"], ctx)
     assert fused.details["transformer_fusions"]["Attention"] == 2
     assert "SkipLayerNormalization" not in fused.details["transformer_fusions"]
@@ -144,8 +168,9 @@ def test_transformer_variants_fuse_attention(encoder_example: Example, tmp_path:
     assert np.mean(got.argmax(1) == fp32.argmax(1)) >= 0.9
 
 
-def test_without_samples_transformers_are_not_attention_fused(encoder_example: Example,
-                                                              tmp_path: Path) -> None:
+def test_without_samples_transformers_are_not_attention_fused(
+    encoder_example: Example, tmp_path: Path
+) -> None:
     ctx = encoder_context(encoder_example, tmp_path)
     ctx = variants.BuildContext(**{**ctx.__dict__, "samples": None})
     int8 = variants.build(variants.VARIANTS["int8-dynamic"], ctx)

@@ -22,8 +22,9 @@ class RecordingRuntime:
         self.release = threading.Event()
         self.release.set()
 
-    def infer(self, inputs: Mapping[str, np.ndarray],
-              output_names: Sequence[str]) -> dict[str, np.ndarray]:
+    def infer(
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+    ) -> dict[str, np.ndarray]:
         self.release.wait(5)
         x = inputs["x"]
         self.batches.append([int(v) for v in x[:, 0]])
@@ -34,8 +35,13 @@ class RecordingRuntime:
 
 
 def policy(**overrides: object) -> BatchingPolicy:
-    base = dict(max_batch_size=8, dynamic=True, preferred_batch_sizes=(8,),
-                max_queue_delay_s=0.0, queue_policies={0: QueuePolicy()})
+    base = dict(
+        max_batch_size=8,
+        dynamic=True,
+        preferred_batch_sizes=(8,),
+        max_queue_delay_s=0.0,
+        queue_policies={0: QueuePolicy()},
+    )
     base.update(overrides)
     return BatchingPolicy(**base)  # type: ignore[arg-type]
 
@@ -52,8 +58,9 @@ def test_each_request_gets_its_own_rows() -> None:
     async def scenario() -> None:
         runtime = RecordingRuntime()
         batcher = Batcher([runtime], policy(max_queue_delay_s=0.01), ["y"])
-        results = await asyncio.gather(*(batcher.submit(rows(i, n=1 + i % 3), 1 + i % 3)
-                                         for i in range(12)))
+        results = await asyncio.gather(
+            *(batcher.submit(rows(i, n=1 + i % 3), 1 + i % 3) for i in range(12))
+        )
         for i, (outputs, timing) in enumerate(results):
             assert outputs["y"].shape == (1 + i % 3, 2)
             assert np.all(outputs["y"] == 2 * i)
@@ -61,6 +68,7 @@ def test_each_request_gets_its_own_rows() -> None:
         assert len(runtime.batches) < 12
         assert all(len(b) <= 8 for b in runtime.batches)
         await batcher.drain()
+
     run(scenario())
 
 
@@ -78,6 +86,7 @@ def test_queued_requests_form_one_batch_up_to_max_batch_size() -> None:
         await asyncio.gather(first, *rest)
         assert runtime.batches == [[0], [1, 2, 3, 4, 5, 6, 7, 8], [9, 10]]
         await batcher.drain()
+
     run(scenario())
 
 
@@ -94,18 +103,22 @@ def test_different_shapes_never_share_a_batch() -> None:
         await asyncio.gather(first, *wide, *narrow)
         assert runtime.batches == [[0], [1, 2], [3, 4]]
         await batcher.drain()
+
     run(scenario())
 
 
 def test_preferred_batch_size_runs_without_waiting_for_the_delay() -> None:
     async def scenario() -> None:
         runtime = RecordingRuntime()
-        batcher = Batcher([runtime], policy(preferred_batch_sizes=(2, 8),
-                                            max_queue_delay_s=30.0), ["y"])
+        batcher = Batcher(
+            [runtime], policy(preferred_batch_sizes=(2, 8), max_queue_delay_s=30.0), ["y"]
+        )
         done = await asyncio.wait_for(
-            asyncio.gather(batcher.submit(rows(1), 1), batcher.submit(rows(2), 1)), timeout=5)
+            asyncio.gather(batcher.submit(rows(1), 1), batcher.submit(rows(2), 1)), timeout=5
+        )
         assert len(done) == 2 and runtime.batches == [[1, 2]]
         await batcher.drain()
+
     run(scenario())
 
 
@@ -122,6 +135,7 @@ def test_delay_waits_for_a_fuller_batch_then_gives_up() -> None:
         assert runtime.batches == [[1, 2]]  # the delay let the second one join
         assert loop.time() - started >= 0.15
         await batcher.drain()
+
     run(scenario())
 
 
@@ -130,9 +144,17 @@ def test_priority_levels_run_high_priority_first() -> None:
         runtime = RecordingRuntime()
         runtime.release.clear()
         levels = {0: QueuePolicy(), 1: QueuePolicy(), 2: QueuePolicy()}
-        batcher = Batcher([runtime], policy(max_batch_size=1, preferred_batch_sizes=(1,),
-                                            priority_levels=2, default_priority_level=2,
-                                            queue_policies=levels), ["y"])
+        batcher = Batcher(
+            [runtime],
+            policy(
+                max_batch_size=1,
+                preferred_batch_sizes=(1,),
+                priority_levels=2,
+                default_priority_level=2,
+                queue_policies=levels,
+            ),
+            ["y"],
+        )
         first = asyncio.ensure_future(batcher.submit(rows(0), 1))
         await asyncio.sleep(0.05)
         low = [asyncio.ensure_future(batcher.submit(rows(i), 1)) for i in (1, 2)]
@@ -141,6 +163,7 @@ def test_priority_levels_run_high_priority_first() -> None:
         await asyncio.gather(first, *low, high)
         assert runtime.batches == [[0], [3], [1], [2]]
         await batcher.drain()
+
     run(scenario())
 
 
@@ -148,8 +171,9 @@ def test_max_queue_size_rejects_immediately() -> None:
     async def scenario() -> None:
         runtime = RecordingRuntime()
         runtime.release.clear()
-        batcher = Batcher([runtime], policy(queue_policies={0: QueuePolicy(max_queue_size=1)}),
-                          ["y"])
+        batcher = Batcher(
+            [runtime], policy(queue_policies={0: QueuePolicy(max_queue_size=1)}), ["y"]
+        )
         first = asyncio.ensure_future(batcher.submit(rows(0), 1))
         await asyncio.sleep(0.05)
         queued = asyncio.ensure_future(batcher.submit(rows(1), 1))
@@ -159,6 +183,7 @@ def test_max_queue_size_rejects_immediately() -> None:
         runtime.release.set()
         await asyncio.gather(first, queued)
         await batcher.drain()
+
     run(scenario())
 
 
@@ -174,8 +199,11 @@ def test_preserve_ordering_with_two_instances() -> None:
     async def scenario() -> None:
         slow, fast = RecordingRuntime(), RecordingRuntime()
         slow.release.clear()
-        batcher = Batcher([fast, slow], policy(max_batch_size=1, preferred_batch_sizes=(1,),
-                                               preserve_ordering=True), ["y"])
+        batcher = Batcher(
+            [fast, slow],
+            policy(max_batch_size=1, preferred_batch_sizes=(1,), preserve_ordering=True),
+            ["y"],
+        )
         order: list[int] = []
 
         async def tracked(i: int) -> None:
@@ -189,6 +217,7 @@ def test_preserve_ordering_with_two_instances() -> None:
         await asyncio.gather(*tasks)
         assert order == [0, 1]
         await batcher.drain()
+
     run(scenario())
 
 
@@ -221,15 +250,15 @@ class ThreadRecordingRuntime(RecordingRuntime):
         self.inline_capable = inline_capable
         self.threads: set[str] = set()
 
-    def infer(self, inputs: Mapping[str, np.ndarray],
-              output_names: Sequence[str]) -> dict[str, np.ndarray]:
+    def infer(
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+    ) -> dict[str, np.ndarray]:
         self.threads.add(threading.current_thread().name)
         return super().infer(inputs, output_names)
 
 
 @pytest.mark.parametrize("inline_capable", [True, False])
-def test_fast_executions_run_on_the_loop_unless_the_runtime_opts_out(
-        inline_capable: bool) -> None:
+def test_fast_executions_run_on_the_loop_unless_the_runtime_opts_out(inline_capable: bool) -> None:
     async def scenario() -> set[str]:
         runtime = ThreadRecordingRuntime(inline_capable)
         batcher = Batcher([runtime], policy(), ["y"])

@@ -33,11 +33,24 @@ def test_bytes_framing_matches_tritonclient() -> None:
 
 def test_binary_request_and_response_round_trip() -> None:
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
-    header = json.dumps({"id": "7", "inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP32",
-                                                "parameters": {"binary_data_size": 24}}],
-                         "outputs": [{"name": "y", "parameters": {"binary_data": True}},
-                                     {"name": "z", "parameters": {"binary_data": False}}],
-                         "parameters": {"priority": 2, "timeout": 300}}).encode()
+    header = json.dumps(
+        {
+            "id": "7",
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": [2, 3],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": 24},
+                }
+            ],
+            "outputs": [
+                {"name": "y", "parameters": {"binary_data": True}},
+                {"name": "z", "parameters": {"binary_data": False}},
+            ],
+            "parameters": {"priority": 2, "timeout": 300},
+        }
+    ).encode()
     request, encoding = decode_request(header + x.tobytes(), len(header), "m", "")
     np.testing.assert_array_equal(request.inputs["x"], x)
     assert request.priority == 2 and request.timeout_us == 300 and request.id == "7"
@@ -48,8 +61,9 @@ def test_binary_request_and_response_round_trip() -> None:
     assert head["model_version"] == "1" and head["id"] == "7"
     assert head["outputs"][0]["parameters"]["binary_data_size"] == 24
     assert head["outputs"][1]["data"] == [1, 2]
-    np.testing.assert_array_equal(np.frombuffer(body[json_length:], np.float32).reshape(2, 3),
-                                  x * 2)
+    np.testing.assert_array_equal(
+        np.frombuffer(body[json_length:], np.float32).reshape(2, 3), x * 2
+    )
 
 
 def test_fp16_output_needs_binary() -> None:
@@ -98,8 +112,11 @@ def test_grpc_request_decoding() -> None:
 
 
 def test_grpc_response_raw_outputs_are_index_aligned() -> None:
-    outputs = {"a": np.ones((1, 2), np.float32), "b": np.array([b"s"], dtype=np.object_),
-               "c": np.zeros((0, 3), np.float32)}
+    outputs = {
+        "a": np.ones((1, 2), np.float32),
+        "b": np.array([b"s"], dtype=np.object_),
+        "c": np.zeros((0, 3), np.float32),
+    }
     message = grpc_codec.encode_response(InferenceResponse("m", "1", outputs))
     assert [o.name for o in message.outputs] == ["a", "b", "c"]
     assert len(message.raw_output_contents) == 3

@@ -30,8 +30,10 @@ def decoded(block: bytes) -> list[tuple[str, str]]:
 
 def test_response_blocks_decode_as_grpc_headers() -> None:
     assert decoded(frames.RESPONSE_HEADERS) == [
-        (":status", "200"), ("content-type", "application/grpc"),
-        ("grpc-accept-encoding", "identity,deflate,gzip")]
+        (":status", "200"),
+        ("content-type", "application/grpc"),
+        ("grpc-accept-encoding", "identity,deflate,gzip"),
+    ]
     assert decoded(frames.TRAILERS_OK) == [("grpc-status", "0")]
     assert decoded(frames.http_status_block(415)) == [(":status", "415")]
 
@@ -48,8 +50,10 @@ def test_status_block_percent_encodes_the_message() -> None:
     assert trailers_only[0] == (":status", "200") and trailers_only[-1] == ("grpc-status", "14")
 
 
-@pytest.mark.parametrize("value,seconds", [("100m", 0.1), ("5S", 5.0), ("2M", 120.0),
-                                           ("1H", 3600.0), ("250u", 250e-6), ("7n", 7e-9)])
+@pytest.mark.parametrize(
+    "value,seconds",
+    [("100m", 0.1), ("5S", 5.0), ("2M", 120.0), ("1H", 3600.0), ("250u", 250e-6), ("7n", 7e-9)],
+)
 def test_grpc_timeout(value: str, seconds: float) -> None:
     assert frames.parse_grpc_timeout(value) == pytest.approx(seconds)
 
@@ -60,9 +64,15 @@ def test_malformed_grpc_timeout(value: str) -> None:
 
 
 def request_headers(path: str, timeout: str | None = None) -> list[tuple[str, str]]:
-    headers = [(":method", "POST"), (":scheme", "http"), (":path", path),
-               (":authority", "127.0.0.1"), ("content-type", "application/grpc"),
-               ("te", "trailers"), ("x-request-tag", "abc")]
+    headers = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", path),
+        (":authority", "127.0.0.1"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+        ("x-request-tag", "abc"),
+    ]
     return headers + ([("grpc-timeout", timeout)] if timeout else [])
 
 
@@ -106,8 +116,11 @@ def test_decode_message_encodings() -> None:
     assert decode_message(0, b"plain", "gzip") == b"plain"
     assert decode_message(1, gzip.compress(b"data"), "gzip") == b"data"
     assert decode_message(1, zlib.compress(b"data"), "deflate") == b"data"
-    for payload, encoding, code in [(b"x", "snappy", UNIMPLEMENTED), (b"x", "", INTERNAL),
-                                    (b"not gzip", "gzip", INTERNAL)]:
+    for payload, encoding, code in [
+        (b"x", "snappy", UNIMPLEMENTED),
+        (b"x", "", INTERNAL),
+        (b"not gzip", "gzip", INTERNAL),
+    ]:
         with pytest.raises(AbortError) as caught:
             decode_message(1, payload, encoding)
         assert caught.value.code == code
@@ -119,8 +132,11 @@ class CheckOnly(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
 
 
 def test_routes_cover_only_overridden_methods() -> None:
-    routes = routes_for(CheckOnly(), health_pb2.DESCRIPTOR.services_by_name["Health"],
-                        health_pb2_grpc.HealthServicer)
+    routes = routes_for(
+        CheckOnly(),
+        health_pb2.DESCRIPTOR.services_by_name["Health"],
+        health_pb2_grpc.HealthServicer,
+    )
     assert list(routes) == ["/grpc.health.v1.Health/Check"]
     route = routes["/grpc.health.v1.Health/Check"]
     assert route.request_type is health_pb2.HealthCheckRequest

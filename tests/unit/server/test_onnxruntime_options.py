@@ -17,8 +17,10 @@ def test_cpu_by_default() -> None:
 
 def test_kind_gpu_uses_cuda_on_the_configured_device() -> None:
     config = parse_config("instance_group [{ kind: KIND_GPU count: 2 gpus: [1] }]")
-    assert execution_providers(config, 1) == [("CUDAExecutionProvider", {"device_id": 1}),
-                                              "CPUExecutionProvider"]
+    assert execution_providers(config, 1) == [
+        ("CUDAExecutionProvider", {"device_id": 1}),
+        "CPUExecutionProvider",
+    ]
     assert instance_count(config) == 2
 
 
@@ -41,8 +43,10 @@ def test_tensorrt_accelerator_in_triton_form() -> None:
 
 
 def test_unknown_accelerator_is_refused() -> None:
-    config = parse_config('optimization { execution_accelerators { gpu_execution_accelerator '
-                          '[{ name: "openvino" }] } }')
+    config = parse_config(
+        "optimization { execution_accelerators { gpu_execution_accelerator "
+        '[{ name: "openvino" }] } }'
+    )
     with pytest.raises(ServingError, match="openvino"):
         execution_providers(config)
 
@@ -61,12 +65,20 @@ def test_session_options_follow_triton_parameters() -> None:
     assert options.enable_cpu_mem_arena is False
     basic = session_options(parse_config("optimization { graph { level: -1 } }"))
     assert basic.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    assert session_options(parse_config("")).graph_optimization_level == \
-        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert (
+        session_options(parse_config("")).graph_optimization_level
+        == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    )
 
 
 def test_instance_counts_like_triton() -> None:
     assert instance_count(parse_config("")) == 1
     assert instance_count(parse_config("instance_group [{ kind: KIND_CPU }]")) == 2
-    assert instance_count(parse_config("instance_group [{ kind: KIND_CPU count: 3 }, "
-                                       "{ kind: KIND_CPU count: 1 }]")) == 4
+    assert (
+        instance_count(
+            parse_config(
+                "instance_group [{ kind: KIND_CPU count: 3 }, { kind: KIND_CPU count: 1 }]"
+            )
+        )
+        == 4
+    )

@@ -64,7 +64,7 @@ def test_config_json_has_numbers_and_triton_defaults() -> None:
     assert data["version_policy"]["specific"]["versions"] == [1, 3]
     assert data["instance_group"][0]["kind"] == "KIND_CPU"
     assert data["output"][0]["data_type"] == "TYPE_STRING"
-    assert config_from_json(data) .max_batch_size == 8
+    assert config_from_json(data).max_batch_size == 8
 
 
 def test_write_read_round_trip_and_versions(tmp_path: Path) -> None:
@@ -80,21 +80,31 @@ def test_write_read_round_trip_and_versions(tmp_path: Path) -> None:
 def test_version_policies() -> None:
     available = [1, 2, 5]
     assert select_versions(parse_config(""), available) == [5]
-    assert select_versions(parse_config("version_policy { latest { num_versions: 2 } }"),
-                           available) == [2, 5]
+    assert select_versions(
+        parse_config("version_policy { latest { num_versions: 2 } }"), available
+    ) == [2, 5]
     assert select_versions(parse_config("version_policy { all {} }"), available) == available
-    assert select_versions(parse_config("version_policy { specific { versions: [1, 4] } }"),
-                           available) == [1]
+    assert select_versions(
+        parse_config("version_policy { specific { versions: [1, 4] } }"), available
+    ) == [1]
 
 
-@pytest.mark.parametrize(("config_text", "message"), [
-    ('name: "other"', "does not match"),
-    ("max_batch_size: 4\ndynamic_batching { preferred_batch_size: [8] }", "preferred_batch_size"),
-    ("max_batch_size: 4\ndynamic_batching { priority_levels: 2 }", "default_priority_level"),
-    ("max_batch_size: 4\ninput [{ name: \"input\" data_type: TYPE_FP32 dims: [0] }]",
-     "invalid dims"),
-    ("nonsense {", "does not parse"),
-])
+@pytest.mark.parametrize(
+    ("config_text", "message"),
+    [
+        ('name: "other"', "does not match"),
+        (
+            "max_batch_size: 4\ndynamic_batching { preferred_batch_size: [8] }",
+            "preferred_batch_size",
+        ),
+        ("max_batch_size: 4\ndynamic_batching { priority_levels: 2 }", "default_priority_level"),
+        (
+            'max_batch_size: 4\ninput [{ name: "input" data_type: TYPE_FP32 dims: [0] }]',
+            "invalid dims",
+        ),
+        ("nonsense {", "does not parse"),
+    ],
+)
 def test_invalid_configs_are_explained(tmp_path: Path, config_text: str, message: str) -> None:
     write_model(tmp_path, "m", mlp_model(), config_text)
     with pytest.raises(ModelConfigError, match=message):

@@ -29,7 +29,8 @@ def test_register_status_read_write_unregister(manager: SharedMemoryManager) -> 
         manager.register("out", region.key, 32, 32)  # two regions over one object
         assert manager.status() == [
             {"name": "in", "key": region.key, "offset": 0, "byte_size": 64},
-            {"name": "out", "key": region.key, "offset": 32, "byte_size": 32}]
+            {"name": "out", "key": region.key, "offset": 32, "byte_size": 32},
+        ]
         assert manager.status("out") == [manager.status()[1]]
 
         data = manager.read(SharedMemoryReference("in", 16))
@@ -66,8 +67,10 @@ def test_offsets_need_not_be_page_aligned(manager: SharedMemoryManager) -> None:
         z = np.arange(5, dtype=np.int32)
         shm.set_shared_memory_region(region.handle, [z], offset=offset + 4)
         manager.register("r", region.key, offset, 64)
-        assert np.frombuffer(manager.read(SharedMemoryReference("r", 20, offset=4)),
-                             np.int32).tolist() == z.tolist()
+        assert (
+            np.frombuffer(manager.read(SharedMemoryReference("r", 20, offset=4)), np.int32).tolist()
+            == z.tolist()
+        )
         manager.unregister()
 
 
@@ -136,7 +139,14 @@ def test_reference_parameters_are_validated() -> None:
     assert shared_memory_reference("t", "r", 8, 4) == SharedMemoryReference("r", 8, 4)
     with pytest.raises(ServingError, match="'shared_memory_byte_size' must be specified"):
         shared_memory_reference("t", "r", None)
-    for region, byte_size, offset in ((7, 8, 0), ("", 8, 0), ("r", -1, 0), ("r", 8, -2),
-                                      ("r", True, 0), ("r", 8, 1.5), ("r", "8", 0)):
+    for region, byte_size, offset in (
+        (7, 8, 0),
+        ("", 8, 0),
+        ("r", -1, 0),
+        ("r", 8, -2),
+        ("r", True, 0),
+        ("r", 8, 1.5),
+        ("r", "8", 0),
+    ):
         with pytest.raises(ServingError, match="invalid value for 'shared_memory_"):
             shared_memory_reference("t", region, byte_size, offset)

@@ -33,33 +33,67 @@ def manager(region: ClientRegion) -> Iterator[SharedMemoryManager]:
     manager.close()
 
 
-def http_body(inputs: list[dict], outputs: list[dict] | None = None,
-              blob: bytes = b"") -> tuple[bytes, int]:
+def http_body(
+    inputs: list[dict], outputs: list[dict] | None = None, blob: bytes = b""
+) -> tuple[bytes, int]:
     header = json.dumps({"inputs": inputs, **({"outputs": outputs} if outputs else {})}).encode()
     return header + blob, len(header)
 
 
-def test_http_inputs_and_outputs_in_shared_memory(region: ClientRegion,
-                                                  manager: SharedMemoryManager) -> None:
+def test_http_inputs_and_outputs_in_shared_memory(
+    region: ClientRegion, manager: SharedMemoryManager
+) -> None:
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     text = np.array([b"ab", b"", b"xyz"], dtype=np.object_)
     serialized = serialize_byte_tensor(text)
     shm.set_shared_memory_region(region.handle, [x, serialized])
     y = np.full(2, 9, dtype=np.int64)
     body, length = http_body(
-        [{"name": "x", "shape": [2, 3], "datatype": "FP32",
-          "parameters": {"shared_memory_region": "in", "shared_memory_byte_size": 24}},
-         {"name": "y", "shape": [2], "datatype": "INT64",
-          "parameters": {"binary_data_size": 16}},
-         {"name": "t", "shape": [3], "datatype": "BYTES",
-          "parameters": {"shared_memory_region": "in", "shared_memory_offset": 24,
-                         "shared_memory_byte_size": serialized.item().__len__()}}],
-        [{"name": "a", "parameters": {"shared_memory_region": "out", "binary_data": False,
-                                      "shared_memory_byte_size": 24}},
-         {"name": "b", "parameters": {"binary_data": True}},
-         {"name": "s", "parameters": {"shared_memory_region": "out", "shared_memory_offset": 32,
-                                      "shared_memory_byte_size": 64}}],
-        y.tobytes())
+        [
+            {
+                "name": "x",
+                "shape": [2, 3],
+                "datatype": "FP32",
+                "parameters": {"shared_memory_region": "in", "shared_memory_byte_size": 24},
+            },
+            {
+                "name": "y",
+                "shape": [2],
+                "datatype": "INT64",
+                "parameters": {"binary_data_size": 16},
+            },
+            {
+                "name": "t",
+                "shape": [3],
+                "datatype": "BYTES",
+                "parameters": {
+                    "shared_memory_region": "in",
+                    "shared_memory_offset": 24,
+                    "shared_memory_byte_size": serialized.item().__len__(),
+                },
+            },
+        ],
+        [
+            {
+                "name": "a",
+                "parameters": {
+                    "shared_memory_region": "out",
+                    "binary_data": False,
+                    "shared_memory_byte_size": 24,
+                },
+            },
+            {"name": "b", "parameters": {"binary_data": True}},
+            {
+                "name": "s",
+                "parameters": {
+                    "shared_memory_region": "out",
+                    "shared_memory_offset": 32,
+                    "shared_memory_byte_size": 64,
+                },
+            },
+        ],
+        y.tobytes(),
+    )
     request, encoding = http_codec.decode_request(body, length, "m", "", manager)
     assert request.inputs["x"].tolist() == x.tolist()
     assert request.inputs["y"].tolist() == y.tolist()  # the binary part skips shm inputs
@@ -67,35 +101,45 @@ def test_http_inputs_and_outputs_in_shared_memory(region: ClientRegion,
     assert set(encoding.shared_memory_by_output) == {"a", "s"}
 
     outputs = {"a": x * 2, "b": y, "s": text}
-    payload, json_length = http_codec.encode_response(InferenceResponse("m", "1", outputs),
-                                                      encoding, manager)
+    payload, json_length = http_codec.encode_response(
+        InferenceResponse("m", "1", outputs), encoding, manager
+    )
     assert json_length is not None
     header = json.loads(payload[:json_length])
-    assert header["outputs"][0] == {"name": "a", "datatype": "FP32", "shape": [2, 3],
-                                    "parameters": {"shared_memory_region": "out",
-                                                   "shared_memory_byte_size": 24}}
+    assert header["outputs"][0] == {
+        "name": "a",
+        "datatype": "FP32",
+        "shape": [2, 3],
+        "parameters": {"shared_memory_region": "out", "shared_memory_byte_size": 24},
+    }
     assert header["outputs"][2]["parameters"] == {
-        "shared_memory_region": "out", "shared_memory_byte_size": len(serialized.item()),
-        "shared_memory_offset": 32}
+        "shared_memory_region": "out",
+        "shared_memory_byte_size": len(serialized.item()),
+        "shared_memory_offset": 32,
+    }
     assert "data" not in header["outputs"][0] and "data" not in header["outputs"][2]
     assert payload[json_length:] == y.tobytes()  # only the binary output has bytes
-    assert shm.get_contents_as_numpy(region.handle, np.float32, [2, 3], 128).tolist() == \
-        (x * 2).tolist()
-    assert shm.get_contents_as_numpy(region.handle, np.object_, [3], 160).tolist() == \
-        text.tolist()
+    assert (
+        shm.get_contents_as_numpy(region.handle, np.float32, [2, 3], 128).tolist()
+        == (x * 2).tolist()
+    )
+    assert shm.get_contents_as_numpy(region.handle, np.object_, [3], 160).tolist() == text.tolist()
 
 
-@pytest.mark.parametrize(("params", "fragment"), [
-    ({"classification": 2}, "can't set both 'shared_memory_region' and 'classification'"),
-    ({"binary_data": True}, "can't set both 'shared_memory_region' and 'binary_data'"),
-    ({}, "'shared_memory_byte_size' must be specified"),
-    ({"shared_memory_byte_size": 8, "shared_memory_offset": 124}, "Invalid offset + byte size"),
-])
-def test_http_output_rejections(manager: SharedMemoryManager, params: dict,
-                                fragment: str) -> None:
+@pytest.mark.parametrize(
+    ("params", "fragment"),
+    [
+        ({"classification": 2}, "can't set both 'shared_memory_region' and 'classification'"),
+        ({"binary_data": True}, "can't set both 'shared_memory_region' and 'binary_data'"),
+        ({}, "'shared_memory_byte_size' must be specified"),
+        ({"shared_memory_byte_size": 8, "shared_memory_offset": 124}, "Invalid offset + byte size"),
+    ],
+)
+def test_http_output_rejections(manager: SharedMemoryManager, params: dict, fragment: str) -> None:
     body, length = http_body(
         [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}],
-        [{"name": "a", "parameters": {"shared_memory_region": "out", **params}}])
+        [{"name": "a", "parameters": {"shared_memory_region": "out", **params}}],
+    )
     with pytest.raises(ServingError) as error:
         http_codec.decode_request(body, length, "m", "", manager)
     assert error.value.kind == ErrorKind.INVALID_ARG and fragment in error.value.message
@@ -104,8 +148,13 @@ def test_http_output_rejections(manager: SharedMemoryManager, params: dict,
 def test_http_output_region_too_small_or_gone(manager: SharedMemoryManager) -> None:
     body, length = http_body(
         [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}],
-        [{"name": "a", "parameters": {"shared_memory_region": "out",
-                                      "shared_memory_byte_size": 8}}])
+        [
+            {
+                "name": "a",
+                "parameters": {"shared_memory_region": "out", "shared_memory_byte_size": 8},
+            }
+        ],
+    )
     _, encoding = http_codec.decode_request(body, length, "m", "", manager)
     response = InferenceResponse("m", "1", {"a": np.zeros(3, np.float32)})
     with pytest.raises(ServingError, match=r"output 'a' \(8 bytes\) should be at least 12"):
@@ -117,33 +166,49 @@ def test_http_output_region_too_small_or_gone(manager: SharedMemoryManager) -> N
 
 
 def test_http_input_rules(manager: SharedMemoryManager) -> None:
-    shm_input = {"name": "x", "shape": [1], "datatype": "FP32",
-                 "parameters": {"shared_memory_region": "in", "shared_memory_byte_size": 4}}
+    shm_input = {
+        "name": "x",
+        "shape": [1],
+        "datatype": "FP32",
+        "parameters": {"shared_memory_region": "in", "shared_memory_byte_size": 4},
+    }
     with pytest.raises(ServingError, match="must set only one of"):
         http_codec.decode_request(*http_body([{**shm_input, "data": [1.0]}]), "m", "", manager)
     with pytest.raises(ServingError, match="unexpected size 4 bytes for shape \\[2\\]"):
         http_codec.decode_request(*http_body([{**shm_input, "shape": [2]}]), "m", "", manager)
-    unknown = {**shm_input, "parameters": {"shared_memory_region": "nope",
-                                           "shared_memory_byte_size": 4}}
+    unknown = {
+        **shm_input,
+        "parameters": {"shared_memory_region": "nope", "shared_memory_byte_size": 4},
+    }
     with pytest.raises(ServingError, match="Unable to find shared memory region: 'nope'"):
         http_codec.decode_request(*http_body([unknown]), "m", "", manager)
 
 
 def test_http_shared_memory_is_unsupported_when_off() -> None:
-    shm_input = {"name": "x", "shape": [1], "datatype": "FP32",
-                 "parameters": {"shared_memory_region": "in", "shared_memory_byte_size": 4}}
+    shm_input = {
+        "name": "x",
+        "shape": [1],
+        "datatype": "FP32",
+        "parameters": {"shared_memory_region": "in", "shared_memory_byte_size": 4},
+    }
     plain = {"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}
-    shm_output = {"name": "a", "parameters": {"shared_memory_region": "out",
-                                              "shared_memory_byte_size": 4}}
+    shm_output = {
+        "name": "a",
+        "parameters": {"shared_memory_region": "out", "shared_memory_byte_size": 4},
+    }
     for body, length in (http_body([shm_input]), http_body([plain], [shm_output])):
         with pytest.raises(ServingError) as error:
             http_codec.decode_request(body, length, "m", "")
         assert error.value.kind == ErrorKind.UNSUPPORTED
 
 
-def grpc_shm(tensor: service_pb2.ModelInferRequest.InferInputTensor | service_pb2.
-             ModelInferRequest.InferRequestedOutputTensor, region: str, byte_size: int,
-             offset: int = 0) -> None:
+def grpc_shm(
+    tensor: service_pb2.ModelInferRequest.InferInputTensor
+    | service_pb2.ModelInferRequest.InferRequestedOutputTensor,
+    region: str,
+    byte_size: int,
+    offset: int = 0,
+) -> None:
     """What tritonclient.grpc's set_shared_memory sends."""
     tensor.parameters["shared_memory_region"].string_param = region
     tensor.parameters["shared_memory_byte_size"].int64_param = byte_size
@@ -151,8 +216,9 @@ def grpc_shm(tensor: service_pb2.ModelInferRequest.InferInputTensor | service_pb
         tensor.parameters["shared_memory_offset"].int64_param = offset
 
 
-def test_grpc_raw_contents_skip_shared_memory_inputs(region: ClientRegion,
-                                                     manager: SharedMemoryManager) -> None:
+def test_grpc_raw_contents_skip_shared_memory_inputs(
+    region: ClientRegion, manager: SharedMemoryManager
+) -> None:
     a, b, c = (np.full((1, 2), v, np.int32) for v in (1, 2, 3))
     shm.set_shared_memory_region(region.handle, [b], offset=8)
     message = service_pb2.ModelInferRequest(model_name="m")
@@ -164,12 +230,16 @@ def test_grpc_raw_contents_skip_shared_memory_inputs(region: ClientRegion,
     message.outputs.add(name="q")
     request, in_shared_memory = grpc_codec.decode_request(message, manager)
     assert {k: v.tolist() for k, v in request.inputs.items()} == {
-        "a": [[1, 1]], "b": [[2, 2]], "c": [[3, 3]]}
+        "a": [[1, 1]],
+        "b": [[2, 2]],
+        "c": [[3, 3]],
+    }
     assert set(in_shared_memory) == {"p"}
 
     outputs = {"p": np.array([4, 5], np.int64), "q": np.array([6.5], np.float32)}
-    response = grpc_codec.encode_response(InferenceResponse("m", "1", outputs),
-                                          in_shared_memory, manager)
+    response = grpc_codec.encode_response(
+        InferenceResponse("m", "1", outputs), in_shared_memory, manager
+    )
     assert list(response.raw_output_contents) == [b"", outputs["q"].tobytes()]  # aligned
     params = response.outputs[0].parameters
     assert params["shared_memory_region"].string_param == "out"
@@ -195,8 +265,9 @@ def test_grpc_rejections(manager: SharedMemoryManager) -> None:
     output = message.outputs.add(name="p")
     grpc_shm(output, "out", 4)
     output.parameters["classification"].int64_param = 2
-    with pytest.raises(ServingError, match="can't set both 'shared_memory_region' and "
-                                           "'classification'"):
+    with pytest.raises(
+        ServingError, match="can't set both 'shared_memory_region' and 'classification'"
+    ):
         grpc_codec.decode_request(message, manager)
     with pytest.raises(ServingError) as output_off:
         grpc_codec.decode_request(message)
