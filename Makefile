@@ -8,11 +8,14 @@ STAMP := $(VENV)/.installed
 # wheel pins numpy<2, which cannot share .venv.
 TRITON_VENV := .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed
+# Type stubs of tritonclient's compiled protos (mypy's mypy_path), generated from their descriptors
+PROTO_STUBS := build/stubs
+PROTO_STUBS_STAMP := $(PROTO_STUBS)/.generated
 PYTRITON_VERSION := 0.7.0
 EXAMPLE_REPO ?= model_repository
 PYTEST_ARGS ?=
 
-.PHONY: help install serve test test-unit test-integration test-gpu lint typecheck fmt bench \
+.PHONY: help install serve test test-unit test-integration test-gpu lint typecheck fmt bench proto-stubs \
         example-repo system-deps triton-server image image-gpu clean
 
 help:
@@ -63,12 +66,19 @@ test-integration: $(STAMP) system-deps $(TRITON_STAMP)
 test-gpu: $(STAMP)
 	$(BIN)/python -m pytest -m gpu $(PYTEST_ARGS)
 
-lint: $(STAMP)
+$(PROTO_STUBS_STAMP): $(STAMP) scripts/generate_proto_stubs.py
+	rm -rf $(PROTO_STUBS)
+	$(BIN)/python scripts/generate_proto_stubs.py $(PROTO_STUBS) > /dev/null
+	touch $(PROTO_STUBS_STAMP)
+
+proto-stubs: $(PROTO_STUBS_STAMP)
+
+lint: $(STAMP) $(PROTO_STUBS_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-typecheck: $(STAMP)
+typecheck: $(STAMP) $(PROTO_STUBS_STAMP)
 	$(BIN)/mypy
 
 fmt: $(STAMP)
@@ -85,4 +95,4 @@ image-gpu:
 	docker build --target gpu -t ferry:gpu .
 
 clean:
-	rm -rf $(VENV) $(TRITON_VENV) $(EXAMPLE_REPO) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TRITON_VENV) $(EXAMPLE_REPO) $(PROTO_STUBS) .pytest_cache .mypy_cache .ruff_cache

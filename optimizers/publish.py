@@ -28,6 +28,7 @@ from optimizers.source import SourceModel
 from optimizers.variants import Artifact
 from server.repository_format import (
     EXPORT_REPORT_FILENAME,
+    KIND_GPU,
     OPTIMIZE_REPORT_FILENAME,
     REFERENCE_FILENAME,
     TENSORRT_PLATFORM,
@@ -38,8 +39,6 @@ from server.repository_format import (
     version_numbers,
     write_config,
 )
-
-_KIND_GPU = 1  # ModelInstanceGroup.Kind.KIND_GPU
 
 
 def served_versions(config: ModelConfig, versions: list[int]) -> list[int]:
@@ -66,7 +65,7 @@ def final_config(source: SourceModel, artifact: Artifact, version: int) -> Model
         config.version_policy.specific.ClearField("versions")
         config.version_policy.specific.versions.append(version)
         for group in config.instance_group:
-            group.kind = _KIND_GPU
+            group.kind = KIND_GPU
         return config
     accelerators = config.optimization.execution_accelerators.gpu_execution_accelerator
     del accelerators[:]

@@ -10,14 +10,13 @@ from pathlib import Path
 from monitoring.observer import BatchRecord
 from server.batching import Batcher, BatchingPolicy, BatchResult
 from server.observers import ObserverFanout
-from server.repository_format import ModelConfig, tensor_specs
+from server.repository_format import KIND_CPU, ModelConfig, tensor_specs
 from server.runtimes import Runtime, runtime_factory
 from server.statistics import ModelStatistics
 from server.types import TensorSpec
 
 logger = logging.getLogger(__name__)
 
-KIND_CPU = 2  # ModelInstanceGroup.Kind.KIND_CPU
 ONNX_CPU_DEFAULT_INSTANCES = 2  # Triton's onnxruntime backend default for KIND_CPU without count
 
 

@@ -12,7 +12,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, TypeAlias
 
 from google.protobuf import json_format, text_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -20,10 +20,10 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from server.types import TensorSpec
 
-if TYPE_CHECKING:  # the compiled protos ship without type stubs
-    ModelConfig: TypeAlias = Any
-else:
-    ModelConfig = mc.ModelConfig
+ModelConfig = mc.ModelConfig
+ConfigDataType: TypeAlias = mc.DataType.ValueType
+KIND_GPU = mc.ModelInstanceGroup.Kind.KIND_GPU
+KIND_CPU = mc.ModelInstanceGroup.Kind.KIND_CPU
 
 CONFIG_FILENAME = "config.pbtxt"
 EXPORT_REPORT_FILENAME = "export_report.json"
@@ -40,7 +40,7 @@ DEFAULT_MAX_BATCH_SIZE = 4
 _MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
-def _config_type_pairs() -> list[tuple[str, int]]:
+def _config_type_pairs() -> list[tuple[str, ConfigDataType]]:
     names = [
         "BOOL",
         "UINT8",
@@ -61,8 +61,12 @@ def _config_type_pairs() -> list[tuple[str, int]]:
     return pairs
 
 
-DATATYPE_BY_CONFIG_TYPE: dict[int, str] = {enum: name for name, enum in _config_type_pairs()}
-CONFIG_TYPE_BY_DATATYPE: dict[str, int] = {name: enum for name, enum in _config_type_pairs()}
+DATATYPE_BY_CONFIG_TYPE: dict[ConfigDataType, str] = {
+    enum: name for name, enum in _config_type_pairs()
+}
+CONFIG_TYPE_BY_DATATYPE: dict[str, ConfigDataType] = {
+    name: enum for name, enum in _config_type_pairs()
+}
 
 # onnx.TensorProto.DataType -> KServe datatype (numbers from onnx.proto, so onnx is not imported).
 DATATYPE_BY_ONNX_ELEM_TYPE: dict[int, str] = {

@@ -20,11 +20,9 @@ from typing import Any
 import numpy as np
 
 from server.errors import ErrorKind, ServingError
-from server.repository_format import ModelConfig, model_filename
+from server.repository_format import KIND_GPU, ModelConfig, model_filename
 
 logger = logging.getLogger(__name__)
-
-KIND_GPU = 1  # ModelInstanceGroup.Kind.KIND_GPU
 
 
 def _parameter(config: ModelConfig, key: str) -> str | None:
