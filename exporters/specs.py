@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from exporters.errors import ExportError
-from server.types import NUMPY_DTYPE_BY_DATATYPE as SERVER_NUMPY_DTYPES
+from server.repository_format import NUMPY_DTYPE_BY_DATATYPE as SERVER_NUMPY_DTYPES
 
 # KServe datatype -> numpy dtype, for the tensors a torch model can take or produce (the server's
 # table, less the unsigned wide integers and BYTES that torch has no tensors for).

@@ -1,3 +1,5 @@
 """The `ferry` command: one front door that mounts each package's commands."""
 
-__version__ = "0.1.0"
+from server.version import __version__
+
+__all__ = ["__version__"]

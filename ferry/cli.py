@@ -8,6 +8,7 @@ from exporters.cli import register as register_export
 from monitoring.cli import register as register_monitoring
 from optimizers.cli import register as register_optimize
 from server.cli import register as register_serve
+from server.version import __version__
 
 app = typer.Typer(
     name="ferry",
@@ -26,8 +27,6 @@ def _root(
 ) -> None:
     """Export, optimize, serve and monitor PyTorch models (KServe v2 / Triton compatible)."""
     if version:
-        from ferry import __version__
-
         typer.echo(__version__)
         raise typer.Exit()
 

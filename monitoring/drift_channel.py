@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from monitoring.drift_decision import decide_window, window_record
 from monitoring.ks import calibrate_signal_alpha, ks_threshold, window_p_values
 from monitoring.observer import RequestRecord
 from monitoring.reference import Reference
@@ -215,8 +216,6 @@ class DriftChannel:
         )
 
     def _evaluate(self, rows: FloatArray, closed_by: str) -> None:
-        from monitoring.drift_report import evaluate_window
-
         assert self.sorted_reference is not None and self.thresholds is not None
         assert self.spec is not None
         stats, p_values = window_p_values(self.sorted_reference, rows)
@@ -228,4 +227,10 @@ class DriftChannel:
         )
         self.windows_total += 1
         self.last_evaluation_s = time.time()
-        self.last = evaluate_window(self, stats, p_values, thresholds, rows.shape[0], closed_by)
+        decision, signals = decide_window(
+            self.spec.names, self.spec.scopes, stats, p_values, thresholds
+        )
+        for scope, drifted in decision.items():
+            self.detections_total[scope] = self.detections_total.get(scope, 0) + int(drifted)
+            self.consecutive[scope] = self.consecutive.get(scope, 0) + 1 if drifted else 0
+        self.last = window_record(self.windows_total, rows.shape[0], closed_by, decision, signals)

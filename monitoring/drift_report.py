@@ -1,72 +1,12 @@
-"""Drift decisions per scope, the JSON detail of a model version, and its Prometheus series."""
+"""A model version's drift: its JSON detail and its Prometheus series."""
 
 from __future__ import annotations
 
 import math
-import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
-from numpy.typing import NDArray
-
+from monitoring.drift_channel import DriftChannel
 from monitoring.families import Family
-
-if TYPE_CHECKING:
-    from monitoring.drift_channel import DriftChannel
-
-SCOPES = ("outputs", "inputs")
-
-
-def evaluate_window(
-    channel: DriftChannel,
-    stats: NDArray[np.float64],
-    p_values: NDArray[np.float64],
-    thresholds: NDArray[np.float64],
-    rows: int,
-    closed_by: str,
-) -> dict[str, Any]:
-    """Decide per scope (any signal with D over its threshold), update counters."""
-    assert channel.spec is not None
-    drifted = stats > thresholds
-    scopes = np.array(channel.spec.scopes)
-    decision: dict[str, bool] = {}
-    for scope in SCOPES:
-        if not np.any(scopes == scope):
-            continue
-        decision[scope] = bool(np.any(drifted[scopes == scope]))
-        channel.detections_total[scope] = channel.detections_total.get(scope, 0) + int(
-            decision[scope]
-        )
-        channel.consecutive[scope] = channel.consecutive.get(scope, 0) + 1 if decision[scope] else 0
-    signals = [
-        {
-            "name": name,
-            "scope": scope,
-            "method": "ks",
-            "statistic": float(d),
-            "p_value": float(p),
-            "threshold": float(t),
-            "drifted": bool(x),
-        }
-        for name, scope, d, p, t, x in zip(
-            channel.spec.names,
-            channel.spec.scopes,
-            stats,
-            p_values,
-            thresholds,
-            drifted,
-            strict=True,
-        )
-    ]
-    return {
-        "index": channel.windows_total,
-        "rows": rows,
-        "closed_by": closed_by,
-        "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "drift": any(decision.values()),
-        "scopes": decision,
-        "signals": signals,
-    }
 
 
 def channel_detail(channel: DriftChannel) -> dict[str, Any]:

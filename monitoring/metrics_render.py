@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from monitoring.families import Family
-
-if TYPE_CHECKING:
-    from monitoring.metrics import _VersionStats
+from monitoring.serving_stats import VersionStats
 
 _TRITON_COUNTERS = (
     (
@@ -54,7 +50,7 @@ _TRITON_COUNTERS = (
 
 
 def serving_families(
-    snapshot: dict[tuple[str, str], _VersionStats],
+    snapshot: dict[tuple[str, str], VersionStats],
     pending: list[tuple[str, str, int]],
 ) -> list[Family]:
     """All serving families, in a stable order; empty families are still described."""

@@ -8,15 +8,16 @@ from pathlib import Path
 import numpy as np
 
 from server.repository_format import (
+    NUMPY_DTYPE_BY_DATATYPE,
     OPTIMIZE_REPORT_FILENAME,
     ModelConfig,
     ModelConfigError,
+    TensorSpec,
     autocomplete_from_onnx,
     read_config,
     tensor_specs,
     version_numbers,
 )
-from server.types import NUMPY_DTYPE_BY_DATATYPE, TensorSpec
 
 LABELS_KEY = "labels"
 SOURCE_FILENAME = "model.onnx"

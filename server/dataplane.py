@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from ferry import __version__
 from monitoring.observer import (
     FAILURE_BACKEND,
     FAILURE_CANCELED,
@@ -31,6 +30,7 @@ from server.repository_format import ModelConfig
 from server.settings import ModelControlMode
 from server.shared_memory import SharedMemoryManager
 from server.types import InferenceRequest, InferenceResponse, datatype_of
+from server.version import __version__
 
 SERVER_NAME = "ferry"
 EXTENSIONS = (

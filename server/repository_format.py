@@ -18,7 +18,9 @@ from google.protobuf import json_format, text_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from tritonclient.grpc import model_config_pb2 as mc
 
-from server.types import TensorSpec
+# the tensor vocabulary of the contract, re-exported for the build tools
+from server.types import NUMPY_DTYPE_BY_DATATYPE as NUMPY_DTYPE_BY_DATATYPE
+from server.types import TensorSpec as TensorSpec
 
 ModelConfig = mc.ModelConfig
 ConfigDataType: TypeAlias = mc.DataType.ValueType

@@ -17,7 +17,7 @@ from starlette.responses import Response
 
 from server.dataplane import DataPlane
 from server.errors import ErrorKind, ServingError, invalid
-from server.protocol.http_infer import InferFastPath, decode_body, handle_infer, read_raw_body
+from server.protocol.http_infer import InferFastPath, decode_body, read_raw_body
 from server.protocol.status import HTTP_STATUS_BY_KIND
 from server.repository_format import config_to_json
 
@@ -69,7 +69,7 @@ def create_http_app(
 def create_fastapi_app(
     dataplane: DataPlane, max_request_bytes: int, drift_detail: DriftDetail | None = None
 ) -> FastAPI:
-    """Every route but the hot infer path (which the FastAPI app serves too, more slowly)."""
+    """Every route but POST .../infer, which the InferFastPath in front of this app serves."""
     app = FastAPI(title="ferry", docs_url=None, redoc_url=None, openapi_url=None)
 
     async def on_serving_error(_: Request, exc: Exception) -> Response:
@@ -110,19 +110,6 @@ def create_fastapi_app(
     def model_and_version(request: Request) -> tuple[str, str]:
         version = request.path_params.get("version")
         return request.path_params["model"], "" if version is None else str(version)
-
-    @model_route("/infer", ["POST"])
-    async def infer(request: Request) -> Response:
-        """Reached only without the InferFastPath in front (which serves POST .../infer)."""
-        body = decode_body(
-            await read_body(request, max_request_bytes),
-            request.headers.get("content-encoding"),
-            max_request_bytes,
-        )
-        payload, headers = await handle_infer(
-            dataplane, *model_and_version(request), request.headers, body
-        )
-        return Response(payload, headers={k.decode(): v.decode() for k, v in headers})
 
     @route("/v2/health/live", ["GET"])
     async def health_live(_: Request) -> Response:

@@ -125,8 +125,16 @@ async def read_raw_body(receive: Receive, headers: Mapping[str, str], limit: int
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+async def send_error(send: Send, status: int, message: str) -> None:
+    """A Triton-style `{"error": message}` answer, straight on ASGI."""
+    payload = orjson.dumps({"error": message})
+    headers = [(b"content-type", JSON_TYPE), (b"content-length", b"%d" % len(payload))]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
 class InferFastPath:
-    """ASGI app: POST .../infer handled directly, everything else by `fallback` (FastAPI)."""
+    """ASGI app: .../infer handled directly (POST only), everything else by `fallback` (FastAPI)."""
 
     def __init__(self, fallback: ASGIApp, dataplane: DataPlane, max_request_bytes: int) -> None:
         self.fallback = fallback
@@ -134,10 +142,13 @@ class InferFastPath:
         self.limit = max_request_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
+        if scope["type"] == "http":
             match = INFER_PATH.match(scope["path"])
             if match is not None:
-                await self._infer(scope, receive, send, match.group(1), match.group(2) or "")
+                if scope["method"] == "POST":
+                    await self._infer(scope, receive, send, match.group(1), match.group(2) or "")
+                else:
+                    await send_error(send, 405, "Method Not Allowed")
                 return
         await self.fallback(scope, receive, send)
 

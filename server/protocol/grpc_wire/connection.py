@@ -11,7 +11,7 @@ import logging
 import struct
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
 import hpack
 
@@ -32,9 +32,6 @@ from server.protocol.grpc_wire.rpc import (
     decode_message,
     split_messages,
 )
-
-if TYPE_CHECKING:
-    from server.protocol.grpc_wire.server import GrpcWireServer
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +75,16 @@ class Stream:
         self.recv_unacked = 0
 
 
+class ConnectionOwner(Protocol):
+    """What a connection needs from the listener that accepted it (`GrpcWireServer`)."""
+
+    routes: dict[str, Route]
+    max_message_bytes: int
+    connections: set[GrpcConnection]
+
+    def connection_idle(self) -> None: ...
+
+
 class ProtocolViolation(Exception):
     """A connection error (RFC 9113 §5.4.1): GOAWAY with `code`, then close."""
 
@@ -87,7 +94,7 @@ class ProtocolViolation(Exception):
 
 
 class GrpcConnection(asyncio.Protocol):
-    def __init__(self, server: GrpcWireServer) -> None:
+    def __init__(self, server: ConnectionOwner) -> None:
         self.server = server
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
