@@ -105,7 +105,12 @@ async def serve(settings: ServerSettings) -> int:
     if settings.allow_http:
         http_servers.append(
             _uvicorn_server(
-                create_http_app(dataplane, settings.http_max_request_bytes, monitors.drift_detail),
+                create_http_app(
+                    dataplane,
+                    settings.http_max_request_bytes,
+                    monitors.drift_detail,
+                    settings.http_restricted_apis,
+                ),
                 settings.http_address,
                 settings.http_port,
                 settings.log_level,
@@ -124,7 +129,12 @@ async def serve(settings: ServerSettings) -> int:
     try:
         if settings.allow_grpc:
             grpc_server = create_grpc_server(
-                dataplane, settings.grpc_address, settings.grpc_port, settings.grpc_transport
+                dataplane,
+                settings.grpc_address,
+                settings.grpc_port,
+                settings.grpc_transport,
+                restricted=settings.grpc_restricted_protocols,
+                tls=settings.grpc_tls,
             )
             await grpc_server.start()
         for server in http_servers:
@@ -148,19 +158,42 @@ async def serve(settings: ServerSettings) -> int:
     loaded = [f"{v.name}:{v.version}" for v in repository.ready_versions()]
     logger.info("models ready: %s", ", ".join(loaded) or "none")
     logger.info(
-        "serving: HTTP %s:%d, gRPC %s:%d, metrics %s:%d (model control mode %s)",
+        "serving: HTTP %s:%d, gRPC%s %s:%d, metrics %s:%d (model control mode %s)",
         settings.http_address,
         settings.http_port,
+        ""
+        if settings.grpc_tls is None
+        else " (TLS, mutual)"
+        if settings.grpc_tls.mutual
+        else " (TLS)",
         settings.grpc_address,
         settings.grpc_port,
         settings.metrics_address,
         settings.metrics_port,
         settings.model_control_mode.value,
     )
+    for transport, restricted in (
+        ("HTTP", settings.http_restricted_apis),
+        ("gRPC", settings.grpc_restricted_protocols),
+    ):
+        for group, restriction in restricted.items():
+            logger.info("%s: '%s' needs header '%s'", transport, group, restriction.header)
     if shared_memory is not None:
+        open_to = [
+            transport
+            for transport, restricted, on in (
+                ("HTTP", settings.http_restricted_apis, settings.allow_http),
+                ("gRPC", settings.grpc_restricted_protocols, settings.allow_grpc),
+            )
+            if on and "shared-memory" not in restricted
+        ]
         logger.warning(
             "client shared memory is enabled (--allow-client-shm): clients can make "
-            "the server read and write any shared memory object it can open"
+            "the server read and write any shared memory object it can open%s",
+            f" (unrestricted on {' and '.join(open_to)}: consider --http-restricted-api / "
+            "--grpc-restricted-protocol shared-memory:<key>=<value>)"
+            if open_to
+            else "",
         )
     poller = None
     if settings.model_control_mode == ModelControlMode.POLL:

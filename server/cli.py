@@ -7,7 +7,14 @@ from typing import Annotated
 
 import typer
 
-from server.settings import GrpcTransport, ModelControlMode, ServerSettings
+from server.restrictions import (
+    API_GROUPS,
+    GRPC_HEADER_PREFIX,
+    RestrictedApis,
+    RestrictionError,
+    parse_restricted_apis,
+)
+from server.settings import GrpcTls, GrpcTransport, ModelControlMode, ServerSettings
 
 
 def serve(
@@ -86,6 +93,46 @@ def serve(
         ),
     ] = 0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    http_restricted_api: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="GROUPS:KEY=VALUE",
+            help="Put API groups behind a header, as Triton: requests to GROUPS "
+            f"(comma-separated: {', '.join(API_GROUPS)}) need header KEY with VALUE, else 403. "
+            "Repeatable; a group may be in one restriction only.",
+        ),
+    ] = None,
+    grpc_restricted_protocol: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="GROUPS:KEY=VALUE",
+            help="The same for gRPC: calls to GROUPS need metadata "
+            f"'{GRPC_HEADER_PREFIX}KEY' with VALUE, else UNAVAILABLE. Repeatable.",
+        ),
+    ] = None,
+    grpc_use_ssl: Annotated[
+        bool,
+        typer.Option(help="Serve gRPC over TLS (needs --grpc-server-cert and --grpc-server-key)."),
+    ] = False,
+    grpc_use_ssl_mutual: Annotated[
+        bool,
+        typer.Option(
+            help="Serve gRPC over mutual TLS: clients must present a certificate signed by "
+            "--grpc-root-cert (implies --grpc-use-ssl)."
+        ),
+    ] = False,
+    grpc_server_cert: Annotated[
+        Path | None, typer.Option(help="PEM certificate (chain) of the gRPC server.")
+    ] = None,
+    grpc_server_key: Annotated[
+        Path | None, typer.Option(help="PEM private key of --grpc-server-cert.")
+    ] = None,
+    grpc_root_cert: Annotated[
+        Path | None,
+        typer.Option(
+            help="PEM CA certificate(s) that client certificates must chain to (mutual TLS)."
+        ),
+    ] = None,
 ) -> None:
     """Serve a model repository over KServe v2 HTTP and gRPC, with dynamic batching."""
     from server.app import run_server
@@ -115,8 +162,44 @@ def serve(
         drift_alpha=drift_alpha,
         drift_baseline_samples=drift_baseline_samples,
         log_level=log_level,
+        http_restricted_apis=_restrictions(http_restricted_api, "http-restricted-api"),
+        grpc_restricted_protocols=_restrictions(
+            grpc_restricted_protocol, "grpc-restricted-protocol", GRPC_HEADER_PREFIX
+        ),
+        grpc_tls=_grpc_tls(
+            grpc_use_ssl, grpc_use_ssl_mutual, grpc_server_cert, grpc_server_key, grpc_root_cert
+        ),
     )
     raise typer.Exit(run_server(settings))
+
+
+def _restrictions(specs: list[str] | None, option: str, prefix: str = "") -> RestrictedApis:
+    try:
+        return parse_restricted_apis(specs or (), option, prefix)
+    except RestrictionError as exc:
+        raise typer.BadParameter(str(exc), param_hint=f"--{option}") from None
+
+
+def _grpc_tls(
+    use_ssl: bool,
+    mutual: bool,
+    server_cert: Path | None,
+    server_key: Path | None,
+    root_cert: Path | None,
+) -> GrpcTls | None:
+    """Triton's TLS flags as one setting; --grpc-use-ssl-mutual implies --grpc-use-ssl."""
+    if not (use_ssl or mutual):
+        return None
+    if server_cert is None or server_key is None:
+        raise typer.BadParameter(
+            "TLS needs --grpc-server-cert and --grpc-server-key", param_hint="--grpc-use-ssl"
+        )
+    if mutual and root_cert is None:
+        raise typer.BadParameter(
+            "mutual TLS needs --grpc-root-cert to verify client certificates",
+            param_hint="--grpc-use-ssl-mutual",
+        )
+    return GrpcTls(server_cert, server_key, root_cert, mutual)
 
 
 def register(app: typer.Typer) -> None:

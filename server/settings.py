@@ -6,6 +6,8 @@ import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from server.restrictions import RestrictedApis
+
 
 class ModelControlMode(enum.StrEnum):
     """Triton's model control modes."""
@@ -20,6 +22,18 @@ class GrpcTransport(enum.StrEnum):
 
     FERRY = "ferry"
     GRPCIO = "grpcio"
+
+
+@dataclass(frozen=True)
+class GrpcTls:
+    """TLS on the gRPC port (Triton's --grpc-use-ssl[-mutual], --grpc-server-cert/-key,
+    --grpc-root-cert): PEM files; `mutual` requires clients to present a certificate that
+    `root_cert` signed."""
+
+    server_cert: Path
+    server_key: Path
+    root_cert: Path | None = None
+    mutual: bool = False
 
 
 @dataclass(frozen=True)
@@ -51,3 +65,7 @@ class ServerSettings:
     drift_baseline_samples: int = 0
     log_level: str = "info"
     extra: dict[str, str] = field(default_factory=dict)
+    # access control and TLS (Triton's flags)
+    http_restricted_apis: RestrictedApis = field(default_factory=dict)
+    grpc_restricted_protocols: RestrictedApis = field(default_factory=dict)
+    grpc_tls: GrpcTls | None = None

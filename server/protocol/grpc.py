@@ -18,10 +18,13 @@ from tritonclient.grpc import service_pb2_grpc
 from server.dataplane import DataPlane
 from server.errors import ErrorKind, ServingError
 from server.protocol import grpc_codec
+from server.protocol.grpc_access import RestrictedProtocolInterceptor, guard_routes
+from server.protocol.grpc_tls import grpcio_credentials, ssl_context
 from server.protocol.grpc_wire.rpc import routes_for
 from server.protocol.grpc_wire.server import GrpcWireServer
 from server.protocol.status import GRPC_CODE_BY_KIND
-from server.settings import GrpcTransport
+from server.restrictions import RestrictedApis
+from server.settings import GrpcTls, GrpcTransport
 
 logger = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 2**31 - 1
@@ -219,25 +222,39 @@ class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
         return health_pb2.HealthCheckResponse(status=status)
 
 
+_SERVICES = (
+    pb.DESCRIPTOR.services_by_name["GRPCInferenceService"],
+    health_pb2.DESCRIPTOR.services_by_name["Health"],
+)
+
+
 def create_grpc_server(
-    dataplane: DataPlane, host: str, port: int, transport: GrpcTransport = GrpcTransport.FERRY
+    dataplane: DataPlane,
+    host: str,
+    port: int,
+    transport: GrpcTransport = GrpcTransport.FERRY,
+    *,
+    restricted: RestrictedApis | None = None,
+    tls: GrpcTls | None = None,
 ) -> GrpcServer:
-    """Both services on the chosen transport, bound to host:port once started."""
+    """Both services on the chosen transport, bound to host:port once started; the restricted
+    API groups (`--grpc-restricted-protocol`) behind their metadata keys; TLS when given."""
     if transport == GrpcTransport.GRPCIO:
-        return cast(GrpcServer, create_grpcio_server(dataplane, f"{host}:{port}"))
+        return cast(
+            GrpcServer,
+            create_grpcio_server(dataplane, f"{host}:{port}", restricted=restricted, tls=tls),
+        )
     routes = routes_for(
-        InferenceServicer(dataplane),
-        pb.DESCRIPTOR.services_by_name["GRPCInferenceService"],
-        service_pb2_grpc.GRPCInferenceServiceServicer,
+        InferenceServicer(dataplane), _SERVICES[0], service_pb2_grpc.GRPCInferenceServiceServicer
     )
     routes.update(
-        routes_for(
-            HealthServicer(dataplane),
-            health_pb2.DESCRIPTOR.services_by_name["Health"],
-            health_pb2_grpc.HealthServicer,
-        )
+        routes_for(HealthServicer(dataplane), _SERVICES[1], health_pb2_grpc.HealthServicer)
     )
-    return GrpcWireServer(routes, host, port, MAX_MESSAGE_BYTES)
+    if restricted:
+        routes = guard_routes(routes, restricted, _SERVICES)
+    return GrpcWireServer(
+        routes, host, port, MAX_MESSAGE_BYTES, ssl_context(tls) if tls is not None else None
+    )
 
 
 class GrpcServer(Protocol):
@@ -248,18 +265,29 @@ class GrpcServer(Protocol):
     async def stop(self, grace: float | None) -> None: ...
 
 
-def create_grpcio_server(dataplane: DataPlane, address: str) -> grpc.aio.Server:
+def create_grpcio_server(
+    dataplane: DataPlane,
+    address: str,
+    *,
+    restricted: RestrictedApis | None = None,
+    tls: GrpcTls | None = None,
+) -> grpc.aio.Server:
     """A grpc.aio server with both services and 2 GiB-1 message limits, bound to `address`."""
     options = [
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.so_reuseport", 0),
     ]
-    server = grpc.aio.server(options=options)
+    interceptors = [RestrictedProtocolInterceptor(restricted, _SERVICES)] if restricted else []
+    server = grpc.aio.server(options=options, interceptors=interceptors)
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
         InferenceServicer(dataplane), server
     )
     health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(dataplane), server)
-    if server.add_insecure_port(address) == 0:
+    if tls is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, grpcio_credentials(tls))
+    if bound == 0:
         raise OSError(f"cannot bind the gRPC port {address}")
     return server

@@ -17,9 +17,11 @@ from starlette.responses import Response
 
 from server.dataplane import DataPlane
 from server.errors import ErrorKind, ServingError, invalid
+from server.protocol.http_access import HttpAccess
 from server.protocol.http_infer import InferFastPath, decode_body, read_raw_body
 from server.protocol.status import HTTP_STATUS_BY_KIND
 from server.repository_format import config_to_json
+from server.restrictions import RestrictedApis
 
 DriftDetail = Callable[[str, str | None], dict[str, Any] | None]
 JSON = "application/json"
@@ -58,11 +60,18 @@ async def optional_json(request: Request, limit: int) -> dict[str, Any]:
 
 
 def create_http_app(
-    dataplane: DataPlane, max_request_bytes: int, drift_detail: DriftDetail | None = None
+    dataplane: DataPlane,
+    max_request_bytes: int,
+    drift_detail: DriftDetail | None = None,
+    restricted: RestrictedApis | None = None,
 ) -> InferFastPath:
-    """The HTTP application: every route Triton serves for ferry's extensions."""
+    """The HTTP application: every route Triton serves for ferry's extensions, with the
+    restricted API groups (`--http-restricted-api`) behind their headers."""
     return InferFastPath(
-        create_fastapi_app(dataplane, max_request_bytes, drift_detail), dataplane, max_request_bytes
+        create_fastapi_app(dataplane, max_request_bytes, drift_detail),
+        dataplane,
+        max_request_bytes,
+        HttpAccess(restricted) if restricted else None,
     )
 
 

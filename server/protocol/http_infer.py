@@ -2,7 +2,8 @@
 
 Profiling `ferry serve` under load showed FastAPI/Starlette's middleware stack spending about five
 times as long per request as the infer handler itself, so POST .../infer is dispatched straight
-to this handler; every other route (and any other method on the infer path) goes to FastAPI.
+to this handler; every other route goes to FastAPI. `--http-restricted-api` is checked here,
+in front of both, so it covers every route.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import orjson
 
 from server.dataplane import DataPlane
 from server.errors import ErrorKind, ServingError, invalid
+from server.protocol.http_access import HttpAccess
 from server.protocol.http_codec import (
     OutputEncoding,
     choose_response_encoding,
@@ -136,13 +138,25 @@ async def send_error(send: Send, status: int, message: str) -> None:
 class InferFastPath:
     """ASGI app: .../infer handled directly (POST only), everything else by `fallback` (FastAPI)."""
 
-    def __init__(self, fallback: ASGIApp, dataplane: DataPlane, max_request_bytes: int) -> None:
+    def __init__(
+        self,
+        fallback: ASGIApp,
+        dataplane: DataPlane,
+        max_request_bytes: int,
+        access: HttpAccess | None = None,
+    ) -> None:
         self.fallback = fallback
         self.dataplane = dataplane
         self.limit = max_request_bytes
+        self.access = access  # None: no API group is restricted, nothing to check
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            if self.access is not None:
+                refusal = self.access.refusal(scope)
+                if refusal is not None:
+                    await send_error(send, 403, refusal)
+                    return
             match = INFER_PATH.match(scope["path"])
             if match is not None:
                 if scope["method"] == "POST":

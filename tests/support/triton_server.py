@@ -70,8 +70,12 @@ def _python_backend_dir(site_packages: Path, workdir: Path) -> Path:
 
 
 @contextlib.contextmanager
-def running_tritonserver(model_repository: Path, timeout: float = 120.0) -> Iterator[TritonServer]:
-    """Run tritonserver on `model_repository` (CPU only) for a `with` block; always stop it."""
+def running_tritonserver(
+    model_repository: Path, *extra_args: str, timeout: float = 120.0
+) -> Iterator[TritonServer]:
+    """Run tritonserver on `model_repository` (CPU only) for a `with` block; always stop it.
+    `extra_args` are more tritonserver flags (e.g. the same restriction or TLS flags a ferry
+    under comparison gets)."""
     binary, site_packages = tritonserver_binary(), _site_packages()
     if binary is None or site_packages is None:
         raise RuntimeError(missing_reason())
@@ -111,6 +115,7 @@ def running_tritonserver(model_repository: Path, timeout: float = 120.0) -> Iter
         "python,shm-default-byte-size=4194304",
         "--backend-config",
         "python,shm-growth-byte-size=1048576",
+        *extra_args,
     ]
     env = dict(os.environ)
     env["PATH"] = f"{TRITON_VENV / 'bin'}:{env.get('PATH', '')}"

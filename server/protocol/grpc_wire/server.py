@@ -4,21 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 
 from server.protocol.grpc_wire.connection import GrpcConnection
 from server.protocol.grpc_wire.rpc import Route
 
 
 class GrpcWireServer:
-    """gRPC over HTTP/2 served straight from the event loop (h2c, no TLS).
+    """gRPC over HTTP/2 served straight from the event loop (h2c, or TLS with `ssl_context`).
 
     The surface `server/app.py` uses from grpc.aio.Server: `start`, `stop(grace)`.
     """
 
     def __init__(
-        self, routes: dict[str, Route], host: str, port: int, max_message_bytes: int
+        self,
+        routes: dict[str, Route],
+        host: str,
+        port: int,
+        max_message_bytes: int,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.routes = routes
+        self.ssl_context = ssl_context
         self.host, self.port = host, port
         self.max_message_bytes = max_message_bytes
         self.connections: set[GrpcConnection] = set()
@@ -28,7 +35,12 @@ class GrpcWireServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._listener = await loop.create_server(
-            lambda: GrpcConnection(self), self.host, self.port, reuse_address=True, backlog=4096
+            lambda: GrpcConnection(self),
+            self.host,
+            self.port,
+            reuse_address=True,
+            backlog=4096,
+            ssl=self.ssl_context,
         )
 
     @property
