@@ -1,5 +1,6 @@
 """gRPC over TLS and mutual TLS on both transports, with tritonclient's `ssl=True` and
-certificates the test makes: who gets through, who does not, and bad certificate files."""
+certificates the test makes: who gets through, who does not (the same clients as with the real
+`tritonserver` given the same flags), and bad certificate files."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from tritonclient.utils import InferenceServerException
 from tests.support.onnx_models import mlp_model, run_reference, write_model
 from tests.support.server_process import ServerProcess, running_server
 from tests.support.tls import TlsFiles, make_tls_files
+from tests.support.triton_server import missing_reason, running_tritonserver, write_linear_model
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +140,58 @@ def test_unusable_certificate_files_stop_the_server_at_start(
         assert f"cannot read --grpc-server-cert {cert}" in log
     else:
         assert "do not hold a PEM certificate and its private key" in log
+
+
+def _client_matrix(tls: TlsFiles, stranger: TlsFiles) -> dict[str, dict[str, object]]:
+    return {
+        "plaintext": {},
+        "TLS, no client certificate": tls.client_kwargs(with_client_cert=False),
+        "TLS, client certificate": tls.client_kwargs(),
+        "TLS, client certificate of another CA": {
+            **tls.client_kwargs(with_client_cert=False),
+            "private_key": str(stranger.client_key),
+            "certificate_chain": str(stranger.client_cert),
+        },
+        "TLS, trusting another CA": stranger.client_kwargs(),
+    }
+
+
+def _who_gets_through(url: str, clients: dict[str, dict[str, object]]) -> dict[str, bool]:
+    through = {}
+    for name, kwargs in clients.items():
+        client = grpcclient.InferenceServerClient(url, **kwargs)  # type: ignore[arg-type]
+        try:
+            through[name] = client.is_server_live(client_timeout=20)
+        except InferenceServerException:
+            through[name] = False
+        finally:
+            client.close()
+    return through
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mutual"])
+def test_the_same_clients_get_through_as_with_triton(
+    repository: Path,
+    tls: TlsFiles,
+    stranger: TlsFiles,
+    transport: str,
+    tmp_path: Path,
+    mutual: bool,
+) -> None:
+    reason = missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    clients = _client_matrix(tls, stranger)
+    triton_repo = tmp_path / "triton-repo"
+    write_linear_model(triton_repo, "linear")
+    # Triton's boolean flags take a value
+    triton_args = [*tls.serve_args()[:-1], f"--grpc-use-ssl{'-mutual' if mutual else ''}=true"]
+    with running_tritonserver(triton_repo, *triton_args) as triton:
+        theirs = _who_gets_through(triton.grpc_url, clients)
+    args = tls.serve_args(mutual)
+    with running_server(repository, "--grpc-transport", transport, *args) as ferry:
+        ours = _who_gets_through(ferry.grpc_url, clients)
+    assert ours == theirs
+    # TLS alone never asks for a client certificate, so any (or none) gets through
+    assert sum(theirs.values()) == (1 if mutual else 3)
