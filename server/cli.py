@@ -35,8 +35,8 @@ def serve(
         GrpcTransport,
         typer.Option(
             help="ferry: ferry's own HTTP/2 layer on the event loop (fast; batches "
-            "form across concurrent calls); grpcio: grpc.aio (TLS-capable code "
-            "base, about a third of the throughput)."
+            "form across concurrent calls); grpcio: grpc.aio (about a third of the "
+            "throughput). Both serve TLS and restricted protocols."
         ),
     ] = GrpcTransport.FERRY,
     allow_http: Annotated[bool, typer.Option(help="Serve HTTP.")] = True,
@@ -162,32 +162,37 @@ def serve(
         drift_alpha=drift_alpha,
         drift_baseline_samples=drift_baseline_samples,
         log_level=log_level,
-        http_restricted_apis=_restrictions(http_restricted_api, "http-restricted-api"),
-        grpc_restricted_protocols=_restrictions(
+        http_restricted_apis=restricted_apis_option(http_restricted_api, "http-restricted-api"),
+        grpc_restricted_protocols=restricted_apis_option(
             grpc_restricted_protocol, "grpc-restricted-protocol", GRPC_HEADER_PREFIX
         ),
-        grpc_tls=_grpc_tls(
+        grpc_tls=grpc_tls_option(
             grpc_use_ssl, grpc_use_ssl_mutual, grpc_server_cert, grpc_server_key, grpc_root_cert
         ),
     )
     raise typer.Exit(run_server(settings))
 
 
-def _restrictions(specs: list[str] | None, option: str, prefix: str = "") -> RestrictedApis:
+def restricted_apis_option(
+    specs: list[str] | None, option: str, prefix: str = ""
+) -> RestrictedApis:
+    """The parsed --http-restricted-api / --grpc-restricted-protocol values (k8s/validate.py
+    checks manifests with it too); typer.BadParameter for a bad one."""
     try:
         return parse_restricted_apis(specs or (), option, prefix)
     except RestrictionError as exc:
         raise typer.BadParameter(str(exc), param_hint=f"--{option}") from None
 
 
-def _grpc_tls(
+def grpc_tls_option(
     use_ssl: bool,
     mutual: bool,
     server_cert: Path | None,
     server_key: Path | None,
     root_cert: Path | None,
 ) -> GrpcTls | None:
-    """Triton's TLS flags as one setting; --grpc-use-ssl-mutual implies --grpc-use-ssl."""
+    """Triton's TLS flags as one setting; --grpc-use-ssl-mutual implies --grpc-use-ssl.
+    typer.BadParameter when a file the mode needs is not named."""
     if not (use_ssl or mutual):
         return None
     if server_cert is None or server_key is None:

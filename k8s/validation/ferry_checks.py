@@ -7,6 +7,7 @@ from pathlib import Path
 from .objects import FerryContainer, Obj, ferry_containers, image_ref
 from .paths import LIVE, READY
 from .render import render
+from .secure_api import check_secure_api
 from .serve_args import parse_serve_args
 
 
@@ -144,6 +145,7 @@ def check_ferry_container(f: FerryContainer, overlay: str, stages: set[str]) -> 
         + _check_storage(f)
         + _check_drain(f)
         + _check_flavour(f, overlay, stages)
+        + check_secure_api(f)
     )
 
 

@@ -179,3 +179,59 @@ def test_checkov_flags_a_writable_root_filesystem() -> None:
             ] = False
     (problem,) = validate.run_checkov({"cpu": objs}, REPO / "Dockerfile")
     assert "CKV_K8S_22" in problem
+
+
+def test_secured_overlay_args_serve_with_open_probes(tmp_path: Path) -> None:
+    """The cpu-secured container args, with the Secrets' files and key in place, start a real
+    `ferry serve`: probes answer 200 without a key, gRPC speaks TLS, admin APIs need the key."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    from tests.support.tls import make_tls_files
+
+    rendered, problems = validate.render_all()
+    assert problems == []
+    (container,) = [
+        c
+        for obj in rendered["cpu-secured"]
+        if obj["kind"] == "Deployment"
+        for c in obj["spec"]["template"]["spec"]["containers"]
+    ]
+    tls = make_tls_files(tmp_path / "tls")
+    secret_files = {
+        "/etc/ferry/tls/tls.crt": tls.server_cert,
+        "/etc/ferry/tls/tls.key": tls.server_key,
+        "/etc/ferry/tls/ca.crt": tls.ca_cert,
+    }
+    key = "k8s-admin-secret"
+    args = []
+    for arg in container["args"]:
+        flag, _, value = arg.partition("=")
+        if flag in ("--model-repository", "--http-port", "--grpc-port", "--metrics-port"):
+            continue  # the test's own repository and free ports
+        arg = arg.replace("$(FERRY_ADMIN_KEY)", key)
+        args.append(f"{flag}={secret_files[value]}" if value in secret_files else arg)
+    repository = tmp_path / "repo"
+    write_model(repository, "mlp", mlp_model())
+    with running_server(repository, *args) as server:
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            path = container[probe]["httpGet"]["path"]
+            with urllib.request.urlopen(f"http://{server.http_url}{path}", timeout=10) as answer:
+                assert answer.status == 200, probe
+        http = httpclient.InferenceServerClient(server.http_url)
+        with pytest.raises(InferenceServerException, match="This API is restricted"):
+            http.get_inference_statistics("mlp")
+        assert http.get_inference_statistics("mlp", headers={"admin-key": key})
+        grpc = grpcclient.InferenceServerClient(server.grpc_url, **tls.client_kwargs(False))
+        try:
+            x = grpcclient.InferInput("input", [1, 16], "FP32")
+            x.set_data_from_numpy(np.ones((1, 16), np.float32))
+            assert grpc.infer("mlp", [x]).as_numpy("output").shape == (1, 4)
+            with pytest.raises(InferenceServerException, match="This protocol is restricted"):
+                grpc.get_model_repository_index()
+            admin = {"triton-grpc-protocol-admin-key": key}
+            assert grpc.get_model_repository_index(headers=admin) is not None
+        finally:
+            grpc.close()

@@ -28,7 +28,7 @@ def _kinds(objs: list[dict[str, Any]]) -> set[str]:
 
 
 def test_overlays_are_the_documented_ones() -> None:
-    assert {"cpu", "gpu", "kserve"} <= set(OVERLAYS)
+    assert {"cpu", "cpu-secured", "gpu", "kserve"} <= set(OVERLAYS)
 
 
 def test_yamllint_is_clean() -> None:
@@ -275,3 +275,73 @@ def test_edited_dashboard_copy_fails_equality(tmp_path: Path) -> None:
     assert any("out of date" in p for p in validate.sync_monitoring(k8s))
     objs = validate.render(k8s / "overlays/cpu")
     assert any(f"dashboard {copy.name}" in p for p in validate.check_monitoring_equal("cpu", objs))
+
+
+SECURE = "components/secure-api/kustomization.yaml"
+
+
+def test_secured_overlay_takes_keys_and_certificates_from_secrets(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    (deployment,) = [o for o in rendered["cpu-secured"] if o["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    params = validate.parse_serve_args(container["args"])
+    assert params["grpc_use_ssl"] and params["grpc_server_cert"] is not None
+    assert len(params["http_restricted_api"]) == len(params["grpc_restricted_protocol"]) == 3
+    env = {e["name"]: e for e in container["env"]}
+    assert env["FERRY_ADMIN_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "ferry-api-keys"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["grpc-tls"]["secret"]["secretName"] == "ferry-grpc-tls"
+    # health stays open: the probes are the base's, without headers
+    assert "httpHeaders" not in container["readinessProbe"]["httpGet"]
+    (service,) = [o for o in rendered["cpu-secured"] if o["kind"] == "Service"]
+    assert all("appProtocol" not in port for port in service["spec"]["ports"])
+
+
+def test_a_key_written_in_the_manifest_fails(tmp_path: Path) -> None:
+    k8s = copy_k8s(tmp_path)
+    edit(
+        k8s / SECURE,
+        "value: --http-restricted-api=trace,logging:admin-key=$(FERRY_ADMIN_KEY)",
+        "value: --http-restricted-api=trace,logging:admin-key=hunter2",
+    )
+    problems = _problems(k8s, "cpu-secured")
+    assert any("writes its key in the manifest" in p for p in problems), problems
+
+
+def test_a_certificate_not_from_a_secret_fails(tmp_path: Path) -> None:
+    k8s = copy_k8s(tmp_path)
+    edit(
+        k8s / "components/secure-api/deployment.yaml",
+        "          secret:\n            secretName: ferry-grpc-tls\n"
+        "            defaultMode: 0440\n",
+        "          emptyDir: {}\n",
+    )
+    problems = _problems(k8s, "cpu-secured")
+    assert any(
+        "--grpc-server-key /etc/ferry/tls/tls.key comes from volume 'grpc-tls', not from a Secret"
+        in p
+        for p in problems
+    ), problems
+
+
+def test_tls_without_a_key_file_fails(tmp_path: Path) -> None:
+    k8s = copy_k8s(tmp_path)
+    edit(k8s / SECURE, "value: --grpc-server-key=/etc/ferry/tls/tls.key", "value: --log-level=info")
+    problems = _problems(k8s, "cpu-secured")
+    assert any("TLS needs --grpc-server-cert and --grpc-server-key" in p for p in problems), (
+        problems
+    )
+
+
+def test_restricted_health_without_probe_headers_fails(tmp_path: Path) -> None:
+    k8s = copy_k8s(tmp_path)
+    edit(
+        k8s / SECURE,
+        "value: --http-restricted-api=trace,logging:admin-key=$(FERRY_ADMIN_KEY)",
+        "value: --http-restricted-api=trace,logging,health:admin-key=$(FERRY_ADMIN_KEY)",
+    )
+    problems = _problems(k8s, "cpu-secured")
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert any(f"{probe} sends no 'admin-key' header" in p for p in problems), problems
