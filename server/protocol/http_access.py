@@ -56,31 +56,36 @@ def api_group(path: str) -> str | None:
     return None
 
 
+class HeaderGate:
+    """One restricted group's check: the header (lower case, as ASGI hands names over) and key."""
+
+    __slots__ = ("message", "name", "restriction")
+
+    def __init__(self, restriction: Restriction) -> None:
+        self.restriction = restriction
+        self.name = restriction.header.lower().encode("latin-1")
+        self.message = refusal_message(restriction, "API")
+
+    def refusal(self, headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+        """Triton's message when the first such header is missing or wrong, else None."""
+        for key, value in headers:
+            if key == self.name:
+                return None if self.restriction.admits(value) else self.message
+        return self.message
+
+
 class HttpAccess:
-    """The restricted groups' headers, checked against an ASGI request scope."""
+    """The restricted groups' gates, checked against an ASGI request scope."""
 
     def __init__(self, restricted: RestrictedApis) -> None:
-        self._by_group: dict[str, tuple[Restriction, bytes, str]] = {
-            group: (
-                restriction,
-                restriction.header.lower().encode("latin-1"),
-                refusal_message(restriction, "API"),
-            )
-            for group, restriction in restricted.items()
-        }
+        self._gates = {group: HeaderGate(restriction) for group, restriction in restricted.items()}
+
+    def gate(self, group: str) -> HeaderGate | None:
+        """The gate of one group (None when it is open)."""
+        return self._gates.get(group)
 
     def refusal(self, scope: MutableMapping[str, Any]) -> str | None:
         """Why the request is refused (Triton's message), or None when it may go on."""
         group = api_group(scope["path"])
-        entry = self._by_group.get(group) if group is not None else None
-        if entry is None:
-            return None
-        restriction, name, message = entry
-        return None if restriction.admits(_first(scope["headers"], name)) else message
-
-
-def _first(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    for key, value in headers:
-        if key == name:  # ASGI servers hand header names over in lower case
-            return value
-    return None
+        gate = self._gates.get(group) if group is not None else None
+        return None if gate is None else gate.refusal(scope["headers"])

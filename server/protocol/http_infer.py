@@ -148,22 +148,29 @@ class InferFastPath:
         self.fallback = fallback
         self.dataplane = dataplane
         self.limit = max_request_bytes
-        self.access = access  # None: no API group is restricted, nothing to check
+        # None when nothing is restricted: then neither path costs more than one test
+        self.access = access
+        self.infer_gate = access.gate("inference") if access is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            match = INFER_PATH.match(scope["path"])
+            if match is not None:
+                refusal = (
+                    None if self.infer_gate is None else self.infer_gate.refusal(scope["headers"])
+                )
+                if refusal is not None:
+                    await send_error(send, 403, refusal)
+                elif scope["method"] == "POST":
+                    await self._infer(scope, receive, send, match.group(1), match.group(2) or "")
+                else:
+                    await send_error(send, 405, "Method Not Allowed")
+                return
             if self.access is not None:
                 refusal = self.access.refusal(scope)
                 if refusal is not None:
                     await send_error(send, 403, refusal)
                     return
-            match = INFER_PATH.match(scope["path"])
-            if match is not None:
-                if scope["method"] == "POST":
-                    await self._infer(scope, receive, send, match.group(1), match.group(2) or "")
-                else:
-                    await send_error(send, 405, "Method Not Allowed")
-                return
         await self.fallback(scope, receive, send)
 
     async def _infer(

@@ -1,0 +1,194 @@
+"""What the restricted-API check costs the hot path: MLP inference throughput over HTTP (binary,
+wrk) and gRPC (h2load) for several `ferry serve` set-ups, measured in one run, in alternating
+rounds against servers all started up front (this shared machine's speed drifts), as ratios to
+the first set-up; then the in-process cost of the check itself per request.
+
+    PYTHONPATH=. .venv/bin/python -m bench.access_overhead [--baseline DIR] [--rounds 3]
+
+Set-ups: `baseline` (the source tree in DIR, e.g. `git worktree add /tmp/main main`, served with
+this venv), `open` (this tree, nothing restricted), `admin restricted` (model control, shared
+memory, statistics and model config need a key; inference open), `inference restricted` (the
+load generators send the key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.models import build_repository
+from bench.serving import ARTIFACTS, grpc_load, write_payloads, wrk
+
+ADMIN = "model-repository,shared-memory,statistics,model-config:admin-key=admin-secret"
+INFERENCE = "inference:infer-key=infer-secret"
+SETUPS: dict[str, list[str]] = {
+    "open": [],
+    "admin restricted": [
+        f"--http-restricted-api={ADMIN}",
+        f"--grpc-restricted-protocol={ADMIN}",
+    ],
+    "inference restricted": [
+        f"--http-restricted-api={INFERENCE}",
+        f"--grpc-restricted-protocol={INFERENCE}",
+    ],
+}
+
+
+def serve(repo: Path, source: Path, extra: list[str]) -> tuple[subprocess.Popen[bytes], str, str]:
+    """`ferry serve` from the source tree `source` (its packages first on sys.path)."""
+    from tests.support.server_process import ServerProcess, free_port, wait_until_live
+
+    ports = [free_port() for _ in range(3)]
+    log = tempfile.NamedTemporaryFile(prefix="ferry-bench-", suffix=".log", delete=False)  # noqa: SIM115
+    env = dict(os.environ, PYTHONPATH=str(source))
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ferry",
+            "serve",
+            "--model-repository",
+            str(repo),
+            "--http-address",
+            "127.0.0.1",
+            "--http-port",
+            str(ports[0]),
+            "--grpc-address",
+            "127.0.0.1",
+            "--grpc-port",
+            str(ports[1]),
+            "--metrics-address",
+            "127.0.0.1",
+            "--metrics-port",
+            str(ports[2]),
+            "--no-drift",
+            *extra,
+        ],
+        cwd=source,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    wait_until_live(ServerProcess(process, *ports, Path(log.name)), ready=True)
+    return process, f"127.0.0.1:{ports[0]}", f"127.0.0.1:{ports[1]}"
+
+
+def measure(
+    http_url: str,
+    grpc_url: str,
+    payloads: dict[str, Path],
+    header_length: str,
+    setup: str,
+    concurrency: int,
+    seconds: float,
+) -> dict[str, float]:
+    headers = {"Inference-Header-Content-Length": header_length}
+    if setup == "inference restricted":
+        headers["infer-key"] = "infer-secret"
+    http = wrk(
+        f"http://{http_url}/v2/models/mlp/infer",
+        payloads["http-binary"],
+        concurrency,
+        seconds,
+        headers,
+    )
+    if setup == "inference restricted":  # h2load sends no extra metadata: measure HTTP only
+        return {"http": http["req_per_s"], "http_errors": http["errors"]}
+    grpc = grpc_load(grpc_url, payloads["grpc"], concurrency, seconds)
+    return {
+        "http": http["req_per_s"],
+        "grpc": grpc["req_per_s"],
+        "http_errors": http["errors"],
+        "grpc_errors": grpc["errors"],
+    }
+
+
+def check_cost_ns(repeats: int = 200_000) -> dict[str, float]:
+    """In-process cost of the checks themselves on an infer request, in ns per request."""
+    import timeit
+
+    from server.protocol.grpc_access import _gates
+    from server.protocol.http_access import HttpAccess
+    from server.restrictions import GRPC_HEADER_PREFIX, parse_restricted_apis
+
+    headers = [(b"host", b"127.0.0.1"), (b"inference-header-content-length", b"120")]
+    scope = {"type": "http", "method": "POST", "path": "/v2/models/mlp/infer", "headers": headers}
+    admin = HttpAccess(parse_restricted_apis([ADMIN], "http-restricted-api"))
+    inference = HttpAccess(parse_restricted_apis([INFERENCE], "http-restricted-api"))
+    keyed = {**scope, "headers": [*headers, (b"infer-key", b"infer-secret")]}
+    infer_gate = inference.gate("inference")
+    assert infer_gate is not None and admin.gate("inference") is None
+    gate = _gates(parse_restricted_apis([INFERENCE], "p", GRPC_HEADER_PREFIX))[
+        "/inference.GRPCInferenceService/ModelInfer"
+    ]
+    metadata = (("user-agent", "grpc-python"), ("triton-grpc-protocol-infer-key", "infer-secret"))
+    open_gate = admin.gate("inference")  # what InferFastPath holds when inference is open
+    cases = {
+        "http, inference open (one `is None` test)": lambda: open_gate is None,
+        "http, inference restricted, key sent": lambda: infer_gate.refusal(keyed["headers"]),
+        "grpc, inference restricted, key sent": lambda: gate.admits(metadata),
+    }
+    return {
+        name: min(timeit.repeat(case, number=repeats, repeat=5)) / repeats * 1e9
+        for name, case in cases.items()
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", type=Path, help="source tree to compare with (e.g. main)")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--concurrency", type=int, default=64)
+    args = parser.parse_args()
+    ARTIFACTS.mkdir(exist_ok=True)
+    repo = ARTIFACTS / "repository"
+    build_repository(repo)
+    payload_dir = ARTIFACTS / "payloads"
+    payload_dir.mkdir(exist_ok=True)
+    payloads = write_payloads("mlp", payload_dir)
+    header_length = (payload_dir / "mlp.bin.len").read_text()
+    here = Path(__file__).resolve().parents[1]
+    setups = {name: (here, extra) for name, extra in SETUPS.items()}
+    if args.baseline is not None:
+        setups = {"baseline": (args.baseline.resolve(), []), **setups}
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in setups}
+    servers = {name: serve(repo, source, extra) for name, (source, extra) in setups.items()}
+    try:
+        for round_index in range(args.rounds):
+            for name, (_, http_url, grpc_url) in servers.items():
+                result = measure(
+                    http_url,
+                    grpc_url,
+                    payloads,
+                    header_length,
+                    name,
+                    args.concurrency,
+                    args.seconds,
+                )
+                results[name].append(result)
+                print(f"round {round_index + 1} {name:22s} {result}", flush=True)
+    finally:
+        for process, _, _ in servers.values():
+            process.terminate()
+            process.wait()
+    first = next(iter(setups))
+    print(f"\nmedian req/s at c={args.concurrency}, ratio to '{first}':")
+    for protocol in ("http", "grpc"):
+        reference = sorted(r[protocol] for r in results[first])[args.rounds // 2]
+        for name, runs in results.items():
+            values = sorted(r[protocol] for r in runs if protocol in r)
+            if values:
+                median = values[len(values) // 2]
+                print(f"  {protocol:4s} {name:22s} {median:8.0f}  x{median / reference:.3f}")
+    print("\nthe check itself, in process (ns per request):")
+    for name, ns in check_cost_ns().items():
+        print(f"  {name:48s} {ns:7.0f}")
+
+
+if __name__ == "__main__":
+    main()
