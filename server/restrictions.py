@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Triton's category names (src/restricted_features.h)
 API_GROUPS = (
@@ -37,7 +37,7 @@ class Restriction:
     value it must carry."""
 
     header: str
-    value: str
+    value: str = field(repr=False)  # a secret: kept out of logs and tracebacks
 
     def admits(self, value: str | bytes | None) -> bool:
         """Whether `value` (the request's header, None when absent) is the key."""

@@ -31,6 +31,7 @@ def test_parse_groups_key_and_value() -> None:
         "statistics": Restriction("Admin-Key", "s3cr=t"),
         "inference": Restriction("infer-key", "i"),
     }
+    assert "s3cr=t" not in repr(parsed)  # keys stay out of logs and tracebacks
 
 
 def test_grpc_headers_carry_tritons_prefix() -> None:
