@@ -14,14 +14,9 @@ load generators send the key).
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
-from bench.models import build_repository
-from bench.serving import ARTIFACTS, grpc_load, write_payloads, wrk
+from bench.serving import grpc_load, prepare_artifacts, serve, write_payloads, wrk
 
 ADMIN = "model-repository,shared-memory,statistics,model-config:admin-key=admin-secret"
 INFERENCE = "inference:infer-key=infer-secret"
@@ -36,45 +31,6 @@ SETUPS: dict[str, list[str]] = {
         f"--grpc-restricted-protocol={INFERENCE}",
     ],
 }
-
-
-def serve(repo: Path, source: Path, extra: list[str]) -> tuple[subprocess.Popen[bytes], str, str]:
-    """`ferry serve` from the source tree `source` (its packages first on sys.path)."""
-    from tests.support.server_process import ServerProcess, free_port, wait_until_live
-
-    ports = [free_port() for _ in range(3)]
-    log = tempfile.NamedTemporaryFile(prefix="ferry-bench-", suffix=".log", delete=False)  # noqa: SIM115
-    env = dict(os.environ, PYTHONPATH=str(source))
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ferry",
-            "serve",
-            "--model-repository",
-            str(repo),
-            "--http-address",
-            "127.0.0.1",
-            "--http-port",
-            str(ports[0]),
-            "--grpc-address",
-            "127.0.0.1",
-            "--grpc-port",
-            str(ports[1]),
-            "--metrics-address",
-            "127.0.0.1",
-            "--metrics-port",
-            str(ports[2]),
-            "--no-drift",
-            *extra,
-        ],
-        cwd=source,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    wait_until_live(ServerProcess(process, *ports, Path(log.name)), ready=True)
-    return process, f"127.0.0.1:{ports[0]}", f"127.0.0.1:{ports[1]}"
 
 
 def measure(
@@ -145,11 +101,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args()
-    ARTIFACTS.mkdir(exist_ok=True)
-    repo = ARTIFACTS / "repository"
-    build_repository(repo)
-    payload_dir = ARTIFACTS / "payloads"
-    payload_dir.mkdir(exist_ok=True)
+    repo, payload_dir = prepare_artifacts()
     payloads = write_payloads("mlp", payload_dir)
     header_length = (payload_dir / "mlp.bin.len").read_text()
     here = Path(__file__).resolve().parents[1]
@@ -157,7 +109,10 @@ def main() -> None:
     if args.baseline is not None:
         setups = {"baseline": (args.baseline.resolve(), []), **setups}
     results: dict[str, list[dict[str, float]]] = {name: [] for name in setups}
-    servers = {name: serve(repo, source, extra) for name, (source, extra) in setups.items()}
+    servers = {
+        name: serve(repo, ["--no-drift", *extra], source, f"serve-{index}.log")
+        for index, (name, (source, extra)) in enumerate(setups.items())
+    }
     try:
         for round_index in range(args.rounds):
             for name, (_, http_url, grpc_url) in servers.items():

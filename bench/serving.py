@@ -307,11 +307,16 @@ def model_stats(http_url: str, model: str) -> tuple[int, int, int]:
     )
 
 
-def serve(repo: Path, extra: list[str]) -> tuple[subprocess.Popen[bytes], str, str]:
+def serve(
+    repo: Path, extra: list[str], source: Path | None = None, log_name: str = "serve.log"
+) -> tuple[subprocess.Popen[bytes], str, str]:
+    """`ferry serve` on free ports; from the source tree `source` when given (its packages
+    first on sys.path), else from this one. Returns the process and the HTTP and gRPC urls."""
     from tests.support.server_process import ServerProcess, free_port, wait_until_live
 
     ports = [free_port() for _ in range(3)]
-    log = open(ARTIFACTS / "serve.log", "wb")  # noqa: SIM115 - lives as long as the server
+    log = open(ARTIFACTS / log_name, "wb")  # noqa: SIM115 - lives as long as the server
+    env = None if source is None else dict(os.environ, PYTHONPATH=str(source))
     process = subprocess.Popen(
         [
             sys.executable,
@@ -336,6 +341,8 @@ def serve(repo: Path, extra: list[str]) -> tuple[subprocess.Popen[bytes], str, s
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
+        cwd=source,
+        env=env,
     )
     wait_until_live(ServerProcess(process, *ports, Path(log.name)), ready=True)
     return process, f"127.0.0.1:{ports[0]}", f"127.0.0.1:{ports[1]}"
@@ -419,17 +426,23 @@ def _wait_for_port(port: int, timeout_s: float = 30.0) -> None:
     raise TimeoutError(f"nothing listens on port {port}")
 
 
+def prepare_artifacts() -> tuple[Path, Path]:
+    """bench/artifacts/: the exported model repository and the payload folder."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    repo = ARTIFACTS / "repository"
+    build_repository(repo)
+    payload_dir = ARTIFACTS / "payloads"
+    payload_dir.mkdir(exist_ok=True)
+    return repo, payload_dir
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=4.0, help="per measurement")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--models", nargs="+", default=["mlp", "encoder"])
     args = parser.parse_args()
-    ARTIFACTS.mkdir(exist_ok=True)
-    repo = ARTIFACTS / "repository"
-    build_repository(repo)
-    payload_dir = ARTIFACTS / "payloads"
-    payload_dir.mkdir(exist_ok=True)
+    repo, payload_dir = prepare_artifacts()
     report: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}, "models": {}}
     process, http_url, grpc_url = serve(repo, ["--no-drift"])
     try:

@@ -299,49 +299,51 @@ def test_secured_overlay_takes_keys_and_certificates_from_secrets(
     assert all("appProtocol" not in port for port in service["spec"]["ports"])
 
 
-def test_a_key_written_in_the_manifest_fails(tmp_path: Path) -> None:
+TRACE_LOGGING = "value: --http-restricted-api=trace,logging:admin-key="
+
+
+@pytest.mark.parametrize(
+    "path,old,new,expected",
+    [
+        pytest.param(
+            SECURE,
+            TRACE_LOGGING + "$(FERRY_ADMIN_KEY)",
+            TRACE_LOGGING + "hunter2",
+            ["writes its key in the manifest"],
+            id="key written in the manifest",
+        ),
+        pytest.param(
+            "components/secure-api/deployment.yaml",
+            "          secret:\n            secretName: ferry-grpc-tls\n"
+            "            defaultMode: 0440\n",
+            "          emptyDir: {}\n",
+            ["--grpc-server-key /etc/ferry/tls/tls.key comes from volume 'grpc-tls', not from"],
+            id="certificate not from a Secret",
+        ),
+        pytest.param(
+            SECURE,
+            "value: --grpc-server-key=/etc/ferry/tls/tls.key",
+            "value: --log-level=info",
+            ["TLS needs --grpc-server-cert and --grpc-server-key"],
+            id="TLS without a key file",
+        ),
+        pytest.param(
+            SECURE,
+            TRACE_LOGGING + "$(FERRY_ADMIN_KEY)",
+            "value: --http-restricted-api=trace,logging,health:admin-key=$(FERRY_ADMIN_KEY)",
+            [
+                f"{probe} sends no 'admin-key' header"
+                for probe in ("startupProbe", "readinessProbe", "livenessProbe")
+            ],
+            id="restricted health without probe headers",
+        ),
+    ],
+)
+def test_broken_secure_api_fails(
+    tmp_path: Path, path: str, old: str, new: str, expected: list[str]
+) -> None:
     k8s = copy_k8s(tmp_path)
-    edit(
-        k8s / SECURE,
-        "value: --http-restricted-api=trace,logging:admin-key=$(FERRY_ADMIN_KEY)",
-        "value: --http-restricted-api=trace,logging:admin-key=hunter2",
-    )
+    edit(k8s / path, old, new)
     problems = _problems(k8s, "cpu-secured")
-    assert any("writes its key in the manifest" in p for p in problems), problems
-
-
-def test_a_certificate_not_from_a_secret_fails(tmp_path: Path) -> None:
-    k8s = copy_k8s(tmp_path)
-    edit(
-        k8s / "components/secure-api/deployment.yaml",
-        "          secret:\n            secretName: ferry-grpc-tls\n"
-        "            defaultMode: 0440\n",
-        "          emptyDir: {}\n",
-    )
-    problems = _problems(k8s, "cpu-secured")
-    assert any(
-        "--grpc-server-key /etc/ferry/tls/tls.key comes from volume 'grpc-tls', not from a Secret"
-        in p
-        for p in problems
-    ), problems
-
-
-def test_tls_without_a_key_file_fails(tmp_path: Path) -> None:
-    k8s = copy_k8s(tmp_path)
-    edit(k8s / SECURE, "value: --grpc-server-key=/etc/ferry/tls/tls.key", "value: --log-level=info")
-    problems = _problems(k8s, "cpu-secured")
-    assert any("TLS needs --grpc-server-cert and --grpc-server-key" in p for p in problems), (
-        problems
-    )
-
-
-def test_restricted_health_without_probe_headers_fails(tmp_path: Path) -> None:
-    k8s = copy_k8s(tmp_path)
-    edit(
-        k8s / SECURE,
-        "value: --http-restricted-api=trace,logging:admin-key=$(FERRY_ADMIN_KEY)",
-        "value: --http-restricted-api=trace,logging,health:admin-key=$(FERRY_ADMIN_KEY)",
-    )
-    problems = _problems(k8s, "cpu-secured")
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert any(f"{probe} sends no 'admin-key' header" in p for p in problems), problems
+    for message in expected:
+        assert any(message in p for p in problems), problems
