@@ -1,4 +1,5 @@
-"""`ferry serve`: flags named like Triton's so ferry is a drop-in for tritonserver scripts."""
+"""`ferry serve` (flags named like Triton's, so ferry is a drop-in for tritonserver scripts) and
+`ferry check` (the same load-time validation, without serving)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,24 @@ import typer
 
 from server.settings import GrpcTransport, ModelControlMode, ServerSettings
 
+# An existing directory, else a usage error (exit code 2) that names the path.
+ModelRepositoryOption = Annotated[
+    Path,
+    typer.Option(
+        exists=True,
+        file_okay=False,
+        dir_okay=True,
+        help="Triton-layout model repository: REPO/NAME/config.pbtxt + "
+        "REPO/NAME/<version>/model.onnx|model.plan.",
+    ),
+]
+DefaultMaxBatchSizeOption = Annotated[
+    int, typer.Option(help="max_batch_size given to auto-completed batching models.")
+]
+
 
 def serve(
-    model_repository: Annotated[
-        Path,
-        typer.Option(
-            help="Triton-layout model repository: REPO/NAME/config.pbtxt + "
-            "REPO/NAME/<version>/model.onnx|model.plan."
-        ),
-    ],
+    model_repository: ModelRepositoryOption,
     http_port: Annotated[int, typer.Option(help="HTTP/REST (KServe v2) port.")] = 8000,
     grpc_port: Annotated[int, typer.Option(help="gRPC (KServe v2) port.")] = 8001,
     metrics_port: Annotated[int, typer.Option(help="Prometheus /metrics port.")] = 8002,
@@ -68,9 +78,7 @@ def serve(
             "server read and write shared memory objects it can open)."
         ),
     ] = False,
-    default_max_batch_size: Annotated[
-        int, typer.Option(help="max_batch_size given to auto-completed batching models.")
-    ] = 4,
+    default_max_batch_size: DefaultMaxBatchSizeOption = 4,
     drift: Annotated[
         bool, typer.Option(help="Online drift detection for models with a reference.npz.")
     ] = True,
@@ -119,6 +127,33 @@ def serve(
     raise typer.Exit(run_server(settings))
 
 
+def check(
+    model_repository: ModelRepositoryOption,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(help="Check only this model (repeatable); default: every model."),
+    ] = None,
+    default_max_batch_size: DefaultMaxBatchSizeOption = 4,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the rows as JSON instead of a table.")
+    ] = False,
+) -> None:
+    """Validate a model repository as `ferry serve` would load it, without serving.
+
+    Each config.pbtxt is read (or auto-completed) and checked, and each selected version's
+    model file is compared with it: every input and output must exist with the same datatype
+    and a compatible shape. Exit code 0 when every model passes, 1 when any fails, 2 for a
+    repository path that is not a directory. Models whose file cannot be read on this machine
+    (a TensorRT plan without TensorRT) are SKIPPED, not failed.
+    """
+    from server.check import report_check
+
+    raise typer.Exit(
+        report_check(model_repository, tuple(model or ()), default_max_batch_size, json_output)
+    )
+
+
 def register(app: typer.Typer) -> None:
-    """Mount `ferry serve` on the ferry app."""
+    """Mount `ferry serve` and `ferry check` on the ferry app."""
     app.command("serve")(serve)
+    app.command("check")(check)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from monitoring.observer import BatchRecord
 from server.batching import Batcher, BatchingPolicy, BatchResult
+from server.model_validation import check_before_load
 from server.observers import ObserverFanout
 from server.repository_format import KIND_CPU, ModelConfig, tensor_specs
 from server.runtimes import Runtime, runtime_factory
@@ -34,8 +35,10 @@ def instance_count(config: ModelConfig) -> int:
 
 
 def create_instances(config: ModelConfig, version_path: Path) -> list[Runtime]:
-    """Load every instance of a version (blocking: run it off the event loop)."""
+    """Check the config against the model file, then load every instance of a version
+    (blocking: run it off the event loop)."""
     factory = runtime_factory(config)
+    check_before_load(config, version_path)
     instances: list[Runtime] = []
     try:
         for index in range(instance_count(config)):

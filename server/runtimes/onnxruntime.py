@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,14 @@ from typing import Any
 import numpy as np
 
 from server.errors import ErrorKind, ServingError
-from server.repository_format import KIND_GPU, ModelConfig, model_filename
+from server.model_validation import ModelSignature, ModelTensor
+from server.repository_format import (
+    DATATYPE_BY_ONNX_ELEM_TYPE,
+    KIND_GPU,
+    ModelConfig,
+    ModelConfigError,
+    model_filename,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +99,59 @@ def execution_providers(config: ModelConfig, device_id: int = 0) -> list[Any]:
         providers.append(("CUDAExecutionProvider", {"device_id": device_id}))
     providers.append("CPUExecutionProvider")
     return providers
+
+
+def read_signature(config: ModelConfig, version_path: Path) -> ModelSignature:
+    """The inputs and outputs of a version's ONNX graph (read with onnx, weights left on disk)."""
+    import onnx
+
+    path = Path(version_path) / model_filename(config)
+    if path.is_dir():  # Triton: a directory holds <dir>/model.onnx
+        path = path / "model.onnx"
+    if not path.is_file():
+        raise ModelConfigError(f"model file not found: {path}")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # DecodeError and friends on a corrupt file
+        raise ModelConfigError(f"cannot read {path.name}: {exc}") from exc
+    initializers = {init.name for init in model.graph.initializer}
+
+    def tensor(value_info: Any) -> ModelTensor:
+        kind = value_info.type.WhichOneof("value")
+        if kind != "tensor_type":
+            return ModelTensor(value_info.name, "", None, native_type=f"ONNX {kind}")
+        tensor_type = value_info.type.tensor_type
+        datatype = DATATYPE_BY_ONNX_ELEM_TYPE.get(tensor_type.elem_type, "")
+        native = onnx.TensorProto.DataType.Name(tensor_type.elem_type)
+        if not tensor_type.HasField("shape"):
+            return ModelTensor(value_info.name, datatype, None, native_type=native)
+        dims = tuple(
+            int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else -1
+            for d in tensor_type.shape.dim
+        )
+        return ModelTensor(value_info.name, datatype, dims, native_type=native)
+
+    return ModelSignature(
+        source=path.name,
+        inputs=[tensor(v) for v in model.graph.input],
+        outputs=[tensor(v) for v in model.graph.output],
+        optional_inputs=frozenset(v.name for v in model.graph.input if v.name in initializers),
+    )
+
+
+# ORT's messages for inputs whose values a kernel rejects (Gather/GatherND/ScatterND indices,
+# OneHot depth, Reshape sizes...): the request is at fault, not the server.
+_DATA_FAULT = re.compile(
+    r"out of (data )?bounds|out of range|must be within the inclusive range|"
+    r"invalid (index|indices)|The input tensor cannot be reshaped",
+    re.IGNORECASE,
+)
+
+
+def data_at_fault(error: BaseException) -> bool:
+    """True when ONNX Runtime says an input's data is invalid (INVALID_ARGUMENT status, or a
+    kernel message about out-of-range values): answered 400, not 500."""
+    return type(error).__name__ == "InvalidArgument" or bool(_DATA_FAULT.search(str(error)))
 
 
 def _to_ort_strings(name: str, array: np.ndarray) -> np.ndarray:
@@ -165,7 +226,10 @@ class OnnxRuntime:
         try:
             results = self._session.run(list(output_names), feeds)
         except Exception as exc:
-            raise ServingError(ErrorKind.INTERNAL, f"onnxruntime execution failed: {exc}") from exc
+            raise ServingError(
+                ErrorKind.INVALID_ARG if data_at_fault(exc) else ErrorKind.INTERNAL,
+                f"onnxruntime execution failed: {exc}",
+            ) from exc
         return {
             name: _from_ort_strings(result) if result.dtype == np.object_ else result
             for name, result in zip(output_names, results, strict=True)
