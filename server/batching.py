@@ -26,6 +26,12 @@ from typing import Any
 import numpy as np
 
 from server.errors import ErrorKind, ServingError
+from server.fault_isolation import (
+    IsolatedBatch,
+    as_serving_error,
+    isolate_failure,
+    worth_isolating,
+)
 from server.repository_format import ModelConfig
 from server.runtimes import Runtime
 
@@ -393,6 +399,25 @@ class Batcher:
 
     def _execute(
         self, runtime: Runtime, batch: list[_Pending]
+    ) -> tuple[list[dict[str, np.ndarray]], tuple[float, float, float], int] | IsolatedBatch:
+        """Run one batch; when a batch of several requests fails, find the requests at fault
+        (server/fault_isolation.py) so that only they fail."""
+        started = time.perf_counter()
+        try:
+            return self._run_batch(runtime, batch)
+        except Exception as error:
+            if len(batch) == 1 or not worth_isolating(error):
+                raise
+            return isolate_failure(
+                error,
+                batch,
+                lambda pending: pending.rows,
+                lambda part: self._run_batch(runtime, part),
+                (0.0, time.perf_counter() - started, 0.0),
+            )
+
+    def _run_batch(
+        self, runtime: Runtime, batch: list[_Pending]
     ) -> tuple[list[dict[str, np.ndarray]], tuple[float, float, float], int]:
         t0 = time.perf_counter()
         if len(batch) == 1:
@@ -439,6 +464,9 @@ class Batcher:
     ) -> None:
         self._free.append(runtime)
         self._inflight -= 1
+        if isinstance(result, IsolatedBatch):
+            self._complete_isolated(result, batch, sequence, dispatched_at)
+            return
         if error is None:
             per_request, (t_in, t_infer, t_out), rows = result
         else:
@@ -461,13 +489,7 @@ class Batcher:
                     )
                     pending.future.set_result((per_request[index], timing))
 
-        if self.policy.preserve_ordering:
-            self._held[sequence] = deliver
-            while self._next_delivery in self._held:
-                self._held.pop(self._next_delivery)()
-                self._next_delivery += 1
-        else:
-            deliver()
+        self._deliver_in_order(sequence, deliver)
         if self._on_batch is not None:
             self._on_batch(
                 BatchResult(
@@ -479,6 +501,50 @@ class Batcher:
                     error is None,
                 )
             )
+        self._update_idle()
+        self._kick()
+
+    def _deliver_in_order(self, sequence: int, deliver: Callable[[], None]) -> None:
+        if self.policy.preserve_ordering:
+            self._held[sequence] = deliver
+            while self._next_delivery in self._held:
+                self._held.pop(self._next_delivery)()
+                self._next_delivery += 1
+        else:
+            deliver()
+
+    def _complete_isolated(
+        self, outcome: IsolatedBatch, batch: list[_Pending], sequence: int, dispatched_at: float
+    ) -> None:
+        """A failed batch after the search: the culprits get their own errors, the others
+        their outputs; every execution of the search is reported."""
+
+        def deliver() -> None:
+            for index, pending in enumerate(batch):
+                if pending.future.done():
+                    continue
+                if index in outcome.outputs:
+                    outputs, (t_in, t_infer, t_out), rows = outcome.outputs[index]
+                    timing = RequestTiming(
+                        dispatched_at - pending.enqueued_at, t_in, t_infer, t_out, rows
+                    )
+                    pending.future.set_result((outputs, timing))
+                else:
+                    pending.future.set_exception(
+                        outcome.errors.get(index) or as_serving_error(outcome.error)
+                    )
+
+        self._deliver_in_order(sequence, deliver)
+        if self._on_batch is not None:
+            for execution in outcome.executions:
+                self._on_batch(
+                    BatchResult(
+                        execution.rows,
+                        execution.request_count,
+                        *execution.timings,
+                        execution.success,
+                    )
+                )
         self._update_idle()
         self._kick()
 
