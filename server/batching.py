@@ -32,6 +32,7 @@ from server.fault_isolation import (
     isolate_failure,
     worth_isolating,
 )
+from server.padding import PaddingPlan
 from server.repository_format import ModelConfig
 from server.runtimes import Runtime
 
@@ -170,6 +171,7 @@ class Batcher:
         output_names: Sequence[str],
         on_batch: Callable[[BatchResult], None] | None = None,
         name: str = "model",
+        padding: PaddingPlan | None = None,
     ) -> None:
         if not runtimes:
             raise ValueError("a batcher needs at least one runtime instance")
@@ -179,6 +181,8 @@ class Batcher:
         self._free = list(runtimes)
         self._executor = ThreadPoolExecutor(len(runtimes), thread_name_prefix=f"ferry-{name}")
         self._on_batch = on_batch
+        # requests of different sizes in the padded dims share batches (server/padding.py)
+        self._padding = padding if policy.dynamic else None
         levels = policy.priority_levels + 1
         self._queues: list[collections.deque[_Pending]] = [
             collections.deque() for _ in range(levels)
@@ -232,11 +236,12 @@ class Batcher:
         timeout_s = queue_policy.timeout_s(timeout_us)
         future: asyncio.Future[Any] = self._loop.create_future()
         deadline = time.perf_counter() + timeout_s if timeout_s else math.inf
-        shape_key = (
-            tuple((name, array.shape[1:]) for name, array in inputs.items())
-            if self.policy.dynamic
-            else None
-        )
+        if self._padding is not None:
+            shape_key = self._padding.shape_key(inputs)
+        elif self.policy.dynamic:
+            shape_key = tuple((name, array.shape[1:]) for name, array in inputs.items())
+        else:
+            shape_key = None
         queue.append(_Pending(inputs, rows, shape_key, level, deadline, future))
         self._queued += 1
         self._timed += deadline != math.inf
@@ -422,6 +427,8 @@ class Batcher:
         t0 = time.perf_counter()
         if len(batch) == 1:
             inputs = batch[0].inputs
+        elif self._padding is not None:
+            inputs = self._padding.concatenate([p.inputs for p in batch])
         else:
             inputs = {
                 name: np.concatenate([p.inputs[name] for p in batch], axis=0)
@@ -446,6 +453,12 @@ class Batcher:
                 end = offset + pending.rows
                 per_request.append({name: array[offset:end] for name, array in outputs.items()})
                 offset = end
+            if self._padding is not None:
+                plan = self._padding
+                per_request = [
+                    plan.cut(own, plan.sizes(pending.inputs))
+                    for own, pending in zip(per_request, batch, strict=True)
+                ]
         t3 = time.perf_counter()
         self._executions += 1
         self._execute_s_ewma += 0.1 * ((t3 - t0) - self._execute_s_ewma)

@@ -11,6 +11,7 @@ from monitoring.observer import BatchRecord
 from server.batching import Batcher, BatchingPolicy, BatchResult
 from server.model_validation import check_before_load
 from server.observers import ObserverFanout
+from server.padding import padding_plan
 from server.repository_format import KIND_CPU, ModelConfig, tensor_specs
 from server.runtimes import Runtime, runtime_factory
 from server.statistics import ModelStatistics
@@ -133,6 +134,7 @@ def start_version(
         [spec.name for spec in output_specs],
         on_batch=on_batch,
         name=f"{name}-{version}",
+        padding=padding_plan(config),
     )
     return ModelVersion(
         name=name,

@@ -180,3 +180,17 @@ def embedding_reference(
     """What `embedding_model` answers, in numpy."""
     table = np.random.default_rng(seed).standard_normal((vocab, width)).astype(np.float32)
     return np.asarray(table[tokens].mean(axis=1), dtype=np.float32)
+
+
+def identity_model(dims: list[int], elem_type: int = TensorProto.FLOAT) -> onnx.ModelProto:
+    """x -> y unchanged; a -1 in `dims` (the full shape, batch dim included) is a dynamic dim."""
+    shape: list[int | str] = [d if d != -1 else f"d{i}" for i, d in enumerate(dims)]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [helper.make_tensor_value_info("x", elem_type, shape)],
+        [helper.make_tensor_value_info("y", elem_type, shape)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model

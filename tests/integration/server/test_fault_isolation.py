@@ -3,10 +3,6 @@ beyond the vocabulary of an embedding model) through the real tritonclient, over
 
 from __future__ import annotations
 
-import json
-import threading
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +10,14 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from tests.support.concurrent_clients import (
+    Clients,
+    metric_total,
+    model_statistics,
+    run_concurrently,
+)
 from tests.support.onnx_models import embedding_model, embedding_reference, write_model
-from tests.support.server_process import ServerProcess, running_server
+from tests.support.server_process import running_server
 
 VOCAB, SEQ_LEN, GOOD, BAD = 100, 8, 1800, 100
 CONFIG = """
@@ -39,21 +41,13 @@ def _requests() -> list[tuple[np.ndarray, bool]]:
     return [requests[i] for i in order]
 
 
-def _send(
-    server: ServerProcess, index: int, tokens: np.ndarray, local: threading.local, opened: list
-) -> object:
+def _send(clients: Clients, index: int, tokens: np.ndarray) -> object:
     """Even requests over HTTP, odd over gRPC; the pooled output or the client's exception."""
-    module = httpclient if index % 2 == 0 else grpcclient
-    if not hasattr(local, "clients"):
-        local.clients = {
-            httpclient: httpclient.InferenceServerClient(server.http_url),
-            grpcclient: grpcclient.InferenceServerClient(server.grpc_url),
-        }
-        opened.extend(local.clients.values())
+    module, client = (httpclient, clients.http) if index % 2 == 0 else (grpcclient, clients.grpc)
     infer_input = module.InferInput("tokens", list(tokens.shape), "INT64")
     infer_input.set_data_from_numpy(tokens.astype(np.int64))
     try:
-        return local.clients[module].infer("embeddings", [infer_input]).as_numpy("pooled")
+        return client.infer("embeddings", [infer_input]).as_numpy("pooled")
     except InferenceServerException as exc:
         return exc
 
@@ -61,21 +55,17 @@ def _send(
 def test_only_the_bad_requests_fail(tmp_path: Path) -> None:
     write_model(tmp_path, "embeddings", embedding_model(VOCAB), CONFIG)
     requests = _requests()
-    local, opened = threading.local(), []
     with running_server(tmp_path) as server:
-        with ThreadPoolExecutor(64) as pool:
-            results = list(
-                pool.map(
-                    lambda item: _send(server, item[0], item[1][0], local, opened),
-                    enumerate(requests),
-                )
+        results = run_concurrently(server, [tokens for tokens, _ in requests], _send)
+        stats = model_statistics(server, "embeddings")
+        success, failure, executions = (
+            metric_total(server, metric, "embeddings")
+            for metric in (
+                "nv_inference_request_success",
+                "nv_inference_request_failure",
+                "nv_inference_exec_count",
             )
-        for client in opened:
-            client.close()
-        with urllib.request.urlopen(f"http://{server.http_url}/v2/models/embeddings/stats") as r:
-            stats = json.loads(r.read())["model_stats"][0]
-        with urllib.request.urlopen(server.metrics_url) as response:
-            metrics = response.read().decode()
+        )
 
     for index, ((tokens, bad), result) in enumerate(zip(requests, results, strict=True)):
         if bad:
@@ -93,19 +83,8 @@ def test_only_the_bad_requests_fail(tmp_path: Path) -> None:
     assert inference["success"]["count"] == GOOD  # each good request counted once
     assert inference["fail"]["count"] == BAD  # each bad one failed once
     assert stats["inference_count"] == GOOD
-    assert _metric(metrics, "nv_inference_request_success") == GOOD
-    assert _metric(metrics, "nv_inference_request_failure") == BAD
+    assert success == GOOD and failure == BAD
     # batches formed (executions well below one per request), and bad requests were searched
     # out of failed batches: more failed executions than the bad requests' own lone runs
     assert stats["execution_count"] < GOOD
-    failed_executions = _metric(metrics, "nv_inference_exec_count") - stats["execution_count"]
-    assert failed_executions > BAD
-
-
-def _metric(text: str, name: str) -> float:
-    """The sum of a metric's samples for the embeddings model."""
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(name + "{") and 'model="embeddings"' in line
-    )
+    assert executions - stats["execution_count"] > BAD
