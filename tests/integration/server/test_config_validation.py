@@ -21,6 +21,7 @@ from tests.support.config_mismatch import (
     write_mismatch_repository,
 )
 from tests.support.server_process import running_server
+from tests.support.triton_server import missing_reason, running_tritonserver
 
 
 def _ferry(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -108,3 +109,25 @@ def test_an_empty_repository_starts_with_a_warning(tmp_path: Path) -> None:
     assert "WARNING" in log and "is empty" in log
     result = _ferry("check", "--model-repository", str(tmp_path))
     assert result.returncode == 0 and "holds no models" in result.stdout
+
+
+@pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))
+def test_startup_verdicts_match_tritonserver(tmp_path: Path) -> None:
+    """Triton also refuses a missing path or a file (exit 1: "failed to stat file", "repository
+    path is not a valid directory") and serves an empty repository; ferry exits 2 (a usage
+    error, like any bad flag) and says why, and warns about the empty one."""
+    (tmp_path / "file").write_text("")
+    (tmp_path / "empty").mkdir()
+    for path, triton_says in (
+        (tmp_path / "missing", "failed to stat file"),
+        (tmp_path / "file", "repository path is not a valid directory"),
+    ):
+        with (
+            pytest.raises(RuntimeError, match="tritonserver exited with 1") as raised,
+            running_tritonserver(path, timeout=60),
+        ):
+            pass
+        assert triton_says in str(raised.value)
+        assert _ferry("serve", "--model-repository", str(path)).returncode == 2
+    with running_tritonserver(tmp_path / "empty", timeout=60) as triton:
+        assert httpclient.InferenceServerClient(triton.http_url).is_server_ready()
