@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -187,3 +188,19 @@ def test_onnx_sequence_input_has_no_datatype(tmp_path: Path) -> None:
     )
     with pytest.raises(ModelConfigError, match=r"model\.onnx provides ONNX sequence_type"):
         validate_model_file(config, path)
+
+
+def test_a_plan_this_machine_cannot_read_is_skipped_not_failed(tmp_path: Path) -> None:
+    """Without TensorRT (a CPU CI runner checking a GPU repository) `ferry check` says SKIPPED."""
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here: the plan is read (tests/.../test_gpu_validation)")
+    model_dir = tmp_path / "engine"
+    (model_dir / "1").mkdir(parents=True)
+    (model_dir / "1" / "model.plan").write_bytes(b"an engine for some GPU")
+    (model_dir / "config.pbtxt").write_text(
+        'platform: "tensorrt_plan" max_batch_size: 8 '
+        'input [{ name: "x" data_type: TYPE_FP32 dims: [4] }] '
+        'output [{ name: "y" data_type: TYPE_FP32 dims: [2] }]'
+    )
+    (row,) = check_repository(tmp_path)
+    assert row.status == CheckStatus.SKIPPED and "tensorrt is not installed" in row.detail
