@@ -20,7 +20,8 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+from tritonclient.grpc.model_config_pb2 import ModelInput, ModelOutput
 
 from server.repository_format import DATATYPE_BY_CONFIG_TYPE, ModelConfig, ModelConfigError
 
@@ -145,11 +146,11 @@ def signature_problems(config: ModelConfig, signature: ModelSignature) -> list[s
         if len(config.input) != len(required)
         else ""
     )
-    for tensor in required:
-        if tensor.name not in config_inputs:
+    for needed in required:
+        if needed.name not in config_inputs:
             problems.append(
-                f"{prefix}{counts}: {signature.source} requires input '{tensor.name}' "
-                f"({tensor.datatype or tensor.native_type} {shape_text(tensor.dims)}), which "
+                f"{prefix}{counts}: {signature.source} requires input '{needed.name}' "
+                f"({needed.datatype or needed.native_type} {shape_text(needed.dims)}), which "
                 "config.pbtxt does not list"
             )
     if (
@@ -168,7 +169,7 @@ def _tensor_problems(
     prefix: str,
     model_name: str,
     kind: str,
-    tensor: Any,
+    tensor: ModelInput | ModelOutput,
     found: ModelTensor,
     batching: bool,
     signature: ModelSignature,

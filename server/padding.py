@@ -32,10 +32,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from server.errors import invalid
-from server.repository_format import ModelConfig, ModelConfigError
+from server.repository_format import CONFIG_TYPE_BY_DATATYPE, ModelConfig, ModelConfigError
 
 PAD_PARAMETER = "ferry.pad_variable_dims"
-TYPE_STRING = 13  # DataType.TYPE_STRING
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +137,7 @@ def padding_plan(config: ModelConfig) -> PaddingPlan | None:
     text = str(config.parameters[PAD_PARAMETER].string_value)
     if config.max_batch_size <= 0:
         raise ModelConfigError(f"{PAD_PARAMETER} needs a batching model (max_batch_size > 0)")
-    strings = {t.name for t in config.input if t.data_type == TYPE_STRING}
+    strings = {t.name for t in config.input if t.data_type == CONFIG_TYPE_BY_DATATYPE["BYTES"]}
     dims = {t.name: ("input", list(t.dims)) for t in config.input}
     dims.update({t.name: ("output", list(t.dims)) for t in config.output})
     groups = []
