@@ -29,6 +29,7 @@ from server.repository_format import (
     ModelConfigError,
     model_filename,
 )
+from server.runtimes.reshape import Reshapes
 
 logger = logging.getLogger(__name__)
 
@@ -206,6 +207,7 @@ class OnnxRuntime:
             ) from exc
         self.providers: list[str] = list(self._session.get_providers())
         self.instance_index = instance_index
+        self._reshapes = Reshapes(config)  # config `reshape`s: the model's shapes vs the wire's
         logger.debug("loaded %s instance %d on %s", path, instance_index, self.providers)
 
     @staticmethod
@@ -219,6 +221,8 @@ class OnnxRuntime:
         self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
     ) -> dict[str, np.ndarray]:
         """Run the session; ORT releases the GIL while it computes."""
+        if self._reshapes:
+            inputs = self._reshapes.to_model(inputs)
         feeds = {
             name: _to_ort_strings(name, array) if array.dtype == np.object_ else array
             for name, array in inputs.items()
@@ -230,10 +234,11 @@ class OnnxRuntime:
                 ErrorKind.INVALID_ARG if data_at_fault(exc) else ErrorKind.INTERNAL,
                 f"onnxruntime execution failed: {exc}",
             ) from exc
-        return {
+        outputs = {
             name: _from_ort_strings(result) if result.dtype == np.object_ else result
             for name, result in zip(output_names, results, strict=True)
         }
+        return self._reshapes.to_config(outputs) if self._reshapes else outputs
 
     def close(self) -> None:
         """Drop the session (ORT frees it when the last reference goes)."""

@@ -16,6 +16,7 @@ import numpy as np
 from server.errors import ErrorKind, ServingError
 from server.model_validation import ModelSignature, ModelTensor, SignatureUnavailable
 from server.repository_format import ModelConfig, ModelConfigError, model_filename
+from server.runtimes.reshape import Reshapes
 
 # tensorrt.DataType member name -> KServe datatype (FP8/INT4/FP4 have none)
 DATATYPE_BY_TRT_TYPE = {
@@ -131,6 +132,7 @@ class TensorRTRuntime:
         self._outputs = [n for n in names if n not in self._inputs]
         self._dtypes = {n: np.dtype(trt.nptype(self._engine.get_tensor_dtype(n))) for n in names}
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
+        self._reshapes = Reshapes(config)  # config `reshape`s: the engine's shapes vs the wire's
 
     def _buffer(self, name: str, nbytes: int) -> int:
         """A device buffer of at least `nbytes` for tensor `name` (grown, never shrunk)."""
@@ -146,6 +148,8 @@ class TensorRTRuntime:
         self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
     ) -> dict[str, np.ndarray]:
         """Copy inputs in, execute the engine, copy the requested outputs back."""
+        if self._reshapes:
+            inputs = self._reshapes.to_model(inputs)
         cudart = self._cudart
         _check(cudart.cudaSetDevice(self._device))
         h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
@@ -179,7 +183,8 @@ class TensorRTRuntime:
                 )
             )
         _check(cudart.cudaStreamSynchronize(self._stream))
-        return {name: results[name] for name in output_names}
+        outputs = {name: results[name] for name in output_names}
+        return self._reshapes.to_config(outputs) if self._reshapes else outputs
 
     def close(self) -> None:
         """Free device buffers, the stream, the context and the engine."""

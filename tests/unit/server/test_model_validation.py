@@ -19,13 +19,13 @@ from server.model_validation import (
     validate_model_file,
 )
 from server.repository_format import ModelConfigError, parse_config
-from server.runtimes.onnxruntime import read_signature
+from server.runtimes.onnxruntime import OnnxRuntime, read_signature
 from tests.support.config_mismatch import (
     MATCHING_CONFIGS,
     MISMATCH_CASES,
     write_mismatch_repository,
 )
-from tests.support.onnx_models import write_model
+from tests.support.onnx_models import identity_model, write_model
 
 
 @pytest.mark.parametrize("case", sorted(MISMATCH_CASES))
@@ -204,3 +204,21 @@ def test_a_plan_this_machine_cannot_read_is_skipped_not_failed(tmp_path: Path) -
     )
     (row,) = check_repository(tmp_path)
     assert row.status == CheckStatus.SKIPPED and "tensorrt is not installed" in row.detail
+
+
+def test_reshape_is_what_the_model_is_checked_against_and_what_it_gets(tmp_path: Path) -> None:
+    """Triton's scalar-per-row idiom: the graph takes [batch], clients send [batch, 1]."""
+    config_text = """max_batch_size: 4
+        input [{ name: "x" data_type: TYPE_FP32 dims: [1] reshape: { shape: [] } }]
+        output [{ name: "y" data_type: TYPE_FP32 dims: [1] reshape: { shape: [] } }]"""
+    model_dir = write_model(tmp_path, "scalar", identity_model([-1]), config_text)
+    config = prepare("scalar", model_dir, None, 4).config
+    assert validate_model_file(config, model_dir / "1") is not None
+    runtime = OnnxRuntime(config, model_dir / "1", 0)
+    x = np.array([[1.5], [2.5]], dtype=np.float32)
+    assert runtime.infer({"x": x}, ["y"])["y"].tolist() == [[1.5], [2.5]]
+    runtime.close()
+    wrong = config_text.replace("reshape: { shape: [] } }]\n        output", "}]\n        output")
+    model_dir = write_model(tmp_path, "no_reshape", identity_model([-1]), wrong)
+    with pytest.raises(ModelConfigError, match=r"expects 1 dimensions \(shape \[-1\]\)"):
+        validate_model_file(prepare("no_reshape", model_dir, None, 4).config, model_dir / "1")
