@@ -80,12 +80,11 @@ def isolate_failure(
     members: Sequence[Member],
     rows_of: Callable[[Member], int],
     run: Callable[[list[Member]], RunResult],
-    failed_timings: tuple[float, float, float],
 ) -> IsolatedBatch:
     """Bisect a failed batch of `members` with `run` (which raises when a part fails)."""
     outcome = IsolatedBatch(error)
     outcome.executions.append(
-        Execution(sum(rows_of(m) for m in members), len(members), failed_timings, False)
+        Execution(sum(rows_of(m) for m in members), len(members), (0.0, 0.0, 0.0), False)
     )
     pending = _halves(list(range(len(members))))
     while pending:

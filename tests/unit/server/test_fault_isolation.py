@@ -108,7 +108,7 @@ def test_search_cost_is_bounded(bad: int) -> None:
         return [{} for _ in part], (0.0, 0.0, 0.0), len(part)
 
     outcome = isolate_failure(
-        ServingError(ErrorKind.INVALID_ARG, "bad data"), list(range(n)), lambda m: 1, run, (0, 0, 0)
+        ServingError(ErrorKind.INVALID_ARG, "bad data"), list(range(n)), lambda m: 1, run
     )
     assert set(outcome.errors) == culprits and set(outcome.outputs) == set(range(n)) - culprits
     assert len(runs) <= 2 * n - 2
