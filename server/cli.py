@@ -10,15 +10,11 @@ import typer
 
 from server.settings import GrpcTransport, ModelControlMode, ServerSettings
 
-# An existing directory, else a usage error (exit code 2) that names the path.
 ModelRepositoryOption = Annotated[
     Path,
     typer.Option(
-        exists=True,
-        file_okay=False,
-        dir_okay=True,
         help="Triton-layout model repository: REPO/NAME/config.pbtxt + "
-        "REPO/NAME/<version>/model.onnx|model.plan.",
+        "REPO/NAME/<version>/model.onnx|model.plan (an existing directory)."
     ),
 ]
 DefaultMaxBatchSizeOption = Annotated[
@@ -96,6 +92,7 @@ def serve(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve a model repository over KServe v2 HTTP and gRPC, with dynamic batching."""
+    require_repository(model_repository)
     from server.app import run_server
 
     settings = ServerSettings(
@@ -146,11 +143,26 @@ def check(
     repository path that is not a directory. Models whose file cannot be read on this machine
     (a TensorRT plan without TensorRT) are SKIPPED, not failed.
     """
+    require_repository(model_repository)
     from server.check import report_check
 
     raise typer.Exit(
         report_check(model_repository, tuple(model or ()), default_max_batch_size, json_output)
     )
+
+
+def require_repository(path: Path) -> None:
+    """A repository path that is not a directory is a usage error: exit code 2, with the reason.
+
+    Checked when the command runs, not when its flags parse, so tools that parse `ferry serve`
+    command lines elsewhere (k8s/validate.py) need not have the path.
+    """
+    from server.check import repository_problem
+
+    problem = repository_problem(path)
+    if problem is not None:
+        typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(2)
 
 
 def register(app: typer.Typer) -> None:

@@ -98,7 +98,7 @@ def test_a_repository_that_is_not_a_directory_exits_2(tmp_path: Path, command: s
     assert "does-not-exist" in missing.stderr and "does not exist" in missing.stderr
     (tmp_path / "file").write_text("")
     a_file = _ferry(command, "--model-repository", str(tmp_path / "file"))
-    assert a_file.returncode == 2 and "is a file" in a_file.stderr
+    assert a_file.returncode == 2 and "is not a directory" in a_file.stderr
 
 
 def test_an_empty_repository_starts_with_a_warning(tmp_path: Path) -> None:
