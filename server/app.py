@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from server.check import model_names, repository_problem
 from server.dataplane import DataPlane
 from server.observers import ObserverFanout
 from server.protocol.grpc import create_grpc_server
@@ -153,6 +154,15 @@ async def serve(settings: ServerSettings) -> int:
         return 1
 
     monitors.start()
+    if not model_names(settings.model_repository):
+        logger.warning(
+            "model repository '%s' is empty: no model folders (REPO/NAME/config.pbtxt + "
+            "REPO/NAME/1/model.onnx); serving no models until some are added%s",
+            settings.model_repository,
+            ""
+            if settings.model_control_mode != ModelControlMode.NONE
+            else " and the server restarts",
+        )
     await repository.start(settings.load_models)
     dataplane.started = True
     loaded = [f"{v.name}:{v.version}" for v in repository.ready_versions()]
@@ -222,12 +232,19 @@ async def serve(settings: ServerSettings) -> int:
 
 
 def run_server(settings: ServerSettings) -> int:
-    """Entry point of `ferry serve`: logging, uvloop, and the event loop."""
+    """Entry point of `ferry serve`: logging, uvloop, and the event loop.
+
+    Returns 2 (a usage error, as for a bad flag) when the repository path is not a directory.
+    """
     logging.basicConfig(
         level=settings.log_level.upper(),
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    problem = repository_problem(settings.model_repository)
+    if problem is not None:
+        logger.error("%s", problem)
+        return 2
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux

@@ -26,6 +26,13 @@ from typing import Any
 import numpy as np
 
 from server.errors import ErrorKind, ServingError
+from server.fault_isolation import (
+    IsolatedBatch,
+    as_serving_error,
+    isolate_failure,
+    worth_isolating,
+)
+from server.padding import PaddingPlan
 from server.repository_format import ModelConfig
 from server.runtimes import Runtime
 
@@ -164,6 +171,7 @@ class Batcher:
         output_names: Sequence[str],
         on_batch: Callable[[BatchResult], None] | None = None,
         name: str = "model",
+        padding: PaddingPlan | None = None,
     ) -> None:
         if not runtimes:
             raise ValueError("a batcher needs at least one runtime instance")
@@ -173,6 +181,8 @@ class Batcher:
         self._free = list(runtimes)
         self._executor = ThreadPoolExecutor(len(runtimes), thread_name_prefix=f"ferry-{name}")
         self._on_batch = on_batch
+        # requests of different sizes in the padded dims share batches (server/padding.py)
+        self._padding = padding if policy.dynamic else None
         levels = policy.priority_levels + 1
         self._queues: list[collections.deque[_Pending]] = [
             collections.deque() for _ in range(levels)
@@ -226,11 +236,12 @@ class Batcher:
         timeout_s = queue_policy.timeout_s(timeout_us)
         future: asyncio.Future[Any] = self._loop.create_future()
         deadline = time.perf_counter() + timeout_s if timeout_s else math.inf
-        shape_key = (
-            tuple((name, array.shape[1:]) for name, array in inputs.items())
-            if self.policy.dynamic
-            else None
-        )
+        if self._padding is not None:
+            shape_key = self._padding.shape_key(inputs)
+        elif self.policy.dynamic:
+            shape_key = tuple((name, array.shape[1:]) for name, array in inputs.items())
+        else:
+            shape_key = None
         queue.append(_Pending(inputs, rows, shape_key, level, deadline, future))
         self._queued += 1
         self._timed += deadline != math.inf
@@ -393,10 +404,29 @@ class Batcher:
 
     def _execute(
         self, runtime: Runtime, batch: list[_Pending]
+    ) -> tuple[list[dict[str, np.ndarray]], tuple[float, float, float], int] | IsolatedBatch:
+        """Run one batch; when a batch of several requests fails, find the requests at fault
+        (server/fault_isolation.py) so that only they fail."""
+        try:
+            return self._run_batch(runtime, batch)
+        except Exception as error:  # the search costs nothing until a batch fails
+            if len(batch) == 1 or not worth_isolating(error):
+                raise
+            return isolate_failure(
+                error,
+                batch,
+                lambda pending: pending.rows,
+                lambda part: self._run_batch(runtime, part),
+            )
+
+    def _run_batch(
+        self, runtime: Runtime, batch: list[_Pending]
     ) -> tuple[list[dict[str, np.ndarray]], tuple[float, float, float], int]:
         t0 = time.perf_counter()
         if len(batch) == 1:
             inputs = batch[0].inputs
+        elif self._padding is not None:
+            inputs = self._padding.concatenate([p.inputs for p in batch])
         else:
             inputs = {
                 name: np.concatenate([p.inputs[name] for p in batch], axis=0)
@@ -421,6 +451,12 @@ class Batcher:
                 end = offset + pending.rows
                 per_request.append({name: array[offset:end] for name, array in outputs.items()})
                 offset = end
+            if self._padding is not None:
+                plan = self._padding
+                per_request = [
+                    plan.cut(own, plan.sizes(pending.inputs))
+                    for own, pending in zip(per_request, batch, strict=True)
+                ]
         t3 = time.perf_counter()
         self._executions += 1
         self._execute_s_ewma += 0.1 * ((t3 - t0) - self._execute_s_ewma)
@@ -439,6 +475,9 @@ class Batcher:
     ) -> None:
         self._free.append(runtime)
         self._inflight -= 1
+        if isinstance(result, IsolatedBatch):
+            self._complete_isolated(result, batch, sequence, dispatched_at)
+            return
         if error is None:
             per_request, (t_in, t_infer, t_out), rows = result
         else:
@@ -461,13 +500,7 @@ class Batcher:
                     )
                     pending.future.set_result((per_request[index], timing))
 
-        if self.policy.preserve_ordering:
-            self._held[sequence] = deliver
-            while self._next_delivery in self._held:
-                self._held.pop(self._next_delivery)()
-                self._next_delivery += 1
-        else:
-            deliver()
+        self._deliver_in_order(sequence, deliver)
         if self._on_batch is not None:
             self._on_batch(
                 BatchResult(
@@ -479,6 +512,50 @@ class Batcher:
                     error is None,
                 )
             )
+        self._update_idle()
+        self._kick()
+
+    def _deliver_in_order(self, sequence: int, deliver: Callable[[], None]) -> None:
+        if self.policy.preserve_ordering:
+            self._held[sequence] = deliver
+            while self._next_delivery in self._held:
+                self._held.pop(self._next_delivery)()
+                self._next_delivery += 1
+        else:
+            deliver()
+
+    def _complete_isolated(
+        self, outcome: IsolatedBatch, batch: list[_Pending], sequence: int, dispatched_at: float
+    ) -> None:
+        """A failed batch after the search: the culprits get their own errors, the others
+        their outputs; every execution of the search is reported."""
+
+        def deliver() -> None:
+            for index, pending in enumerate(batch):
+                if pending.future.done():
+                    continue
+                if index in outcome.outputs:
+                    outputs, (t_in, t_infer, t_out), rows = outcome.outputs[index]
+                    timing = RequestTiming(
+                        dispatched_at - pending.enqueued_at, t_in, t_infer, t_out, rows
+                    )
+                    pending.future.set_result((outputs, timing))
+                else:
+                    pending.future.set_exception(
+                        outcome.errors.get(index) or as_serving_error(outcome.error)
+                    )
+
+        self._deliver_in_order(sequence, deliver)
+        if self._on_batch is not None:
+            for execution in outcome.executions:
+                self._on_batch(
+                    BatchResult(
+                        execution.rows,
+                        execution.request_count,
+                        *execution.timings,
+                        execution.success,
+                    )
+                )
         self._update_idle()
         self._kick()
 

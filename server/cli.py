@@ -1,4 +1,5 @@
-"""`ferry serve`: flags named like Triton's so ferry is a drop-in for tritonserver scripts."""
+"""`ferry serve` (flags named like Triton's, so ferry is a drop-in for tritonserver scripts) and
+`ferry check` (the same load-time validation, without serving)."""
 
 from __future__ import annotations
 
@@ -16,15 +17,20 @@ from server.restrictions import (
 )
 from server.settings import GrpcTls, GrpcTransport, ModelControlMode, ServerSettings
 
+ModelRepositoryOption = Annotated[
+    Path,
+    typer.Option(
+        help="Triton-layout model repository: REPO/NAME/config.pbtxt + "
+        "REPO/NAME/<version>/model.onnx|model.plan (an existing directory)."
+    ),
+]
+DefaultMaxBatchSizeOption = Annotated[
+    int, typer.Option(help="max_batch_size given to auto-completed batching models.")
+]
+
 
 def serve(
-    model_repository: Annotated[
-        Path,
-        typer.Option(
-            help="Triton-layout model repository: REPO/NAME/config.pbtxt + "
-            "REPO/NAME/<version>/model.onnx|model.plan."
-        ),
-    ],
+    model_repository: ModelRepositoryOption,
     http_port: Annotated[int, typer.Option(help="HTTP/REST (KServe v2) port.")] = 8000,
     grpc_port: Annotated[int, typer.Option(help="gRPC (KServe v2) port.")] = 8001,
     metrics_port: Annotated[int, typer.Option(help="Prometheus /metrics port.")] = 8002,
@@ -75,9 +81,7 @@ def serve(
             "server read and write shared memory objects it can open)."
         ),
     ] = False,
-    default_max_batch_size: Annotated[
-        int, typer.Option(help="max_batch_size given to auto-completed batching models.")
-    ] = 4,
+    default_max_batch_size: DefaultMaxBatchSizeOption = 4,
     drift: Annotated[
         bool, typer.Option(help="Online drift detection for models with a reference.npz.")
     ] = True,
@@ -135,6 +139,7 @@ def serve(
     ] = None,
 ) -> None:
     """Serve a model repository over KServe v2 HTTP and gRPC, with dynamic batching."""
+    require_repository(model_repository)
     from server.app import run_server
 
     settings = ServerSettings(
@@ -207,6 +212,48 @@ def grpc_tls_option(
     return GrpcTls(server_cert, server_key, root_cert, mutual)
 
 
+def check(
+    model_repository: ModelRepositoryOption,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(help="Check only this model (repeatable); default: every model."),
+    ] = None,
+    default_max_batch_size: DefaultMaxBatchSizeOption = 4,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the rows as JSON instead of a table.")
+    ] = False,
+) -> None:
+    """Validate a model repository as `ferry serve` would load it, without serving.
+
+    Each config.pbtxt is read (or auto-completed) and checked, and each selected version's
+    model file is compared with it: every input and output must exist with the same datatype
+    and a compatible shape. Exit code 0 when every model passes, 1 when any fails, 2 for a
+    repository path that is not a directory. Models whose file cannot be read on this machine
+    (a TensorRT plan without TensorRT) are SKIPPED, not failed.
+    """
+    require_repository(model_repository)
+    from server.check import report_check
+
+    raise typer.Exit(
+        report_check(model_repository, tuple(model or ()), default_max_batch_size, json_output)
+    )
+
+
+def require_repository(path: Path) -> None:
+    """A repository path that is not a directory is a usage error: exit code 2, with the reason.
+
+    Checked when the command runs, not when its flags parse, so tools that parse `ferry serve`
+    command lines elsewhere (k8s/validate.py) need not have the path.
+    """
+    from server.check import repository_problem
+
+    problem = repository_problem(path)
+    if problem is not None:
+        typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(2)
+
+
 def register(app: typer.Typer) -> None:
-    """Mount `ferry serve` on the ferry app."""
+    """Mount `ferry serve` and `ferry check` on the ferry app."""
     app.command("serve")(serve)
+    app.command("check")(check)

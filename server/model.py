@@ -9,7 +9,9 @@ from pathlib import Path
 
 from monitoring.observer import BatchRecord
 from server.batching import Batcher, BatchingPolicy, BatchResult
+from server.model_validation import check_before_load
 from server.observers import ObserverFanout
+from server.padding import padding_plan
 from server.repository_format import KIND_CPU, ModelConfig, tensor_specs
 from server.runtimes import Runtime, runtime_factory
 from server.statistics import ModelStatistics
@@ -34,8 +36,10 @@ def instance_count(config: ModelConfig) -> int:
 
 
 def create_instances(config: ModelConfig, version_path: Path) -> list[Runtime]:
-    """Load every instance of a version (blocking: run it off the event loop)."""
+    """Check the config against the model file, then load every instance of a version
+    (blocking: run it off the event loop)."""
     factory = runtime_factory(config)
+    check_before_load(config, version_path)
     instances: list[Runtime] = []
     try:
         for index in range(instance_count(config)):
@@ -130,6 +134,7 @@ def start_version(
         [spec.name for spec in output_specs],
         on_batch=on_batch,
         name=f"{name}-{version}",
+        padding=padding_plan(config),
     )
     return ModelVersion(
         name=name,

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from server.padding import padding_plan
 from server.repository_format import (
     CONFIG_FILENAME,
     DEFAULT_MODEL_FILENAME_BY_PLATFORM,
@@ -97,6 +98,7 @@ def validate(config: ModelConfig, name: str) -> None:
         if any(d == 0 or d < -1 for d in tensor.dims):
             raise ModelConfigError(f"tensor '{tensor.name}' has invalid dims {list(tensor.dims)}")
     tensor_specs(config)  # raises on an invalid data_type
+    padding_plan(config)  # raises on a padding declaration that does not fit the config
     if config.HasField("dynamic_batching"):
         dyn = config.dynamic_batching
         for size in dyn.preferred_batch_size:

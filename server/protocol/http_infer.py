@@ -9,6 +9,7 @@ in front of both, so it covers every route.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
@@ -29,7 +30,7 @@ from server.protocol.http_codec import (
 )
 from server.protocol.status import HTTP_STATUS_BY_KIND
 from server.protocol.tensors import array_from_bytes
-from server.types import InferenceRequest
+from server.types import ELEMENT_SIZE_BY_DATATYPE, InferenceRequest
 
 logger = logging.getLogger(__name__)
 Scope = MutableMapping[str, Any]
@@ -79,13 +80,22 @@ def _raw_binary_request(
             f"{len(model.inputs)}"
         )
     spec = next(iter(model.inputs.values()))
-    shape = tuple(
-        1 if d == -1 and i == 0 and model.max_batch_size > 0 else d
-        for i, d in enumerate(spec.shape)
-    )
-    if any(d == -1 for d in shape):
-        raise invalid(f"raw binary request needs fixed dims for input '{spec.name}'")
-    array = array_from_bytes(spec.name, body, spec.datatype, shape)
+    batch = (1,) if model.max_batch_size > 0 else ()
+    dims = list(spec.shape[len(batch) :])
+    variable = [index for index, dim in enumerate(dims) if dim == -1]
+    if spec.datatype == "BYTES" and dims != [1]:
+        raise invalid(
+            f"For BYTE datatype raw input '{spec.name}', the model must have input shape [1]"
+        )
+    if len(variable) > 1:
+        raise invalid(
+            f"The shape of the raw input '{spec.name}' can not be deduced because there are "
+            "more than one variable-sized dimension"
+        )
+    if variable:  # Triton deduces one variable dim from the body's size
+        row_bytes = math.prod(d for d in dims if d != -1) * ELEMENT_SIZE_BY_DATATYPE[spec.datatype]
+        dims[variable[0]] = len(body) // row_bytes if row_bytes else 0
+    array = array_from_bytes(spec.name, body, spec.datatype, (*batch, *dims))
     return InferenceRequest(name, version, {spec.name: array}), OutputEncoding(True, {})
 
 

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,15 @@ from typing import Any
 import numpy as np
 
 from server.errors import ErrorKind, ServingError
-from server.repository_format import KIND_GPU, ModelConfig, model_filename
+from server.model_validation import ModelSignature, ModelTensor
+from server.repository_format import (
+    DATATYPE_BY_ONNX_ELEM_TYPE,
+    KIND_GPU,
+    ModelConfig,
+    ModelConfigError,
+    model_filename,
+)
+from server.runtimes.reshape import Reshapes
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +102,59 @@ def execution_providers(config: ModelConfig, device_id: int = 0) -> list[Any]:
     return providers
 
 
+def read_signature(config: ModelConfig, version_path: Path) -> ModelSignature:
+    """The inputs and outputs of a version's ONNX graph (read with onnx, weights left on disk)."""
+    import onnx
+
+    path = Path(version_path) / model_filename(config)
+    if path.is_dir():  # Triton: a directory holds <dir>/model.onnx
+        path = path / "model.onnx"
+    if not path.is_file():
+        raise ModelConfigError(f"model file not found: {path}")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # DecodeError and friends on a corrupt file
+        raise ModelConfigError(f"cannot read {path.name}: {exc}") from exc
+    initializers = {init.name for init in model.graph.initializer}
+
+    def tensor(value_info: Any) -> ModelTensor:
+        kind = value_info.type.WhichOneof("value")
+        if kind != "tensor_type":
+            return ModelTensor(value_info.name, "", None, native_type=f"ONNX {kind}")
+        tensor_type = value_info.type.tensor_type
+        datatype = DATATYPE_BY_ONNX_ELEM_TYPE.get(tensor_type.elem_type, "")
+        native = onnx.TensorProto.DataType.Name(tensor_type.elem_type)
+        if not tensor_type.HasField("shape"):
+            return ModelTensor(value_info.name, datatype, None, native_type=native)
+        dims = tuple(
+            int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else -1
+            for d in tensor_type.shape.dim
+        )
+        return ModelTensor(value_info.name, datatype, dims, native_type=native)
+
+    return ModelSignature(
+        source=path.name,
+        inputs=[tensor(v) for v in model.graph.input],
+        outputs=[tensor(v) for v in model.graph.output],
+        optional_inputs=frozenset(v.name for v in model.graph.input if v.name in initializers),
+    )
+
+
+# ORT's messages for inputs whose values a kernel rejects (Gather/GatherND/ScatterND indices,
+# OneHot depth, Reshape sizes...): the request is at fault, not the server.
+_DATA_FAULT = re.compile(
+    r"out of (data )?bounds|out of range|must be within the inclusive range|"
+    r"invalid (index|indices)|The input tensor cannot be reshaped",
+    re.IGNORECASE,
+)
+
+
+def data_at_fault(error: BaseException) -> bool:
+    """True when ONNX Runtime says an input's data is invalid (INVALID_ARGUMENT status, or a
+    kernel message about out-of-range values): answered 400, not 500."""
+    return type(error).__name__ == "InvalidArgument" or bool(_DATA_FAULT.search(str(error)))
+
+
 def _to_ort_strings(name: str, array: np.ndarray) -> np.ndarray:
     """ORT's Python binding takes string tensors as `str` objects (it would str() bytes)."""
     decode = np.vectorize(
@@ -145,6 +207,7 @@ class OnnxRuntime:
             ) from exc
         self.providers: list[str] = list(self._session.get_providers())
         self.instance_index = instance_index
+        self._reshapes = Reshapes(config)  # config `reshape`s: the model's shapes vs the wire's
         logger.debug("loaded %s instance %d on %s", path, instance_index, self.providers)
 
     @staticmethod
@@ -158,6 +221,8 @@ class OnnxRuntime:
         self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
     ) -> dict[str, np.ndarray]:
         """Run the session; ORT releases the GIL while it computes."""
+        if self._reshapes:
+            inputs = self._reshapes.to_model(inputs)
         feeds = {
             name: _to_ort_strings(name, array) if array.dtype == np.object_ else array
             for name, array in inputs.items()
@@ -165,11 +230,15 @@ class OnnxRuntime:
         try:
             results = self._session.run(list(output_names), feeds)
         except Exception as exc:
-            raise ServingError(ErrorKind.INTERNAL, f"onnxruntime execution failed: {exc}") from exc
-        return {
+            raise ServingError(
+                ErrorKind.INVALID_ARG if data_at_fault(exc) else ErrorKind.INTERNAL,
+                f"onnxruntime execution failed: {exc}",
+            ) from exc
+        outputs = {
             name: _from_ort_strings(result) if result.dtype == np.object_ else result
             for name, result in zip(output_names, results, strict=True)
         }
+        return self._reshapes.to_config(outputs) if self._reshapes else outputs
 
     def close(self) -> None:
         """Drop the session (ORT frees it when the last reference goes)."""

@@ -14,7 +14,21 @@ from typing import Any
 import numpy as np
 
 from server.errors import ErrorKind, ServingError
-from server.repository_format import ModelConfig, model_filename
+from server.model_validation import ModelSignature, ModelTensor, SignatureUnavailable
+from server.repository_format import ModelConfig, ModelConfigError, model_filename
+from server.runtimes.reshape import Reshapes
+
+# tensorrt.DataType member name -> KServe datatype (FP8/INT4/FP4 have none)
+DATATYPE_BY_TRT_TYPE = {
+    "FLOAT": "FP32",
+    "HALF": "FP16",
+    "BF16": "BF16",
+    "INT8": "INT8",
+    "INT32": "INT32",
+    "INT64": "INT64",
+    "BOOL": "BOOL",
+    "UINT8": "UINT8",
+}
 
 
 def _check(result: Any) -> Any:
@@ -29,6 +43,62 @@ def _device_for(config: ModelConfig, instance_index: int) -> int:
     """The GPU of instance `instance_index`, from instance_group gpus (default GPU 0)."""
     gpus = [int(g) for group in config.instance_group for g in group.gpus]
     return gpus[instance_index % len(gpus)] if gpus else 0
+
+
+def read_signature(config: ModelConfig, version_path: Path) -> ModelSignature:
+    """The I/O tensors of a serialized engine, with their optimization profile bounds."""
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise SignatureUnavailable(f"tensorrt is not installed ({exc})") from exc
+    plan_path = Path(version_path) / model_filename(config)
+    if not plan_path.is_file():
+        raise ModelConfigError(f"model file not found: {plan_path}")
+    runtime = trt.Runtime(trt.Logger(trt.Logger.ERROR))
+    try:
+        engine = runtime.deserialize_cuda_engine(plan_path.read_bytes())
+    except Exception as exc:  # no CUDA device, driver mismatch
+        raise SignatureUnavailable(f"TensorRT cannot deserialize engines here: {exc}") from exc
+    if engine is None:
+        raise ModelConfigError(
+            f"{plan_path.name} does not deserialize with TensorRT {trt.__version__} on this GPU "
+            "(engines are tied to the GPU and TensorRT version): rebuild with ferry optimize"
+        )
+    inputs, outputs, batch_limits = [], [], []
+    for index in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(index)
+        trt_type = engine.get_tensor_dtype(name).name
+        dims = tuple(int(d) for d in engine.get_tensor_shape(name))
+        if engine.get_tensor_mode(name) != trt.TensorIOMode.INPUT:
+            outputs.append(
+                ModelTensor(name, DATATYPE_BY_TRT_TYPE.get(trt_type, ""), dims, trt_type)
+            )
+            continue
+        profiles = [
+            engine.get_tensor_profile_shape(name, p)
+            for p in range(engine.num_optimization_profiles)
+        ]
+        low = tuple(min(int(p[0][i]) for p in profiles) for i in range(len(dims)))
+        high = tuple(max(int(p[2][i]) for p in profiles) for i in range(len(dims)))
+        if profiles and dims and dims[0] == -1:
+            batch_limits.append(high[0])
+        inputs.append(
+            ModelTensor(
+                name,
+                DATATYPE_BY_TRT_TYPE.get(trt_type, ""),
+                dims,
+                trt_type,
+                min_dims=low if profiles else None,
+                max_dims=high if profiles else None,
+            )
+        )
+    del engine, runtime
+    return ModelSignature(
+        source=plan_path.name,
+        inputs=inputs,
+        outputs=outputs,
+        max_batch_size=min(batch_limits) if batch_limits else None,
+    )
 
 
 class TensorRTRuntime:
@@ -62,6 +132,7 @@ class TensorRTRuntime:
         self._outputs = [n for n in names if n not in self._inputs]
         self._dtypes = {n: np.dtype(trt.nptype(self._engine.get_tensor_dtype(n))) for n in names}
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
+        self._reshapes = Reshapes(config)  # config `reshape`s: the engine's shapes vs the wire's
 
     def _buffer(self, name: str, nbytes: int) -> int:
         """A device buffer of at least `nbytes` for tensor `name` (grown, never shrunk)."""
@@ -77,6 +148,8 @@ class TensorRTRuntime:
         self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
     ) -> dict[str, np.ndarray]:
         """Copy inputs in, execute the engine, copy the requested outputs back."""
+        if self._reshapes:
+            inputs = self._reshapes.to_model(inputs)
         cudart = self._cudart
         _check(cudart.cudaSetDevice(self._device))
         h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
@@ -110,7 +183,8 @@ class TensorRTRuntime:
                 )
             )
         _check(cudart.cudaStreamSynchronize(self._stream))
-        return {name: results[name] for name in output_names}
+        outputs = {name: results[name] for name in output_names}
+        return self._reshapes.to_config(outputs) if self._reshapes else outputs
 
     def close(self) -> None:
         """Free device buffers, the stream, the context and the engine."""

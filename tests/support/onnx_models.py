@@ -149,3 +149,48 @@ def write_classifier(repository: Path, extra_config: str = "") -> Path:
     )
     (model_dir / "labels.txt").write_text("cat\ndog\nbird\nfish\n")
     return model_dir
+
+
+def embedding_model(vocab: int = 100, width: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """tokens (INT64, [batch, seq_len]) -> the mean of their embeddings (FP32, [batch, width]).
+
+    A token id outside [-vocab, vocab) makes ONNX Runtime's Gather fail ("indices element out of
+    data bounds"): the bad-data request of the failure-isolation tests.
+    """
+    rng = np.random.default_rng(seed)
+    table = rng.standard_normal((vocab, width)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["table", "tokens"], ["embedded"]),
+            helper.make_node("ReduceMean", ["embedded"], ["pooled"], axes=[1], keepdims=0),
+        ],
+        "embedding_bag",
+        [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["batch", "seq_len"])],
+        [helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", width])],
+        initializer=[numpy_helper.from_array(table, "table")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def embedding_reference(
+    tokens: np.ndarray, vocab: int = 100, width: int = 8, seed: int = 0
+) -> np.ndarray:
+    """What `embedding_model` answers, in numpy."""
+    table = np.random.default_rng(seed).standard_normal((vocab, width)).astype(np.float32)
+    return np.asarray(table[tokens].mean(axis=1), dtype=np.float32)
+
+
+def identity_model(dims: list[int], elem_type: int = TensorProto.FLOAT) -> onnx.ModelProto:
+    """x -> y unchanged; a -1 in `dims` (the full shape, batch dim included) is a dynamic dim."""
+    shape: list[int | str] = [d if d != -1 else f"d{i}" for i, d in enumerate(dims)]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [helper.make_tensor_value_info("x", elem_type, shape)],
+        [helper.make_tensor_value_info("y", elem_type, shape)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model

@@ -88,8 +88,12 @@ def running_server(
     ready: bool = True,
     env: dict[str, str] | None = None,
     timeout: float = 90.0,
+    cwd: Path | None = None,
 ) -> Iterator[ServerProcess]:
-    """Run `ferry serve --model-repository REPO ...` on free loopback ports for a `with` block."""
+    """Run `ferry serve --model-repository REPO ...` on free loopback ports for a `with` block.
+
+    `cwd`: where `python -m ferry` starts (its packages come first on sys.path: a benchmark runs
+    another checkout of ferry this way)."""
     http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - outlives this frame, closed below
         prefix="ferry-serve-", suffix=".log", delete=False
@@ -116,7 +120,9 @@ def running_server(
         *extra_args,
     ]
     process_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
-    process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=process_env)
+    process = subprocess.Popen(
+        command, stdout=log_file, stderr=subprocess.STDOUT, env=process_env, cwd=cwd
+    )
     server = ServerProcess(process, http_port, grpc_port, metrics_port, Path(log_file.name))
     try:
         wait_until_live(server, timeout=timeout, ready=ready)

@@ -159,3 +159,14 @@ def not_a_module() -> str:
 
 
 TINY_MLP_INSTANCE = TinyMLP()
+
+
+class MaskedGRUClassifier(GRUClassifier):
+    """sequence (FP32, Lx5) and length (INT64, 1) -> logits (3) from the GRU state at step
+    length - 1: padding the sequence past `length` cannot change the answer (the GRU is causal),
+    so the model may declare `ferry.pad_variable_dims`."""
+
+    def forward(self, sequence: torch.Tensor, length: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out, _ = self.gru(sequence)
+        last = (length.reshape(-1, 1, 1) - 1).clamp(min=0).expand(-1, 1, out.shape[2])
+        return self.head(out.gather(1, last).squeeze(1))
