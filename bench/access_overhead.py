@@ -115,7 +115,7 @@ def main() -> None:
     }
     try:
         for round_index in range(args.rounds):
-            for name, (_, http_url, grpc_url) in servers.items():
+            for name, (_, http_url, grpc_url, _) in servers.items():
                 result = measure(
                     http_url,
                     grpc_url,
@@ -128,7 +128,7 @@ def main() -> None:
                 results[name].append(result)
                 print(f"round {round_index + 1} {name:22s} {result}", flush=True)
     finally:
-        for process, _, _ in servers.values():
+        for process, _, _, _ in servers.values():
             process.terminate()
             process.wait()
     first = next(iter(setups))

@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from server.check import model_names, repository_problem
 from server.dataplane import DataPlane
+from server.gc_policy import apply_after_startup
 from server.observers import ObserverFanout
 from server.protocol.grpc import create_grpc_server
 from server.protocol.http import create_http_app
@@ -84,6 +85,7 @@ async def serve(settings: ServerSettings) -> int:
         drift_window=settings.drift_window,
         drift_alpha=settings.drift_alpha,
         drift_baseline_samples=settings.drift_baseline_samples,
+        loop_lag_probe=settings.loop_lag_probe,
     )
     fanout = ObserverFanout(monitors.observers)
     repository = ModelRepository(
@@ -164,6 +166,7 @@ async def serve(settings: ServerSettings) -> int:
             else " and the server restarts",
         )
     await repository.start(settings.load_models)
+    apply_after_startup(settings.gc_policy)
     dataplane.started = True
     loaded = [f"{v.name}:{v.version}" for v in repository.ready_versions()]
     logger.info("models ready: %s", ", ".join(loaded) or "none")

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from server.gc_policy import GcPolicy
 from server.restrictions import (
     API_GROUPS,
     GRPC_HEADER_PREFIX,
@@ -137,6 +138,21 @@ def serve(
             help="PEM CA certificate(s) that client certificates must chain to (mutual TLS)."
         ),
     ] = None,
+    gc_policy: Annotated[
+        GcPolicy,
+        typer.Option(
+            help="server: freeze start-up objects and collect garbage rarely (the request path "
+            "makes no reference cycles; keeps garbage-collection pauses out of the tail "
+            "latency); python: CPython's defaults."
+        ),
+    ] = GcPolicy.SERVER,
+    loop_lag_probe: Annotated[
+        bool,
+        typer.Option(
+            help="Measure event-loop stalls (a 1 ms timer's lateness) as "
+            "ferry_event_loop_lag_seconds on the metrics port."
+        ),
+    ] = False,
 ) -> None:
     """Serve a model repository over KServe v2 HTTP and gRPC, with dynamic batching."""
     require_repository(model_repository)
@@ -174,6 +190,8 @@ def serve(
         grpc_tls=grpc_tls_option(
             grpc_use_ssl, grpc_use_ssl_mutual, grpc_server_cert, grpc_server_key, grpc_root_cert
         ),
+        gc_policy=gc_policy,
+        loop_lag_probe=loop_lag_probe,
     )
     raise typer.Exit(run_server(settings))
 

@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from server.gc_policy import GcPolicy
 from server.restrictions import RestrictedApis
 
 
@@ -64,6 +65,8 @@ class ServerSettings:
     drift_alpha: float = 0.05
     drift_baseline_samples: int = 0
     log_level: str = "info"
+    gc_policy: GcPolicy = GcPolicy.SERVER
+    loop_lag_probe: bool = False
     extra: dict[str, str] = field(default_factory=dict)
     # access control and TLS (Triton's flags)
     http_restricted_apis: RestrictedApis = field(default_factory=dict)
