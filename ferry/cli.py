@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from exporters.cli import register as register_export
+from measure.cli import register as register_bench
 from monitoring.cli import register as register_monitoring
 from optimizers.cli import register as register_optimize
 from server.cli import register as register_serve
@@ -35,6 +36,7 @@ register_serve(app)
 register_export(app)
 register_optimize(app)
 register_monitoring(app)
+register_bench(app)
 
 
 def main() -> None:
