@@ -162,6 +162,8 @@ def bench(
     from measure.profile import BenchOptions, run_bench
 
     console, errors = Console(), Console(stderr=True)
+    if not console.is_terminal:  # piped: a wide table rather than one cut at 80 columns
+        console.width = max(console.width, 160)
     try:
         if concurrency is not None and request_rate is not None:
             raise BenchError("give --concurrency or --request-rate, not both")

@@ -169,6 +169,18 @@ async def _statistics(source: ModelSource, model: ModelInfo) -> dict[str, int] |
         return None
 
 
+async def _settled_statistics(source: ModelSource, model: ModelInfo) -> dict[str, int] | None:
+    """Statistics once they stop moving: a server may count a request just after answering it."""
+    previous = await _statistics(source, model)
+    for _ in range(20):
+        await asyncio.sleep(0.05)
+        current = await _statistics(source, model)
+        if current == previous:
+            break
+        previous = current
+    return previous
+
+
 async def _measure(
     generator: LoadGenerator,
     source: ModelSource,
@@ -208,7 +220,7 @@ async def _measure(
     await generator.stop()
     if rate_task is not None:
         await rate_task
-    after_all = await _statistics(source, model)
+    after_all = await _settled_statistics(source, model)
     used = min(STABILITY_WINDOWS, len(windows))
     start, end = boundaries[-used - 1], boundaries[-1]
     records = generator.records
