@@ -13,6 +13,9 @@ PROTO_STUBS := build/stubs
 PROTO_STUBS_STAMP := $(PROTO_STUBS)/.generated
 PYTRITON_VERSION := 0.7.0
 EXAMPLE_REPO ?= model_repository
+HTTP_PORT ?= 8000
+GRPC_PORT ?= 8001
+METRICS_PORT ?= 8002
 PYTEST_ARGS ?=
 
 .PHONY: help install serve test test-unit test-integration test-gpu lint typecheck fmt bench proto-stubs \
@@ -20,6 +23,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make serve   - set up and serve the example model repository on :8000/:8001/:8002"
+	@echo "               (HTTP_PORT=, GRPC_PORT=, METRICS_PORT= choose other ports)"
 	@echo "make test    - set up and run the whole test suite"
 	@echo "make lint    - ruff + mypy"
 	@echo "make bench   - serving benchmarks (prints ratios against in-process ONNX Runtime)"
@@ -43,7 +47,8 @@ $(TRITON_STAMP):
 # tritonserver (CPU, python backend) for tests/integration/server/test_triton_gateway.py.
 triton-server: $(TRITON_STAMP)
 
-# Debian packages the tests use (Prometheus + promtool). Installed only when missing.
+# Debian packages the tests use (Prometheus + promtool, wrk, h2load, chromium for the HTML
+# report test...). Installed only when missing.
 system-deps:
 	@bash scripts/install-system-deps.sh
 
@@ -51,7 +56,8 @@ example-repo: $(STAMP)
 	@test -d $(EXAMPLE_REPO) || $(BIN)/python scripts/build_example_repository.py $(EXAMPLE_REPO)
 
 serve: example-repo
-	$(BIN)/ferry serve --model-repository $(EXAMPLE_REPO)
+	$(BIN)/ferry serve --model-repository $(EXAMPLE_REPO) \
+	  --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
 # lint first: a formatting or typing slip fails in seconds, before the 8-minute suite
 test: lint system-deps $(TRITON_STAMP)
