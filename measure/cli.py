@@ -205,6 +205,7 @@ def bench(
                 tuple(int(v) for v in queue_delays_us.split(",") if v.strip()),
                 apply,
                 report,
+                plot,
             )
             return
         with console.status("measuring") as status:
@@ -244,6 +245,7 @@ def _sweep(
     delays: tuple[int, ...],
     apply: bool,
     report: Path | None,
+    plot: Path | None,
 ) -> None:
     from dataclasses import replace
 
@@ -293,6 +295,23 @@ def _sweep(
             console.print(f"written to {escape(result['applied'])}")
     if report is not None:
         reports.write_json(result, report)
+    if plot is not None:
+        from measure import html_page
+        from measure.plots import sweep_chart, write_chart
+
+        rows = [
+            [
+                p["config"],
+                f"{p['concurrency']:g}",
+                f"{p['throughput_infer_s']:.1f}",
+                f"{p['p50_ms']:.2f}",
+                f"{p['p99_ms']:.2f}",
+                str(p["errors"]),
+            ]
+            for p in result["points"]
+        ]
+        headers = ["config", "concurrency", "infer/s", "p50 ms", "p99 ms", "errors"]
+        write_chart(sweep_chart(result), plot, html_page.table(headers, rows))
 
 
 def register(app: typer.Typer) -> None:
