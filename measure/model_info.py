@@ -164,7 +164,7 @@ def _dims(value: Any) -> tuple[int, ...]:
 
 
 def parse_model(
-    name: str, metadata: Mapping[str, Any], config: Mapping[str, Any] | None
+    name: str, metadata: Mapping[str, Any], config: Mapping[str, Any] | None, version: str = ""
 ) -> ModelInfo:
     """Combine metadata (datatypes, shapes) and config (batching, sequences, optional inputs)."""
     if config is not None:
@@ -196,10 +196,9 @@ def parse_model(
         return tuple(found)
 
     policy = (config or {}).get("model_transaction_policy", {})
-    versions = metadata.get("versions") or [""]
     return ModelInfo(
         name=name,
-        version=str(versions[-1]) if versions else "",
+        version=version,
         platform=str(metadata.get("platform", "")),
         inputs=described("inputs"),
         outputs=described("outputs"),

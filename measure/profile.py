@@ -90,8 +90,7 @@ def source_for(protocol: str, host: str, port: int) -> ModelSource:
 async def describe(options: BenchOptions, source: ModelSource) -> ModelInfo:
     metadata = await source.metadata(options.model, options.model_version)
     config = await source.config(options.model, options.model_version)
-    model = parse_model(options.model, metadata, config)
-    model = ModelInfo(**{**model.__dict__, "version": options.model_version})
+    model = parse_model(options.model, metadata, config, options.model_version)
     if model.decoupled:
         raise BenchError(
             f"model '{model.name}' is decoupled (several responses a request): not supported"
