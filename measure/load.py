@@ -100,6 +100,12 @@ class LoadGenerator:
         if self.outstanding == 0 and not self.running and self._drained is not None:
             self._drained.set()
 
+    def _connect_failed(self, status: int, exc: BaseException) -> None:
+        """A connection that could not be opened fails the request it was opened for."""
+        self.records.sent += 1
+        self.outstanding += 1
+        self._record(status, str(exc).encode(), time.perf_counter())
+
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
@@ -168,9 +174,7 @@ class LoadGenerator:
         try:
             fresh = await http_client.connect(self.host, self.port, self._http_answered)
         except OSError as exc:
-            self.records.sent += 1
-            self.outstanding += 1
-            self._record(http_client.CONNECTION_ERROR, str(exc).encode(), time.perf_counter())
+            self._connect_failed(http_client.CONNECTION_ERROR, exc)
             self._spawn(self._http_replace(connection))
             return
         fresh.tag = connection.tag
@@ -216,9 +220,7 @@ class LoadGenerator:
         try:
             connection = await grpc_client.connect(self.host, self.port, self._grpc_answered)
         except (OSError, TimeoutError) as exc:
-            self.records.sent += 1
-            self.outstanding += 1
-            self._record(grpc_client.UNAVAILABLE, str(exc).encode(), time.perf_counter())
+            self._connect_failed(grpc_client.UNAVAILABLE, exc)
             self._spawn(self._grpc_reconnect(slot))
             return
         self._grpc = [c for c in self._grpc if c.usable] + [connection]
@@ -258,9 +260,7 @@ class LoadGenerator:
         except OSError as exc:
             self._opening -= 1
             self._backlog -= 1
-            self.records.sent += 1
-            self.outstanding += 1
-            self._record(http_client.CONNECTION_ERROR, str(exc).encode(), time.perf_counter())
+            self._connect_failed(http_client.CONNECTION_ERROR, exc)
             return
         self._opening -= 1
         connection.tag = "rate"
@@ -293,9 +293,7 @@ class LoadGenerator:
             connection = await grpc_client.connect(self.host, self.port, self._grpc_answered)
             self._grpc.append(connection)
         except (OSError, TimeoutError) as exc:
-            self.records.sent += 1
-            self.outstanding += 1
-            self._record(grpc_client.UNAVAILABLE, str(exc).encode(), time.perf_counter())
+            self._connect_failed(grpc_client.UNAVAILABLE, exc)
             return
         finally:
             self._opening -= 1

@@ -110,14 +110,11 @@ def _scratch_repository(model_dir: Path, config: ModelConfig, root: Path) -> Pat
     return root
 
 
-@contextlib.contextmanager
-def served(repository: Path, extra: tuple[str, ...] = ()) -> Iterator[tuple[str, str]]:
-    """`ferry serve` on free loopback ports for a `with` block: yields (http url, grpc url)."""
-    http_port, grpc_port, metrics_port = _free_port(), _free_port(), _free_port()
-    log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in finally
-        prefix="ferry-sweep-", suffix=".log", delete=False
-    )
-    command = [
+def serve_command(
+    repository: Path, http_port: int, grpc_port: int, metrics_port: int, *extra: str
+) -> list[str]:
+    """`ferry serve` of `repository` on loopback ports (this Python's ferry)."""
+    return [
         sys.executable,
         "-m",
         "ferry",
@@ -129,6 +126,16 @@ def served(repository: Path, extra: tuple[str, ...] = ()) -> Iterator[tuple[str,
         *("--metrics-address", "127.0.0.1", "--metrics-port", str(metrics_port)),
         *extra,
     ]
+
+
+@contextlib.contextmanager
+def served(repository: Path, extra: tuple[str, ...] = ()) -> Iterator[tuple[str, str]]:
+    """`ferry serve` on free loopback ports for a `with` block: yields (http url, grpc url)."""
+    http_port, grpc_port, metrics_port = _free_port(), _free_port(), _free_port()
+    log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in finally
+        prefix="ferry-sweep-", suffix=".log", delete=False
+    )
+    command = serve_command(repository, http_port, grpc_port, metrics_port, *extra)
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     try:
         _wait_ready(process, http_port, Path(log.name))

@@ -10,24 +10,19 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.integration.test_optimize import ferry_optimize
 from tests.support.chromium import chromium_binary, render
-from tests.unit.optimizers.models import write_example
+from tests.unit.optimizers.models import Example, write_example
 
 pytestmark = pytest.mark.slow
 
 
-def ferry_optimize(*args: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "ferry", "optimize", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def run_optimize(example: Example, *args: str) -> subprocess.CompletedProcess[str]:
+    result = ferry_optimize(example, example.name, *args)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
 
@@ -37,20 +32,13 @@ def test_reports_are_written_published_or_not_and_render(tmp_path: Path) -> None
         pytest.skip("chromium is not installed (scripts/install-system-deps.sh installs it)")
     example = write_example(tmp_path)
     common = (
-        example.name,
-        "--model-repository",
-        str(example.repository),
-        "--eval-data",
-        str(example.eval_data),
-        "--calibration-data",
-        str(example.calibration_data),
         "--variants",
         "ort-fp32,int8-dynamic,int8-static",
         "--bench-seconds",
         "1",
     )
     # nothing published: the report goes to the folder the command names
-    unpublished = ferry_optimize(*common, "--no-publish")
+    unpublished = run_optimize(example, *common, "--no-publish")
     named = re.search(r"report: (\S+)/optimize_report\.json", unpublished.stdout)
     assert named is not None, unpublished.stdout
     folder = Path(named.group(1))
@@ -66,7 +54,7 @@ def test_reports_are_written_published_or_not_and_render(tmp_path: Path) -> None
             assert row["throughput_spread"] >= 0
 
     # published (min-gain 0 forces it): both files in the new version's folder
-    published = ferry_optimize(*common, "--min-gain", "0", "--max-drop", "1")
+    published = run_optimize(example, *common, "--min-gain", "0", "--max-drop", "1")
     version_dir = example.model_dir / "2"
     assert f"report: {version_dir}/optimize_report.json" in published.stdout
     published_report = json.loads((version_dir / "optimize_report.json").read_text())
