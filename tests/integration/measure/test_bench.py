@@ -263,3 +263,43 @@ def test_errors_by_status_against_triton(triton: TritonServer, tmp_path: Path) -
     assert set(level["totals"]["by_status"]) == {"HTTP 400"}
     assert level["errors"]["HTTP 400"] > 0
     assert "NaN" in level["error_messages"]["HTTP 400"]
+
+
+ECHO_MODEL_PY = """\
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [
+            pb_utils.InferenceResponse(
+                [pb_utils.Tensor("y", pb_utils.get_input_tensor_by_name(r, "x").as_numpy())]
+            )
+            for r in requests
+        ]
+"""
+
+
+def test_sequence_model_against_triton(tmp_path: Path) -> None:
+    """Triton refuses a sequence model's requests without a sequence id: every request
+    succeeding shows ferry bench sends sequence_id/start/end as Triton expects."""
+    reason = missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    repo = tmp_path / "sequence-repo"
+    (repo / "echo" / "1").mkdir(parents=True)
+    (repo / "echo" / "1" / "model.py").write_text(ECHO_MODEL_PY)
+    (repo / "echo" / "config.pbtxt").write_text(
+        'backend: "python"\nmax_batch_size: 4\n'
+        'input [{ name: "x" data_type: TYPE_FP32 dims: [2] }]\n'
+        'output [{ name: "y" data_type: TYPE_FP32 dims: [2] }]\n'
+        "sequence_batching { max_sequence_idle_microseconds: 5000000 }\n"
+        "instance_group [{ kind: KIND_CPU count: 1 }]\n"
+    )
+    with running_tritonserver(repo) as server:
+        for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
+            result = run_and_compare(
+                server.http_url, "echo", url, tmp_path, "--protocol", protocol,
+                "--concurrency", "2", "--sequence-length", "3",
+            )  # fmt: skip
+            assert result["levels"][0]["errors"] == {}
