@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 import tritonclient.http as httpclient
+from onnx import TensorProto, helper
 
 from tests.support.onnx_models import mlp_model, write_model
 from tests.support.server_process import ServerProcess, running_server
@@ -38,6 +40,19 @@ input [{ name: "input" data_type: TYPE_FP32 dims: [-1] }]
 output [{ name: "output" data_type: TYPE_FP32 dims: [-1] }]
 """
 QUICK = ("--duration", "0.9", "--warmup", "0.3", "--max-trials", "3")
+
+
+def relu_model() -> onnx.ModelProto:
+    """relu(x) with x [batch, n]: every dim but none fixed (needs --shape)."""
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["input"], ["output"])],
+        "relu",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", "n"])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", "n"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
 
 
 def ferry_bench(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -99,7 +114,7 @@ def run_and_compare(
 def ferry_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     repo = tmp_path_factory.mktemp("bench-repo")
     write_model(repo, "mlp", mlp_model(), MLP_CONFIG)
-    write_model(repo, "dynamic", mlp_model(), DYNAMIC_CONFIG)
+    write_model(repo, "dynamic", relu_model(), DYNAMIC_CONFIG)
     with running_server(repo, "--allow-client-shm", "--no-drift") as server:
         yield server
 
