@@ -40,6 +40,8 @@ $(TRITON_STAMP):
 	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
 	$(TRITON_VENV)/bin/python -m pip install -q --upgrade pip
 	$(TRITON_VENV)/bin/python -m pip install -q nvidia-pytriton==$(PYTRITON_VERSION)
+	# the python-backend differential tests run ONNX steps as Python models calling onnxruntime
+	$(TRITON_VENV)/bin/python -m pip install -q "onnxruntime>=1.18"
 	$(TRITON_VENV)/bin/python -c "import pathlib, pytriton; \
 	  assert (pathlib.Path(pytriton.__file__).parent / 'tritonserver/bin/tritonserver').is_file()"
 	touch $(TRITON_STAMP)

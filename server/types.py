@@ -94,3 +94,6 @@ class InferenceResponse:
     outputs: Tensors
     id: str = ""
     parameters: Mapping[str, ParameterValue] = field(default_factory=dict)
+    # False on all but the last response of a stream (decoupled models); a final response with
+    # no outputs is the model's FINAL flag alone
+    final: bool = True

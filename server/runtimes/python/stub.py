@@ -1,0 +1,386 @@
+"""The process one Python model instance runs in: `python -m server.runtimes.python.stub --fd N`.
+
+It imports model.py, calls `initialize`, then `execute` for each batch the server sends, and
+`finalize` before it exits. One thread reads the channel (batches to execute, answers to the
+model's BLS calls); the main thread runs the model, so a blocking `exec()` inside `execute` waits
+for its answer while the reader keeps going. An `async def execute` runs on an event loop of its
+own thread. The process exits when the server closes the channel or asks it to finalize.
+
+`--auto-complete` instead runs the model's static `auto_complete_config` on the config JSON read
+from stdin and writes the completed config JSON to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import inspect
+import itertools
+import json
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType, TracebackType
+from typing import Any
+
+from server.runtimes.python import ipc
+from server.runtimes.python import triton_python_backend_utils as pb_utils
+
+OWN_FOLDER = Path(__file__).resolve().parent
+
+
+def error_text(exc: BaseException) -> str:
+    """`Type: message`, then the model's frames innermost first (the form Triton reports)."""
+    text = f"{type(exc).__name__}: {exc}"
+    frames = []
+    tb: TracebackType | None = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if Path(code.co_filename).parent != OWN_FOLDER:  # the model's frames, not ferry's
+            frames.append(f"  {code.co_filename}({tb.tb_lineno}): {code.co_name}\n")
+        tb = tb.tb_next
+    if frames:
+        text += "\n\nAt:\n" + "".join(reversed(frames))
+    return text
+
+
+def import_model(model_file: Path, version: str) -> ModuleType:
+    """Import REPO/NAME/<version>/model.py as Triton does: module `<version>.model`, with the
+    version folder and the model folder on sys.path."""
+    version_dir, model_dir = model_file.parent, model_file.parent.parent
+    for folder in (str(version_dir), str(model_dir)):
+        if folder not in sys.path:
+            sys.path.append(folder)
+    return importlib.import_module(f"{version}.{model_file.stem}")
+
+
+class ModelProcess:
+    """One model instance: the channel to the server and the model object."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.send_lock = threading.Lock()
+        self.work: queue.Queue[Any] = queue.Queue()
+        self.calls: dict[int, Any] = {}
+        self.call_ids = itertools.count(1)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.shm_prefix = "ferry"
+        self.instance_name = "model"
+        self.decoupled = False
+        self.model: Any = None
+        self.closed = False
+
+    # --- channel ---------------------------------------------------------------------------
+
+    def send(self, message: Any) -> None:
+        chunks = ipc.encode(message, self.shm_prefix)
+        with self.send_lock:
+            self.sock.sendmsg(chunks)  # type: ignore[arg-type]
+
+    def read_loop(self) -> None:
+        try:
+            for message in ipc.read_messages(self.sock.recv_into):
+                tag = message[0]
+                if tag == ipc.CALL_RESULT:
+                    self._resolve(message[1], message[2])
+                elif tag == ipc.CALL_STREAM:
+                    slot = self.calls.get(message[1])
+                    if slot is not None:
+                        slot.put((message[2], message[3]))
+                        if message[3]:
+                            self.calls.pop(message[1], None)
+                else:
+                    self.work.put(message)
+        except (ipc.ChannelClosed, OSError):
+            pass
+        finally:
+            self.closed = True
+            for call_id in list(self.calls):
+                self._resolve(call_id, (False, "the server closed the channel"))
+            self.work.put(None)
+
+    def _resolve(self, call_id: int, result: Any) -> None:
+        slot = self.calls.pop(call_id, None)
+        if slot is None:
+            return
+        if isinstance(slot, queue.Queue):
+            slot.put((result, True))
+        elif isinstance(slot, asyncio.Future):
+            slot.get_loop().call_soon_threadsafe(_settle, slot, result)
+        else:
+            slot.append(result)
+            slot[0].set()
+
+    # --- pb_utils backend ------------------------------------------------------------------
+
+    def call(self, kind: str, payload: Any) -> Any:
+        """A blocking call to the server (BLS infer, model control)."""
+        if kind == "infer_stream":
+            return self._stream(payload)
+        call_id = next(self.call_ids)
+        slot: list[Any] = [threading.Event()]
+        self.calls[call_id] = slot
+        self.send((ipc.CALL, call_id, kind, payload))
+        slot[0].wait()
+        return _unwrap(kind, slot[1])
+
+    def _stream(self, payload: Any) -> Iterator[Any]:
+        call_id = next(self.call_ids)
+        items: queue.Queue[Any] = queue.Queue()
+        self.calls[call_id] = items
+        self.send((ipc.CALL, call_id, "infer_stream", payload))
+
+        def responses() -> Iterator[Any]:
+            while True:
+                item, final = items.get()
+                if final and isinstance(item, tuple) and len(item) == 2:  # (False, message)
+                    raise pb_utils.TritonModelException(item[1])
+                if item is not None:
+                    yield item
+                if final:
+                    return
+
+        return responses()
+
+    def call_async(self, kind: str, payload: Any) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        call_id = next(self.call_ids)
+        self.calls[call_id] = future
+        self.send((ipc.CALL, call_id, kind, payload))
+        return future
+
+    def send_response(self, key: tuple[int, int], response: Any, flags: int) -> None:
+        self.send((ipc.RESPONSE, key[0], key[1], _payload(response, None), flags))
+
+    def log(self, level: str, message: str) -> None:
+        print(f"{level} {self.instance_name}: {message}", file=sys.stderr, flush=True)
+
+    # --- model lifecycle -------------------------------------------------------------------
+
+    def run_coroutine(self, value: Any) -> Any:
+        """Await `value` on the process's event loop when it is a coroutine."""
+        if not inspect.isawaitable(value):
+            return value
+        return asyncio.run_coroutine_threadsafe(_awaitable(value), self._event_loop()).result()
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        if self.loop is None:
+            self.loop = asyncio.new_event_loop()
+            threading.Thread(target=self.loop.run_forever, daemon=True, name="model-loop").start()
+        return self.loop
+
+    def initialize(self, settings: dict[str, Any]) -> None:
+        self.shm_prefix = settings["shm_prefix"]
+        self.instance_name = settings["instance_name"]
+        self.decoupled = settings["decoupled"]
+        module = import_model(Path(settings["model_file"]), settings["version"])
+        self.model = module.TritonPythonModel()
+        if hasattr(self.model, "initialize"):
+            self.run_coroutine(self.model.initialize(settings["args"]))
+
+    def execute(self, batch_id: int, payloads: list[Any]) -> None:
+        senders: list[pb_utils.InferenceResponseSender] = []
+        collected: dict[int, Any] = {}
+        requests = []
+        for index, payload in enumerate(payloads):
+            request_id, correlation_id, inputs, requested, parameters, flags = payload
+            request = pb_utils.InferenceRequest(
+                request_id=request_id,
+                correlation_id=correlation_id,
+                inputs=[pb_utils.Tensor(name, array) for name, array in inputs],
+                requested_output_names=[],
+                model_name=self.instance_name,
+                flags=flags,
+                parameters=parameters,
+            )
+            request._requested = set(requested)  # type: ignore[assignment]  # Triton: a set
+            on_send = self.send_response if self.decoupled else _collect_into(collected)
+            sender = pb_utils.InferenceResponseSender((batch_id, index), on_send)
+            request._sender = sender
+            senders.append(sender)
+            requests.append(request)
+        try:
+            result = self.model.execute(requests)
+            if inspect.isawaitable(result):
+                if self.decoupled:  # runs beside later batches; the instance is free now
+                    future = asyncio.run_coroutine_threadsafe(
+                        _awaitable(result), self._event_loop()
+                    )
+                    future.add_done_callback(lambda done: self._finish_async(done, senders))
+                    self.send((ipc.EXECUTED, batch_id, None))
+                    return
+                result = self.run_coroutine(result)
+        except Exception as exc:
+            message = error_text(exc)
+            if self.decoupled:
+                self._fail_open_senders(senders, message)
+                self.send((ipc.EXECUTED, batch_id, None))
+            else:
+                self.send((ipc.EXECUTED, batch_id, message))
+            return
+        if self.decoupled:
+            self.send((ipc.EXECUTED, batch_id, None))
+            return
+        self.send((ipc.EXECUTED, batch_id, self._responses(requests, result, collected)))
+
+    def _responses(self, requests: list[Any], result: Any, collected: dict[int, Any]) -> Any:
+        """The response payloads of a default-mode execute, or the error for all of them."""
+        if result is None:  # responses went through the senders (allowed since 24.06)
+            result = [collected.get(index) for index in range(len(requests))]
+        try:
+            count = len(result)
+        except TypeError:
+            return f"execute must return a list of InferenceResponse, got {type(result).__name__}"
+        if count != len(requests):
+            return (
+                "Number of InferenceResponse objects do not match the number of "
+                f"InferenceRequest objects. InferenceRequest(s) size is:{len(requests)}, "
+                f"and InferenceResponse(s) size is:{count}\n"
+            )
+        payloads = []
+        for request, response in zip(requests, result, strict=True):
+            if not isinstance(response, pb_utils.InferenceResponse):
+                return (
+                    "Expected an 'InferenceResponse' object in the execute function return "
+                    f"list, found type '{type(response).__name__}'."
+                )
+            payloads.append(_payload(response, request._requested))
+        return payloads
+
+    def _finish_async(self, done: Any, senders: list[Any]) -> None:
+        exc = done.exception()
+        if exc is not None:
+            self._fail_open_senders(senders, error_text(exc))
+
+    def _fail_open_senders(self, senders: list[Any], message: str) -> None:
+        error = pb_utils.TritonError(message)
+        for sender in senders:
+            if not sender.closed:
+                sender.send(
+                    pb_utils.InferenceResponse(error=error),
+                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+                )
+
+    def finalize(self) -> None:
+        error = ""
+        if self.model is not None and hasattr(self.model, "finalize"):
+            try:
+                self.run_coroutine(self.model.finalize())
+            except Exception as exc:
+                error = error_text(exc)
+        self.send((ipc.FINALIZED, error))
+
+    def serve(self) -> int:
+        """Initialize, then execute batches until FINALIZE or the channel closes."""
+        threading.Thread(target=self.read_loop, daemon=True, name="channel-reader").start()
+        first = self.work.get()
+        if first is None or first[0] != ipc.INIT:
+            return 1
+        try:
+            self.initialize(first[1])
+        except Exception as exc:
+            self.send((ipc.FAILED, error_text(exc)))
+            traceback.print_exc()
+            return 1
+        self.send((ipc.READY,))
+        while (message := self.work.get()) is not None:
+            tag = message[0]
+            if tag == ipc.EXECUTE:
+                self.execute(message[1], message[2])
+            elif tag == ipc.FINALIZE:
+                self.finalize()
+                return 0
+        return 0
+
+
+def _payload(response: Any, requested: set[str] | None) -> Any:
+    """A response as the wire's payload; outputs not requested are dropped, as in Triton."""
+    if response is None:
+        return None
+    error = response.error()
+    if error is not None:
+        return ([], (pb_utils.ERROR_CODE_NAMES[error.code()], error.message()), "{}")
+    outputs = [
+        (tensor.name(), tensor.as_numpy())
+        for tensor in response.output_tensors()
+        if not requested or tensor.name() in requested
+    ]
+    return (outputs, None, response.parameters())
+
+
+def _collect_into(collected: dict[int, Any]) -> Callable[[tuple[int, int], Any, int], None]:
+    """Default-mode models may answer through the sender too: keep the response for the batch."""
+
+    def collect(key: tuple[int, int], response: Any, flags: int) -> None:
+        if response is not None:
+            collected[key[1]] = response
+
+    return collect
+
+
+def _unwrap(kind: str, result: Any) -> Any:
+    ok, value = result
+    if not ok:
+        raise pb_utils.TritonModelException(value)
+    return value
+
+
+def _settle(future: asyncio.Future[Any], result: Any) -> None:
+    if future.done():
+        return
+    ok, value = result
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(pb_utils.TritonModelException(value))
+
+
+async def _awaitable(value: Any) -> Any:
+    return await value
+
+
+def auto_complete(model_file: Path, version: str) -> int:
+    """Run `auto_complete_config` on the config JSON from stdin; print the result as JSON."""
+    config = pb_utils.ModelConfig(sys.stdin.read())
+    try:
+        model_class = import_model(model_file, version).TritonPythonModel
+        method = getattr(model_class, "auto_complete_config", None)
+        if method is not None:
+            completed = method(config)
+            config = completed if completed is not None else config
+    except Exception as exc:
+        print(error_text(exc), file=sys.stderr)
+        return 2
+    json.dump(config.as_dict(), sys.stdout)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--fd", type=int, help="the channel's socket")
+    parser.add_argument("--auto-complete", type=Path, help="model.py to auto-complete")
+    parser.add_argument("--version", default="1")
+    args = parser.parse_args(argv)
+    sys.modules["triton_python_backend_utils"] = pb_utils
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when instances stop
+    if args.auto_complete is not None:
+        return auto_complete(args.auto_complete, args.version)
+    sock = socket.socket(fileno=args.fd)
+    process = ModelProcess(sock)
+    pb_utils._backend = process
+    code = process.serve()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # model threads (daemon or not) must not keep the instance alive
+
+
+if __name__ == "__main__":
+    sys.exit(main())
