@@ -54,8 +54,9 @@ triton-server: $(TRITON_STAMP)
 system-deps:
 	@bash scripts/install-system-deps.sh
 
+# idempotent: keeps what REPO has, adds what is missing (e.g. the pipelines of an older REPO)
 example-repo: $(STAMP)
-	@test -d $(EXAMPLE_REPO) || $(BIN)/python scripts/build_example_repository.py $(EXAMPLE_REPO)
+	$(BIN)/python scripts/build_example_repository.py $(EXAMPLE_REPO)
 
 serve: example-repo
 	$(BIN)/ferry serve --model-repository $(EXAMPLE_REPO) \
