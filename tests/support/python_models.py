@@ -172,6 +172,36 @@ class TritonPythonModel:
         return responses
 """
 
+# BLS to a decoupled model: N (INT32 [1]) -> the OUT values `repeat` streamed for N, in order,
+# and the number of responses the iterator yielded (the flag-only final one included).
+BLS_STREAM_PY = """\
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            count = pb_utils.get_input_tensor_by_name(request, "N")
+            call = pb_utils.InferenceRequest(
+                model_name="repeat", requested_output_names=["OUT"], inputs=[count])
+            values, seen = [], 0
+            for answer in call.exec(decoupled=True):
+                seen += 1
+                if answer.has_error():
+                    values.append(-1)
+                    continue
+                out = pb_utils.get_output_tensor_by_name(answer, "OUT")
+                if out is not None:
+                    values.append(int(out.as_numpy()[0]))
+            responses.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor("VALUES", np.array(values, np.int32)),
+                pb_utils.Tensor("RESPONSES", np.array([seen], np.int32)),
+            ]))
+        return responses
+"""
+
 # Runs an ONNX model with onnxruntime inside a Python model: how the real Triton of the tests
 # (python backend only) serves the ONNX steps ferry serves natively.
 ONNX_IN_PYTHON_PY = """\
@@ -343,6 +373,20 @@ def write_repeat(repository: Path, name: str = "repeat") -> Path:
 input [{ name: "N" data_type: TYPE_INT32 dims: [1] }]
 output [{ name: "OUT" data_type: TYPE_INT32 dims: [1] }]
 model_transaction_policy { decoupled: true }
+""",
+    )
+
+
+def write_bls_stream(repository: Path, name: str = "bls_stream") -> Path:
+    """N -> the values `repeat` streams for N (BLS exec(decoupled=True))."""
+    return write_python_model(
+        repository,
+        name,
+        BLS_STREAM_PY,
+        """max_batch_size: 0
+input [{ name: "N" data_type: TYPE_INT32 dims: [1] }]
+output [{ name: "VALUES" data_type: TYPE_INT32 dims: [-1] },
+        { name: "RESPONSES" data_type: TYPE_INT32 dims: [1] }]
 """,
     )
 

@@ -87,6 +87,17 @@ def encode(message: Any, shm_prefix: str) -> list[bytes | memoryview]:
     return [PREFIX.pack(total, len(body), len(views), SHARED), sizes_blob, body, name]
 
 
+def send_frame(sock: Any, chunks: list[bytes | memoryview]) -> None:
+    """Write one frame to a blocking socket: one joined write when small (a long scatter list
+    costs more than the copy), the chunks otherwise."""
+    data = b"".join(chunks) if len(chunks) > 4 else None
+    if data is not None and len(data) <= 2 * INLINE_MAX_BYTES:
+        sock.sendall(data)
+        return
+    for chunk in chunks:
+        sock.sendall(chunk)
+
+
 def write_segment(views: list[memoryview], data_bytes: int, shm_prefix: str) -> bytes:
     """Copy the buffers into a new shared memory segment; returns its name."""
     name = f"{shm_prefix}-{os.getpid()}-{next(_segments)}"

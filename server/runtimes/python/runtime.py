@@ -294,15 +294,15 @@ class PythonRuntime:
             if request.requested_outputs
             else self.output_names
         )
-        parameters = {k: v for k, v in request.parameters.items() if k != "sequence_id"}
-        return (
-            request.id,
-            _correlation_id(request.parameters.get("sequence_id", 0)),
-            [(name, np.ascontiguousarray(array)) for name, array in request.inputs.items()],
-            requested,
-            json.dumps(parameters, separators=(",", ":")),
-            0,
-        )
+        correlation_id: int | str = 0
+        parameters = "{}"
+        if request.parameters:  # most requests have none: skip the JSON work
+            correlation_id = _correlation_id(request.parameters.get("sequence_id", 0))
+            parameters = json.dumps(
+                {k: v for k, v in request.parameters.items() if k != "sequence_id"},
+                separators=(",", ":"),
+            )
+        return (request.id, correlation_id, list(request.inputs.items()), requested, parameters, 0)
 
     # --- messages from the process -------------------------------------------------------------
 
@@ -446,7 +446,11 @@ class _Channel(asyncio.Protocol):
     def send(self, message: Any) -> None:
         if self._transport is None or self._transport.is_closing():
             raise ServingError(ErrorKind.UNAVAILABLE, "the Python model process is not running")
-        self._transport.writelines(ipc.encode(message, self._shm_prefix))
+        chunks = ipc.encode(message, self._shm_prefix)
+        if len(chunks) > 4 and ipc.PREFIX.unpack_from(chunks[0])[0] <= ipc.INLINE_MAX_BYTES:
+            self._transport.write(b"".join(chunks))  # one small write beats a long writev
+        else:
+            self._transport.writelines(chunks)
 
     def close(self) -> None:
         if self._transport is not None:

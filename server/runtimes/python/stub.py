@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import importlib
 import inspect
 import itertools
 import json
 import os
 import queue
+import select
 import signal
 import socket
 import sys
@@ -62,49 +64,72 @@ def import_model(model_file: Path, version: str) -> ModuleType:
 
 
 class ModelProcess:
-    """One model instance: the channel to the server and the model object."""
+    """One model instance: the channel to the server and the model object.
+
+    The main thread reads the channel itself: between batches it waits on the socket, and while
+    model code waits for the server (a BLS `exec()`, an `async def execute` awaiting
+    `async_exec()`) it keeps reading and dispatching answers until what it waits for is there.
+    No reader thread: a batch reaches the model without a thread hand-off. Other threads of the
+    model (decoupled senders, their own BLS calls) wait on events the main thread sets.
+    """
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.send_lock = threading.Lock()
-        self.work: queue.Queue[Any] = queue.Queue()
+        self.frames = ipc.read_messages(sock.recv_into)
+        self.pending: collections.deque[Any] = collections.deque()  # batches read while waiting
         self.calls: dict[int, Any] = {}
         self.call_ids = itertools.count(1)
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.wake_read, self.wake_write = os.pipe()  # a coroutine finished: stop waiting on sock
         self.shm_prefix = "ferry"
         self.instance_name = "model"
         self.decoupled = False
         self.model: Any = None
-        self.closed = False
 
     # --- channel ---------------------------------------------------------------------------
 
     def send(self, message: Any) -> None:
         chunks = ipc.encode(message, self.shm_prefix)
         with self.send_lock:
-            self.sock.sendmsg(chunks)  # type: ignore[arg-type]
+            ipc.send_frame(self.sock, chunks)
 
-    def read_loop(self) -> None:
-        try:
-            for message in ipc.read_messages(self.sock.recv_into):
-                tag = message[0]
-                if tag == ipc.CALL_RESULT:
-                    self._resolve(message[1], message[2])
-                elif tag == ipc.CALL_STREAM:
-                    slot = self.calls.get(message[1])
-                    if slot is not None:
-                        slot.put((message[2], message[3]))
-                        if message[3]:
-                            self.calls.pop(message[1], None)
-                else:
-                    self.work.put(message)
-        except (ipc.ChannelClosed, OSError):
-            pass
-        finally:
-            self.closed = True
-            for call_id in list(self.calls):
-                self._resolve(call_id, (False, "the server closed the channel"))
-            self.work.put(None)
+    def next_message(self) -> Any:
+        """The next batch or control message for the main loop (answers are dispatched)."""
+        while True:
+            message = self.pending.popleft() if self.pending else next(self.frames)
+            if not self._dispatch(message):
+                return message
+
+    def _dispatch(self, message: Any) -> bool:
+        """Deliver an answer to its waiter; False for anything else."""
+        tag = message[0]
+        if tag == ipc.CALL_RESULT:
+            self._resolve(message[1], message[2])
+        elif tag == ipc.CALL_STREAM:
+            slot = self.calls.get(message[1])
+            if slot is not None:
+                slot.put((message[2], message[3]))
+                if message[3]:
+                    self.calls.pop(message[1], None)
+        else:
+            return False
+        return True
+
+    def wait_on_main(self, done: Callable[[], bool], wakes: bool = False) -> None:
+        """Main thread: read and dispatch until `done()`. `wakes`: something else than a frame
+        may make it true (a coroutine ending), signalled through the wake pipe."""
+        while not done():
+            if wakes:
+                sock_fd = self.sock.fileno()
+                ready, _, _ = select.select([sock_fd, self.wake_read], [], [])
+                if self.wake_read in ready:
+                    os.read(self.wake_read, 4096)
+                if sock_fd not in ready:
+                    continue
+            message = next(self.frames)
+            if not self._dispatch(message):
+                self.pending.append(message)
 
     def _resolve(self, call_id: int, result: Any) -> None:
         slot = self.calls.pop(call_id, None)
@@ -128,7 +153,10 @@ class ModelProcess:
         slot: list[Any] = [threading.Event()]
         self.calls[call_id] = slot
         self.send((ipc.CALL, call_id, kind, payload))
-        slot[0].wait()
+        if threading.current_thread() is threading.main_thread():
+            self.wait_on_main(lambda: len(slot) > 1)
+        else:
+            slot[0].wait()
         return _unwrap(kind, slot[1])
 
     def _stream(self, payload: Any) -> Iterator[Any]:
@@ -136,9 +164,12 @@ class ModelProcess:
         items: queue.Queue[Any] = queue.Queue()
         self.calls[call_id] = items
         self.send((ipc.CALL, call_id, "infer_stream", payload))
+        on_main = threading.current_thread() is threading.main_thread()
 
         def responses() -> Iterator[Any]:
             while True:
+                if on_main:
+                    self.wait_on_main(lambda: not items.empty())
                 item, final = items.get()
                 if final and isinstance(item, tuple) and len(item) == 2:  # (False, message)
                     raise pb_utils.TritonModelException(item[1])
@@ -166,10 +197,14 @@ class ModelProcess:
     # --- model lifecycle -------------------------------------------------------------------
 
     def run_coroutine(self, value: Any) -> Any:
-        """Await `value` on the process's event loop when it is a coroutine."""
+        """Await `value` on the process's event loop when it is a coroutine; the main thread
+        keeps reading the channel meanwhile (the coroutine may await BLS answers)."""
         if not inspect.isawaitable(value):
             return value
-        return asyncio.run_coroutine_threadsafe(_awaitable(value), self._event_loop()).result()
+        future = asyncio.run_coroutine_threadsafe(_awaitable(value), self._event_loop())
+        future.add_done_callback(lambda _: os.write(self.wake_write, b"."))
+        self.wait_on_main(future.done, wakes=True)
+        return future.result()
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         if self.loop is None:
@@ -190,23 +225,23 @@ class ModelProcess:
         senders: list[pb_utils.InferenceResponseSender] = []
         collected: dict[int, Any] = {}
         requests = []
+        on_send = self.send_response if self.decoupled else _collect_into(collected)
+        wrap = pb_utils.Tensor._wrap
         for index, payload in enumerate(payloads):
             request_id, correlation_id, inputs, requested, parameters, flags = payload
-            request = pb_utils.InferenceRequest(
-                request_id=request_id,
-                correlation_id=correlation_id,
-                inputs=[pb_utils.Tensor(name, array) for name, array in inputs],
-                requested_output_names=[],
-                model_name=self.instance_name,
-                flags=flags,
-                parameters=parameters,
-            )
-            request._requested = set(requested)  # type: ignore[assignment]  # Triton: a set
-            on_send = self.send_response if self.decoupled else _collect_into(collected)
             sender = pb_utils.InferenceResponseSender((batch_id, index), on_send)
-            request._sender = sender
             senders.append(sender)
-            requests.append(request)
+            requests.append(
+                pb_utils.InferenceRequest._received(
+                    request_id,
+                    correlation_id,
+                    [wrap(name, array) for name, array in inputs],
+                    set(requested),  # Triton hands the model a set
+                    parameters,
+                    flags,
+                    sender,
+                )
+            )
         try:
             result = self.model.execute(requests)
             if inspect.isawaitable(result):
@@ -280,25 +315,26 @@ class ModelProcess:
 
     def serve(self) -> int:
         """Initialize, then execute batches until FINALIZE or the channel closes."""
-        threading.Thread(target=self.read_loop, daemon=True, name="channel-reader").start()
-        first = self.work.get()
-        if first is None or first[0] != ipc.INIT:
-            return 1
         try:
-            self.initialize(first[1])
-        except Exception as exc:
-            self.send((ipc.FAILED, error_text(exc)))
-            traceback.print_exc()
-            return 1
-        self.send((ipc.READY,))
-        while (message := self.work.get()) is not None:
-            tag = message[0]
-            if tag == ipc.EXECUTE:
-                self.execute(message[1], message[2])
-            elif tag == ipc.FINALIZE:
-                self.finalize()
-                return 0
-        return 0
+            first = self.next_message()
+            if first[0] != ipc.INIT:
+                return 1
+            try:
+                self.initialize(first[1])
+            except Exception as exc:
+                self.send((ipc.FAILED, error_text(exc)))
+                traceback.print_exc()
+                return 1
+            self.send((ipc.READY,))
+            while True:
+                message = self.next_message()
+                if message[0] == ipc.EXECUTE:
+                    self.execute(message[1], message[2])
+                elif message[0] == ipc.FINALIZE:
+                    self.finalize()
+                    return 0
+        except (ipc.ChannelClosed, OSError):
+            return 0  # the server went away (or closed the channel): nothing left to do
 
 
 def _payload(response: Any, requested: set[str] | None) -> Any:

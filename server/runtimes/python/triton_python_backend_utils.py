@@ -177,6 +177,13 @@ class Tensor:
         self._name = name
         self._array = data
 
+    @classmethod
+    def _wrap(cls, name: str, array: np.ndarray) -> Tensor:
+        """A tensor from the wire: already a valid array, so no checks."""
+        tensor = cls.__new__(cls)
+        tensor._name, tensor._array = name, array
+        return tensor
+
     def name(self) -> str:
         return self._name
 
@@ -231,6 +238,9 @@ class InferenceTrace:
 
     def get_context(self) -> str | None:
         return None
+
+
+_NO_TRACE = InferenceTrace()
 
 
 class InferenceResponse:
@@ -330,6 +340,27 @@ class InferenceRequest:
         )
         self._sender: InferenceResponseSender | None = None
         self._release_flags = TRITONSERVER_REQUEST_RELEASE_ALL
+
+    @classmethod
+    def _received(
+        cls,
+        request_id: str,
+        correlation_id: int | str,
+        inputs: list[Tensor],
+        requested_output_names: set[str],
+        parameters: str,
+        flags: int,
+        sender: InferenceResponseSender,
+    ) -> InferenceRequest:
+        """A request execute() receives (built from the wire, so no checks)."""
+        request = cls.__new__(cls)
+        request._request_id, request._correlation_id = request_id, correlation_id
+        request._inputs, request._requested = inputs, requested_output_names  # type: ignore[assignment]
+        request.model_name, request.model_version = "", -1
+        request._flags, request._timeout, request._trace = flags, 0, _NO_TRACE
+        request._parameters, request._sender = parameters, sender
+        request._release_flags = TRITONSERVER_REQUEST_RELEASE_ALL
+        return request
 
     def inputs(self) -> list[Tensor]:
         return self._inputs

@@ -31,6 +31,7 @@ from tests.support.python_models import (
     WRONG_COUNT_PY,
     write_add_sub,
     write_bls,
+    write_bls_stream,
     write_classifier_step,
     write_classify_pipeline,
     write_ensemble,
@@ -87,6 +88,7 @@ READY = (
     "bls",
     "bls_missing",
     "repeat",
+    "bls_stream",
     "classify",
     "add_twice",
     "execute_raises",
@@ -101,6 +103,7 @@ def build(repository: Path, python_onnx: bool) -> Path:
     write_bls(repository, "bls", "mlp", "input", "output")
     write_bls(repository, "bls_missing", "no_such_model", "input", "output")
     write_repeat(repository)
+    write_bls_stream(repository)
     write_classify_pipeline(repository, "classify")
     write_python_model(repository, "execute_raises", EXECUTE_RAISES_PY, NO_BATCH)
     write_python_model(repository, "wrong_count", WRONG_COUNT_PY, NO_BATCH)
@@ -236,6 +239,22 @@ def test_answers_match(pair: Pair, protocol: str) -> None:
     answer = same(pair, infer(protocol, "classify", {"RAW": raw}))
     assert answer[1]["LABEL"].shape == (5, 1)
     same(pair, infer(protocol, "add_twice", {"X": a}))
+    for count in (0, 3):  # BLS to a decoupled model: the responses it iterated
+        same(pair, infer(protocol, "bls_stream", {"N": np.array([count], np.int32)}))
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_an_error_inside_a_bls_stream_reaches_the_model_in_ferry_only(
+    pair: Pair, protocol: str
+) -> None:
+    """A deliberate difference: Triton 2.51's BLS response iterator drops an error response of
+    a decoupled model (the model never sees it); ferry yields it with has_error() true, as
+    Triton's documentation describes."""
+    five = {"N": np.array([5], np.int32)}
+    ferry = infer(protocol, "bls_stream", five)(pair.ferry)
+    triton = infer(protocol, "bls_stream", five)(pair.triton)
+    assert ferry["VALUES"].tolist() == [0, 1, -1, 3, 4] and ferry["RESPONSES"].tolist() == [6]
+    assert triton["VALUES"].tolist() == [0, 1, 3, 4] and triton["RESPONSES"].tolist() == [5]
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])

@@ -27,6 +27,7 @@ from tests.support.python_models import (
     write_add_sub,
     write_batch_probe,
     write_bls,
+    write_bls_stream,
     write_python_model,
     write_repeat,
 )
@@ -54,6 +55,7 @@ READY_MODELS = (
     "bls_async",
     "bls_missing",
     "repeat",
+    "bls_stream",
 )
 
 
@@ -81,6 +83,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_bls(repo, "bls_async", "mlp", "input", "output", asynchronous=True)
     write_bls(repo, "bls_missing", "no_such_model", "input", "output")
     write_repeat(repo)
+    write_bls_stream(repo)
     return repo
 
 
@@ -272,6 +275,16 @@ def test_bls_errors_reach_the_model_as_error_responses(server: ServerProcess) ->
         "BLS call failed: Model no_such_model - Error when running inference: Failed for "
         "execute the inference request. Model 'no_such_model' is not ready."
     )
+
+
+def test_bls_to_a_decoupled_model_iterates_its_responses(server: ServerProcess) -> None:
+    client = http(server)
+    for count, values in ((3, [0, 1, 2]), (5, [0, 1, -1, 3, 4]), (0, [])):
+        tensor = httpclient.InferInput("N", [1], "INT32")
+        tensor.set_data_from_numpy(np.array([count], np.int32))
+        result = client.infer("bls_stream", [tensor])
+        assert result.as_numpy("VALUES").tolist() == values
+        assert result.as_numpy("RESPONSES").tolist() == [count + 1]  # + the final flag alone
 
 
 def stream(server: ServerProcess, count: int, empty_final: bool) -> list[tuple[object, ...]]:
