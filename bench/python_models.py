@@ -88,9 +88,10 @@ def write_python(repository: Path, name: str, source: str, config: str) -> None:
 
 def http_binary_body(folder: Path, name: str, array: np.ndarray, datatype: str) -> Path:
     """A single-request HTTP body with the binary extension; its header length beside it."""
-    from tritonclient.utils import serialize_byte_tensor
-
-    data = serialize_byte_tensor(array).tobytes() if datatype == "BYTES" else array.tobytes()
+    if datatype == "BYTES":  # each element: its 4-byte little-endian length, then its bytes
+        data = b"".join(len(item).to_bytes(4, "little") + item for item in array.reshape(-1))
+    else:
+        data = array.tobytes()
     header = json.dumps(
         {
             "inputs": [
@@ -197,7 +198,9 @@ def identity_part(folder: Path, seconds: float, rounds: int = 2) -> dict[str, An
             )
     if "triton" in results:
         for kind in ("http-binary@64", "grpc@64"):
-            ratio = results["ferry"][kind]["req_per_s"] / results["triton"][kind]["req_per_s"]
+            ratio = results["ferry"][kind]["req_per_s"] / max(
+                results["triton"][kind]["req_per_s"], 1e-9
+            )
             results[f"ratio {kind}"] = ratio
             print(f"identity {kind}: ferry / Triton = {ratio:.2f} x (target >= 1.0)")
     return results
@@ -232,6 +235,12 @@ def pipeline_repository(folder: Path) -> Path:
     shutil.copytree(shared / "encoder", repository / "encoder")
     shutil.copytree(shared / "mlp", repository / "mlp")
     write_pipelines(repository, ["encoder"])
+    ensemble = repository / "encoder_text" / "config.pbtxt"  # the bench export names it "output"
+    ensemble.write_text(
+        ensemble.read_text().replace(
+            'output_map { key: "probabilities"', 'output_map { key: "output"'
+        )
+    )
     write_python(repository, "bls_loop", BLS_LOOP_PY, BLS_LOOP_CONFIG)
     return repository
 
@@ -258,7 +267,7 @@ def ensemble_part(repository: Path, folder: Path, seconds: float) -> dict[str, A
                 f"failures {run['server_failures'] + run['errors']:.0f}",
                 flush=True,
             )
-    ratio = results["encoder_text"]["req_per_s"] / results["encoder"]["req_per_s"]
+    ratio = results["encoder_text"]["req_per_s"] / max(results["encoder"]["req_per_s"], 1e-9)
     results["ratio"] = ratio
     print(f"ensemble: encoder_text / encoder alone = {ratio:.2f} x (target >= 0.8)")
     return results

@@ -259,10 +259,10 @@ class ModelRepository:
         )
         entry.waiting_for_composing = False
         if entry.composing:
-            reason = self._composing_problem(prepared.config)
+            reason, missing = self._composing_problem(prepared.config)
             if reason:
                 self._retire_all(entry, reason)
-                entry.failure, entry.waiting_for_composing = reason, True
+                entry.failure, entry.waiting_for_composing = reason, missing
                 self.fanout.notify(ModelEventRecord(name, "", UNAVAILABLE, reason=reason))
                 raise ServingError(ErrorKind.INVALID_ARG, f"failed to load '{name}': {reason}")
         entry.failure = ""
@@ -377,15 +377,16 @@ class ModelRepository:
             return False
         return True
 
-    def _composing_problem(self, config: ModelConfig) -> str:
-        """Why an ensemble cannot serve now ('' when it can): a composing model not ready, or a
-        step map naming a tensor its model does not have."""
+    def _composing_problem(self, config: ModelConfig) -> tuple[str, bool]:
+        """Why an ensemble cannot serve now ('' when it can), and whether it is a composing
+        model not ready (it loads once they are) rather than a step map naming a tensor its
+        model does not have (it loads once its config is fixed)."""
         missing = [m for m in composing_models(config) if not self._is_ready(m)]
         if missing:
             return (
                 f"ensemble {config.name} contains models that are not available or "
                 f"ambiguous: {', '.join(missing)}"
-            )
+            ), True
         for step in ensemble_steps(config):
             model = self.get(step.model_name, step.model_version)
             for key, tensor in step.input_map.items():
@@ -393,14 +394,14 @@ class ModelRepository:
                     return (
                         f"in ensemble {config.name}, ensemble tensor {tensor} is mapping to "
                         f"non-existing input {key} in model {step.model_name}"
-                    )
+                    ), False
             for key, tensor in step.output_map.items():
                 if key not in model.outputs:
                     return (
                         f"in ensemble {config.name}, ensemble tensor {tensor} is mapped from "
                         f"non-existing output {key} in model {step.model_name}"
-                    )
-        return ""
+                    ), False
+        return "", False
 
     def _retire_all(self, entry: ModelEntry, reason: str) -> None:
         for version in entry.versions.values():
