@@ -18,7 +18,8 @@ GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 PYTEST_ARGS ?=
 
-.PHONY: help install serve test test-unit test-integration test-gpu lint typecheck fmt bench proto-stubs \
+.PHONY: help install serve test test-unit test-integration test-gpu lint typecheck fmt bench bench-python \
+        proto-stubs \
         example-repo system-deps triton-server image image-gpu clean
 
 help:
@@ -96,6 +97,10 @@ fmt: $(STAMP)
 
 bench: $(STAMP) system-deps
 	PYTHONPATH=. $(BIN)/python -m bench.serving $(BENCH_ARGS)
+
+# Python models vs the real Triton, the text ensemble vs the encoder alone, BLS cost per call
+bench-python: $(STAMP) system-deps $(TRITON_STAMP)
+	PYTHONPATH=. $(BIN)/python -m bench.python_models $(BENCH_ARGS)
 
 image:
 	docker build --target cpu -t ferry:cpu .

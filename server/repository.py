@@ -389,6 +389,11 @@ class ModelRepository:
             ), True
         for step in ensemble_steps(config):
             model = self.get(step.model_name, step.model_version)
+            if model.decoupled:
+                return (
+                    f"in ensemble {config.name}, model {step.model_name} is decoupled: ferry's "
+                    "ensemble steps take one response per request"
+                ), False
             for key, tensor in step.input_map.items():
                 if key not in model.inputs:
                     return (

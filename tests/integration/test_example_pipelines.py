@@ -59,13 +59,22 @@ def test_encoder_text_answers_a_label_from_raw_text(server: ServerProcess) -> No
             [b"Green is the colour of the sea, green and green"],
             [b"yellow sun, yellow sand, a blue sea"],
             [b"blue blue blue"],
+            [b"red sky, blue sea, red sun"],  # punctuation, and words the vocabulary lacks
+            ["Zürich's rote Dächer: red, RED!".encode()],
         ],
         dtype=np.object_,
     )
     tensor = httpclient.InferInput("TEXT", list(texts.shape), "BYTES")
     tensor.set_data_from_numpy(texts)
     result = client.infer("encoder_text", [tensor])
-    assert result.as_numpy("LABEL").reshape(-1).tolist() == [b"red", b"green", b"yellow", b"blue"]
+    assert result.as_numpy("LABEL").reshape(-1).tolist() == [
+        b"red",
+        b"green",
+        b"yellow",
+        b"blue",
+        b"red",
+        b"red",
+    ]
     assert (result.as_numpy("PROBABILITY") > 0.5).all()
 
 

@@ -14,7 +14,12 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests.support.python_models import write_classifier_step, write_classify_pipeline
+from tests.support.python_models import (
+    write_classifier_step,
+    write_classify_pipeline,
+    write_ensemble,
+    write_repeat,
+)
 from tests.support.server_process import ServerProcess, running_server
 
 pytestmark = pytest.mark.slow
@@ -26,6 +31,17 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     repo = tmp_path_factory.mktemp("ensembles")
     write_classifier_step(repo, "mlp")
     write_classify_pipeline(repo, "classify")
+    write_repeat(repo)
+    write_ensemble(
+        repo,
+        "streaming_step",
+        """max_batch_size: 0
+input [{ name: "N" data_type: TYPE_INT32 dims: [1] }]
+output [{ name: "OUT" data_type: TYPE_INT32 dims: [1] }]
+ensemble_scheduling { step [{ model_name: "repeat" model_version: -1
+  input_map { key: "N" value: "N" } output_map { key: "OUT" value: "OUT" } }] }
+""",
+    )
     with running_server(
         repo, "--model-control-mode", "explicit", "--load-model", "*", ready=False
     ) as process:
@@ -82,3 +98,17 @@ def test_an_ensemble_is_ready_only_while_its_composing_models_are(server: Server
     client.load_model("label")
     wait_ready(server, "classify")
     assert classify(client, 2).as_numpy("LABEL").shape == (2, 1)
+
+
+def test_an_ensemble_with_a_decoupled_step_is_unavailable_with_the_reason(
+    server: ServerProcess,
+) -> None:
+    rows = {
+        row["name"]: row
+        for row in httpclient.InferenceServerClient(server.http_url).get_model_repository_index()
+    }
+    assert rows["streaming_step"]["state"] == "UNAVAILABLE"
+    assert rows["streaming_step"]["reason"] == (
+        "in ensemble streaming_step, model repeat is decoupled: ferry's ensemble steps take one "
+        "response per request"
+    )
