@@ -238,10 +238,17 @@ class PythonRuntime:
         if self._restarter is not None:
             self._restarter.cancel()
         if self._streams:  # a decoupled model may still be answering: let it finish
-            await asyncio.wait_for(
-                asyncio.gather(*(s.wait_finished() for s in list(self._streams.values()))),
-                FINALIZE_TIMEOUT_S,
-            )
+            try:
+                await asyncio.wait_for(
+                    asyncio.gather(*(s.wait_finished() for s in list(self._streams.values()))),
+                    FINALIZE_TIMEOUT_S,
+                )
+            except TimeoutError:
+                logger.error(
+                    "'%s' left %d response streams open (no FINAL flag); closing them",
+                    self.instance_name,
+                    len(self._streams),
+                )
         if self._process is not None:
             await self._stop_process(self._process, finalize=True)
         self._fail_in_flight(ServingError(ErrorKind.UNAVAILABLE, "the model is unloading"))

@@ -406,7 +406,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", default="1")
     args = parser.parse_args(argv)
     sys.modules["triton_python_backend_utils"] = pb_utils
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when instances stop
+    # the server decides when an instance stops (it runs finalize first): a Ctrl+C or a SIGTERM
+    # sent to the whole process group must not kill it before the server drains. A no-op handler,
+    # not SIG_IGN, so processes the model starts get the default dispositions back at exec.
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop_signal, lambda number, frame: None)
     if args.auto_complete is not None:
         return auto_complete(args.auto_complete, args.version)
     sock = socket.socket(fileno=args.fd)
