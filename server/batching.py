@@ -387,20 +387,18 @@ class Batcher:
         self._inflight += 1
         sequence = next(self._sequence)
         dispatched_at = time.perf_counter()
+
+        def on_done(done: asyncio.Future[Any]) -> None:
+            error = done.exception()
+            self._complete(
+                None if error else done.result(), error, runtime, batch, sequence, dispatched_at
+            )
+
         if self._executes_requests:
-            task = self._loop.create_task(
-                self._execute_requests(runtime, batch)  # type: ignore[arg-type]
-            )
-            task.add_done_callback(
-                lambda done: self._complete(
-                    None if done.exception() else done.result(),
-                    done.exception(),
-                    runtime,
-                    batch,
-                    sequence,
-                    dispatched_at,
-                )
-            )
+            request_runtime = cast(RequestRuntime, runtime)
+            self._loop.create_task(
+                self._execute_requests(request_runtime, batch)
+            ).add_done_callback(on_done)
             return
         runtime = cast(Runtime, runtime)
         if self._inline_ok():
@@ -412,16 +410,7 @@ class Batcher:
                 self._complete(result, None, runtime, batch, sequence, dispatched_at)
             return
         future = self._loop.run_in_executor(self._executor, self._execute, runtime, batch)
-        future.add_done_callback(
-            lambda done: self._complete(
-                None if done.exception() else done.result(),
-                done.exception(),
-                runtime,
-                batch,
-                sequence,
-                dispatched_at,
-            )
-        )
+        future.add_done_callback(on_done)
 
     def _inline_ok(self) -> bool:
         """Tiny models run on the event loop: a thread hand-off (~100-200 us of loop time and GIL

@@ -21,6 +21,7 @@ from monitoring.observer import (
     FAILURE_REJECTED,
     RequestRecord,
 )
+from server.batching import RequestTiming
 from server.classification import classify
 from server.errors import ErrorKind, ServingError, invalid
 from server.model import ModelVersion
@@ -181,32 +182,7 @@ class DataPlane:
             self._inflight -= 1
             if not self._inflight:
                 self._idle.set()
-        elapsed = time.perf_counter() - started
-        model.statistics.record_success(
-            rows,
-            elapsed,
-            timing.queue_s,
-            timing.compute_input_s,
-            timing.compute_infer_s,
-            timing.compute_output_s,
-        )
-        if self.fanout:
-            self.fanout.notify(
-                RequestRecord(
-                    model.name,
-                    model.version,
-                    request.protocol,
-                    True,
-                    rows,
-                    elapsed,
-                    timing.queue_s,
-                    timing.compute_input_s,
-                    timing.compute_infer_s,
-                    timing.compute_output_s,
-                    inputs=request.inputs,
-                    outputs=outputs,
-                )
-            )
+        self._record_success(model, request, rows, started, timing, outputs)
         return InferenceResponse(model.name, model.version, response_outputs, request.id)
 
     async def infer_stream(
@@ -252,12 +228,36 @@ class DataPlane:
             self._inflight -= 1
             if not self._inflight:
                 self._idle.set()
-        elapsed = time.perf_counter() - started
         if failed:
-            model.statistics.record_failure(elapsed)
-            return
+            model.statistics.record_failure(time.perf_counter() - started)
+        else:
+            self._record_success(model, request, rows, started, timing, None)
+
+    def check_request(self, request: InferenceRequest) -> bool:
+        """The errors `infer` raises before scheduling (unknown model, bad inputs); True when
+        the model is decoupled (its responses must be streamed)."""
+        model = self.repository.get(request.model_name, request.model_version)
+        validate_request(model, request)
+        return model.decoupled
+
+    def _record_success(
+        self,
+        model: ModelVersion,
+        request: InferenceRequest,
+        rows: int,
+        started: float,
+        timing: RequestTiming,
+        outputs: Mapping[str, np.ndarray] | None,
+    ) -> None:
+        """Statistics and observers for a request that succeeded (`outputs` None: streamed)."""
+        elapsed = time.perf_counter() - started
         model.statistics.record_success(
-            rows, elapsed, timing.queue_s, 0.0, timing.compute_infer_s, 0.0
+            rows,
+            elapsed,
+            timing.queue_s,
+            timing.compute_input_s,
+            timing.compute_infer_s,
+            timing.compute_output_s,
         )
         if self.fanout:
             self.fanout.notify(
@@ -269,16 +269,13 @@ class DataPlane:
                     rows,
                     elapsed,
                     timing.queue_s,
-                    compute_infer_duration_s=timing.compute_infer_s,
+                    timing.compute_input_s,
+                    timing.compute_infer_s,
+                    timing.compute_output_s,
+                    inputs=request.inputs,
+                    outputs=outputs,
                 )
             )
-
-    def check_request(self, request: InferenceRequest) -> bool:
-        """The errors `infer` raises before scheduling (unknown model, bad inputs); True when
-        the model is decoupled (its responses must be streamed)."""
-        model = self.repository.get(request.model_name, request.model_version)
-        validate_request(model, request)
-        return model.decoupled
 
     def _record_failure(
         self, model: ModelVersion, request: InferenceRequest, started: float, exc: BaseException

@@ -6,7 +6,12 @@ Each `write_*` writes REPO/NAME/config.pbtxt and REPO/NAME/1/model.py and return
 
 from __future__ import annotations
 
+import queue
+import time
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from tests.support.onnx_models import mlp_model, write_model
 
@@ -310,6 +315,14 @@ class TritonPythonModel:
 """
 
 
+# INPUT0, INPUT1 (FP32 [4]) -> OUTPUT0, without batching: the config of the failing models
+NO_BATCH_CONFIG = """max_batch_size: 0
+input [{ name: "INPUT0" data_type: TYPE_FP32 dims: [4] },
+       { name: "INPUT1" data_type: TYPE_FP32 dims: [4] }]
+output [{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [4] }]
+"""
+
+
 def write_python_model(
     repository: Path, name: str, source: str, config: str, version: int = 1
 ) -> Path:
@@ -484,3 +497,45 @@ def write_ensemble(repository: Path, name: str, config: str) -> Path:
     (model_dir / "1").mkdir(parents=True, exist_ok=True)
     (model_dir / "config.pbtxt").write_text('platform: "ensemble"\n' + config)
     return model_dir
+
+
+def stream_repeat(
+    grpc_url: str, count: int, empty_final: bool, quiet_s: float = 1.0
+) -> list[tuple[Any, ...]]:
+    """Every message of one gRPC ModelStreamInfer request to `repeat` (N = count), in order:
+    ('ok', OUT value or None, triton_final_response) or ('error', message). Collection ends at a
+    final response, or after `quiet_s` without a message (Triton sends no final flag unless the
+    request enables the empty final response)."""
+    import tritonclient.grpc as grpcclient
+
+    received: queue.Queue[tuple[Any, ...]] = queue.Queue()
+    client = grpcclient.InferenceServerClient(grpc_url)
+
+    def callback(result: Any, error: Any) -> None:
+        if error is not None:
+            received.put(("error", error.message()))
+            return
+        final = result.get_response().parameters["triton_final_response"].bool_param
+        out = result.as_numpy("OUT")
+        received.put(("ok", None if out is None else int(out[0]), final))
+
+    client.start_stream(callback=callback)
+    tensor = grpcclient.InferInput("N", [1], "INT32")
+    tensor.set_data_from_numpy(np.array([count], np.int32))
+    client.async_stream_infer(
+        "repeat", [tensor], request_id=f"n{count}", enable_empty_final_response=empty_final
+    )
+    items: list[tuple[Any, ...]] = []
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline:
+            try:
+                item = received.get(timeout=quiet_s)
+            except queue.Empty:
+                break
+            items.append(item)
+            if item[0] == "ok" and item[2]:
+                break
+    finally:
+        client.stop_stream()
+    return items

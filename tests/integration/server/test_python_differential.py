@@ -11,7 +11,6 @@ onnxruntime inside a Python model; everything else is the very same file in both
 
 from __future__ import annotations
 
-import queue
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +27,9 @@ from tritonclient.utils import InferenceServerException
 from tests.support.python_models import (
     EXECUTE_RAISES_PY,
     INIT_RAISES_PY,
+    NO_BATCH_CONFIG,
     WRONG_COUNT_PY,
+    stream_repeat,
     write_add_sub,
     write_bls,
     write_bls_stream,
@@ -43,11 +44,6 @@ from tests.support.triton_server import missing_reason, running_tritonserver
 
 pytestmark = pytest.mark.slow
 
-NO_BATCH = """max_batch_size: 0
-input [{ name: "INPUT0" data_type: TYPE_FP32 dims: [4] },
-       { name: "INPUT1" data_type: TYPE_FP32 dims: [4] }]
-output [{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [4] }]
-"""
 ENSEMBLE_HEAD = """max_batch_size: 8
 input [{ name: "X" data_type: TYPE_FP32 dims: [4] }]
 output [{ name: "Y" data_type: TYPE_FP32 dims: [4] }]
@@ -105,9 +101,9 @@ def build(repository: Path, python_onnx: bool) -> Path:
     write_repeat(repository)
     write_bls_stream(repository)
     write_classify_pipeline(repository, "classify")
-    write_python_model(repository, "execute_raises", EXECUTE_RAISES_PY, NO_BATCH)
-    write_python_model(repository, "wrong_count", WRONG_COUNT_PY, NO_BATCH)
-    write_python_model(repository, "init_raises", INIT_RAISES_PY, NO_BATCH)
+    write_python_model(repository, "execute_raises", EXECUTE_RAISES_PY, NO_BATCH_CONFIG)
+    write_python_model(repository, "wrong_count", WRONG_COUNT_PY, NO_BATCH_CONFIG)
+    write_python_model(repository, "init_raises", INIT_RAISES_PY, NO_BATCH_CONFIG)
     for name, steps in ENSEMBLES.items():
         write_ensemble(
             repository, name, ENSEMBLE_HEAD + f"ensemble_scheduling {{ step [{', '.join(steps)}] }}"
@@ -275,48 +271,13 @@ def test_error_statuses_and_messages_match(pair: Pair, protocol: str) -> None:
         assert same(pair, case)[0] == "error"
 
 
-def collect_stream(server: ServerProcess, count: int, empty_final: bool) -> list[tuple[Any, ...]]:
-    received: queue.Queue[tuple[Any, ...]] = queue.Queue()
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-
-    def callback(result: Any, error: InferenceServerException | None) -> None:
-        if error is not None:
-            received.put(("error", error.message()))
-            return
-        response = result.get_response()
-        out = result.as_numpy("OUT")
-        received.put(
-            (
-                "ok",
-                response.id,
-                None if out is None else out.tolist(),
-                response.parameters["triton_final_response"].bool_param,
-            )
-        )
-
-    client.start_stream(callback=callback)
-    tensor = grpcclient.InferInput("N", [1], "INT32")
-    tensor.set_data_from_numpy(np.array([count], np.int32))
-    client.async_stream_infer(
-        "repeat", [tensor], request_id=f"r{count}", enable_empty_final_response=empty_final
-    )
-    items: list[tuple[Any, ...]] = []
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:  # the stream's end is a quiet period (no final flag)
-        try:
-            items.append(received.get(timeout=1.0))
-        except queue.Empty:
-            break
-    client.stop_stream()
-    return items
-
-
 @pytest.mark.parametrize("empty_final", [True, False])
 @pytest.mark.parametrize("count", [0, 3, 5])
 def test_decoupled_streams_match(pair: Pair, count: int, empty_final: bool) -> None:
-    ferry = collect_stream(pair.ferry, count, empty_final)
-    triton = collect_stream(pair.triton, count, empty_final)
+    ferry = stream_repeat(pair.ferry.grpc_url, count, empty_final)
+    triton = stream_repeat(pair.triton.grpc_url, count, empty_final)
     assert ferry == triton
+    assert ferry or (count == 0 and not empty_final)  # nothing to send only then
 
 
 def test_metadata_and_configs_match(pair: Pair) -> None:

@@ -6,7 +6,6 @@ per instance, large tensors through shared memory, BLS (sync and async) and deco
 from __future__ import annotations
 
 import os
-import queue
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,9 @@ from tests.support.python_models import (
     AUTO_COMPLETE_PY,
     EXECUTE_RAISES_PY,
     INIT_RAISES_PY,
+    NO_BATCH_CONFIG,
     WRONG_COUNT_PY,
+    stream_repeat,
     write_add_sub,
     write_batch_probe,
     write_bls,
@@ -36,11 +37,6 @@ from tests.support.triton_server import write_upper_model
 
 pytestmark = pytest.mark.slow
 
-NO_BATCH_FP32 = """max_batch_size: 0
-input [{ name: "INPUT0" data_type: TYPE_FP32 dims: [4] },
-       { name: "INPUT1" data_type: TYPE_FP32 dims: [4] }]
-output [{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [4] }]
-"""
 READY_MODELS = (
     "add_sub",
     "batch_probe",
@@ -67,15 +63,15 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_batch_probe(repo, "two_instances", delay_s=0.05, instances=2)
     write_batch_probe(repo, "big", max_batch_size=2, queue_delay_us=0, width=1 << 20)
     write_upper_model(repo, "upper")
-    write_python_model(repo, "init_raises", INIT_RAISES_PY, NO_BATCH_FP32)
-    write_python_model(repo, "execute_raises", EXECUTE_RAISES_PY, NO_BATCH_FP32)
-    write_python_model(repo, "wrong_count", WRONG_COUNT_PY, NO_BATCH_FP32)
+    write_python_model(repo, "init_raises", INIT_RAISES_PY, NO_BATCH_CONFIG)
+    write_python_model(repo, "execute_raises", EXECUTE_RAISES_PY, NO_BATCH_CONFIG)
+    write_python_model(repo, "wrong_count", WRONG_COUNT_PY, NO_BATCH_CONFIG)
     write_python_model(repo, "auto_complete", AUTO_COMPLETE_PY, "")
     write_python_model(
         repo,
         "env_path",
         EXECUTE_RAISES_PY,
-        NO_BATCH_FP32
+        NO_BATCH_CONFIG
         + 'parameters { key: "EXECUTION_ENV_PATH" value: { string_value: "/opt/env.tar.gz" } }\n',
     )
     write_model(repo, "mlp", mlp_model(), 'platform: "onnxruntime_onnx"\nmax_batch_size: 8\n')
@@ -287,50 +283,14 @@ def test_bls_to_a_decoupled_model_iterates_its_responses(server: ServerProcess) 
         assert result.as_numpy("RESPONSES").tolist() == [count + 1]  # + the final flag alone
 
 
-def stream(server: ServerProcess, count: int, empty_final: bool) -> list[tuple[object, ...]]:
-    """Responses of one streamed request to `repeat`: ('ok', OUT, final) or ('error', msg)."""
-    received: queue.Queue[tuple[object, ...]] = queue.Queue()
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-
-    def callback(result: object, error: InferenceServerException | None) -> None:
-        if error is not None:
-            received.put(("error", error.message()))
-            return
-        response = result.get_response()  # type: ignore[attr-defined]
-        final = response.parameters["triton_final_response"].bool_param
-        out = result.as_numpy("OUT")  # type: ignore[attr-defined]
-        received.put(("ok", None if out is None else int(out[0]), final))
-
-    client.start_stream(callback=callback)
-    tensor = grpcclient.InferInput("N", [1], "INT32")
-    tensor.set_data_from_numpy(np.array([count], np.int32))
-    client.async_stream_infer(
-        "repeat", [tensor], request_id=f"n{count}", enable_empty_final_response=empty_final
-    )
-    items: list[tuple[object, ...]] = []
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            item = received.get(timeout=0.2)
-        except queue.Empty:
-            if items and not empty_final:
-                break
-            continue
-        items.append(item)
-        if item[0] == "ok" and item[2]:
-            break
-    client.stop_stream()
-    return items
-
-
 def test_a_decoupled_model_streams_its_responses(server: ServerProcess) -> None:
-    assert stream(server, 3, empty_final=True) == [
+    assert stream_repeat(server.grpc_url, 3, empty_final=True) == [
         ("ok", 0, False),
         ("ok", 1, False),
         ("ok", 2, False),
         ("ok", None, True),
     ]
-    assert stream(server, 5, empty_final=True) == [
+    assert stream_repeat(server.grpc_url, 5, empty_final=True) == [
         ("ok", 0, False),
         ("ok", 1, False),
         ("error", "response 2 of 5 fails"),
@@ -338,8 +298,11 @@ def test_a_decoupled_model_streams_its_responses(server: ServerProcess) -> None:
         ("ok", 4, False),
         ("ok", None, True),
     ]
-    assert stream(server, 0, empty_final=True) == [("ok", None, True)]
-    assert stream(server, 2, empty_final=False) == [("ok", 0, False), ("ok", 1, False)]
+    assert stream_repeat(server.grpc_url, 0, empty_final=True) == [("ok", None, True)]
+    assert stream_repeat(server.grpc_url, 2, empty_final=False) == [
+        ("ok", 0, False),
+        ("ok", 1, False),
+    ]
 
 
 def test_a_decoupled_model_refuses_unary_calls(server: ServerProcess) -> None:
