@@ -176,8 +176,15 @@ class EnsembleScheduler:
         running: dict[asyncio.Task[dict[str, np.ndarray]], int] = {}
         try:
             while waiting or running:
-                for index in [i for i in waiting if self._ready(i, tensors)]:
+                ready = [i for i in waiting if self._ready(i, tensors)]
+                for index in ready:
                     waiting.remove(index)
+                if len(ready) == 1 and not running:  # a chain: no task, no wait set
+                    index = ready[0]
+                    step_request = self._step_request(index, tensors, priority, timeout_us, request)
+                    self._store(index, await self._run_step(step_request), tensors)
+                    continue
+                for index in ready:
                     step_request = self._step_request(index, tensors, priority, timeout_us, request)
                     running[asyncio.ensure_future(self._run_step(step_request))] = index
                 if not running:  # validated at load; only a step that wrote too little gets here
@@ -188,15 +195,18 @@ class EnsembleScheduler:
                     )
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
-                    index = running.pop(task)
-                    produced = task.result()
-                    for step_output, tensor in self.steps[index].output_map.items():
-                        if step_output in produced:
-                            tensors[tensor] = produced[step_output]
+                    self._store(running.pop(task), task.result(), tensors)
         finally:
             for task in running:
                 task.cancel()
         return tensors
+
+    def _store(
+        self, index: int, produced: Mapping[str, np.ndarray], tensors: dict[str, np.ndarray]
+    ) -> None:
+        for step_output, tensor in self.steps[index].output_map.items():
+            if step_output in produced:
+                tensors[tensor] = produced[step_output]
 
     def _ready(self, index: int, tensors: Mapping[str, np.ndarray]) -> bool:
         return all(source in tensors for source in self.steps[index].input_map.values())
