@@ -230,6 +230,9 @@ class EnsembleScheduler:
             priority=priority,
             timeout_us=timeout_us,
             protocol=request.protocol if request is not None else "ensemble",
+            sequence_id=request.sequence_id if request is not None else 0,
+            sequence_start=request.sequence_start if request is not None else False,
+            sequence_end=request.sequence_end if request is not None else False,
         )
 
     async def _run_step(self, request: InferenceRequest) -> dict[str, np.ndarray]:

@@ -83,6 +83,10 @@ class InferenceRequest:
     priority: int = 0
     timeout_us: int = 0
     protocol: str = "http"
+    # the request's sequence parameters (Python models see them as correlation_id and flags)
+    sequence_id: int | str = 0
+    sequence_start: bool = False
+    sequence_end: bool = False
 
 
 @dataclass(frozen=True, slots=True)

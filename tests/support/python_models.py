@@ -275,6 +275,34 @@ class TritonPythonModel:
         return responses
 """
 
+# What execute() sees of a request: its id, correlation id, flags, parameters, requested outputs
+# and input names, as a JSON output SEEN (X passes through as Y).
+REQUEST_ECHO_PY = """\
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            seen = {
+                "request_id": request.request_id(),
+                "correlation_id": request.correlation_id(),
+                "flags": request.flags(),
+                "parameters": json.loads(request.parameters()),
+                "requested": sorted(request.requested_output_names()),
+                "inputs": [t.name() for t in request.inputs()],
+            }
+            x = pb_utils.get_input_tensor_by_name(request, "X").as_numpy()
+            summary = np.array([json.dumps(seen, sort_keys=True).encode()], dtype=np.object_)
+            responses.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor("SEEN", summary), pb_utils.Tensor("Y", x)]))
+        return responses
+"""
+
 INIT_RAISES_PY = """\
 class TritonPythonModel:
     def initialize(self, args):
@@ -372,6 +400,20 @@ output [{{ name: "Y" data_type: TYPE_FP32 dims: [{width}] }},
 dynamic_batching {{ max_queue_delay_microseconds: {queue_delay_us} }}
 instance_group [{{ kind: KIND_CPU count: {instances} }}]
 parameters {{ key: "delay_s" value: {{ string_value: "{delay_s}" }} }}
+""",
+    )
+
+
+def write_request_echo(repository: Path, name: str = "request_echo") -> Path:
+    """X (FP32 [2]) -> Y = X and SEEN (BYTES [1]): the request as execute() saw it, in JSON."""
+    return write_python_model(
+        repository,
+        name,
+        REQUEST_ECHO_PY,
+        """max_batch_size: 0
+input [{ name: "X" data_type: TYPE_FP32 dims: [2] }]
+output [{ name: "SEEN" data_type: TYPE_STRING dims: [1] },
+        { name: "Y" data_type: TYPE_FP32 dims: [2] }]
 """,
     )
 

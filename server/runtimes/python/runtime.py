@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 FINALIZE_TIMEOUT_S = 30.0  # finalize may release resources; then the process is killed
 EXIT_TIMEOUT_S = 5.0
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+SEQUENCE_START, SEQUENCE_END = 1, 2  # TRITONSERVER_REQUEST_FLAG_SEQUENCE_START / _END
 
 
 class PythonRuntime:
@@ -301,15 +302,18 @@ class PythonRuntime:
             if request.requested_outputs
             else self.output_names
         )
-        correlation_id: int | str = 0
         parameters = "{}"
         if request.parameters:  # most requests have none: skip the JSON work
-            correlation_id = _correlation_id(request.parameters.get("sequence_id", 0))
-            parameters = json.dumps(
-                {k: v for k, v in request.parameters.items() if k != "sequence_id"},
-                separators=(",", ":"),
-            )
-        return (request.id, correlation_id, list(request.inputs.items()), requested, parameters, 0)
+            parameters = json.dumps(request.parameters, separators=(",", ":"))
+        flags = request.sequence_start * SEQUENCE_START | request.sequence_end * SEQUENCE_END
+        return (
+            request.id,
+            request.sequence_id,
+            list(request.inputs.items()),
+            requested,
+            parameters,
+            flags,
+        )
 
     # --- messages from the process -------------------------------------------------------------
 
@@ -497,12 +501,6 @@ def _parameters(text: str) -> Mapping[str, Any]:
     return parsed if isinstance(parsed, dict) else {}
 
 
-def _correlation_id(value: Any) -> int | str:
-    if isinstance(value, (int, str)) and not isinstance(value, bool):
-        return value
-    return 0
-
-
 def _bls_request(payload: Any) -> InferenceRequest:
     (
         model_name,
@@ -512,21 +510,21 @@ def _bls_request(payload: Any) -> InferenceRequest:
         inputs,
         requested,
         parameters,
-        _flags,
+        flags,
         timeout_us,
     ) = payload
-    extra = _parameters(parameters)
-    if correlation_id:
-        extra = {**extra, "sequence_id": correlation_id}
     return InferenceRequest(
         model_name=model_name,
         model_version="" if model_version < 0 else str(model_version),
         inputs=dict(inputs),
         id=request_id,
         requested_outputs=tuple(RequestedOutput(name) for name in requested) or None,
-        parameters=extra,
+        parameters=_parameters(parameters),
         timeout_us=int(timeout_us),
         protocol="bls",
+        sequence_id=correlation_id,
+        sequence_start=bool(flags & SEQUENCE_START),
+        sequence_end=bool(flags & SEQUENCE_END),
     )
 
 

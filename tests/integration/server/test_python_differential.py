@@ -11,6 +11,7 @@ onnxruntime inside a Python model; everything else is the very same file in both
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -38,6 +39,7 @@ from tests.support.python_models import (
     write_ensemble,
     write_python_model,
     write_repeat,
+    write_request_echo,
 )
 from tests.support.server_process import ServerProcess, running_server
 from tests.support.triton_server import missing_reason, running_tritonserver
@@ -85,6 +87,7 @@ READY = (
     "bls_missing",
     "repeat",
     "bls_stream",
+    "request_echo",
     "classify",
     "add_twice",
     "execute_raises",
@@ -100,6 +103,7 @@ def build(repository: Path, python_onnx: bool) -> Path:
     write_bls(repository, "bls_missing", "no_such_model", "input", "output")
     write_repeat(repository)
     write_bls_stream(repository)
+    write_request_echo(repository)
     write_classify_pipeline(repository, "classify")
     write_python_model(repository, "execute_raises", EXECUTE_RAISES_PY, NO_BATCH_CONFIG)
     write_python_model(repository, "wrong_count", WRONG_COUNT_PY, NO_BATCH_CONFIG)
@@ -269,6 +273,40 @@ def test_error_statuses_and_messages_match(pair: Pair, protocol: str) -> None:
     ]
     for case in cases:
         assert same(pair, case)[0] == "error"
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_execute_sees_the_same_request(pair: Pair, protocol: str) -> None:
+    """request_id, correlation_id (an int or a string sequence_id), flags (sequence start/end),
+    the parameters and the requested outputs reach execute() as they do in Triton."""
+    module: Any = httpclient if protocol == "http" else grpcclient
+    x = np.ones(2, np.float32)
+    cases: list[dict[str, Any]] = [
+        {},
+        {"request_id": "r-1", "parameters": {"tag": "a", "n": 3, "flag": True}},
+        {"sequence_id": 42, "sequence_start": True},
+        {"sequence_id": 7, "sequence_end": True, "outputs": ("SEEN",)},
+    ]
+    if protocol == "grpc":  # tritonclient's HTTP client sends integer sequence ids only
+        cases.append({"sequence_id": "abc", "sequence_start": True, "sequence_end": True})
+    for case in cases:
+        kwargs = dict(case)
+        outputs = kwargs.pop("outputs", ())
+
+        def call(
+            server: ServerProcess, kwargs: dict[str, Any] = kwargs, outputs: Any = outputs
+        ) -> Any:
+            url = server.http_url if protocol == "http" else server.grpc_url
+            tensor = module.InferInput("X", [2], "FP32")
+            tensor.set_data_from_numpy(x)
+            requested = [module.InferRequestedOutput(o) for o in outputs] or None
+            result = module.InferenceServerClient(url).infer(
+                "request_echo", [tensor], outputs=requested, **kwargs
+            )
+            return json.loads(result.as_numpy("SEEN")[0])
+
+        seen = same(pair, call)
+        assert seen[0] == "ok", seen
 
 
 @pytest.mark.parametrize("empty_final", [True, False])
