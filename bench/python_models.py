@@ -131,6 +131,7 @@ def load(http_url: str, model: str, body: Path, seconds: float) -> dict[str, flo
         64,
         seconds,
         {"Inference-Header-Content-Length": header},
+        timeout_s=30.0,  # a compute-bound model on a busy machine: count slow answers too
     )
     after = model_stats(http_url, model)
     result["server_failures"] = after[2] - before[2]
