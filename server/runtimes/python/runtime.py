@@ -15,7 +15,6 @@ model's `finalize` and waits for the process to exit.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import logging
@@ -24,7 +23,7 @@ import socket
 import subprocess
 import uuid
 from asyncio.subprocess import Process
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from server.errors import ErrorKind, ServingError
 from server.repository_format import ModelConfig, config_to_json
 from server.runtimes import RuntimeContext
 from server.runtimes.python import ipc
+from server.runtimes.python.calls import SEQUENCE_END, SEQUENCE_START, ModelCalls, parameters_of
 from server.runtimes.python.config import (
     instance_kind,
     model_file,
@@ -41,16 +41,14 @@ from server.runtimes.python.config import (
     stub_command,
     stub_environment,
 )
-from server.services import InferenceServices
 from server.streams import ResponseStream, StreamedResponse
-from server.types import InferenceRequest, RequestedOutput
+from server.types import InferenceRequest
 
 logger = logging.getLogger(__name__)
 
 FINALIZE_TIMEOUT_S = 30.0  # finalize may release resources; then the process is killed
 EXIT_TIMEOUT_S = 5.0
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
-SEQUENCE_START, SEQUENCE_END = 1, 2  # TRITONSERVER_REQUEST_FLAG_SEQUENCE_START / _END
 
 
 class PythonRuntime:
@@ -99,7 +97,7 @@ class PythonRuntime:
         self._batch_ids = itertools.count()
         self._batches: dict[int, asyncio.Future[Any]] = {}
         self._streams: dict[tuple[int, int], ResponseStream] = {}
-        self._calls: set[asyncio.Task[None]] = set()  # exit handling
+        self._background: set[asyncio.Task[None]] = set()  # crash handling
         self._bls_calls: set[asyncio.Task[None]] = set()
         self._running = asyncio.Event()  # set while a process serves requests
         self._attempt_done = asyncio.Event()  # the latest start attempt ended (either way)
@@ -163,8 +161,8 @@ class PythonRuntime:
         self._attempt_done.clear()
         self._channel = None
         task = self._loop.create_task(self._after_exit(process))
-        self._calls.add(task)
-        task.add_done_callback(self._calls.discard)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _after_exit(self, process: Process) -> None:
         reason = await _exit_reason(process)
@@ -326,7 +324,11 @@ class PythonRuntime:
         elif tag == ipc.RESPONSE:
             self._on_response(message[1], message[2], message[3], message[4])
         elif tag == ipc.CALL:
-            task = self._loop.create_task(self._serve_call(message[1], message[2], message[3]))
+            channel = self._channel
+            if channel is None:
+                return
+            calls = ModelCalls(self._services, channel.send, self._running.is_set())
+            task = self._loop.create_task(calls.answer(message[1], message[2], message[3]))
             self._bls_calls.add(task)
             task.add_done_callback(self._bls_calls.discard)
         elif tag in (ipc.READY, ipc.FAILED):
@@ -347,88 +349,9 @@ class PythonRuntime:
             if isinstance(outcome, ServingError):
                 stream.put(StreamedResponse(None, final, outcome))
             else:
-                stream.put(StreamedResponse(outcome, final, parameters=_parameters(payload[2])))
+                stream.put(StreamedResponse(outcome, final, parameters=parameters_of(payload[2])))
         if final:
             self._streams.pop(key, None)
-
-    async def _serve_call(self, call_id: int, kind: str, payload: Any) -> None:
-        """Answer a BLS or model-control call from the model."""
-        channel = self._channel
-        try:
-            if self._services is None:
-                raise ServingError(ErrorKind.UNSUPPORTED, "this server takes no calls from models")
-            if kind == "infer":
-                result: Any = (True, await self._bls_infer(self._services, payload))
-            elif kind == "infer_stream":
-                await self._bls_stream(self._services, call_id, payload)
-                return
-            elif kind == "model_ready":
-                result = (True, self._services.model_ready(payload[0], payload[1]))
-            elif kind in ("load", "unload"):
-                if not self._running.is_set():
-                    raise ServingError(
-                        ErrorKind.UNSUPPORTED,
-                        "load_model and unload_model work from execute, not from initialize",
-                    )
-                if kind == "load":
-                    name, config, files = payload
-                    await self._services.load_model(name, config or None, files or None)
-                else:
-                    await self._services.unload_model(payload[0])
-                result = (True, None)
-            else:
-                raise ServingError(ErrorKind.UNSUPPORTED, f"unknown call '{kind}'")
-        except ServingError as exc:
-            result = (False, exc.message)
-        if channel is not None and channel is self._channel:
-            with contextlib.suppress(ServingError):  # the process went away meanwhile
-                channel.send((ipc.CALL_RESULT, call_id, result))
-
-    async def _bls_infer(self, services: InferenceServices, payload: Any) -> Any:
-        request = _bls_request(payload)
-        try:
-            decoupled = services.check_request(request)
-        except ServingError as exc:
-            return _bls_error(request.model_name, exc.message)
-        if decoupled:
-            return _bls_error(
-                request.model_name,
-                f"Model {request.model_name} is using the decoupled. The current BLS request "
-                "call doesn't support models using the decoupled transaction policy. Please use "
-                "'decoupled=True' argument to the 'exec' or 'async_exec' calls for decoupled "
-                "models.'",
-            )
-        try:
-            response = await services.infer(request)
-        except ServingError as exc:
-            return ([], (exc.kind.name, exc.message), "{}")
-        return (list(response.outputs.items()), None, "{}")
-
-    async def _bls_stream(self, services: InferenceServices, call_id: int, payload: Any) -> None:
-        request = _bls_request(payload)
-        channel = self._channel
-        if channel is None:
-            return
-        try:
-            services.check_request(request)
-        except ServingError as exc:
-            channel.send(
-                (ipc.CALL_STREAM, call_id, _bls_error(request.model_name, exc.message), True)
-            )
-            return
-        try:
-            async for response in services.infer_stream(request):
-                item: Any
-                if isinstance(response, ServingError):
-                    item = ([], (response.kind.name, response.message), "{}")
-                else:
-                    item = (list(response.outputs.items()), None, "{}")
-                channel.send((ipc.CALL_STREAM, call_id, item, False))
-        except ServingError as exc:
-            channel.send(
-                (ipc.CALL_STREAM, call_id, ([], (exc.kind.name, exc.message), "{}"), False)
-            )
-        channel.send((ipc.CALL_STREAM, call_id, None, True))
 
 
 class _Channel(asyncio.Protocol):
@@ -492,44 +415,3 @@ def _outcome(payload: Any) -> dict[str, np.ndarray] | ServingError:
     if error is not None:
         return ServingError(ErrorKind[error[0]], error[1])
     return dict(outputs)
-
-
-def _parameters(text: str) -> Mapping[str, Any]:
-    if not text or text == "{}":
-        return {}
-    parsed = json.loads(text)
-    return parsed if isinstance(parsed, dict) else {}
-
-
-def _bls_request(payload: Any) -> InferenceRequest:
-    (
-        model_name,
-        model_version,
-        request_id,
-        correlation_id,
-        inputs,
-        requested,
-        parameters,
-        flags,
-        timeout_us,
-    ) = payload
-    return InferenceRequest(
-        model_name=model_name,
-        model_version="" if model_version < 0 else str(model_version),
-        inputs=dict(inputs),
-        id=request_id,
-        requested_outputs=tuple(RequestedOutput(name) for name in requested) or None,
-        parameters=_parameters(parameters),
-        timeout_us=int(timeout_us),
-        protocol="bls",
-        sequence_id=correlation_id,
-        sequence_start=bool(flags & SEQUENCE_START),
-        sequence_end=bool(flags & SEQUENCE_END),
-    )
-
-
-def _bls_error(model_name: str, message: str) -> Any:
-    """The error a BLS call gets for a request that never ran (Triton's wording)."""
-    if "is not found" in message or "has no available versions" in message:
-        message = f"Failed for execute the inference request. Model '{model_name}' is not ready."
-    return ([], ("INTERNAL", f"Model {model_name} - Error when running inference: {message}"), "{}")
