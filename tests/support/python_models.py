@@ -177,6 +177,40 @@ class TritonPythonModel:
         return responses
 """
 
+# BLS from the model's own threads while execute() waits for them (a thread pool, as models did
+# before async_exec): each request's INPUT goes to the target in parallel.
+BLS_THREADS_PY = """\
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        params = json.loads(args["model_config"])["parameters"]
+        self.target = params["target"]["string_value"]
+        self.target_input = params["target_input"]["string_value"]
+        self.target_output = params["target_output"]["string_value"]
+        self.pool = ThreadPoolExecutor(4)
+
+    def call(self, request):
+        x = pb_utils.get_input_tensor_by_name(request, "INPUT").as_numpy()
+        answer = pb_utils.InferenceRequest(
+            model_name=self.target, requested_output_names=[self.target_output],
+            inputs=[pb_utils.Tensor(self.target_input, x)]).exec()
+        if answer.has_error():
+            raise pb_utils.TritonModelException(answer.error().message())
+        y = pb_utils.get_output_tensor_by_name(answer, self.target_output).as_numpy()
+        return pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT", y)])
+
+    def execute(self, requests):
+        return list(self.pool.map(self.call, requests))
+
+    def finalize(self):
+        self.pool.shutdown()
+"""
+
 # BLS to a decoupled model: N (INT32 [1]) -> the OUT values `repeat` streamed for N, in order,
 # and the number of responses the iterator yielded (the flag-only final one included).
 BLS_STREAM_PY = """\
@@ -455,12 +489,15 @@ def write_bls(
     dims: str = "[-1, 16]",
     output_dims: str = "[-1, 4]",
     asynchronous: bool = False,
+    threads: bool = False,
 ) -> Path:
-    """INPUT -> the `target` model's `target_output` for INPUT given as `target_input` (BLS)."""
+    """INPUT -> the `target` model's `target_output` for INPUT given as `target_input` (BLS;
+    from `async def execute`, or from a thread pool)."""
+    source = BLS_ASYNC_PY if asynchronous else BLS_THREADS_PY if threads else BLS_PY
     return write_python_model(
         repository,
         name,
-        BLS_ASYNC_PY if asynchronous else BLS_PY,
+        source,
         f"""max_batch_size: 0
 input [{{ name: "INPUT" data_type: TYPE_FP32 dims: {dims} }}]
 output [{{ name: "OUTPUT" data_type: TYPE_FP32 dims: {output_dims} }}]

@@ -66,22 +66,27 @@ def import_model(model_file: Path, version: str) -> ModuleType:
 class ModelProcess:
     """One model instance: the channel to the server and the model object.
 
-    The main thread reads the channel itself: between batches it waits on the socket, and while
-    model code waits for the server (a BLS `exec()`, an `async def execute` awaiting
-    `async_exec()`) it keeps reading and dispatching answers until what it waits for is there.
-    No reader thread: a batch reaches the model without a thread hand-off. Other threads of the
-    model (decoupled senders, their own BLS calls) wait on events the main thread sets.
+    No reader thread: whichever thread waits for something (the main thread for the next batch,
+    model code for a BLS answer) reads the channel itself when no other thread is reading, and
+    dispatches every answer it reads to its waiter; one reader at a time (a condition variable
+    hands the role over). A batch reaches the model without a thread hand-off, and a model that
+    makes BLS calls from its own threads while `execute` waits for them still gets its answers.
+    A coroutine that finishes without a frame (`async def execute`) wakes the reader through a
+    pipe.
     """
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.send_lock = threading.Lock()
         self.frames = ipc.read_messages(sock.recv_into)
-        self.pending: collections.deque[Any] = collections.deque()  # batches read while waiting
+        self.pending: collections.deque[Any] = collections.deque()  # batches and control
         self.calls: dict[int, Any] = {}
         self.call_ids = itertools.count(1)
+        self.turn = threading.Condition()  # who reads the channel, and news for the waiters
+        self.reading = False
+        self.closed = False
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.wake_read, self.wake_write = os.pipe()  # a coroutine finished: stop waiting on sock
+        self.wake_read, self.wake_write = os.pipe()
         self.shm_prefix = "ferry"
         self.instance_name = "model"
         self.decoupled = False
@@ -96,10 +101,43 @@ class ModelProcess:
 
     def next_message(self) -> Any:
         """The next batch or control message for the main loop (answers are dispatched)."""
+        self.wait_for(lambda: bool(self.pending))
+        return self.pending.popleft()
+
+    def wait_for(self, done: Callable[[], bool]) -> None:
+        """Until `done()`: read and dispatch frames when no other thread reads, else wait for
+        what the reader dispatches."""
         while True:
-            message = self.pending.popleft() if self.pending else next(self.frames)
-            if not self._dispatch(message):
-                return message
+            with self.turn:
+                while not done() and self.reading and not self.closed:
+                    self.turn.wait()
+                if done():
+                    return
+                if self.closed:
+                    raise ipc.ChannelClosed("the server closed the channel")
+                self.reading = True
+            try:
+                self._read_one()
+            finally:
+                with self.turn:
+                    self.reading = False
+                    self.turn.notify_all()
+
+    def _read_one(self) -> None:
+        if self.loop is not None:  # a coroutine may end without a frame: watch the wake pipe too
+            sock_fd = self.sock.fileno()
+            ready, _, _ = select.select([sock_fd, self.wake_read], [], [])
+            if self.wake_read in ready:
+                os.read(self.wake_read, 4096)
+            if sock_fd not in ready:
+                return
+        try:
+            message = next(self.frames)
+        except (ipc.ChannelClosed, OSError):
+            self.closed = True
+            raise
+        if not self._dispatch(message):
+            self.pending.append(message)
 
     def _dispatch(self, message: Any) -> bool:
         """Deliver an answer to its waiter; False for anything else."""
@@ -116,21 +154,6 @@ class ModelProcess:
             return False
         return True
 
-    def wait_on_main(self, done: Callable[[], bool], wakes: bool = False) -> None:
-        """Main thread: read and dispatch until `done()`. `wakes`: something else than a frame
-        may make it true (a coroutine ending), signalled through the wake pipe."""
-        while not done():
-            if wakes:
-                sock_fd = self.sock.fileno()
-                ready, _, _ = select.select([sock_fd, self.wake_read], [], [])
-                if self.wake_read in ready:
-                    os.read(self.wake_read, 4096)
-                if sock_fd not in ready:
-                    continue
-            message = next(self.frames)
-            if not self._dispatch(message):
-                self.pending.append(message)
-
     def _resolve(self, call_id: int, result: Any) -> None:
         slot = self.calls.pop(call_id, None)
         if slot is None:
@@ -141,35 +164,29 @@ class ModelProcess:
             slot.get_loop().call_soon_threadsafe(_settle, slot, result)
         else:
             slot.append(result)
-            slot[0].set()
 
     # --- pb_utils backend ------------------------------------------------------------------
 
     def call(self, kind: str, payload: Any) -> Any:
-        """A blocking call to the server (BLS infer, model control)."""
+        """A blocking call to the server (BLS infer, model control), from any thread."""
         if kind == "infer_stream":
             return self._stream(payload)
         call_id = next(self.call_ids)
-        slot: list[Any] = [threading.Event()]
+        slot: list[Any] = []
         self.calls[call_id] = slot
         self.send((ipc.CALL, call_id, kind, payload))
-        if threading.current_thread() is threading.main_thread():
-            self.wait_on_main(lambda: len(slot) > 1)
-        else:
-            slot[0].wait()
-        return _unwrap(kind, slot[1])
+        self.wait_for(lambda: bool(slot))
+        return _unwrap(kind, slot[0])
 
     def _stream(self, payload: Any) -> Iterator[Any]:
         call_id = next(self.call_ids)
         items: queue.Queue[Any] = queue.Queue()
         self.calls[call_id] = items
         self.send((ipc.CALL, call_id, "infer_stream", payload))
-        on_main = threading.current_thread() is threading.main_thread()
 
         def responses() -> Iterator[Any]:
             while True:
-                if on_main:
-                    self.wait_on_main(lambda: not items.empty())
+                self.wait_for(lambda: not items.empty())
                 item, final = items.get()
                 if final and isinstance(item, tuple) and len(item) == 2:  # (False, message)
                     raise pb_utils.TritonModelException(item[1])
@@ -203,7 +220,7 @@ class ModelProcess:
             return value
         future = asyncio.run_coroutine_threadsafe(_awaitable(value), self._event_loop())
         future.add_done_callback(lambda _: os.write(self.wake_write, b"."))
-        self.wait_on_main(future.done, wakes=True)
+        self.wait_for(future.done)
         return future.result()
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:

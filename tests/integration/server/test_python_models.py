@@ -49,6 +49,7 @@ READY_MODELS = (
     "mlp",
     "bls",
     "bls_async",
+    "bls_threads",
     "bls_missing",
     "repeat",
     "bls_stream",
@@ -77,6 +78,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_model(repo, "mlp", mlp_model(), 'platform: "onnxruntime_onnx"\nmax_batch_size: 8\n')
     write_bls(repo, "bls", "mlp", "input", "output")
     write_bls(repo, "bls_async", "mlp", "input", "output", asynchronous=True)
+    write_bls(repo, "bls_threads", "mlp", "input", "output", threads=True)
     write_bls(repo, "bls_missing", "no_such_model", "input", "output")
     write_repeat(repo)
     write_bls_stream(repo)
@@ -246,7 +248,7 @@ def test_auto_complete_config_fills_the_config(server: ServerProcess) -> None:
     )
 
 
-@pytest.mark.parametrize("model", ["bls", "bls_async"])
+@pytest.mark.parametrize("model", ["bls", "bls_async", "bls_threads"])
 def test_bls_calls_another_model_through_its_scheduler(
     server: ServerProcess, repository: Path, model: str
 ) -> None:
