@@ -168,8 +168,10 @@ class Tensor:
             raise TypeError("Tensor name must be a string")
         if not isinstance(data, np.ndarray):
             raise TypeError(f"Tensor '{name}': data must be a numpy array, got {type(data)}")
-        if data.dtype.kind in ("S", "U"):
-            data = _to_object_bytes(data)
+        if data.dtype.kind in ("S", "U") or (
+            data.dtype.kind == "O" and not all(isinstance(item, bytes) for item in data.flat)
+        ):
+            data = _to_object_bytes(data)  # BYTES elements: bytes, anything else as str().encode()
         elif data.dtype.kind == "O":
             pass
         elif np.dtype(data.dtype) not in _TRITON_TYPE_BY_NUMPY:

@@ -16,6 +16,8 @@ def test_tensors_hold_numpy_arrays_and_bytes_as_object_arrays() -> None:
     assert tensor.triton_dtype() == 11  # TYPE_FP32
     text = pb_utils.Tensor("t", np.array(["ab", "c"]))  # numpy unicode becomes bytes objects
     assert text.as_numpy().dtype == np.object_ and text.as_numpy().tolist() == [b"ab", b"c"]
+    mixed = pb_utils.Tensor("m", np.array([b"x", 2, "y"], dtype=np.object_))
+    assert mixed.as_numpy().tolist() == [b"x", b"2", b"y"]  # as Triton serializes them
     with pytest.raises(TypeError):
         pb_utils.Tensor("x", [1, 2])  # type: ignore[arg-type]
     back = pb_utils.Tensor.from_dlpack("y", tensor)
