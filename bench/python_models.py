@@ -21,11 +21,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
+import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -167,10 +169,13 @@ def identity_part(folder: Path, seconds: float, rounds: int = 2) -> dict[str, An
             for name, server in servers.items():
                 measured = runs.setdefault(name, {})
                 measured.setdefault("http-binary@64", []).append(
-                    load(server.http_url, "identity", http_body, seconds)
+                    with_cpu_cost(
+                        server,
+                        lambda s=server: load(s.http_url, "identity", http_body, seconds),
+                    )
                 )
                 measured.setdefault("grpc@64", []).append(
-                    grpc_load(server.grpc_url, grpc, 64, seconds)
+                    with_cpu_cost(server, lambda s=server: grpc_load(s.grpc_url, grpc, 64, seconds))
                 )
             measured = runs.setdefault("ferry transport floor", {})
             header = {"Inference-Header-Content-Length": http_body.with_suffix(".len").read_text()}
@@ -191,20 +196,62 @@ def identity_part(folder: Path, seconds: float, rounds: int = 2) -> dict[str, An
             best = max(tries, key=lambda run: run["req_per_s"])
             best["all_req_per_s"] = [run["req_per_s"] for run in tries]
             results[name][kind] = best
+            cost = min((run.get("cpu_ms_per_1000", math.inf) for run in tries), default=math.inf)
+            best["best_cpu_ms_per_1000"] = cost
             print(
                 f"identity {name:21s} {kind:15s} {best['req_per_s']:8.0f} req/s  "
                 f"p50 {best['p50_ms']:6.2f} ms  p99 {best['p99_ms']:6.2f} ms  "
-                f"(rounds: {', '.join(f'{r:.0f}' for r in best['all_req_per_s'])})",
+                f"(rounds: {', '.join(f'{r:.0f}' for r in best['all_req_per_s'])})"
+                + (f"  CPU {cost:.0f} ms / 1000 requests" if math.isfinite(cost) else ""),
                 flush=True,
             )
     if "triton" in results:
         for kind in ("http-binary@64", "grpc@64"):
+            cost = (
+                results["triton"][kind]["best_cpu_ms_per_1000"]
+                / results["ferry"][kind]["best_cpu_ms_per_1000"]
+            )
+            results[f"cpu efficiency {kind}"] = cost
+            print(
+                f"identity {kind}: Triton's CPU per request / ferry's = {cost:.2f} x "
+                "(above 1: ferry spends less CPU per request; robust to a busy machine)"
+            )
             ratio = results["ferry"][kind]["req_per_s"] / max(
                 results["triton"][kind]["req_per_s"], 1e-9
             )
             results[f"ratio {kind}"] = ratio
             print(f"identity {kind}: ferry / Triton = {ratio:.2f} x (target >= 1.0)")
     return results
+
+
+def process_tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process and all its descendants have used so far."""
+    total, pending = 0.0, [pid]
+    ticks = os.sysconf("SC_CLK_TCK")
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending.extend(int(c) for c in (task / "children").read_text().split())
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+    return total
+
+
+def with_cpu_cost(server: Any, measure: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """Run one measurement and add the server's CPU cost per 1,000 answered requests (its own
+    and its model processes'): on a shared machine this, unlike requests/s, does not depend on
+    how much CPU the other tenants leave."""
+    before_cpu = process_tree_cpu_s(server.process.pid)
+    before = model_stats(server.http_url, "identity")
+    result = measure()
+    answered = model_stats(server.http_url, "identity")[0] - before[0]
+    used = process_tree_cpu_s(server.process.pid) - before_cpu
+    if answered > 0:
+        result["cpu_ms_per_1000"] = used * 1e6 / answered
+    return result
 
 
 @contextlib.contextmanager
