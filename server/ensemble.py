@@ -60,6 +60,39 @@ def composing_models(config: ModelConfig) -> list[str]:
     return list(dict.fromkeys(step.model_name for step in ensemble_steps(config)))
 
 
+def missing_models_reason(ensemble: str, missing: list[str]) -> str:
+    """Triton's reason for an ensemble whose composing models are not all loaded."""
+    return (
+        f"ensemble {ensemble} contains models that are not available or ambiguous: "
+        f"{', '.join(missing)}"
+    )
+
+
+def step_problem(
+    ensemble: str, step: EnsembleStep, inputs: set[str], outputs: set[str], decoupled: bool
+) -> str:
+    """Why a step cannot run on its composing model ('' when it can): a map naming a tensor the
+    model does not have, or a decoupled model (one response per step here)."""
+    if decoupled:
+        return (
+            f"in ensemble {ensemble}, model {step.model_name} is decoupled: ferry's ensemble "
+            "steps take one response per request"
+        )
+    for key, tensor in step.input_map.items():
+        if key not in inputs:
+            return (
+                f"in ensemble {ensemble}, ensemble tensor {tensor} is mapping to non-existing "
+                f"input {key} in model {step.model_name}"
+            )
+    for key, tensor in step.output_map.items():
+        if key not in outputs:
+            return (
+                f"in ensemble {ensemble}, ensemble tensor {tensor} is mapped from non-existing "
+                f"output {key} in model {step.model_name}"
+            )
+    return ""
+
+
 def validate_ensemble(config: ModelConfig) -> None:
     """Reject an ensemble whose maps do not form a DAG from its inputs to its outputs, with the
     reason Triton gives."""

@@ -20,7 +20,13 @@ from typing import Any
 
 from monitoring.observer import ModelEventRecord
 from server import model_config
-from server.ensemble import composing_models, ensemble_steps, is_ensemble
+from server.ensemble import (
+    composing_models,
+    ensemble_steps,
+    is_ensemble,
+    missing_models_reason,
+    step_problem,
+)
 from server.errors import ErrorKind, ServingError
 from server.model import ModelVersion, create_instances, start_version
 from server.observers import ObserverFanout
@@ -379,33 +385,18 @@ class ModelRepository:
 
     def _composing_problem(self, config: ModelConfig) -> tuple[str, bool]:
         """Why an ensemble cannot serve now ('' when it can), and whether it is a composing
-        model not ready (it loads once they are) rather than a step map naming a tensor its
-        model does not have (it loads once its config is fixed)."""
+        model not ready (it loads once they are) rather than a step that does not fit its
+        model (it loads once its config is fixed)."""
         missing = [m for m in composing_models(config) if not self._is_ready(m)]
         if missing:
-            return (
-                f"ensemble {config.name} contains models that are not available or "
-                f"ambiguous: {', '.join(missing)}"
-            ), True
+            return missing_models_reason(config.name, missing), True
         for step in ensemble_steps(config):
             model = self.get(step.model_name, step.model_version)
-            if model.decoupled:
-                return (
-                    f"in ensemble {config.name}, model {step.model_name} is decoupled: ferry's "
-                    "ensemble steps take one response per request"
-                ), False
-            for key, tensor in step.input_map.items():
-                if key not in model.inputs:
-                    return (
-                        f"in ensemble {config.name}, ensemble tensor {tensor} is mapping to "
-                        f"non-existing input {key} in model {step.model_name}"
-                    ), False
-            for key, tensor in step.output_map.items():
-                if key not in model.outputs:
-                    return (
-                        f"in ensemble {config.name}, ensemble tensor {tensor} is mapped from "
-                        f"non-existing output {key} in model {step.model_name}"
-                    ), False
+            problem = step_problem(
+                config.name, step, set(model.inputs), set(model.outputs), model.decoupled
+            )
+            if problem:
+                return problem, False
         return "", False
 
     def _retire_all(self, entry: ModelEntry, reason: str) -> None:
@@ -429,10 +420,7 @@ class ModelRepository:
                 ready = all(self._is_ready(m) for m in entry.composing)
                 if entry.versions and not ready:
                     missing = [m for m in entry.composing if not self._is_ready(m)]
-                    reason = (
-                        f"ensemble {entry.name} contains models that are not available or "
-                        f"ambiguous: {', '.join(missing)}"
-                    )
+                    reason = missing_models_reason(entry.name, missing)
                     logger.warning("model '%s' is not ready: %s", entry.name, reason)
                     self._retire_all(entry, reason)
                     entry.failure, entry.waiting_for_composing = reason, True
