@@ -110,76 +110,11 @@ class TritonPythonModel:
 """
 
 # BLS: asks the model named in the `target` parameter of config.pbtxt for OUTPUT, passing INPUT
-# on; the async variant uses `async def execute` and `async_exec`.
+# on, in the way the `mode` parameter says: `sync` (exec() in a loop), `async` (execute returns a
+# coroutine gathering async_exec() calls, as `async def execute` does) or `threads` (exec() from a
+# thread pool while execute waits, as models did before async_exec).
 BLS_PY = """\
-import json
-
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def initialize(self, args):
-        config = json.loads(args["model_config"])
-        params = config["parameters"]
-        self.target = params["target"]["string_value"]
-        self.target_input = params["target_input"]["string_value"]
-        self.target_output = params["target_output"]["string_value"]
-
-    def execute(self, requests):
-        responses = []
-        for request in requests:
-            x = pb_utils.get_input_tensor_by_name(request, "INPUT")
-            call = pb_utils.InferenceRequest(
-                model_name=self.target,
-                requested_output_names=[self.target_output],
-                inputs=[pb_utils.Tensor(self.target_input, x.as_numpy())],
-            )
-            answer = call.exec()
-            if answer.has_error():
-                responses.append(pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError("BLS call failed: " + answer.error().message())))
-                continue
-            y = pb_utils.get_output_tensor_by_name(answer, self.target_output).as_numpy()
-            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT", y)]))
-        return responses
-"""
-
-BLS_ASYNC_PY = """\
 import asyncio
-import json
-
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def initialize(self, args):
-        params = json.loads(args["model_config"])["parameters"]
-        self.target = params["target"]["string_value"]
-        self.target_input = params["target_input"]["string_value"]
-        self.target_output = params["target_output"]["string_value"]
-
-    async def execute(self, requests):
-        calls = []
-        for request in requests:
-            x = pb_utils.get_input_tensor_by_name(request, "INPUT")
-            calls.append(pb_utils.InferenceRequest(
-                model_name=self.target,
-                requested_output_names=[self.target_output],
-                inputs=[pb_utils.Tensor(self.target_input, x.as_numpy())],
-            ).async_exec())
-        answers = await asyncio.gather(*calls)
-        responses = []
-        for answer in answers:
-            if answer.has_error():
-                raise pb_utils.TritonModelException(answer.error().message())
-            y = pb_utils.get_output_tensor_by_name(answer, self.target_output).as_numpy()
-            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT", y)]))
-        return responses
-"""
-
-# BLS from the model's own threads while execute() waits for them (a thread pool, as models did
-# before async_exec): each request's INPUT goes to the target in parallel.
-BLS_THREADS_PY = """\
 import json
 from concurrent.futures import ThreadPoolExecutor
 
@@ -192,20 +127,32 @@ class TritonPythonModel:
         self.target = params["target"]["string_value"]
         self.target_input = params["target_input"]["string_value"]
         self.target_output = params["target_output"]["string_value"]
+        self.mode = params["mode"]["string_value"]
         self.pool = ThreadPoolExecutor(4)
 
     def call(self, request):
         x = pb_utils.get_input_tensor_by_name(request, "INPUT").as_numpy()
-        answer = pb_utils.InferenceRequest(
+        return pb_utils.InferenceRequest(
             model_name=self.target, requested_output_names=[self.target_output],
-            inputs=[pb_utils.Tensor(self.target_input, x)]).exec()
+            inputs=[pb_utils.Tensor(self.target_input, x)])
+
+    def respond(self, answer):
         if answer.has_error():
-            raise pb_utils.TritonModelException(answer.error().message())
+            return pb_utils.InferenceResponse(
+                error=pb_utils.TritonError("BLS call failed: " + answer.error().message()))
         y = pb_utils.get_output_tensor_by_name(answer, self.target_output).as_numpy()
         return pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT", y)])
 
     def execute(self, requests):
-        return list(self.pool.map(self.call, requests))
+        if self.mode == "async":
+            return self.gather(requests)
+        if self.mode == "threads":
+            return list(self.pool.map(lambda r: self.respond(self.call(r).exec()), requests))
+        return [self.respond(self.call(request).exec()) for request in requests]
+
+    async def gather(self, requests):
+        answers = await asyncio.gather(*(self.call(r).async_exec() for r in requests))
+        return [self.respond(answer) for answer in answers]
 
     def finalize(self):
         self.pool.shutdown()
@@ -488,22 +435,21 @@ def write_bls(
     target_output: str,
     dims: str = "[-1, 16]",
     output_dims: str = "[-1, 4]",
-    asynchronous: bool = False,
-    threads: bool = False,
+    mode: str = "sync",
 ) -> Path:
     """INPUT -> the `target` model's `target_output` for INPUT given as `target_input` (BLS;
-    from `async def execute`, or from a thread pool)."""
-    source = BLS_ASYNC_PY if asynchronous else BLS_THREADS_PY if threads else BLS_PY
+    `mode`: sync, async or threads)."""
     return write_python_model(
         repository,
         name,
-        source,
+        BLS_PY,
         f"""max_batch_size: 0
 input [{{ name: "INPUT" data_type: TYPE_FP32 dims: {dims} }}]
 output [{{ name: "OUTPUT" data_type: TYPE_FP32 dims: {output_dims} }}]
 parameters {{ key: "target" value: {{ string_value: "{target}" }} }}
 parameters {{ key: "target_input" value: {{ string_value: "{target_input}" }} }}
 parameters {{ key: "target_output" value: {{ string_value: "{target_output}" }} }}
+parameters {{ key: "mode" value: {{ string_value: "{mode}" }} }}
 """,
     )
 
