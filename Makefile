@@ -18,7 +18,8 @@ GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 PYTEST_ARGS ?=
 
-.PHONY: help install serve test test-unit test-integration test-gpu lint typecheck fmt bench proto-stubs \
+.PHONY: help install serve test test-unit test-integration test-gpu lint typecheck fmt bench bench-python \
+        proto-stubs \
         example-repo system-deps triton-server image image-gpu clean
 
 help:
@@ -40,6 +41,8 @@ $(TRITON_STAMP):
 	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
 	$(TRITON_VENV)/bin/python -m pip install -q --upgrade pip
 	$(TRITON_VENV)/bin/python -m pip install -q nvidia-pytriton==$(PYTRITON_VERSION)
+	# the python-backend differential tests run ONNX steps as Python models calling onnxruntime
+	$(TRITON_VENV)/bin/python -m pip install -q "onnxruntime>=1.18"
 	$(TRITON_VENV)/bin/python -c "import pathlib, pytriton; \
 	  assert (pathlib.Path(pytriton.__file__).parent / 'tritonserver/bin/tritonserver').is_file()"
 	touch $(TRITON_STAMP)
@@ -52,8 +55,9 @@ triton-server: $(TRITON_STAMP)
 system-deps:
 	@bash scripts/install-system-deps.sh
 
+# idempotent: keeps what REPO has, adds what is missing (e.g. the pipelines of an older REPO)
 example-repo: $(STAMP)
-	@test -d $(EXAMPLE_REPO) || $(BIN)/python scripts/build_example_repository.py $(EXAMPLE_REPO)
+	$(BIN)/python scripts/build_example_repository.py $(EXAMPLE_REPO)
 
 serve: example-repo
 	$(BIN)/ferry serve --model-repository $(EXAMPLE_REPO) \
@@ -93,6 +97,10 @@ fmt: $(STAMP)
 
 bench: $(STAMP) system-deps
 	PYTHONPATH=. $(BIN)/python -m bench.serving $(BENCH_ARGS)
+
+# Python models vs the real Triton, the text ensemble vs the encoder alone, BLS cost per call
+bench-python: $(STAMP) system-deps $(TRITON_STAMP)
+	PYTHONPATH=. $(BIN)/python -m bench.python_models $(BENCH_ARGS)
 
 image:
 	docker build --target cpu -t ferry:cpu .

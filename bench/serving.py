@@ -207,9 +207,15 @@ def percentiles_ms(latencies_ms: np.ndarray) -> dict[str, float]:
 
 
 def wrk(
-    url: str, body: Path, concurrency: int, seconds: float, headers: dict[str, str]
+    url: str,
+    body: Path,
+    concurrency: int,
+    seconds: float,
+    headers: dict[str, str],
+    timeout_s: float = 2.0,
 ) -> dict[str, float]:
-    """Run wrk against one URL; parse requests/s, p50/p99 latency and non-2xx responses."""
+    """Run wrk against one URL; parse requests/s, p50/p99 latency and non-2xx responses
+    (a request slower than `timeout_s` counts as a timeout, not in the latencies)."""
     lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(WRK_SCRIPT.format(body=body, headers=lines))
@@ -220,7 +226,18 @@ def wrk(
     )  # warm-up
     duration = f"-d{max(int(seconds), 1)}s"
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{concurrency}", duration, "--latency", "-s", script.name, url],
+        [
+            "wrk",
+            "-t1",
+            f"-c{concurrency}",
+            duration,
+            "--latency",
+            "--timeout",
+            f"{max(int(timeout_s), 1)}s",
+            "-s",
+            script.name,
+            url,
+        ],
         capture_output=True,
         text=True,
         check=True,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,7 @@ from monitoring.observer import (
     FAILURE_REJECTED,
     RequestRecord,
 )
+from server.batching import RequestTiming
 from server.classification import classify
 from server.errors import ErrorKind, ServingError, invalid
 from server.model import ModelVersion
@@ -65,6 +66,7 @@ class DataPlane:
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        repository.services = self  # BLS calls and ensemble steps come back through here
 
     # --- health and metadata -------------------------------------------------------------------
 
@@ -163,12 +165,14 @@ class DataPlane:
             raise ServingError(ErrorKind.UNAVAILABLE, "Server is shutting down")
         started = time.perf_counter()
         model = self.repository.get(request.model_name, request.model_version)
+        if model.decoupled:
+            raise decoupled_unsupported(request.protocol)
         self._inflight += 1
         self._idle.clear()
         try:
             rows = validate_request(model, request)
-            outputs, timing = await model.batcher.submit(
-                request.inputs, rows, request.priority, request.timeout_us
+            outputs, timing = await model.scheduler.submit(
+                request.inputs, rows, request.priority, request.timeout_us, request
             )
             response_outputs = select_outputs(model, request, outputs)
         except BaseException as exc:
@@ -178,6 +182,74 @@ class DataPlane:
             self._inflight -= 1
             if not self._inflight:
                 self._idle.set()
+        self._record_success(model, request, rows, started, timing, outputs)
+        return InferenceResponse(model.name, model.version, response_outputs, request.id)
+
+    async def infer_stream(
+        self, request: InferenceRequest
+    ) -> AsyncIterator[InferenceResponse | ServingError]:
+        """The responses of one request, in order, the last one final: many (or none but the
+        final flag) for a decoupled model, one for the others. A ServingError item is a failed
+        response inside the stream (a decoupled model goes on after it); an error raised before
+        the first item fails the whole request."""
+        model = self.repository.get(request.model_name, request.model_version)
+        if not model.decoupled:
+            yield await self.infer(request)
+            return
+        if not self.accepting:
+            raise ServingError(ErrorKind.UNAVAILABLE, "Server is shutting down")
+        started = time.perf_counter()
+        self._inflight += 1
+        self._idle.clear()
+        failed = False
+        try:
+            rows = validate_request(model, request)
+            stream, timing = await model.scheduler.submit(
+                request.inputs, rows, request.priority, request.timeout_us, request
+            )
+            async for item in stream:
+                if item.error is not None:
+                    failed = True
+                    yield item.error
+                    continue
+                outputs = select_outputs(model, request, item.outputs) if item.outputs else {}
+                yield InferenceResponse(
+                    model.name,
+                    model.version,
+                    outputs,
+                    request.id,
+                    {k: v for k, v in item.parameters.items() if isinstance(v, (str, int, bool))},
+                    final=item.final,
+                )
+        except BaseException as exc:
+            self._record_failure(model, request, started, exc)
+            raise
+        finally:
+            self._inflight -= 1
+            if not self._inflight:
+                self._idle.set()
+        if failed:
+            model.statistics.record_failure(time.perf_counter() - started)
+        else:
+            self._record_success(model, request, rows, started, timing, None)
+
+    def check_request(self, request: InferenceRequest) -> bool:
+        """The errors `infer` raises before scheduling (unknown model, bad inputs); True when
+        the model is decoupled (its responses must be streamed)."""
+        model = self.repository.get(request.model_name, request.model_version)
+        validate_request(model, request)
+        return model.decoupled
+
+    def _record_success(
+        self,
+        model: ModelVersion,
+        request: InferenceRequest,
+        rows: int,
+        started: float,
+        timing: RequestTiming,
+        outputs: Mapping[str, np.ndarray] | None,
+    ) -> None:
+        """Statistics and observers for a request that succeeded (`outputs` None: streamed)."""
         elapsed = time.perf_counter() - started
         model.statistics.record_success(
             rows,
@@ -204,7 +276,6 @@ class DataPlane:
                     outputs=outputs,
                 )
             )
-        return InferenceResponse(model.name, model.version, response_outputs, request.id)
 
     def _record_failure(
         self, model: ModelVersion, request: InferenceRequest, started: float, exc: BaseException
@@ -240,6 +311,15 @@ class DataPlane:
         except TimeoutError:
             return False
         return True
+
+
+def decoupled_unsupported(protocol: str) -> ServingError:
+    """A decoupled model asked for one response (Triton's words per endpoint)."""
+    endpoint = {"http": "HTTP end point", "grpc": "ModelInfer RPC"}.get(protocol, "This call")
+    return ServingError(
+        ErrorKind.UNSUPPORTED,
+        f"{endpoint} doesn't support models with decoupled transaction policy",
+    )
 
 
 def validate_request(model: ModelVersion, request: InferenceRequest) -> int:
@@ -310,11 +390,14 @@ def check_utf8(name: str, array: np.ndarray) -> None:
 def select_outputs(
     model: ModelVersion, request: InferenceRequest, outputs: Mapping[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
-    """The requested outputs in request order (all, in config order, when none were named)."""
+    """The requested outputs in request order (all, in config order, when none were named). An
+    output the model did not produce (a Python model may leave one out) is left out."""
     if request.requested_outputs is None:
-        return {name: outputs[name] for name in model.outputs}
+        return {name: outputs[name] for name in model.outputs if name in outputs}
     selected: dict[str, np.ndarray] = {}
     for requested in request.requested_outputs:
+        if requested.name not in outputs:
+            continue
         array = outputs[requested.name]
         if requested.classification:
             array = classify(

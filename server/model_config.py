@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from server.ensemble import is_ensemble, validate_ensemble
 from server.padding import padding_plan
 from server.repository_format import (
     CONFIG_FILENAME,
@@ -99,6 +100,8 @@ def validate(config: ModelConfig, name: str) -> None:
             raise ModelConfigError(f"tensor '{tensor.name}' has invalid dims {list(tensor.dims)}")
     tensor_specs(config)  # raises on an invalid data_type
     padding_plan(config)  # raises on a padding declaration that does not fit the config
+    if is_ensemble(config):
+        validate_ensemble(config)
     if config.HasField("dynamic_batching"):
         dyn = config.dynamic_batching
         for size in dyn.preferred_batch_size:
@@ -142,7 +145,8 @@ def prepare(
             raise ModelConfigError(
                 f"cannot read {onnx_path.name} to auto-complete the config: {exc}"
             ) from exc
-    base = complete_config(base, name)  # platforms completed elsewhere (e.g. an upstream Triton)
+    # platforms completed elsewhere (an upstream Triton, a Python model's auto_complete_config)
+    base = complete_config(base, name, model_dir / str(versions[-1]))
     base.name = base.name or name
     validate(base, name)
     normalize_config(base)

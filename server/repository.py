@@ -20,10 +20,24 @@ from typing import Any
 
 from monitoring.observer import ModelEventRecord
 from server import model_config
+from server.ensemble import (
+    composing_models,
+    ensemble_steps,
+    is_ensemble,
+    missing_models_reason,
+    step_problem,
+)
 from server.errors import ErrorKind, ServingError
 from server.model import ModelVersion, create_instances, start_version
 from server.observers import ObserverFanout
-from server.repository_format import ModelConfigError, is_valid_model_name
+from server.repository_format import (
+    ModelConfig,
+    ModelConfigError,
+    is_valid_model_name,
+    read_config,
+)
+from server.runtimes import RuntimeContext
+from server.services import InferenceServices
 from server.settings import ModelControlMode
 
 logger = logging.getLogger(__name__)
@@ -51,6 +65,8 @@ class ModelEntry:
     failure: str = ""  # model-level failure (bad config, no versions)
     scan_signature: tuple[Any, ...] = ()
     temporary_dir: Path | None = None
+    composing: tuple[str, ...] = ()  # an ensemble's composing models
+    waiting_for_composing: bool = False  # an ensemble unloaded because one of them is not ready
 
 
 class ModelRepository:
@@ -70,6 +86,8 @@ class ModelRepository:
         self._entries: dict[str, ModelEntry] = {}
         self._lock = asyncio.Lock()
         self._draining: set[asyncio.Task[None]] = set()
+        # the server's inference entry (the data plane sets it): BLS calls and ensemble steps
+        self.services: InferenceServices | None = None
 
     # --- queries (event loop, no awaits) -------------------------------------------------------
 
@@ -113,7 +131,7 @@ class ModelRepository:
 
     def pending_request_counts(self) -> list[tuple[str, str, int]]:
         """(model, version, queued requests) for the pending-request gauge."""
-        return [(v.name, v.version, v.batcher.pending_count) for v in self.ready_versions()]
+        return [(v.name, v.version, v.scheduler.pending_count) for v in self.ready_versions()]
 
     def all_ready(self) -> bool:
         """Strict readiness: every live model has each of its versions READY."""
@@ -169,11 +187,19 @@ class ModelRepository:
             names = self._scan_names() if "*" in load_models else list(load_models)
         else:
             names = self._scan_names()
-        for name in sorted(set(names)):
+        # ensembles after the models they compose (nested ensembles: _refresh_ensembles)
+        for name in sorted(set(names), key=lambda n: (self._is_ensemble_folder(n), n)):
             try:
                 await self.load(name)
             except ServingError as exc:
                 logger.error("model '%s' failed to load: %s", name, exc.message)
+
+    def _is_ensemble_folder(self, name: str) -> bool:
+        try:
+            config = read_config(self.root / name)
+        except (ModelConfigError, OSError):
+            return False
+        return config is not None and is_ensemble(config)
 
     async def load(
         self, name: str, config_json: str | None = None, files: Mapping[str, bytes] | None = None
@@ -201,7 +227,10 @@ class ModelRepository:
                     f"failed to load '{name}', failed to poll from model "
                     "repository: no such model folder",
                 )
-            await self._load_locked(name, source_dir, config_json, temporary)
+            try:
+                await self._load_locked(name, source_dir, config_json, temporary)
+            finally:
+                await self._refresh_ensembles()
 
     async def _load_locked(
         self, name: str, source_dir: Path, config_json: str | None, temporary: Path | None
@@ -230,8 +259,19 @@ class ModelRepository:
             raise ServingError(
                 ErrorKind.INVALID_ARG, f"failed to load '{name}': {message}"
             ) from exc
-        entry.failure = ""
         entry.scan_signature = prepared.scan_signature
+        entry.composing = (
+            tuple(composing_models(prepared.config)) if is_ensemble(prepared.config) else ()
+        )
+        entry.waiting_for_composing = False
+        if entry.composing:
+            reason, missing = self._composing_problem(prepared.config)
+            if reason:
+                self._retire_all(entry, reason)
+                entry.failure, entry.waiting_for_composing = reason, missing
+                self.fanout.notify(ModelEventRecord(name, "", UNAVAILABLE, reason=reason))
+                raise ServingError(ErrorKind.INVALID_ARG, f"failed to load '{name}': {reason}")
+        entry.failure = ""
         new_versions: dict[int, ModelVersion] = {}
         new_states: dict[int, VersionState] = {}
         created: list[ModelVersion] = []
@@ -244,7 +284,10 @@ class ModelRepository:
             entry.states[number] = VersionState(LOADING)
             version_path = source_dir / str(number)
             try:
-                instances = await asyncio.to_thread(create_instances, prepared.config, version_path)
+                context = RuntimeContext(asyncio.get_running_loop(), self.services)
+                instances = await asyncio.to_thread(
+                    create_instances, prepared.config, version_path, context
+                )
             except (ServingError, OSError, ValueError) as exc:
                 reason = exc.message if isinstance(exc, ServingError) else str(exc)
                 logger.error("model '%s' version %d failed to load: %s", name, number, reason)
@@ -262,6 +305,7 @@ class ModelRepository:
                 self.fanout,
                 started,
                 signature,
+                self.services,
             )
             new_states[number] = VersionState(READY)
             created.append(new_versions[number])
@@ -328,6 +372,67 @@ class ModelRepository:
                 shutil.rmtree(entry.temporary_dir, ignore_errors=True)
                 entry.temporary_dir = None
             logger.info("model '%s' unloaded", name)
+            await self._refresh_ensembles()
+
+    # --- ensembles: ready only while every composing model is ---------------------------------
+
+    def _is_ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.get(name, version)
+        except ServingError:
+            return False
+        return True
+
+    def _composing_problem(self, config: ModelConfig) -> tuple[str, bool]:
+        """Why an ensemble cannot serve now ('' when it can), and whether it is a composing
+        model not ready (it loads once they are) rather than a step that does not fit its
+        model (it loads once its config is fixed)."""
+        missing = [m for m in composing_models(config) if not self._is_ready(m)]
+        if missing:
+            return missing_models_reason(config.name, missing), True
+        for step in ensemble_steps(config):
+            model = self.get(step.model_name, step.model_version)
+            problem = step_problem(
+                config.name, step, set(model.inputs), set(model.outputs), model.decoupled
+            )
+            if problem:
+                return problem, False
+        return "", False
+
+    def _retire_all(self, entry: ModelEntry, reason: str) -> None:
+        for version in entry.versions.values():
+            self.fanout.notify(
+                ModelEventRecord(entry.name, version.version, UNAVAILABLE, reason=reason)
+            )
+            self._retire(version)
+        entry.states = {n: VersionState(UNAVAILABLE, reason) for n in entry.versions}
+        entry.versions = {}
+
+    async def _refresh_ensembles(self) -> None:
+        """After a load or unload: ensembles whose composing models went away stop serving;
+        ensembles waiting for theirs load once they are all ready (until nothing changes)."""
+        changed = True
+        while changed:
+            changed = False
+            for entry in list(self._entries.values()):
+                if not entry.live or not entry.composing:
+                    continue
+                ready = all(self._is_ready(m) for m in entry.composing)
+                if entry.versions and not ready:
+                    missing = [m for m in entry.composing if not self._is_ready(m)]
+                    reason = missing_models_reason(entry.name, missing)
+                    logger.warning("model '%s' is not ready: %s", entry.name, reason)
+                    self._retire_all(entry, reason)
+                    entry.failure, entry.waiting_for_composing = reason, True
+                    changed = True
+                elif entry.waiting_for_composing and ready:
+                    try:
+                        await self._load_locked(
+                            entry.name, entry.source_dir, None, entry.temporary_dir
+                        )
+                    except ServingError as exc:
+                        logger.error("model '%s' failed to load: %s", entry.name, exc.message)
+                    changed = bool(entry.versions)
 
     async def poll_once(self) -> None:
         """Poll mode: load new models, reload changed ones, unload removed ones."""
@@ -351,6 +456,8 @@ class ModelRepository:
         for name, entry in list(self._entries.items()):
             if entry.live and entry.temporary_dir is None and name not in present:
                 await self.unload(name)
+        async with self._lock:
+            await self._refresh_ensembles()
 
     async def poll_forever(self, interval_s: float) -> None:
         """Rescan every `interval_s` seconds until cancelled."""
@@ -362,7 +469,7 @@ class ModelRepository:
                 logger.exception("repository poll failed")
 
     def _retire(self, version: ModelVersion) -> None:
-        task = asyncio.get_running_loop().create_task(version.batcher.drain())
+        task = asyncio.get_running_loop().create_task(version.scheduler.drain())
         self._draining.add(task)
         task.add_done_callback(self._draining.discard)
 

@@ -83,6 +83,10 @@ class InferenceRequest:
     priority: int = 0
     timeout_us: int = 0
     protocol: str = "http"
+    # the request's sequence parameters (Python models see them as correlation_id and flags)
+    sequence_id: int | str = 0
+    sequence_start: bool = False
+    sequence_end: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,3 +98,6 @@ class InferenceResponse:
     outputs: Tensors
     id: str = ""
     parameters: Mapping[str, ParameterValue] = field(default_factory=dict)
+    # False on all but the last response of a stream (decoupled models); a final response with
+    # no outputs is the model's FINAL flag alone
+    final: bool = True

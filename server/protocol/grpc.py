@@ -101,18 +101,17 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         return grpc_codec.encode_response(response, in_shared_memory, shared_memory)
 
     async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
-        """Requests on one stream run concurrently; each response is final."""
+        """Requests on one stream run concurrently; each gets its responses in order (many for
+        a decoupled model), each marked with `triton_final_response`. A failed response is an
+        `error_message` in the stream, which stays open."""
         responses: asyncio.Queue[Any] = asyncio.Queue()
         pending: set[asyncio.Task[None]] = set()
 
         async def one(request: Any) -> None:
-            message = pb.ModelStreamInferResponse()
             try:
-                message.infer_response.CopyFrom(await self._infer(request))
-                message.infer_response.parameters["triton_final_response"].bool_param = True
+                await self._stream_one(request, responses.put)
             except ServingError as exc:
-                message.error_message = exc.message
-            await responses.put(message)
+                await responses.put(pb.ModelStreamInferResponse(error_message=exc.message))
 
         async def read_all() -> None:
             async for request in request_iterator:
@@ -129,6 +128,26 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
                 yield message
         finally:
             reader.cancel()
+
+    async def _stream_one(self, request: Any, put: Callable[[Any], Awaitable[None]]) -> None:
+        """Every response of one streamed request; a final flag without a response is sent
+        (empty) only when the request set triton_enable_empty_final_response."""
+        shared_memory = self.dataplane.shared_memory
+        inference_request, in_shared_memory = grpc_codec.decode_request(request, shared_memory)
+        parameter = request.parameters.get("triton_enable_empty_final_response")
+        empty_final = parameter is not None and parameter.bool_param
+        async for item in self.dataplane.infer_stream(inference_request):
+            message = pb.ModelStreamInferResponse()
+            if isinstance(item, ServingError):
+                message.error_message = item.message
+            elif item.final and not item.outputs and not empty_final:
+                continue
+            else:
+                message.infer_response.CopyFrom(
+                    grpc_codec.encode_response(item, in_shared_memory, shared_memory)
+                )
+                message.infer_response.parameters["triton_final_response"].bool_param = item.final
+            await put(message)
 
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:
         rows = self.dataplane.repository_index(request.ready)

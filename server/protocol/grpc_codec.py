@@ -56,6 +56,16 @@ def _non_negative(parameter: Any, name: str) -> int:
     return value
 
 
+def _sequence_id(value: Any) -> int | str:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, str))
+        or (isinstance(value, int) and value < 0)
+    ):
+        raise invalid("parameter 'sequence_id' must be an unsigned integer or a string")
+    return value
+
+
 def decode_request(
     message: pb.ModelInferRequest, shared_memory: SharedMemoryManager | None = None
 ) -> tuple[InferenceRequest, dict[str, SharedMemoryReference]]:
@@ -63,6 +73,7 @@ def decode_request(
     (`shared_memory` None: the extension is off)."""
     parameters: dict[str, Any] = {}
     priority = timeout_us = 0
+    sequence: dict[str, Any] = {}
     # iterating an empty protobuf map still goes through collections.abc (~2 % of a request)
     for key, parameter in message.parameters.items() if message.parameters else ():
         if key.startswith("triton_") and key not in ALLOWED_TRITON_PARAMETERS:
@@ -74,11 +85,9 @@ def decode_request(
             priority = _non_negative(parameter, key)
         elif key == "timeout":
             timeout_us = _non_negative(parameter, key)
-        elif not key.startswith("triton_") and key not in (
-            "sequence_id",
-            "sequence_start",
-            "sequence_end",
-        ):
+        elif key in ("sequence_id", "sequence_start", "sequence_end"):
+            sequence[key] = parameter_value(parameter)
+        elif not key.startswith("triton_"):
             parameters[key] = parameter_value(parameter)
     inputs = _decode_inputs(message, shared_memory)
     requested = None
@@ -111,6 +120,9 @@ def decode_request(
         priority=priority,
         timeout_us=timeout_us,
         protocol="grpc",
+        sequence_id=_sequence_id(sequence.get("sequence_id", 0)),
+        sequence_start=sequence.get("sequence_start") is True,
+        sequence_end=sequence.get("sequence_end") is True,
     )
     return request, in_shared_memory
 

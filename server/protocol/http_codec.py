@@ -95,6 +95,13 @@ def decode_request(
     )
     priority = _unsigned(parameters.get("priority", 0), "priority")
     timeout_us = _unsigned(parameters.get("timeout", 0), "timeout")
+    sequence_id = parameters.get("sequence_id", 0)
+    if (
+        isinstance(sequence_id, bool)
+        or not isinstance(sequence_id, (int, str))
+        or (isinstance(sequence_id, int) and sequence_id < 0)
+    ):
+        raise invalid("parameter 'sequence_id' must be an unsigned integer or a string")
     custom = {
         k: v
         for k, v in parameters.items()
@@ -111,6 +118,9 @@ def decode_request(
         priority=priority,
         timeout_us=timeout_us,
         protocol="http",
+        sequence_id=sequence_id,
+        sequence_start=parameters.get("sequence_start") is True,
+        sequence_end=parameters.get("sequence_end") is True,
     )
     binary_default = parameters.get("binary_data_output", False) is True
     return request, OutputEncoding(binary_default, binary_by_output, in_shared_memory)

@@ -71,11 +71,12 @@ def _python_backend_dir(site_packages: Path, workdir: Path) -> Path:
 
 @contextlib.contextmanager
 def running_tritonserver(
-    model_repository: Path, *extra_args: str, timeout: float = 120.0
+    model_repository: Path, *extra_args: str, timeout: float = 120.0, ready: bool = True
 ) -> Iterator[TritonServer]:
     """Run tritonserver on `model_repository` (CPU only) for a `with` block; always stop it.
     `extra_args` are more tritonserver flags (e.g. the same restriction or TLS flags a ferry
-    under comparison gets)."""
+    under comparison gets, or `--exit-on-error=false` to keep serving beside a model that fails
+    to load); `ready=False` waits for live only."""
     binary, site_packages = tritonserver_binary(), _site_packages()
     if binary is None or site_packages is None:
         raise RuntimeError(missing_reason())
@@ -131,7 +132,7 @@ def running_tritonserver(
         )
     server = TritonServer(process, http_port, grpc_port, metrics_port, log_path)
     try:
-        wait_until_live(server, timeout, ready=True, label="tritonserver")
+        wait_until_live(server, timeout, ready=ready, label="tritonserver")
         yield server
     finally:
         server.stop()
