@@ -99,11 +99,12 @@ def serve(
     http_max_json_elements: Annotated[
         int,
         typer.Option(
-            help="Most values (numbers, strings, arrays, objects) in a JSON request body, "
-            "counted before parsing (400 past it); send large tensors in binary.",
+            help="Most elements in a JSON request body (numbers and strings count 1, arrays "
+            "and objects 3), counted before parsing (400 past it); send large tensors in "
+            "binary.",
             rich_help_panel="HTTP limits",
         ),
-    ] = 1 << 20,
+    ] = 1 << 18,
     http_max_bytes_elements: Annotated[
         int,
         typer.Option(

@@ -60,7 +60,7 @@ class ServerSettings:
     http_max_request_bytes: int = 512 * 1024 * 1024
     http_max_buffered_bytes: int = 1024 * 1024 * 1024
     http_max_input_size: int = 64 * 1024 * 1024
-    http_max_json_elements: int = 1 << 20
+    http_max_json_elements: int = 1 << 18
     http_max_bytes_elements: int = 1 << 20
     http_max_header_bytes: int = 64 * 1024
     http_max_header_count: int = 100

@@ -51,6 +51,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.awaiting_headers = True
         self.counted_bytes = 0  # header phase: bytes since the message began; later: stalled
         self.progressed = False
+        self.completed = False  # a message ended during the current read
         self.header_count = 0
         self.violation: tuple[int, str] | None = None
         self.header_timer: asyncio.TimerHandle | None = None
@@ -70,11 +71,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        self.progressed = False
+        self.progressed = self.completed = False
         super().data_received(data)
         if self.transport.is_closing() or self.parser is None:
             return
         if self.awaiting_headers:
+            if self.completed:  # the read ended a body: its bytes are not the next headers'
+                return
             self.counted_bytes += len(data)
             if self.counted_bytes > self.limits.max_header_bytes:
                 self.reject(
@@ -164,7 +167,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.progressed = True
 
     def on_message_complete(self) -> None:
-        self.progressed = True
+        self.progressed = self.completed = True
         self.awaiting_headers = True
         self.counted_bytes = 0
         if self.body_timer is not None:

@@ -48,10 +48,14 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([0-9]+))?/infer$")
 JSON_TYPE = b"application/json"
 BINARY_TYPE = b"application/octet-stream"
-# bodies larger than this are decoded in a worker thread (one at a time): a BYTES tensor's
-# per-element loop then yields the GIL to the event loop, and one decode's Python objects at a
-# time are alive, as when every decode ran on the loop
-OFFLOAD_DECODE_BYTES = 256 << 10
+# Costly decodes take turns, one per event loop iteration, so that health checks and small
+# requests get through between them: a JSON part over HEAVY_JSON_BYTES is parsed on the loop
+# (orjson and numpy hold the GIL for a whole call; in a thread they would stall each of the loop's
+# steps in turn, and --http-max-json-elements bounds one call), and binary data over
+# OFFLOAD_BINARY_BYTES is decoded in a worker thread (a BYTES tensor's per-element loop yields
+# the GIL every few ms). Everything smaller decodes inline: the hot path is unchanged.
+HEAVY_JSON_BYTES = 64 << 10
+OFFLOAD_BINARY_BYTES = 256 << 10
 
 
 class ClientDisconnected(Exception):
@@ -59,32 +63,29 @@ class ClientDisconnected(Exception):
 
 
 class InferDecoder:
-    """Decodes infer bodies under the decode limits: small ones inline, large ones in a worker
-    thread, one at a time."""
+    """Decodes infer bodies under the decode limits; costly ones take turns (see above)."""
 
     def __init__(self, limits: DecodeLimits) -> None:
         self.limits = limits
-        self._large = asyncio.Semaphore(1)
+        self._turn = asyncio.Semaphore(1)
 
     async def decode(
         self, dataplane: DataPlane, name: str, version: str, header_length: int | None, body: bytes
     ) -> tuple[InferenceRequest, OutputEncoding]:
         if header_length == 0:
             return _raw_binary_request(dataplane, name, version, body, self.limits)
-        if len(body) <= OFFLOAD_DECODE_BYTES:
-            return decode_request(
-                body, header_length, name, version, dataplane.shared_memory, self.limits
-            )
-        async with self._large:
-            return await asyncio.to_thread(
-                decode_request,
-                body,
-                header_length,
-                name,
-                version,
-                dataplane.shared_memory,
-                self.limits,
-            )
+        json_bytes = len(body) if header_length is None else header_length
+        binary_bytes = len(body) - json_bytes
+        arguments = (body, header_length, name, version, dataplane.shared_memory, self.limits)
+        if json_bytes <= HEAVY_JSON_BYTES and binary_bytes <= OFFLOAD_BINARY_BYTES:
+            return decode_request(*arguments)
+        async with self._turn:
+            if binary_bytes > OFFLOAD_BINARY_BYTES:
+                return await asyncio.to_thread(decode_request, *arguments)
+            try:
+                return decode_request(*arguments)
+            finally:  # hold the turn across one loop iteration: the next decode waits for it
+                await asyncio.sleep(0)
 
 
 async def handle_infer(

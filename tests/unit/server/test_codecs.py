@@ -87,7 +87,7 @@ def test_accept_encoding_choice() -> None:
 def test_decompress_is_bounded(algorithm: str) -> None:
     data = b"x" * 10_000
     assert decompress(compress(data, algorithm), algorithm, 20_000, "--flag") == data
-    with pytest.raises(ServingError, match="maximum allowed value of 5000 bytes. Use --flag"):
+    with pytest.raises(ServingError, match=r"maximum allowed value of 5000 bytes\. Use --flag"):
         decompress(compress(data, algorithm), algorithm, 5_000, "--flag")
 
 
