@@ -7,7 +7,7 @@ the bytes it feeds the parser while a message's headers are incomplete (or, afte
 the parser makes no progress: trailers, chunk extensions) and refuses past the limit after each
 read, before the next one is parsed.
 
-Timeouts: from a request's first byte to the end of its headers (--http-header-timeout-secs),
+Timeouts: from a request's first read to the end of its headers (--http-header-timeout-secs),
 from the end of the headers to the end of the body (--http-body-timeout-secs), and idle
 connections, fresh ones included (--http-keepalive-timeout-secs). A client that misses one gets
 408 and the connection is closed (or just closed once its response has started).
@@ -49,6 +49,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(config, server_state, app_state, _loop)
         self.limits = limits
         self.awaiting_headers = True
+        self.in_message = False  # between on_message_begin and on_message_complete
         self.counted_bytes = 0  # header phase: bytes since the message began; later: stalled
         self.progressed = False
         self.completed = False  # a message ended during the current read
@@ -75,26 +76,37 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().data_received(data)
         if self.transport.is_closing() or self.parser is None:
             return
+        # timers start after the first read that leaves a request unfinished (most requests
+        # arrive in one read: no timer is ever armed for them)
         if self.awaiting_headers:
-            if self.completed:  # the read ended a body: its bytes are not the next headers'
+            if not self.in_message:
                 return
-            self.counted_bytes += len(data)
-            if self.counted_bytes > self.limits.max_header_bytes:
-                self.reject(
-                    431,
-                    f"request header block exceeds the maximum of "
-                    f"{self.limits.max_header_bytes} bytes (--http-max-header-bytes)",
+            if not self.completed:  # a read that ended a body: its bytes are not these headers'
+                self.counted_bytes += len(data)
+                if self.counted_bytes > self.limits.max_header_bytes:
+                    self.reject(
+                        431,
+                        f"request header block exceeds the maximum of "
+                        f"{self.limits.max_header_bytes} bytes (--http-max-header-bytes)",
+                    )
+                    return
+            if self.header_timer is None:
+                self.header_timer = self.loop.call_later(
+                    self.limits.header_timeout_s, self._headers_timed_out
                 )
-        elif not self.progressed:  # trailers or chunk extensions: no body in these bytes
-            self.counted_bytes += len(data)
-            if self.counted_bytes > self.limits.max_header_bytes:
-                self.reject(
-                    431,
-                    f"request trailers or chunk extensions exceed the maximum of "
-                    f"{self.limits.max_header_bytes} bytes (--http-max-header-bytes)",
-                )
-        else:
+            return
+        if self.body_timer is None and not self.pipeline:  # a queued request's body waits
+            self.body_timer = self.loop.call_later(self.limits.body_timeout_s, self._body_timed_out)
+        if self.progressed:
             self.counted_bytes = 0
+            return
+        self.counted_bytes += len(data)  # trailers or chunk extensions: no body in these bytes
+        if self.counted_bytes > self.limits.max_header_bytes:
+            self.reject(
+                431,
+                f"request trailers or chunk extensions exceed the maximum of "
+                f"{self.limits.max_header_bytes} bytes (--http-max-header-bytes)",
+            )
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a parser error: ours when a callback stopped the parser."""
@@ -131,11 +143,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self.in_message = True
         self.header_count = 0
-        if self.header_timer is None:
-            self.header_timer = self.loop.call_later(
-                self.limits.header_timeout_s, self._headers_timed_out
-            )
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.header_count += 1
@@ -156,8 +165,6 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self.header_timer.cancel()
             self.header_timer = None
         super().on_headers_complete()
-        if not self.pipeline:  # a queued request's body waits for the one before it
-            self.body_timer = self.loop.call_later(self.limits.body_timeout_s, self._body_timed_out)
 
     def on_body(self, body: bytes) -> None:
         self.progressed = True
@@ -168,7 +175,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self.progressed = self.completed = True
-        self.awaiting_headers = True
+        self.awaiting_headers, self.in_message = True, False
         self.counted_bytes = 0
         if self.body_timer is not None:
             self.body_timer.cancel()

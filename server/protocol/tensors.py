@@ -38,7 +38,7 @@ def check_shape(name: str, shape: Any) -> tuple[int, ...]:
 
 def check_datatype(name: str, datatype: Any) -> str:
     """Validate a wire datatype; BF16 is a valid wire type that no ferry runtime takes."""
-    if datatype not in ALL_DATATYPES:
+    if not isinstance(datatype, str) or datatype not in ALL_DATATYPES:
         raise invalid(f"input '{name}': invalid datatype '{datatype}'")
     if datatype == "BF16":
         raise ServingError(ErrorKind.UNSUPPORTED, f"input '{name}': BF16 tensors are not supported")

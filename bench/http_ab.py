@@ -1,0 +1,110 @@
+"""A/B of two ferry source trees over HTTP: MLP throughput (c=64) and latency (c=1), binary and
+JSON, the two servers run in alternation in one session so that machine drift hits both.
+
+    git archive main | tar -x -C /tmp/ferry-main
+    python -m bench.http_ab --baseline /tmp/ferry-main [--candidate .] [--rounds 3] [--seconds 5]
+
+Prints, per protocol and concurrency, the candidate/baseline ratio of the median req/s and p50
+over the rounds (1.00: no change). Both trees run with this interpreter (this venv's packages).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.models import build_repository
+from bench.serving import ARTIFACTS, write_payloads, wrk
+from tests.support.server_process import ServerProcess, free_port, wait_until_live
+
+RUNS = [("http-binary", 1), ("http-binary", 64), ("http-json", 1), ("http-json", 64)]
+
+
+def start(tree: Path, repo: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """`ferry serve` imported from `tree` (it leads sys.path), on free loopback ports."""
+    ports = [free_port() for _ in range(3)]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ferry",
+                "serve",
+                "--model-repository",
+                str(repo),
+                "--no-drift",
+                *("--http-address", "127.0.0.1", "--http-port", str(ports[0])),
+                *("--grpc-address", "127.0.0.1", "--grpc-port", str(ports[1])),
+                *("--metrics-address", "127.0.0.1", "--metrics-port", str(ports[2])),
+            ],
+            cwd=tree,
+            env=dict(os.environ, PYTHONPATH=str(tree)),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    wait_until_live(ServerProcess(process, *ports, log), ready=True, label=str(tree))
+    return process, ports[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--baseline", type=Path, required=True, help="source tree to compare to")
+    parser.add_argument("--candidate", type=Path, default=Path.cwd(), help="source tree to test")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
+    ARTIFACTS.mkdir(exist_ok=True)
+    repo = ARTIFACTS / "repository"
+    build_repository(repo)
+    payload_dir = ARTIFACTS / "payloads"
+    payload_dir.mkdir(exist_ok=True)
+    payloads = write_payloads("mlp", payload_dir)
+    header_length = (payload_dir / "mlp.bin.len").read_text()
+    trees = {"baseline": args.baseline.resolve(), "candidate": args.candidate.resolve()}
+    results: dict[tuple[str, str, int], list[dict[str, float]]] = {}
+    for round_index in range(args.rounds):
+        order = list(trees) if round_index % 2 == 0 else list(reversed(trees))
+        for side in order:
+            process, port = start(trees[side], repo, ARTIFACTS / f"ab-{side}.log")
+            try:
+                for protocol, concurrency in RUNS:
+                    headers = (
+                        {"Inference-Header-Content-Length": header_length}
+                        if protocol == "http-binary"
+                        else {}
+                    )
+                    result = wrk(
+                        f"http://127.0.0.1:{port}/v2/models/mlp/infer",
+                        payloads[protocol],
+                        concurrency,
+                        args.seconds,
+                        headers,
+                    )
+                    results.setdefault((side, protocol, concurrency), []).append(result)
+                    print(
+                        f"round {round_index + 1} {side:9s} {protocol:11s} c={concurrency:<3d} "
+                        f"{result['req_per_s']:8.0f} req/s  p50 {result['p50_ms']:6.2f} ms  "
+                        f"errors {result['errors']:.0f}",
+                        flush=True,
+                    )
+            finally:
+                process.terminate()
+                process.wait()
+    print("\n=== candidate / baseline (medians over the rounds) ===")
+    for protocol, concurrency in RUNS:
+        ratios = []
+        for key in ("req_per_s", "p50_ms"):
+            base, cand = (
+                statistics.median(r[key] for r in results[(side, protocol, concurrency)])
+                for side in trees
+            )
+            ratios.append(f"{key} {cand / base:5.2f} ({base:.2f} -> {cand:.2f})")
+        print(f"  {protocol:11s} c={concurrency:<3d} " + "   ".join(ratios))
+
+
+if __name__ == "__main__":
+    main()
