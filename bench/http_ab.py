@@ -4,8 +4,10 @@ JSON, the two servers run in alternation in one session so that machine drift hi
     git archive main | tar -x -C /tmp/ferry-main
     python -m bench.http_ab --baseline /tmp/ferry-main [--candidate .] [--rounds 3] [--seconds 5]
 
-Prints, per protocol and concurrency, the candidate/baseline ratio of the median req/s and p50
-over the rounds (1.00: no change). Both trees run with this interpreter (this venv's packages).
+Prints, per protocol and concurrency, the candidate/baseline ratio of the median req/s, p50
+and server CPU per request over the rounds (1.00: no change). CPU per request (from
+/proc/PID/stat) moves least when the machine is shared. Both trees run with this interpreter
+(this venv's packages).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from bench.models import build_repository
 from bench.serving import ARTIFACTS, write_payloads, wrk
+from tests.support.attack import cpu_seconds
 from tests.support.server_process import ServerProcess, free_port, wait_until_live
 
 RUNS = [("http-binary", 1), ("http-binary", 64), ("http-json", 1), ("http-json", 64)]
@@ -77,6 +80,7 @@ def main() -> None:
                         if protocol == "http-binary"
                         else {}
                     )
+                    cpu_before = cpu_seconds(process.pid)
                     result = wrk(
                         f"http://127.0.0.1:{port}/v2/models/mlp/infer",
                         payloads[protocol],
@@ -84,11 +88,14 @@ def main() -> None:
                         args.seconds,
                         headers,
                     )
+                    # wrk runs a 1 s warm-up, then the measured run
+                    requests = result["req_per_s"] * (max(int(args.seconds), 1) + 1)
+                    result["cpu_us"] = (cpu_seconds(process.pid) - cpu_before) / requests * 1e6
                     results.setdefault((side, protocol, concurrency), []).append(result)
                     print(
                         f"round {round_index + 1} {side:9s} {protocol:11s} c={concurrency:<3d} "
                         f"{result['req_per_s']:8.0f} req/s  p50 {result['p50_ms']:6.2f} ms  "
-                        f"errors {result['errors']:.0f}",
+                        f"CPU {result['cpu_us']:5.0f} us/req  errors {result['errors']:.0f}",
                         flush=True,
                     )
             finally:
@@ -97,12 +104,12 @@ def main() -> None:
     print("\n=== candidate / baseline (medians over the rounds) ===")
     for protocol, concurrency in RUNS:
         ratios = []
-        for key in ("req_per_s", "p50_ms"):
+        for key in ("req_per_s", "p50_ms", "cpu_us"):
             base, cand = (
                 statistics.median(r[key] for r in results[(side, protocol, concurrency)])
                 for side in trees
             )
-            ratios.append(f"{key} {cand / base:5.2f} ({base:.2f} -> {cand:.2f})")
+            ratios.append(f"{key} {cand / base:4.2f} ({base:.4g} -> {cand:.4g})")
         print(f"  {protocol:11s} c={concurrency:<3d} " + "   ".join(ratios))
 
 

@@ -87,7 +87,8 @@ def decode_request(
     in client shared memory need `shared_memory` (None: the extension is off). Sizes and counts
     are checked against `limits` before they are decoded."""
     json_end = len(body) if header_length is None else header_length
-    check_json_size(body, json_end, limits)
+    if json_end > limits.json_bytes_always_within:  # (the hot path skips the call)
+        check_json_size(body, json_end, limits)
     try:
         header = orjson.loads(memoryview(body)[:json_end])
     except orjson.JSONDecodeError as exc:

@@ -49,11 +49,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(config, server_state, app_state, _loop)
         self.limits = limits
         self.awaiting_headers = True
-        self.in_message = False  # between on_message_begin and on_message_complete
+        # uvicorn starts a new scope for each message it begins: while awaiting headers, a
+        # scope other than the last one whose headers completed means a request has begun
+        self.headers_scope: object = None
         self.counted_bytes = 0  # header phase: bytes since the message began; later: stalled
         self.progressed = False
         self.completed = False  # a message ended during the current read
-        self.header_count = 0
         self.violation: tuple[int, str] | None = None
         self.header_timer: asyncio.TimerHandle | None = None
         self.body_timer: asyncio.TimerHandle | None = None
@@ -73,13 +74,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         self.progressed = self.completed = False
-        super().data_received(data)
+        HttpToolsProtocol.data_received(self, data)  # (not super(): the hot path)
         if self.transport.is_closing() or self.parser is None:
             return
         # timers start after the first read that leaves a request unfinished (most requests
         # arrive in one read: no timer is ever armed for them)
         if self.awaiting_headers:
-            if not self.in_message:
+            if self.scope is self.headers_scope:  # no request begun since the last one
                 return
             if not self.completed:  # a read that ended a body: its bytes are not these headers'
                 self.counted_bytes += len(data)
@@ -141,46 +142,40 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     # --- parser callbacks ----------------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self.in_message = True
-        self.header_count = 0
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.header_count += 1
-        if self.header_count > self.limits.max_header_count:
+    def on_headers_complete(self) -> None:
+        # (the header count is checked here, not per header: --http-max-header-bytes bounds
+        # how many can arrive, and the hot path keeps uvicorn's own on_header)
+        if len(self.headers) > self.limits.max_header_count:
             self.violation = (
                 431,
                 f"request has more than {self.limits.max_header_count} header fields "
                 "(--http-max-header-count)",
             )
             raise _LimitExceeded
-        super().on_header(name, value)
-
-    def on_headers_complete(self) -> None:
+        self.headers_scope = self.scope
         self.awaiting_headers = False
         self.counted_bytes = 0
         self.progressed = True
         if self.header_timer is not None:
             self.header_timer.cancel()
             self.header_timer = None
-        super().on_headers_complete()
+        HttpToolsProtocol.on_headers_complete(self)
 
     def on_body(self, body: bytes) -> None:
         self.progressed = True
-        super().on_body(body)
+        HttpToolsProtocol.on_body(self, body)
 
     def on_chunk_header(self) -> None:
         self.progressed = True
 
     def on_message_complete(self) -> None:
         self.progressed = self.completed = True
-        self.awaiting_headers, self.in_message = True, False
+        self.awaiting_headers = True
         self.counted_bytes = 0
         if self.body_timer is not None:
             self.body_timer.cancel()
             self.body_timer = None
-        super().on_message_complete()
+        HttpToolsProtocol.on_message_complete(self)
 
     # --- timeouts ------------------------------------------------------------------------------
 

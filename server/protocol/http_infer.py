@@ -55,6 +55,9 @@ BINARY_TYPE = b"application/octet-stream"
 # OFFLOAD_BINARY_BYTES is decoded in a worker thread (a BYTES tensor's per-element loop yields
 # the GIL every few ms). Everything smaller decodes inline: the hot path is unchanged.
 HEAVY_JSON_BYTES = 64 << 10
+# bodies this small are not counted in --http-max-buffered-bytes: uvicorn buffers that much per
+# connection before the app reads anyway, and the hot path skips the bookkeeping
+UNCOUNTED_BODY_BYTES = 64 << 10
 OFFLOAD_BINARY_BYTES = 256 << 10
 
 
@@ -69,18 +72,15 @@ class InferDecoder:
         self.limits = limits
         self._turn = asyncio.Semaphore(1)
 
-    async def decode(
+    async def decode_costly(
         self, dataplane: DataPlane, name: str, version: str, header_length: int | None, body: bytes
     ) -> tuple[InferenceRequest, OutputEncoding]:
-        if header_length == 0:
-            return _raw_binary_request(dataplane, name, version, body, self.limits)
-        json_bytes = len(body) if header_length is None else header_length
-        binary_bytes = len(body) - json_bytes
+        """A body over HEAVY_JSON_BYTES of JSON or OFFLOAD_BINARY_BYTES of binary data."""
         arguments = (body, header_length, name, version, dataplane.shared_memory, self.limits)
-        if json_bytes <= HEAVY_JSON_BYTES and binary_bytes <= OFFLOAD_BINARY_BYTES:
-            return decode_request(*arguments)
         async with self._turn:
-            if binary_bytes > OFFLOAD_BINARY_BYTES:
+            if len(body) - (len(body) if header_length is None else header_length) > (
+                OFFLOAD_BINARY_BYTES
+            ):
                 return await asyncio.to_thread(decode_request, *arguments)
             try:
                 return decode_request(*arguments)
@@ -98,9 +98,19 @@ async def handle_infer(
 ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     """Decode, infer, encode: the response body and its headers (status 200)."""
     header_length = parse_header_length(headers.get("inference-header-content-length"), len(body))
-    inference_request, encoding = await decoder.decode(
-        dataplane, name, version, header_length, body
-    )
+    json_bytes = len(body) if header_length is None else header_length
+    if header_length == 0:
+        inference_request, encoding = _raw_binary_request(
+            dataplane, name, version, body, decoder.limits
+        )
+    elif json_bytes <= HEAVY_JSON_BYTES and len(body) - json_bytes <= OFFLOAD_BINARY_BYTES:
+        inference_request, encoding = decode_request(
+            body, header_length, name, version, dataplane.shared_memory, decoder.limits
+        )
+    else:
+        inference_request, encoding = await decoder.decode_costly(
+            dataplane, name, version, header_length, body
+        )
     response = await dataplane.infer(inference_request)
     payload, json_length = encode_response(response, encoding, dataplane.shared_memory)
     response_headers = [(b"content-type", JSON_TYPE if json_length is None else BINARY_TYPE)]
@@ -188,13 +198,16 @@ async def read_raw_body(
     reservation: BudgetReservation,
 ) -> bytes:
     """The raw request body from ASGI `receive`: 413 past --http-max-request-bytes, 503 when the
-    server-wide budget has no room for it (a declared Content-Length is reserved up front)."""
+    server-wide budget has no room for it (a declared Content-Length is reserved up front; bodies
+    up to UNCOUNTED_BODY_BYTES are not counted)."""
     limit = limits.max_request_bytes
     declared = headers.get("content-length")
     if declared is not None and declared.isdigit():
-        if int(declared) > limit:
+        length = int(declared)
+        if length > limit:
             raise _too_large(declared, limit)
-        reservation.grow(int(declared))
+        if length > UNCOUNTED_BODY_BYTES:
+            reservation.grow(length)
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -205,7 +218,7 @@ async def read_raw_body(
         size += len(chunk)
         if size > limit:
             raise _too_large(f"more than {limit}", limit)
-        if size > reservation.held:
+        if size > reservation.held and size > UNCOUNTED_BODY_BYTES:
             reservation.grow(size - reservation.held)
         chunks.append(chunk)
         if not message.get("more_body", False):
@@ -299,7 +312,8 @@ class InferFastPath:
             logger.exception("infer request for '%s' failed", name)
             status, payload, response_headers = error_payload(500, f"internal error: {exc}")
         finally:
-            reservation.release()
+            if reservation.held:
+                reservation.release()
         response_headers.append((b"content-length", b"%d" % len(payload)))
         await send({"type": "http.response.start", "status": status, "headers": response_headers})
         await send({"type": "http.response.body", "body": payload})

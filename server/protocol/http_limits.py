@@ -29,6 +29,12 @@ class DecodeLimits:
     max_json_elements: int = 1 << 18
     # elements of BYTES tensors in one request: each becomes a Python bytes object
     max_bytes_elements: int = 1 << 20
+    # a JSON part this long passes check_json_size whatever it holds
+    json_bytes_always_within: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        within = min(self.max_input_size, (self.max_json_elements - 2) * 2 // 3)
+        object.__setattr__(self, "json_bytes_always_within", within)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +169,7 @@ def check_json_size(body: bytes, json_end: int, limits: DecodeLimits) -> None:
             f"request JSON size of {json_end} bytes exceeds the maximum allowed input size "
             f"of {limits.max_input_size} bytes. Use --http-max-input-size to increase the limit."
         )
-    if json_end * 3 // 2 + 2 <= limits.max_json_elements:
+    if json_end <= limits.json_bytes_always_within:
         return
     elements = 1
     for start in range(0, json_end, COUNT_WINDOW_BYTES):  # windows: stop early past the limit
