@@ -13,44 +13,13 @@ and server CPU per request over the rounds (1.00: no change). CPU per request (f
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
-from bench.models import build_repository
-from bench.serving import ARTIFACTS, write_payloads, wrk
+from bench.serving import prepare_artifacts, serve, write_payloads, wrk
 from tests.support.attack import cpu_seconds
-from tests.support.server_process import ServerProcess, free_port, wait_until_live
 
 RUNS = [("http-binary", 1), ("http-binary", 64), ("http-json", 1), ("http-json", 64)]
-
-
-def start(tree: Path, repo: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """`ferry serve` imported from `tree` (it leads sys.path), on free loopback ports."""
-    ports = [free_port() for _ in range(3)]
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ferry",
-                "serve",
-                "--model-repository",
-                str(repo),
-                "--no-drift",
-                *("--http-address", "127.0.0.1", "--http-port", str(ports[0])),
-                *("--grpc-address", "127.0.0.1", "--grpc-port", str(ports[1])),
-                *("--metrics-address", "127.0.0.1", "--metrics-port", str(ports[2])),
-            ],
-            cwd=tree,
-            env=dict(os.environ, PYTHONPATH=str(tree)),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    wait_until_live(ServerProcess(process, *ports, log), ready=True, label=str(tree))
-    return process, ports[0]
 
 
 def main() -> None:
@@ -60,11 +29,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
-    ARTIFACTS.mkdir(exist_ok=True)
-    repo = ARTIFACTS / "repository"
-    build_repository(repo)
-    payload_dir = ARTIFACTS / "payloads"
-    payload_dir.mkdir(exist_ok=True)
+    repo, payload_dir = prepare_artifacts()
     payloads = write_payloads("mlp", payload_dir)
     header_length = (payload_dir / "mlp.bin.len").read_text()
     trees = {"baseline": args.baseline.resolve(), "candidate": args.candidate.resolve()}
@@ -72,7 +37,7 @@ def main() -> None:
     for round_index in range(args.rounds):
         order = list(trees) if round_index % 2 == 0 else list(reversed(trees))
         for side in order:
-            process, port = start(trees[side], repo, ARTIFACTS / f"ab-{side}.log")
+            process, http_url, _ = serve(repo, ["--no-drift"], trees[side], f"ab-{side}.log")
             try:
                 for protocol, concurrency in RUNS:
                     headers = (
@@ -82,7 +47,7 @@ def main() -> None:
                     )
                     cpu_before = cpu_seconds(process.pid)
                     result = wrk(
-                        f"http://127.0.0.1:{port}/v2/models/mlp/infer",
+                        f"http://{http_url}/v2/models/mlp/infer",
                         payloads[protocol],
                         concurrency,
                         args.seconds,

@@ -92,12 +92,16 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                     )
                     return
             if self.header_timer is None:
+                timeout = self.limits.header_timeout_s
                 self.header_timer = self.loop.call_later(
-                    self.limits.header_timeout_s, self._headers_timed_out
+                    timeout, self._timed_out, "headers", timeout, "--http-header-timeout-secs"
                 )
             return
         if self.body_timer is None and not self.pipeline:  # a queued request's body waits
-            self.body_timer = self.loop.call_later(self.limits.body_timeout_s, self._body_timed_out)
+            timeout = self.limits.body_timeout_s
+            self.body_timer = self.loop.call_later(
+                timeout, self._timed_out, "body", timeout, "--http-body-timeout-secs"
+            )
         if self.progressed:
             self.counted_bytes = 0
             return
@@ -179,23 +183,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     # --- timeouts ------------------------------------------------------------------------------
 
-    def _headers_timed_out(self) -> None:
-        self.header_timer = None
+    def _timed_out(self, part: str, seconds: float, flag: str) -> None:
+        """A timer of `part` (headers, body) fired: 408 and close."""
+        self._cancel_timers()
         if not self.transport.is_closing():
-            self.reject(
-                408,
-                f"request headers not received within {self.limits.header_timeout_s:g}s "
-                "(--http-header-timeout-secs)",
-            )
-
-    def _body_timed_out(self) -> None:
-        self.body_timer = None
-        if not self.transport.is_closing():
-            self.reject(
-                408,
-                f"request body not received within {self.limits.body_timeout_s:g}s "
-                "(--http-body-timeout-secs)",
-            )
+            self.reject(408, f"request {part} not received within {seconds:g}s ({flag})")
 
     def _cancel_timers(self) -> None:
         for timer in (self.header_timer, self.body_timer):
