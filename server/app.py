@@ -238,6 +238,11 @@ async def serve(settings: ServerSettings) -> int:
     return 0
 
 
+def check_settings(settings: ServerSettings) -> None:
+    """Raise ValueError, naming the flag, for settings out of range (before anything starts)."""
+    http_limits(settings)
+
+
 def run_server(settings: ServerSettings) -> int:
     """Entry point of `ferry serve`: logging, uvloop, and the event loop.
 

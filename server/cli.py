@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 
 from server.gc_policy import GcPolicy
-from server.protocol.http_limits import http_limits
 from server.restrictions import (
     API_GROUPS,
     GRPC_HEADER_PREFIX,
@@ -233,7 +232,7 @@ def serve(
 ) -> None:
     """Serve a model repository over KServe v2 HTTP and gRPC, with dynamic batching."""
     require_repository(model_repository)
-    from server.app import run_server
+    from server.app import check_settings, run_server
 
     settings = ServerSettings(
         model_repository=model_repository,
@@ -280,7 +279,7 @@ def serve(
         loop_lag_probe=loop_lag_probe,
     )
     try:
-        http_limits(settings)
+        check_settings(settings)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     raise typer.Exit(run_server(settings))
