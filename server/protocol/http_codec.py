@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from server.errors import invalid
+from server.errors import ServingError, invalid
 from server.protocol.http_limits import DecodeLimits, check_json_size
 from server.protocol.tensors import (
     array_from_bytes,
@@ -183,10 +183,15 @@ def _decode_inputs(
             inputs[name] = array_from_bytes(name, manager.read(reference), datatype, shape)
             continue
         if "data" in spec:
-            _check_json_input_size(name, datatype, shape, limits)
-            inputs[name] = array_from_json(name, spec["data"], datatype, shape)
             if datatype == "BYTES":
-                _check_json_input_size(name, datatype, shape, limits, inputs[name])
+                inputs[name] = array_from_json(name, spec["data"], datatype, shape)
+                _check_json_input_size(name, inputs[name], limits)
+            elif element_count(shape) * ELEMENT_SIZE_BY_DATATYPE[datatype] > limits.max_input_size:
+                raise _json_input_too_large(
+                    name, element_count(shape) * ELEMENT_SIZE_BY_DATATYPE[datatype], limits
+                )
+            else:
+                inputs[name] = array_from_json(name, spec["data"], datatype, shape)
             continue
         size = _unsigned(params["binary_data_size"], "binary_data_size")
         if offset + size > len(body):
@@ -214,27 +219,21 @@ def check_bytes_elements(count: int, limits: DecodeLimits) -> None:
         )
 
 
-def _check_json_input_size(
-    name: str,
-    datatype: str,
-    shape: tuple[int, ...],
-    limits: DecodeLimits,
-    decoded: np.ndarray | None = None,
-) -> None:
-    """Triton's check: a JSON input's byte size (from its shape; for BYTES, the serialized
-    size of the decoded strings) must not pass --http-max-input-size."""
-    if datatype == "BYTES":
-        if decoded is None:
-            return
-        byte_size = sum(len(item) for item in decoded.reshape(-1)) + 4 * decoded.size
-    else:
-        byte_size = element_count(shape) * ELEMENT_SIZE_BY_DATATYPE[datatype]
+def _check_json_input_size(name: str, decoded: np.ndarray, limits: DecodeLimits) -> None:
+    """Triton's check for a JSON BYTES input: its serialized size (each string plus a 4-byte
+    length) must not pass --http-max-input-size. (Other types: from the shape, before
+    decoding.)"""
+    byte_size = sum(len(item) for item in decoded.reshape(-1)) + 4 * decoded.size
     if byte_size > limits.max_input_size:
-        raise invalid(
-            f"JSON input '{name}' has a byte_size ({byte_size} bytes) that exceeds the maximum "
-            f"allowed value of {limits.max_input_size} bytes. Use --http-max-input-size to "
-            "increase the limit."
-        )
+        raise _json_input_too_large(name, byte_size, limits)
+
+
+def _json_input_too_large(name: str, byte_size: int, limits: DecodeLimits) -> ServingError:
+    return invalid(
+        f"JSON input '{name}' has a byte_size ({byte_size} bytes) that exceeds the maximum "
+        f"allowed value of {limits.max_input_size} bytes. Use --http-max-input-size to increase "
+        "the limit."
+    )
 
 
 def _decode_outputs(

@@ -138,9 +138,9 @@ def array_from_json(name: str, data: Any, datatype: str, shape: tuple[int, ...])
                 item.encode() if isinstance(item, str) else str(item).encode() for item in flat
             ]
         else:
-            _check_depth(data)
             array = np.asarray(data, dtype=NUMPY_DTYPE_BY_DATATYPE[datatype])
     except (ValueError, TypeError, OverflowError) as exc:
+        _check_depth(data)  # numpy refuses deep nesting too: Triton's message when that is why
         raise invalid(f"input '{name}': data does not match datatype {datatype}: {exc}") from exc
     if array.size != count:
         raise invalid(
@@ -154,8 +154,7 @@ def _nesting_error() -> ServingError:
 
 
 def _check_depth(data: Any) -> None:
-    """Refuse `data` whose first elements nest deeper than MAX_JSON_DEPTH (numpy refuses
-    any other over-deep or ragged nesting itself)."""
+    """Refuse `data` whose first elements nest MAX_JSON_DEPTH arrays deep."""
     depth = 0
     while isinstance(data, list) and data:
         depth += 1
