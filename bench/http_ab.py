@@ -37,7 +37,7 @@ def main() -> None:
     for round_index in range(args.rounds):
         order = list(trees) if round_index % 2 == 0 else list(reversed(trees))
         for side in order:
-            process, http_url, _ = serve(repo, ["--no-drift"], trees[side], f"ab-{side}.log")
+            process, http_url, *_ = serve(repo, ["--no-drift"], trees[side], f"ab-{side}.log")
             try:
                 for protocol, concurrency in RUNS:
                     headers = (
