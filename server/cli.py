@@ -128,8 +128,8 @@ def serve(
     http_header_timeout_secs: Annotated[
         float,
         typer.Option(
-            help="Seconds from a request's first byte to the end of its headers (408 and "
-            "close past it).",
+            help="Seconds from the first read of a request to the end of its headers (408 "
+            "and close past it).",
             rich_help_panel="HTTP limits",
         ),
     ] = 10.0,
