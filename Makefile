@@ -19,7 +19,7 @@ METRICS_PORT ?= 8002
 PYTEST_ARGS ?=
 
 .PHONY: help install serve test test-unit test-integration test-gpu lint typecheck fmt bench bench-python \
-        proto-stubs \
+        proto-stubs fuzz \
         example-repo system-deps triton-server image image-gpu clean
 
 help:
@@ -27,6 +27,7 @@ help:
 	@echo "               (HTTP_PORT=, GRPC_PORT=, METRICS_PORT= choose other ports)"
 	@echo "make test    - set up and run the whole test suite"
 	@echo "make lint    - ruff + mypy"
+	@echo "make fuzz    - the hypothesis fuzz tests, long"
 	@echo "make bench   - serving benchmarks (prints ratios against in-process ONNX Runtime)"
 
 $(STAMP): pyproject.toml
@@ -82,6 +83,12 @@ $(PROTO_STUBS_STAMP): $(STAMP) scripts/generate_proto_stubs.py
 	touch $(PROTO_STUBS_STAMP)
 
 proto-stubs: $(PROTO_STUBS_STAMP)
+
+# The hypothesis fuzz tests (marker `fuzz`, any test path), with many more examples than
+# `make test` gives them (profiles in tests/conftest.py).
+FUZZ_ARGS ?=
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -m fuzz $(FUZZ_ARGS)
 
 lint: $(STAMP) $(PROTO_STUBS_STAMP)
 	$(BIN)/ruff check .

@@ -27,6 +27,8 @@ from server.gc_policy import apply_after_startup
 from server.observers import ObserverFanout
 from server.protocol.grpc import create_grpc_server
 from server.protocol.http import create_http_app
+from server.protocol.http_connection import limited_protocol
+from server.protocol.http_limits import HttpLimits, http_limits
 from server.repository import ModelRepository
 from server.settings import ModelControlMode, ServerSettings
 from server.shared_memory import SharedMemoryManager
@@ -42,17 +44,19 @@ class _Uvicorn(uvicorn.Server):
         yield
 
 
-def _uvicorn_server(app: Any, host: str, port: int, log_level: str) -> _Uvicorn:
+def _uvicorn_server(app: Any, host: str, port: int, log_level: str, limits: HttpLimits) -> _Uvicorn:
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
         loop="none",
-        http="httptools",
+        http=limited_protocol(limits),
+        ws="none",
         lifespan="off",
         log_level="warning" if log_level == "info" else log_level,
         access_log=False,
-        timeout_keep_alive=75,
+        # typed int in uvicorn, used with call_later: fractions of a second work
+        timeout_keep_alive=limits.keepalive_timeout_s,  # type: ignore[arg-type]
         backlog=4096,
         proxy_headers=False,
         server_header=False,
@@ -103,20 +107,19 @@ async def serve(settings: ServerSettings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    limits = http_limits(settings)
     http_servers: list[_Uvicorn] = []
     tasks: list[asyncio.Task[Any]] = []
     if settings.allow_http:
         http_servers.append(
             _uvicorn_server(
                 create_http_app(
-                    dataplane,
-                    settings.http_max_request_bytes,
-                    monitors.drift_detail,
-                    settings.http_restricted_apis,
+                    dataplane, limits, monitors.drift_detail, settings.http_restricted_apis
                 ),
                 settings.http_address,
                 settings.http_port,
                 settings.log_level,
+                limits,
             )
         )
     if settings.allow_metrics:
@@ -126,6 +129,7 @@ async def serve(settings: ServerSettings) -> int:
                 settings.metrics_address,
                 settings.metrics_port,
                 settings.log_level,
+                limits,
             )
         )
     grpc_server = None
@@ -232,6 +236,11 @@ async def serve(settings: ServerSettings) -> int:
         shared_memory.close()
     logger.info("stopped")
     return 0
+
+
+def check_settings(settings: ServerSettings) -> None:
+    """Raise ValueError, naming the flag, for settings out of range (before anything starts)."""
+    http_limits(settings)
 
 
 def run_server(settings: ServerSettings) -> int:

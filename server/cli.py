@@ -71,8 +71,84 @@ def serve(
         float, typer.Option(help="On SIGTERM, how long to wait for accepted requests.")
     ] = 30.0,
     http_max_request_bytes: Annotated[
-        int, typer.Option(help="Largest HTTP request body accepted (after decompression).")
+        int,
+        typer.Option(
+            help="Largest HTTP request body, in bytes, as sent (413 past it; a declared "
+            "Content-Length over it is refused before the body is read).",
+            rich_help_panel="HTTP limits",
+        ),
     ] = 512 * 1024 * 1024,
+    http_max_buffered_bytes: Annotated[
+        int,
+        typer.Option(
+            help="Server-wide budget, in bytes, of HTTP request bodies being received or "
+            "decoded, across all connections (503 at once past it). At least "
+            "--http-max-request-bytes.",
+            rich_help_panel="HTTP limits",
+        ),
+    ] = 1024 * 1024 * 1024,
+    http_max_input_size: Annotated[
+        int,
+        typer.Option(
+            help="Triton's flag: largest JSON part of a request, JSON input tensor (by "
+            "shape), raw binary input and decompressed body, in bytes (400 past it).",
+            rich_help_panel="HTTP limits",
+        ),
+    ] = 64 * 1024 * 1024,
+    http_max_json_elements: Annotated[
+        int,
+        typer.Option(
+            help="Most elements in a JSON request body (numbers and strings count 1, arrays "
+            "and objects 3), counted before parsing (400 past it); send large tensors in "
+            "binary.",
+            rich_help_panel="HTTP limits",
+        ),
+    ] = 1 << 18,
+    http_max_bytes_elements: Annotated[
+        int,
+        typer.Option(
+            help="Most BYTES tensor elements in one HTTP request (400 past it).",
+            rich_help_panel="HTTP limits",
+        ),
+    ] = 1 << 20,
+    http_max_header_bytes: Annotated[
+        int,
+        typer.Option(
+            help="Largest HTTP request line + header block (and trailers), in bytes (431 past it).",
+            rich_help_panel="HTTP limits",
+        ),
+    ] = 64 * 1024,
+    http_max_header_count: Annotated[
+        int,
+        typer.Option(
+            help="Most header fields in an HTTP request (431 past it).",
+            rich_help_panel="HTTP limits",
+        ),
+    ] = 100,
+    http_header_timeout_secs: Annotated[
+        float,
+        typer.Option(
+            help="Seconds from the first read of a request to the end of its headers (408 "
+            "and close past it).",
+            rich_help_panel="HTTP limits",
+        ),
+    ] = 10.0,
+    http_body_timeout_secs: Annotated[
+        float,
+        typer.Option(
+            help="Seconds from the end of a request's headers to the end of its body (408 "
+            "and close past it).",
+            rich_help_panel="HTTP limits",
+        ),
+    ] = 60.0,
+    http_keepalive_timeout_secs: Annotated[
+        float,
+        typer.Option(
+            help="Seconds an HTTP connection may sit idle (fresh or between requests) "
+            "before it is closed.",
+            rich_help_panel="HTTP limits",
+        ),
+    ] = 75.0,
     allow_client_shm: Annotated[
         bool,
         typer.Option(
@@ -156,7 +232,7 @@ def serve(
 ) -> None:
     """Serve a model repository over KServe v2 HTTP and gRPC, with dynamic batching."""
     require_repository(model_repository)
-    from server.app import run_server
+    from server.app import check_settings, run_server
 
     settings = ServerSettings(
         model_repository=model_repository,
@@ -176,6 +252,15 @@ def serve(
         strict_readiness=strict_readiness,
         exit_timeout_secs=exit_timeout_secs,
         http_max_request_bytes=http_max_request_bytes,
+        http_max_buffered_bytes=http_max_buffered_bytes,
+        http_max_input_size=http_max_input_size,
+        http_max_json_elements=http_max_json_elements,
+        http_max_bytes_elements=http_max_bytes_elements,
+        http_max_header_bytes=http_max_header_bytes,
+        http_max_header_count=http_max_header_count,
+        http_header_timeout_secs=http_header_timeout_secs,
+        http_body_timeout_secs=http_body_timeout_secs,
+        http_keepalive_timeout_secs=http_keepalive_timeout_secs,
         allow_client_shm=allow_client_shm,
         default_max_batch_size=default_max_batch_size,
         drift_enabled=drift,
@@ -193,6 +278,10 @@ def serve(
         gc_policy=gc_policy,
         loop_lag_probe=loop_lag_probe,
     )
+    try:
+        check_settings(settings)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     raise typer.Exit(run_server(settings))
 
 

@@ -9,6 +9,7 @@ version finish on it while new requests go to the new one.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import shutil
 import tempfile
@@ -31,6 +32,7 @@ from server.errors import ErrorKind, ServingError
 from server.model import ModelVersion, create_instances, start_version
 from server.observers import ObserverFanout
 from server.repository_format import (
+    MAX_MODEL_NAME_BYTES,
     ModelConfig,
     ModelConfigError,
     is_valid_model_name,
@@ -208,8 +210,8 @@ class ModelRepository:
         if not is_valid_model_name(name):
             raise ServingError(
                 ErrorKind.INVALID_ARG,
-                f"invalid model name '{name}': path separators, '..' and hidden "
-                "names are not allowed",
+                f"invalid model name '{name[:MAX_MODEL_NAME_BYTES]}': path separators, '..', "
+                f"hidden names and names over {MAX_MODEL_NAME_BYTES} characters are not allowed",
             )
         async with self._lock:
             source_dir, temporary = self.root / name, None
@@ -356,7 +358,9 @@ class ModelRepository:
     async def unload(self, name: str) -> None:
         """Unload every version; queued and running requests finish first."""
         if not is_valid_model_name(name):
-            raise ServingError(ErrorKind.INVALID_ARG, f"invalid model name '{name}'")
+            raise ServingError(
+                ErrorKind.INVALID_ARG, f"invalid model name '{name[:MAX_MODEL_NAME_BYTES]}'"
+            )
         async with self._lock:
             entry = self._entries.get(name)
             if entry is None or not entry.live:
@@ -486,17 +490,34 @@ class ModelRepository:
             await asyncio.gather(*self._draining, return_exceptions=True)
 
 
+# errors a client's file path causes (too long, not a directory...): 400, not 500
+CLIENT_PATH_ERRNOS = frozenset(
+    {errno.ENAMETOOLONG, errno.EINVAL, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ELOOP}
+)
+
+
 def _write_model_files(name: str, files: Mapping[str, bytes]) -> Path:
     """Write the load API's `file:<version>/<name>` contents into a temporary model folder."""
     root = Path(tempfile.mkdtemp(prefix="ferry-load-"))
     model_dir = (root / name).resolve()
     for relative, content in files.items():
-        target = (model_dir / relative).resolve()
-        if model_dir not in target.parents:
+        try:
+            target = (model_dir / relative).resolve()
+            if model_dir not in target.parents:
+                raise ServingError(
+                    ErrorKind.INVALID_ARG, f"file path '{relative}' leaves the model folder"
+                )
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+        except (OSError, ValueError) as exc:
             shutil.rmtree(root, ignore_errors=True)
+            if isinstance(exc, OSError) and exc.errno not in CLIENT_PATH_ERRNOS:
+                raise
+            reason = exc.strerror if isinstance(exc, OSError) else str(exc)
             raise ServingError(
-                ErrorKind.INVALID_ARG, f"file path '{relative}' leaves the model folder"
-            )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(content)
+                ErrorKind.INVALID_ARG, f"invalid file path '{relative[:300]}': {reason}"
+            ) from None
+        except ServingError:
+            shutil.rmtree(root, ignore_errors=True)
+            raise
     return root

@@ -93,10 +93,17 @@ class ModelConfigError(ValueError):
     """config.pbtxt (or a config given to the load API) is unreadable or inconsistent."""
 
 
+# the longest file name the filesystem takes (NAME_MAX on Linux); a longer model name is the
+# client's error (400), not an OSError (ENAMETOOLONG) from the first path it reaches
+MAX_MODEL_NAME_BYTES = 255
+
+
 def is_valid_model_name(name: str) -> bool:
-    """True for a plain folder name: no path separators, no '..', nothing hidden."""
+    """True for a plain folder name: no path separators, no '..', nothing hidden, not longer
+    than a file name may be."""
     return (
-        bool(_MODEL_NAME_PATTERN.match(name))
+        len(name) <= MAX_MODEL_NAME_BYTES  # the pattern is ASCII: characters are bytes
+        and bool(_MODEL_NAME_PATTERN.match(name))
         and name not in (".", "..")
         and not name.startswith(".")
     )

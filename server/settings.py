@@ -58,6 +58,15 @@ class ServerSettings:
     strict_readiness: bool = True
     exit_timeout_secs: float = 30.0
     http_max_request_bytes: int = 512 * 1024 * 1024
+    http_max_buffered_bytes: int = 1024 * 1024 * 1024
+    http_max_input_size: int = 64 * 1024 * 1024
+    http_max_json_elements: int = 1 << 18
+    http_max_bytes_elements: int = 1 << 20
+    http_max_header_bytes: int = 64 * 1024
+    http_max_header_count: int = 100
+    http_header_timeout_secs: float = 10.0
+    http_body_timeout_secs: float = 60.0
+    http_keepalive_timeout_secs: float = 75.0
     allow_client_shm: bool = False
     default_max_batch_size: int = 4
     drift_enabled: bool = True

@@ -18,7 +18,8 @@ from starlette.responses import Response
 from server.dataplane import DataPlane
 from server.errors import ErrorKind, ServingError, invalid
 from server.protocol.http_access import HttpAccess
-from server.protocol.http_infer import InferFastPath, decode_body, read_raw_body
+from server.protocol.http_infer import InferDecoder, InferFastPath, decode_body, read_raw_body
+from server.protocol.http_limits import BufferBudget, HttpLimits, RequestRejected, check_json_size
 from server.protocol.status import HTTP_STATUS_BY_KIND
 from server.repository_format import config_to_json
 from server.restrictions import RestrictedApis
@@ -39,21 +40,23 @@ def error_response(
     )
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body (decompressed), refused past `limit` bytes before and after."""
-    body = await read_raw_body(request.receive, request.headers, limit)
-    return decode_body(body, request.headers.get("content-encoding"), limit)
-
-
-async def optional_json(request: Request, limit: int) -> dict[str, Any]:
-    """Parse an optional JSON object body (empty body: {})."""
-    body = await read_body(request, limit)
-    if not body.strip():
-        return {}
+async def optional_json(
+    request: Request, limits: HttpLimits, budget: BufferBudget
+) -> dict[str, Any]:
+    """Parse an optional JSON object body (empty body: {}), decompressed, under the body and
+    JSON limits and the server-wide budget."""
+    reservation = budget.reservation()
     try:
+        body = await read_raw_body(request.receive, request.headers, limits, reservation)
+        body = await decode_body(body, request.headers.get("content-encoding"), limits, reservation)
+        if not body.strip():
+            return {}
+        check_json_size(body, len(body), limits.decode)
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise invalid(f"failed to parse the request JSON buffer: {exc}") from None
+    finally:
+        reservation.release()
     if not isinstance(value, dict):
         raise invalid("the request body must be a JSON object")
     return value
@@ -61,25 +64,34 @@ async def optional_json(request: Request, limit: int) -> dict[str, Any]:
 
 def create_http_app(
     dataplane: DataPlane,
-    max_request_bytes: int,
+    limits: HttpLimits,
     drift_detail: DriftDetail | None = None,
     restricted: RestrictedApis | None = None,
 ) -> InferFastPath:
-    """The HTTP application: every route Triton serves for ferry's extensions, with the
-    restricted API groups (`--http-restricted-api`) behind their headers."""
+    """The HTTP application: every route Triton serves for ferry's extensions, under the HTTP
+    limits, with the restricted API groups (`--http-restricted-api`) behind their headers."""
+    budget = BufferBudget(limits.max_buffered_bytes)
     return InferFastPath(
-        create_fastapi_app(dataplane, max_request_bytes, drift_detail),
+        create_fastapi_app(dataplane, limits, budget, drift_detail),
         dataplane,
-        max_request_bytes,
+        limits,
+        budget,
+        InferDecoder(limits.decode),
         HttpAccess(restricted) if restricted else None,
     )
 
 
 def create_fastapi_app(
-    dataplane: DataPlane, max_request_bytes: int, drift_detail: DriftDetail | None = None
+    dataplane: DataPlane,
+    limits: HttpLimits,
+    budget: BufferBudget,
+    drift_detail: DriftDetail | None = None,
 ) -> FastAPI:
     """Every route but POST .../infer, which the InferFastPath in front of this app serves."""
     app = FastAPI(title="ferry", docs_url=None, redoc_url=None, openapi_url=None)
+
+    async def body_json(request: Request) -> dict[str, Any]:
+        return await optional_json(request, limits, budget)
 
     async def on_serving_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, ServingError)
@@ -94,7 +106,12 @@ def create_fastapi_app(
         assert isinstance(exc, HTTPException)
         return error_response(exc.status_code, str(exc.detail))
 
+    async def on_rejected(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestRejected)
+        return error_response(exc.status, exc.message)
+
     app.add_exception_handler(ServingError, on_serving_error)
+    app.add_exception_handler(RequestRejected, on_rejected)
     app.add_exception_handler(HTTPException, on_http_error)
 
     def route(
@@ -169,19 +186,19 @@ def create_fastapi_app(
     @route("/v2/repository/index", ["POST"])
     @route("/v2/repository/{repository}/index", ["POST"])
     async def repository_index(request: Request) -> Response:
-        body = await optional_json(request, max_request_bytes)
+        body = await body_json(request)
         return json_response(dataplane.repository_index(bool(body.get("ready", False))))
 
     @route("/v2/repository/models/{model:path}/load", ["POST"])
     async def load(request: Request) -> Response:
-        body = await optional_json(request, max_request_bytes)
+        body = await body_json(request)
         config, files = _load_parameters(body)
         await dataplane.load_model(request.path_params["model"], config, files)
         return Response(status_code=200)
 
     @route("/v2/repository/models/{model:path}/unload", ["POST"])
     async def unload(request: Request) -> Response:
-        await optional_json(request, max_request_bytes)
+        await body_json(request)
         await dataplane.unload_model(request.path_params["model"])
         return Response(status_code=200)
 
@@ -201,9 +218,7 @@ def create_fastapi_app(
     async def system_shm_register(request: Request) -> Response:
         if shared_memory is None:
             return _shm_not_enabled()
-        key, offset, byte_size = _register_parameters(
-            await optional_json(request, max_request_bytes)
-        )
+        key, offset, byte_size = _register_parameters(await body_json(request))
         shared_memory.register(request.path_params.get("region", ""), key, offset, byte_size)
         return Response(status_code=200)
 

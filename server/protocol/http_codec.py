@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from server.errors import invalid
+from server.errors import ServingError, invalid
+from server.protocol.http_limits import DecodeLimits, check_json_size
 from server.protocol.tensors import (
     array_from_bytes,
     array_from_json,
@@ -18,6 +19,7 @@ from server.protocol.tensors import (
     array_to_json,
     check_datatype,
     check_shape,
+    element_count,
 )
 from server.shared_memory import (
     SharedMemoryManager,
@@ -26,7 +28,13 @@ from server.shared_memory import (
     require_enabled,
     shared_memory_reference,
 )
-from server.types import InferenceRequest, InferenceResponse, RequestedOutput, datatype_of
+from server.types import (
+    ELEMENT_SIZE_BY_DATATYPE,
+    InferenceRequest,
+    InferenceResponse,
+    RequestedOutput,
+    datatype_of,
+)
 
 RESERVED_PARAMETERS = frozenset(
     {
@@ -39,6 +47,9 @@ RESERVED_PARAMETERS = frozenset(
         "binary_data_output",
     }
 )
+
+
+DEFAULT_DECODE_LIMITS = DecodeLimits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,10 +81,14 @@ def decode_request(
     model_name: str,
     model_version: str,
     shared_memory: SharedMemoryManager | None = None,
+    limits: DecodeLimits = DEFAULT_DECODE_LIMITS,
 ) -> tuple[InferenceRequest, OutputEncoding]:
     """Decode an infer body into an InferenceRequest and the requested output encoding; tensors
-    in client shared memory need `shared_memory` (None: the extension is off)."""
+    in client shared memory need `shared_memory` (None: the extension is off). Sizes and counts
+    are checked against `limits` before they are decoded."""
     json_end = len(body) if header_length is None else header_length
+    if json_end > limits.json_bytes_always_within:  # (the hot path skips the call)
+        check_json_size(body, json_end, limits)
     try:
         header = orjson.loads(memoryview(body)[:json_end])
     except orjson.JSONDecodeError as exc:
@@ -89,7 +104,7 @@ def decode_request(
                 f"parameter keys starting with 'triton_' are reserved for Triton usage "
                 f"and should not be specified: '{key}'"
             )
-    inputs = _decode_inputs(header.get("inputs"), body, json_end, shared_memory)
+    inputs = _decode_inputs(header.get("inputs"), body, json_end, shared_memory, limits)
     requested, binary_by_output, in_shared_memory = _decode_outputs(
         header.get("outputs"), shared_memory
     )
@@ -133,12 +148,17 @@ def _unsigned(value: Any, name: str) -> int:
 
 
 def _decode_inputs(
-    specs: Any, body: bytes, binary_start: int, shared_memory: SharedMemoryManager | None
+    specs: Any,
+    body: bytes,
+    binary_start: int,
+    shared_memory: SharedMemoryManager | None,
+    limits: DecodeLimits,
 ) -> dict[str, np.ndarray]:
     if not isinstance(specs, list) or not specs:
         raise invalid("the request must list its 'inputs'")
     inputs: dict[str, np.ndarray] = {}
     offset = binary_start
+    bytes_elements = 0
     for spec in specs:
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
             raise invalid("each input must be an object with a 'name'")
@@ -147,6 +167,9 @@ def _decode_inputs(
             raise invalid(f"input '{name}' is given twice")
         shape = check_shape(name, spec.get("shape", None))
         datatype = check_datatype(name, spec.get("datatype"))
+        if datatype == "BYTES":
+            bytes_elements += element_count(shape)
+            check_bytes_elements(bytes_elements, limits)
         params = spec.get("parameters") or {}
         if not isinstance(params, dict):
             raise invalid(f"input '{name}': 'parameters' must be an object")
@@ -170,7 +193,15 @@ def _decode_inputs(
             inputs[name] = array_from_bytes(name, manager.read(reference), datatype, shape)
             continue
         if "data" in spec:
-            inputs[name] = array_from_json(name, spec["data"], datatype, shape)
+            if datatype == "BYTES":
+                inputs[name] = array_from_json(name, spec["data"], datatype, shape)
+                _check_json_input_size(name, inputs[name], limits)
+            elif element_count(shape) * ELEMENT_SIZE_BY_DATATYPE[datatype] > limits.max_input_size:
+                raise _json_input_too_large(
+                    name, element_count(shape) * ELEMENT_SIZE_BY_DATATYPE[datatype], limits
+                )
+            else:
+                inputs[name] = array_from_json(name, spec["data"], datatype, shape)
             continue
         size = _unsigned(params["binary_data_size"], "binary_data_size")
         if offset + size > len(body):
@@ -186,6 +217,33 @@ def _decode_inputs(
             "last binary input"
         )
     return inputs
+
+
+def check_bytes_elements(count: int, limits: DecodeLimits) -> None:
+    """Refuse a request whose BYTES tensors hold more than --http-max-bytes-elements elements
+    (each one becomes a Python object), before any is decoded."""
+    if count > limits.max_bytes_elements:
+        raise invalid(
+            f"request has {count} BYTES tensor elements, more than the maximum of "
+            f"{limits.max_bytes_elements}. Use --http-max-bytes-elements to increase the limit."
+        )
+
+
+def _check_json_input_size(name: str, decoded: np.ndarray, limits: DecodeLimits) -> None:
+    """Triton's check for a JSON BYTES input: its serialized size (each string plus a 4-byte
+    length) must not pass --http-max-input-size. (Other types: from the shape, before
+    decoding.)"""
+    byte_size = sum(len(item) for item in decoded.reshape(-1)) + 4 * decoded.size
+    if byte_size > limits.max_input_size:
+        raise _json_input_too_large(name, byte_size, limits)
+
+
+def _json_input_too_large(name: str, byte_size: int, limits: DecodeLimits) -> ServingError:
+    return invalid(
+        f"JSON input '{name}' has a byte_size ({byte_size} bytes) that exceeds the maximum "
+        f"allowed value of {limits.max_input_size} bytes. Use --http-max-input-size to increase "
+        "the limit."
+    )
 
 
 def _decode_outputs(
@@ -280,19 +338,6 @@ def _write_to_shared_memory(
     if reference.offset:
         parameters["shared_memory_offset"] = reference.offset
     return parameters
-
-
-def decompress(body: bytes, encoding: str, limit: int) -> bytes:
-    """Undo a request Content-Encoding (gzip/deflate) without inflating past `limit` bytes."""
-    wbits = {"gzip": 31, "deflate": 15}[encoding]
-    inflater = zlib.decompressobj(wbits)
-    try:
-        data = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise invalid(f"request body is not valid {encoding} data: {exc}") from None
-    if len(data) > limit or inflater.unconsumed_tail:
-        raise invalid(f"decompressed request body exceeds the maximum of {limit} bytes")
-    return data
 
 
 def choose_response_encoding(accept_encoding: str | None) -> str | None:

@@ -8,6 +8,7 @@ in front of both, so it covers every route.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import re
@@ -24,10 +25,17 @@ from server.protocol.http_codec import (
     choose_response_encoding,
     compress,
     decode_request,
-    decompress,
     encode_response,
     parse_header_length,
 )
+from server.protocol.http_limits import (
+    BudgetReservation,
+    BufferBudget,
+    DecodeLimits,
+    HttpLimits,
+    RequestRejected,
+)
+from server.protocol.inflate import decompress_bounded
 from server.protocol.status import HTTP_STATUS_BY_KIND
 from server.protocol.tensors import array_from_bytes
 from server.types import ELEMENT_SIZE_BY_DATATYPE, InferenceRequest
@@ -40,22 +48,68 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([0-9]+))?/infer$")
 JSON_TYPE = b"application/json"
 BINARY_TYPE = b"application/octet-stream"
+# Costly decodes take turns, one per event loop iteration, so that health checks and small
+# requests get through between them: a JSON part over HEAVY_JSON_BYTES is parsed on the loop
+# (orjson and numpy hold the GIL for a whole call; in a thread they would stall each of the loop's
+# steps in turn, and --http-max-json-elements bounds one call), and binary data over
+# OFFLOAD_BINARY_BYTES is decoded in a worker thread (a BYTES tensor's per-element loop yields
+# the GIL every few ms). Everything smaller decodes inline: the hot path is unchanged.
+HEAVY_JSON_BYTES = 64 << 10
+# bodies this small are not counted in --http-max-buffered-bytes: uvicorn buffers that much per
+# connection before the app reads anyway, and the hot path skips the bookkeeping
+UNCOUNTED_BODY_BYTES = 64 << 10
+OFFLOAD_BINARY_BYTES = 256 << 10
 
 
 class ClientDisconnected(Exception):
     """The client went away before its request body arrived."""
 
 
+class InferDecoder:
+    """Decodes infer bodies under the decode limits; costly ones take turns (see above)."""
+
+    def __init__(self, limits: DecodeLimits) -> None:
+        self.limits = limits
+        self._turn = asyncio.Semaphore(1)
+
+    async def decode_costly(
+        self, dataplane: DataPlane, name: str, version: str, header_length: int | None, body: bytes
+    ) -> tuple[InferenceRequest, OutputEncoding]:
+        """A body over HEAVY_JSON_BYTES of JSON or OFFLOAD_BINARY_BYTES of binary data."""
+        arguments = (body, header_length, name, version, dataplane.shared_memory, self.limits)
+        async with self._turn:
+            if len(body) - (len(body) if header_length is None else header_length) > (
+                OFFLOAD_BINARY_BYTES
+            ):
+                return await asyncio.to_thread(decode_request, *arguments)
+            try:
+                return decode_request(*arguments)
+            finally:  # hold the turn across one loop iteration: the next decode waits for it
+                await asyncio.sleep(0)
+
+
 async def handle_infer(
-    dataplane: DataPlane, name: str, version: str, headers: Mapping[str, str], body: bytes
+    dataplane: DataPlane,
+    decoder: InferDecoder,
+    name: str,
+    version: str,
+    headers: Mapping[str, str],
+    body: bytes,
 ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     """Decode, infer, encode: the response body and its headers (status 200)."""
     header_length = parse_header_length(headers.get("inference-header-content-length"), len(body))
+    json_bytes = len(body) if header_length is None else header_length
     if header_length == 0:
-        inference_request, encoding = _raw_binary_request(dataplane, name, version, body)
-    else:
+        inference_request, encoding = _raw_binary_request(
+            dataplane, name, version, body, decoder.limits
+        )
+    elif json_bytes <= HEAVY_JSON_BYTES and len(body) - json_bytes <= OFFLOAD_BINARY_BYTES:
         inference_request, encoding = decode_request(
-            body, header_length, name, version, dataplane.shared_memory
+            body, header_length, name, version, dataplane.shared_memory, decoder.limits
+        )
+    else:
+        inference_request, encoding = await decoder.decode_costly(
+            dataplane, name, version, header_length, body
         )
     response = await dataplane.infer(inference_request)
     payload, json_length = encode_response(response, encoding, dataplane.shared_memory)
@@ -70,7 +124,7 @@ async def handle_infer(
 
 
 def _raw_binary_request(
-    dataplane: DataPlane, name: str, version: str, body: bytes
+    dataplane: DataPlane, name: str, version: str, body: bytes, limits: DecodeLimits
 ) -> tuple[InferenceRequest, OutputEncoding]:
     """Inference-Header-Content-Length: 0 — the body is the only input's data, batch 1."""
     model = dataplane.repository.get(name, version)
@@ -78,6 +132,12 @@ def _raw_binary_request(
         raise invalid(
             f"raw binary request needs a model with exactly one input; '{name}' has "
             f"{len(model.inputs)}"
+        )
+    if len(body) > limits.max_input_size:
+        raise invalid(
+            f"Raw input has a byte_size ({len(body)} bytes) that exceeds the maximum allowed "
+            f"value of {limits.max_input_size} bytes. Use --http-max-input-size to increase "
+            "the limit."
         )
     spec = next(iter(model.inputs.values()))
     batch = (1,) if model.max_batch_size > 0 else ()
@@ -99,27 +159,55 @@ def _raw_binary_request(
     return InferenceRequest(name, version, {spec.name: array}), OutputEncoding(True, {})
 
 
-def decode_body(body: bytes, content_encoding: str | None, limit: int) -> bytes:
-    """Undo gzip/deflate; refuse any other Content-Encoding (Triton: 501)."""
+async def decode_body(
+    body: bytes, content_encoding: str | None, limits: HttpLimits, reservation: BudgetReservation
+) -> bytes:
+    """Undo gzip/deflate (never past --http-max-input-size, as Triton; each step counted in the
+    budget); refuse any other Content-Encoding (Triton: 501)."""
     encoding = (content_encoding or "identity").strip().lower()
     if encoding in ("", "identity"):
         return body
     if encoding in ("gzip", "deflate"):
-        return decompress(body, encoding, limit)
+        limit = min(limits.decode.max_input_size, limits.max_request_bytes)
+        flag = (
+            "--http-max-input-size"
+            if limit == limits.decode.max_input_size
+            else "--http-max-request-bytes"
+        )
+        data = await decompress_bounded(body, encoding, limit, flag, reservation.grow)
+        reservation.shrink(len(body))  # the compressed body is dropped once inflated
+        return data
     raise ServingError(
         ErrorKind.UNSUPPORTED,
         f"unsupported Content-Encoding '{encoding}'; supported: gzip, deflate",
     )
 
 
-async def read_raw_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
-    """The raw request body from ASGI `receive`, refused past `limit` bytes."""
+def _too_large(size: int | str, limit: int) -> RequestRejected:
+    return RequestRejected(
+        413,
+        f"request body of {size} bytes exceeds the maximum of {limit} bytes "
+        "(--http-max-request-bytes)",
+    )
+
+
+async def read_raw_body(
+    receive: Receive,
+    headers: Mapping[str, str],
+    limits: HttpLimits,
+    reservation: BudgetReservation,
+) -> bytes:
+    """The raw request body from ASGI `receive`: 413 past --http-max-request-bytes, 503 when the
+    server-wide budget has no room for it (a declared Content-Length is reserved up front; bodies
+    up to UNCOUNTED_BODY_BYTES are not counted)."""
+    limit = limits.max_request_bytes
     declared = headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise invalid(
-            f"request body of {declared} bytes exceeds the maximum of {limit} bytes "
-            "(--http-max-request-bytes)"
-        )
+    if declared is not None and declared.isdigit():
+        length = int(declared)
+        if length > limit:
+            raise _too_large(declared, limit)
+        if length > UNCOUNTED_BODY_BYTES:
+            reservation.grow(length)
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -129,9 +217,9 @@ async def read_raw_body(receive: Receive, headers: Mapping[str, str], limit: int
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise invalid(
-                f"request body exceeds the maximum of {limit} bytes (--http-max-request-bytes)"
-            )
+            raise _too_large(f"more than {limit}", limit)
+        if size > reservation.held and size > UNCOUNTED_BODY_BYTES:
+            reservation.grow(size - reservation.held)
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -145,6 +233,10 @@ async def send_error(send: Send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
+def error_payload(status: int, message: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    return status, orjson.dumps({"error": message}), [(b"content-type", JSON_TYPE)]
+
+
 class InferFastPath:
     """ASGI app: .../infer handled directly (POST only), everything else by `fallback` (FastAPI)."""
 
@@ -152,12 +244,16 @@ class InferFastPath:
         self,
         fallback: ASGIApp,
         dataplane: DataPlane,
-        max_request_bytes: int,
+        limits: HttpLimits,
+        budget: BufferBudget,
+        decoder: InferDecoder,
         access: HttpAccess | None = None,
     ) -> None:
         self.fallback = fallback
         self.dataplane = dataplane
-        self.limit = max_request_bytes
+        self.limits = limits
+        self.budget = budget
+        self.decoder = decoder
         # None when nothing is restricted: then neither path costs more than one test
         self.access = access
         self.infer_gate = access.gate("inference") if access is not None else None
@@ -190,29 +286,34 @@ class InferFastPath:
             key.decode("latin-1").lower(): value.decode("latin-1")
             for key, value in scope["headers"]
         }
+        reservation = self.budget.reservation()
         try:
-            body = decode_body(
-                await read_raw_body(receive, headers, self.limit),
+            body = await decode_body(
+                await read_raw_body(receive, headers, self.limits, reservation),
                 headers.get("content-encoding"),
-                self.limit,
+                self.limits,
+                reservation,
             )
             payload, response_headers = await handle_infer(
-                self.dataplane, name, version, headers, body
+                self.dataplane, self.decoder, name, version, headers, body
             )
             status = 200
         except ClientDisconnected:
             return
+        except RequestRejected as exc:
+            status, payload, response_headers = error_payload(exc.status, exc.message)
         except ServingError as exc:
-            status = HTTP_STATUS_BY_KIND[exc.kind]
-            payload = orjson.dumps({"error": exc.message})
-            response_headers = [(b"content-type", JSON_TYPE)]
+            status, payload, response_headers = error_payload(
+                HTTP_STATUS_BY_KIND[exc.kind], exc.message
+            )
             if exc.kind == ErrorKind.UNSUPPORTED and "Content-Encoding" in exc.message:
                 response_headers.append((b"accept-encoding", b"gzip, deflate"))
         except Exception as exc:  # never let one request take the connection down silently
             logger.exception("infer request for '%s' failed", name)
-            status = 500
-            payload = orjson.dumps({"error": f"internal error: {exc}"})
-            response_headers = [(b"content-type", JSON_TYPE)]
+            status, payload, response_headers = error_payload(500, f"internal error: {exc}")
+        finally:
+            if reservation.held:
+                reservation.release()
         response_headers.append((b"content-length", b"%d" % len(payload)))
         await send({"type": "http.response.start", "status": status, "headers": response_headers})
         await send({"type": "http.response.body", "body": payload})

@@ -16,6 +16,9 @@ from server.types import ALL_DATATYPES, ELEMENT_SIZE_BY_DATATYPE, NUMPY_DTYPE_BY
 
 _U32 = struct.Struct("<I")
 MAX_DIMS = 64
+# Triton's HTTP_MAX_JSON_NESTING_DEPTH (server/src/common.h): JSON `data` whose leaves sit this
+# many arrays deep is refused
+MAX_JSON_DEPTH = 100
 
 
 def check_shape(name: str, shape: Any) -> tuple[int, ...]:
@@ -35,7 +38,7 @@ def check_shape(name: str, shape: Any) -> tuple[int, ...]:
 
 def check_datatype(name: str, datatype: Any) -> str:
     """Validate a wire datatype; BF16 is a valid wire type that no ferry runtime takes."""
-    if datatype not in ALL_DATATYPES:
+    if not isinstance(datatype, str) or datatype not in ALL_DATATYPES:
         raise invalid(f"input '{name}': invalid datatype '{datatype}'")
     if datatype == "BF16":
         raise ServingError(ErrorKind.UNSUPPORTED, f"input '{name}': BF16 tensors are not supported")
@@ -58,7 +61,7 @@ def array_from_bytes(
     size = len(buffer) - offset if size is None else size
     count = element_count(shape)
     if datatype == "BYTES":
-        return _deserialize_bytes(name, memoryview(buffer)[offset : offset + size], count, shape)
+        return _deserialize_bytes(name, buffer, offset, size, count, shape)
     expected = count * ELEMENT_SIZE_BY_DATATYPE[datatype]
     if size != expected:
         raise invalid(
@@ -70,25 +73,38 @@ def array_from_bytes(
 
 
 def _deserialize_bytes(
-    name: str, view: memoryview, count: int, shape: tuple[int, ...]
+    name: str,
+    buffer: bytes | memoryview,
+    offset: int,
+    size: int,
+    count: int,
+    shape: tuple[int, ...],
 ) -> np.ndarray:
+    if not isinstance(buffer, bytes):  # slices of bytes are the element objects themselves
+        buffer, offset = bytes(buffer[offset : offset + size]), 0
+    unpack = _U32.unpack_from
     items: list[bytes] = []
-    position, end = 0, len(view)
-    while position < end:
+    append = items.append
+    position, end = offset, offset + size
+    for index in range(count):  # each element takes 4 bytes or more: at most size / 4 rounds
         if position + 4 > end:
+            if position == end:
+                raise invalid(
+                    f"input '{name}': expected {count} BYTES elements for shape "
+                    f"{list(shape)}, got {index}"
+                )
             raise invalid(f"input '{name}': truncated BYTES element length")
-        (length,) = _U32.unpack_from(view, position)
+        (length,) = unpack(buffer, position)
         position += 4
-        if position + length > end:
+        stop = position + length
+        if stop > end:
             raise invalid(f"input '{name}': BYTES element of {length} bytes runs past the data")
-        items.append(bytes(view[position : position + length]))
-        position += length
-        if len(items) > count:
-            break
-    if len(items) != count:
+        append(buffer[position:stop])
+        position = stop
+    if position != end:
         raise invalid(
             f"input '{name}': expected {count} BYTES elements for shape {list(shape)}, "
-            f"got {len(items)}"
+            f"got more ({end - position} bytes left after the last one)"
         )
     array = np.empty(count, dtype=np.object_)
     array[:] = items
@@ -124,6 +140,7 @@ def array_from_json(name: str, data: Any, datatype: str, shape: tuple[int, ...])
         else:
             array = np.asarray(data, dtype=NUMPY_DTYPE_BY_DATATYPE[datatype])
     except (ValueError, TypeError, OverflowError) as exc:
+        _check_depth(data)  # numpy refuses deep nesting too: Triton's message when that is why
         raise invalid(f"input '{name}': data does not match datatype {datatype}: {exc}") from exc
     if array.size != count:
         raise invalid(
@@ -132,12 +149,38 @@ def array_from_json(name: str, data: Any, datatype: str, shape: tuple[int, ...])
     return array.reshape(shape)
 
 
+def _nesting_error() -> ServingError:
+    return invalid(f"JSON nesting depth exceeds maximum allowed limit ({MAX_JSON_DEPTH})")
+
+
+def _check_depth(data: Any) -> None:
+    """Refuse `data` whose first elements nest MAX_JSON_DEPTH arrays deep."""
+    depth = 0
+    while isinstance(data, list) and data:
+        depth += 1
+        if depth >= MAX_JSON_DEPTH:
+            raise _nesting_error()
+        data = data[0]
+
+
 def _flatten(data: Any) -> list[Any]:
+    """Row-major leaves of nested lists, iteratively (deep nesting is a 400, not a
+    RecursionError)."""
     if not isinstance(data, list):
         return [data]
     flat: list[Any] = []
-    for item in data:
-        flat.extend(_flatten(item) if isinstance(item, list) else [item])
+    append = flat.append
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                if len(stack) + 1 >= MAX_JSON_DEPTH:
+                    raise _nesting_error()
+                stack.append(iter(item))
+                break
+            append(item)
+        else:
+            stack.pop()
     return flat
 
 

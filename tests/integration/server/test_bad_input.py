@@ -115,7 +115,7 @@ CASES = [
         infer_body({**GOOD_INPUT, "shape": [2**40, 2**40]}),
         {},
         400,
-        "expecting",
+        "--http-max-input-size",  # Triton's check: the byte size from the shape, before decoding
     ),
     (
         "data and binary_data_size both set",
@@ -157,7 +157,7 @@ CASES = [
         501,
         "Content-Encoding",
     ),
-    ("body over the size limit", "mlp", b"x" * ((1 << 20) + 10), {}, 400, "maximum"),
+    ("body over the size limit", "mlp", b"x" * ((1 << 20) + 10), {}, 413, "maximum"),
     (
         "gzip bomb",
         "mlp",
