@@ -16,6 +16,7 @@ from tritonclient.grpc import service_pb2_grpc
 from server.protocol.grpc_wire import frames
 from server.protocol.grpc_wire.rpc import routes_for
 from server.protocol.grpc_wire.server import GrpcWireServer
+from server.settings import GrpcLimits
 
 MAX_MESSAGE = 2**31 - 1
 CHANNEL_OPTIONS = [
@@ -62,6 +63,7 @@ def request(payload: bytes = b"", tag: str = "", sleep_s: float = 0.0) -> Any:
 def serve(
     scenario: Callable[[GrpcWireServer, EchoService, str], Awaitable[None]],
     max_message: int = MAX_MESSAGE,
+    limits: GrpcLimits | None = None,
 ) -> None:
     async def main() -> None:
         service = EchoService()
@@ -73,7 +75,7 @@ def serve(
             ),
             "127.0.0.1",
             0,
-            max_message,
+            limits or GrpcLimits(max_message_bytes=max_message, max_header_list_bytes=64 * 1024),
         )
         await server.start()
         try:
