@@ -83,7 +83,7 @@ def serve(
     grpc_http2_max_resets_per_second: Annotated[
         int,
         typer.Option(
-            help="RST_STREAM frames a client may send per second, in bursts of 1000 "
+            help="RST_STREAM frames a client may send per second, in bursts of 200 "
             "(rapid reset; over it: GOAWAY ENHANCE_YOUR_CALM). 0: no limit."
         ),
     ] = _LIMITS.max_resets_per_second,

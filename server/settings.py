@@ -32,7 +32,7 @@ class GrpcLimits:
     max_concurrent_streams: int = 1000  # per connection, advertised in SETTINGS
     max_connections: int = 4096
     max_header_list_bytes: int = 16 * 1024  # gRPC core's hard metadata limit
-    max_resets_per_second: int = 33  # a client's RST_STREAMs (rapid reset), burst 1000
+    max_resets_per_second: int = 33  # a client's RST_STREAMs (rapid reset), burst 200
     max_control_frames_per_second: int = 1000  # SETTINGS/PING/PRIORITY/empty frames, burst 1000
     handshake_timeout_ms: int = 10_000  # the preface and SETTINGS of a new connection
     max_connection_idle_ms: int = 0  # a connection without calls gets GOAWAY after this

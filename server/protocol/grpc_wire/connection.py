@@ -50,9 +50,14 @@ logger = logging.getLogger(__name__)
 STREAM_WINDOW = 16 * 1024 * 1024
 CONNECTION_WINDOW = 64 * 1024 * 1024
 MAX_FRAME = f.DEFAULT_MAX_FRAME  # what a client may send us: bounds a half-received frame
-MAX_HEADER_FRAMES = 64  # HEADERS plus CONTINUATION frames in one header block
+MAX_HEADER_FRAMES = 64
+# Frames parsed per loop turn and connection: a flood in one large read is handled in slices,
+# with the other connections served in between (batches of calls still form within a slice).
+MAX_FRAMES_PER_TURN = 1024  # HEADERS plus CONTINUATION frames in one header block
 WRITE_HIGH_WATER, WRITE_LOW_WATER = 256 * 1024, 64 * 1024
 KEEPALIVE_OPAQUE = b"ferry-ka"
+CLOSED_WINDOWS_KEPT = 256
+LINGER_S = 1.0  # after a GOAWAY for an error, input is read and dropped this long, then close
 _END = object()  # end of a client stream
 
 
@@ -93,9 +98,13 @@ class GrpcConnection(asyncio.Protocol):
         self.flush_blocked_needed = False
         self.recv_window = CONNECTION_WINDOW
         self.recv_unacked = 0
+        self.closed_windows: dict[int, int] = {}  # recently closed streams: DATA still allowed
         self.out: list[bytes] = []
         self.flush_scheduled = False
-        self.closing = self.write_paused = False
+        self.closing = self.write_paused = self.lingering = self.backlog = False
+        self.ready: list[
+            tuple[Stream, int, bytes | memoryview | None]
+        ] = []  # calls to start this turn
         self.keepalive_sent_at: float | None = None
         self.age_deadline: float | None = None
         self.grace_deadline: float | None = None
@@ -141,25 +150,48 @@ class GrpcConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         """The client is not reading: read nothing more from it until it catches up."""
         self.write_paused = True
-        if self.transport is not None:
-            self.transport.pause_reading()
+        self.update_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
+        self.update_reading()
         self.flush_blocked()
         for stream in list(self.write_waiters.values()):
             if not stream.pending:
                 self.wake(stream)
 
+    def update_reading(self) -> None:
+        """Read from the client unless it does not read us, or frames already read wait."""
+        transport = self.transport
+        if transport is None or transport.is_closing() or self.lingering:
+            return
+        if self.write_paused or self.backlog:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
+
     def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            return
         self.now = self.last_read_at = self.loop.time()
         if self.buffer:
             self.buffer += data
             if len(self.buffer) < self.needed:  # a frame still arriving: just collect
                 return
             data = bytes(self.buffer)
+        self.process(data)
+
+    def process_backlog(self) -> None:
+        """The next turn's share of frames read earlier (see MAX_FRAMES_PER_TURN)."""
+        if self.lingering or self.transport is None or self.transport.is_closing():
+            return
+        self.now = self.loop.time()
+        self.process(bytes(self.buffer))
+        self.update_reading()
+
+    def process(self, data: bytes) -> None:
+        """Parse frames, then start the calls they completed, all in this loop turn."""
+        self.backlog = False
         try:
             consumed = self.parse(data)
         except ProtocolViolation as exc:
@@ -175,6 +207,11 @@ class GrpcConnection(asyncio.Protocol):
             self.abort_connection(f.PROTOCOL_ERROR, f"malformed frame: {exc}")
             return
         self.buffer = bytearray(data[consumed:])
+        if self.ready:  # started after the parse: a call reset in the same read never runs
+            ready, self.ready = self.ready, []
+            for stream, compressed, payload in ready:
+                if not stream.done:
+                    stream.task = self.loop.create_task(self.run(stream, compressed, payload))
         if self.flush_blocked_needed:
             self.flush_blocked_needed = False
             self.flush_blocked()
@@ -182,6 +219,9 @@ class GrpcConnection(asyncio.Protocol):
             self.write(f.window_update(0, self.recv_unacked))
             self.recv_window += self.recv_unacked
             self.recv_unacked = 0
+        if self.backlog:  # other connections get their turn before the rest of this read
+            self.update_reading()
+            self.loop.call_soon(self.process_backlog)
 
     # ---- frames in
 
@@ -198,7 +238,12 @@ class GrpcConnection(asyncio.Protocol):
             offset = len(f.PREFACE)
         end = len(data)
         unpack = f.FRAME_HEADER.unpack_from
+        frames_left = MAX_FRAMES_PER_TURN
         while end - offset >= f.FRAME_HEADER_BYTES:
+            frames_left -= 1
+            if not frames_left:
+                self.backlog = True
+                return offset
             high, low, frame_type, flags, stream_id = unpack(data, offset)
             length = (high << 16) | low
             if length > MAX_FRAME:
@@ -346,7 +391,6 @@ class GrpcConnection(asyncio.Protocol):
         self.recv_window -= length  # flow control counts padding and closed streams too
         if self.recv_window < 0:
             raise ProtocolViolation(f.FLOW_CONTROL_ERROR, "DATA beyond the connection window")
-        self.recv_unacked += length
         end = start + length
         if flags & f.PADDED:
             if not length or data[start] >= length:
@@ -354,11 +398,11 @@ class GrpcConnection(asyncio.Protocol):
             start, end = start + 1, end - data[start]
         stream = self.streams.get(stream_id)
         if stream is None or stream.recv_closed or stream.done:
-            if stream_id > self.last_stream_id:
-                raise ProtocolViolation(f.PROTOCOL_ERROR, "DATA on a stream never opened")
-            if end == start and not flags & f.END_STREAM:
-                self.guard.control_frame(self.now)
+            self.on_dropped_data(
+                stream_id, stream, length, end == start and not flags & f.END_STREAM
+            )
             return
+        self.recv_unacked += length
         stream.recv_window -= length
         if stream.recv_window < 0:
             self.reset_stream(stream, f.FLOW_CONTROL_ERROR)
@@ -382,6 +426,27 @@ class GrpcConnection(asyncio.Protocol):
             self.end_of_request(stream)
         elif stream.recv_unacked >= STREAM_WINDOW // 2 and stream.queued_bytes < STREAM_WINDOW // 2:
             self.grant(stream)
+
+    def on_dropped_data(
+        self, stream_id: int, stream: Stream | None, length: int, empty: bool
+    ) -> None:
+        """DATA for a stream that is over on our side. It still counts against the connection
+        window, which is reopened for it only within what the stream's own window allowed when
+        we closed it: a client that keeps sending anyway runs the connection window dry and then
+        gets FLOW_CONTROL_ERROR, instead of having us read and drop its bytes for ever."""
+        if stream_id > self.last_stream_id:
+            raise ProtocolViolation(f.PROTOCOL_ERROR, "DATA on a stream never opened")
+        if empty:
+            self.guard.control_frame(self.now)
+        if stream is not None:  # answered, the answer still going out
+            allowance = stream.recv_window
+            stream.recv_window -= length
+        else:
+            allowance = self.closed_windows.pop(stream_id, 0)
+            if allowance > length:
+                self.closed_windows[stream_id] = allowance - length
+        if length <= allowance:
+            self.recv_unacked += length
 
     def check_unary_body(self, stream: Stream) -> None:
         declared = int.from_bytes(stream.body[1:PREFIX_BYTES], "big")
@@ -444,16 +509,27 @@ class GrpcConnection(asyncio.Protocol):
                 else:
                     stream.messages.put_nowait(_END)
             return
-        try:
-            messages = split_messages(stream.body, self.max_message)
-            if len(messages) != 1 or stream.body:
-                raise AbortError(
-                    UNIMPLEMENTED if len(messages) > 1 else INTERNAL,
-                    f"a unary call needs exactly one request message, got "
-                    f"{len(messages)}" + (" and a partial one" if stream.body else ""),
+        body = stream.body
+        if len(body) >= PREFIX_BYTES and len(body) == PREFIX_BYTES + int.from_bytes(
+            body[1:PREFIX_BYTES], "big"
+        ):
+            if len(body) - PREFIX_BYTES > self.max_message:
+                self.send_status(
+                    stream,
+                    RESOURCE_EXHAUSTED,
+                    str(too_large(len(body) - PREFIX_BYTES, self.max_message)),
                 )
-            compressed, payload = messages[0]
-            self.start(stream, compressed, payload)
+                return
+            # the one message, handed over without a copy: nothing changes the body any more
+            self.start(stream, body[0], memoryview(body)[PREFIX_BYTES:])
+            return
+        try:
+            messages = split_messages(body, self.max_message)
+            raise AbortError(
+                UNIMPLEMENTED if len(messages) > 1 else INTERNAL,
+                f"a unary call needs exactly one request message, got "
+                f"{len(messages)}" + (" and a partial one" if body else ""),
+            )
         except AbortError as exc:
             self.send_status(stream, exc.code, exc.details)
 
@@ -555,10 +631,12 @@ class GrpcConnection(asyncio.Protocol):
 
     # ---- calls
 
-    def start(self, stream: Stream, compressed: int, payload: bytes | None) -> None:
-        stream.task = self.loop.create_task(self.run(stream, compressed, payload))
+    def start(self, stream: Stream, compressed: int, payload: bytes | memoryview | None) -> None:
+        self.ready.append((stream, compressed, payload))
 
-    async def run(self, stream: Stream, compressed: int, payload: bytes | None) -> None:
+    async def run(
+        self, stream: Stream, compressed: int, payload: bytes | memoryview | None
+    ) -> None:
         route = stream.route
         assert route is not None
         deadline = None
@@ -570,7 +648,7 @@ class GrpcConnection(asyncio.Protocol):
                 request: Any = self.request_iterator(stream, route)
             else:
                 if compressed:
-                    payload = bytes(await self.inflate(stream, payload, keep_charge=True))
+                    payload = memoryview(await self.inflate(stream, payload, keep_charge=True))
                 request = self.parse_request(route, payload)
             result = route.handler(request, context)
             if route.server_streaming:
@@ -597,13 +675,15 @@ class GrpcConnection(asyncio.Protocol):
                 self.send_status(stream, UNKNOWN, f"Unexpected {type(exc).__name__}: {exc}")
 
     @staticmethod
-    def parse_request(route: Route, payload: bytes | bytearray) -> Any:
+    def parse_request(route: Route, payload: bytes | bytearray | memoryview) -> Any:
         try:
             return route.request_type.FromString(payload)
         except Exception as exc:  # protobuf's DecodeError and friends
             raise AbortError(INTERNAL, f"cannot parse the request message: {exc}") from None
 
-    async def inflate(self, stream: Stream, payload: bytes, keep_charge: bool) -> bytearray:
+    async def inflate(
+        self, stream: Stream, payload: bytes | memoryview, keep_charge: bool
+    ) -> bytearray:
         """A compressed message inflated: one bounded step here, the rest on a worker thread.
         With `keep_charge` the inflated bytes stay charged to the stream until it ends."""
         inflation = Inflation(payload, stream.head.encoding, self.max_message, self.budget)
@@ -755,6 +835,10 @@ class GrpcConnection(asyncio.Protocol):
         self.streams.pop(stream.id, None)
         self.blocked.pop(stream.id, None)
         self.receiving.pop(stream.id, None)
+        if not stream.recv_closed and stream.recv_window > 0:  # DATA may still be on its way
+            self.closed_windows[stream.id] = stream.recv_window
+            if len(self.closed_windows) > CLOSED_WINDOWS_KEPT:
+                del self.closed_windows[next(iter(self.closed_windows))]
         if stream.writable is not None:
             self.wake(stream)
         if not self.streams:
@@ -763,6 +847,8 @@ class GrpcConnection(asyncio.Protocol):
                 self.server.connection_idle()
 
     def write(self, data: bytes) -> None:
+        if self.lingering:
+            return  # after our GOAWAY and end of output, nothing more goes out
         if data:
             self.out.append(data)
         if not self.flush_scheduled:
@@ -782,6 +868,8 @@ class GrpcConnection(asyncio.Protocol):
         connection, an unanswered keepalive ping."""
         limits = self.limits
         self.now = now
+        if self.lingering:
+            return
         if not self.settings_seen:
             if now - self.created_at > limits.handshake_timeout_ms / 1000:
                 self.abort_connection(
@@ -837,11 +925,27 @@ class GrpcConnection(asyncio.Protocol):
             self.close()
 
     def abort_connection(self, code: int, reason: str) -> None:
+        """GOAWAY with `code`, then close. Until the close, what the peer still sends is read
+        and dropped: closing with unread input would reset the connection, and the peer would
+        lose the GOAWAY that tells it why."""
+        if self.lingering:
+            return
         logger.info("closing gRPC connection from %s: %s", self.peer, reason)
+        for stream in list(self.streams.values()):
+            self.discard(stream)
+            if stream.task is not None:
+                stream.task.cancel()
         self.write(f.goaway(self.last_stream_id, code, reason.encode()[:256]))
         self.flush()
-        if self.transport is not None:
-            self.transport.close()
+        self.lingering = True
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if transport.can_write_eof():
+            transport.write_eof()
+        if self.write_paused:
+            transport.resume_reading()
+        self.loop.call_later(LINGER_S, transport.close)
 
     def close(self) -> None:
         for stream in list(self.streams.values()):

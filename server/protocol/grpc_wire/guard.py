@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from server.protocol.grpc_wire.limits import GrpcLimits, TokenBucket
 
-RESET_BURST = 1000  # nghttp2's default burst for its stream reset rate limit
+RESET_BURST = 200  # resets a connection may send at once; then --grpc-http2-max-resets-per-second
 WINDOW_UPDATES_PER_DATA_FRAME = 10  # Envoy's max_inbound_window_update_frames_per_data_frame_sent
 WINDOW_UPDATES_FREE = 100
 PING_INTERVAL_WITHOUT_CALLS_S = 7200.0  # gRPC's: pings with no call open are expected 2 h apart

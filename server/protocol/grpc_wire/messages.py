@@ -31,7 +31,8 @@ def split_messages(buffer: bytearray, max_bytes: int) -> list[tuple[int, bytes]]
         end = offset + PREFIX_BYTES + length
         if len(buffer) < end:
             break
-        messages.append((buffer[offset], bytes(buffer[offset + PREFIX_BYTES : end])))
+        with memoryview(buffer) as view:  # one copy, not two
+            messages.append((buffer[offset], bytes(view[offset + PREFIX_BYTES : end])))
         offset = end
     del buffer[:offset]
     return messages
@@ -45,7 +46,9 @@ class Inflation:
     thread still inflates (the thread then releases what it charged when it stops).
     """
 
-    def __init__(self, payload: bytes, encoding: str, limit: int, budget: RequestBudget) -> None:
+    def __init__(
+        self, payload: bytes | memoryview, encoding: str, limit: int, budget: RequestBudget
+    ) -> None:
         wbits = _WBITS.get(encoding)
         if wbits is None:
             if encoding in ("", "identity"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import ssl
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,7 +13,7 @@ from server.protocol.grpc_wire.connection import GrpcConnection
 from server.protocol.grpc_wire.limits import GrpcLimits, RequestBudget
 from server.protocol.grpc_wire.rpc import Route
 
-INFLATE_THREADS = 2
+INFLATE_THREADS = max(1, (os.cpu_count() or 2) // 2)  # leave the event loop a core
 
 
 class GrpcWireServer:
