@@ -51,6 +51,7 @@ STREAM_WINDOW = 16 * 1024 * 1024
 CONNECTION_WINDOW = 64 * 1024 * 1024
 MAX_FRAME = f.DEFAULT_MAX_FRAME  # what a client may send us: bounds a half-received frame
 MAX_HEADER_FRAMES = 64
+LARGE_MESSAGE_BYTES = 1 << 20
 # Frames parsed per loop turn and connection: a flood in one large read is handled in slices,
 # with the other connections served in between (batches of calls still form within a slice).
 MAX_FRAMES_PER_TURN = 1024  # HEADERS plus CONTINUATION frames in one header block
@@ -59,6 +60,7 @@ KEEPALIVE_OPAQUE = b"ferry-ka"
 CLOSED_WINDOWS_KEPT = 256
 LINGER_S = 1.0  # after a GOAWAY for an error, input is read and dropped this long, then close
 _END = object()  # end of a client stream
+Payload = bytes | bytearray | memoryview | None  # a request message (None: a streaming call)
 
 
 class ProtocolViolation(Exception):
@@ -102,10 +104,10 @@ class GrpcConnection(asyncio.Protocol):
         self.out: list[bytes] = []
         self.flush_scheduled = False
         self.closing = self.write_paused = self.lingering = self.backlog = False
-        self.ready: list[
-            tuple[Stream, int, bytes | memoryview | None]
-        ] = []  # calls to start this turn
+        self.ready: list[tuple[Stream, int, Payload]] = []  # calls to start this turn
         self.keepalive_sent_at: float | None = None
+        self.sent_data = False  # HEADERS or DATA sent since the last ping (gRPC's ping policy)
+        self.progress_frames = 0  # streams opened and DATA frames sent: what window updates follow
         self.age_deadline: float | None = None
         self.grace_deadline: float | None = None
         if limits.max_connection_age_ms:  # gRPC's ±10 % jitter spreads reconnections
@@ -334,7 +336,7 @@ class GrpcConnection(asyncio.Protocol):
             self.guard.control_frame(self.now)  # a stream we already closed
             return
         self.last_stream_id = stream_id
-        self.guard.sent_frames += 1  # a new stream: window updates for it are expected
+        self.progress_frames += 1  # a new stream: window updates for it are expected
         if self.closing or len(self.streams) >= self.limits.max_concurrent_streams:
             self.guard.control_frame(self.now)
             self.write(f.rst_stream(stream_id, f.REFUSED_STREAM))
@@ -520,8 +522,11 @@ class GrpcConnection(asyncio.Protocol):
                     str(too_large(len(body) - PREFIX_BYTES, self.max_message)),
                 )
                 return
-            # the one message, handed over without a copy: nothing changes the body any more
-            self.start(stream, body[0], memoryview(body)[PREFIX_BYTES:])
+            # the one message; a large one handed over without a copy (the body stays as it is)
+            if len(body) > LARGE_MESSAGE_BYTES:
+                self.start(stream, body[0], memoryview(body)[PREFIX_BYTES:])
+            else:
+                self.start(stream, body[0], body[PREFIX_BYTES:])
             return
         try:
             messages = split_messages(body, self.max_message)
@@ -566,7 +571,7 @@ class GrpcConnection(asyncio.Protocol):
     def on_window_update(self, stream_id: int, payload: bytes) -> None:
         if len(payload) != 4:
             raise ProtocolViolation(f.FRAME_SIZE_ERROR, "WINDOW_UPDATE of the wrong length")
-        self.guard.window_update()
+        self.guard.window_update(self.progress_frames)
         increment = int.from_bytes(payload, "big") & 0x7FFFFFFF
         if stream_id == 0:
             if not increment:
@@ -601,8 +606,20 @@ class GrpcConnection(asyncio.Protocol):
                 self.guard.control_frame(self.now)
             return
         self.guard.control_frame(self.now)
+        self.settle_sent_data()
         self.guard.ping(self.now, bool(self.streams))
         self.write(f.frame(f.PING, f.ACK, 0, payload))
+
+    def settle_sent_data(self) -> None:
+        """Tell the guard if HEADERS or DATA went out since it last asked (a flag on the hot
+        path, a call only here)."""
+        if self.sent_data:
+            self.sent_data = False
+            self.guard.sent_headers_or_data()
+
+    def may_ping(self) -> bool:
+        self.settle_sent_data()
+        return self.guard.may_ping()
 
     def on_reset(self, stream_id: int, payload: bytes) -> None:
         if not stream_id:
@@ -631,12 +648,10 @@ class GrpcConnection(asyncio.Protocol):
 
     # ---- calls
 
-    def start(self, stream: Stream, compressed: int, payload: bytes | memoryview | None) -> None:
+    def start(self, stream: Stream, compressed: int, payload: Payload) -> None:
         self.ready.append((stream, compressed, payload))
 
-    async def run(
-        self, stream: Stream, compressed: int, payload: bytes | memoryview | None
-    ) -> None:
+    async def run(self, stream: Stream, compressed: int, payload: Payload) -> None:
         route = stream.route
         assert route is not None
         deadline = None
@@ -682,7 +697,7 @@ class GrpcConnection(asyncio.Protocol):
             raise AbortError(INTERNAL, f"cannot parse the request message: {exc}") from None
 
     async def inflate(
-        self, stream: Stream, payload: bytes | memoryview, keep_charge: bool
+        self, stream: Stream, payload: bytes | bytearray | memoryview, keep_charge: bool
     ) -> bytearray:
         """A compressed message inflated: one bounded step here, the rest on a worker thread.
         With `keep_charge` the inflated bytes stay charged to the stream until it ends."""
@@ -697,13 +712,12 @@ class GrpcConnection(asyncio.Protocol):
         except AbortError:
             inflation.release()
             raise
-        output = inflation.output
-        if keep_charge:
-            stream.charged += inflation.charged
-            inflation.charged = 0
-        else:
+        if not keep_charge:
+            output = inflation.output
             inflation.release()
-        return output
+            return output
+        stream.charged += inflation.charged
+        return inflation.settle()
 
     async def request_iterator(self, stream: Stream, route: Route) -> AsyncIterator[Any]:
         assert stream.messages is not None
@@ -719,7 +733,7 @@ class GrpcConnection(asyncio.Protocol):
     def send_message(self, stream: Stream, payload: bytes) -> None:
         if stream.done:
             return
-        self.guard.sent_headers_or_data()
+        self.sent_data = True
         if not stream.headers_sent:
             stream.headers_sent = True
             self.write(f.frame(f.HEADERS, f.END_HEADERS, stream.id, f.RESPONSE_HEADERS))
@@ -734,7 +748,7 @@ class GrpcConnection(asyncio.Protocol):
         ):
             self.send_window -= size
             stream.send_credit -= size
-            self.guard.sent_frames += 1
+            self.progress_frames += 1
             self.write(f.frame(f.DATA, 0, stream.id, message))
             return
         stream.pending.append(message)
@@ -744,7 +758,7 @@ class GrpcConnection(asyncio.Protocol):
         """End the call with its status (trailers-only when nothing was sent)."""
         if stream.done:
             return
-        self.guard.sent_headers_or_data()
+        self.sent_data = True
         if stream.deadline is not None:
             stream.deadline.cancel()
             stream.deadline = None
@@ -790,7 +804,7 @@ class GrpcConnection(asyncio.Protocol):
                 stream.pending[0] = chunk[allowed:]
             self.send_window -= len(piece)
             stream.send_credit -= len(piece)
-            self.guard.sent_frames += 1
+            self.progress_frames += 1
             self.write(f.frame(f.DATA, 0, stream.id, piece))
         self.blocked.pop(stream.id, None)
         if stream.done and stream.pending_trailers is not None:
@@ -901,7 +915,7 @@ class GrpcConnection(asyncio.Protocol):
         elif (
             now - self.last_read_at >= limits.keepalive_time_ms / 1000
             and (self.streams or limits.keepalive_permit_without_calls)
-            and self.guard.may_ping()
+            and self.may_ping()
         ):
             self.keepalive_sent_at = now
             self.write(f.frame(f.PING, 0, 0, KEEPALIVE_OPAQUE))

@@ -27,7 +27,6 @@ class ConnectionGuard:
         "ping_strikes",
         "pings_without_data",
         "resets",
-        "sent_frames",
         "window_updates",
     )
 
@@ -40,7 +39,6 @@ class ConnectionGuard:
         self.last_ping_at = float("-inf")
         self.pings_without_data = 0  # keepalive pings we sent since our last HEADERS or DATA
         self.window_updates = 0
-        self.sent_frames = 0  # DATA frames sent and streams opened: what window updates follow
 
     def control_frame(self, now: float, cost: float = 1.0) -> None:
         """SETTINGS, PING, PRIORITY, unknown or empty frames, refused streams."""
@@ -86,9 +84,10 @@ class ConnectionGuard:
         self.pings_without_data += 1
         return True
 
-    def window_update(self) -> None:
+    def window_update(self, progress_frames: int) -> None:
+        """`progress_frames`: streams the peer opened and DATA frames we sent so far."""
         self.window_updates += 1
         if self.window_updates > WINDOW_UPDATES_FREE + WINDOW_UPDATES_PER_DATA_FRAME * (
-            self.sent_frames
+            progress_frames
         ):
             raise CalmDown("WINDOW_UPDATE frames out of proportion to the DATA sent")

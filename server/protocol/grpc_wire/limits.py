@@ -15,27 +15,50 @@ STREAM_COST_BYTES = 1024  # what an open stream's state is charged to the budget
 class RequestBudget:
     """Bytes of request data buffered across every stream and connection of one server.
 
-    Charged as bytes arrive (and as compressed messages inflate, from a worker thread: hence the
-    lock), released when a handler is done with them.
+    Charged as bytes arrive (`used`, event loop only, no lock: the hot path) and as compressed
+    messages inflate on worker threads (`inflating`, under a lock); each side reads the other's
+    count without the other's lock, so the limit holds to within one inflation step.
     """
 
-    __slots__ = ("_lock", "limit", "used")
+    __slots__ = ("_lock", "inflating", "limit", "used")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
+        self.inflating = 0
         self._lock = threading.Lock()
 
+    def fits(self, size: int) -> bool:
+        return self.used + self.inflating + size <= self.limit
+
     def try_charge(self, size: int) -> bool:
-        with self._lock:
-            if self.used + size > self.limit:
-                return False
-            self.used += size
-            return True
+        """On the event loop."""
+        if self.used + self.inflating + size > self.limit:
+            return False
+        self.used += size
+        return True
 
     def release(self, size: int) -> None:
+        """On the event loop."""
+        self.used -= size
+
+    def try_charge_inflating(self, size: int) -> bool:
+        """On an inflation thread."""
         with self._lock:
-            self.used -= size
+            if self.used + self.inflating + size > self.limit:
+                return False
+            self.inflating += size
+            return True
+
+    def release_inflating(self, size: int) -> None:
+        """From any thread."""
+        with self._lock:
+            self.inflating -= size
+
+    def settle_inflated(self, size: int) -> None:
+        """On the event loop: inflated bytes now held by a call move to `used`."""
+        self.release_inflating(size)
+        self.used += size
 
     def exhausted_message(self) -> str:
         return (

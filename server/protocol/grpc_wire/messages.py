@@ -47,7 +47,11 @@ class Inflation:
     """
 
     def __init__(
-        self, payload: bytes | memoryview, encoding: str, limit: int, budget: RequestBudget
+        self,
+        payload: bytes | bytearray | memoryview,
+        encoding: str,
+        limit: int,
+        budget: RequestBudget,
     ) -> None:
         wbits = _WBITS.get(encoding)
         if wbits is None:
@@ -81,7 +85,7 @@ class Inflation:
             size = len(self.output) + len(chunk)
             if size > self._limit:
                 raise too_large(size, self._limit)
-            if not self._budget.try_charge(len(chunk)):
+            if not self._budget.try_charge_inflating(len(chunk)):
                 raise AbortError(RESOURCE_EXHAUSTED, self._budget.exhausted_message())
             self.charged += len(chunk)
             self.output += chunk
@@ -117,8 +121,15 @@ class Inflation:
             if not self._running:
                 self._release_locked()
 
+    def settle(self) -> bytearray:
+        """On the event loop, once inflated: the output, its charge moved to the caller's."""
+        with self._lock:
+            self._budget.settle_inflated(self.charged)
+            self.charged = 0
+        return self.output
+
     def _release_locked(self) -> None:
         if self.charged:
-            self._budget.release(self.charged)
+            self._budget.release_inflating(self.charged)
             self.charged = 0
         self.output = bytearray()

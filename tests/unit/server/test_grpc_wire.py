@@ -147,20 +147,20 @@ def test_inflation_stops_at_the_size_limit_and_at_the_budget() -> None:
     with pytest.raises(AbortError) as caught:
         inflation.finish()
     assert caught.value.code == RESOURCE_EXHAUSTED and "buffering" in caught.value.details
-    assert len(inflation.output) <= 2 << 20 and budget.used == inflation.charged
+    assert len(inflation.output) <= 2 << 20 and budget.inflating == inflation.charged
     inflation.release()
-    assert budget.used == 0 and not inflation.output
+    assert budget.inflating == 0 and not inflation.output
 
 
 def test_abandoned_inflation_gives_its_charge_back() -> None:
     budget = RequestBudget(1 << 30)
     inflation = Inflation(gzip.compress(bytes(8 << 20)), "gzip", 1 << 30, budget)
-    assert not inflation.step() and budget.used > 0
+    assert not inflation.step() and budget.inflating > 0
     inflation.abandon()  # not running: released at once
-    assert budget.used == 0
+    assert budget.inflating == 0
     with pytest.raises(AbortError):
         inflation.finish()  # a thread that still held it stops at its next step
-    assert budget.used == 0
+    assert budget.inflating == 0
 
 
 class CheckOnly(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
