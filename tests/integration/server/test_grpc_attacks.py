@@ -461,7 +461,8 @@ def test_stream_client_that_takes_no_responses(attacked: Attacked, repository: P
 
 
 def test_stream_client_that_never_reads(attacked: Attacked, repository: Path) -> None:
-    """ModelStreamInfer: the client never reads its socket and ignores flow control."""
+    """ModelStreamInfer: the client never reads its socket and ignores flow control (then reads
+    what it was sent)."""
     request = strings_request()
 
     async def scenario(address: str) -> str:
@@ -474,7 +475,9 @@ def test_stream_client_that_never_reads(attacked: Attacked, repository: Path) ->
         client.send(client.headers(1, grpc_fields(STREAM_INFER_PATH), False))
         sent = 0
         stop_at = time.monotonic() + 8
-        while time.monotonic() < stop_at and sent < 20_000:  # 1.3 GB of responses if all ran
+        # 200 MB: past every window the server granted (16 MiB for the stream, 64 MiB for the
+        # connection), and 200 MB of responses if all ran
+        while time.monotonic() < stop_at and sent < 3200:
             client.send(H2Attacker.data(1, request * 16, False))
             try:
                 await asyncio.wait_for(client.writer.drain(), 1)
@@ -482,9 +485,9 @@ def test_stream_client_that_never_reads(attacked: Attacked, repository: Path) ->
                 break
             sent += 16
         outcome = await read_what_was_sent(client, seconds=2)
-        if attacked.ferry:
-            assert outcome.goaway is not None
-            assert outcome.goaway[0] == frames.FLOW_CONTROL_ERROR, outcome.summary()
+        # The server resets the stream (FLOW_CONTROL_ERROR), then the connection once its window
+        # is spent; a client that reads nothing may lose both to the reset of the connection.
+        assert outcome.closed, outcome.summary()
         return f"{sent} requests written; then read: {outcome.summary()}"
 
     attack(attacked, repository, "ModelStreamInfer client that never reads", scenario)
