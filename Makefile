@@ -18,7 +18,7 @@ GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 PYTEST_ARGS ?=
 
-.PHONY: help install serve test test-unit test-integration test-gpu lint typecheck fmt bench proto-stubs \
+.PHONY: help install serve test test-unit test-integration test-gpu lint typecheck fmt bench proto-stubs fuzz \
         example-repo system-deps triton-server image image-gpu clean
 
 help:
@@ -27,6 +27,7 @@ help:
 	@echo "make test    - set up and run the whole test suite"
 	@echo "make lint    - ruff + mypy"
 	@echo "make bench   - serving benchmarks (prints ratios against in-process ONNX Runtime)"
+	@echo "make fuzz    - the decoder fuzz tests, long (make test runs them briefly)"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -71,6 +72,11 @@ test-integration: $(STAMP) system-deps $(TRITON_STAMP)
 
 test-gpu: $(STAMP)
 	$(BIN)/python -m pytest -m gpu $(PYTEST_ARGS)
+
+# The decoder fuzz tests (`@pytest.mark.fuzz`) with many more examples than `make test` runs.
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -m fuzz -p no:randomly $(PYTEST_ARGS)
+
 
 $(PROTO_STUBS_STAMP): $(STAMP) scripts/generate_proto_stubs.py
 	rm -rf $(PROTO_STUBS)

@@ -1,11 +1,19 @@
-"""Suite-wide fixtures: the `gpu` marker skips cleanly on machines without an NVIDIA GPU."""
+"""Suite-wide fixtures: the `gpu` marker skips cleanly on machines without an NVIDIA GPU;
+hypothesis profiles for the `fuzz` marker (`ci`, the default: a few hundred examples per test,
+seconds in all; `fuzz`, for `make fuzz`: many more)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("ci", max_examples=150, deadline=None, print_blob=True)
+settings.register_profile("fuzz", max_examples=20_000, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def _has_nvidia_gpu() -> bool:
