@@ -98,10 +98,11 @@ def main() -> None:
         print(f"\nmedian req/s at c={args.concurrency} (ratio to {first}):")
         for label, rows in results.items():
             median = statistics.median(r[0] for r in rows)
+            per_round = [round(r[0] / b[0], 3) for r, b in zip(rows, results[first], strict=True)]
             print(
                 f"  {label:>8}: {median:8.0f}  x{median / base:.3f}  "
                 f"rows/execution {statistics.median(r[2] for r in rows):.1f}  "
-                f"per round {[round(r[0] / b[0], 3) for r, b in zip(rows, results[first])]}"
+                f"per round {per_round}"
             )
     finally:
         for server, _ in servers.values():
