@@ -18,14 +18,15 @@ import random
 import struct
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, cast
+from concurrent.futures import Executor
+from typing import Any, Protocol, cast
 
 import hpack
 
 from server.protocol.grpc_wire import frames as f
 from server.protocol.grpc_wire.guard import CalmDown, ConnectionGuard
 from server.protocol.grpc_wire.headers import HeaderDecoder
-from server.protocol.grpc_wire.limits import STREAM_COST_BYTES
+from server.protocol.grpc_wire.limits import STREAM_COST_BYTES, GrpcLimits, RequestBudget
 from server.protocol.grpc_wire.messages import PREFIX_BYTES, Inflation, split_messages, too_large
 from server.protocol.grpc_wire.rpc import (
     CANCELLED,
@@ -41,9 +42,6 @@ from server.protocol.grpc_wire.rpc import (
     RpcContext,
 )
 from server.protocol.grpc_wire.stream import Stream
-
-if TYPE_CHECKING:
-    from server.protocol.grpc_wire.server import GrpcWireServer
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +61,20 @@ _END = object()  # end of a client stream
 Payload = bytes | bytearray | memoryview | None  # a request message (None: a streaming call)
 
 
+class ConnectionOwner(Protocol):
+    """What a connection needs from the listener that accepted it (`GrpcWireServer`)."""
+
+    routes: dict[str, Route]
+    limits: GrpcLimits
+    budget: RequestBudget
+    connections: set[GrpcConnection]
+
+    @property
+    def inflate_executor(self) -> Executor: ...
+
+    def connection_idle(self) -> None: ...
+
+
 class ProtocolViolation(Exception):
     """A connection error (RFC 9113 §5.4.1): GOAWAY with `code`, then close."""
 
@@ -72,7 +84,7 @@ class ProtocolViolation(Exception):
 
 
 class GrpcConnection(asyncio.Protocol):
-    def __init__(self, server: GrpcWireServer) -> None:
+    def __init__(self, server: ConnectionOwner) -> None:
         self.server = server
         self.limits = limits = server.limits
         self.budget = server.budget
