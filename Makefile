@@ -75,7 +75,7 @@ test-gpu: $(STAMP)
 
 # The decoder fuzz tests (`@pytest.mark.fuzz`) with many more examples than `make test` runs.
 fuzz: $(STAMP)
-	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -m fuzz -p no:randomly $(PYTEST_ARGS)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -m fuzz -p no:randomly --timeout=3600 $(PYTEST_ARGS)
 
 
 $(PROTO_STUBS_STAMP): $(STAMP) scripts/generate_proto_stubs.py

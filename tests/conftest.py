@@ -12,7 +12,7 @@ import pytest
 from hypothesis import settings
 
 settings.register_profile("ci", max_examples=150, deadline=None, print_blob=True)
-settings.register_profile("fuzz", max_examples=20_000, deadline=None, print_blob=True)
+settings.register_profile("fuzz", max_examples=5_000, deadline=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
