@@ -20,45 +20,26 @@ import sys
 import time
 from pathlib import Path
 
-from bench.serving import ARTIFACTS, grpc_load, model_stats
-from tests.support.server_process import ServerProcess, free_port, wait_until_live
+from bench.serving import ARTIFACTS, grpc_load, model_stats, serve
 
 
-def start(label: str, spec: str, repository: Path) -> tuple[ServerProcess, str]:
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User + system CPU time so far of a process, or of one of its threads (Linux /proc)."""
+    path = f"/proc/{pid}/task/{thread}/stat" if thread else f"/proc/{pid}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start(label: str, spec: str, repository: Path) -> tuple[subprocess.Popen[bytes], str, str, str]:
+    """The server `label=TREE[:MODULE]` names: its process, HTTP and gRPC urls."""
     tree, _, module = spec.partition(":")
-    tree_path = Path(tree).resolve()
-    ports = [free_port() for _ in range(3)]
-    log = open(ARTIFACTS / f"ab-{label}.log", "wb")  # noqa: SIM115 - lives with the server
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            module or "ferry",
-            "serve",
-            "--model-repository",
-            str(repository.resolve()),
-            "--no-drift",
-            "--http-address",
-            "127.0.0.1",
-            "--http-port",
-            str(ports[0]),
-            "--grpc-address",
-            "127.0.0.1",
-            "--grpc-port",
-            str(ports[1]),
-            "--metrics-address",
-            "127.0.0.1",
-            "--metrics-port",
-            str(ports[2]),
-        ],
-        cwd=tree_path,
-        env=dict(os.environ, PYTHONPATH=str(tree_path)),
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    return serve(
+        repository.resolve(),
+        ["--no-drift"],
+        source=Path(tree).resolve(),
+        log_name=f"ab-{label}.log",
+        module=module or "ferry",
     )
-    server = ServerProcess(process, *ports, Path(log.name))
-    wait_until_live(server, ready=True, label=label)
-    return server, f"127.0.0.1:{ports[1]}"
 
 
 def main() -> None:
@@ -78,35 +59,48 @@ def main() -> None:
         for spec in args.server:
             label, _, rest = spec.partition("=")
             servers[label] = start(label, rest, repository)
-        results: dict[str, list[tuple[float, float, float]]] = {label: [] for label in servers}
+        results: dict[str, list[tuple[float, float, float, float]]] = {
+            label: [] for label in servers
+        }
         for round_number in range(args.rounds):
-            for label, (server, grpc_url) in servers.items():
-                before = model_stats(server.http_url, args.model)
+            for label, (process, http_url, grpc_url, _) in servers.items():
+                before = model_stats(http_url, args.model)
+                cpu_before = cpu_seconds(process.pid)
+                loop_before = cpu_seconds(process.pid, process.pid)  # the event loop's thread
                 run = grpc_load(grpc_url, payload, args.concurrency, args.seconds)
-                after = model_stats(server.http_url, args.model)
+                cpu = cpu_seconds(process.pid) - cpu_before
+                loop_cpu = cpu_seconds(process.pid, process.pid) - loop_before
+                after = model_stats(http_url, args.model)
                 rows = (after[0] - before[0]) / max(after[1] - before[1], 1)
-                results[label].append((run["req_per_s"], run["p50_ms"], rows))
+                # requests per second of the server's own CPU: steadier than req/s on a busy box
+                per_cpu = (after[0] - before[0]) / max(cpu, 1e-9)
+                loop_us = loop_cpu / max(after[0] - before[0], 1) * 1e6
+                results[label].append((run["req_per_s"], run["p50_ms"], rows, per_cpu))
                 print(
                     f"round {round_number + 1} {label:>8}: {run['req_per_s']:8.0f} req/s  "
                     f"p50 {run['p50_ms']:.2f} ms  rows/execution {rows:.1f}  "
+                    f"{per_cpu:8.0f} req per server CPU-s  event loop {loop_us:.1f} us/req  "
                     f"errors {run['errors']:.0f}",
                     flush=True,
                 )
                 time.sleep(0.5)
         first = next(iter(results))
-        base = statistics.median(r[0] for r in results[first])
-        print(f"\nmedian req/s at c={args.concurrency} (ratio to {first}):")
+        print(f"\nmedians at c={args.concurrency} (ratio to {first}):")
         for label, rows in results.items():
-            median = statistics.median(r[0] for r in rows)
-            per_round = [round(r[0] / b[0], 3) for r, b in zip(rows, results[first], strict=True)]
+            ratios = []
+            for column in (0, 3):  # req/s, req per server CPU-second
+                value = statistics.median(r[column] for r in rows)
+                ratios.append(value / statistics.median(r[column] for r in results[first]))
             print(
-                f"  {label:>8}: {median:8.0f}  x{median / base:.3f}  "
-                f"rows/execution {statistics.median(r[2] for r in rows):.1f}  "
-                f"per round {per_round}"
+                f"  {label:>8}: {statistics.median(r[0] for r in rows):8.0f} req/s "
+                f"(x{ratios[0]:.3f}), {statistics.median(r[3] for r in rows):8.0f} req per "
+                f"server CPU-s (x{ratios[1]:.3f}), rows/execution "
+                f"{statistics.median(r[2] for r in rows):.1f}"
             )
     finally:
-        for server, _ in servers.values():
-            server.stop()
+        for process, *_ in servers.values():
+            process.terminate()
+            process.wait(60)
 
 
 if __name__ == "__main__":
