@@ -41,6 +41,7 @@ class Outcome:
     resets: dict[int, int] = field(default_factory=dict)  # stream -> RST_STREAM error code
     trailers: dict[int, dict[str, str]] = field(default_factory=dict)  # stream -> last block
     data_bytes: int = 0
+    pings: int = 0  # PINGs the server sent (not acknowledgements)
     closed: bool = False
 
     def status(self, stream_id: int) -> str | None:
@@ -248,6 +249,8 @@ class H2Attacker:
             self.outcome.data_bytes += len(payload)
         elif kind == frames.RST_STREAM:
             self.outcome.resets[stream_id] = int.from_bytes(payload, "big")
+        elif kind == frames.PING and not flags & frames.ACK:
+            self.outcome.pings += 1
         elif kind == frames.GOAWAY:
             code = int.from_bytes(payload[4:8], "big")
             self.outcome.goaway = (code, payload[8:].decode(errors="replace"))
