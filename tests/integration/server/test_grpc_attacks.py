@@ -43,7 +43,7 @@ LIMIT_FLAGS = [
     "--grpc-handshake-timeout",
     "1000",
     "--grpc-request-receive-timeout",
-    "2000",
+    "4000",
     "--grpc-max-connections",
     "128",
     "--grpc-max-connection-idle",
@@ -524,14 +524,14 @@ def test_slow_and_silent_clients(attacked: Attacked, repository: Path) -> None:
         client.send(client.headers(1, grpc_fields(), False))
         client.send(client.headers(3, grpc_fields(), False))
         client.send(H2Attacker.data(3, grpc_message(mlp_request())[:20], False))
-        await client.wait_until(lambda: len(client.outcome.trailers) == 2, 6)
+        await client.wait_until(lambda: len(client.outcome.trailers) == 2, 10)
         await client.close()
         if attacked.ferry:
             assert client.outcome.status(1) == DEADLINE_EXCEEDED, client.outcome.summary()
             assert client.outcome.status(3) == DEADLINE_EXCEEDED, client.outcome.summary()
         return (
             f"50 silent connections closed after {max(closed_after):.1f} s; "
-            f"stalled calls: {client.outcome.summary() or 'nothing in 6 s'}"
+            f"stalled calls: {client.outcome.summary() or 'nothing in 10 s'}"
         )
 
     attack(attacked, repository, "50 silent connections, 2 stalled calls", scenario)
