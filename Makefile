@@ -77,6 +77,13 @@ test-integration: $(STAMP) system-deps $(TRITON_STAMP)
 test-gpu: $(STAMP)
 	$(BIN)/python -m pytest -m gpu $(PYTEST_ARGS)
 
+# The hypothesis fuzz tests (marker `fuzz`, any test path) with many more examples than
+# `make test` gives them (profiles in tests/conftest.py), without the suite's 600 s per-test timeout.
+FUZZ_ARGS ?=
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -m fuzz -p no:randomly --timeout=3600 $(FUZZ_ARGS)
+
+
 $(PROTO_STUBS_STAMP): $(STAMP) scripts/generate_proto_stubs.py
 	rm -rf $(PROTO_STUBS)
 	$(BIN)/python scripts/generate_proto_stubs.py $(PROTO_STUBS) > /dev/null
@@ -84,11 +91,6 @@ $(PROTO_STUBS_STAMP): $(STAMP) scripts/generate_proto_stubs.py
 
 proto-stubs: $(PROTO_STUBS_STAMP)
 
-# The hypothesis fuzz tests (marker `fuzz`, any test path), with many more examples than
-# `make test` gives them (profiles in tests/conftest.py).
-FUZZ_ARGS ?=
-fuzz: $(STAMP)
-	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -m fuzz $(FUZZ_ARGS)
 
 lint: $(STAMP) $(PROTO_STUBS_STAMP)
 	$(BIN)/ruff check .

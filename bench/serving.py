@@ -332,11 +332,15 @@ def model_stats(http_url: str, model: str) -> tuple[int, int, int]:
 
 
 def serve(
-    repo: Path, extra: list[str], source: Path | None = None, log_name: str = "serve.log"
+    repo: Path,
+    extra: list[str],
+    source: Path | None = None,
+    log_name: str = "serve.log",
+    module: str = "ferry",
 ) -> tuple[subprocess.Popen[bytes], str, str, str]:
-    """`ferry serve` on free ports; from the source tree `source` when given (its packages
-    first on sys.path), else from this one. Returns the process and the HTTP, gRPC and metrics
-    addresses."""
+    """`ferry serve` (`python -m MODULE serve`) on free ports; from the source tree `source` when
+    given (its packages first on sys.path), else from this one. Returns the process and the HTTP,
+    gRPC and metrics addresses."""
     from tests.support.server_process import ServerProcess, free_port, wait_until_live
 
     ports = [free_port() for _ in range(3)]
@@ -346,7 +350,7 @@ def serve(
         [
             sys.executable,
             "-m",
-            "ferry",
+            module,
             "serve",
             "--model-repository",
             str(repo),

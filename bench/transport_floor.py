@@ -94,7 +94,6 @@ async def serve_grpc(port: int) -> None:
         ),
         "127.0.0.1",
         port,
-        2**31 - 1,
     )
     await server.start()
     await asyncio.Event().wait()

@@ -140,6 +140,7 @@ async def serve(settings: ServerSettings) -> int:
                 settings.grpc_address,
                 settings.grpc_port,
                 settings.grpc_transport,
+                settings.grpc_limits,
                 restricted=settings.grpc_restricted_protocols,
                 tls=settings.grpc_tls,
             )

@@ -16,7 +16,9 @@ from server.restrictions import (
     RestrictionError,
     parse_restricted_apis,
 )
-from server.settings import GrpcTls, GrpcTransport, ModelControlMode, ServerSettings
+from server.settings import GrpcLimits, GrpcTls, GrpcTransport, ModelControlMode, ServerSettings
+
+_LIMITS = GrpcLimits()  # the defaults shown in --help
 
 ModelRepositoryOption = Annotated[
     Path,
@@ -46,6 +48,109 @@ def serve(
             "throughput). Both serve TLS and restricted protocols."
         ),
     ] = GrpcTransport.FERRY,
+    grpc_max_message_bytes: Annotated[
+        int,
+        typer.Option(
+            help="Largest gRPC request or response message, after decompression "
+            "(RESOURCE_EXHAUSTED beyond it; Triton's fixed limit is the default)."
+        ),
+    ] = _LIMITS.max_message_bytes,
+    grpc_max_buffered_request_bytes: Annotated[
+        int,
+        typer.Option(
+            help="Request bytes the server buffers across all gRPC calls and connections "
+            "(received, decompressed, not yet handled). A call that would pass it gets "
+            "RESOURCE_EXHAUSTED at once; so does a message larger than it."
+        ),
+    ] = _LIMITS.max_buffered_request_bytes,
+    grpc_max_concurrent_streams: Annotated[
+        int,
+        typer.Option(
+            help="Open gRPC calls per connection (SETTINGS_MAX_CONCURRENT_STREAMS; "
+            "more are refused with REFUSED_STREAM)."
+        ),
+    ] = _LIMITS.max_concurrent_streams,
+    grpc_max_connections: Annotated[
+        int, typer.Option(help="Open gRPC connections; more are closed at once.")
+    ] = _LIMITS.max_connections,
+    grpc_max_header_list_bytes: Annotated[
+        int,
+        typer.Option(
+            help="Largest gRPC header list (metadata), as HTTP/2 measures it: over it the call "
+            "gets RESOURCE_EXHAUSTED, over twice it the connection is closed."
+        ),
+    ] = _LIMITS.max_header_list_bytes,
+    grpc_http2_max_resets_per_second: Annotated[
+        int,
+        typer.Option(
+            help="RST_STREAM frames a client may send per second, in bursts of 200 "
+            "(rapid reset; over it: GOAWAY ENHANCE_YOUR_CALM). 0: no limit."
+        ),
+    ] = _LIMITS.max_resets_per_second,
+    grpc_http2_max_control_frames_per_second: Annotated[
+        int,
+        typer.Option(
+            help="SETTINGS entries, PING, PRIORITY, empty and unknown frames a client may "
+            "send per second, in bursts of 1000 (over it: GOAWAY ENHANCE_YOUR_CALM). 0: no limit."
+        ),
+    ] = _LIMITS.max_control_frames_per_second,
+    grpc_handshake_timeout: Annotated[
+        int,
+        typer.Option(help="Milliseconds a new gRPC connection has to send its preface."),
+    ] = _LIMITS.handshake_timeout_ms,
+    grpc_max_connection_idle: Annotated[
+        int,
+        typer.Option(
+            help="Milliseconds a gRPC connection may stay without calls before it gets "
+            "GOAWAY (clients reconnect when they next call). 0: no limit."
+        ),
+    ] = _LIMITS.max_connection_idle_ms,
+    grpc_request_receive_timeout: Annotated[
+        int,
+        typer.Option(
+            help="Milliseconds a gRPC request message may take to arrive once its call (or, on "
+            "a stream, the message) has begun; then DEADLINE_EXCEEDED. 0: no limit."
+        ),
+    ] = _LIMITS.request_receive_timeout_ms,
+    grpc_keepalive_time: Annotated[
+        int,
+        typer.Option(help="Milliseconds without reads after which a keepalive PING is sent."),
+    ] = _LIMITS.keepalive_time_ms,
+    grpc_keepalive_timeout: Annotated[
+        int,
+        typer.Option(help="Milliseconds to wait for a keepalive PING's ACK before closing."),
+    ] = _LIMITS.keepalive_timeout_ms,
+    grpc_keepalive_permit_without_calls: Annotated[
+        bool,
+        typer.Option(help="Keepalive pings (sent and received) also while no call is open."),
+    ] = _LIMITS.keepalive_permit_without_calls,
+    grpc_http2_max_pings_without_data: Annotated[
+        int,
+        typer.Option(
+            help="Keepalive pings sent while no DATA/HEADERS frame is sent (0: no limit)."
+        ),
+    ] = _LIMITS.http2_max_pings_without_data,
+    grpc_http2_min_recv_ping_interval_without_data: Annotated[
+        int,
+        typer.Option(
+            help="Milliseconds expected between a client's PINGs while the server sends "
+            "nothing; a sooner PING is a strike."
+        ),
+    ] = _LIMITS.http2_min_recv_ping_interval_without_data_ms,
+    grpc_http2_max_ping_strikes: Annotated[
+        int,
+        typer.Option(
+            help="Strikes tolerated before GOAWAY ENHANCE_YOUR_CALM (too_many_pings); 0: any."
+        ),
+    ] = _LIMITS.http2_max_ping_strikes,
+    grpc_max_connection_age: Annotated[
+        int | None,
+        typer.Option(help="Milliseconds after which a connection gets GOAWAY (±10 %)."),
+    ] = _LIMITS.max_connection_age_ms,
+    grpc_max_connection_age_grace: Annotated[
+        int | None,
+        typer.Option(help="Milliseconds calls get after that GOAWAY before being cut."),
+    ] = _LIMITS.max_connection_age_grace_ms,
     allow_http: Annotated[bool, typer.Option(help="Serve HTTP.")] = True,
     allow_grpc: Annotated[bool, typer.Option(help="Serve gRPC.")] = True,
     allow_metrics: Annotated[bool, typer.Option(help="Serve Prometheus metrics.")] = True,
@@ -241,6 +346,28 @@ def serve(
         grpc_address=grpc_address,
         grpc_port=grpc_port,
         grpc_transport=grpc_transport,
+        grpc_limits=GrpcLimits(
+            max_message_bytes=grpc_max_message_bytes,
+            max_buffered_request_bytes=grpc_max_buffered_request_bytes,
+            max_concurrent_streams=grpc_max_concurrent_streams,
+            max_connections=grpc_max_connections,
+            max_header_list_bytes=grpc_max_header_list_bytes,
+            max_resets_per_second=grpc_http2_max_resets_per_second,
+            max_control_frames_per_second=grpc_http2_max_control_frames_per_second,
+            handshake_timeout_ms=grpc_handshake_timeout,
+            max_connection_idle_ms=grpc_max_connection_idle,
+            request_receive_timeout_ms=grpc_request_receive_timeout,
+            keepalive_time_ms=grpc_keepalive_time,
+            keepalive_timeout_ms=grpc_keepalive_timeout,
+            keepalive_permit_without_calls=grpc_keepalive_permit_without_calls,
+            http2_max_pings_without_data=grpc_http2_max_pings_without_data,
+            http2_min_recv_ping_interval_without_data_ms=(
+                grpc_http2_min_recv_ping_interval_without_data
+            ),
+            http2_max_ping_strikes=grpc_http2_max_ping_strikes,
+            max_connection_age_ms=grpc_max_connection_age,
+            max_connection_age_grace_ms=grpc_max_connection_age_grace,
+        ),
         metrics_address=metrics_address,
         metrics_port=metrics_port,
         allow_http=allow_http,

@@ -18,6 +18,40 @@ class ModelControlMode(enum.StrEnum):
     EXPLICIT = "explicit"
 
 
+GRPC_MAX_MESSAGE_BYTES = 2**31 - 1  # Triton's (and grpcio's channel option) ceiling
+
+
+@dataclass(frozen=True, slots=True)
+class GrpcLimits:
+    """What one gRPC client may make the server hold or do (`ferry serve --grpc-*` flags, on both
+    transports where grpcio lets us). Times are milliseconds, as Triton's gRPC flags take them;
+    0 turns a rate limit, timeout or idle limit off; None leaves a connection's age unlimited."""
+
+    max_message_bytes: int = GRPC_MAX_MESSAGE_BYTES  # after decompression
+    max_buffered_request_bytes: int = 1 << 30  # server-wide, every stream and connection
+    max_concurrent_streams: int = 1000  # per connection, advertised in SETTINGS
+    max_connections: int = 4096
+    max_header_list_bytes: int = 16 * 1024  # gRPC core's hard metadata limit
+    max_resets_per_second: int = 33  # a client's RST_STREAMs (rapid reset), burst 200
+    max_control_frames_per_second: int = 1000  # SETTINGS/PING/PRIORITY/empty frames, burst 1000
+    handshake_timeout_ms: int = 10_000  # the preface and SETTINGS of a new connection
+    max_connection_idle_ms: int = 0  # a connection without calls gets GOAWAY after this
+    request_receive_timeout_ms: int = 120_000  # a request message, once its call has begun
+    keepalive_time_ms: int = 7_200_000
+    keepalive_timeout_ms: int = 20_000
+    keepalive_permit_without_calls: bool = False
+    http2_max_pings_without_data: int = 2
+    http2_min_recv_ping_interval_without_data_ms: int = 300_000
+    http2_max_ping_strikes: int = 2
+    max_connection_age_ms: int | None = None
+    max_connection_age_grace_ms: int | None = None
+
+    @property
+    def max_receivable_message_bytes(self) -> int:
+        """A message larger than the whole budget could never be buffered."""
+        return min(self.max_message_bytes, self.max_buffered_request_bytes)
+
+
 class GrpcTransport(enum.StrEnum):
     """Which implementation serves gRPC: ferry's own HTTP/2 layer, or grpcio's grpc.aio."""
 
@@ -47,6 +81,7 @@ class ServerSettings:
     grpc_address: str = "0.0.0.0"
     grpc_port: int = 8001
     grpc_transport: GrpcTransport = GrpcTransport.FERRY
+    grpc_limits: GrpcLimits = field(default_factory=GrpcLimits)
     metrics_address: str = "0.0.0.0"
     metrics_port: int = 8002
     allow_http: bool = True

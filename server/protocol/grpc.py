@@ -20,14 +20,18 @@ from server.errors import ErrorKind, ServingError
 from server.protocol import grpc_codec
 from server.protocol.grpc_access import RestrictedProtocolInterceptor, guard_routes
 from server.protocol.grpc_tls import grpcio_credentials, ssl_context
+from server.protocol.grpc_wire.limits import RequestBudget
 from server.protocol.grpc_wire.rpc import routes_for
 from server.protocol.grpc_wire.server import GrpcWireServer
+from server.protocol.grpcio_limits import RequestBudgetInterceptor, grpcio_options
 from server.protocol.status import GRPC_CODE_BY_KIND
 from server.restrictions import RestrictedApis
-from server.settings import GrpcTls, GrpcTransport
+from server.settings import GrpcLimits, GrpcTls, GrpcTransport
 
 logger = logging.getLogger(__name__)
-MAX_MESSAGE_BYTES = 2**31 - 1
+# Requests of one ModelStreamInfer call being inferred or waiting to be sent: a client that stops
+# reading stops the call from taking more requests (and then flow control stops the client).
+STREAM_MAX_IN_FLIGHT = 64
 T = TypeVar("T")
 
 
@@ -101,20 +105,27 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         return grpc_codec.encode_response(response, in_shared_memory, shared_memory)
 
     async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
-        """Requests on one stream run concurrently; each gets its responses in order (many for
-        a decoupled model), each marked with `triton_final_response`. A failed response is an
-        `error_message` in the stream, which stays open."""
-        responses: asyncio.Queue[Any] = asyncio.Queue()
+        """Requests on one stream run concurrently (up to STREAM_MAX_IN_FLIGHT); each gets its
+        responses in order (many for a decoupled model), each marked with `triton_final_response`.
+        A failed response is an `error_message` in the stream, which stays open."""
+        # Both bounds hold a client that stops reading: at most STREAM_MAX_IN_FLIGHT requests run,
+        # and their responses wait in a queue of that size (a decoupled model's next response waits
+        # for the client to take one).
+        responses: asyncio.Queue[Any] = asyncio.Queue(maxsize=STREAM_MAX_IN_FLIGHT)
         pending: set[asyncio.Task[None]] = set()
+        slots = asyncio.Semaphore(STREAM_MAX_IN_FLIGHT)
 
         async def one(request: Any) -> None:
             try:
                 await self._stream_one(request, responses.put)
             except ServingError as exc:
                 await responses.put(pb.ModelStreamInferResponse(error_message=exc.message))
+            finally:
+                slots.release()
 
         async def read_all() -> None:
             async for request in request_iterator:
+                await slots.acquire()
                 task = asyncio.create_task(one(request))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
@@ -128,6 +139,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
                 yield message
         finally:
             reader.cancel()
+            for task in list(pending):
+                task.cancel()
 
     async def _stream_one(self, request: Any, put: Callable[[Any], Awaitable[None]]) -> None:
         """Every response of one streamed request; a final flag without a response is sent
@@ -252,16 +265,21 @@ def create_grpc_server(
     host: str,
     port: int,
     transport: GrpcTransport = GrpcTransport.FERRY,
+    limits: GrpcLimits | None = None,
     *,
     restricted: RestrictedApis | None = None,
     tls: GrpcTls | None = None,
 ) -> GrpcServer:
-    """Both services on the chosen transport, bound to host:port once started; the restricted
-    API groups (`--grpc-restricted-protocol`) behind their metadata keys; TLS when given."""
+    """Both services on the chosen transport with `limits`, bound to host:port once started; the
+    restricted API groups (`--grpc-restricted-protocol`) behind their metadata keys; TLS when
+    given."""
+    limits = limits or GrpcLimits()
     if transport == GrpcTransport.GRPCIO:
         return cast(
             GrpcServer,
-            create_grpcio_server(dataplane, f"{host}:{port}", restricted=restricted, tls=tls),
+            create_grpcio_server(
+                dataplane, f"{host}:{port}", limits, restricted=restricted, tls=tls
+            ),
         )
     routes = routes_for(
         InferenceServicer(dataplane), _SERVICES[0], service_pb2_grpc.GRPCInferenceServiceServicer
@@ -271,9 +289,7 @@ def create_grpc_server(
     )
     if restricted:
         routes = guard_routes(routes, restricted, _SERVICES)
-    return GrpcWireServer(
-        routes, host, port, MAX_MESSAGE_BYTES, ssl_context(tls) if tls is not None else None
-    )
+    return GrpcWireServer(routes, host, port, limits, ssl_context(tls) if tls is not None else None)
 
 
 class GrpcServer(Protocol):
@@ -287,18 +303,17 @@ class GrpcServer(Protocol):
 def create_grpcio_server(
     dataplane: DataPlane,
     address: str,
+    limits: GrpcLimits,
     *,
     restricted: RestrictedApis | None = None,
     tls: GrpcTls | None = None,
 ) -> grpc.aio.Server:
-    """A grpc.aio server with both services and 2 GiB-1 message limits, bound to `address`."""
-    options = [
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.so_reuseport", 0),
-    ]
-    interceptors = [RestrictedProtocolInterceptor(restricted, _SERVICES)] if restricted else []
-    server = grpc.aio.server(options=options, interceptors=interceptors)
+    """A grpc.aio server with both services and `limits`, bound to `address`."""
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    if restricted:
+        interceptors.append(RestrictedProtocolInterceptor(restricted, _SERVICES))
+    interceptors.append(RequestBudgetInterceptor(RequestBudget(limits.max_buffered_request_bytes)))
+    server = grpc.aio.server(options=grpcio_options(limits), interceptors=interceptors)
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
         InferenceServicer(dataplane), server
     )
