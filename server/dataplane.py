@@ -25,7 +25,7 @@ from server.classification import classify
 from server.errors import ErrorKind, ServingError, invalid
 from server.model import ModelVersion
 from server.observers import ObserverFanout
-from server.repository import ModelRepository
+from server.repository import ModelRepository, parse_version
 from server.repository_format import ModelConfig
 from server.settings import ModelControlMode
 from server.shared_memory import SharedMemoryManager
@@ -83,19 +83,20 @@ class DataPlane:
         return {"name": SERVER_NAME, "version": __version__, "extensions": extensions}
 
     def model_ready(self, name: str, version: str = "") -> bool:
+        """False for any model or version that is not READY (unknown, unloaded, or a name no
+        model can have), as Triton answers; only a malformed version string is an error."""
+        parse_version(version)
         try:
             self.repository.get(name, version)
-        except ServingError as exc:
-            if exc.kind == ErrorKind.NOT_FOUND and version in ("", "-1"):
-                raise
+        except ServingError:
             return False
         return True
 
     def model_metadata(self, name: str, version: str = "") -> dict[str, Any]:
         model = self.repository.get(name, version)
         versions = (
-            [version]
-            if version not in ("", "-1")
+            [model.version]
+            if version
             else sorted(
                 (v.version for v in self.repository.ready_versions() if v.name == name), key=int
             )
@@ -124,7 +125,7 @@ class DataPlane:
             model = self.repository.get(name, version)
         except ServingError as exc:
             raise invalid(f"requested model '{name}' is not available") from exc
-        if version in ("", "-1"):
+        if not version:
             return [
                 v.statistics.as_json() for v in self.repository.ready_versions() if v.name == name
             ]

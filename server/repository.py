@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import shutil
 import tempfile
 import time
@@ -53,6 +54,34 @@ class ModelEntry:
     temporary_dir: Path | None = None
 
 
+# What C++ std::stol accepts, as Triton parses a requested version: leading blanks, a sign,
+# digits; anything after the digits is ignored ("1abc" is version 1).
+_VERSION_PREFIX = re.compile(r"\s*([+-]?[0-9]+)")
+_INT64_MAX = 2**63 - 1
+
+
+def parse_version(version: str) -> int | None:
+    """A requested model version: None for '' (the latest), else a number >= 0; anything
+    else is INVALID_ARG, with Triton's messages."""
+    if not version:
+        return None
+    match = _VERSION_PREFIX.match(version)
+    if match is None or abs(int(match.group(1))) > _INT64_MAX:
+        raise ServingError(
+            ErrorKind.INVALID_ARG,
+            f"failed to get model version from specified version string '{version}' "
+            "(details: stol), version should be an integral value > 0",
+        )
+    number = int(match.group(1))
+    if number < 0:
+        raise ServingError(
+            ErrorKind.INVALID_ARG,
+            f"invalid model version specified '{version}' , version should be an integral "
+            "value > 0",
+        )
+    return number
+
+
 class ModelRepository:
     """Loaded models by name and version, plus the control operations on them."""
 
@@ -74,13 +103,14 @@ class ModelRepository:
     # --- queries (event loop, no awaits) -------------------------------------------------------
 
     def get(self, name: str, version: str = "") -> ModelVersion:
-        """Resolve a request's model and version ('' or -1: the highest READY version)."""
+        """Resolve a request's model and version ('': the highest READY version)."""
+        number = parse_version(version)  # as Triton: a bad version string is refused first
         entry = self._entries.get(name)
         if entry is None or not entry.live:
             raise ServingError(
                 ErrorKind.NOT_FOUND, f"Request for unknown model: '{name}' is not found"
             )
-        if version in ("", "-1"):
+        if number is None:
             if not entry.versions:
                 reason = entry.failure or "; ".join(
                     s.reason for s in entry.states.values() if s.reason
@@ -91,9 +121,6 @@ class ModelRepository:
                     + (f" ({reason})" if reason else ""),
                 )
             return entry.versions[max(entry.versions)]
-        if not version.isdigit():
-            raise ServingError(ErrorKind.INVALID_ARG, f"invalid model version '{version}'")
-        number = int(version)
         if number in entry.versions:
             return entry.versions[number]
         if number in entry.states:
@@ -195,7 +222,7 @@ class ModelRepository:
                     )
                 temporary = await asyncio.to_thread(_write_model_files, name, files)
                 source_dir = temporary / name
-            elif not source_dir.is_dir() and config_json is None:
+            elif not source_dir.is_dir():  # a config alone does not make a model
                 raise ServingError(
                     ErrorKind.NOT_FOUND,
                     f"failed to load '{name}', failed to poll from model "
@@ -310,9 +337,8 @@ class ModelRepository:
             )
 
     async def unload(self, name: str) -> None:
-        """Unload every version; queued and running requests finish first."""
-        if not is_valid_model_name(name):
-            raise ServingError(ErrorKind.INVALID_ARG, f"invalid model name '{name}'")
+        """Unload every version; queued and running requests finish first. A name that is not
+        loaded (whatever it is) is a success, as in Triton."""
         async with self._lock:
             entry = self._entries.get(name)
             if entry is None or not entry.live:

@@ -223,6 +223,8 @@ def normalize_config(config: ModelConfig) -> None:
         and config.max_batch_size > 0
     ):
         config.dynamic_batching.preferred_batch_size.append(config.max_batch_size)
+    for index, group in enumerate(config.instance_group):
+        group.name = group.name or f"{config.name}_{index}"
 
 
 _INT64_TYPES = {

@@ -42,11 +42,8 @@ def shared_memory_reference(
             f"invalid value for 'shared_memory_region' parameter for tensor "
             f"'{tensor}', expected a region name"
         )
-    if byte_size is None:
-        raise invalid(
-            f"'shared_memory_byte_size' must be specified along with "
-            f"'shared_memory_region' parameter for tensor '{tensor}'"
-        )
+    if byte_size is None:  # as Triton: 0, so the size check names what was expected
+        byte_size = 0
     for label, value in (("shared_memory_byte_size", byte_size), ("shared_memory_offset", offset)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise invalid(
@@ -217,7 +214,9 @@ class SharedMemoryManager:
     def _locate(self, reference: SharedMemoryReference) -> tuple[_Region, int]:
         region = self._regions.get(reference.region)
         if region is None:
-            raise invalid(f"Unable to find shared memory region: '{reference.region}'")
+            raise ServingError(
+                ErrorKind.NOT_FOUND, f"Unable to find shared memory region: '{reference.region}'"
+            )
         if reference.offset + reference.byte_size > region.byte_size:
             raise invalid(
                 f"Invalid offset + byte size for shared memory region: "

@@ -142,13 +142,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
                 raise ServingError(
                     ErrorKind.UNSUPPORTED, "'repository_name' specification is not supported"
                 )
-            config, files = None, {}
-            for key, parameter in request.parameters.items():
-                if key == "config":
-                    config = grpc_codec.parameter_value(parameter)
-                elif key.startswith("file:"):
-                    files[key[len("file:") :]] = grpc_codec.parameter_value(parameter)
-            await self.dataplane.load_model(request.model_name, config, files or None)
+            config, files = grpc_codec.load_parameters(request.parameters)
+            await self.dataplane.load_model(request.model_name, config, files)
             return pb.RepositoryModelLoadResponse()
 
         return await _call(context, work)
@@ -196,6 +191,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         return pb.SystemSharedMemoryUnregisterResponse()
 
     async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        if request.name:  # nothing is ever registered
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"Unable to find cuda shared memory region: '{request.name}'",
+            )
         return pb.CudaSharedMemoryStatusResponse()
 
     async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:

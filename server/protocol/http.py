@@ -80,6 +80,7 @@ def create_fastapi_app(
 ) -> FastAPI:
     """Every route but POST .../infer, which the InferFastPath in front of this app serves."""
     app = FastAPI(title="ferry", docs_url=None, redoc_url=None, openapi_url=None)
+    app.router.redirect_slashes = False  # as Triton: '/v2/' is a 404, not a redirect
 
     async def on_serving_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, ServingError)
@@ -169,8 +170,10 @@ def create_fastapi_app(
     @route("/v2/repository/index", ["POST"])
     @route("/v2/repository/{repository}/index", ["POST"])
     async def repository_index(request: Request) -> Response:
-        body = await optional_json(request, max_request_bytes)
-        return json_response(dataplane.repository_index(bool(body.get("ready", False))))
+        ready = (await optional_json(request, max_request_bytes)).get("ready", False)
+        if not isinstance(ready, bool):
+            raise invalid("repository index 'ready' must be a boolean")
+        return json_response(dataplane.repository_index(ready))
 
     @route("/v2/repository/models/{model:path}/load", ["POST"])
     async def load(request: Request) -> Response:
@@ -256,7 +259,10 @@ def _register_parameters(body: dict[str, Any]) -> tuple[str, int, int]:
     return key, offset, byte_size
 
 
-async def _cuda_shm_status(_: Request) -> Response:
+async def _cuda_shm_status(request: Request) -> Response:
+    region = request.path_params.get("region")
+    if region:  # nothing is ever registered
+        return error_response(404, f"Unable to find cuda shared memory region: '{region}'")
     return json_response([])
 
 
@@ -273,7 +279,7 @@ async def _cuda_shm_unregister(_: Request) -> Response:
 
 
 def _load_parameters(body: dict[str, Any]) -> tuple[str | None, dict[str, bytes] | None]:
-    parameters = body.get("parameters") or {}
+    parameters = body.get("parameters", {})
     if not isinstance(parameters, dict):
         raise invalid("load 'parameters' must be an object")
     config = parameters.get("config")

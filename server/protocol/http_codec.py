@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -74,38 +75,31 @@ def decode_request(
     """Decode an infer body into an InferenceRequest and the requested output encoding; tensors
     in client shared memory need `shared_memory` (None: the extension is off)."""
     json_end = len(body) if header_length is None else header_length
-    try:
-        header = orjson.loads(memoryview(body)[:json_end])
-    except orjson.JSONDecodeError as exc:
-        raise invalid(f"failed to parse the request JSON buffer: {exc}") from None
+    header = parse_json(memoryview(body)[:json_end])
     if not isinstance(header, dict):
         raise invalid("the request JSON must be an object")
-    parameters = header.get("parameters") or {}
-    if not isinstance(parameters, dict):
+    parameters = header.get("parameters")
+    if parameters is None:
+        parameters = {}
+    elif not isinstance(parameters, dict):
         raise invalid("request 'parameters' must be an object")
-    for key in parameters:
-        if key.startswith("triton_"):
-            raise invalid(
-                f"parameter keys starting with 'triton_' are reserved for Triton usage "
-                f"and should not be specified: '{key}'"
-            )
+    for key, value in parameters.items():
+        _check_parameter(key, value)
     inputs = _decode_inputs(header.get("inputs"), body, json_end, shared_memory)
     requested, binary_by_output, in_shared_memory = _decode_outputs(
         header.get("outputs"), shared_memory
     )
     priority = _unsigned(parameters.get("priority", 0), "priority")
     timeout_us = _unsigned(parameters.get("timeout", 0), "timeout")
-    custom = {
-        k: v
-        for k, v in parameters.items()
-        if k not in RESERVED_PARAMETERS and isinstance(v, (str, int, float, bool))
-    }
+    custom = {k: v for k, v in parameters.items() if k not in RESERVED_PARAMETERS}
     request_id = header.get("id", "")
+    if not isinstance(request_id, str):
+        raise invalid("request 'id' must be a string")
     request = InferenceRequest(
         model_name=model_name,
         model_version=model_version,
         inputs=inputs,
-        id=request_id if isinstance(request_id, str) else str(request_id),
+        id=request_id,
         requested_outputs=requested,
         parameters=custom,
         priority=priority,
@@ -114,6 +108,46 @@ def decode_request(
     )
     binary_default = parameters.get("binary_data_output", False) is True
     return request, OutputEncoding(binary_default, binary_by_output, in_shared_memory)
+
+
+def parse_json(data: bytes | memoryview) -> Any:
+    """A request's JSON. Like Triton's parser, NaN and Infinity literals are accepted (the
+    standard library's parser reads them; orjson, on the hot path, does not)."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        try:
+            return json.loads(bytes(data), parse_constant=float)
+        except (ValueError, RecursionError):
+            raise invalid(f"failed to parse the request JSON buffer: {exc}") from None
+
+
+# the request parameters Triton reads itself, and the JSON type each must have
+_PARAMETER_TYPES: dict[str, tuple[type, ...]] = {
+    "sequence_id": (int, str),
+    "sequence_start": (bool,),
+    "sequence_end": (bool,),
+    "binary_data_output": (bool,),
+}
+
+
+def _check_parameter(key: str, value: Any) -> None:
+    """Refuse reserved keys and values of the wrong JSON type, as Triton does."""
+    if key.startswith("triton_"):
+        raise invalid(
+            f"parameter keys starting with 'triton_' are reserved for Triton usage "
+            f"and should not be specified: '{key}'"
+        )
+    expected = _PARAMETER_TYPES.get(key)
+    if expected is not None:
+        if not isinstance(value, expected) or (bool not in expected and isinstance(value, bool)):
+            names = " or ".join("boolean" if t is bool else t.__name__ for t in expected)
+            raise invalid(f"parameter '{key}' must be a {names}")
+    elif value is None or isinstance(value, (dict, list)):
+        raise invalid(
+            f"parameter '{key}' has invalid type. It should be either 'int', 'bool', "
+            "'double' or 'string'."
+        )
 
 
 def _unsigned(value: Any, name: str) -> int:
@@ -187,6 +221,8 @@ def _decode_outputs(
         return None, {}, {}
     if not isinstance(specs, list):
         raise invalid("request 'outputs' must be a list")
+    if not specs:  # as Triton: an empty list asks for every output
+        return None, {}, {}
     requested, binary, in_shared_memory = [], {}, {}
     for spec in specs:
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):

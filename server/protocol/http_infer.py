@@ -191,11 +191,10 @@ class InferFastPath:
             for key, value in scope["headers"]
         }
         try:
-            body = decode_body(
-                await read_raw_body(receive, headers, self.limit),
-                headers.get("content-encoding"),
-                self.limit,
-            )
+            raw_body = await read_raw_body(receive, headers, self.limit)
+            # as Triton: an unknown model is a 404 whatever the body holds
+            self.dataplane.repository.get(name, version)
+            body = decode_body(raw_body, headers.get("content-encoding"), self.limit)
             payload, response_headers = await handle_infer(
                 self.dataplane, name, version, headers, body
             )

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from server.errors import ErrorKind, ServingError, invalid
+from server.errors import invalid
 from server.types import ALL_DATATYPES, ELEMENT_SIZE_BY_DATATYPE, NUMPY_DTYPE_BY_DATATYPE
 
 _U32 = struct.Struct("<I")
@@ -37,8 +37,8 @@ def check_datatype(name: str, datatype: Any) -> str:
     """Validate a wire datatype; BF16 is a valid wire type that no ferry runtime takes."""
     if datatype not in ALL_DATATYPES:
         raise invalid(f"input '{name}': invalid datatype '{datatype}'")
-    if datatype == "BF16":
-        raise ServingError(ErrorKind.UNSUPPORTED, f"input '{name}': BF16 tensors are not supported")
+    if datatype == "BF16":  # no model ferry runs takes BF16: a datatype mismatch, as in Triton
+        raise invalid(f"input '{name}': data-type is 'BF16', which no model here accepts")
     return str(datatype)
 
 
@@ -67,6 +67,24 @@ def array_from_bytes(
         )
     dtype = NUMPY_DTYPE_BY_DATATYPE[datatype].newbyteorder("<")
     return np.frombuffer(buffer, dtype=dtype, count=count, offset=offset).reshape(shape)
+
+
+def raw_element_count(name: str, buffer: bytes, datatype: str) -> int:
+    """How many elements of `datatype` a raw tensor body holds."""
+    if datatype == "BYTES":
+        count = position = 0
+        while position + 4 <= len(buffer):
+            (length,) = _U32.unpack_from(buffer, position)
+            position += 4 + length
+            count += 1
+        return count
+    size = ELEMENT_SIZE_BY_DATATYPE[datatype]
+    if len(buffer) % size:
+        raise invalid(
+            f"input '{name}': raw body of {len(buffer)} bytes is not a whole number of "
+            f"{datatype} elements"
+        )
+    return len(buffer) // size
 
 
 def _deserialize_bytes(
@@ -113,23 +131,48 @@ def array_from_json(name: str, data: Any, datatype: str, shape: tuple[int, ...])
     """Decode a JSON `data` field (nested or flat, row-major)."""
     if datatype in ("FP16", "BF16"):
         raise invalid(f"input '{name}': {datatype} data must be sent in binary format")
+    if not isinstance(data, list):
+        raise invalid(f"input '{name}': 'data' must be a JSON array")
     count = element_count(shape)
-    try:
-        if datatype == "BYTES":
-            flat = _flatten(data)
-            array = np.empty(len(flat), dtype=np.object_)
-            array[:] = [
-                item.encode() if isinstance(item, str) else str(item).encode() for item in flat
-            ]
-        else:
-            array = np.asarray(data, dtype=NUMPY_DTYPE_BY_DATATYPE[datatype])
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise invalid(f"input '{name}': data does not match datatype {datatype}: {exc}") from exc
+    if datatype == "BYTES":
+        flat = _flatten(data)
+        if not all(isinstance(item, str) for item in flat):
+            raise invalid(f"input '{name}': BYTES data must be JSON strings")
+        array = np.empty(len(flat), dtype=np.object_)
+        array[:] = [item.encode() for item in flat]
+    else:
+        array = _typed_array(name, data, datatype)
     if array.size != count:
         raise invalid(
             f"input '{name}': {array.size} data elements for shape {list(shape)}, expecting {count}"
         )
     return array.reshape(shape)
+
+
+# The numpy kinds of the JSON values each datatype takes (as Triton: numbers for the numeric
+# types, integers only for the integer types, true/false only for BOOL).
+_JSON_KINDS_BY_DATATYPE = {"BOOL": "b", "FP32": "iuf", "FP64": "iuf"} | {
+    f"{sign}INT{bits}": "iu" for sign in ("", "U") for bits in (8, 16, 32, 64)
+}
+_JSON_WORDS = {"b": "true or false", "iu": "integers", "iuf": "numbers"}
+
+
+def _typed_array(name: str, data: list[Any], datatype: str) -> np.ndarray:
+    """JSON values -> an array of `datatype`, refusing values of another JSON type and
+    integers out of the datatype's range (never wrapped)."""
+    kinds = _JSON_KINDS_BY_DATATYPE[datatype]
+    try:
+        values = np.asarray(data)
+    except (ValueError, TypeError, OverflowError) as exc:  # ragged nesting
+        raise invalid(f"input '{name}': data does not match datatype {datatype}: {exc}") from exc
+    if values.size and values.dtype.kind not in kinds:
+        raise invalid(f"input '{name}': {datatype} data must be JSON {_JSON_WORDS[kinds]}")
+    dtype = NUMPY_DTYPE_BY_DATATYPE[datatype]
+    if values.size and kinds == "iu":
+        limits = np.iinfo(dtype)
+        if values.min() < limits.min or values.max() > limits.max:
+            raise invalid(f"input '{name}': a value is out of range for datatype {datatype}")
+    return values.astype(dtype, copy=False)
 
 
 def _flatten(data: Any) -> list[Any]:

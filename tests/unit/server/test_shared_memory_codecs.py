@@ -131,7 +131,6 @@ def test_http_inputs_and_outputs_in_shared_memory(
     [
         ({"classification": 2}, "can't set both 'shared_memory_region' and 'classification'"),
         ({"binary_data": True}, "can't set both 'shared_memory_region' and 'binary_data'"),
-        ({}, "'shared_memory_byte_size' must be specified"),
         ({"shared_memory_byte_size": 8, "shared_memory_offset": 124}, "Invalid offset + byte size"),
     ],
 )
