@@ -106,9 +106,14 @@ class ModelRepository:
         """Resolve a request's model and version ('': the highest READY version)."""
         number = parse_version(version)  # as Triton: a bad version string is refused first
         entry = self._entries.get(name)
-        if entry is None or not entry.live:
+        if entry is None:
             raise ServingError(
                 ErrorKind.NOT_FOUND, f"Request for unknown model: '{name}' is not found"
+            )
+        if not entry.live:
+            raise ServingError(
+                ErrorKind.NOT_FOUND,
+                f"Request for unknown model: '{name}' has no available versions",
             )
         if number is None:
             if not entry.versions:
@@ -173,14 +178,10 @@ class ModelRepository:
             for number, state in sorted(entry.states.items()):
                 if ready_only and state.state != READY:
                     continue
-                rows.append(
-                    {
-                        "name": name,
-                        "version": str(number),
-                        "state": state.state,
-                        "reason": state.reason,
-                    }
-                )
+                row = {"name": name, "version": str(number), "state": state.state}
+                if state.reason:  # as Triton: no empty reason
+                    row["reason"] = state.reason
+                rows.append(row)
         return rows
 
     def _scan_names(self) -> list[str]:

@@ -112,6 +112,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
                 message.infer_response.parameters["triton_final_response"].bool_param = True
             except ServingError as exc:
                 message.error_message = exc.message
+                message.infer_response.id = request.id  # as Triton: which request failed
             await responses.put(message)
 
         async def read_all() -> None:

@@ -169,7 +169,8 @@ TWIN_MODELS = (
     _identity("vardim", "TYPE_FP32", (-1,), 0),
     _identity("int8", "TYPE_INT8", (2,), 8),
     _identity("flags", "TYPE_BOOL", (2,), 8),
-    _identity("spare", "TYPE_FP32", (4,), 8),
+    _identity("spare", "TYPE_FP32", (4,), 8),  # loaded and unloaded by the repository scenario
+    _identity("counted", "TYPE_FP32", (4,), 8),  # only the statistics scenario infers on it
 )
 
 

@@ -43,7 +43,12 @@ FILES_NEED_CONFIG = (
 )
 SHM_CLIENT_ERROR = (
     "a shared memory registration that cannot be mapped (no such object, empty name or key, "
-    "zero size) is the client's error: 400 / INVALID_ARGUMENT; Triton answers 500 / INTERNAL"
+    "zero size, past the object's end) or an output region too small for the result is the "
+    "client's error: 400 / INVALID_ARGUMENT; Triton answers 500 / INTERNAL"
+)
+PLAIN_LOAD_READS_CONFIG = (
+    "a load without a config after a load with a config override goes back to config.pbtxt; "
+    "Triton keeps serving the override until the model's files change"
 )
 NO_CUDA_SHM = (
     "ferry has no CUDA shared memory: registering answers 501 / UNIMPLEMENTED whatever the "
@@ -57,6 +62,20 @@ FERRY_EXTENSION = "ferry's own route (online drift detail); Triton has none"
 STRICT_GRPC = (
     "ferry refuses data that goes to no input (more raw_input_contents than inputs) and a "
     "negative timeout; Triton ignores the extra entries and accepts the timeout"
+)
+
+FAILED_VALIDATION = (
+    "a request refused by validation (shape, datatype, unknown output, batch size) counts as a "
+    'failure in the model\'s statistics and in nv_inference_request_failure{reason="OTHER"}; '
+    "Triton 2.51 counts it nowhere"
+)
+SHM_OUTPUT_PARAMETERS = (
+    "an output written to shared memory carries its region and byte size in the response's "
+    "output parameters; Triton sends the output without parameters"
+)
+UNLOAD_IS_SYNCHRONOUS = (
+    "an unload answers once the model is unloaded (its requests finished); Triton answers "
+    "at once and unloads in the background (its index says UNLOADING meanwhile)"
 )
 
 

@@ -216,7 +216,11 @@ def grpc_mismatch(case: GrpcCase, triton: GrpcAnswer, ferry: GrpcAnswer) -> str 
         pair = grpc_infer_result(triton.response), grpc_infer_result(ferry.response)
     else:
         as_dicts = [
-            json_format.MessageToDict(a.response, preserving_proto_field_name=True)
+            json_format.MessageToDict(
+                a.response,
+                preserving_proto_field_name=True,
+                always_print_fields_with_no_presence=True,  # zeros too: the schema is compared
+            )
             for a in (triton, ferry)
         ]
         if case.compare == "keys":
