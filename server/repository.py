@@ -54,6 +54,18 @@ class ModelEntry:
     temporary_dir: Path | None = None
 
 
+def invalid_name_message(name: str) -> str:
+    """Why `name` cannot be loaded, in Triton's words where Triton refuses it too."""
+    if not name.strip():
+        return "Model name cannot be empty. Please enter a valid name to deploy."
+    if "/" in name or "\\" in name or ".." in name.strip().split("/"):
+        return f"invalid model name '{name}': model name must not contain path traversal characters"
+    return (
+        f"invalid model name '{name}': a model name is one folder name of letters, digits, "
+        "'_', '-' and '.', not starting with '.'"
+    )
+
+
 # What C++ std::stol accepts, as Triton parses a requested version: leading blanks, a sign,
 # digits; anything after the digits is ignored ("1abc" is version 1).
 _VERSION_PREFIX = re.compile(r"\s*([+-]?[0-9]+)")
@@ -208,11 +220,7 @@ class ModelRepository:
     ) -> None:
         """Load (or reload) a model; raises ServingError when it ends with no READY version."""
         if not is_valid_model_name(name):
-            raise ServingError(
-                ErrorKind.INVALID_ARG,
-                f"invalid model name '{name}': path separators, '..' and hidden "
-                "names are not allowed",
-            )
+            raise ServingError(ErrorKind.INVALID_ARG, invalid_name_message(name))
         async with self._lock:
             source_dir, temporary = self.root / name, None
             if files:
@@ -417,6 +425,12 @@ def _write_model_files(name: str, files: Mapping[str, bytes]) -> Path:
             raise ServingError(
                 ErrorKind.INVALID_ARG, f"file path '{relative}' leaves the model folder"
             )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(content)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+        except OSError as exc:  # e.g. a name longer than the file system allows
+            shutil.rmtree(root, ignore_errors=True)
+            raise ServingError(
+                ErrorKind.INVALID_ARG, f"cannot write file '{relative}': {exc.strerror}"
+            ) from None
     return root

@@ -178,7 +178,8 @@ def tensor_specs(config: ModelConfig) -> tuple[list[TensorSpec], list[TensorSpec
         datatype = DATATYPE_BY_CONFIG_TYPE.get(tensor.data_type)
         if datatype is None:
             raise ModelConfigError(f"tensor '{tensor.name}' has no valid data_type")
-        return TensorSpec(tensor.name, datatype, batch_prefix + tuple(int(d) for d in tensor.dims))
+        dims = batch_prefix + tuple(int(d) for d in tensor.dims)
+        return TensorSpec(tensor.name, datatype, dims, getattr(tensor, "optional", False))
 
     return [spec(t) for t in config.input], [spec(t) for t in config.output]
 

@@ -25,6 +25,7 @@ from server.protocol.grpc_wire.server import GrpcWireServer
 from server.protocol.status import GRPC_CODE_BY_KIND
 from server.restrictions import RestrictedApis
 from server.settings import GrpcTls, GrpcTransport
+from server.shared_memory import cuda_register_error, require_enabled
 
 logger = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 2**31 - 1
@@ -96,9 +97,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     async def _infer(self, request: Any) -> Any:
         """Decode, infer, encode one ModelInferRequest (tensors may live in shared memory)."""
         shared_memory = self.dataplane.shared_memory
-        inference_request, in_shared_memory = grpc_codec.decode_request(request, shared_memory)
-        response = await self.dataplane.infer(inference_request)
-        return grpc_codec.encode_response(response, in_shared_memory, shared_memory)
+        if shared_memory is None:
+            inference_request, _ = grpc_codec.decode_request(request)
+            return grpc_codec.encode_response(await self.dataplane.infer(inference_request))
+        with shared_memory.hold():  # the regions it names stay registered until it is done
+            inference_request, in_shared_memory = grpc_codec.decode_request(request, shared_memory)
+            response = await self.dataplane.infer(inference_request)
+            return grpc_codec.encode_response(response, in_shared_memory, shared_memory)
 
     async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
         """Requests on one stream run concurrently; each response is final."""
@@ -175,13 +180,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
         async def work() -> Any:
             shared_memory = self.dataplane.shared_memory
-            if shared_memory is None:
-                raise ServingError(
-                    ErrorKind.UNSUPPORTED,
-                    "client shared memory is not enabled on this server (start "
-                    "ferry serve with --allow-client-shm)",
-                )
-            shared_memory.register(request.name, request.key, request.offset, request.byte_size)
+            require_enabled(shared_memory).register(
+                request.name, request.key, request.offset, request.byte_size
+            )
             return pb.SystemSharedMemoryRegisterResponse()
 
         return await _call(context, work)
@@ -200,9 +201,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         return pb.CudaSharedMemoryStatusResponse()
 
     async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "CUDA shared memory is not enabled on this server"
-        )
+        async def work() -> Any:
+            raise cuda_register_error(self.dataplane.shared_memory, request.name)
+
+        return await _call(context, work)
 
     async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
         return pb.CudaSharedMemoryUnregisterResponse()

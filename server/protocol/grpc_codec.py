@@ -179,13 +179,15 @@ def _decode_inputs(
             data = manager.read(
                 shared_memory_reference(name, *_reference_parameters(tensor.parameters, name))
             )
-            inputs[name] = array_from_bytes(name, data, datatype, shape)
+            inputs[name] = array_from_bytes(name, data, datatype, shape, model=message.model_name)
         elif raw:
             if has_contents:
                 raise invalid("contents field must not be specified when using raw_input_contents")
             if raw_index >= len(raw):
                 raise _raw_count_error(message, len(raw))
-            inputs[name] = array_from_bytes(name, raw[raw_index], datatype, shape)
+            inputs[name] = array_from_bytes(
+                name, raw[raw_index], datatype, shape, model=message.model_name
+            )
             raw_index += 1
         elif has_contents:
             inputs[name] = _from_contents(name, tensor.contents, datatype, shape)

@@ -22,6 +22,7 @@ from server.protocol.http_infer import InferFastPath, decode_body, read_raw_body
 from server.protocol.status import HTTP_STATUS_BY_KIND
 from server.repository_format import config_to_json
 from server.restrictions import RestrictedApis
+from server.shared_memory import cuda_register_error, require_enabled
 
 DriftDetail = Callable[[str, str | None], dict[str, Any] | None]
 JSON = "application/json"
@@ -202,12 +203,11 @@ def create_fastapi_app(
         return json_response(shared_memory.status(request.path_params.get("region", "")))
 
     async def system_shm_register(request: Request) -> Response:
-        if shared_memory is None:
-            return _shm_not_enabled()
+        manager = require_enabled(shared_memory)
         key, offset, byte_size = _register_parameters(
             await optional_json(request, max_request_bytes)
         )
-        shared_memory.register(request.path_params.get("region", ""), key, offset, byte_size)
+        manager.register(request.path_params.get("region", ""), key, offset, byte_size)
         return Response(status_code=200)
 
     async def system_shm_unregister(request: Request) -> Response:
@@ -215,9 +215,12 @@ def create_fastapi_app(
             shared_memory.unregister(request.path_params.get("region", ""))
         return Response(status_code=200)
 
+    async def cuda_shm_register(request: Request) -> Response:
+        raise cuda_register_error(shared_memory, request.path_params.get("region", ""))
+
     shm_handlers = {
         "systemsharedmemory": (system_shm_status, system_shm_register, system_shm_unregister),
-        "cudasharedmemory": (_cuda_shm_status, _cuda_shm_register, _cuda_shm_unregister),
+        "cudasharedmemory": (_cuda_shm_status, cuda_shm_register, _cuda_shm_unregister),
     }
     for kind, (status, register, unregister) in shm_handlers.items():
         for prefix in (f"/v2/{kind}", f"/v2/{kind}/region/{{region}}"):
@@ -231,15 +234,6 @@ def create_fastapi_app(
                 prefix + "/unregister", unregister, methods=["POST"], include_in_schema=False
             )
     return app
-
-
-def _shm_not_enabled() -> Response:
-    return error_response(
-        501,
-        "client shared memory is not enabled on this server (start "
-        "ferry serve with --allow-client-shm); send tensors in the "
-        "request body (binary tensor data extension)",
-    )
 
 
 def _register_parameters(body: dict[str, Any]) -> tuple[str, int, int]:
@@ -264,14 +258,6 @@ async def _cuda_shm_status(request: Request) -> Response:
     if region:  # nothing is ever registered
         return error_response(404, f"Unable to find cuda shared memory region: '{region}'")
     return json_response([])
-
-
-async def _cuda_shm_register(_: Request) -> Response:
-    return error_response(
-        501,
-        "CUDA shared memory is not enabled on this server; send "
-        "tensors in the request body (binary tensor data extension)",
-    )
 
 
 async def _cuda_shm_unregister(_: Request) -> Response:

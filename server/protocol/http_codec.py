@@ -85,7 +85,7 @@ def decode_request(
         raise invalid("request 'parameters' must be an object")
     for key, value in parameters.items():
         _check_parameter(key, value)
-    inputs = _decode_inputs(header.get("inputs"), body, json_end, shared_memory)
+    inputs = _decode_inputs(header.get("inputs"), body, json_end, shared_memory, model_name)
     requested, binary_by_output, in_shared_memory = _decode_outputs(
         header.get("outputs"), shared_memory
     )
@@ -157,9 +157,13 @@ def _unsigned(value: Any, name: str) -> int:
 
 
 def _decode_inputs(
-    specs: Any, body: bytes, binary_start: int, shared_memory: SharedMemoryManager | None
+    specs: Any,
+    body: bytes,
+    binary_start: int,
+    shared_memory: SharedMemoryManager | None,
+    model: str = "",
 ) -> dict[str, np.ndarray]:
-    if not isinstance(specs, list) or not specs:
+    if not isinstance(specs, list):  # an empty list is checked against the model's inputs
         raise invalid("the request must list its 'inputs'")
     inputs: dict[str, np.ndarray] = {}
     offset = binary_start
@@ -191,7 +195,9 @@ def _decode_inputs(
                 params.get("shared_memory_byte_size"),
                 params.get("shared_memory_offset", 0),
             )
-            inputs[name] = array_from_bytes(name, manager.read(reference), datatype, shape)
+            inputs[name] = array_from_bytes(
+                name, manager.read(reference), datatype, shape, model=model
+            )
             continue
         if "data" in spec:
             inputs[name] = array_from_json(name, spec["data"], datatype, shape)
@@ -202,7 +208,7 @@ def _decode_inputs(
                 f"unexpected size for input '{name}', expecting {size} additional bytes "
                 f"but only {len(body) - offset} remain in the request body"
             )
-        inputs[name] = array_from_bytes(name, body, datatype, shape, offset, size)
+        inputs[name] = array_from_bytes(name, body, datatype, shape, offset, size, model)
         offset += size
     if offset != len(body):
         raise invalid(

@@ -46,6 +46,23 @@ def element_count(shape: Sequence[int]) -> int:
     return math.prod(shape)
 
 
+_INT64_MAX = 2**63 - 1
+
+
+def checked_count(name: str, shape: tuple[int, ...], datatype: str) -> int:
+    """The element count of `shape`, refused (with Triton's words) when it or its byte size
+    would not fit an int64."""
+    count = element_count(shape)
+    if count > _INT64_MAX:
+        raise invalid(
+            f"input '{name}' shape {list(shape)} causes total element count to exceed maximum "
+            f"size of {_INT64_MAX}"
+        )
+    if count * ELEMENT_SIZE_BY_DATATYPE.get(datatype, 1) > _INT64_MAX:
+        raise invalid(f"byte size overflow for input '{name}' of shape {list(shape)}")
+    return count
+
+
 def array_from_bytes(
     name: str,
     buffer: bytes | memoryview,
@@ -53,31 +70,27 @@ def array_from_bytes(
     shape: tuple[int, ...],
     offset: int = 0,
     size: int | None = None,
+    model: str = "",
 ) -> np.ndarray:
-    """Decode one tensor from `buffer[offset:offset+size]`."""
+    """Decode one tensor from `buffer[offset:offset+size]` (`model` names it in errors)."""
     size = len(buffer) - offset if size is None else size
-    count = element_count(shape)
+    count = checked_count(name, shape, datatype)
+    where = f"inference input '{name}' for model '{model}'" if model else f"input '{name}'"
     if datatype == "BYTES":
-        return _deserialize_bytes(name, memoryview(buffer)[offset : offset + size], count, shape)
+        view = memoryview(buffer)[offset : offset + size]
+        return _deserialize_bytes(name, where, view, count, shape)
     expected = count * ELEMENT_SIZE_BY_DATATYPE[datatype]
-    if size != expected:
+    if size != expected:  # Triton's words
         raise invalid(
-            f"input '{name}': unexpected size {size} bytes for shape {list(shape)} and "
-            f"datatype {datatype}, expecting {expected} bytes"
+            f"input byte size mismatch for {where.removeprefix('inference ')}. Expected "
+            f"{expected}, got {size} (shape {list(shape)}, datatype {datatype})"
         )
     dtype = NUMPY_DTYPE_BY_DATATYPE[datatype].newbyteorder("<")
     return np.frombuffer(buffer, dtype=dtype, count=count, offset=offset).reshape(shape)
 
 
 def raw_element_count(name: str, buffer: bytes, datatype: str) -> int:
-    """How many elements of `datatype` a raw tensor body holds."""
-    if datatype == "BYTES":
-        count = position = 0
-        while position + 4 <= len(buffer):
-            (length,) = _U32.unpack_from(buffer, position)
-            position += 4 + length
-            count += 1
-        return count
+    """How many elements of fixed-size `datatype` a raw tensor body holds."""
     size = ELEMENT_SIZE_BY_DATATYPE[datatype]
     if len(buffer) % size:
         raise invalid(
@@ -88,7 +101,7 @@ def raw_element_count(name: str, buffer: bytes, datatype: str) -> int:
 
 
 def _deserialize_bytes(
-    name: str, view: memoryview, count: int, shape: tuple[int, ...]
+    name: str, where: str, view: memoryview, count: int, shape: tuple[int, ...]
 ) -> np.ndarray:
     items: list[bytes] = []
     position, end = 0, len(view)
@@ -103,10 +116,11 @@ def _deserialize_bytes(
         position += length
         if len(items) > count:
             break
-    if len(items) != count:
+    if len(items) < count:  # Triton's words
+        raise invalid(f"expected {count} string elements for {where}, got {len(items)}")
+    if len(items) > count:
         raise invalid(
-            f"input '{name}': expected {count} BYTES elements for shape {list(shape)}, "
-            f"got {len(items)}"
+            f"unexpected number of string elements {len(items)} for {where}, expecting {count}"
         )
     array = np.empty(count, dtype=np.object_)
     array[:] = items
@@ -133,7 +147,7 @@ def array_from_json(name: str, data: Any, datatype: str, shape: tuple[int, ...])
         raise invalid(f"input '{name}': {datatype} data must be sent in binary format")
     if not isinstance(data, list):
         raise invalid(f"input '{name}': 'data' must be a JSON array")
-    count = element_count(shape)
+    count = checked_count(name, shape, datatype)
     if datatype == "BYTES":
         flat = _flatten(data)
         if not all(isinstance(item, str) for item in flat):

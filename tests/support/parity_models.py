@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
@@ -34,10 +35,10 @@ class TritonPythonModel:
     def execute(self, requests):
         responses = []
         for request in requests:
-            values = {{
-                name: pb_utils.get_input_tensor_by_name(request, name).as_numpy()
-                for name in self.inputs
+            tensors = {{
+                name: pb_utils.get_input_tensor_by_name(request, name) for name in self.inputs
             }}
+            values = {{name: t.as_numpy() for name, t in tensors.items() if t is not None}}
             tensors = []
             for position, name in enumerate(self.outputs):
                 if name in OPERATIONS:
@@ -65,11 +66,14 @@ class Tensor:
     data_type: str  # config.pbtxt's TYPE_*
     dims: tuple[int, ...]
     label_filename: str = ""
+    optional: bool = False  # an input requests may leave out (ONNX: it has a default value)
 
     def pbtxt(self) -> str:
         labels = f' label_filename: "{self.label_filename}"' if self.label_filename else ""
+        optional = " optional: true" if self.optional else ""
         dims = ", ".join(str(d) for d in self.dims)
-        return f'{{ name: "{self.name}" data_type: {self.data_type} dims: [{dims}]{labels} }}'
+        fields = f'name: "{self.name}" data_type: {self.data_type} dims: [{dims}]'
+        return f"{{ {fields}{labels}{optional} }}"
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,15 @@ class TwinModel:
             initializers.append(
                 helper.make_tensor("two", TensorProto.FLOAT, [], [2.0]),
             )
+        for tensor in self.inputs:  # an optional input's default: an initializer of its name
+            if tensor.optional:
+                shape = [1] * (self.max_batch_size > 0) + list(tensor.dims)
+                zeros = [0.0] * int(np.prod(shape))
+                initializers.append(
+                    helper.make_tensor(
+                        tensor.name, ONNX_TYPE_BY_CONFIG_TYPE[tensor.data_type], shape, zeros
+                    )
+                )
 
         def value_info(tensor: Tensor) -> onnx.ValueInfoProto:
             shape = batch + [d if d >= 0 else f"d_{tensor.name}" for d in tensor.dims]
@@ -169,6 +182,14 @@ TWIN_MODELS = (
     _identity("vardim", "TYPE_FP32", (-1,), 0),
     _identity("int8", "TYPE_INT8", (2,), 8),
     _identity("flags", "TYPE_BOOL", (2,), 8),
+    TwinModel(  # OUTPUT0 = INPUT0; INPUT1 may be left out
+        "optional",
+        0,
+        (Tensor("INPUT0", "TYPE_FP32", (2,)), Tensor("INPUT1", "TYPE_FP32", (2,), optional=True)),
+        (Tensor("OUTPUT0", "TYPE_FP32", (2,)),),
+    ),
+    _identity("text1", "TYPE_STRING", (1,), 8),  # a raw binary body is its one element
+    _identity("grid", "TYPE_FP32", (-1, -1), 0),
     _identity("spare", "TYPE_FP32", (4,), 8),  # loaded and unloaded by the repository scenario
     _identity("counted", "TYPE_FP32", (4,), 8),  # only the statistics scenario infers on it
 )

@@ -246,6 +246,12 @@ VALID = [
         raw=[np.zeros(6, np.float32).tobytes()],
     ),
     infer(
+        "infer without an optional input",
+        model="optional",
+        inputs=[tensor("INPUT0", "FP32", [2])],
+        raw=[np.ones(2, np.float32).tobytes()],
+    ),
+    infer(
         "infer variable dims",
         model="vardim",
         inputs=[tensor("INPUT0", "FP32", [5])],
@@ -300,6 +306,12 @@ BAD_INFER = [
     bad("empty input name", inputs=[tensor("", "FP32", [1, 4])]),
     bad("duplicate input", inputs=[tensor("INPUT0", "FP32", [1, 4])] * 2, raw=[FLOATS4] * 2),
     bad("missing input", model="two_io", inputs=TWO_IO[:1], raw=[A_RAW]),
+    bad(
+        "only the optional input",
+        model="optional",
+        inputs=[tensor("INPUT1", "FP32", [2])],
+        raw=[np.ones(2, np.float32).tobytes()],
+    ),
     bad(
         "extra input",
         inputs=[tensor("INPUT0", "FP32", [1, 4]), tensor("X", "FP32", [1, 4])],

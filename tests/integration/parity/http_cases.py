@@ -167,6 +167,8 @@ VALID = [
         "strings",
     ),
     infer("infer no batching", inputs(fp32([2, 3])), "nobatch"),
+    infer("infer without an optional input", inputs(fp32([2])), "optional"),
+    infer("infer with an optional input", inputs(fp32([2]), fp32([2], "INPUT1")), "optional"),
     infer("infer variable dims", inputs(fp32([5])), "vardim"),
     infer("infer variable dims empty", inputs(fp32([0])), "vardim"),
     infer(
@@ -263,6 +265,18 @@ VALID = [
         "raw binary variable dims",
         np.arange(6, dtype=np.float32).tobytes(),
         "vardim",
+        headers={"Inference-Header-Content-Length": "0"},
+    ),
+    infer(
+        "raw binary BYTES element",
+        b"427",
+        "text1",
+        headers={"Inference-Header-Content-Length": "0"},
+    ),
+    infer(
+        "raw binary empty BYTES element",
+        b"",
+        "text1",
         headers={"Inference-Header-Content-Length": "0"},
     ),
     infer(
@@ -371,6 +385,8 @@ BAD_INPUTS = [
     bad("missing second input", inputs(A), "two_io"),
     bad("missing first input", inputs(B), "two_io"),
     bad("duplicate with missing", inputs(A, A), "two_io"),
+    bad("only the optional input", inputs(fp32([2], "INPUT1")), "optional"),
+    bad("no inputs for an optional model", inputs(), "optional"),
     bad("batch sizes disagree", inputs(A, {**B, "shape": [2, 3], "data": [1] * 6}), "two_io"),
     bad("no batching with batch dim", inputs(fp32([1, 2, 3])), "nobatch"),
     bad("no batching wrong dims", inputs(fp32([3, 2])), "nobatch"),
@@ -499,6 +515,20 @@ BAD_BINARY = [
     infer(
         "raw binary empty",
         b"",
+        headers={"Inference-Header-Content-Length": "0"},
+        compare="status",
+    ),
+    infer(
+        "raw binary two variable dims",
+        np.arange(4, dtype=np.float32).tobytes(),
+        "grid",
+        headers={"Inference-Header-Content-Length": "0"},
+        compare="status",
+    ),
+    infer(
+        "raw binary odd size for variable dims",
+        b"\x00" * 6,
+        "vardim",
         headers={"Inference-Header-Content-Length": "0"},
         compare="status",
     ),
