@@ -11,6 +11,7 @@ from typing import Any, Protocol, TypeVar, cast
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
@@ -268,6 +269,37 @@ class GrpcServer(Protocol):
     async def stop(self, grace: float | None) -> None: ...
 
 
+_UNPARSED = object()  # a request message that did not parse
+
+
+class ParseErrorsAsInternal(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """A unary request that does not parse is INTERNAL "Unable to parse request", as Triton and
+    ferry's own transport answer (grpc.aio would say UNKNOWN)."""
+
+    async def intercept_service(
+        self, continuation: Callable[[Any], Awaitable[Any]], details: Any
+    ) -> Any:
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+            return handler
+        parse, behavior = handler.request_deserializer, handler.unary_unary
+
+        def deserialize(data: bytes) -> Any:
+            try:
+                return parse(data)
+            except DecodeError:
+                return _UNPARSED
+
+        async def run(request: Any, context: Any) -> Any:
+            if request is _UNPARSED:
+                await context.abort(grpc.StatusCode.INTERNAL, "Unable to parse request")
+            return await behavior(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            run, request_deserializer=deserialize, response_serializer=handler.response_serializer
+        )
+
+
 def create_grpcio_server(
     dataplane: DataPlane,
     address: str,
@@ -281,7 +313,10 @@ def create_grpcio_server(
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.so_reuseport", 0),
     ]
-    interceptors = [RestrictedProtocolInterceptor(restricted, _SERVICES)] if restricted else []
+    interceptors: list[grpc.aio.ServerInterceptor] = (
+        [RestrictedProtocolInterceptor(restricted, _SERVICES)] if restricted else []
+    )
+    interceptors.append(ParseErrorsAsInternal())
     server = grpc.aio.server(options=options, interceptors=interceptors)
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
         InferenceServicer(dataplane), server

@@ -15,15 +15,28 @@ from tests.integration.parity.conftest import Twins, tally
 from tests.integration.parity.differences import GRPC_DIFFERENCES
 from tests.integration.parity.exchange import call, grpc_mismatch
 from tests.integration.parity.grpc_cases import GrpcCase
+from tests.support.server_process import running_server
 
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(scope="module", params=["ferry", "grpcio"])
+def ferry_grpc_url(request: pytest.FixtureRequest, twins: Twins) -> Iterator[str]:
+    """The corpus runs on both gRPC transports (`--grpc-transport`): the twins' server (ferry's
+    own HTTP/2 layer), then one on grpc.aio serving the same repository."""
+    if request.param == "ferry":
+        yield twins.ferry.grpc_url
+        return
+    explicit = ("--model-control-mode", "explicit", "--load-model", "*", "--allow-client-shm")
+    with running_server(twins.ferry_repository, *explicit, "--grpc-transport", "grpcio") as server:
+        yield server.grpc_url
+
+
 @pytest.fixture(scope="module")
-def channels(twins: Twins) -> Iterator[tuple[Any, Any]]:
+def channels(twins: Twins, ferry_grpc_url: str) -> Iterator[tuple[Any, Any]]:
     with (
         grpc.insecure_channel(twins.triton.grpc_url) as triton,
-        grpc.insecure_channel(twins.ferry.grpc_url) as ferry,
+        grpc.insecure_channel(ferry_grpc_url) as ferry,
     ):
         yield triton, ferry
 
@@ -48,18 +61,20 @@ def test_same_answer_as_triton(channels: tuple[Any, Any], case: GrpcCase) -> Non
     ("case", "code", "reason"), grpc_cases.FERRY_ONLY, ids=lambda v: getattr(v, "id", "")
 )
 def test_call_that_harms_triton(
-    channels: tuple[Any, Any], twins: Twins, case: GrpcCase, code: str, reason: str
+    channels: tuple[Any, Any], ferry_grpc_url: str, case: GrpcCase, code: str, reason: str
 ) -> None:
     answer = call(channels[1], case)
     assert answer.code == code, answer.details
-    assert grpcclient.InferenceServerClient(twins.ferry.grpc_url).is_server_ready()
+    assert grpcclient.InferenceServerClient(ferry_grpc_url).is_server_ready()
 
 
 @pytest.mark.parametrize("name", ["nope", "", "../identity", "identity/../identity"])
-def test_is_model_ready_is_false_for_any_model_that_is_not_loaded(twins: Twins, name: str) -> None:
+def test_is_model_ready_is_false_for_any_model_that_is_not_loaded(
+    twins: Twins, ferry_grpc_url: str, name: str
+) -> None:
     """tritonclient.grpc's is_model_ready() returns False (it raised against ferry before)."""
-    for server in (twins.triton, twins.ferry):
-        client = grpcclient.InferenceServerClient(server.grpc_url)
+    for url in (twins.triton.grpc_url, ferry_grpc_url):
+        client = grpcclient.InferenceServerClient(url)
         assert client.is_model_ready(name) is False
         assert client.is_model_ready("identity", "7") is False
     tally("equal")
