@@ -3,18 +3,16 @@ the tally printed at the end of the run (requests compared, equal, deliberate di
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.integration.parity.exchange import TALLY
 from tests.support.parity_models import write_twin_repositories
 from tests.support.server_process import ServerProcess, running_server
-from tests.support.triton_server import TritonServer, missing_reason, running_tritonserver
-
-TALLY: Counter[str] = Counter()
+from tests.support.triton_server import TritonServer, require_tritonserver, running_tritonserver
 
 
 @dataclass(frozen=True)
@@ -29,9 +27,7 @@ class Twins:
 
 @pytest.fixture(scope="package")
 def twins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Twins]:
-    reason = missing_reason()
-    if reason is not None:
-        pytest.skip(reason)
+    require_tritonserver()
     ferry_repository = tmp_path_factory.mktemp("parity-ferry")
     triton_repository = tmp_path_factory.mktemp("parity-triton")
     write_twin_repositories(ferry_repository, triton_repository)
@@ -43,12 +39,6 @@ def twins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Twins]:
         yield Twins(triton, ferry, ferry_repository, triton_repository)
         assert ferry.process.poll() is None, ferry.log()
         assert triton.process.poll() is None, triton.log()
-
-
-def tally(outcome: str) -> None:
-    """Count one compared request: `equal` or `deliberate`."""
-    TALLY["compared"] += 1
-    TALLY[outcome] += 1
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

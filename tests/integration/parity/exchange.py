@@ -5,12 +5,14 @@ from __future__ import annotations
 import http.client
 import json
 import struct
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
+from tests.integration.parity.differences import Difference
 from tests.integration.parity.grpc_cases import SERVICE, GrpcCase
 from tests.integration.parity.http_cases import HttpCase
 
@@ -21,6 +23,32 @@ NUMPY_BY_DATATYPE = {
     "FP16": np.float16,
     "FP32": np.float32,
 }
+# Requests compared in this run: `compared`, `equal`, `deliberate` (printed at the end).
+TALLY: Counter[str] = Counter()
+
+
+def tally(outcome: str) -> None:
+    """Count one compared request: `equal` or `deliberate`."""
+    TALLY["compared"] += 1
+    TALLY[outcome] += 1
+
+
+def judge(
+    label: str, answers: tuple[Any, Any], problem: str | None, difference: Difference | None
+) -> None:
+    """Assert that the two answers agree (`problem` is None) or, for a listed difference, that
+    the statuses (or gRPC codes) in `answers` are exactly the listed ones; count the request."""
+    if difference is None:
+        assert problem is None, f"{label}: {problem}"
+        tally("equal")
+        return
+    assert answers == (difference.triton, difference.ferry), (
+        f"{label}: listed as a deliberate difference ({difference.reason}), but "
+        f"triton answered {answers[0]}, ferry {answers[1]}"
+    )
+    tally("deliberate")
+
+
 # Fields that name the backend, so they differ between an ONNX model and its python twin.
 BACKEND_FIELDS = frozenset({"platform", "backend", "runtime", "default_model_filename"})
 

@@ -486,39 +486,19 @@ BAD_CALLS = [
     ),
     _call("model ready empty name", "ModelReady", pb.ModelReadyRequest(), "message"),
     _call("model ready dot-dot", "ModelReady", pb.ModelReadyRequest(name="../identity"), "message"),
-    _call("model metadata unknown", "ModelMetadata", pb.ModelMetadataRequest(name="nope")),
-    _call(
-        "model metadata unknown version",
-        "ModelMetadata",
-        pb.ModelMetadataRequest(name="identity", version="3"),
-    ),
-    _call(
-        "model metadata bad version",
-        "ModelMetadata",
-        pb.ModelMetadataRequest(name="identity", version="x"),
-    ),
-    _call("model metadata empty name", "ModelMetadata", pb.ModelMetadataRequest()),
-    _call("model config unknown", "ModelConfig", pb.ModelConfigRequest(name="nope")),
-    _call(
-        "model config unknown version",
-        "ModelConfig",
-        pb.ModelConfigRequest(name="identity", version="3"),
-    ),
-    _call(
-        "model config bad version",
-        "ModelConfig",
-        pb.ModelConfigRequest(name="identity", version="x"),
-    ),
-    _call("model statistics unknown", "ModelStatistics", pb.ModelStatisticsRequest(name="nope")),
-    _call(
-        "model statistics unknown version",
-        "ModelStatistics",
-        pb.ModelStatisticsRequest(name="identity", version="3"),
-    ),
-    _call(
-        "model statistics bad version",
-        "ModelStatistics",
-        pb.ModelStatisticsRequest(name="identity", version="x"),
+    *(
+        _call(f"{label} {what}", rpc, request_type(**fields))
+        for label, rpc, request_type in (
+            ("model metadata", "ModelMetadata", pb.ModelMetadataRequest),
+            ("model config", "ModelConfig", pb.ModelConfigRequest),
+            ("model statistics", "ModelStatistics", pb.ModelStatisticsRequest),
+        )
+        for what, fields in (
+            ("unknown", {"name": "nope"}),
+            ("unknown version", {"name": "identity", "version": "3"}),
+            ("bad version", {"name": "identity", "version": "x"}),
+            ("empty name", {}),
+        )
     ),
     _call(
         "load unknown model",

@@ -11,9 +11,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from tests.integration.parity import grpc_cases, http_cases
-from tests.integration.parity.conftest import Twins, tally
+from tests.integration.parity.conftest import Twins
 from tests.integration.parity.differences import GRPC_DIFFERENCES
-from tests.integration.parity.exchange import call, grpc_mismatch
+from tests.integration.parity.exchange import call, grpc_mismatch, judge, tally
 from tests.integration.parity.grpc_cases import GrpcCase
 from tests.support.server_process import running_server
 
@@ -44,17 +44,9 @@ def channels(twins: Twins, ferry_grpc_url: str) -> Iterator[tuple[Any, Any]]:
 @pytest.mark.parametrize("case", grpc_cases.CASES, ids=lambda case: case.id)
 def test_same_answer_as_triton(channels: tuple[Any, Any], case: GrpcCase) -> None:
     triton, ferry = call(channels[0], case), call(channels[1], case)
-    difference = GRPC_DIFFERENCES.get(case.id)
-    if difference is None:
-        problem = grpc_mismatch(case, triton, ferry)
-        assert problem is None, problem
-        tally("equal")
-        return
-    assert (triton.code, ferry.code) == (difference.triton, difference.ferry), (
-        f"listed as a deliberate difference ({difference.reason}), but triton {triton.code} "
-        f"({triton.details}), ferry {ferry.code} ({ferry.details})"
-    )
-    tally("deliberate")
+    problem = grpc_mismatch(case, triton, ferry)
+    codes = f" (triton: {triton.details!r}, ferry: {ferry.details!r})"
+    judge(case.id + codes, (triton.code, ferry.code), problem, GRPC_DIFFERENCES.get(case.id))
 
 
 @pytest.mark.parametrize(

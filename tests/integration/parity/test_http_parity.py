@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 from tests.integration.parity import http_cases
-from tests.integration.parity.conftest import Twins, tally
+from tests.integration.parity.conftest import Twins
 from tests.integration.parity.differences import HTTP_DIFFERENCES
-from tests.integration.parity.exchange import HttpAnswer, mismatch, send
+from tests.integration.parity.exchange import HttpAnswer, judge, mismatch, send
 from tests.integration.parity.http_cases import HttpCase
 
 pytestmark = pytest.mark.slow
@@ -23,20 +23,10 @@ def is_error_object(answer: HttpAnswer) -> bool:
 @pytest.mark.parametrize("case", http_cases.CASES, ids=lambda case: case.id)
 def test_same_answer_as_triton(twins: Twins, case: HttpCase) -> None:
     triton, ferry = send(twins.triton.http_url, case), send(twins.ferry.http_url, case)
-    difference = HTTP_DIFFERENCES.get(case.id)
-    if difference is None:
-        problem = mismatch(case, triton, ferry)
-        assert problem is None, (
-            f"{problem}\ntriton: {triton.body[:400]!r}\nferry: {ferry.body[:400]!r}"
-        )
-        tally("equal")
-        return
-    assert (triton.status, ferry.status) == (difference.triton, difference.ferry), (
-        f"listed as a deliberate difference ({difference.reason}), but "
-        f"triton {triton.status} {triton.body[:300]!r}, ferry {ferry.status} {ferry.body[:300]!r}"
-    )
+    problem = mismatch(case, triton, ferry)
+    bodies = f"\ntriton: {triton.body[:400]!r}\nferry: {ferry.body[:400]!r}"
+    judge(case.id + bodies, (triton.status, ferry.status), problem, HTTP_DIFFERENCES.get(case.id))
     assert ferry.status < 400 or is_error_object(ferry)
-    tally("deliberate")
 
 
 @pytest.mark.parametrize(

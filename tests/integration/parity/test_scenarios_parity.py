@@ -18,17 +18,18 @@ import tritonclient.utils.shared_memory as shm
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
-from tests.integration.parity.conftest import Twins, tally
+from tests.integration.parity.conftest import Twins
 from tests.integration.parity.differences import CLIENT_ERROR, SHM_CLIENT_ERROR, Difference
 from tests.integration.parity.exchange import (
-    GrpcAnswer,
     HttpAnswer,
     call,
     grpc_infer_result,
     grpc_mismatch,
     infer_result,
+    judge,
     mismatch,
     send,
+    tally,
 )
 from tests.integration.parity.grpc_cases import GrpcCase, infer_request, tensor
 from tests.integration.parity.http_cases import GOOD, HttpCase, dumps, fp32, inputs
@@ -43,36 +44,15 @@ def http_step(twins: Twins, step: Step, difference: Difference | None = None) ->
     triton_case, ferry_case = step if isinstance(step, tuple) else (step, step)
     triton = send(twins.triton.http_url, triton_case)
     ferry = send(twins.ferry.http_url, ferry_case)
-    if difference is None:
-        problem = mismatch(ferry_case, triton, ferry)
-        assert problem is None, (
-            f"{ferry_case.id}: {problem}\ntriton {triton.body[:300]!r}\nferry {ferry.body[:300]!r}"
-        )
-        tally("equal")
-    else:
-        assert (triton.status, ferry.status) == (difference.triton, difference.ferry), (
-            f"{ferry_case.id}: triton {triton.status} {triton.body[:300]!r}, "
-            f"ferry {ferry.status} {ferry.body[:300]!r}"
-        )
-        tally("deliberate")
+    label = f"{ferry_case.id}\ntriton {triton.body[:300]!r}\nferry {ferry.body[:300]!r}"
+    judge(label, (triton.status, ferry.status), mismatch(ferry_case, triton, ferry), difference)
     return ferry
 
 
-def grpc_step(
-    channels: tuple[Any, Any], case: GrpcCase, difference: Difference | None = None
-) -> tuple[GrpcAnswer, GrpcAnswer]:
+def grpc_step(channels: tuple[Any, Any], case: GrpcCase) -> None:
     triton, ferry = call(channels[0], case), call(channels[1], case)
-    if difference is None:
-        problem = grpc_mismatch(case, triton, ferry)
-        assert problem is None, f"{case.id}: {problem}"
-        tally("equal")
-    else:
-        assert (triton.code, ferry.code) == (difference.triton, difference.ferry), (
-            f"{case.id}: triton {triton.code} ({triton.details}), "
-            f"ferry {ferry.code} ({ferry.details})"
-        )
-        tally("deliberate")
-    return triton, ferry
+    label = f"{case.id} (triton: {triton.details!r}, ferry: {ferry.details!r})"
+    judge(label, (triton.code, ferry.code), grpc_mismatch(case, triton, ferry), None)
 
 
 @pytest.fixture(scope="module")
