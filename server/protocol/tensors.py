@@ -169,6 +169,14 @@ _JSON_KINDS_BY_DATATYPE = {"BOOL": "b", "FP32": "iuf", "FP64": "iuf"} | {
     f"{sign}INT{bits}": "iu" for sign in ("", "U") for bits in (8, 16, 32, 64)
 }
 _JSON_WORDS = {"b": "true or false", "iu": "integers", "iuf": "numbers"}
+_INTEGER_LIMITS = {
+    name: (
+        int(np.iinfo(NUMPY_DTYPE_BY_DATATYPE[name]).min),
+        int(np.iinfo(NUMPY_DTYPE_BY_DATATYPE[name]).max),
+    )
+    for name, kinds in _JSON_KINDS_BY_DATATYPE.items()
+    if kinds == "iu"
+}
 
 
 def _typed_array(name: str, data: list[Any], datatype: str) -> np.ndarray:
@@ -182,9 +190,9 @@ def _typed_array(name: str, data: list[Any], datatype: str) -> np.ndarray:
     if values.size and values.dtype.kind not in kinds:
         raise invalid(f"input '{name}': {datatype} data must be JSON {_JSON_WORDS[kinds]}")
     dtype = NUMPY_DTYPE_BY_DATATYPE[datatype]
-    if values.size and kinds == "iu":
-        limits = np.iinfo(dtype)
-        if values.min() < limits.min or values.max() > limits.max:
+    if kinds == "iu" and values.size and values.dtype != dtype:  # a narrower integer type
+        low, high = _INTEGER_LIMITS[datatype]
+        if values.min() < low or values.max() > high:
             raise invalid(f"input '{name}': a value is out of range for datatype {datatype}")
     return values.astype(dtype, copy=False)
 

@@ -159,3 +159,80 @@ def test_grpc_load_parameters_must_have_their_types() -> None:
     parameters["file:1/model.onnx"].string_param = "onnx"
     with pytest.raises(ServingError, match="expected bytes_param"):
         grpc_codec.load_parameters(parameters)
+
+
+def spec_model(max_batch_size: int = 0) -> Any:
+    """What validate_request reads of a model version: two inputs, INPUT1 optional."""
+    from types import SimpleNamespace
+
+    from server.types import TensorSpec
+
+    return SimpleNamespace(
+        name="m",
+        max_batch_size=max_batch_size,
+        utf8_strings=False,
+        inputs={
+            "INPUT0": TensorSpec("INPUT0", "FP32", (2,)),
+            "INPUT1": TensorSpec("INPUT1", "FP32", (2,), optional=True),
+        },
+        outputs={"OUTPUT0": TensorSpec("OUTPUT0", "FP32", (2,))},
+    )
+
+
+def request_of(*names: str, outputs: tuple[str, ...] = ()) -> Any:
+    from server.types import InferenceRequest, RequestedOutput
+
+    requested = tuple(RequestedOutput(n) for n in outputs) or None
+    tensors = {n: np.zeros(2, np.float32) for n in names}
+    return InferenceRequest("m", "", tensors, requested_outputs=requested)
+
+
+def test_optional_inputs_may_be_left_out_required_ones_may_not() -> None:
+    from server.dataplane import validate_request
+
+    assert validate_request(spec_model(), request_of("INPUT0")) == 1
+    assert validate_request(spec_model(), request_of("INPUT0", "INPUT1")) == 1
+    with pytest.raises(ServingError) as error:
+        validate_request(spec_model(), request_of("INPUT1"))
+    assert error.value.message == (
+        "expected number of inputs between 1 and 2 but got 1 inputs for model 'm'. Got "
+        "input(s) ['INPUT1'], but missing required input(s) ['INPUT0']. Please provide all "
+        "required input(s)."
+    )
+
+
+def test_a_requested_output_named_twice_is_refused() -> None:
+    from server.dataplane import validate_request
+
+    with pytest.raises(ServingError, match="output 'OUTPUT0' already exists in request"):
+        validate_request(spec_model(), request_of("INPUT0", outputs=("OUTPUT0", "OUTPUT0")))
+
+
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [
+        ("", "Model name cannot be empty"),
+        (" \t", "Model name cannot be empty"),
+        ("..", "must not contain path traversal characters"),
+        ("a/../b", "must not contain path traversal characters"),
+        (" ..", "must not contain path traversal characters"),
+        ("model/", "must not contain path traversal characters"),
+        (".hidden", "not starting with '.'"),
+    ],
+)
+def test_model_names_are_refused_with_triton_words(name: str, fragment: str) -> None:
+    from server.repository import invalid_name_message
+    from server.repository_format import is_valid_model_name
+
+    assert not is_valid_model_name(name)
+    assert fragment in invalid_name_message(name)
+
+
+def test_element_counts_beyond_int64_are_refused() -> None:
+    from server.protocol.tensors import checked_count
+
+    assert checked_count("x", (2, 3), "FP32") == 6
+    with pytest.raises(ServingError, match="causes total element count to exceed maximum size"):
+        checked_count("x", (2**4, 2**60 + 2), "FP32")
+    with pytest.raises(ServingError, match="byte size overflow for input 'x'"):
+        checked_count("x", (2**2, 2**60 + 2), "FP32")
