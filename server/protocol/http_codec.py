@@ -229,7 +229,9 @@ def _decode_outputs(
         raise invalid("request 'outputs' must be a list")
     if not specs:  # as Triton: an empty list asks for every output
         return None, {}, {}
-    requested, binary, in_shared_memory = [], {}, {}
+    requested: list[RequestedOutput] = []
+    binary: dict[str, bool | None] = {}
+    in_shared_memory: dict[str, SharedMemoryReference] = {}
     for spec in specs:
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
             raise invalid("each requested output must be an object with a 'name'")
@@ -252,7 +254,7 @@ def _decode_outputs(
             )
         classification = _unsigned(params.get("classification", 0), "classification")
         requested.append(RequestedOutput(name, flag, classification))
-        binary[name] = flag
+        binary[name] = bool(flag)  # as Triton: a listed output is JSON unless it asks
     return tuple(requested), binary, in_shared_memory
 
 

@@ -98,6 +98,10 @@ FLOATS4 = np.arange(4, dtype=np.float32).tobytes()
 HALF4 = np.arange(4, dtype=np.float16).tobytes()
 
 
+def output_named(name: str, **parameters: Any) -> dict[str, Any]:
+    return {"name": name, "parameters": parameters}
+
+
 def _get(case_id: str, path: str, compare: str = "status") -> HttpCase:
     return HttpCase(case_id, "GET", path, compare=compare)
 
@@ -152,6 +156,26 @@ VALID = [
         inputs(GOOD, outputs=[{"name": "OUTPUT0", "parameters": {"binary_data": True}}]),
     ),
     infer("infer binary_data_output", inputs(GOOD, parameters={"binary_data_output": True})),
+    infer(
+        "binary_data_output with listed outputs",
+        inputs(
+            A,
+            B,
+            outputs=[{"name": "sum"}, output_named("prod", binary_data=True)],
+            parameters={"binary_data_output": True},
+        ),
+        "two_io",
+    ),
+    infer(
+        "binary_data_output false, a binary output",
+        inputs(
+            A,
+            B,
+            outputs=[output_named("sum", binary_data=True), {"name": "prod"}],
+            parameters={"binary_data_output": False},
+        ),
+        "two_io",
+    ),
     infer("infer custom parameters", inputs(GOOD, parameters={"tag": "x", "n": 3, "f": 1.5})),
     infer("infer priority", inputs(GOOD, parameters={"priority": 0})),
     infer("infer timeout", inputs(GOOD, parameters={"timeout": 5000000})),
