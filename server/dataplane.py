@@ -26,7 +26,7 @@ from server.classification import classify
 from server.errors import ErrorKind, ServingError, invalid
 from server.model import ModelVersion
 from server.observers import ObserverFanout
-from server.repository import ModelRepository
+from server.repository import ModelRepository, parse_version
 from server.repository_format import ModelConfig
 from server.settings import ModelControlMode
 from server.shared_memory import SharedMemoryManager
@@ -85,19 +85,20 @@ class DataPlane:
         return {"name": SERVER_NAME, "version": __version__, "extensions": extensions}
 
     def model_ready(self, name: str, version: str = "") -> bool:
+        """False for any model or version that is not READY (unknown, unloaded, or a name no
+        model can have), as Triton answers; only a malformed version string is an error."""
+        parse_version(version)
         try:
             self.repository.get(name, version)
-        except ServingError as exc:
-            if exc.kind == ErrorKind.NOT_FOUND and version in ("", "-1"):
-                raise
+        except ServingError:
             return False
         return True
 
     def model_metadata(self, name: str, version: str = "") -> dict[str, Any]:
         model = self.repository.get(name, version)
         versions = (
-            [version]
-            if version not in ("", "-1")
+            [model.version]
+            if version
             else sorted(
                 (v.version for v in self.repository.ready_versions() if v.name == name), key=int
             )
@@ -126,7 +127,7 @@ class DataPlane:
             model = self.repository.get(name, version)
         except ServingError as exc:
             raise invalid(f"requested model '{name}' is not available") from exc
-        if version in ("", "-1"):
+        if not version:
             return [
                 v.statistics.as_json() for v in self.repository.ready_versions() if v.name == name
             ]
@@ -139,12 +140,9 @@ class DataPlane:
 
     def _require_explicit(self, action: str) -> None:
         if self.repository.mode != ModelControlMode.EXPLICIT:
-            raise ServingError(
+            raise ServingError(  # Triton's words in modes poll and none alike
                 ErrorKind.UNAVAILABLE,
-                f"explicit model {action} is not allowed if polling is enabled"
-                if self.repository.mode == ModelControlMode.POLL
-                else f"explicit model {action} is not allowed in model control mode "
-                f"'{self.repository.mode.value}'",
+                f"explicit model {action} is not allowed if polling is enabled",
             )
 
     async def load_model(
@@ -328,12 +326,9 @@ def validate_request(model: ModelVersion, request: InferenceRequest) -> int:
     for input_name in request.inputs:
         if input_name not in model.inputs:
             raise invalid(f"unexpected inference input '{input_name}' for model '{name}'")
-    missing = [n for n, spec in model.inputs.items() if n not in request.inputs]
+    missing = [n for n, s in model.inputs.items() if n not in request.inputs and not s.optional]
     if missing:
-        raise invalid(
-            f"expected {len(model.inputs)} inputs but got {len(request.inputs)} inputs "
-            f"for model '{name}'; missing: {', '.join(missing)}"
-        )
+        raise invalid(missing_inputs_message(model, request))
     batching = model.max_batch_size > 0
     rows = 1
     batch_sizes = set()
@@ -357,7 +352,7 @@ def validate_request(model: ModelVersion, request: InferenceRequest) -> int:
             batch_sizes.add(shape[0])
         if datatype == "BYTES" and model.utf8_strings:
             check_utf8(input_name, array)
-    if batching:
+    if batching and batch_sizes:
         if len(batch_sizes) > 1:
             raise invalid(
                 f"inputs of model '{name}' disagree on the batch size: {sorted(batch_sizes)}"
@@ -369,12 +364,37 @@ def validate_request(model: ModelVersion, request: InferenceRequest) -> int:
             raise invalid(
                 f"inference request batch-size must be <= {model.max_batch_size} for '{name}'"
             )
+    seen: set[str] = set()
     for requested in request.requested_outputs or ():
         if requested.name not in model.outputs:
             raise invalid(f"unexpected inference output '{requested.name}' for model '{name}'")
+        if requested.name in seen:  # as Triton (qa/L0_http, qa/L0_grpc)
+            raise invalid(f"output '{requested.name}' already exists in request")
+        seen.add(requested.name)
         if requested.classification < 0:
             raise invalid(f"classification count for output '{requested.name}' must be >= 0")
     return rows
+
+
+def missing_inputs_message(model: ModelVersion, request: InferenceRequest) -> str:
+    """Triton's message for a request that leaves out required inputs."""
+    required = [n for n, spec in model.inputs.items() if not spec.optional]
+    missing = [n for n in required if n not in request.inputs]
+    given = len(request.inputs)
+    expected = (
+        f"expected {len(required)} inputs"
+        if len(required) == len(model.inputs)
+        else f"expected number of inputs between {len(required)} and {len(model.inputs)}"
+    )
+
+    def names(items: list[str]) -> str:
+        return "[" + ",".join(f"'{item}'" for item in items) + "]"
+
+    return (
+        f"{expected} but got {given} inputs for model '{model.name}'. Got input(s) "
+        f"{names(list(request.inputs))}, but missing required input(s) {names(missing)}. "
+        "Please provide all required input(s)."
+    )
 
 
 def check_utf8(name: str, array: np.ndarray) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import re
 import shutil
 import tempfile
 import time
@@ -71,6 +72,52 @@ class ModelEntry:
     waiting_for_composing: bool = False  # an ensemble unloaded because one of them is not ready
 
 
+def invalid_name_message(name: str) -> str:
+    """Why `name` cannot be loaded, in Triton's words where Triton refuses it too (a name over
+    MAX_MODEL_NAME_BYTES is shown cut there)."""
+    if not name.strip():
+        return "Model name cannot be empty. Please enter a valid name to deploy."
+    shown = name[:MAX_MODEL_NAME_BYTES]
+    if "/" in name or "\\" in name or ".." in name.strip().split("/"):
+        return (
+            f"invalid model name '{shown}': model name must not contain path traversal characters"
+        )
+    if len(name) > MAX_MODEL_NAME_BYTES:
+        return f"invalid model name '{shown}...': longer than {MAX_MODEL_NAME_BYTES} characters"
+    return (
+        f"invalid model name '{shown}': a model name is one folder name of letters, digits, "
+        "'_', '-' and '.', not starting with '.'"
+    )
+
+
+# What C++ std::stol accepts, as Triton parses a requested version: leading blanks, a sign,
+# digits; anything after the digits is ignored ("1abc" is version 1).
+_VERSION_PREFIX = re.compile(r"\s*([+-]?[0-9]+)")
+_INT64_MAX = 2**63 - 1
+
+
+def parse_version(version: str) -> int | None:
+    """A requested model version: None for '' (the latest), else a number >= 0; anything
+    else is INVALID_ARG, with Triton's messages."""
+    if not version:
+        return None
+    match = _VERSION_PREFIX.match(version)
+    if match is None or abs(int(match.group(1))) > _INT64_MAX:
+        raise ServingError(
+            ErrorKind.INVALID_ARG,
+            f"failed to get model version from specified version string '{version}' "
+            "(details: stol), version should be an integral value > 0",
+        )
+    number = int(match.group(1))
+    if number < 0:
+        raise ServingError(
+            ErrorKind.INVALID_ARG,
+            f"invalid model version specified '{version}' , version should be an integral "
+            "value > 0",
+        )
+    return number
+
+
 class ModelRepository:
     """Loaded models by name and version, plus the control operations on them."""
 
@@ -94,13 +141,19 @@ class ModelRepository:
     # --- queries (event loop, no awaits) -------------------------------------------------------
 
     def get(self, name: str, version: str = "") -> ModelVersion:
-        """Resolve a request's model and version ('' or -1: the highest READY version)."""
+        """Resolve a request's model and version ('': the highest READY version)."""
+        number = parse_version(version)  # as Triton: a bad version string is refused first
         entry = self._entries.get(name)
-        if entry is None or not entry.live:
+        if entry is None:
             raise ServingError(
                 ErrorKind.NOT_FOUND, f"Request for unknown model: '{name}' is not found"
             )
-        if version in ("", "-1"):
+        if not entry.live:
+            raise ServingError(
+                ErrorKind.NOT_FOUND,
+                f"Request for unknown model: '{name}' has no available versions",
+            )
+        if number is None:
             if not entry.versions:
                 reason = entry.failure or "; ".join(
                     s.reason for s in entry.states.values() if s.reason
@@ -111,9 +164,6 @@ class ModelRepository:
                     + (f" ({reason})" if reason else ""),
                 )
             return entry.versions[max(entry.versions)]
-        if not version.isdigit():
-            raise ServingError(ErrorKind.INVALID_ARG, f"invalid model version '{version}'")
-        number = int(version)
         if number in entry.versions:
             return entry.versions[number]
         if number in entry.states:
@@ -166,14 +216,10 @@ class ModelRepository:
             for number, state in sorted(entry.states.items()):
                 if ready_only and state.state != READY:
                     continue
-                rows.append(
-                    {
-                        "name": name,
-                        "version": str(number),
-                        "state": state.state,
-                        "reason": state.reason,
-                    }
-                )
+                row = {"name": name, "version": str(number), "state": state.state}
+                if state.reason:  # as Triton: no empty reason
+                    row["reason"] = state.reason
+                rows.append(row)
         return rows
 
     def _scan_names(self) -> list[str]:
@@ -208,11 +254,7 @@ class ModelRepository:
     ) -> None:
         """Load (or reload) a model; raises ServingError when it ends with no READY version."""
         if not is_valid_model_name(name):
-            raise ServingError(
-                ErrorKind.INVALID_ARG,
-                f"invalid model name '{name[:MAX_MODEL_NAME_BYTES]}': path separators, '..', "
-                f"hidden names and names over {MAX_MODEL_NAME_BYTES} characters are not allowed",
-            )
+            raise ServingError(ErrorKind.INVALID_ARG, invalid_name_message(name))
         async with self._lock:
             source_dir, temporary = self.root / name, None
             if files:
@@ -223,7 +265,7 @@ class ModelRepository:
                     )
                 temporary = await asyncio.to_thread(_write_model_files, name, files)
                 source_dir = temporary / name
-            elif not source_dir.is_dir() and config_json is None:
+            elif not source_dir.is_dir():  # a config alone does not make a model
                 raise ServingError(
                     ErrorKind.NOT_FOUND,
                     f"failed to load '{name}', failed to poll from model "
@@ -356,11 +398,8 @@ class ModelRepository:
             )
 
     async def unload(self, name: str) -> None:
-        """Unload every version; queued and running requests finish first."""
-        if not is_valid_model_name(name):
-            raise ServingError(
-                ErrorKind.INVALID_ARG, f"invalid model name '{name[:MAX_MODEL_NAME_BYTES]}'"
-            )
+        """Unload every version; queued and running requests finish first. A name that is not
+        loaded (whatever it is) is a success, as in Triton."""
         async with self._lock:
             entry = self._entries.get(name)
             if entry is None or not entry.live:

@@ -59,6 +59,7 @@ class TensorSpec:
     name: str
     datatype: str
     shape: tuple[int, ...]
+    optional: bool = False  # an input the request may leave out (config `optional: true`)
 
 
 @dataclass(frozen=True, slots=True)

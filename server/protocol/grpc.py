@@ -5,12 +5,14 @@ the standard gRPC health service; each RPC is one DataPlane call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar, cast
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
@@ -27,6 +29,7 @@ from server.protocol.grpcio_limits import RequestBudgetInterceptor, grpcio_optio
 from server.protocol.status import GRPC_CODE_BY_KIND
 from server.restrictions import RestrictedApis
 from server.settings import GrpcLimits, GrpcTls, GrpcTransport
+from server.shared_memory import cuda_register_error, require_enabled
 
 logger = logging.getLogger(__name__)
 # Requests of one ModelStreamInfer call being inferred or waiting to be sent: a client that stops
@@ -100,9 +103,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     async def _infer(self, request: Any) -> Any:
         """Decode, infer, encode one ModelInferRequest (tensors may live in shared memory)."""
         shared_memory = self.dataplane.shared_memory
-        inference_request, in_shared_memory = grpc_codec.decode_request(request, shared_memory)
-        response = await self.dataplane.infer(inference_request)
-        return grpc_codec.encode_response(response, in_shared_memory, shared_memory)
+        if shared_memory is None:
+            inference_request, _ = grpc_codec.decode_request(request)
+            return grpc_codec.encode_response(await self.dataplane.infer(inference_request))
+        with shared_memory.hold():  # the regions it names stay registered until it is done
+            inference_request, in_shared_memory = grpc_codec.decode_request(request, shared_memory)
+            response = await self.dataplane.infer(inference_request)
+            return grpc_codec.encode_response(response, in_shared_memory, shared_memory)
 
     async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
         """Requests on one stream run concurrently (up to STREAM_MAX_IN_FLIGHT); each gets its
@@ -119,7 +126,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             try:
                 await self._stream_one(request, responses.put)
             except ServingError as exc:
-                await responses.put(pb.ModelStreamInferResponse(error_message=exc.message))
+                message = pb.ModelStreamInferResponse(error_message=exc.message)
+                message.infer_response.id = request.id  # as Triton: which request failed
+                await responses.put(message)
             finally:
                 slots.release()
 
@@ -146,21 +155,25 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         """Every response of one streamed request; a final flag without a response is sent
         (empty) only when the request set triton_enable_empty_final_response."""
         shared_memory = self.dataplane.shared_memory
-        inference_request, in_shared_memory = grpc_codec.decode_request(request, shared_memory)
         parameter = request.parameters.get("triton_enable_empty_final_response")
         empty_final = parameter is not None and parameter.bool_param
-        async for item in self.dataplane.infer_stream(inference_request):
-            message = pb.ModelStreamInferResponse()
-            if isinstance(item, ServingError):
-                message.error_message = item.message
-            elif item.final and not item.outputs and not empty_final:
-                continue
-            else:
-                message.infer_response.CopyFrom(
-                    grpc_codec.encode_response(item, in_shared_memory, shared_memory)
-                )
-                message.infer_response.parameters["triton_final_response"].bool_param = item.final
-            await put(message)
+        # the regions the request names stay registered until its last response is written
+        with shared_memory.hold() if shared_memory is not None else contextlib.nullcontext():
+            inference_request, in_shared_memory = grpc_codec.decode_request(request, shared_memory)
+            async for item in self.dataplane.infer_stream(inference_request):
+                message = pb.ModelStreamInferResponse()
+                if isinstance(item, ServingError):
+                    message.error_message = item.message
+                    message.infer_response.id = request.id  # as Triton: which request failed
+                elif item.final and not item.outputs and not empty_final:
+                    continue
+                else:
+                    message.infer_response.CopyFrom(
+                        grpc_codec.encode_response(item, in_shared_memory, shared_memory)
+                    )
+                    final = message.infer_response.parameters["triton_final_response"]
+                    final.bool_param = item.final
+                await put(message)
 
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:
         rows = self.dataplane.repository_index(request.ready)
@@ -174,13 +187,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
                 raise ServingError(
                     ErrorKind.UNSUPPORTED, "'repository_name' specification is not supported"
                 )
-            config, files = None, {}
-            for key, parameter in request.parameters.items():
-                if key == "config":
-                    config = grpc_codec.parameter_value(parameter)
-                elif key.startswith("file:"):
-                    files[key[len("file:") :]] = grpc_codec.parameter_value(parameter)
-            await self.dataplane.load_model(request.model_name, config, files or None)
+            config, files = grpc_codec.load_parameters(request.parameters)
+            await self.dataplane.load_model(request.model_name, config, files)
             return pb.RepositoryModelLoadResponse()
 
         return await _call(context, work)
@@ -211,13 +219,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
         async def work() -> Any:
             shared_memory = self.dataplane.shared_memory
-            if shared_memory is None:
-                raise ServingError(
-                    ErrorKind.UNSUPPORTED,
-                    "client shared memory is not enabled on this server (start "
-                    "ferry serve with --allow-client-shm)",
-                )
-            shared_memory.register(request.name, request.key, request.offset, request.byte_size)
+            require_enabled(shared_memory).register(
+                request.name, request.key, request.offset, request.byte_size
+            )
             return pb.SystemSharedMemoryRegisterResponse()
 
         return await _call(context, work)
@@ -228,12 +232,18 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         return pb.SystemSharedMemoryUnregisterResponse()
 
     async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        if request.name:  # nothing is ever registered
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"Unable to find cuda shared memory region: '{request.name}'",
+            )
         return pb.CudaSharedMemoryStatusResponse()
 
     async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "CUDA shared memory is not enabled on this server"
-        )
+        async def work() -> Any:
+            raise cuda_register_error(self.dataplane.shared_memory, request.name)
+
+        return await _call(context, work)
 
     async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
         return pb.CudaSharedMemoryUnregisterResponse()
@@ -300,6 +310,37 @@ class GrpcServer(Protocol):
     async def stop(self, grace: float | None) -> None: ...
 
 
+_UNPARSED = object()  # a request message that did not parse
+
+
+class ParseErrorsAsInternal(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """A unary request that does not parse is INTERNAL "Unable to parse request", as Triton and
+    ferry's own transport answer (grpc.aio would say UNKNOWN)."""
+
+    async def intercept_service(
+        self, continuation: Callable[[Any], Awaitable[Any]], details: Any
+    ) -> Any:
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+            return handler
+        parse, behavior = handler.request_deserializer, handler.unary_unary
+
+        def deserialize(data: bytes) -> Any:
+            try:
+                return parse(data)
+            except DecodeError:
+                return _UNPARSED
+
+        async def run(request: Any, context: Any) -> Any:
+            if request is _UNPARSED:
+                await context.abort(grpc.StatusCode.INTERNAL, "Unable to parse request")
+            return await behavior(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            run, request_deserializer=deserialize, response_serializer=handler.response_serializer
+        )
+
+
 def create_grpcio_server(
     dataplane: DataPlane,
     address: str,
@@ -313,6 +354,7 @@ def create_grpcio_server(
     if restricted:
         interceptors.append(RestrictedProtocolInterceptor(restricted, _SERVICES))
     interceptors.append(RequestBudgetInterceptor(RequestBudget(limits.max_buffered_request_bytes)))
+    interceptors.append(ParseErrorsAsInternal())
     server = grpc.aio.server(options=grpcio_options(limits), interceptors=interceptors)
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
         InferenceServicer(dataplane), server

@@ -23,6 +23,7 @@ from server.protocol.http_limits import BufferBudget, HttpLimits, RequestRejecte
 from server.protocol.status import HTTP_STATUS_BY_KIND
 from server.repository_format import config_to_json
 from server.restrictions import RestrictedApis
+from server.shared_memory import cuda_register_error, require_enabled
 
 DriftDetail = Callable[[str, str | None], dict[str, Any] | None]
 JSON = "application/json"
@@ -89,6 +90,7 @@ def create_fastapi_app(
 ) -> FastAPI:
     """Every route but POST .../infer, which the InferFastPath in front of this app serves."""
     app = FastAPI(title="ferry", docs_url=None, redoc_url=None, openapi_url=None)
+    app.router.redirect_slashes = False  # as Triton: '/v2/' is a 404, not a redirect
 
     async def body_json(request: Request) -> dict[str, Any]:
         return await optional_json(request, limits, budget)
@@ -186,8 +188,10 @@ def create_fastapi_app(
     @route("/v2/repository/index", ["POST"])
     @route("/v2/repository/{repository}/index", ["POST"])
     async def repository_index(request: Request) -> Response:
-        body = await body_json(request)
-        return json_response(dataplane.repository_index(bool(body.get("ready", False))))
+        ready = (await body_json(request)).get("ready", False)
+        if not isinstance(ready, bool):
+            raise invalid("repository index 'ready' must be a boolean")
+        return json_response(dataplane.repository_index(ready))
 
     @route("/v2/repository/models/{model:path}/load", ["POST"])
     async def load(request: Request) -> Response:
@@ -216,10 +220,9 @@ def create_fastapi_app(
         return json_response(shared_memory.status(request.path_params.get("region", "")))
 
     async def system_shm_register(request: Request) -> Response:
-        if shared_memory is None:
-            return _shm_not_enabled()
+        manager = require_enabled(shared_memory)
         key, offset, byte_size = _register_parameters(await body_json(request))
-        shared_memory.register(request.path_params.get("region", ""), key, offset, byte_size)
+        manager.register(request.path_params.get("region", ""), key, offset, byte_size)
         return Response(status_code=200)
 
     async def system_shm_unregister(request: Request) -> Response:
@@ -227,9 +230,12 @@ def create_fastapi_app(
             shared_memory.unregister(request.path_params.get("region", ""))
         return Response(status_code=200)
 
+    async def cuda_shm_register(request: Request) -> Response:
+        raise cuda_register_error(shared_memory, request.path_params.get("region", ""))
+
     shm_handlers = {
         "systemsharedmemory": (system_shm_status, system_shm_register, system_shm_unregister),
-        "cudasharedmemory": (_cuda_shm_status, _cuda_shm_register, _cuda_shm_unregister),
+        "cudasharedmemory": (_cuda_shm_status, cuda_shm_register, _cuda_shm_unregister),
     }
     for kind, (status, register, unregister) in shm_handlers.items():
         for prefix in (f"/v2/{kind}", f"/v2/{kind}/region/{{region}}"):
@@ -243,15 +249,6 @@ def create_fastapi_app(
                 prefix + "/unregister", unregister, methods=["POST"], include_in_schema=False
             )
     return app
-
-
-def _shm_not_enabled() -> Response:
-    return error_response(
-        501,
-        "client shared memory is not enabled on this server (start "
-        "ferry serve with --allow-client-shm); send tensors in the "
-        "request body (binary tensor data extension)",
-    )
 
 
 def _register_parameters(body: dict[str, Any]) -> tuple[str, int, int]:
@@ -271,16 +268,11 @@ def _register_parameters(body: dict[str, Any]) -> tuple[str, int, int]:
     return key, offset, byte_size
 
 
-async def _cuda_shm_status(_: Request) -> Response:
+async def _cuda_shm_status(request: Request) -> Response:
+    region = request.path_params.get("region")
+    if region:  # nothing is ever registered
+        return error_response(404, f"Unable to find cuda shared memory region: '{region}'")
     return json_response([])
-
-
-async def _cuda_shm_register(_: Request) -> Response:
-    return error_response(
-        501,
-        "CUDA shared memory is not enabled on this server; send "
-        "tensors in the request body (binary tensor data extension)",
-    )
 
 
 async def _cuda_shm_unregister(_: Request) -> Response:
@@ -288,7 +280,7 @@ async def _cuda_shm_unregister(_: Request) -> Response:
 
 
 def _load_parameters(body: dict[str, Any]) -> tuple[str | None, dict[str, bytes] | None]:
-    parameters = body.get("parameters") or {}
+    parameters = body.get("parameters", {})
     if not isinstance(parameters, dict):
         raise invalid("load 'parameters' must be an object")
     config = parameters.get("config")

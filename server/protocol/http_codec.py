@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from server.protocol.tensors import (
     array_to_json,
     check_datatype,
     check_shape,
-    element_count,
+    checked_count,
 )
 from server.shared_memory import (
     SharedMemoryManager,
@@ -89,45 +90,34 @@ def decode_request(
     json_end = len(body) if header_length is None else header_length
     if json_end > limits.json_bytes_always_within:  # (the hot path skips the call)
         check_json_size(body, json_end, limits)
-    try:
-        header = orjson.loads(memoryview(body)[:json_end])
-    except orjson.JSONDecodeError as exc:
-        raise invalid(f"failed to parse the request JSON buffer: {exc}") from None
+    header = parse_json(memoryview(body)[:json_end])
     if not isinstance(header, dict):
         raise invalid("the request JSON must be an object")
-    parameters = header.get("parameters") or {}
-    if not isinstance(parameters, dict):
+    parameters = header.get("parameters")
+    if parameters is None:
+        parameters = {}
+    elif not isinstance(parameters, dict):
         raise invalid("request 'parameters' must be an object")
-    for key in parameters:
-        if key.startswith("triton_"):
-            raise invalid(
-                f"parameter keys starting with 'triton_' are reserved for Triton usage "
-                f"and should not be specified: '{key}'"
-            )
-    inputs = _decode_inputs(header.get("inputs"), body, json_end, shared_memory, limits)
+    for key, value in parameters.items():
+        _check_parameter(key, value)
+    inputs = _decode_inputs(header.get("inputs"), body, json_end, shared_memory, limits, model_name)
     requested, binary_by_output, in_shared_memory = _decode_outputs(
         header.get("outputs"), shared_memory
     )
     priority = _unsigned(parameters.get("priority", 0), "priority")
     timeout_us = _unsigned(parameters.get("timeout", 0), "timeout")
-    sequence_id = parameters.get("sequence_id", 0)
-    if (
-        isinstance(sequence_id, bool)
-        or not isinstance(sequence_id, (int, str))
-        or (isinstance(sequence_id, int) and sequence_id < 0)
-    ):
+    sequence_id = parameters.get("sequence_id", 0)  # its JSON type checked above
+    if isinstance(sequence_id, int) and sequence_id < 0:
         raise invalid("parameter 'sequence_id' must be an unsigned integer or a string")
-    custom = {
-        k: v
-        for k, v in parameters.items()
-        if k not in RESERVED_PARAMETERS and isinstance(v, (str, int, float, bool))
-    }
+    custom = {k: v for k, v in parameters.items() if k not in RESERVED_PARAMETERS}
     request_id = header.get("id", "")
+    if not isinstance(request_id, str):
+        raise invalid("request 'id' must be a string")
     request = InferenceRequest(
         model_name=model_name,
         model_version=model_version,
         inputs=inputs,
-        id=request_id if isinstance(request_id, str) else str(request_id),
+        id=request_id,
         requested_outputs=requested,
         parameters=custom,
         priority=priority,
@@ -139,6 +129,46 @@ def decode_request(
     )
     binary_default = parameters.get("binary_data_output", False) is True
     return request, OutputEncoding(binary_default, binary_by_output, in_shared_memory)
+
+
+def parse_json(data: bytes | memoryview) -> Any:
+    """A request's JSON. Like Triton's parser, NaN and Infinity literals are accepted (the
+    standard library's parser reads them; orjson, on the hot path, does not)."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        try:
+            return json.loads(bytes(data), parse_constant=float)
+        except (ValueError, RecursionError):
+            raise invalid(f"failed to parse the request JSON buffer: {exc}") from None
+
+
+# the request parameters Triton reads itself, and the JSON type each must have
+_PARAMETER_TYPES: dict[str, tuple[type, ...]] = {
+    "sequence_id": (int, str),
+    "sequence_start": (bool,),
+    "sequence_end": (bool,),
+    "binary_data_output": (bool,),
+}
+
+
+def _check_parameter(key: str, value: Any) -> None:
+    """Refuse reserved keys and values of the wrong JSON type, as Triton does."""
+    if key.startswith("triton_"):
+        raise invalid(
+            f"parameter keys starting with 'triton_' are reserved for Triton usage "
+            f"and should not be specified: '{key}'"
+        )
+    expected = _PARAMETER_TYPES.get(key)
+    if expected is not None:
+        if not isinstance(value, expected) or (bool not in expected and isinstance(value, bool)):
+            names = " or ".join("boolean" if t is bool else t.__name__ for t in expected)
+            raise invalid(f"parameter '{key}' must be a {names}")
+    elif value is None or isinstance(value, (dict, list)):
+        raise invalid(
+            f"parameter '{key}' has invalid type. It should be either 'int', 'bool', "
+            "'double' or 'string'."
+        )
 
 
 def _unsigned(value: Any, name: str) -> int:
@@ -153,8 +183,9 @@ def _decode_inputs(
     binary_start: int,
     shared_memory: SharedMemoryManager | None,
     limits: DecodeLimits,
+    model: str = "",
 ) -> dict[str, np.ndarray]:
-    if not isinstance(specs, list) or not specs:
+    if not isinstance(specs, list):  # an empty list is checked against the model's inputs
         raise invalid("the request must list its 'inputs'")
     inputs: dict[str, np.ndarray] = {}
     offset = binary_start
@@ -167,8 +198,9 @@ def _decode_inputs(
             raise invalid(f"input '{name}' is given twice")
         shape = check_shape(name, spec.get("shape", None))
         datatype = check_datatype(name, spec.get("datatype"))
+        count = checked_count(name, shape, datatype)  # (an int64 overflow first, as Triton)
         if datatype == "BYTES":
-            bytes_elements += element_count(shape)
+            bytes_elements += count
             check_bytes_elements(bytes_elements, limits)
         params = spec.get("parameters") or {}
         if not isinstance(params, dict):
@@ -190,15 +222,17 @@ def _decode_inputs(
                 params.get("shared_memory_byte_size"),
                 params.get("shared_memory_offset", 0),
             )
-            inputs[name] = array_from_bytes(name, manager.read(reference), datatype, shape)
+            inputs[name] = array_from_bytes(
+                name, manager.read(reference), datatype, shape, model=model
+            )
             continue
         if "data" in spec:
             if datatype == "BYTES":
                 inputs[name] = array_from_json(name, spec["data"], datatype, shape)
                 _check_json_input_size(name, inputs[name], limits)
-            elif element_count(shape) * ELEMENT_SIZE_BY_DATATYPE[datatype] > limits.max_input_size:
+            elif count * ELEMENT_SIZE_BY_DATATYPE[datatype] > limits.max_input_size:
                 raise _json_input_too_large(
-                    name, element_count(shape) * ELEMENT_SIZE_BY_DATATYPE[datatype], limits
+                    name, count * ELEMENT_SIZE_BY_DATATYPE[datatype], limits
                 )
             else:
                 inputs[name] = array_from_json(name, spec["data"], datatype, shape)
@@ -209,7 +243,7 @@ def _decode_inputs(
                 f"unexpected size for input '{name}', expecting {size} additional bytes "
                 f"but only {len(body) - offset} remain in the request body"
             )
-        inputs[name] = array_from_bytes(name, body, datatype, shape, offset, size)
+        inputs[name] = array_from_bytes(name, body, datatype, shape, offset, size, model)
         offset += size
     if offset != len(body):
         raise invalid(
@@ -255,7 +289,11 @@ def _decode_outputs(
         return None, {}, {}
     if not isinstance(specs, list):
         raise invalid("request 'outputs' must be a list")
-    requested, binary, in_shared_memory = [], {}, {}
+    if not specs:  # as Triton: an empty list asks for every output
+        return None, {}, {}
+    requested: list[RequestedOutput] = []
+    binary: dict[str, bool | None] = {}
+    in_shared_memory: dict[str, SharedMemoryReference] = {}
     for spec in specs:
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
             raise invalid("each requested output must be an object with a 'name'")
@@ -278,7 +316,7 @@ def _decode_outputs(
             )
         classification = _unsigned(params.get("classification", 0), "classification")
         requested.append(RequestedOutput(name, flag, classification))
-        binary[name] = flag
+        binary[name] = bool(flag)  # as Triton: a listed output is JSON unless it asks
     return tuple(requested), binary, in_shared_memory
 
 

@@ -9,12 +9,14 @@ in front of both, so it covers every route.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import re
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
+import numpy as np
 import orjson
 
 from server.dataplane import DataPlane
@@ -37,8 +39,8 @@ from server.protocol.http_limits import (
 )
 from server.protocol.inflate import decompress_bounded
 from server.protocol.status import HTTP_STATUS_BY_KIND
-from server.protocol.tensors import array_from_bytes
-from server.types import ELEMENT_SIZE_BY_DATATYPE, InferenceRequest
+from server.protocol.tensors import array_from_bytes, raw_element_count
+from server.types import InferenceRequest
 
 logger = logging.getLogger(__name__)
 Scope = MutableMapping[str, Any]
@@ -103,16 +105,21 @@ async def handle_infer(
         inference_request, encoding = _raw_binary_request(
             dataplane, name, version, body, decoder.limits
         )
-    elif json_bytes <= HEAVY_JSON_BYTES and len(body) - json_bytes <= OFFLOAD_BINARY_BYTES:
-        inference_request, encoding = decode_request(
-            body, header_length, name, version, dataplane.shared_memory, decoder.limits
-        )
+        payload, json_length = encode_response(await dataplane.infer(inference_request), encoding)
     else:
-        inference_request, encoding = await decoder.decode_costly(
-            dataplane, name, version, header_length, body
-        )
-    response = await dataplane.infer(inference_request)
-    payload, json_length = encode_response(response, encoding, dataplane.shared_memory)
+        shared_memory = dataplane.shared_memory
+        # the regions the request names stay registered until its response is written
+        with shared_memory.hold() if shared_memory is not None else contextlib.nullcontext():
+            if json_bytes <= HEAVY_JSON_BYTES and len(body) - json_bytes <= OFFLOAD_BINARY_BYTES:
+                inference_request, encoding = decode_request(
+                    body, header_length, name, version, shared_memory, decoder.limits
+                )
+            else:  # (asyncio.to_thread copies the context: the hold sees the worker's regions)
+                inference_request, encoding = await decoder.decode_costly(
+                    dataplane, name, version, header_length, body
+                )
+            response = await dataplane.infer(inference_request)
+            payload, json_length = encode_response(response, encoding, shared_memory)
     response_headers = [(b"content-type", JSON_TYPE if json_length is None else BINARY_TYPE)]
     if json_length is not None:
         response_headers.append((b"inference-header-content-length", b"%d" % json_length))
@@ -126,12 +133,13 @@ async def handle_infer(
 def _raw_binary_request(
     dataplane: DataPlane, name: str, version: str, body: bytes, limits: DecodeLimits
 ) -> tuple[InferenceRequest, OutputEncoding]:
-    """Inference-Header-Content-Length: 0 — the body is the only input's data, batch 1."""
+    """Inference-Header-Content-Length: 0 — the body is the only input's data, batch 1, its
+    shape deduced as Triton deduces it (one variable dim at most; BYTES: one element)."""
     model = dataplane.repository.get(name, version)
     if len(model.inputs) != 1:
         raise invalid(
-            f"raw binary request needs a model with exactly one input; '{name}' has "
-            f"{len(model.inputs)}"
+            f"Raw request must only have 1 input (found 1) to be deduced but got "
+            f"{len(model.inputs)} inputs in '{name}' model configuration"
         )
     if len(body) > limits.max_input_size:
         raise invalid(
@@ -141,21 +149,25 @@ def _raw_binary_request(
         )
     spec = next(iter(model.inputs.values()))
     batch = (1,) if model.max_batch_size > 0 else ()
-    dims = list(spec.shape[len(batch) :])
-    variable = [index for index, dim in enumerate(dims) if dim == -1]
-    if spec.datatype == "BYTES" and dims != [1]:
-        raise invalid(
-            f"For BYTE datatype raw input '{spec.name}', the model must have input shape [1]"
-        )
-    if len(variable) > 1:
+    dims = spec.shape[len(batch) :]
+    if spec.datatype == "BYTES":  # the whole body is the one element
+        if dims != (1,):
+            raise invalid(
+                f"For BYTE datatype raw input '{spec.name}', the model must have input shape [1]"
+            )
+        array = np.empty(batch + dims, dtype=np.object_)
+        array.reshape(-1)[0] = body
+        return InferenceRequest(name, version, {spec.name: array}), OutputEncoding(True, {})
+    if dims.count(-1) > 1:
         raise invalid(
             f"The shape of the raw input '{spec.name}' can not be deduced because there are "
             "more than one variable-sized dimension"
         )
-    if variable:  # Triton deduces one variable dim from the body's size
-        row_bytes = math.prod(d for d in dims if d != -1) * ELEMENT_SIZE_BY_DATATYPE[spec.datatype]
-        dims[variable[0]] = len(body) // row_bytes if row_bytes else 0
-    array = array_from_bytes(spec.name, body, spec.datatype, (*batch, *dims))
+    if -1 in dims:
+        fixed = math.prod(d for d in dims if d != -1)
+        count = raw_element_count(spec.name, body, spec.datatype)
+        dims = tuple(count // fixed if fixed and d == -1 else d for d in dims)
+    array = array_from_bytes(spec.name, body, spec.datatype, batch + tuple(dims), model=name)
     return InferenceRequest(name, version, {spec.name: array}), OutputEncoding(True, {})
 
 
@@ -288,11 +300,11 @@ class InferFastPath:
         }
         reservation = self.budget.reservation()
         try:
+            raw_body = await read_raw_body(receive, headers, self.limits, reservation)
+            # as Triton: an unknown model is a 404 whatever the body holds
+            self.dataplane.repository.get(name, version)
             body = await decode_body(
-                await read_raw_body(receive, headers, self.limits, reservation),
-                headers.get("content-encoding"),
-                self.limits,
-                reservation,
+                raw_body, headers.get("content-encoding"), self.limits, reservation
             )
             payload, response_headers = await handle_infer(
                 self.dataplane, self.decoder, name, version, headers, body

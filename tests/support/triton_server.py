@@ -51,6 +51,15 @@ def missing_reason() -> str | None:
     return None
 
 
+def require_tritonserver() -> None:
+    """Skip the calling test (or fixture) when a real Triton cannot run here."""
+    import pytest
+
+    reason = missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+
+
 # The same handle as a `ferry serve` process: ports, log, SIGTERM-then-kill stop.
 TritonServer = ServerProcess
 
