@@ -191,13 +191,13 @@ def test_bytes_decoding_checks_lengths_against_the_data() -> None:
     for data, message in [
         (good[:-1], "runs past"),
         (good[:8], "truncated BYTES element length"),
-        (good + b"\0\0\0\0", "got more"),
-        (good[:6], r"expected 3 BYTES elements for shape \[3\], got 1"),
+        (good + b"\0\0\0\0", "unexpected number of string elements 4 for input 't', expecting 3"),
+        (good[:6], "expected 3 string elements for input 't', got 1"),  # Triton's words
     ]:
         with pytest.raises(ServingError, match=message):
             array_from_bytes("t", data, "BYTES", (3,))
     with pytest.raises(ServingError, match="got 0"):  # a shape far bigger than its data
-        array_from_bytes("t", b"", "BYTES", (1 << 40, 1 << 40))
+        array_from_bytes("t", b"", "BYTES", (1 << 20, 1 << 20))
 
 
 # --- decompression --------------------------------------------------------------------------
