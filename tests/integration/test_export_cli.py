@@ -124,7 +124,7 @@ def test_exported_program_source_infers_inputs(tmp_path: Path) -> None:
     code, out = ferry_export(repo, str(tmp_path / "model.pt2"))
     assert code == 0, out
     report = assert_exported(repo)
-    assert report["inputs"] == [{"name": "x", "datatype": "FP32", "dims": [8]}]
+    assert report["inputs"] == [{"name": "x", "datatype": "FP32", "dims": [8], "dim_names": {}}]
 
 
 def test_pickled_module_needs_the_trust_flag(tmp_path: Path) -> None:
