@@ -263,7 +263,8 @@ def check_dynamic_dims(path: Path, inputs: Sequence[IOSpec], outputs: Sequence[I
                 raise ExportError(
                     f"the exported graph fixed the variable dim '{name}' of '{value.name}' "
                     f"(axis {axis}) to {dims[axis].dim_value} (shape {shape}): the model's "
-                    "code specializes it, e.g. a reshape to a constant size",
+                    "code specializes it at this size (a branch on the size, a reshape to a "
+                    "constant); export at another size (the first of --dim-sizes)",
                     stage="export",
                 )
 
