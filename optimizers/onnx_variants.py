@@ -126,6 +126,7 @@ def build_ort_fp32(
         details["transformer_fusions"] = transformer_fuse(
             source, fused_path, use_gpu=_first(providers) != "CPUExecutionProvider", samples=samples
         )
+        details["fused_attention"] = details["transformer_fusions"].get("Attention", 0)
         graph = fused_path
     ort_offline_optimize(graph, output, providers)
     return details
@@ -165,6 +166,7 @@ def build_int8_dynamic(
         details["transformer_fusions"] = transformer_fuse(
             source, graph, use_gpu=False, samples=samples
         )
+        details["fused_attention"] = details["transformer_fusions"].get("Attention", 0)
     ops = list(DYNAMIC_QUANTIZED_OP_TYPES)
     pre = output.with_name("preprocessed.onnx")
     preprocess(graph, pre)
