@@ -15,21 +15,11 @@ import torch
 from typer.testing import CliRunner
 
 from exporters.repository import STAGING_PREFIX
-from ferry.cli import app
 from tests.support import torch_models as tm
+from tests.support.export_cli import ferry_export
 
 M = "tests.support.torch_models"
 runner = CliRunner()
-
-
-def ferry_export(repo: Path, source: str, *args: str, name: str = "m") -> tuple[int, str]:
-    """Run `ferry export` in process; returns (exit code, output)."""
-    result = runner.invoke(
-        app, ["export", source, "--name", name, "--model-repository", str(repo), *args]
-    )
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
 
 
 def assert_exported(repo: Path, name: str = "m", version: int = 1) -> dict[str, object]:

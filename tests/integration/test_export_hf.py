@@ -17,27 +17,20 @@ import pytest
 import torch
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from typer.testing import CliRunner
 
 from exporters.inputs import padding_mask
-from ferry.cli import app
 from tests.support import hf_models
+from tests.support.export_cli import export_ok, ferry_export
 from tests.support.server_process import ServerProcess, running_server
 
 pytestmark = pytest.mark.slow
 M = "tests.support.hf_models"
-runner = CliRunner()
+SMALL = ("--max-batch-size", "8")  # parity at batch 1, 2, 8: the zoo's time stays small
 Arrays = dict[str, np.ndarray]
 
 
-def tokens(length: int, rows: int, rng: np.random.Generator, types: bool = False) -> Arrays:
-    arrays = {
-        "input_ids": rng.integers(0, hf_models.VOCAB, (rows, length)),
-        "attention_mask": padding_mask((rows, length), rng),
-    }
-    if types:
-        arrays["token_type_ids"] = rng.integers(0, 2, (rows, length))
-    return {k: v.astype(np.int64) for k, v in arrays.items()}
+def tokens(length: int, rows: int, rng: np.random.Generator) -> Arrays:
+    return hf_models.token_batch(rows, length, rng)
 
 
 def images(height: int, width: int) -> Callable[[int, int, np.random.Generator], Arrays]:
@@ -77,7 +70,7 @@ ZOO: dict[str, Case] = {
             *("--input", "attention_mask:INT64:-1", "--output", "logits"),
         ),
         ("logits",),
-        (lambda n, r, g: tokens(n, r, g, types=True),) * 2,
+        (lambda n, r, g: hf_models.token_batch(r, n, g, token_types=True),) * 2,
         (5, 23),
     ),
     "distilbert": Case(
@@ -161,24 +154,13 @@ ZOO: dict[str, Case] = {
 }
 
 
-def ferry_export(repo: Path, name: str, source: str, *flags: str) -> str:
-    result = runner.invoke(
-        app,
-        [
-            *("export", source, "--name", name, "--model-repository", str(repo)),
-            *("--max-batch-size", "8", *flags),
-        ],
-    )
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    assert result.exit_code == 0, result.output
-    return result.output
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     repo = tmp_path_factory.mktemp("hf-repo")
-    logs = {name: ferry_export(repo, name, f"{M}:{c.factory}", *c.flags) for name, c in ZOO.items()}
+    logs = {
+        name: export_ok(repo, f"{M}:{case.factory}", *SMALL, *case.flags, name=name)
+        for name, case in ZOO.items()
+    }
     return repo, logs
 
 
@@ -240,27 +222,24 @@ def test_bert_inputs_in_any_order_give_the_same_model(
     exported: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
     repo, _ = exported
-    ferry_export(
+    export_ok(
         tmp_path,
-        "bert",
         f"{M}:bert",
+        *SMALL,
         *("--input", "input_ids:INT64:-1", "--input", "attention_mask:INT64:-1"),
         *("--input", "token_type_ids:INT64:-1", "--output", "logits"),
+        name="bert",
     )
     first = (repo / "bert" / "1" / "model.onnx").read_bytes()
     assert (tmp_path / "bert" / "1" / "model.onnx").read_bytes() == first
 
 
 def test_unknown_input_name_lists_what_forward_takes(tmp_path: Path) -> None:
-    result = runner.invoke(
-        app,
-        [
-            *("export", f"{M}:gpt2", "--name", "g", "--model-repository", str(tmp_path)),
-            *("--input", "input_ids:INT64:-1", "--input", "past:FP32:-1"),
-        ],
+    code, output = ferry_export(
+        tmp_path, f"{M}:gpt2", "--input", "input_ids:INT64:-1", "--input", "past:FP32:-1"
     )
-    text = " ".join(result.output.split())
-    assert result.exit_code == 1
+    text = " ".join(output.split())
+    assert code == 1
     assert "input 'past' is not a parameter" in text
     assert "inputs bind by name to: input_ids, cache, attention_mask" in text
 

@@ -17,37 +17,24 @@ import pytest
 import torch
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from typer.testing import CliRunner
 
-from ferry.cli import app
 from server.repository_format import read_config
 from tests.support import torch_models as tm
+from tests.support.export_cli import export_ok
 from tests.support.server_process import ServerProcess, running_server
 
 M = "tests.support.torch_models"
 VOCAB = 300
 LENGTHS = (3, 17, 64)
-runner = CliRunner()
-
-
-def ferry_export(repo: Path, source: str, name: str, *args: str) -> str:
-    result = runner.invoke(
-        app, ["export", source, "--name", name, "--model-repository", str(repo), *args]
-    )
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     repo = tmp_path_factory.mktemp("repo")
     outputs = {
-        "gru": ferry_export(
+        "gru": export_ok(
             repo,
             f"{M}:GRUTextClassifier",
-            "gru",
             "--init-args",
             json.dumps({"vocab_size": VOCAB, "hidden": 24}),
             "--input",
@@ -58,11 +45,11 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
             "seq_len=17,3,64",
             "--output",
             "logits",
+            name="gru",
         ),
-        "cnn": ferry_export(
+        "cnn": export_ok(
             repo,
             f"{M}:ConvBNDropout",
-            "cnn",
             "--input",
             "image:FP32:3,height,width",
             "--dim-sizes",
@@ -71,6 +58,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
             "width=20,12",
             "--output",
             "probabilities",
+            name="cnn",
         ),
     }
     return repo, outputs

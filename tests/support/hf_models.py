@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
+
+from exporters.inputs import padding_mask
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -30,6 +33,19 @@ from transformers import (
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 VOCAB = 99
+
+
+def token_batch(
+    rows: int, length: int, rng: np.random.Generator, token_types: bool = False
+) -> dict[str, np.ndarray]:
+    """input_ids below VOCAB and an end-padded attention_mask (and token_type_ids 0/1)."""
+    batch = {
+        "input_ids": rng.integers(0, VOCAB, (rows, length)).astype(np.int64),
+        "attention_mask": padding_mask((rows, length), rng),
+    }
+    if token_types:
+        batch["token_type_ids"] = rng.integers(0, 2, (rows, length)).astype(np.int64)
+    return batch
 
 
 def _seeded(build: type[PreTrainedModel], config: object, seed: int) -> PreTrainedModel:
