@@ -73,6 +73,14 @@ def parity_table(parity: ParityReport, only_failures: bool = False) -> Table:
     return table
 
 
+def _tolerance_to_scale(parity: ParityReport) -> str:
+    """The absolute tolerance as a share of the smallest output scale checked."""
+    scale = parity.min_scale()
+    if scale <= 0:
+        return ""
+    return f"; atol {parity.atol:g} is {parity.atol / scale:.1e} of the smallest output scale"
+
+
 def summary_table(result: ExportResult) -> Table:
     """What was written, by which exporter, with which figures."""
     table = Table(title="ferry export", show_header=False)
@@ -103,7 +111,8 @@ def summary_table(result: ExportResult) -> Table:
         "parity",
         f"passed at batch {', '.join(map(str, batches))}{at}: max abs error "
         f"{result.parity.max_abs_error():.2e} ({result.parity.max_error_to_scale():.1e} of "
-        f"the output scale), max rel error {result.parity.max_rel_error():.2e}",
+        f"the output scale), max rel error {result.parity.max_rel_error():.2e}"
+        + _tolerance_to_scale(result.parity),
     )
     narrow = [
         f"{name} {r['low']}..{r['high'] - 1}"
