@@ -13,49 +13,16 @@ from typing import Any, Protocol
 import numpy as np
 
 from exporters import repository
-from exporters.binding import ModelCall, check_forward_kwargs, export_module, forward_signature
 from exporters.errors import ExportError, summarize_exception
-from exporters.inputs import InputBatches, SizePlan, ValueRange, plan_sizes, to_torch
 from exporters.onnx_export import export_onnx, model_opset
+from exporters.options import ExportOptions
 from exporters.parity import ParityReport, check_parity
+from exporters.prepare import prepare
 from exporters.report import build_report, write_report
-from exporters.resolve import EXPORT_EXAMPLE_BATCH, resolve_inputs, resolve_outputs
-from exporters.sources import load_source
-from exporters.specs import (
-    IOSpec,
-    check_data_matches,
-    example_dim_sizes,
-    load_npz,
-    parse_dim_sizes,
-)
-from exporters.value_ranges import probe_arrays, probe_value_ranges
+from exporters.specs import IOSpec, check_data_matches, load_npz
 from server.repository_format import EXPORT_REPORT_FILENAME, REFERENCE_FILENAME
 
-
-@dataclass(frozen=True)
-class ExportOptions:
-    """Everything `ferry export` takes."""
-
-    source: str
-    name: str
-    repository: Path
-    inputs: tuple[str, ...] = ()
-    outputs: tuple[str, ...] = ()
-    dynamic_dims: tuple[str, ...] = ()
-    dim_sizes: tuple[str, ...] = ()
-    init_args: Mapping[str, Any] = field(default_factory=dict)
-    forward_kwargs: Mapping[str, Any] = field(default_factory=dict)
-    example: Path | None = None
-    weights: Path | None = None
-    max_batch_size: int = 64
-    opset: int = 20
-    version: int | None = None
-    atol: float = 1e-4
-    rtol: float = 1e-3
-    reference_data: Path | None = None
-    overwrite: bool = False
-    trust_pickled_module: bool = False
-    seed: int = 0
+__all__ = ["ExportOptions", "ExportResult", "StageListener", "run_export"]
 
 
 @dataclass
@@ -121,56 +88,14 @@ def run_export(options: ExportOptions, listener: StageListener | None = None) ->
     notes: list[str] = []
     with stage("load", f"loading {options.source}") as detail:
         example = load_npz(options.example, "--example") if options.example else None
-        loaded = load_source(
-            options.source, options.weights, options.trust_pickled_module, options.init_args
-        )
-        inputs = resolve_inputs(options.inputs, options.dynamic_dims, loaded, example)
-        signature = forward_signature(loaded)
-        check_forward_kwargs(options.forward_kwargs, signature, inputs)
-        plan = plan_sizes(
-            inputs,
-            dict(parse_dim_sizes(text) for text in options.dim_sizes),
-            example_dim_sizes(example, inputs) if example is not None else None,
-        )
-        call = ModelCall(
-            loaded.module,
-            tuple(s.name for s in inputs),
-            signature is not None and signature.by_keyword,
-            dict(options.forward_kwargs),
-        )
-        ranges = (
-            {}
-            if example is not None
-            else probe_value_ranges(
-                call,
-                loaded.module,
-                inputs,
-                probe_arrays(inputs, EXPORT_EXAMPLE_BATCH, plan.export),
-            )
-        )
-        batches = InputBatches(inputs, example, options.seed, ranges)
-        selection, outputs = resolve_outputs(
-            options.outputs, call, batches, plan, _generated(inputs, ranges, plan, example)
-        )
-        notes += selection.notes
-        notes += [
-            f"integer input '{name}' feeds no embedding ferry can see: parity draws it "
-            f"from {r.low}..{r.high - 1}; pass --example FILE.npz with real values"
-            for name, r in ranges.items()
-            if r.narrow
-        ]
-        if loaded.exported_program is not None and not selection.complete:
-            raise ExportError(
-                "an ExportedProgram (.pt2) is exported whole: its outputs cannot be selected "
-                "with --output, nor can values that are not tensors be left out",
-                stage="load",
-            )
-        model = export_module(call, selection)
-        args = to_torch(batches.batch(EXPORT_EXAMPLE_BATCH, plan.export), inputs)
+        prepared = prepare(options, example)
+        notes += prepared.notes
         if reference is not None:
-            check_data_matches(reference, inputs, "--reference-data")
+            check_data_matches(reference, prepared.inputs, "--reference-data")
+        inputs, outputs = prepared.inputs, prepared.outputs
         detail.append(
-            f"{loaded.kind}: {', '.join(map(str, inputs))} -> {', '.join(map(str, outputs))}"
+            f"{prepared.loaded.kind}: {', '.join(map(str, inputs))} -> "
+            f"{', '.join(map(str, outputs))}"
         )
     for text in notes:
         tell.note(text)
@@ -180,7 +105,15 @@ def run_export(options: ExportOptions, listener: StageListener | None = None) ->
         version_files.mkdir()
         model_path = version_files / "model.onnx"
         with stage("export", "exporting to ONNX") as detail:
-            outcome = export_onnx(loaded, model, args, inputs, outputs, options.opset, model_path)
+            outcome = export_onnx(
+                prepared.loaded,
+                prepared.model,
+                prepared.args,
+                inputs,
+                outputs,
+                options.opset,
+                model_path,
+            )
             opset = model_opset(model_path)
             detail.append(f"{outcome.exporter} exporter, opset {opset}")
         for text in outcome.notes:
@@ -188,12 +121,12 @@ def run_export(options: ExportOptions, listener: StageListener | None = None) ->
         notes += outcome.notes
         with stage("verify", "checking parity with PyTorch") as detail:
             parity = check_parity(
-                lambda *tensors: selection.pick(call(*tensors)),
+                prepared.reference,
                 model_path,
-                batches,
+                prepared.batches,
                 [s.name for s in outputs],
                 options.max_batch_size,
-                plan,
+                prepared.plan,
                 options.atol,
                 options.rtol,
             )
@@ -218,7 +151,7 @@ def run_export(options: ExportOptions, listener: StageListener | None = None) ->
                 reference_name = REFERENCE_FILENAME
             report = build_report(
                 source=options.source,
-                source_kind=loaded.kind,
+                source_kind=prepared.loaded.kind,
                 name=options.name,
                 version=version,
                 exporter=outcome.exporter,
@@ -234,9 +167,9 @@ def run_export(options: ExportOptions, listener: StageListener | None = None) ->
                 example=options.example,
                 reference=reference_name,
                 init_args=dict(options.init_args),
-                binding=call.binding(signature) | {"outputs": selection.to_json()},
-                variable_dims=plan.to_json(),
-                generated_inputs={name: r.to_json() for name, r in ranges.items()},
+                binding=prepared.binding(),
+                variable_dims=prepared.plan.to_json(),
+                generated_inputs={name: r.to_json() for name, r in prepared.ranges.items()},
                 notes=notes,
             )
             write_report(version_files / EXPORT_REPORT_FILENAME, report)
@@ -263,29 +196,6 @@ def run_export(options: ExportOptions, listener: StageListener | None = None) ->
         timings,
         notes,
     )
-
-
-def _generated(
-    inputs: list[IOSpec],
-    ranges: Mapping[str, ValueRange],
-    plan: SizePlan,
-    example: Mapping[str, np.ndarray] | None,
-) -> tuple[str, str]:
-    """What the model was fed, and what to pass instead, for the error when it fails on it."""
-    sizes = ", ".join(f"{k}={v}" for k, v in plan.export.items())
-    at = f" at {sizes}" if sizes else ""
-    resize = f"; other sizes with --dim-sizes (now {sizes})" if sizes else ""
-    if example is not None:
-        return f"rows of --example{at}", f"check --input and --example{resize}"
-    drawn = [
-        f"{s.name} {r.low}..{r.high - 1}" if (r := ranges.get(s.name)) else f"{s.name} random"
-        for s in inputs
-    ]
-    hint = (
-        "check --input; if the values are what it refuses, pass --example FILE.npz with "
-        f"real rows of {', '.join(s.name for s in inputs)}{resize}"
-    )
-    return f"values {', '.join(drawn)}{at}", hint
 
 
 def _reference_inputs(options: ExportOptions) -> dict[str, np.ndarray] | None:

@@ -7,15 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from exporters.binding import (
-    ModelCall,
-    OutputSelection,
-    bind_inputs,
-    forward_signature,
-    select_outputs,
-)
+from exporters.binding import ModelCall, bind_inputs, forward_signature
 from exporters.errors import ExportError, summarize_exception
 from exporters.inputs import InputBatches, SizePlan, to_torch
+from exporters.outputs import OutputSelection, select_outputs
 from exporters.sources import LoadedModel
 from exporters.specs import (
     DATATYPE_BY_NUMPY_DTYPE,

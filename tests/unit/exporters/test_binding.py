@@ -11,10 +11,10 @@ from exporters.binding import (
     bind_inputs,
     check_forward_kwargs,
     forward_signature,
-    select_outputs,
 )
 from exporters.errors import ExportError
 from exporters.inputs import MASK_RANGE, InputBatches, padding_mask, plan_sizes
+from exporters.outputs import select_outputs
 from exporters.sources import LoadedModel
 from exporters.specs import IOSpec
 from exporters.value_ranges import probe_arrays, probe_value_ranges
