@@ -344,6 +344,24 @@ def test_keyword_inputs_forward_kwargs_and_dict_outputs(tmp_path: Path) -> None:
     np.testing.assert_allclose(y, want.numpy(), rtol=1e-5, atol=1e-6)
 
 
+def test_example_axis_made_variable(tmp_path: Path) -> None:
+    tokens = np.random.default_rng(2).integers(0, 500, (4, 20)).astype(np.int64)
+    np.savez(tmp_path / "example.npz", tokens=tokens)
+    code, out = ferry_export(
+        tmp_path / "repo",
+        f"{M}:GRUTextClassifier",
+        *("--example", str(tmp_path / "example.npz"), "--dynamic-dim", "tokens:1=seq_len"),
+    )
+    assert code == 0, out
+    report = assert_exported(tmp_path / "repo")
+    assert report["variable_dims"] == {"seq_len": [10, 20]}  # the example's, and cropped to half
+    assert report["generated_inputs"] == {}  # the example's rows, nothing drawn
+    longer = np.random.default_rng(3).integers(0, 500, (3, 33)).astype(np.int64)
+    onnx_matches_torch(
+        tmp_path / "repo" / "m" / "1" / "model.onnx", tm.GRUTextClassifier(), {"tokens": longer}
+    )
+
+
 def test_unexportable_shows_both_exporters_reasons(tmp_path: Path) -> None:
     code, out = ferry_export(tmp_path, f"{M}:Unexportable", "--input", "x:FP32:4")
     text = " ".join(out.split())
