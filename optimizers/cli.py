@@ -134,6 +134,14 @@ def optimize(
     for row in result["candidates"]:
         if row.get("reason") and ":" in row["reason"]:
             console.print(f"  {escape(row['variant'])}: {escape(row['reason'])}", highlight=False)
+        details = row.get("details") or {}
+        if "fused_attention" in details:
+            fused = ", ".join(f"{op} x{n}" for op, n in details["transformer_fusions"].items())
+            console.print(
+                f"  {escape(row['variant'])}: {details['fused_attention']} attention block(s) fused"
+                + (f" ({escape(fused)})" if fused else ""),
+                highlight=False,
+            )
     if report is not None:
         report.write_text(json.dumps(result, indent=2) + "\n")
     published = result["published"]
