@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sys
-from collections.abc import Generator
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
 import uvicorn
@@ -32,6 +33,7 @@ from server.protocol.http_limits import HttpLimits, http_limits
 from server.repository import ModelRepository
 from server.settings import ModelControlMode, ServerSettings
 from server.shared_memory import SharedMemoryManager
+from server.workers.link import WorkerLink
 
 logger = logging.getLogger("ferry")
 
@@ -65,9 +67,26 @@ def _uvicorn_server(app: Any, host: str, port: int, log_level: str, limits: Http
     return _Uvicorn(config)
 
 
-def _metrics_app(render: Any) -> Starlette:
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port with SO_REUSEPORT: every worker of `ferry serve --workers
+    N` binds its own, and the kernel spreads new connections over them (a worker that exits
+    leaves the group; its queued, not yet accepted, connections are reset)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(False)
+    return sock
+
+
+def _metrics_app(render: Callable[[], Awaitable[tuple[bytes, str]]]) -> Starlette:
     async def metrics(_: Request) -> Response:
-        body, content_type = await asyncio.to_thread(render)
+        body, content_type = await render()
         return Response(body, media_type=content_type)
 
     return Starlette(
@@ -75,6 +94,19 @@ def _metrics_app(render: Any) -> Starlette:
             Route("/metrics", metrics, methods=["GET"]),
             Route("/metrics/", metrics, methods=["GET"]),
         ]
+    )
+
+
+def _metrics_server(
+    settings: ServerSettings, render: Callable[[], Awaitable[tuple[bytes, str]]]
+) -> _Uvicorn:
+    """The metrics listener (of this process, or of the supervisor of several workers)."""
+    return _uvicorn_server(
+        _metrics_app(render),
+        settings.metrics_address,
+        settings.metrics_port,
+        settings.log_level,
+        http_limits(settings),
     )
 
 
@@ -100,7 +132,12 @@ async def serve(settings: ServerSettings) -> int:
     )
     repository_ref.append(repository)
     shared_memory = SharedMemoryManager() if settings.allow_client_shm else None
-    dataplane = DataPlane(repository, fanout, settings.strict_readiness, shared_memory)
+    link = (
+        None
+        if settings.worker_control is None
+        else WorkerLink(settings.worker_control, settings.worker_slot)
+    )
+    dataplane = DataPlane(repository, fanout, settings.strict_readiness, shared_memory, link)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -122,16 +159,12 @@ async def serve(settings: ServerSettings) -> int:
                 limits,
             )
         )
-    if settings.allow_metrics:
-        http_servers.append(
-            _uvicorn_server(
-                _metrics_app(monitors.render_metrics),
-                settings.metrics_address,
-                settings.metrics_port,
-                settings.log_level,
-                limits,
-            )
-        )
+    if settings.allow_metrics and settings.worker_control is None:
+
+        async def render() -> tuple[bytes, str]:
+            return await asyncio.to_thread(monitors.render_metrics)
+
+        http_servers.append(_metrics_server(settings, render))
     grpc_server = None
     try:
         if settings.allow_grpc:
@@ -143,17 +176,24 @@ async def serve(settings: ServerSettings) -> int:
                 settings.grpc_limits,
                 restricted=settings.grpc_restricted_protocols,
                 tls=settings.grpc_tls,
+                reuse_port=settings.reuse_port,
             )
             await grpc_server.start()
-        for server in http_servers:
-            tasks.append(asyncio.create_task(server.serve()))
+        replay = [] if link is None else await link.connect(dataplane, monitors.registry.collect)
+        for index, server in enumerate(http_servers):
+            sockets = (
+                [reuse_port_socket(settings.http_address, settings.http_port)]
+                if settings.reuse_port and index == 0 and settings.allow_http
+                else None
+            )
+            tasks.append(asyncio.create_task(server.serve(sockets=sockets)))
         await asyncio.sleep(0)
         while not all(s.started for s in http_servers):
             if any(t.done() for t in tasks):
                 raise OSError("an HTTP listener failed to start (is the port in use?)")
             await asyncio.sleep(0.01)
     except (OSError, RuntimeError) as exc:
-        logger.error("cannot start listeners: %s", exc)
+        logger.error("cannot start listeners%s: %s", "" if link is None else " or join", exc)
         for server in http_servers:
             server.should_exit = True
         if grpc_server is not None:
@@ -171,8 +211,12 @@ async def serve(settings: ServerSettings) -> int:
             else " and the server restarts",
         )
     await repository.start(settings.load_models)
+    if link is not None:
+        await link.catch_up(replay)
     apply_after_startup(settings.gc_policy)
     dataplane.started = True
+    if link is not None:
+        await link.announce_ready()
     loaded = [f"{v.name}:{v.version}" for v in repository.ready_versions()]
     logger.info("models ready: %s", ", ".join(loaded) or "none")
     logger.info(
@@ -214,13 +258,15 @@ async def serve(settings: ServerSettings) -> int:
             else "",
         )
     poller = None
-    if settings.model_control_mode == ModelControlMode.POLL:
+    if settings.model_control_mode == ModelControlMode.POLL and link is None:
         poller = asyncio.create_task(repository.poll_forever(settings.repository_poll_secs))
+    orphaned = None if link is None else asyncio.create_task(_set_when(link.closed, stop))
 
     await stop.wait()
     logger.info("shutting down: refusing new requests, draining accepted ones")
-    if poller is not None:
-        poller.cancel()
+    for task in (poller, orphaned):
+        if task is not None:
+            task.cancel()
     drained = await dataplane.drain(settings.exit_timeout_secs)
     if not drained:
         logger.warning(
@@ -239,6 +285,14 @@ async def serve(settings: ServerSettings) -> int:
     return 0
 
 
+async def _set_when(event: asyncio.Event, target: asyncio.Event) -> None:
+    """A worker whose supervisor is gone stops too."""
+    await event.wait()
+    if not target.is_set():
+        logger.warning("the supervisor is gone: this worker stops")
+        target.set()
+
+
 def check_settings(settings: ServerSettings) -> None:
     """Raise ValueError, naming the flag, for settings out of range (before anything starts)."""
     http_limits(settings)
@@ -252,12 +306,23 @@ def run_server(settings: ServerSettings) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(),
         stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s %(name)s"
+        + ("" if settings.worker_control is None else f"[worker {settings.worker_slot}]")
+        + ": %(message)s",
     )
     problem = repository_problem(settings.model_repository)
     if problem is not None:
         logger.error("%s", problem)
         return 2
+    if settings.workers > 1 and settings.worker_control is None:
+        from monitoring.families import CONTENT_TYPE, render
+        from server.workers.supervisor import run_supervisor
+
+        return run_supervisor(
+            settings,
+            lambda metrics_render: _metrics_server(settings, metrics_render),
+            lambda families: (render(families), CONTENT_TYPE),
+        )
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux

@@ -264,6 +264,18 @@ def serve(
         ),
     ] = False,
     default_max_batch_size: DefaultMaxBatchSizeOption = 4,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Serving processes sharing the HTTP and gRPC ports (SO_REUSEPORT), so protocol "
+            "work uses every core; they behave as one server (statistics, metrics, model "
+            "control, readiness, drain). 0: one per CPU this process may use (affinity and "
+            "cgroup quota), at most 8. 1: a single process, as before. Each worker loads its "
+            "own copy of every model; drift windows and client shared memory regions are "
+            "still per worker.",
+            min=0,
+        ),
+    ] = 1,
     drift: Annotated[
         bool, typer.Option(help="Online drift detection for models with a reference.npz.")
     ] = True,
@@ -338,6 +350,7 @@ def serve(
     """Serve a model repository over KServe v2 HTTP and gRPC, with dynamic batching."""
     require_repository(model_repository)
     from server.app import check_settings, run_server
+    from server.workers.count import auto_workers
 
     settings = ServerSettings(
         model_repository=model_repository,
@@ -389,6 +402,7 @@ def serve(
         http_body_timeout_secs=http_body_timeout_secs,
         http_keepalive_timeout_secs=http_keepalive_timeout_secs,
         allow_client_shm=allow_client_shm,
+        workers=workers or auto_workers(),
         default_max_batch_size=default_max_batch_size,
         drift_enabled=drift,
         drift_window=drift_window,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -46,6 +46,21 @@ EXTENSIONS = (
 )
 
 
+class Cluster(Protocol):
+    """The other workers of `ferry serve --workers N` (server/workers/link.py), as the data
+    plane sees them: one server's readiness, statistics and repository control."""
+
+    every_worker_ready: bool
+
+    async def statistics(self, name: str, version: str) -> list[dict[str, Any]]: ...
+
+    async def load_model(
+        self, name: str, config_json: str | None, files: Mapping[str, bytes] | None
+    ) -> None: ...
+
+    async def unload_model(self, name: str) -> None: ...
+
+
 class DataPlane:
     """Everything a transport can ask of the server."""
 
@@ -55,12 +70,14 @@ class DataPlane:
         fanout: ObserverFanout,
         strict_readiness: bool = True,
         shared_memory: SharedMemoryManager | None = None,
+        cluster: Cluster | None = None,
     ) -> None:
         self.repository = repository
         self.fanout = fanout
         self.strict_readiness = strict_readiness
         # client shared memory regions (--allow-client-shm); None: the extension is off
         self.shared_memory = shared_memory
+        self.cluster = cluster  # None: this process is the whole server
         self.started = False
         self.accepting = True
         self._inflight = 0
@@ -75,6 +92,8 @@ class DataPlane:
 
     def ready(self) -> bool:
         if not (self.started and self.accepting):
+            return False
+        if self.cluster is not None and not self.cluster.every_worker_ready:
             return False
         return self.repository.all_ready() if self.strict_readiness else True
 
@@ -120,7 +139,22 @@ class DataPlane:
     def model_config(self, name: str, version: str = "") -> ModelConfig:
         return self.repository.get(name, version).config
 
-    def statistics(self, name: str = "", version: str = "") -> list[dict[str, Any]]:
+    async def statistics(self, name: str = "", version: str = "") -> list[dict[str, Any]]:
+        """Triton's statistics: this process's, or every worker's added up."""
+        local = self.local_statistics(name, version)  # unknown models fail here, as before
+        if self.cluster is None:
+            return local
+        return await self.cluster.statistics(name, version)
+
+    def local_statistics_or_none(self, name: str, version: str) -> list[dict[str, Any]]:
+        """This worker's part of a gathered statistics call ([] where it lacks the model)."""
+        try:
+            return self.local_statistics(name, version)
+        except ServingError:
+            return []
+
+    def local_statistics(self, name: str = "", version: str = "") -> list[dict[str, Any]]:
+        """This process's statistics."""
         if not name:
             return [v.statistics.as_json() for v in self.repository.ready_versions()]
         try:
@@ -149,11 +183,17 @@ class DataPlane:
         self, name: str, config_json: str | None = None, files: Mapping[str, bytes] | None = None
     ) -> None:
         self._require_explicit("load / unload")
-        await self.repository.load(name, config_json, files)
+        if self.cluster is not None:
+            await self.cluster.load_model(name, config_json, files)
+        else:
+            await self.repository.load(name, config_json, files)
 
     async def unload_model(self, name: str) -> None:
         self._require_explicit("load / unload")
-        await self.repository.unload(name)
+        if self.cluster is not None:
+            await self.cluster.unload_model(name)
+        else:
+            await self.repository.unload(name)
 
     # --- inference -----------------------------------------------------------------------------
 

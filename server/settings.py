@@ -116,3 +116,10 @@ class ServerSettings:
     http_restricted_apis: RestrictedApis = field(default_factory=dict)
     grpc_restricted_protocols: RestrictedApis = field(default_factory=dict)
     grpc_tls: GrpcTls | None = None
+    workers: int = 1  # serving processes (`--workers`); 1: this process serves, as always
+    # set on each worker of `ferry serve --workers N` by its supervisor: the HTTP and gRPC
+    # listeners share their ports with the other workers (SO_REUSEPORT), the metrics port is the
+    # supervisor's, and the worker joins the supervisor's control channel at this Unix socket
+    reuse_port: bool = False
+    worker_control: Path | None = None
+    worker_slot: int = 0

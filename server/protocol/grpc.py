@@ -87,7 +87,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     async def ModelStatistics(self, request: Any, context: Any) -> Any:
         async def work() -> Any:
-            stats = self.dataplane.statistics(request.name, request.version)
+            stats = await self.dataplane.statistics(request.name, request.version)
             return json_format.ParseDict(
                 {"model_stats": stats}, pb.ModelStatisticsResponse(), ignore_unknown_fields=True
             )
@@ -279,6 +279,7 @@ def create_grpc_server(
     *,
     restricted: RestrictedApis | None = None,
     tls: GrpcTls | None = None,
+    reuse_port: bool = False,
 ) -> GrpcServer:
     """Both services on the chosen transport with `limits`, bound to host:port once started; the
     restricted API groups (`--grpc-restricted-protocol`) behind their metadata keys; TLS when
@@ -288,7 +289,12 @@ def create_grpc_server(
         return cast(
             GrpcServer,
             create_grpcio_server(
-                dataplane, f"{host}:{port}", limits, restricted=restricted, tls=tls
+                dataplane,
+                f"{host}:{port}",
+                limits,
+                restricted=restricted,
+                tls=tls,
+                reuse_port=reuse_port,
             ),
         )
     routes = routes_for(
@@ -299,7 +305,9 @@ def create_grpc_server(
     )
     if restricted:
         routes = guard_routes(routes, restricted, _SERVICES)
-    return GrpcWireServer(routes, host, port, limits, ssl_context(tls) if tls is not None else None)
+    return GrpcWireServer(
+        routes, host, port, limits, ssl_context(tls) if tls is not None else None, reuse_port
+    )
 
 
 class GrpcServer(Protocol):
@@ -348,6 +356,7 @@ def create_grpcio_server(
     *,
     restricted: RestrictedApis | None = None,
     tls: GrpcTls | None = None,
+    reuse_port: bool = False,
 ) -> grpc.aio.Server:
     """A grpc.aio server with both services and `limits`, bound to `address`."""
     interceptors: list[grpc.aio.ServerInterceptor] = []
@@ -355,7 +364,7 @@ def create_grpcio_server(
         interceptors.append(RestrictedProtocolInterceptor(restricted, _SERVICES))
     interceptors.append(RequestBudgetInterceptor(RequestBudget(limits.max_buffered_request_bytes)))
     interceptors.append(ParseErrorsAsInternal())
-    server = grpc.aio.server(options=grpcio_options(limits), interceptors=interceptors)
+    server = grpc.aio.server(options=grpcio_options(limits, reuse_port), interceptors=interceptors)
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
         InferenceServicer(dataplane), server
     )

@@ -14,8 +14,9 @@ from server.protocol.grpc_wire.limits import RequestBudget
 from server.settings import GrpcLimits
 
 
-def grpcio_options(limits: GrpcLimits) -> list[tuple[str, int]]:
-    """grpc core channel arguments for `limits` (the same flags as ferry's own transport)."""
+def grpcio_options(limits: GrpcLimits, reuse_port: bool = False) -> list[tuple[str, int]]:
+    """grpc core channel arguments for `limits` (the same flags as ferry's own transport);
+    `reuse_port`: share the port with the other workers of `ferry serve --workers N`."""
     options = [
         ("grpc.max_send_message_length", limits.max_message_bytes),
         ("grpc.max_receive_message_length", limits.max_receivable_message_bytes),
@@ -33,7 +34,7 @@ def grpcio_options(limits: GrpcLimits) -> list[tuple[str, int]]:
             limits.http2_min_recv_ping_interval_without_data_ms,
         ),
         ("grpc.http2.max_ping_strikes", limits.http2_max_ping_strikes),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", int(reuse_port)),
     ]
     if limits.max_connection_idle_ms:
         options.append(("grpc.max_connection_idle_ms", limits.max_connection_idle_ms))

@@ -153,7 +153,7 @@ def create_fastapi_app(
 
     @route("/v2/models/stats", ["GET"])
     async def all_statistics(_: Request) -> Response:
-        return json_response({"model_stats": dataplane.statistics()})
+        return json_response({"model_stats": await dataplane.statistics()})
 
     @model_route("", ["GET"])
     async def model_metadata(request: Request) -> Response:
@@ -171,7 +171,9 @@ def create_fastapi_app(
 
     @model_route("/stats", ["GET"])
     async def model_statistics(request: Request) -> Response:
-        return json_response({"model_stats": dataplane.statistics(*model_and_version(request))})
+        return json_response(
+            {"model_stats": await dataplane.statistics(*model_and_version(request))}
+        )
 
     @model_route("/drift", ["GET"])
     async def model_drift(request: Request) -> Response:

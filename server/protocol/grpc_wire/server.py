@@ -29,8 +29,10 @@ class GrpcWireServer:
         port: int,
         limits: GrpcLimits | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.routes = routes
+        self.reuse_port = reuse_port
         self.ssl_context = ssl_context
         self.host, self.port = host, port
         self.limits = limits or GrpcLimits()
@@ -53,6 +55,7 @@ class GrpcWireServer:
             self.host,
             self.port,
             reuse_address=True,
+            reuse_port=self.reuse_port or None,
             backlog=4096,
             ssl=self.ssl_context,
         )

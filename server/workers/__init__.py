@@ -1,0 +1,1 @@
+"""Several serving processes behaving as one server (`ferry serve --workers N`)."""

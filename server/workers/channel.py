@@ -1,0 +1,97 @@
+"""The control channel between the supervisor and a worker: JSON messages, each prefixed by its
+length, over a Unix socket; either side can ask the other and await the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+logger = logging.getLogger("ferry.workers")
+
+Message = dict[str, Any]
+Handler = Callable[[Message], Awaitable[Any]]
+_LENGTH_BYTES = 4
+
+
+class ChannelClosed(ConnectionError):
+    """The other side went away (a worker died, or the supervisor stopped)."""
+
+
+class RemoteError(RuntimeError):
+    """The other side's handler raised; `kind` and `message` say what it raised."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind, self.message = kind, message
+
+
+class Channel:
+    """One end of a control connection. `handler` answers the other side's requests (its
+    return value is the reply; an exception becomes a RemoteError there)."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handler: Handler
+    ) -> None:
+        self._reader, self._writer, self._handler = reader, writer, handler
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._next_id = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.closed = asyncio.Event()
+
+    async def request(self, message: Message) -> Any:
+        """Send `message` and wait for the reply's value."""
+        if self.closed.is_set():
+            raise ChannelClosed("control channel closed")
+        self._next_id += 1
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[self._next_id] = future
+        self._send({"id": self._next_id, "request": message})
+        try:
+            return await future
+        finally:
+            self._pending.pop(self._next_id, None)
+
+    def _send(self, frame: Message) -> None:
+        body = json.dumps(frame, separators=(",", ":")).encode()
+        self._writer.write(len(body).to_bytes(_LENGTH_BYTES, "big") + body)
+
+    async def run(self) -> None:
+        """Read frames until the connection ends; then fail every pending request."""
+        try:
+            while True:
+                header = await self._reader.readexactly(_LENGTH_BYTES)
+                frame = json.loads(await self._reader.readexactly(int.from_bytes(header, "big")))
+                if "request" in frame:
+                    task = asyncio.create_task(self._answer(frame["id"], frame["request"]))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                else:
+                    future = self._pending.get(frame["id"])
+                    if future is not None and not future.done():
+                        if "error" in frame:
+                            future.set_exception(RemoteError(*frame["error"]))
+                        else:
+                            future.set_result(frame.get("reply"))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.closed.set()
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(ChannelClosed("control channel closed"))
+            self._writer.close()
+
+    async def _answer(self, frame_id: int, message: Message) -> None:
+        try:
+            reply: Message = {"id": frame_id, "reply": await self._handler(message)}
+        except Exception as exc:  # the asker gets it as a RemoteError
+            kind = getattr(exc, "kind", None)
+            text = getattr(exc, "message", None) or str(exc)
+            reply = {"id": frame_id, "error": [str(getattr(kind, "value", kind or "")), text]}
+        if not self.closed.is_set():
+            with contextlib.suppress(ConnectionError):
+                self._send(reply)

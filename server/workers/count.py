@@ -1,0 +1,33 @@
+"""How many workers `ferry serve --workers 0` starts: one per CPU this process may use."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+MAX_AUTO_WORKERS = 8
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def cgroup_cpu_limit(cpu_max: Path = CGROUP_CPU_MAX) -> int | None:
+    """The cgroup v2 CPU quota in whole CPUs, rounded up (a Kubernetes CPU limit); None if none."""
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    return max(1, math.ceil(int(quota) / int(period)))
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity), capped by its cgroup's CPU quota."""
+    cpus = len(os.sched_getaffinity(0))
+    limit = cgroup_cpu_limit()
+    return max(1, cpus if limit is None else min(cpus, limit))
+
+
+def auto_workers() -> int:
+    """One worker per available CPU, at most MAX_AUTO_WORKERS (each holds its own models)."""
+    return min(available_cpus(), MAX_AUTO_WORKERS)

@@ -1,0 +1,147 @@
+"""A worker's side of the control channel: what makes N worker processes one server.
+
+The worker asks the supervisor to gather statistics from every worker and to fan repository
+control out to every worker; the supervisor asks the worker for its own statistics and metric
+families, to load, unload or poll, and tells it when every worker has been ready once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import Metric
+
+from server.errors import ErrorKind, ServingError
+from server.workers.channel import Channel, ChannelClosed, Message, RemoteError
+from server.workers.merge import wire_families
+
+if TYPE_CHECKING:
+    from server.dataplane import DataPlane
+
+logger = logging.getLogger("ferry.workers")
+
+
+def serving_error(exc: RemoteError | ChannelClosed) -> ServingError:
+    """A failure on another worker (or of the channel) as the client should see it."""
+    if isinstance(exc, RemoteError):
+        try:
+            return ServingError(ErrorKind(exc.kind), exc.message)
+        except ValueError:
+            return ServingError(ErrorKind.INTERNAL, exc.message)
+    return ServingError(ErrorKind.UNAVAILABLE, "the server is restarting its workers")
+
+
+class WorkerLink:
+    """Connects one worker to its supervisor; the DataPlane's view of the other workers."""
+
+    def __init__(self, control_path: Path, slot: int) -> None:
+        self.control_path, self.slot = control_path, slot
+        self.every_worker_ready = False  # sticky: a worker restarting later keeps it true
+        self._channel: Channel | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._dataplane: DataPlane | None = None
+        self._collect: Callable[[], Iterable[Metric]] | None = None
+        self._caught_up = asyncio.Event()  # control calls wait for start-up and its replay
+
+    async def connect(
+        self, dataplane: DataPlane, collect: Callable[[], Iterable[Metric]]
+    ) -> list[Message]:
+        """Join the supervisor; returns the repository control calls made before this worker
+        started, to replay once its own start-up load is done."""
+        self._dataplane, self._collect = dataplane, collect
+        reader, writer = await asyncio.open_unix_connection(str(self.control_path))
+        self._channel = Channel(reader, writer, self._handle)
+        self._task = asyncio.create_task(self._channel.run())
+        replay: list[Message] = await self._channel.request(
+            {"op": "hello", "slot": self.slot, "pid": os.getpid()}
+        )
+        return replay
+
+    @property
+    def closed(self) -> asyncio.Event:
+        assert self._channel is not None
+        return self._channel.closed
+
+    async def catch_up(self, replay: list[Message]) -> None:
+        """After this worker's start-up load: the control calls it missed, then live ones."""
+        assert self._dataplane is not None
+        await replay_control(self._dataplane, replay)
+        self._caught_up.set()
+
+    async def announce_ready(self) -> None:
+        """This worker serves; the supervisor answers whether every worker has been ready."""
+        self.every_worker_ready = bool(await self._ask({"op": "ready", "slot": self.slot}))
+
+    async def _ask(self, message: Message) -> Any:
+        if self._channel is None:
+            raise ServingError(ErrorKind.UNAVAILABLE, "this worker is not connected")
+        try:
+            return await self._channel.request(message)
+        except (RemoteError, ChannelClosed) as exc:
+            raise serving_error(exc) from None
+
+    # --- what the DataPlane asks ---------------------------------------------------------------
+
+    async def statistics(self, name: str, version: str) -> list[dict[str, Any]]:
+        """Triton statistics of every worker, merged."""
+        result: list[dict[str, Any]] = await self._ask(
+            {"op": "statistics", "name": name, "version": version}
+        )
+        return result
+
+    async def load_model(
+        self, name: str, config_json: str | None, files: Mapping[str, bytes] | None
+    ) -> None:
+        """Load on every worker; answers once all have (the first failure is raised)."""
+        encoded = {k: base64.b64encode(v).decode() for k, v in (files or {}).items()}
+        await self._ask({"op": "load", "name": name, "config": config_json, "files": encoded})
+
+    async def unload_model(self, name: str) -> None:
+        """Unload on every worker; answers once all have."""
+        await self._ask({"op": "unload", "name": name})
+
+    # --- what the supervisor asks --------------------------------------------------------------
+
+    async def _handle(self, message: Message) -> Any:
+        dataplane = self._dataplane
+        assert dataplane is not None and self._collect is not None
+        op = message["op"]
+        if op == "statistics":
+            return dataplane.local_statistics_or_none(message["name"], message["version"])
+        if op == "families":
+            return wire_families(self._collect())
+        if op == "every_worker_ready":
+            self.every_worker_ready = True
+            return None
+        if op in ("load", "unload", "poll"):
+            await self._caught_up.wait()
+            await apply_control(dataplane, message)
+            return None
+        raise ValueError(f"unknown control request '{op}'")
+
+
+async def apply_control(dataplane: DataPlane, message: Message) -> None:
+    """Run one repository control call on this worker's repository."""
+    repository = dataplane.repository
+    if message["op"] == "load":
+        files = {k: base64.b64decode(v) for k, v in message.get("files", {}).items()}
+        await repository.load(message["name"], message.get("config"), files or None)
+    elif message["op"] == "unload":
+        await repository.unload(message["name"])
+    else:
+        await repository.poll_once()
+
+
+async def replay_control(dataplane: DataPlane, calls: list[Message]) -> None:
+    """Bring a (re)started worker to the repository state the others have."""
+    for call in calls:
+        try:
+            await apply_control(dataplane, call)
+        except ServingError as exc:
+            logger.error("replaying %s '%s': %s", call["op"], call.get("name"), exc.message)
