@@ -165,6 +165,27 @@ async def serve(settings: ServerSettings) -> int:
             return await asyncio.to_thread(monitors.render_metrics)
 
         http_servers.append(_metrics_server(settings, render))
+    async def load_models() -> None:
+        monitors.start()
+        if not model_names(settings.model_repository):
+            logger.warning(
+                "model repository '%s' is empty: no model folders (REPO/NAME/config.pbtxt + "
+                "REPO/NAME/1/model.onnx); serving no models until some are added%s",
+                settings.model_repository,
+                ""
+                if settings.model_control_mode != ModelControlMode.NONE
+                else " and the server restarts",
+            )
+        await repository.start(settings.load_models)
+
+    if link is not None:  # a worker listens once it has its models: none of its requests 503
+        try:
+            replay = await link.connect(dataplane, monitors.registry.collect)
+        except OSError as exc:
+            logger.error("cannot join the supervisor: %s", exc)
+            return 1
+        await load_models()
+        await link.catch_up(replay)
     grpc_server = None
     try:
         if settings.allow_grpc:
@@ -179,7 +200,6 @@ async def serve(settings: ServerSettings) -> int:
                 reuse_port=settings.reuse_port,
             )
             await grpc_server.start()
-        replay = [] if link is None else await link.connect(dataplane, monitors.registry.collect)
         for index, server in enumerate(http_servers):
             sockets = (
                 [reuse_port_socket(settings.http_address, settings.http_port)]
@@ -193,26 +213,15 @@ async def serve(settings: ServerSettings) -> int:
                 raise OSError("an HTTP listener failed to start (is the port in use?)")
             await asyncio.sleep(0.01)
     except (OSError, RuntimeError) as exc:
-        logger.error("cannot start listeners%s: %s", "" if link is None else " or join", exc)
+        logger.error("cannot start listeners: %s", exc)
         for server in http_servers:
             server.should_exit = True
         if grpc_server is not None:
             await grpc_server.stop(0)
         return 1
 
-    monitors.start()
-    if not model_names(settings.model_repository):
-        logger.warning(
-            "model repository '%s' is empty: no model folders (REPO/NAME/config.pbtxt + "
-            "REPO/NAME/1/model.onnx); serving no models until some are added%s",
-            settings.model_repository,
-            ""
-            if settings.model_control_mode != ModelControlMode.NONE
-            else " and the server restarts",
-        )
-    await repository.start(settings.load_models)
-    if link is not None:
-        await link.catch_up(replay)
+    if link is None:
+        await load_models()
     apply_after_startup(settings.gc_policy)
     dataplane.started = True
     if link is not None:

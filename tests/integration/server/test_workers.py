@@ -1,0 +1,247 @@
+"""`ferry serve --workers 2` behaves as one server: statistics and metrics add up, model control
+reaches every worker, a killed worker is replaced while the server stays ready, and SIGTERM
+drains every worker. Requests open fresh connections, so they reach both workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+
+from tests.support.onnx_models import (
+    mlp_model,
+    run_reference,
+    slow_model,
+    two_io_model,
+    write_model,
+)
+from tests.support.server_process import ServerProcess, running_server
+from tests.support.workers import (
+    fresh,
+    metric_value,
+    mlp_request,
+    wait_for_workers,
+    worker_pids,
+)
+
+ATTEMPTS = 30  # fresh connections per "every worker" check: all on one worker has p = 2**-29
+
+
+def answers(server: ServerProcess, path: str) -> Counter[int]:
+    """The statuses of ATTEMPTS fresh-connection GETs of `path`."""
+    return Counter(fresh(f"http://{server.http_url}{path}")[0] for _ in range(ATTEMPTS))
+
+
+def test_statistics_and_metrics_add_up_across_workers(tmp_path: Path) -> None:
+    write_model(tmp_path, "mlp", mlp_model())
+    with running_server(tmp_path, "--workers", "2") as server:
+        assert len(worker_pids(server.process.pid)) == 2
+        url = f"http://{server.http_url}/v2/models/mlp/infer"
+        http_requests, rows = 40, 0
+        for index in range(http_requests):
+            status, _ = fresh(url, mlp_request(1 + index % 3))
+            assert status == 200
+            rows += 1 + index % 3
+        grpc_requests = 12
+        for _ in range(grpc_requests):
+            client = grpcclient.InferenceServerClient(server.grpc_url)  # a new connection each
+            infer_input = grpcclient.InferInput("input", [2, 16], "FP32")
+            infer_input.set_data_from_numpy(np.ones((2, 16), dtype=np.float32))
+            client.infer("mlp", [infer_input])
+            client.close()
+            rows += 2
+        bad = 3
+        for _ in range(bad):
+            assert fresh(url, mlp_request(1, features=15))[0] == 400
+        total = http_requests + grpc_requests
+
+        # every fresh connection (either worker) answers the same, whole-server totals
+        seen = {fresh(f"http://{server.http_url}/v2/models/mlp/stats")[1] for _ in range(8)}
+        stats = [json.loads(body)["model_stats"][0] for body in seen]
+        for entry in stats:
+            assert entry["inference_count"] == rows
+            assert entry["inference_stats"]["success"]["count"] == total
+            assert entry["inference_stats"]["fail"]["count"] == bad
+            batches = sum(b["compute_infer"]["count"] for b in entry["batch_stats"])
+            assert batches == entry["execution_count"] > 0
+        grpc_stats = grpcclient.InferenceServerClient(server.grpc_url).get_inference_statistics(
+            "mlp", as_json=True
+        )["model_stats"][0]
+        assert int(grpc_stats["inference_count"]) == rows
+        assert int(grpc_stats["inference_stats"]["success"]["count"]) == total
+
+        labels = '{model="mlp",version="1"}'
+        metrics = server.metrics_url
+        assert metric_value(metrics, f"nv_inference_request_success{labels}") == total
+        assert metric_value(metrics, f"nv_inference_count{labels}") == rows
+        assert metric_value(metrics, f"nv_inference_exec_count{labels}") == int(
+            grpc_stats["execution_count"]
+        )
+        assert (
+            metric_value(
+                metrics, 'nv_inference_request_failure{model="mlp",version="1",reason="OTHER"}'
+            )
+            == bad
+        )
+        for protocol, count in (("http", http_requests), ("grpc", grpc_requests)):
+            series = f'{{model="mlp",version="1",protocol="{protocol}"}}'
+            assert metric_value(metrics, f"ferry_request_duration_seconds_count{series}") == count
+        assert metric_value(metrics, f"ferry_model_ready{labels}") == 1
+
+
+def test_model_control_reaches_every_worker(tmp_path: Path) -> None:
+    write_model(tmp_path, "mlp", mlp_model())
+    write_model(tmp_path, "two_io", two_io_model())
+    with running_server(
+        tmp_path, "--workers", "2", "--model-control-mode", "explicit", "--load-model", "mlp"
+    ) as server:
+        assert answers(server, "/v2/models/two_io/ready") == {400: ATTEMPTS}
+        grpc = grpcclient.InferenceServerClient(server.grpc_url)
+        grpc.load_model("two_io")  # answers once every worker has it
+        assert answers(server, "/v2/models/two_io/ready") == {200: ATTEMPTS}
+        grpc.unload_model("mlp")
+        assert answers(server, "/v2/models/mlp/ready") == {400: ATTEMPTS}
+        config = json.dumps({"max_batch_size": 2, "platform": "onnxruntime_onnx"})
+        grpc.load_model("two_io", config=config)
+        configs = {fresh(f"http://{server.http_url}/v2/models/two_io/config")[1] for _ in range(20)}
+        assert {json.loads(body)["max_batch_size"] for body in configs} == {2}
+
+        # a worker started later replays those calls: it has what the others have
+        old = set(worker_pids(server.process.pid))
+        os.kill(min(old), signal.SIGKILL)
+        wait_for_workers(server.process.pid, 2, {min(old)})
+        wait_for_log(server, "models ready", 3)
+        assert answers(server, "/v2/models/two_io/ready") == {200: ATTEMPTS}
+        assert answers(server, "/v2/models/mlp/ready") == {400: ATTEMPTS}
+        configs = {fresh(f"http://{server.http_url}/v2/models/two_io/config")[1] for _ in range(20)}
+        assert {json.loads(body)["max_batch_size"] for body in configs} == {2}
+
+
+def test_poll_mode_reaches_every_worker(tmp_path: Path) -> None:
+    write_model(tmp_path, "mlp", mlp_model())
+    with running_server(
+        tmp_path,
+        "--workers",
+        "2",
+        "--model-control-mode",
+        "poll",
+        "--repository-poll-secs",
+        "0.5",
+    ) as server:
+        write_model(tmp_path, "two_io", two_io_model())
+        deadline = time.monotonic() + 60
+        while fresh(f"http://{server.http_url}/v2/models/two_io/ready")[0] != 200:
+            assert time.monotonic() < deadline, "the new model never loaded"
+            time.sleep(0.2)
+        # one poll loads it on every worker at once
+        assert answers(server, "/v2/models/two_io/ready") == {200: ATTEMPTS}
+
+
+def wait_for_log(server: ServerProcess, text: str, times: int, timeout_s: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while server.log().count(text) < times:
+        assert time.monotonic() < deadline, f"'{text}' not logged {times} times:\n{server.log()}"
+        time.sleep(0.1)
+
+
+def test_killed_worker_is_replaced_under_load(tmp_path: Path) -> None:
+    write_model(tmp_path, "mlp", mlp_model())
+    with running_server(tmp_path, "--workers", "2") as server:
+        url = f"http://{server.http_url}/v2/models/mlp/infer"
+        ready_url = f"http://{server.http_url}/v2/health/ready"
+        outcomes: list[tuple[float, int]] = []
+        probes: Counter[int] = Counter()
+        stop = threading.Event()
+
+        def load() -> None:
+            while not stop.is_set():
+                status, _ = fresh(url, mlp_request(1))
+                outcomes.append((time.monotonic(), status))
+
+        def probe() -> None:
+            while not stop.is_set():
+                probes[fresh(ready_url)[0]] += 1
+                time.sleep(0.01)
+
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        threads.append(threading.Thread(target=probe))
+        for thread in threads:
+            thread.start()
+        try:
+            while len(outcomes) < 100:
+                time.sleep(0.01)
+            victim = worker_pids(server.process.pid)[0]
+            killed_at = time.monotonic()
+            os.kill(victim, signal.SIGKILL)
+            wait_for_workers(server.process.pid, 2, {victim})
+            wait_for_log(server, "models ready", 3)
+            replaced_at = time.monotonic()
+            served = len(outcomes)
+            while len(outcomes) < served + 200:
+                time.sleep(0.01)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+        statuses = Counter(status for _, status in outcomes)
+        # in-flight requests of the killed worker lose their connection (status 0); every
+        # request that was answered succeeded
+        assert set(statuses) <= {200, 0}
+        # the other worker kept serving while its peer restarted
+        assert any(killed_at < t < replaced_at and s == 200 for t, s in outcomes)
+        # after the replacement, everything succeeds
+        assert all(s == 200 for t, s in outcomes if t > replaced_at + 1.0)
+        # the server never said it was not ready
+        assert probes[200] > 0 and set(probes) <= {200, 0}
+        assert "exited with -9" in server.log()
+
+
+def test_sigterm_drains_every_worker(tmp_path: Path) -> None:
+    write_model(
+        tmp_path,
+        "slow",
+        slow_model(layers=400),
+        "max_batch_size: 1\n"
+        'parameters { key: "intra_op_thread_count" value: { string_value: "1" } }\n'
+        "dynamic_batching {}\n",
+    )
+    x = np.ones((1, 256), dtype=np.float32)
+    expected = run_reference(tmp_path / "slow" / "1" / "model.onnx", {"input": x})["output"]
+    body = {
+        "inputs": [{"name": "input", "shape": [1, 256], "datatype": "FP32", "data": [1.0] * 256}]
+    }
+    clients = 16
+    with running_server(tmp_path, "--workers", "2") as server:
+        url = f"http://{server.http_url}/v2/models/slow/infer"
+        with ThreadPoolExecutor(clients) as pool:
+            futures = [pool.submit(fresh, url, body, 120.0) for _ in range(clients)]
+            stats_url = f"http://{server.http_url}/v2/models/slow/stats"
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:  # until all are accepted: queued or executed
+                stats = json.loads(fresh(stats_url)[1])["model_stats"][0]
+                pending = metric_value(
+                    server.metrics_url,
+                    'nv_inference_pending_request_count{model="slow",version="1"}',
+                )
+                if pending + stats["execution_count"] + 2 >= clients:  # one running per worker
+                    break
+                time.sleep(0.005)
+            server.process.send_signal(signal.SIGTERM)
+            results = [f.result(timeout=120) for f in futures]
+        for status, answer in results:
+            assert status == 200
+            output = json.loads(answer)["outputs"][0]["data"]
+            np.testing.assert_allclose(np.array(output).reshape(1, -1), expected, rtol=1e-5)
+        assert server.process.wait(timeout=60) == 0
+        log = server.log()
+        for slot in (0, 1):
+            assert f"[worker {slot}]: shutting down" in log
+            assert f"[worker {slot}]: stopped" in log
