@@ -47,13 +47,14 @@ class Channel:
         if self.closed.is_set():
             raise ChannelClosed("control channel closed")
         self._next_id += 1
+        frame_id = self._next_id
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[self._next_id] = future
-        self._send({"id": self._next_id, "request": message})
+        self._pending[frame_id] = future
+        self._send({"id": frame_id, "request": message})
         try:
             return await future
         finally:
-            self._pending.pop(self._next_id, None)
+            self._pending.pop(frame_id, None)
 
     def _send(self, frame: Message) -> None:
         body = json.dumps(frame, separators=(",", ":")).encode()

@@ -18,6 +18,9 @@ from pathlib import Path
 from measure.sweep import serve_command
 
 
+WORKERS_ENV = "FERRY_TEST_WORKERS"
+
+
 def free_port() -> int:
     """A TCP port that was free on 127.0.0.1 a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -94,7 +97,11 @@ def running_server(
     """Run `ferry serve --model-repository REPO ...` on free loopback ports for a `with` block.
 
     `cwd`: where `python -m ferry` starts (its packages come first on sys.path: a benchmark runs
-    another checkout of ferry this way)."""
+    another checkout of ferry this way). FERRY_TEST_WORKERS=N runs every such server with
+    `--workers N` (unless the test names --workers itself)."""
+    workers = os.environ.get(WORKERS_ENV, "")
+    if workers and "--workers" not in extra_args:
+        extra_args = (*extra_args, "--workers", workers)
     http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - outlives this frame, closed below
         prefix="ferry-serve-", suffix=".log", delete=False

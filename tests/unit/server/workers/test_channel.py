@@ -1,0 +1,68 @@
+"""The control channel: requests both ways, failures as RemoteError, a closed peer."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import pytest
+
+from server.errors import ErrorKind, ServingError
+from server.workers.channel import Channel, ChannelClosed, Message, RemoteError
+
+
+async def pair() -> tuple[Channel, Channel, list[asyncio.Task[None]]]:
+    left_sock, right_sock = socket.socketpair()
+
+    async def left_handler(message: Message) -> Any:
+        if message["op"] == "fail":
+            raise ServingError(ErrorKind.INVALID_ARG, "bad model")
+        return {"echo": message["value"] * 2}
+
+    async def right_handler(message: Message) -> Any:
+        return await right.request({"op": "echo", "value": message["value"] + 1})
+
+    left = Channel(*await asyncio.open_unix_connection(sock=left_sock), left_handler)
+    right = Channel(*await asyncio.open_unix_connection(sock=right_sock), right_handler)
+    return left, right, [asyncio.create_task(left.run()), asyncio.create_task(right.run())]
+
+
+def test_requests_both_ways_and_remote_errors() -> None:
+    async def scenario() -> None:
+        left, right, tasks = await pair()
+        assert await right.request({"op": "echo", "value": 2}) == {"echo": 4}
+        # the right side answers by asking the left side back: nested requests do not block
+        assert await left.request({"op": "nested", "value": 1}) == {"echo": 4}
+        with pytest.raises(RemoteError) as error:
+            await right.request({"op": "fail"})
+        assert (error.value.kind, error.value.message) == ("INVALID_ARG", "bad model")
+        many = await asyncio.gather(*(right.request({"op": "echo", "value": i}) for i in range(50)))
+        assert [m["echo"] for m in many] == [2 * i for i in range(50)]
+        for task in tasks:
+            task.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_closed_peer_fails_pending_and_later_requests() -> None:
+    async def scenario() -> None:
+        left_sock, right_sock = socket.socketpair()
+        never = asyncio.Event()
+
+        async def stuck(_: Message) -> Any:
+            await never.wait()
+
+        left = Channel(*await asyncio.open_unix_connection(sock=left_sock), stuck)
+        task = asyncio.create_task(left.run())
+        _reader, writer = await asyncio.open_unix_connection(sock=right_sock)
+        pending = asyncio.create_task(left.request({"op": "x"}))
+        await asyncio.sleep(0.01)
+        writer.close()
+        with pytest.raises(ChannelClosed):
+            await pending
+        await task
+        with pytest.raises(ChannelClosed):
+            await left.request({"op": "y"})
+
+    asyncio.run(scenario())

@@ -1,0 +1,23 @@
+"""`ferry serve --workers 0`: one worker per CPU the process may use."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from server.workers.count import MAX_AUTO_WORKERS, auto_workers, cgroup_cpu_limit
+
+
+def test_cgroup_quota_in_whole_cpus(tmp_path: Path) -> None:
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("150000 100000\n")
+    assert cgroup_cpu_limit(cpu_max) == 2
+    cpu_max.write_text("50000 100000\n")
+    assert cgroup_cpu_limit(cpu_max) == 1
+    cpu_max.write_text("max 100000\n")
+    assert cgroup_cpu_limit(cpu_max) is None
+    assert cgroup_cpu_limit(tmp_path / "missing") is None
+
+
+def test_auto_is_bounded_by_affinity_and_the_cap() -> None:
+    assert 1 <= auto_workers() <= min(len(os.sched_getaffinity(0)), MAX_AUTO_WORKERS)
