@@ -377,6 +377,23 @@ def serve(
     return process, f"127.0.0.1:{ports[0]}", f"127.0.0.1:{ports[1]}", f"127.0.0.1:{ports[2]}"
 
 
+def rss_mb(pid: int) -> dict[str, Any]:
+    """Resident memory of the server process and of its children (the workers of `--workers N`,
+    Python-model processes), in MB, and their total."""
+
+    def one(process: int) -> float:
+        for line in Path(f"/proc/{process}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+        return 0.0
+
+    children_file = Path(f"/proc/{pid}/task/{pid}/children")
+    children = [int(c) for c in children_file.read_text().split()] if children_file.exists() else []
+    sizes = {"server": one(pid), "children": [one(child) for child in children]}
+    sizes["total"] = round(sizes["server"] + sum(sizes["children"]), 1)
+    return sizes
+
+
 def fastapi_baseline(model_path: Path, body: Path, seconds: float) -> dict[str, float]:
     from tests.support.server_process import free_port
 
@@ -522,12 +539,30 @@ def main() -> None:
         help="also measure the real tritonserver of the nvidia-pytriton wheel (auto: if installed)",
     )
     parser.add_argument("--serve-args", default="", help="extra `ferry serve` flags")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="`ferry serve --workers N`: serving processes sharing the ports (rows 'ferryxN')",
+    )
     args = parser.parse_args()
     repo, payload_dir = prepare_artifacts()
-    report: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}, "models": {}}
+    report: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "load_average_1m_at_start": os.getloadavg()[0]},
+        "workers": args.workers,
+        "models": {},
+    }
     protocols = ("http-binary", "http-json", "grpc")
+    label = "ferry" if args.workers == 1 else f"ferryx{args.workers}"
     process, http_url, grpc_url, metrics_url = serve(
-        repo, ["--no-drift", "--loop-lag-probe", *args.serve_args.split()]
+        repo,
+        [
+            "--no-drift",
+            "--loop-lag-probe",
+            "--workers",
+            str(args.workers),
+            *args.serve_args.split(),
+        ],
     )
     try:
         for model in args.models:
@@ -568,8 +603,10 @@ def main() -> None:
                     # and counted as failures by the server: report them, don't call them errors
                     result["server_failures"] = after[2] - before[2]
                     runs[f"{protocol}@{concurrency}"] = result
-                    print_row("ferry", model, protocol, concurrency, result)
+                    print_row(label, model, protocol, concurrency, result)
             report["models"][model] = {"in_process": sweep, "server": runs}
+        report["rss_mb"] = rss_mb(process.pid)
+        print(f"{label} resident memory (MB): {report['rss_mb']}", flush=True)
     finally:
         process.terminate()
         process.wait()
@@ -591,6 +628,7 @@ def main() -> None:
             (payload_dir / "mlp.bin.len").read_text(),
             args.seconds,
         )
+    report["machine"]["load_average_1m_at_end"] = os.getloadavg()[0]
     (ARTIFACTS / "serving.json").write_text(json.dumps(report, indent=2))
     print_ratios(report, max(args.concurrency))
 
@@ -630,7 +668,7 @@ def print_row(
     server: str, model: str, protocol: str, concurrency: int, result: dict[str, Any]
 ) -> None:
     line = (
-        f"{server:6s} {model:8s} {protocol:12s} c={concurrency:<3d} "
+        f"{server:7s} {model:8s} {protocol:12s} c={concurrency:<3d} "
         f"{result['req_per_s']:9.0f} req/s  p50 {result['p50_ms']:6.2f}"
         f"  p90 {result['p90_ms']:6.2f}  p99 {result['p99_ms']:6.2f}"
         f"  p99.9 {result['p999_ms']:6.2f} ms"

@@ -165,6 +165,7 @@ async def serve(settings: ServerSettings) -> int:
             return await asyncio.to_thread(monitors.render_metrics)
 
         http_servers.append(_metrics_server(settings, render))
+
     async def load_models() -> None:
         monitors.start()
         if not model_names(settings.model_repository):

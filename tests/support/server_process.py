@@ -17,7 +17,6 @@ from pathlib import Path
 
 from measure.sweep import serve_command
 
-
 WORKERS_ENV = "FERRY_TEST_WORKERS"
 
 
