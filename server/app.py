@@ -306,6 +306,8 @@ async def _set_when(event: asyncio.Event, target: asyncio.Event) -> None:
 def check_settings(settings: ServerSettings) -> None:
     """Raise ValueError, naming the flag, for settings out of range (before anything starts)."""
     http_limits(settings)
+    if settings.workers > 1 and 0 in (settings.http_port, settings.grpc_port):
+        raise ValueError("--workers > 1 needs fixed --http-port and --grpc-port (not 0)")
 
 
 def run_server(settings: ServerSettings) -> int:
