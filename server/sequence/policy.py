@@ -16,7 +16,7 @@ from server.repository_format import DATATYPE_BY_CONFIG_TYPE, ModelConfig, Model
 from server.types import NUMPY_DTYPE_BY_DATATYPE, TensorSpec
 
 # ModelSequenceBatching.Control.Kind values (model_config.proto)
-START, END, READY, CORRID = 0, 1, 2, 3
+START, READY, END, CORRID = 0, 1, 2, 3
 KIND_NAMES = {
     START: "CONTROL_SEQUENCE_START",
     END: "CONTROL_SEQUENCE_END",

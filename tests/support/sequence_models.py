@@ -158,7 +158,8 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             def control(name):
-                return int(pb_utils.get_input_tensor_by_name(request, name).as_numpy().reshape(-1)[0])
+                tensor = pb_utils.get_input_tensor_by_name(request, name)
+                return int(tensor.as_numpy().reshape(-1)[0])
 
             value = pb_utils.get_input_tensor_by_name(request, "INPUT").as_numpy().reshape(-1)
             corrid = control("CORRID")
