@@ -557,9 +557,7 @@ class SequenceBatcher:
             )
             step.future.set_result((outcome, timing))
         if self._on_batch is not None:
-            self._on_batch(
-                BatchResult(len(rows), len(real), t_in, t_infer, t_out, error is None)
-            )
+            self._on_batch(BatchResult(len(rows), len(real), t_in, t_infer, t_out, error is None))
         self._update_idle()
         self._kick(lane)
 

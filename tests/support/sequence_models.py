@@ -219,3 +219,27 @@ def write_accumulator(repository: Path, name: str = "accumulator", **options: ob
     (model_dir / "1" / "model.py").write_text(ACCUMULATOR_MODEL_PY)
     (model_dir / "config.pbtxt").write_text(accumulator_config(name, **options))  # type: ignore[arg-type]
     return model_dir
+
+
+def run_alone_in_onnxruntime(model_path: Path, steps: np.ndarray, corrid: int = 1) -> np.ndarray:
+    """OUTPUT of one sequence run alone in in-process ONNX Runtime, the state carried by hand."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    state = np.zeros((1, HIDDEN), np.float32)
+    outputs = []
+    for t, x in enumerate(steps):
+        flag = np.array([[1]], np.int32)
+        output, state = session.run(
+            ["OUTPUT", "STATE_OUT"],
+            {
+                "INPUT": x.reshape(1, INPUT_SIZE).astype(np.float32),
+                "STATE_IN": state,
+                "START": flag * (t == 0),
+                "END": flag * (t == len(steps) - 1),
+                "READY": flag,
+                "CORRID": np.array([[corrid]], np.uint64),
+            },
+        )
+        outputs.append(output[0])
+    return np.stack(outputs)
