@@ -144,6 +144,9 @@ def run_export(options: ExportOptions, listener: StageListener | None = None) ->
                 f"max abs error {parity.max_abs_error():.2e} "
                 f"({parity.max_error_to_scale():.1e} of the output scale)"
             )
+            extra_report = (
+                options.extra_verify(prepared, model_path) if options.extra_verify else {}
+            )
         with stage("write", f"writing {model_dir}") as detail:
             reference_name = None
             if reference is not None:
@@ -172,6 +175,7 @@ def run_export(options: ExportOptions, listener: StageListener | None = None) ->
                 generated_inputs={name: r.to_json() for name, r in prepared.ranges.items()},
                 notes=notes,
             )
+            report.update(extra_report)
             write_report(version_files / EXPORT_REPORT_FILENAME, report)
             config = repository.build_config(
                 options.name,
@@ -180,6 +184,8 @@ def run_export(options: ExportOptions, listener: StageListener | None = None) ->
                 options.max_batch_size,
                 repository.existing_config(model_dir),
             )
+            if options.edit_config is not None:
+                options.edit_config(config)
             version_dir = repository.publish(
                 options.repository, options.name, version, version_files, config, options.overwrite
             )
