@@ -243,3 +243,44 @@ def run_alone_in_onnxruntime(model_path: Path, steps: np.ndarray, corrid: int = 
         )
         outputs.append(output[0])
     return np.stack(outputs)
+
+
+STATE_SUM_MODEL_PY = '''\
+"""A running sum kept as implicit state: OUTPUT = STATE_OUT = STATE_IN + INPUT."""
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            value = pb_utils.get_input_tensor_by_name(request, "INPUT").as_numpy()
+            state = pb_utils.get_input_tensor_by_name(request, "STATE_IN").as_numpy()
+            total = state + value
+            responses.append(pb_utils.InferenceResponse(
+                [pb_utils.Tensor("OUTPUT", total), pb_utils.Tensor("STATE_OUT", total)]))
+        return responses
+'''
+
+
+def write_state_sum(repository: Path, name: str = "state_sum") -> Path:
+    """REPO/NAME: a Python model whose running sum is implicit state kept by the server."""
+    model_dir = repository / name
+    (model_dir / "1").mkdir(parents=True, exist_ok=True)
+    (model_dir / "1" / "model.py").write_text(STATE_SUM_MODEL_PY)
+    (model_dir / "config.pbtxt").write_text(
+        f"""
+name: "{name}"
+backend: "python"
+max_batch_size: 4
+input [{{ name: "INPUT" data_type: TYPE_INT32 dims: [1] }}]
+output [{{ name: "OUTPUT" data_type: TYPE_INT32 dims: [1] }}]
+sequence_batching {{
+  state [{{ input_name: "STATE_IN" output_name: "STATE_OUT" data_type: TYPE_INT32 dims: [1]
+            initial_state {{ name: "ten" data_type: TYPE_INT32 dims: [1] data_file: "ten" }} }}]
+}}
+"""
+    )
+    (model_dir / "initial_state").mkdir(exist_ok=True)
+    (model_dir / "initial_state" / "ten").write_bytes((10).to_bytes(4, "little"))
+    return model_dir

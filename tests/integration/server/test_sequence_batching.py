@@ -20,7 +20,12 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests.support.sequence_models import INPUT_SIZE, run_alone_in_onnxruntime, write_rnn_cell
+from tests.support.sequence_models import (
+    INPUT_SIZE,
+    run_alone_in_onnxruntime,
+    write_rnn_cell,
+    write_state_sum,
+)
 from tests.support.server_process import ServerProcess, running_server
 
 pytestmark = pytest.mark.slow
@@ -45,6 +50,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("sequences")
     for name, options in MODELS.items():
         write_rnn_cell(root, name, **options)
+    write_state_sum(root)
     return root
 
 
@@ -297,3 +303,21 @@ def test_reload_and_unload_drop_live_sequences(tmp_path: Path) -> None:
         client.unload_model("rnn")
         status, _ = status_of(lambda: client.infer("rnn", inputs_for(httpclient, x), sequence_id=2))
         assert status in ("400", "404", "503")
+
+
+def test_python_model_with_implicit_state_from_a_data_file(server: ServerProcess) -> None:
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+
+    def add(sid: int, value: int, **flags: bool) -> int:
+        tensor = grpcclient.InferInput("INPUT", [1, 1], "INT32")
+        tensor.set_data_from_numpy(np.array([[value]], np.int32))
+        result = client.infer("state_sum", [tensor], sequence_id=sid, **flags)
+        return int(result.as_numpy("OUTPUT")[0, 0])
+
+    # two interleaved sequences, each from the initial state 10 read from initial_state/ten
+    assert add(1, 1, sequence_start=True) == 11
+    assert add(2, 5, sequence_start=True) == 15
+    assert add(1, 2) == 13
+    assert add(2, 5, sequence_end=True) == 20
+    assert add(1, 3, sequence_end=True) == 16
+    client.close()
