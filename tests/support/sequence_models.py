@@ -11,6 +11,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from tests.support.onnx_models import write_model
+from tests.support.python_models import write_python_model
 
 INPUT_SIZE = 4
 HIDDEN = 6
@@ -191,7 +192,6 @@ def accumulator_config(name: str, idle_us: int = 0, strategy: str = "direct { }"
     idle = f"max_sequence_idle_microseconds: {idle_us}" if idle_us else ""
     return f"""
 name: "{name}"
-backend: "python"
 max_batch_size: 4
 input [{{ name: "INPUT" data_type: TYPE_INT32 dims: [1] }}]
 output [
@@ -214,11 +214,8 @@ sequence_batching {{
 
 def write_accumulator(repository: Path, name: str = "accumulator", **options: object) -> Path:
     """REPO/NAME: the Python accumulator (options: accumulator_config)."""
-    model_dir = repository / name
-    (model_dir / "1").mkdir(parents=True, exist_ok=True)
-    (model_dir / "1" / "model.py").write_text(ACCUMULATOR_MODEL_PY)
-    (model_dir / "config.pbtxt").write_text(accumulator_config(name, **options))  # type: ignore[arg-type]
-    return model_dir
+    config = accumulator_config(name, **options)  # type: ignore[arg-type]
+    return write_python_model(repository, name, ACCUMULATOR_MODEL_PY, config)
 
 
 def run_alone_in_onnxruntime(model_path: Path, steps: np.ndarray, corrid: int = 1) -> np.ndarray:
@@ -265,13 +262,11 @@ class TritonPythonModel:
 
 def write_state_sum(repository: Path, name: str = "state_sum") -> Path:
     """REPO/NAME: a Python model whose running sum is implicit state kept by the server."""
-    model_dir = repository / name
-    (model_dir / "1").mkdir(parents=True, exist_ok=True)
-    (model_dir / "1" / "model.py").write_text(STATE_SUM_MODEL_PY)
-    (model_dir / "config.pbtxt").write_text(
-        f"""
-name: "{name}"
-backend: "python"
+    model_dir = write_python_model(
+        repository,
+        name,
+        STATE_SUM_MODEL_PY,
+        f"""name: "{name}"
 max_batch_size: 4
 input [{{ name: "INPUT" data_type: TYPE_INT32 dims: [1] }}]
 output [{{ name: "OUTPUT" data_type: TYPE_INT32 dims: [1] }}]
@@ -279,7 +274,7 @@ sequence_batching {{
   state [{{ input_name: "STATE_IN" output_name: "STATE_OUT" data_type: TYPE_INT32 dims: [1]
             initial_state {{ name: "ten" data_type: TYPE_INT32 dims: [1] data_file: "ten" }} }}]
 }}
-"""
+""",
     )
     (model_dir / "initial_state").mkdir(exist_ok=True)
     (model_dir / "initial_state" / "ten").write_bytes((10).to_bytes(4, "little"))
