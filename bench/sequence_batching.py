@@ -34,6 +34,9 @@ INPUT_SIZE = 64
 OUTPUT_SIZE = 16
 SEQUENCE_STEPS = 200
 TARGET = 0.8
+# ONNX Runtime's intra-op threads spin between runs by default: on a machine with few cores they
+# take the CPU the server's event loop needs to answer the other half of the sequences
+DEFAULT_PARAMETERS = ("session.intra_op.allow_spinning=0",)
 
 
 def gru_step_model(hidden: int, seed: int = 0) -> onnx.ModelProto:
@@ -83,7 +86,7 @@ def gru_step_model(hidden: int, seed: int = 0) -> onnx.ModelProto:
     return model
 
 
-def write_repository(root: Path, hidden: int) -> Path:
+def write_repository(root: Path, hidden: int, parameters: dict[str, str] | None = None) -> Path:
     model_dir = root / "gru"
     (model_dir / "1").mkdir(parents=True, exist_ok=True)
     onnx.save(gru_step_model(hidden), str(model_dir / "1" / "model.onnx"))
@@ -92,6 +95,7 @@ def write_repository(root: Path, hidden: int) -> Path:
 input [{{ name: "INPUT" data_type: TYPE_FP32 dims: [{INPUT_SIZE}] }}]
 output [{{ name: "OUTPUT" data_type: TYPE_FP32 dims: [{OUTPUT_SIZE}] }}]
 instance_group [{{ kind: KIND_CPU count: 1 }}]
+{_parameters(parameters or {})}
 sequence_batching {{
   max_sequence_idle_microseconds: 1000000
   direct {{ }}
@@ -102,6 +106,13 @@ sequence_batching {{
 """
     )
     return root
+
+
+def _parameters(parameters: dict[str, str]) -> str:
+    return "\n".join(
+        f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}'
+        for k, v in parameters.items()
+    )
 
 
 def in_process_steps_per_s(model_path: Path, hidden: int, seconds: float) -> float:
@@ -226,10 +237,18 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="per measurement (>= 3)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--hidden", type=int, default=1024, help="GRU hidden size")
+    parser.add_argument(
+        "--parameter",
+        action="append",
+        default=list(DEFAULT_PARAMETERS),
+        metavar="KEY=VALUE",
+        help="a config.pbtxt parameter of the served model (e.g. intra_op_thread_count=1)",
+    )
     args = parser.parse_args()
     args.seconds = max(args.seconds, 3.0)
     ARTIFACTS.mkdir(exist_ok=True)
-    repo = write_repository(ARTIFACTS / "sequence_repository", args.hidden)
+    parameters = dict(item.split("=", 1) for item in args.parameter)
+    repo = write_repository(ARTIFACTS / "sequence_repository", args.hidden, parameters)
     model_path = repo / "gru" / "1" / "model.onnx"
     process, http_url, _ = serve(repo, ["--no-drift"])
     rounds: list[dict[str, Any]] = []
@@ -269,6 +288,7 @@ def main() -> None:
     report = {
         "machine": {"cpus": os.cpu_count()},
         "model": {"hidden": args.hidden, "input": INPUT_SIZE, "output": OUTPUT_SIZE},
+        "parameters": parameters,
         "concurrency": CONCURRENCY,
         "sequence_steps": SEQUENCE_STEPS,
         "rounds": rounds,

@@ -155,6 +155,7 @@ class SequenceBatcher:
         self._reaper_at = math.inf
         self._idle = asyncio.Event()
         self._idle.set()
+        self._variable_states = any(-1 in state.dims for state in policy.states)
         self.starts = self.ends = self.idle_releases = 0
 
     # --- what the data plane and the repository see ----------------------------------------
@@ -379,7 +380,8 @@ class SequenceBatcher:
         ]
 
     def _shape_key(self, step: _Step) -> tuple[Any, ...]:
-        if not self.policy.states:
+        """Rows batch together when their inputs (and variable-size states) have one shape."""
+        if not self._variable_states:
             return step.shape
         states = self.assembler.row_states(step)
         return (step.shape, tuple(array.shape for array in states.values()))

@@ -93,13 +93,17 @@ class BatchAssembler:
     def row_extras(self, rows: Sequence[SequenceRow | None]) -> list[dict[str, np.ndarray]]:
         """Per row, its control and state tensors (each with a batch dim of 1 when batching):
         what a request runtime receives added to each request's inputs."""
+        first = self.row_states(next(r for r in rows if r is not None))
         extras: list[dict[str, np.ndarray]] = []
         for row in rows:
             controls = [controls_of(row)]
             extra = {
                 c.name: control_array(c, controls, self.batching) for c in self.policy.controls
             }
-            extra.update(self.row_states(row))
+            if row is None:
+                extra.update({name: np.zeros_like(value) for name, value in first.items()})
+            else:
+                extra.update(self.row_states(row))
             extras.append(extra)
         return extras
 
@@ -127,11 +131,16 @@ class BatchAssembler:
         controls = [controls_of(r) for r in rows]
         for control in self.policy.controls:
             feeds[control.name] = control_array(control, controls, self.batching)
+        states = [self.row_states(r) if r is not None else None for r in rows]
+        first_states = self.row_states(first)
         for state in self.policy.states:
-            values = [self.row_states(r)[state.input_name] for r in rows]
-            feeds[state.input_name] = (
-                values[0] if len(values) == 1 else np.concatenate(values, axis=0)
-            )
+            name = state.input_name
+            # a null row's state has the shape of the first real row's (variable-size states)
+            values = [
+                own[name] if own is not None else np.zeros_like(first_states[name])
+                for own in states
+            ]
+            feeds[name] = values[0] if len(values) == 1 else np.concatenate(values, axis=0)
         return feeds
 
     def split(

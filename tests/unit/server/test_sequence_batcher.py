@@ -406,3 +406,51 @@ def test_bad_sequence_configs_get_tritons_messages(original: str, tmp_path: Path
     with pytest.raises(ValueError) as caught:
         SequencePolicy.from_config(parse_config(config.replace(original, replacement, 1)), tmp_path)
     assert message in str(caught.value)
+
+
+class GrowingRuntime:
+    """STATE_OUT = STATE_IN with the step's first input value appended (the state grows)."""
+
+    def __init__(self) -> None:
+        self.widths: list[list[int]] = []
+
+    def infer(
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        state = np.concatenate([inputs["STATE_IN"], inputs["INPUT"][:, :1]], axis=1)
+        self.widths.append([state.shape[1]] * len(state))
+        return {"OUTPUT": state.sum(axis=1, keepdims=True), "STATE_OUT": state}
+
+    def close(self) -> None:
+        pass
+
+
+def test_variable_size_states_batch_only_with_their_own_size() -> None:
+    config = parse_config(
+        """
+name: "grow"
+max_batch_size: 8
+input [{ name: "INPUT" data_type: TYPE_FP32 dims: [4] }]
+output [{ name: "OUTPUT" data_type: TYPE_FP32 dims: [1] }]
+sequence_batching {
+  state [{ input_name: "STATE_IN" output_name: "STATE_OUT" data_type: TYPE_FP32 dims: [-1] }]
+}
+"""
+    )
+
+    async def scenario() -> None:
+        runtime = GrowingRuntime()
+        batcher = SequenceBatcher([runtime], SequencePolicy.from_config(config), ["OUTPUT"])
+        x = np.ones(INPUT_SIZE, np.float32)
+        await send(batcher, 1, x, start=True)
+        await send(batcher, 1, x)  # sequence 1 now has a longer state than a new one
+        one, two = await asyncio.gather(send(batcher, 1, x), send(batcher, 2, x, start=True))
+        # the initial state is one zero (a variable dim starts at 1); each step appends a 1
+        assert float(one["OUTPUT"][0, 0]) == 3.0 and float(two["OUTPUT"][0, 0]) == 1.0
+        assert all(len(set(widths)) == 1 for widths in runtime.widths)
+        # slot 1 alone: slot 0 is a null row, its state shaped as slot 1's
+        three = await send(batcher, 2, x)
+        assert float(three["OUTPUT"][0, 0]) == 2.0 and runtime.widths[-1] == [3, 3]
+        await batcher.drain()
+
+    asyncio.run(scenario())
