@@ -266,6 +266,8 @@ class SequenceBatcher:
                 f"inference request to model '{request.model_name}' must specify batch-size 1 "
                 "due to requirements of sequence batcher"
             )
+        if isinstance(sequence_id, int) and sequence_id >= 2**64:
+            raise invalid("parameter 'sequence_id' must be an unsigned 64-bit integer or a string")
         if sequence_id == 0 or sequence_id == "":
             raise invalid(
                 f"inference request to model '{request.model_name}' must specify a non-zero or "

@@ -162,6 +162,7 @@ def test_triton_errors() -> None:
             "zero": (step_request(0, x, start=True), 1),
             "string on UINT64": (step_request("abc", x, start=True), 1),
             "batch of two": (step_request(7, np.ones((2, INPUT_SIZE), np.float32), True), 2),
+            "beyond uint64": (step_request(2**64, x, start=True), 1),
         }
         messages = {}
         for label, (request, rows) in cases.items():
