@@ -27,9 +27,9 @@ import heapq
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
@@ -37,9 +37,12 @@ import numpy as np
 from server.batching import BatchResult, RequestTiming
 from server.errors import ErrorKind, ServingError, invalid
 from server.runtimes import RequestRuntime, Runtime
+from server.sequence.execution import execute_batch, execute_requests
 from server.sequence.policy import SequencePolicy
+from server.sequence.slots import Lane, LiveSequence, Step
+from server.sequence.strategies import direct_rows, oldest_rows
 from server.sequence.tensors import BatchAssembler
-from server.types import InferenceRequest, RequestedOutput
+from server.types import InferenceRequest
 
 logger = logging.getLogger(__name__)
 
@@ -48,65 +51,6 @@ REAPER_MIN_INTERVAL_S = 0.001
 STOPPING_MESSAGE = (
     "Server is stopping, scheduler for model has stopped accepting new inference requests"
 )
-
-
-class _Sequence:
-    """One live sequence: where it runs, its queued requests and its state."""
-
-    __slots__ = ("corrid", "deadline", "lane", "last_seen", "queue", "slot", "state")
-
-    def __init__(self, corrid: int | str) -> None:
-        self.corrid = corrid
-        self.queue: collections.deque[_Step | None] = collections.deque()  # None: release
-        self.state: dict[str, np.ndarray] | None = None
-        self.last_seen = 0.0
-        self.lane: _Lane | None = None  # None: in the backlog
-        self.slot = -1
-        self.deadline = math.inf  # backlog expiry (the requests' timeouts)
-
-
-class _Step:
-    """One request of a sequence, queued."""
-
-    __slots__ = ("end", "enqueued_at", "future", "inputs", "request", "sequence", "shape", "start")
-
-    def __init__(
-        self,
-        sequence: _Sequence,
-        inputs: Mapping[str, np.ndarray],
-        request: InferenceRequest,
-        future: asyncio.Future[Any],
-    ) -> None:
-        self.sequence = sequence
-        self.inputs = inputs
-        self.request = request
-        self.future = future
-        self.start = request.sequence_start
-        self.end = request.sequence_end
-        self.enqueued_at = time.perf_counter()
-        self.shape = tuple((name, array.shape) for name, array in inputs.items())
-
-    @property
-    def corrid(self) -> int | str:
-        return self.sequence.corrid
-
-    @property
-    def state(self) -> dict[str, np.ndarray] | None:
-        return self.sequence.state
-
-
-class _Lane:
-    """One model instance and its batch slots."""
-
-    __slots__ = ("busy", "index", "kicked", "runtime", "slots", "timer")
-
-    def __init__(self, index: int, runtime: Runtime | RequestRuntime, slots: int) -> None:
-        self.index = index
-        self.runtime = runtime
-        self.slots: list[_Sequence | None] = [None] * slots
-        self.busy = False
-        self.kicked = False
-        self.timer: asyncio.TimerHandle | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,13 +77,13 @@ class SequenceBatcher:
             raise ValueError("a sequence batcher needs at least one runtime instance")
         self.policy = policy
         self.assembler = BatchAssembler(policy, output_names)
-        self._lanes = [_Lane(i, r, policy.slots_per_instance) for i, r in enumerate(runtimes)]
+        self._lanes = [Lane(i, r, policy.slots_per_instance) for i, r in enumerate(runtimes)]
         self._free: list[tuple[int, int]] = [
             (slot, lane.index) for slot in range(policy.slots_per_instance) for lane in self._lanes
         ]
         heapq.heapify(self._free)
-        self._live: dict[tuple[type, int | str], _Sequence] = {}
-        self._backlog: collections.deque[_Sequence] = collections.deque()
+        self._live: dict[tuple[type, int | str], LiveSequence] = {}
+        self._backlog: collections.deque[LiveSequence] = collections.deque()
         self._backlog_requests = 0
         self._queued = 0
         self._executing = 0
@@ -222,14 +166,14 @@ class SequenceBatcher:
             )
         now = time.perf_counter()
         if sequence is None:
-            sequence = _Sequence(request.sequence_id)
+            sequence = LiveSequence(request.sequence_id)
             if self._free:
                 slot, lane_index = heapq.heappop(self._free)
                 self._assign(sequence, self._lanes[lane_index], slot)
             else:
                 self._backlog.append(sequence)
         future: asyncio.Future[Any] = self._loop.create_future()
-        sequence.queue.append(_Step(sequence, inputs, request, future))
+        sequence.queue.append(Step(sequence, inputs, request, future))
         sequence.last_seen = now
         if sequence.lane is None:
             self._backlog_requests += 1
@@ -276,11 +220,11 @@ class SequenceBatcher:
 
     # --- slots, backlog and the idle reaper ----------------------------------------------
 
-    def _assign(self, sequence: _Sequence, lane: _Lane, slot: int) -> None:
+    def _assign(self, sequence: LiveSequence, lane: Lane, slot: int) -> None:
         sequence.lane, sequence.slot = lane, slot
         lane.slots[slot] = sequence
 
-    def _release(self, lane: _Lane, slot: int) -> None:
+    def _release(self, lane: Lane, slot: int) -> None:
         """Give a freed slot to the oldest backlogged sequence, or back to the free slots."""
         lane.slots[slot] = None
         while self._backlog:
@@ -327,7 +271,7 @@ class SequenceBatcher:
         if next_at != math.inf:
             self._arm_reaper(next_at)
 
-    def _expire(self, sequence: _Sequence) -> None:
+    def _expire(self, sequence: LiveSequence) -> None:
         """A backlogged sequence's timeout passed: its requests fail, as Triton's."""
         self._backlog.remove(sequence)
         key = _key(sequence.corrid)
@@ -347,12 +291,12 @@ class SequenceBatcher:
 
     # --- batches -----------------------------------------------------------------------
 
-    def _kick(self, lane: _Lane) -> None:
+    def _kick(self, lane: Lane) -> None:
         if not lane.kicked:
             lane.kicked = True
             self._loop.call_soon(self._run, lane)
 
-    def _run(self, lane: _Lane) -> None:
+    def _run(self, lane: Lane) -> None:
         lane.kicked = False
         if lane.timer is not None:
             lane.timer.cancel()
@@ -367,74 +311,21 @@ class SequenceBatcher:
                 self._release(lane, slot)
             elif not self._accepting and not sequence.queue:  # draining: no more will come
                 self._release(lane, slot)
-        rows = self._form_oldest(lane) if self.policy.oldest else self._form_direct(lane)
+        form = oldest_rows if self.policy.oldest else direct_rows
+        rows, wait_s = form(lane, self.policy, self._shape_key)
         if rows:
             self._dispatch(lane, rows)
+        elif wait_s is not None:
+            lane.timer = self._loop.call_later(max(wait_s, 0.0), self._kick, lane)
 
-    def _wait(self, lane: _Lane, delay_s: float) -> None:
-        lane.timer = self._loop.call_later(max(delay_s, 0.0), self._kick, lane)
-
-    def _fronts(self, lane: _Lane) -> list[tuple[int, _Step]]:
-        return [
-            (slot, s.queue[0])
-            for slot, s in enumerate(lane.slots)
-            if s is not None and s.queue and s.queue[0] is not None
-        ]
-
-    def _shape_key(self, step: _Step) -> tuple[Any, ...]:
+    def _shape_key(self, step: Step) -> Hashable:
         """Rows batch together when their inputs (and variable-size states) have one shape."""
         if not self._variable_states:
             return step.shape
         states = self.assembler.row_states(step)
         return (step.shape, tuple(array.shape for array in states.values()))
 
-    def _form_direct(self, lane: _Lane) -> list[_Step | None]:
-        ready = self._fronts(lane)
-        if not ready:
-            return []
-        policy = self.policy
-        if policy.max_queue_delay_s > 0 and policy.minimum_slot_utilization > 0:
-            waited = time.perf_counter() - min(step.enqueued_at for _, step in ready)
-            utilization = len(ready) / max(1, policy.max_batch_size)
-            if waited <= policy.max_queue_delay_s and utilization < policy.minimum_slot_utilization:
-                self._wait(lane, policy.max_queue_delay_s - waited)
-                return []
-        key = self._shape_key(ready[0][1])
-        chosen = [(slot, step) for slot, step in ready if self._shape_key(step) == key]
-        rows: list[_Step | None] = [None] * (chosen[-1][0] + 1)
-        for slot, step in chosen:
-            rows[slot] = step
-        return rows
-
-    def _form_oldest(self, lane: _Lane) -> list[_Step | None]:
-        fronts = sorted((step for _, step in self._fronts(lane)), key=lambda s: s.enqueued_at)
-        if not fronts:
-            return []
-        policy = self.policy
-        capacity = max(1, policy.max_batch_size)
-        key = self._shape_key(fronts[0])
-        taken: list[_Step | None] = []
-        best_cut = 0
-        forced = False
-        for step in fronts:
-            if len(taken) == capacity:
-                break
-            if self._shape_key(step) != key:
-                forced = True
-                break
-            taken.append(step)
-            if len(taken) in policy.preferred_batch_sizes:
-                best_cut = len(taken)
-        waited = time.perf_counter() - fronts[0].enqueued_at
-        delay = policy.max_queue_delay_s
-        if best_cut and waited < delay:
-            return taken[:best_cut]
-        if forced or len(taken) >= policy.preferred_batch_sizes[-1] or waited >= delay:
-            return taken
-        self._wait(lane, delay - waited)
-        return []
-
-    def _dispatch(self, lane: _Lane, rows: list[_Step | None]) -> None:
+    def _dispatch(self, lane: Lane, rows: list[Step | None]) -> None:
         real = [step for step in rows if step is not None]
         for step in real:
             step.sequence.queue.popleft()
@@ -452,87 +343,19 @@ class SequenceBatcher:
 
         if self._executes_requests:
             task = self._loop.create_task(
-                self._execute_requests(cast(RequestRuntime, lane.runtime), rows)
+                execute_requests(self.assembler, cast(RequestRuntime, lane.runtime), rows)
             )
             task.add_done_callback(on_done)
             return
         future = self._loop.run_in_executor(
-            self._executor, self._execute, cast(Runtime, lane.runtime), rows
+            self._executor, execute_batch, self.assembler, cast(Runtime, lane.runtime), rows
         )
         future.add_done_callback(on_done)
 
-    def _execute(
-        self, runtime: Runtime, rows: list[_Step | None]
-    ) -> tuple[list[Any], tuple[float, float, float]]:
-        """Worker thread: run one batch; each sequence takes its new state."""
-        t0 = time.perf_counter()
-        feeds = self.assembler.feeds(rows)
-        t1 = time.perf_counter()
-        outputs = runtime.infer(feeds, self.assembler.runtime_outputs)
-        t2 = time.perf_counter()
-        try:
-            self.assembler.check_rows(outputs, len(rows))
-        except ValueError as exc:
-            raise ServingError(ErrorKind.INTERNAL, str(exc)) from None
-        results = self.assembler.split(rows, outputs)
-        per_request: list[Any] = []
-        for step, (own, state) in zip((r for r in rows if r is not None), results, strict=True):
-            if self.policy.states:
-                step.sequence.state = state
-            per_request.append(own)
-        return per_request, (t1 - t0, t2 - t1, time.perf_counter() - t2)
-
-    async def _execute_requests(
-        self, runtime: RequestRuntime, rows: list[_Step | None]
-    ) -> tuple[list[Any], tuple[float, float, float]]:
-        """A Python model gets each row as a request with the control (and state) tensors
-        among its inputs; a null row is a copy of the first request with zeros."""
-        first = next(r for r in rows if r is not None)
-        requests = []
-        requested = self._requested_with_states()
-        for row, extra in zip(rows, self.assembler.row_extras(rows), strict=True):
-            if row is None:
-                base = replace(
-                    first.request,
-                    inputs={n: np.zeros_like(a) for n, a in first.inputs.items()},
-                    id="",
-                    sequence_id=0,
-                    sequence_start=False,
-                    sequence_end=False,
-                )
-            else:
-                base = row.request
-            requests.append(
-                replace(
-                    base,
-                    inputs={**base.inputs, **extra},
-                    requested_outputs=requested or base.requested_outputs,
-                )
-            )
-        t0 = time.perf_counter()
-        outcomes = await runtime.execute(requests)
-        t1 = time.perf_counter()
-        per_request: list[Any] = []
-        for row, outcome in zip(rows, outcomes, strict=True):
-            if row is None:
-                continue
-            if isinstance(outcome, dict):
-                if self.policy.states:
-                    row.sequence.state = self.assembler.new_state(outcome)
-                outcome = self.assembler.request_outputs(outcome)
-            per_request.append(outcome)
-        return per_request, (0.0, t1 - t0, 0.0)
-
-    def _requested_with_states(self) -> tuple[RequestedOutput, ...] | None:
-        """A model with implicit state is asked for every output and the state outputs."""
-        if not self.policy.states:
-            return None
-        return tuple(RequestedOutput(name) for name in self.assembler.runtime_outputs)
-
     def _complete(
         self,
-        lane: _Lane,
-        rows: list[_Step | None],
+        lane: Lane,
+        rows: list[Step | None],
         result: Any,
         error: BaseException | None,
         dispatched_at: float,
