@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from exporters.prepare import PreparedModel
-    from server.repository_format import ModelConfig
-
-# A further check of the exported file (after the parity gate): raises ExportError to refuse
-# it, or returns a section for export_report.json. A stateful export checks whole sequences.
-ExtraVerify = Callable[["PreparedModel", Path], dict[str, Any]]
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -40,7 +32,3 @@ class ExportOptions:
     overwrite: bool = False
     trust_pickled_module: bool = False
     seed: int = 0
-    # hooks of variants of the export (exporters/stateful.py): a check of the exported file and
-    # a final edit of config.pbtxt
-    extra_verify: ExtraVerify | None = None
-    edit_config: Callable[[ModelConfig], None] | None = None

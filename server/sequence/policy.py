@@ -11,9 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tritonclient.grpc.model_config_pb2 import ModelInput, ModelOutput
 
-from server.repository_format import DATATYPE_BY_CONFIG_TYPE, ModelConfig, ModelConfigError
-from server.types import NUMPY_DTYPE_BY_DATATYPE, TensorSpec
+from server.repository_format import (
+    CONFIG_TYPE_BY_DATATYPE,
+    DATATYPE_BY_CONFIG_TYPE,
+    ModelConfig,
+    ModelConfigError,
+)
+from server.types import NUMPY_DTYPE_BY_DATATYPE
 
 # ModelSequenceBatching.Control.Kind values (model_config.proto)
 START, READY, END, CORRID = 0, 1, 2, 3
@@ -318,26 +324,26 @@ def _deserialize_strings(data: bytes, shape: tuple[int, ...], path: Path) -> np.
     return np.array(items[:count], dtype=np.object_).reshape(shape)
 
 
-def implicit_inputs(config: ModelConfig) -> list[TensorSpec]:
+def implicit_inputs(config: ModelConfig) -> list[ModelInput]:
     """Inputs the model takes that the config does not list among `input`: the control
-    tensors and the state inputs (shapes include the batch dim when the model batches)."""
+    tensors ([1] per row) and the state inputs, as config entries (dims without the batch)."""
     if not config.HasField("sequence_batching"):
         return []
-    lead: tuple[int, ...] = (-1,) if config.max_batch_size > 0 else ()
-    specs = [TensorSpec(c.name, c.datatype, (*lead, 1)) for c in control_inputs(config)]
+    inputs = [
+        ModelInput(name=c.name, data_type=CONFIG_TYPE_BY_DATATYPE[c.datatype], dims=[1])
+        for c in control_inputs(config)
+    ]
     for state in config.sequence_batching.state:
-        datatype = DATATYPE_BY_CONFIG_TYPE.get(state.data_type, "")
-        specs.append(TensorSpec(state.input_name, datatype, (*lead, *state.dims)))
-    return specs
+        inputs.append(ModelInput(name=state.input_name, data_type=state.data_type, dims=state.dims))
+    return inputs
 
 
-def implicit_outputs(config: ModelConfig) -> list[TensorSpec]:
+def implicit_outputs(config: ModelConfig) -> list[ModelOutput]:
     """Outputs the model writes that the config need not list: the state outputs."""
     if not config.HasField("sequence_batching"):
         return []
-    lead: tuple[int, ...] = (-1,) if config.max_batch_size > 0 else ()
     return [
-        TensorSpec(s.output_name, DATATYPE_BY_CONFIG_TYPE.get(s.data_type, ""), (*lead, *s.dims))
+        ModelOutput(name=s.output_name, data_type=s.data_type, dims=s.dims)
         for s in config.sequence_batching.state
     ]
 
