@@ -65,11 +65,14 @@ def run_stateful_export(
     options: ExportOptions, stateful: StatefulOptions, listener: StageListener | None = None
 ) -> ExportResult:
     """Export a step model with its state as inputs and outputs; ExportError on any failure."""
-    return run_export(stateful_export_options(options, stateful), listener)
+    step_options, plan = stateful_export(options, stateful)
+    return run_export(step_options, listener, plan)
 
 
-def stateful_export_options(options: ExportOptions, stateful: StatefulOptions) -> ExportOptions:
-    """The plain export's options for the step function, with the stateful hooks."""
+def stateful_export(
+    options: ExportOptions, stateful: StatefulOptions
+) -> tuple[ExportOptions, StatefulPlan]:
+    """The plain export's options for the step function, and the stateful variant's hooks."""
     if not stateful.states:
         raise ExportError("--stateful needs the state: --state NAME:DTYPE:DIMS", stage="load")
     if not options.inputs:
@@ -102,14 +105,13 @@ def stateful_export_options(options: ExportOptions, stateful: StatefulOptions) -
     if len(set(names)) != len(names):
         raise ExportError("--input, --state and --control names must be unique", stage="load")
     outputs = _output_names(options, inputs, states, controls)
-    plan = _Plan(stateful, inputs, states, controls, outputs, options)
-    return replace(
+    plan = StatefulPlan(stateful, inputs, states, controls, outputs, options)
+    step_options = replace(
         options,
         inputs=tuple(options.inputs) + tuple(map(str, states)) + tuple(map(str, controls)),
         outputs=tuple(outputs) + tuple(s.name + STATE_OUTPUT_SUFFIX for s in states),
-        extra_verify=plan.sequence_parity,
-        edit_config=plan.sequence_config,
     )
+    return step_options, plan
 
 
 def _output_names(
@@ -160,7 +162,10 @@ def _output_names(
 
 
 @dataclass(frozen=True)
-class _Plan:
+class StatefulPlan:
+    """The stateful variant of the export (an ExportVariant): whole-sequence parity and the
+    sequence_batching config."""
+
     stateful: StatefulOptions
     inputs: list[IOSpec]
     states: list[IOSpec]
@@ -170,7 +175,7 @@ class _Plan:
 
     # --- the whole-sequence parity check ----------------------------------------------------
 
-    def sequence_parity(self, prepared: PreparedModel, model_path: Path) -> dict[str, Any]:
+    def extra_verify(self, prepared: PreparedModel, model_path: Path) -> dict[str, Any]:
         """ONNX Runtime step by step vs PyTorch on the whole sequence; ExportError on a gap."""
         import onnxruntime as ort
 
@@ -273,7 +278,7 @@ class _Plan:
 
     # --- config.pbtxt --------------------------------------------------------------------
 
-    def sequence_config(self, config: ModelConfig) -> None:
+    def edit_config(self, config: ModelConfig) -> None:
         """State and controls leave input/output for sequence_batching (Triton's layout)."""
         hidden_inputs = {s.name for s in self.states + self.controls}
         hidden_outputs = {s.name + STATE_OUTPUT_SUFFIX for s in self.states}

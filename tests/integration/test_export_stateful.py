@@ -142,6 +142,11 @@ def test_a_model_whose_steps_differ_from_the_whole_sequence_is_refused(tmp_path:
             ("--input", "x:FP32:1,5", "--state", "h:FP32:2,16", "--output", "a", "--output", "b"),
             "2 --output names for 1 outputs",
         ),
+        (("--input", "x:FP32:-1,5", "--state", "h:FP32:2,16"), "has a variable dim"),
+        (
+            ("--input", "x:FP32:1,5", "--state", "hidden:FP32:2,16"),
+            "input 'hidden' is not a parameter of the model's forward(x, h)",
+        ),
     ],
 )
 def test_bad_stateful_flags(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
