@@ -250,7 +250,7 @@ def main() -> None:
     parameters = dict(item.split("=", 1) for item in args.parameter)
     repo = write_repository(ARTIFACTS / "sequence_repository", args.hidden, parameters)
     model_path = repo / "gru" / "1" / "model.onnx"
-    process, http_url, _ = serve(repo, ["--no-drift"])
+    process, http_url, *_ = serve(repo, ["--no-drift"])
     rounds: list[dict[str, Any]] = []
     try:
         # sequences a load run leaves open hold their slots until the idle time (1 s) passes:
