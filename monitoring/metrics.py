@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable, Iterable
 
 from monitoring.families import Family
-from monitoring.metrics_render import serving_families
+from monitoring.metrics_render import sequence_families, serving_families
 from monitoring.observer import (
     BatchRecord,
     ModelEventRecord,
@@ -19,14 +19,21 @@ from monitoring.serving_stats import LATENCY_BUCKETS_S, Histogram, VersionStats,
 log = logging.getLogger("ferry.monitoring.metrics")
 
 PendingCounts = Callable[[], Iterable[tuple[str, str, int]]]
+# (model, version, live sequences, starts, ends, idle releases) per sequence-batched version
+SequenceCounts = Callable[[], Iterable[tuple[str, str, int, int, int, int]]]
 _US = 1e6
 
 
 class ServingMetrics:
     """Observer that keeps per-version counters and histograms; updates are short dict edits."""
 
-    def __init__(self, pending_requests: PendingCounts | None = None) -> None:
+    def __init__(
+        self,
+        pending_requests: PendingCounts | None = None,
+        sequence_counts: SequenceCounts | None = None,
+    ) -> None:
         self._pending_requests = pending_requests
+        self._sequence_counts = sequence_counts
         self._stats: dict[tuple[str, str], VersionStats] = {}
         self._known_models: set[str] = set()
         self._lock = threading.Lock()
@@ -100,4 +107,13 @@ class ServingMetrics:
                 pending = [(str(m), str(v), int(c)) for m, v, c in self._pending_requests()]
             except Exception:
                 log.exception("pending_requests callable failed")
-        return serving_families(snapshot, pending)
+        sequences: list[tuple[str, str, int, int, int, int]] = []
+        if self._sequence_counts is not None:
+            try:
+                sequences = [
+                    (str(m), str(v), int(a), int(s), int(e), int(i))
+                    for m, v, a, s, e, i in self._sequence_counts()
+                ]
+            except Exception:
+                log.exception("sequence_counts callable failed")
+        return serving_families(snapshot, pending) + sequence_families(sequences)

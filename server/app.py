@@ -85,6 +85,7 @@ async def serve(settings: ServerSettings) -> int:
     repository_ref: list[ModelRepository] = []
     monitors = build_monitors(
         pending_requests=lambda: repository_ref[0].pending_request_counts(),
+        sequence_counts=lambda: repository_ref[0].sequence_counts(),
         drift_enabled=settings.drift_enabled,
         drift_window=settings.drift_window,
         drift_alpha=settings.drift_alpha,
