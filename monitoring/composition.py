@@ -10,7 +10,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from monitoring.drift import DriftMonitor
 from monitoring.families import CONTENT_TYPE, render_registry
-from monitoring.metrics import PendingCounts, ServingMetrics
+from monitoring.metrics import CacheTotals, PendingCounts, ServingMetrics
 from monitoring.observer import InferenceObserver
 
 
@@ -64,6 +64,7 @@ def build_monitors(
     drift_alpha: float = 0.05,
     drift_baseline_samples: int = 0,
     drift_max_window_age_s: float = 600.0,
+    cache_totals: CacheTotals | None = None,
 ) -> Monitors:
     """Build the metrics and drift observers with the server's settings."""
     if drift_window < 2 or not 0.0 < drift_alpha < 1.0 or drift_baseline_samples < 0:
@@ -71,7 +72,7 @@ def build_monitors(
             "need --drift-window >= 2, 0 < --drift-alpha < 1, --drift-baseline-samples >= 0"
         )
     return Monitors(
-        ServingMetrics(pending_requests),
+        ServingMetrics(pending_requests, cache_totals),
         DriftMonitor(
             drift_enabled, drift_window, drift_alpha, drift_baseline_samples, drift_max_window_age_s
         ),

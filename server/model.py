@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from server.model_validation import check_before_load
 from server.observers import ObserverFanout
 from server.padding import padding_plan
 from server.repository_format import KIND_CPU, ModelConfig, tensor_specs
+from server.response_cache import uses_response_cache
 from server.runtimes import Runtime, runtime_factory
 from server.statistics import ModelStatistics
 from server.types import TensorSpec
@@ -85,6 +87,11 @@ class ModelVersion:
     @property
     def platform(self) -> str:
         return str(self.config.platform or self.config.backend)
+
+    @functools.cached_property
+    def uses_response_cache(self) -> bool:
+        """Requests go through the response cache (when the server has one)."""
+        return uses_response_cache(self.config)
 
     @property
     def utf8_strings(self) -> bool:

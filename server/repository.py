@@ -21,10 +21,11 @@ from typing import Any
 from monitoring.observer import ModelEventRecord
 from server import model_config
 from server.errors import ErrorKind, ServingError
-from server.model import ModelVersion, create_instances, start_version
+from server.model import ModelVersion, start_version
 from server.observers import ObserverFanout
 from server.repository_format import ModelConfigError, is_valid_model_name
 from server.settings import ModelControlMode
+from server.warmup import load_warm_instances, record_warmup
 
 logger = logging.getLogger(__name__)
 
@@ -172,8 +173,9 @@ class ModelRepository:
         for name in sorted(set(names)):
             try:
                 await self.load(name)
-            except ServingError as exc:
-                logger.error("model '%s' failed to load: %s", name, exc.message)
+            except ServingError as exc:  # logged as a model event, unless nothing was loaded
+                if name not in self._entries:
+                    logger.error("model '%s' failed to load: %s", name, exc.message)
 
     async def load(
         self, name: str, config_json: str | None = None, files: Mapping[str, bytes] | None = None
@@ -244,14 +246,24 @@ class ModelRepository:
             entry.states[number] = VersionState(LOADING)
             version_path = source_dir / str(number)
             try:
-                instances = await asyncio.to_thread(create_instances, prepared.config, version_path)
+                instances, warmup = await load_warm_instances(
+                    name, number, prepared.config, version_path
+                )
             except (ServingError, OSError, ValueError) as exc:
                 reason = exc.message if isinstance(exc, ServingError) else str(exc)
-                logger.error("model '%s' version %d failed to load: %s", name, number, reason)
                 if old is not None:  # a failed reload keeps the old version serving
+                    logger.error(
+                        "reload of '%s' version %d failed, the loaded one keeps serving: %s",
+                        name,
+                        number,
+                        reason,
+                    )
                     new_versions[number], new_states[number] = old, VersionState(READY)
                 else:
                     new_states[number] = VersionState(UNAVAILABLE, reason)
+                    self.fanout.notify(
+                        ModelEventRecord(name, str(number), UNAVAILABLE, reason=reason)
+                    )
                 continue
             new_versions[number] = start_version(
                 name,
@@ -263,6 +275,7 @@ class ModelRepository:
                 started,
                 signature,
             )
+            record_warmup(new_versions[number], warmup, self.fanout)
             new_states[number] = VersionState(READY)
             created.append(new_versions[number])
         retired = [v for n, v in entry.versions.items() if new_versions.get(n) is not v]
@@ -277,8 +290,7 @@ class ModelRepository:
                 )
             self._retire(old_version)
         for version in created:
-            self._announce(version)
-        self._log_versions(entry)
+            self._announce(version)  # state changes are logged by the observers (once)
         if not new_versions:
             reasons = "; ".join(f"version {n}: {s.reason}" for n, s in new_states.items())
             raise ServingError(
@@ -299,16 +311,6 @@ class ModelRepository:
             )
         )
 
-    def _log_versions(self, entry: ModelEntry) -> None:
-        for number, state in sorted(entry.states.items()):
-            logger.info(
-                "model '%s' version %d: %s%s",
-                entry.name,
-                number,
-                state.state,
-                f" ({state.reason})" if state.reason else "",
-            )
-
     async def unload(self, name: str) -> None:
         """Unload every version; queued and running requests finish first."""
         if not is_valid_model_name(name):
@@ -327,7 +329,6 @@ class ModelRepository:
             if entry.temporary_dir is not None:
                 shutil.rmtree(entry.temporary_dir, ignore_errors=True)
                 entry.temporary_dir = None
-            logger.info("model '%s' unloaded", name)
 
     async def poll_once(self) -> None:
         """Poll mode: load new models, reload changed ones, unload removed ones."""
@@ -343,7 +344,8 @@ class ModelRepository:
             try:
                 await self.load(name)
             except ServingError as exc:
-                logger.error("poll: %s", exc.message)
+                if name not in self._entries:  # else logged as a model event
+                    logger.error("poll: %s", exc.message)
                 if name in self._entries:  # don't retry an unchanged broken model every poll
                     self._entries[name].scan_signature = await asyncio.to_thread(
                         model_config.scan_signature, self.root / name

@@ -6,7 +6,10 @@ import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from server.logs import LogSettings
+from server.response_cache import CacheSettings
 from server.restrictions import RestrictedApis
+from server.trace_settings import TraceSetting
 
 
 class ModelControlMode(enum.StrEnum):
@@ -64,6 +67,12 @@ class ServerSettings:
     drift_alpha: float = 0.05
     drift_baseline_samples: int = 0
     log_level: str = "info"
+    # logs, traces and the response cache (Triton's --log-*, --trace-config, --cache-config)
+    log: LogSettings = field(default_factory=LogSettings)
+    log_requests: bool = False
+    log_requests_rate: float = 1.0
+    trace: TraceSetting = field(default_factory=TraceSetting)
+    cache: CacheSettings = field(default_factory=CacheSettings)
     extra: dict[str, str] = field(default_factory=dict)
     # access control and TLS (Triton's flags)
     http_restricted_apis: RestrictedApis = field(default_factory=dict)

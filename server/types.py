@@ -83,6 +83,9 @@ class InferenceRequest:
     priority: int = 0
     timeout_us: int = 0
     protocol: str = "http"
+    # request context the transports pass down for logs and traces ("" when not asked for)
+    client: str = ""  # the client's address, host:port
+    traceparent: str = ""  # W3C trace context of the caller
 
 
 @dataclass(frozen=True, slots=True)

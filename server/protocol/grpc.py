@@ -5,6 +5,7 @@ the standard gRPC health service; each RPC is one DataPlane call.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar, cast
@@ -89,14 +90,20 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         async def work() -> Any:
-            return await self._infer(request)
+            return await self._infer(request, context)
 
         return await _call(context, work)
 
-    async def _infer(self, request: Any) -> Any:
+    async def _infer(self, request: Any, context: Any) -> Any:
         """Decode, infer, encode one ModelInferRequest (tensors may live in shared memory)."""
         shared_memory = self.dataplane.shared_memory
         inference_request, in_shared_memory = grpc_codec.decode_request(request, shared_memory)
+        if self.dataplane.ops.request_context:  # request log or traces
+            inference_request = dataclasses.replace(
+                inference_request,
+                client=client_address(context.peer()),
+                traceparent=metadata_value(context.invocation_metadata(), "traceparent"),
+            )
         response = await self.dataplane.infer(inference_request)
         return grpc_codec.encode_response(response, in_shared_memory, shared_memory)
 
@@ -108,7 +115,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         async def one(request: Any) -> None:
             message = pb.ModelStreamInferResponse()
             try:
-                message.infer_response.CopyFrom(await self._infer(request))
+                message.infer_response.CopyFrom(await self._infer(request, context))
                 message.infer_response.parameters["triton_final_response"].bool_param = True
             except ServingError as exc:
                 message.error_message = exc.message
@@ -195,6 +202,47 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             self.dataplane.shared_memory.unregister(request.name)
         return pb.SystemSharedMemoryUnregisterResponse()
 
+    async def LogSettings(self, request: Any, context: Any) -> Any:
+        async def work() -> Any:
+            changes = {
+                key: grpc_codec.parameter_value(value) for key, value in request.settings.items()
+            }
+            if "log_file" in request.settings:  # Triton refuses it whatever its value
+                changes["log_file"] = changes["log_file"] or ""
+            settings = (
+                self.dataplane.update_log_settings(changes)
+                if changes
+                else self.dataplane.log_settings()
+            )
+            response = pb.LogSettingsResponse()
+            for key, value in settings.items():
+                field = (
+                    "bool_param"
+                    if isinstance(value, bool)
+                    else "uint32_param"
+                    if isinstance(value, int)
+                    else "string_param"
+                )
+                setattr(response.settings[key], field, value)
+            return response
+
+        return await _call(context, work)
+
+    async def TraceSetting(self, request: Any, context: Any) -> Any:
+        async def work() -> Any:
+            changes = {key: list(value.value) for key, value in request.settings.items()}
+            settings = (
+                self.dataplane.update_trace_settings(request.model_name, changes)
+                if changes
+                else self.dataplane.trace_settings(request.model_name)
+            )
+            response = pb.TraceSettingResponse()
+            for key, value in settings.items():
+                response.settings[key].value.extend(value if isinstance(value, list) else [value])
+            return response
+
+        return await _call(context, work)
+
     async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
         return pb.CudaSharedMemoryStatusResponse()
 
@@ -205,6 +253,20 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
         return pb.CudaSharedMemoryUnregisterResponse()
+
+
+def client_address(peer: str) -> str:
+    """`ipv4:127.0.0.1:5000` (gRPC's peer string) as `127.0.0.1:5000`."""
+    kind, _, address = peer.partition(":")
+    return address if kind in ("ipv4", "ipv6") else peer
+
+
+def metadata_value(metadata: Any, key: str) -> str:
+    """A call's metadata value for `key` ('' when absent)."""
+    for name, value in metadata or ():
+        if name == key:
+            return str(value)
+    return ""
 
 
 class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]

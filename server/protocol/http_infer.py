@@ -8,6 +8,7 @@ in front of both, so it covers every route.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
@@ -47,7 +48,12 @@ class ClientDisconnected(Exception):
 
 
 async def handle_infer(
-    dataplane: DataPlane, name: str, version: str, headers: Mapping[str, str], body: bytes
+    dataplane: DataPlane,
+    name: str,
+    version: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    client: tuple[str, int] | None = None,
 ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     """Decode, infer, encode: the response body and its headers (status 200)."""
     header_length = parse_header_length(headers.get("inference-header-content-length"), len(body))
@@ -56,6 +62,12 @@ async def handle_infer(
     else:
         inference_request, encoding = decode_request(
             body, header_length, name, version, dataplane.shared_memory
+        )
+    if dataplane.ops.request_context:  # request log or traces: who asked, and in which trace
+        inference_request = dataclasses.replace(
+            inference_request,
+            client=f"{client[0]}:{client[1]}" if client else "",
+            traceparent=headers.get("traceparent", ""),
         )
     response = await dataplane.infer(inference_request)
     payload, json_length = encode_response(response, encoding, dataplane.shared_memory)
@@ -197,7 +209,7 @@ class InferFastPath:
                 self.limit,
             )
             payload, response_headers = await handle_infer(
-                self.dataplane, name, version, headers, body
+                self.dataplane, name, version, headers, body, scope.get("client")
             )
             status = 200
         except ClientDisconnected:

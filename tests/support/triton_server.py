@@ -71,11 +71,13 @@ def _python_backend_dir(site_packages: Path, workdir: Path) -> Path:
 
 @contextlib.contextmanager
 def running_tritonserver(
-    model_repository: Path, *extra_args: str, timeout: float = 120.0
+    model_repository: Path, *extra_args: str, timeout: float = 120.0, ready: bool = True
 ) -> Iterator[TritonServer]:
     """Run tritonserver on `model_repository` (CPU only) for a `with` block; always stop it.
     `extra_args` are more tritonserver flags (e.g. the same restriction or TLS flags a ferry
-    under comparison gets)."""
+    under comparison gets); `ready=False` waits only for liveness (a repository with models
+    meant to fail, served with `--exit-on-error=false`). The wheel's `local` response cache is
+    found (`--cache-config local,size=N` enables it)."""
     binary, site_packages = tritonserver_binary(), _site_packages()
     if binary is None or site_packages is None:
         raise RuntimeError(missing_reason())
@@ -89,7 +91,7 @@ def running_tritonserver(
         "--backend-directory",
         str(_python_backend_dir(site_packages, workdir)),
         "--cache-directory",
-        str(workdir / "caches"),
+        str(site_packages / "pytriton" / "tritonserver" / "caches"),
         "--http-address",
         "127.0.0.1",
         "--http-port",
@@ -131,7 +133,7 @@ def running_tritonserver(
         )
     server = TritonServer(process, http_port, grpc_port, metrics_port, log_path)
     try:
-        wait_until_live(server, timeout, ready=True, label="tritonserver")
+        wait_until_live(server, timeout, ready=ready, label="tritonserver")
         yield server
     finally:
         server.stop()
