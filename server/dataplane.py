@@ -171,11 +171,15 @@ class DataPlane:
 
         With a response cache, a hit answers here without queueing. Traces and request lines
         cost one attribute test each when they are off."""
-        if not self.accepting:
-            raise ServingError(ErrorKind.UNAVAILABLE, "Server is shutting down")
-        started = time.perf_counter()
-        model = self.repository.get(request.model_name, request.model_version)
         ops = self.ops
+        started = time.perf_counter()
+        try:
+            if not self.accepting:
+                raise ServingError(ErrorKind.UNAVAILABLE, "Server is shutting down")
+            model = self.repository.get(request.model_name, request.model_version)
+        except ServingError as exc:  # no model to count it against: the log only
+            ops.request_log.failure(request, request.model_name, request.model_version, 0.0, exc)
+            raise
         trace = ops.tracer.start(model.name, model.version, request) if ops.tracer.active else None
         self._inflight += 1
         self._idle.clear()

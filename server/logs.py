@@ -153,10 +153,7 @@ class LogControl:
         self.handler = stream
         self.filter = SeverityFilter(settings)
         self.handler.addFilter(self.filter)
-        root = logging.getLogger()
-        for old in list(root.handlers):
-            root.removeHandler(old)
-        root.addHandler(self.handler)
+        logging.getLogger().addHandler(self.handler)
         self._apply()
 
     def _apply(self) -> None:
@@ -220,5 +217,5 @@ def _quiet_onnxruntime(verbose: bool) -> None:
 
 
 def configure_logging(settings: LogSettings) -> LogControl:
-    """Install ferry's log handler on the root logger (replacing any other)."""
+    """Install ferry's log handler on the root logger."""
     return LogControl(settings)

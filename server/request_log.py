@@ -140,13 +140,10 @@ class ModelEventLog:
             )
             return
         fields["reason"] = record.reason
-        unloaded = record.reason == "unloaded"
-        model_logger.log(
-            logging.WARNING if unloaded else logging.ERROR,
-            "model '%s'%s is %s: %s",
-            record.model,
-            f" version {record.version}" if record.version else "",
-            record.state,
-            record.reason,
-            extra={FIELDS_ATTRIBUTE: fields},
-        )
+        which = f"model '{record.model}'" + (f" version {record.version}" if record.version else "")
+        if record.reason == "unloaded":
+            model_logger.warning("%s unloaded", which, extra={FIELDS_ATTRIBUTE: fields})
+        else:
+            model_logger.error(
+                "%s failed to load: %s", which, record.reason, extra={FIELDS_ATTRIBUTE: fields}
+            )

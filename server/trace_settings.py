@@ -163,8 +163,8 @@ def parse_trace_config(values: Iterable[str]) -> TraceSetting:
     else:
         options = {}
     setting = TraceSetting(frozenset(levels), rate, count, log_frequency, file, mode, options)
-    if setting.level and setting.invalid_reason:
-        raise TraceConfigError(f"invalid trace setting: {setting.invalid_reason}")
+    if setting.level and mode == "triton" and not file:  # rate=0 is allowed: see Sampler
+        raise TraceConfigError("invalid trace setting: trace file name is not given")
     return setting
 
 
