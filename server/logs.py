@@ -207,13 +207,13 @@ class LogControl:
 
 
 def _quiet_onnxruntime(verbose: bool) -> None:
-    """ONNX Runtime's own (C++) logger: errors only unless verbose (its sessions read the
-    default severity when they are created)."""
+    """ONNX Runtime's own (C++) logger: silent unless verbose (ferry reports the errors it
+    raises; its sessions read the default severity when they are created)."""
     try:
         import onnxruntime
     except ImportError:  # pragma: no cover - onnxruntime is a dependency
         return
-    onnxruntime.set_default_logger_severity(1 if verbose else 3)
+    onnxruntime.set_default_logger_severity(1 if verbose else 4)
 
 
 def configure_logging(settings: LogSettings) -> LogControl:
