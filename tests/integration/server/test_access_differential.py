@@ -250,10 +250,8 @@ def test_grpc_restricted_answers_match_triton(
     differences = {}
     for key, expected in theirs.items():
         got = ours[key]
-        if _refused(expected) or _refused(got):
-            same = got == expected
-        else:
-            same = got[0] == expected[0]
+        refused = _refused(expected) or _refused(got)
+        same = got == expected if refused else got[0] == expected[0]
         if not same:
             differences[key] = {"triton": expected, "ferry": got}
     assert differences == {}
