@@ -112,7 +112,7 @@ def main() -> None:
     results = alternate_rounds(
         repo,
         setups,
-        lambda name, http_url, grpc_url: measure(
+        lambda name, http_url, grpc_url, _: measure(
             http_url, grpc_url, payloads, header_length, name, args.concurrency, args.seconds
         ),
         args.rounds,

@@ -4,6 +4,7 @@ ratios to the first set-up."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,8 +12,8 @@ from bench.serving import serve
 
 # name -> (source tree to serve from, extra `ferry serve` flags)
 Setups = dict[str, tuple[Path, list[str]]]
-# (set-up name, HTTP url, gRPC url) -> figures of one measurement ("http", "grpc" req/s...)
-Measure = Callable[[str, str, str], dict[str, float]]
+# (set-up name, HTTP url, gRPC url, server pid) -> figures of one measurement ("http" req/s...)
+Measure = Callable[[str, str, str, int], dict[str, float]]
 
 
 def alternate_rounds(
@@ -26,8 +27,8 @@ def alternate_rounds(
     }
     try:
         for round_index in range(rounds):
-            for name, (_, http_url, grpc_url) in servers.items():
-                result = measure(name, http_url, grpc_url)
+            for name, (process, http_url, grpc_url) in servers.items():
+                result = measure(name, http_url, grpc_url, process.pid)
                 results[name].append(result)
                 print(f"round {round_index + 1} {name:22s} {result}", flush=True)
     finally:
@@ -37,12 +38,21 @@ def alternate_rounds(
     return results
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def print_medians(
-    results: dict[str, list[dict[str, float]]], concurrency: int, keys: tuple[str, ...]
+    results: dict[str, list[dict[str, float]]],
+    concurrency: int,
+    keys: tuple[str, ...],
+    unit: str = "req/s",
 ) -> None:
     """Median of each figure per set-up, and its ratio to the first set-up's."""
     first = next(iter(results))
-    print(f"\nmedian req/s at c={concurrency}, ratio to '{first}':")
+    print(f"\nmedian {unit} at c={concurrency}, ratio to '{first}':")
     for key in keys:
         reference_runs = sorted(r[key] for r in results[first] if key in r)
         reference = reference_runs[len(reference_runs) // 2]
@@ -52,6 +62,6 @@ def print_medians(
                 median = values[len(values) // 2]
                 spread = (values[-1] - values[0]) / median
                 print(
-                    f"  {key:4s} {name:24s} {median:8.0f}  x{median / reference:.3f}"
+                    f"  {key:8s} {name:24s} {median:8.1f}  x{median / reference:.3f}"
                     f"  (min-max spread {spread:.0%})"
                 )
