@@ -38,6 +38,7 @@ COPY server/ server/
 COPY monitoring/ monitoring/
 COPY exporters/ exporters/
 COPY optimizers/ optimizers/
+COPY measure/ measure/
 RUN --mount=type=cache,target=/root/.cache/pip pip install --no-deps .
 
 FROM ${CUDA_IMAGE} AS gpu
@@ -78,6 +79,7 @@ COPY server/ server/
 COPY monitoring/ monitoring/
 COPY exporters/ exporters/
 COPY optimizers/ optimizers/
+COPY measure/ measure/
 RUN --mount=type=cache,target=/root/.cache/pip pip install --no-deps .
 
 FROM ${PYTHON_IMAGE} AS cpu

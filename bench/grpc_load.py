@@ -50,12 +50,15 @@ async def run(
         await asyncio.gather(clock(), *(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started - warmup_s
     values = np.array(latencies) * 1000
+    quantiles = {"p50_ms": 50.0, "p90_ms": 90.0, "p99_ms": 99.0, "p999_ms": 99.9}
     return {
         "requests": len(latencies),
         "errors": errors,
         "seconds": elapsed,
-        "p50_ms": float(np.percentile(values, 50)) if len(values) else 0.0,
-        "p99_ms": float(np.percentile(values, 99)) if len(values) else 0.0,
+        **{
+            key: float(np.percentile(values, q)) if len(values) else 0.0
+            for key, q in quantiles.items()
+        },
     }
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from bench.models import MLP_FEATURES, build_repository
+from bench.triton_reference import running_triton, unavailable_reason
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 TRITON_MLP_REQS = 15_900  # Triton 2.51, KServe v2 JSON, c=64, same kind of machine (issue #2)
@@ -189,13 +190,32 @@ wrk.method = "POST"
 wrk.body = f:read("*all")
 f:close()
 {headers}
+done = function(summary, latency, requests)
+  for _, p in pairs({{50, 90, 99, 99.9}}) do
+    io.write(string.format("PERCENTILE %g %d\\n", p, latency:percentile(p)))
+  end
+end
 """
+PERCENTILES = {"p50_ms": 50.0, "p90_ms": 90.0, "p99_ms": 99.0, "p999_ms": 99.9}
+
+
+def percentiles_ms(latencies_ms: np.ndarray) -> dict[str, float]:
+    """p50/p90/p99/p99.9 of per-request latencies (NaN when there are none)."""
+    if not len(latencies_ms):
+        return dict.fromkeys(PERCENTILES, float("nan"))
+    return {key: float(np.percentile(latencies_ms, q)) for key, q in PERCENTILES.items()}
 
 
 def wrk(
-    url: str, body: Path, concurrency: int, seconds: float, headers: dict[str, str]
+    url: str,
+    body: Path,
+    concurrency: int,
+    seconds: float,
+    headers: dict[str, str],
+    timeout_s: float = 2.0,
 ) -> dict[str, float]:
-    """Run wrk against one URL; parse requests/s, p50/p99 latency and non-2xx responses."""
+    """Run wrk against one URL; parse requests/s, p50/p99 latency and non-2xx responses
+    (a request slower than `timeout_s` counts as a timeout, not in the latencies)."""
     lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(WRK_SCRIPT.format(body=body, headers=lines))
@@ -206,25 +226,31 @@ def wrk(
     )  # warm-up
     duration = f"-d{max(int(seconds), 1)}s"
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{concurrency}", duration, "--latency", "-s", script.name, url],
+        [
+            "wrk",
+            "-t1",
+            f"-c{concurrency}",
+            duration,
+            "--latency",
+            "--timeout",
+            f"{max(int(timeout_s), 1)}s",
+            "-s",
+            script.name,
+            url,
+        ],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
     os.unlink(script.name)
 
-    def latency_ms(percent: str) -> float:
-        match = re.search(rf"^\s+{percent}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-        if not match:
-            return float("nan")
-        scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[match.group(2)]
-        return float(match.group(1)) * scale
-
+    reported = {
+        float(q): int(us) / 1000.0 for q, us in re.findall(r"^PERCENTILE (\S+) (\d+)$", out, re.M)
+    }
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {
         "req_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-        "p50_ms": latency_ms("50"),
-        "p99_ms": latency_ms("99"),
+        **{key: reported.get(q, float("nan")) for key, q in PERCENTILES.items()},
         "errors": float(errors.group(1)) if errors else 0.0,
     }
 
@@ -255,8 +281,7 @@ def grpc_load(url: str, body: Path, concurrency: int, seconds: float) -> dict[st
         result = json.loads(out)
         return {
             "req_per_s": result["requests"] / result["seconds"],
-            "p50_ms": result["p50_ms"],
-            "p99_ms": result["p99_ms"],
+            **{key: result[key] for key in PERCENTILES},
             "errors": float(result["errors"]),
         }
     message = body.read_bytes()
@@ -290,8 +315,7 @@ def grpc_load(url: str, body: Path, concurrency: int, seconds: float) -> dict[st
     rate = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
     return {
         "req_per_s": float(rate.group(1)) if rate else float("nan"),  # type: ignore[union-attr]
-        "p50_ms": float(np.percentile(latencies, 50)) if len(latencies) else float("nan"),
-        "p99_ms": float(np.percentile(latencies, 99)) if len(latencies) else float("nan"),
+        **percentiles_ms(latencies),
         "errors": float(sum(1 for row in rows if len(row) >= 2 and row[1] != "200")),
     }
 
@@ -308,10 +332,15 @@ def model_stats(http_url: str, model: str) -> tuple[int, int, int]:
 
 
 def serve(
-    repo: Path, extra: list[str], source: Path | None = None, log_name: str = "serve.log"
-) -> tuple[subprocess.Popen[bytes], str, str]:
-    """`ferry serve` on free ports; from the source tree `source` when given (its packages
-    first on sys.path), else from this one. Returns the process and the HTTP and gRPC urls."""
+    repo: Path,
+    extra: list[str],
+    source: Path | None = None,
+    log_name: str = "serve.log",
+    module: str = "ferry",
+) -> tuple[subprocess.Popen[bytes], str, str, str]:
+    """`ferry serve` (`python -m MODULE serve`) on free ports; from the source tree `source` when
+    given (its packages first on sys.path), else from this one. Returns the process and the HTTP,
+    gRPC and metrics addresses."""
     from tests.support.server_process import ServerProcess, free_port, wait_until_live
 
     ports = [free_port() for _ in range(3)]
@@ -321,7 +350,7 @@ def serve(
         [
             sys.executable,
             "-m",
-            "ferry",
+            module,
             "serve",
             "--model-repository",
             str(repo),
@@ -345,7 +374,7 @@ def serve(
         env=env,
     )
     wait_until_live(ServerProcess(process, *ports, Path(log.name)), ready=True)
-    return process, f"127.0.0.1:{ports[0]}", f"127.0.0.1:{ports[1]}"
+    return process, f"127.0.0.1:{ports[0]}", f"127.0.0.1:{ports[1]}", f"127.0.0.1:{ports[2]}"
 
 
 def fastapi_baseline(model_path: Path, body: Path, seconds: float) -> dict[str, float]:
@@ -436,15 +465,70 @@ def prepare_artifacts() -> tuple[Path, Path]:
     return repo, payload_dir
 
 
+def load(
+    http_url: str,
+    grpc_url: str,
+    model: str,
+    protocol: str,
+    concurrency: int,
+    seconds: float,
+    payloads: dict[str, Path],
+    header_length: str,
+) -> dict[str, float]:
+    """One measurement: `concurrency` clients of one protocol against one server."""
+    if protocol == "grpc":
+        return grpc_load(grpc_url, payloads[protocol], concurrency, seconds)
+    headers = (
+        {"Inference-Header-Content-Length": header_length} if protocol == "http-binary" else {}
+    )
+    return wrk(
+        f"http://{http_url}/v2/models/{model}/infer",
+        payloads[protocol],
+        concurrency,
+        seconds,
+        headers,
+    )
+
+
+def loop_lag_counts(metrics_url: str) -> dict[float, float]:
+    """Cumulative `ferry_event_loop_lag_seconds` bucket counts by upper bound (--loop-lag-probe)."""
+    with urllib.request.urlopen(f"http://{metrics_url}/metrics") as response:
+        text = response.read().decode()
+    pattern = r'^ferry_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$'
+    return {float(le): float(count) for le, count in re.findall(pattern, text, re.M)}
+
+
+def stalls(before: dict[float, float], after: dict[float, float]) -> dict[str, float]:
+    """Loop stalls during one run: how many lasted over 10 ms, and the longest one's bucket."""
+    bounds = sorted(after)
+    delta = {bound: after[bound] - before.get(bound, 0.0) for bound in bounds}
+    total = delta[bounds[-1]] if bounds else 0.0
+    longest_le = next((b for b in bounds if delta[b] >= total), float("nan")) if total else 0.0
+    return {
+        "loop_gaps_over_10ms": total - delta.get(0.01, total),
+        "longest_loop_gap_le_ms": longest_le * 1000,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=4.0, help="per measurement")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--models", nargs="+", default=["mlp", "encoder"])
+    parser.add_argument(
+        "--triton",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="also measure the real tritonserver of the nvidia-pytriton wheel (auto: if installed)",
+    )
+    parser.add_argument("--serve-args", default="", help="extra `ferry serve` flags")
     args = parser.parse_args()
     repo, payload_dir = prepare_artifacts()
     report: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}, "models": {}}
-    process, http_url, grpc_url = serve(repo, ["--no-drift"])
+    protocols = ("http-binary", "http-json", "grpc")
+    process, http_url, grpc_url, metrics_url = serve(
+        repo, ["--no-drift", "--loop-lag-probe", *args.serve_args.split()]
+    )
     try:
         for model in args.models:
             model_path = repo / model / "1" / "model.onnx"
@@ -453,26 +537,22 @@ def main() -> None:
             payloads = write_payloads(model, payload_dir)
             header_length = (payload_dir / f"{model}.bin.len").read_text()
             runs: dict[str, Any] = {}
-            for protocol in ("http-binary", "http-json", "grpc"):
+            for protocol in protocols:
                 for concurrency in args.concurrency:
                     probes = [reference.probe(PROBE_SECONDS)]
-                    before = model_stats(http_url, model)
-                    if protocol == "grpc":
-                        result = grpc_load(grpc_url, payloads[protocol], concurrency, args.seconds)
-                    else:
-                        headers = (
-                            {"Inference-Header-Content-Length": header_length}
-                            if protocol == "http-binary"
-                            else {}
-                        )
-                        result = wrk(
-                            f"http://{http_url}/v2/models/{model}/infer",
-                            payloads[protocol],
-                            concurrency,
-                            args.seconds,
-                            headers,
-                        )
-                    after = model_stats(http_url, model)
+                    before, lag_before = model_stats(http_url, model), loop_lag_counts(metrics_url)
+                    result = load(
+                        http_url,
+                        grpc_url,
+                        model,
+                        protocol,
+                        concurrency,
+                        args.seconds,
+                        payloads,
+                        header_length,
+                    )
+                    after, lag_after = model_stats(http_url, model), loop_lag_counts(metrics_url)
+                    result.update(stalls(lag_before, lag_after))
                     probes.append(reference.probe(PROBE_SECONDS))
                     result["reference"] = {
                         key: float(np.mean([probe[key] for probe in probes]))
@@ -488,17 +568,18 @@ def main() -> None:
                     # and counted as failures by the server: report them, don't call them errors
                     result["server_failures"] = after[2] - before[2]
                     runs[f"{protocol}@{concurrency}"] = result
-                    print(
-                        f"{model:8s} {protocol:12s} c={concurrency:<3d} "
-                        f"{result['req_per_s']:9.0f} req/s  p50 {result['p50_ms']:7.2f} ms  "
-                        f"p99 {result['p99_ms']:7.2f} ms  batch {result['mean_batch']:5.1f}"
-                        f"  errors {result['errors']:.0f}",
-                        flush=True,
-                    )
+                    print_row("ferry", model, protocol, concurrency, result)
             report["models"][model] = {"in_process": sweep, "server": runs}
     finally:
         process.terminate()
         process.wait()
+    triton_missing = None if args.triton == "off" else unavailable_reason()
+    if args.triton == "on" and triton_missing:
+        raise SystemExit(f"--triton on: {triton_missing}")
+    if args.triton != "off" and not triton_missing:
+        measure_triton(repo, args, payload_dir, report)
+    elif args.triton == "auto":
+        print(f"(no Triton rows: {triton_missing})")
     if "mlp" in args.models:
         body = payload_dir / "mlp.baseline.json"
         body.write_bytes(json.dumps({"inputs": sample_input("mlp").tolist()}).encode())
@@ -512,6 +593,55 @@ def main() -> None:
         )
     (ARTIFACTS / "serving.json").write_text(json.dumps(report, indent=2))
     print_ratios(report, max(args.concurrency))
+
+
+def measure_triton(
+    repo: Path, args: argparse.Namespace, payload_dir: Path, report: dict[str, Any]
+) -> None:
+    """The same rows against the real tritonserver (same machine, same run)."""
+    with running_triton(repo, args.models) as triton:
+        http_url = f"127.0.0.1:{triton.http_port}"
+        grpc_url = f"127.0.0.1:{triton.grpc_port}"
+        for model in args.models:
+            payloads = write_payloads(model, payload_dir)
+            header_length = (payload_dir / f"{model}.bin.len").read_text()
+            runs: dict[str, Any] = {}
+            for protocol in ("http-binary", "http-json", "grpc"):
+                for concurrency in args.concurrency:
+                    before = model_stats(http_url, model)
+                    result = load(
+                        http_url,
+                        grpc_url,
+                        model,
+                        protocol,
+                        concurrency,
+                        args.seconds,
+                        payloads,
+                        header_length,
+                    )
+                    after = model_stats(http_url, model)
+                    result["mean_batch"] = (after[0] - before[0]) / max(after[1] - before[1], 1)
+                    runs[f"{protocol}@{concurrency}"] = result
+                    print_row("triton", model, protocol, concurrency, result)
+            report["models"][model]["triton"] = runs
+
+
+def print_row(
+    server: str, model: str, protocol: str, concurrency: int, result: dict[str, Any]
+) -> None:
+    line = (
+        f"{server:6s} {model:8s} {protocol:12s} c={concurrency:<3d} "
+        f"{result['req_per_s']:9.0f} req/s  p50 {result['p50_ms']:6.2f}"
+        f"  p90 {result['p90_ms']:6.2f}  p99 {result['p99_ms']:6.2f}"
+        f"  p99.9 {result['p999_ms']:6.2f} ms"
+        f"  batch {result['mean_batch']:5.1f}  errors {result['errors']:.0f}"
+    )
+    if "longest_loop_gap_le_ms" in result:
+        line += (
+            f"  stalls: {result['loop_gaps_over_10ms']:.0f} over 10 ms, longest <= "
+            f"{result['longest_loop_gap_le_ms']:.0f} ms"
+        )
+    print(line, flush=True)
 
 
 def print_ratios(report: dict[str, Any], top: int) -> None:
@@ -541,7 +671,24 @@ def print_ratios(report: dict[str, Any], top: int) -> None:
                     f"{base:.2f} + {single['p50_ms'] - base:.2f} ms "
                     f"(drift {single['reference_spread']['p50_ms']:.0%})"
                 )
-        if model == "encoder":
+        triton = data.get("triton", {})
+        for protocol in ("http-json", "http-binary", "grpc"):
+            for concurrency in sorted({1, top}):
+                ours, theirs = (
+                    data["server"].get(f"{protocol}@{concurrency}"),
+                    triton.get(f"{protocol}@{concurrency}"),
+                )
+                if ours and theirs:
+                    speed = ours["req_per_s"] / theirs["req_per_s"]
+                    print(
+                        f"  {protocol:12s} c={concurrency}: {speed:5.2f}"
+                        f" x Triton's req/s ({theirs['req_per_s']:.0f}); p50 "
+                        f"{ours['p50_ms']:.2f} vs {theirs['p50_ms']:.2f} ms, p99 "
+                        f"{ours['p99_ms']:.2f} vs {theirs['p99_ms']:.2f} ms "
+                        f"({ours['p99_ms'] / theirs['p99_ms']:.2f} x Triton's p99, "
+                        f"{ours['p99_ms'] / ours['p50_ms']:.2f} x ferry's own p50)"
+                    )
+        if model == "encoder" and not triton:
             print(f"  (Triton 2.51 python backend, JSON c=64: {TRITON_ENCODER_RATIO} x ceiling)")
         if "fastapi_baseline" in data:
             base = data["fastapi_baseline"]["req_per_s"]
@@ -550,8 +697,13 @@ def print_ratios(report: dict[str, Any], top: int) -> None:
                 if run:
                     print(
                         f"  {protocol:12s} c={top}: {run['req_per_s'] / base:5.2f} x "
-                        f"hand-written FastAPI ({base:.0f} req/s); "
-                        f"{run['req_per_s'] / TRITON_MLP_REQS:4.2f} x Triton's {TRITON_MLP_REQS}"
+                        f"hand-written FastAPI ({base:.0f} req/s)"
+                        + (
+                            ""
+                            if triton
+                            else f"; {run['req_per_s'] / TRITON_MLP_REQS:4.2f} x the "
+                            f"{TRITON_MLP_REQS} req/s a Triton 2.51 ONNX backend served in issue #2"
+                        )
                     )
         for protocol, floor in data.get("transport_floor", {}).items():
             run = data["server"].get(f"{protocol}@64")

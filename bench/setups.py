@@ -27,12 +27,12 @@ def alternate_rounds(
     }
     try:
         for round_index in range(rounds):
-            for name, (process, http_url, grpc_url) in servers.items():
+            for name, (process, http_url, grpc_url, _) in servers.items():
                 result = measure(name, http_url, grpc_url, process.pid)
                 results[name].append(result)
                 print(f"round {round_index + 1} {name:22s} {result}", flush=True)
     finally:
-        for process, _, _ in servers.values():
+        for process, _, _, _ in servers.values():
             process.terminate()
             process.wait()
     return results

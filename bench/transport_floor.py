@@ -30,6 +30,22 @@ def canned_grpc_response() -> bytes:
     return bytes(message.SerializeToString())
 
 
+# Model metadata and config for `ferry bench` (bench/loadgen_ceiling.py): an MLP-shaped model.
+METADATA = {
+    "name": "mlp",
+    "versions": ["1"],
+    "platform": "onnxruntime_onnx",
+    "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 64]}],
+    "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, OUTPUT_WIDTH]}],
+}
+CONFIG = {
+    "name": "mlp",
+    "max_batch_size": 32,
+    "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [64]}],
+    "output": [{"name": "output", "data_type": "TYPE_FP32", "dims": [OUTPUT_WIDTH]}],
+}
+
+
 def canned_http_response() -> bytes:
     return json.dumps(
         {
@@ -48,6 +64,7 @@ def canned_http_response() -> bytes:
 
 
 async def serve_grpc(port: int) -> None:
+    from google.protobuf import json_format
     from tritonclient.grpc import service_pb2 as pb
     from tritonclient.grpc import service_pb2_grpc
 
@@ -55,10 +72,19 @@ async def serve_grpc(port: int) -> None:
     from server.protocol.grpc_wire.server import GrpcWireServer
 
     reply = pb.ModelInferResponse.FromString(canned_grpc_response())
+    metadata = json_format.ParseDict(METADATA, pb.ModelMetadataResponse())
+    config = pb.ModelConfigResponse()
+    json_format.ParseDict(CONFIG, config.config)
 
     class Canned(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
         async def ModelInfer(self, request: Any, context: Any) -> Any:
             return reply
+
+        async def ModelMetadata(self, request: Any, context: Any) -> Any:
+            return metadata
+
+        async def ModelConfig(self, request: Any, context: Any) -> Any:
+            return config
 
     server = GrpcWireServer(
         routes_for(
@@ -68,21 +94,24 @@ async def serve_grpc(port: int) -> None:
         ),
         "127.0.0.1",
         port,
-        2**31 - 1,
     )
     await server.start()
     await asyncio.Event().wait()
 
 
 def http_app() -> Any:
-    body = canned_http_response()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    infer = canned_http_response()
+    described = {"config": json.dumps(CONFIG).encode(), "metadata": json.dumps(METADATA).encode()}
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
         while (await receive()).get("more_body"):
             pass
+        body = infer
+        if scope["method"] == "GET":  # `ferry bench` reads metadata and config first
+            body = described["config" if scope["path"].endswith("/config") else "metadata"]
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 

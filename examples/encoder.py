@@ -32,6 +32,15 @@ VOCAB, SEQ_LEN, CLASSES, MARKERS = 32, 64, 4, (1, 2, 3, 4)
 D_MODEL, HEADS, LAYERS, FEEDFORWARD = 256, 4, 4, 1024
 ROWS = 2000
 RESIDUAL_SCALE = 0.1
+# The words of the `encoder_text` pipeline (token id = position): the four markers are colours,
+# the class of a text is the colour it names most often; the rest are background words.
+COLOURS = ("red", "green", "blue", "yellow")
+BACKGROUND_WORDS = ("the", "a", "and", "of", "to", "in", "is", "it", "on", "with", "as", "at")
+BACKGROUND_WORDS += ("by", "for", "from", "this", "that", "was", "are", "be", "or", "an", "we")
+BACKGROUND_WORDS += ("you", "they", "sky", "sea")
+VOCABULARY = ("<pad>", *COLOURS, *BACKGROUND_WORDS)
+CLASS_NAMES = VOCABULARY[1 : 1 + CLASSES]
+assert len(VOCABULARY) == VOCAB
 
 
 class EncoderClassifier(nn.Module):

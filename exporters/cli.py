@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -11,9 +12,26 @@ from exporters.sources import TRUST_FLAG
 
 _SOURCE_HELP = (
     "The model: package.module:attr or path/to/file.py:attr (an nn.Module instance, or a class "
-    "or function returning one, called without arguments), a TorchScript file (.pt, "
+    "or function returning one, called with --init-args), a TorchScript file (.pt, "
     "torch.jit.save), or an ExportedProgram archive (.pt2, torch.export.save)."
 )
+
+
+def _json_object(text: str | None, option: str) -> dict[str, Any]:
+    """A JSON object flag (--init-args, --forward-kwargs)."""
+    from exporters.errors import ExportError
+
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"{option} is not valid JSON: {exc}", stage="load") from None
+    if not isinstance(value, dict):
+        raise ExportError(
+            f"{option} must be a JSON object such as '{{\"hidden\": 64}}'", stage="load"
+        )
+    return value
 
 
 def export(
@@ -26,24 +44,65 @@ def export(
             "--input",
             help="Model input NAME:DTYPE:DIMS, DIMS without the batch dim, e.g. "
             "x:FP32:1,28,28 (KServe datatypes: FP32, FP16, FP64, INT64, INT32, INT8, "
-            "UINT8, INT16, BOOL). Repeatable, in forward's order.",
+            "UINT8, INT16, BOOL). A dim may be -1 (variable) or a name (variable, equal "
+            "in every input that uses the name), e.g. input_ids:INT64:seq_len. NAME binds to "
+            "forward's parameter of that name (keyword arguments included; parameters left "
+            "out keep their defaults). Repeatable, in any order.",
+        ),
+    ] = None,
+    dynamic_dim: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--dynamic-dim",
+            help="INPUT:AXIS=NAME: make AXIS of INPUT variable and name it (AXIS counts the "
+            "batch as 0), e.g. tokens:1=seq_len. Also turns a fixed axis of --example "
+            "variable. A bare -1 is named dim_<AXIS>, shared by every input's -1 at that "
+            "axis. Repeatable.",
+        ),
+    ] = None,
+    dim_sizes: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--dim-sizes",
+            help="NAME=N,N,...: sizes to export a variable dim at (the first) and to check "
+            "parity at (all), e.g. samples=1600,4000. Default 16,9 (+1 per further dim "
+            "name), or the --example's size and about half of it. Repeatable.",
         ),
     ] = None,
     output: Annotated[
         list[str] | None,
         typer.Option(
             "--output",
-            help="Output name, one per tensor the model returns. Repeatable. "
-            "Default: output (or output_0, output_1, ...; or a returned dict's "
-            "keys).",
+            help="Output name. Repeatable. A returned dict or ModelOutput keeps only the "
+            "keys named (e.g. --output logits); a tuple's tensors are named in order. "
+            "Default: a dict's tensor keys, else output (or output_0, output_1, ...). "
+            "Values that are not tensors (caches, None) are left out with a note.",
+        ),
+    ] = None,
+    init_args: Annotated[
+        str | None,
+        typer.Option(
+            "--init-args",
+            help="JSON object of keyword arguments for a class or factory SOURCE, e.g. "
+            "'{\"hidden\": 64}'.",
+        ),
+    ] = None,
+    forward_kwargs: Annotated[
+        str | None,
+        typer.Option(
+            "--forward-kwargs",
+            help="JSON object of fixed keyword arguments for forward, baked into the "
+            "exported graph, e.g. '{\"use_cache\": false}'.",
         ),
     ] = None,
     example: Annotated[
         Path | None,
         typer.Option(
             help=".npz with one array per input (batch first); gives the specs when --input is "
-            "left out and the rows used for export and parity. A 'labels' array is "
-            "ignored."
+            "left out and the rows used for export and parity (cropped along variable "
+            "dims for the other parity sizes). Without it, parity uses random values: "
+            "integer inputs below the size of the embedding they feed, masks of ones with "
+            "padding at the end. A 'labels' array is ignored."
         ),
     ] = None,
     weights: Annotated[
@@ -87,7 +146,7 @@ def export(
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the random parity inputs.")] = 0,
 ) -> None:
-    """Export a PyTorch model to ONNX with a dynamic batch, prove parity, write a repository entry.
+    """Export a PyTorch model to ONNX with dynamic dims, prove parity, write a repository entry.
 
     Writes REPO/NAME/<version>/model.onnx, REPO/NAME/config.pbtxt and
     REPO/NAME/<version>/export_report.json, all or nothing.
@@ -100,26 +159,30 @@ def export(
     from exporters.pipeline import ExportOptions, run_export
 
     console = Console(stderr=False, width=max(Console().width, 120))
-    options = ExportOptions(
-        source=source,
-        name=name,
-        repository=model_repository,
-        inputs=tuple(input or ()),
-        outputs=tuple(output or ()),
-        example=example,
-        weights=weights,
-        max_batch_size=max_batch_size,
-        opset=opset,
-        version=version,
-        atol=atol,
-        rtol=rtol,
-        reference_data=reference_data,
-        overwrite=overwrite,
-        trust_pickled_module=trust_pickled_module,
-        seed=seed,
-    )
     progress = ConsoleProgress(console)
     try:
+        options = ExportOptions(
+            source=source,
+            name=name,
+            repository=model_repository,
+            inputs=tuple(input or ()),
+            outputs=tuple(output or ()),
+            dynamic_dims=tuple(dynamic_dim or ()),
+            dim_sizes=tuple(dim_sizes or ()),
+            init_args=_json_object(init_args, "--init-args"),
+            forward_kwargs=_json_object(forward_kwargs, "--forward-kwargs"),
+            example=example,
+            weights=weights,
+            max_batch_size=max_batch_size,
+            opset=opset,
+            version=version,
+            atol=atol,
+            rtol=rtol,
+            reference_data=reference_data,
+            overwrite=overwrite,
+            trust_pickled_module=trust_pickled_module,
+            seed=seed,
+        )
         result = run_export(options, progress)
     except ExportError as exc:
         progress.stop()

@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.status import Status
 from rich.table import Table
 
+from exporters.inputs import NARROW_ORIGIN
 from exporters.parity import ParityReport
 from exporters.pipeline import ExportResult
 
@@ -29,6 +30,11 @@ class ConsoleProgress:
             f"[green]✓[/] [bold]{stage:<7}[/] {seconds:6.2f}s  {detail}", highlight=False
         )
 
+    def note(self, text: str) -> None:
+        """A note the user should read (dropped outputs, narrow random inputs...)."""
+        self.stop()
+        self.console.print(f"[yellow]note[/]: {text}", highlight=False)
+
     def stop(self) -> None:
         """Stop the spinner (on success or failure)."""
         if self._status is not None:
@@ -39,34 +45,40 @@ class ConsoleProgress:
 def parity_table(parity: ParityReport, only_failures: bool = False) -> Table:
     """One row per output and batch size: errors, worst element, verdict."""
     table = Table(
-        title=f"parity: ONNX Runtime vs PyTorch (atol {parity.atol:g}, rtol {parity.rtol:g})"
+        title=f"parity: ONNX Runtime vs PyTorch (atol {parity.atol:g}, rtol {parity.rtol:g}; "
+        "scale = max |PyTorch output|)"
     )
-    for column in (
-        "batch",
-        "output",
-        "max abs err",
-        "max rel err",
-        "worst element",
-        "PyTorch",
-        "ONNX",
-        "verdict",
-    ):
-        table.add_column(column, justify="right" if column != "output" else "left")
+    sized = any(check.sizes for check in parity.checks)
+    columns = ["batch", *(["sizes"] if sized else []), "output", "scale", "max abs err"]
+    columns += ["err/scale", "max rel err", "worst element", "PyTorch → ONNX", "verdict"]
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("output", "sizes") else "right")
     for check in parity.checks:
         if only_failures and check.passed:
             continue
         verdict = "[green]ok[/]" if check.passed else f"[red]FAIL[/] {check.reason}"
+        sizes = [" ".join(f"{k}={v}" for k, v in check.sizes.items())] if sized else []
         table.add_row(
             str(check.batch),
+            *sizes,
             check.output,
+            f"{check.scale:.3g}",
             f"{check.max_abs_error:.3g}",
+            f"{check.error_to_scale:.2g}",
             f"{check.max_rel_error:.3g}",
             str(list(check.worst_index)),
-            f"{check.expected:.6g}",
-            f"{check.actual:.6g}",
+            f"{check.expected:.5g} → {check.actual:.5g}",
             verdict,
         )
     return table
+
+
+def _tolerance_to_scale(parity: ParityReport) -> str:
+    """The absolute tolerance as a share of the smallest output scale checked."""
+    scale = parity.min_scale()
+    if scale <= 0:
+        return ""
+    return f"; atol {parity.atol:g} is {parity.atol / scale:.1e} of the smallest output scale"
 
 
 def summary_table(result: ExportResult) -> Table:
@@ -80,15 +92,39 @@ def summary_table(result: ExportResult) -> Table:
     if result.report.get("dynamo_error"):
         exporter += " (dynamo failed, see export_report.json)"
     table.add_row("exporter", f"{exporter}, opset {result.opset}")
-    table.add_row("inputs", ", ".join(f"{s} (batch dim dynamic)" for s in result.inputs))
+    table.add_row("inputs", ", ".join(map(str, result.inputs)) + " (batch first, variable)")
     table.add_row("outputs", ", ".join(map(str, result.outputs)))
+    binding = result.report.get("binding", {})
+    if binding.get("by") == "keyword":
+        bound = ", ".join(binding.get("inputs", {}))
+        defaults = binding.get("left_to_defaults") or []
+        text = f"forward({bound}) by name"
+        if binding.get("forward_kwargs"):
+            text += f", fixed {binding['forward_kwargs']}"
+        if defaults:
+            text += f"; defaults for {', '.join(defaults)}"
+        table.add_row("binding", text)
     batches = sorted({c.batch for c in result.parity.checks})
+    sizes = result.report.get("variable_dims") or {}
+    at = "".join(f"; {k} at {', '.join(map(str, v))}" for k, v in sizes.items())
     table.add_row(
         "parity",
-        f"passed at batch {', '.join(map(str, batches))}: max abs error "
-        f"{result.parity.max_abs_error():.2e}, max rel error "
-        f"{result.parity.max_rel_error():.2e}",
+        f"passed at batch {', '.join(map(str, batches))}{at}: max abs error "
+        f"{result.parity.max_abs_error():.2e} ({result.parity.max_error_to_scale():.1e} of "
+        f"the output scale), max rel error {result.parity.max_rel_error():.2e}"
+        + _tolerance_to_scale(result.parity),
     )
+    narrow = [
+        f"{name} {r['low']}..{r['high'] - 1}"
+        for name, r in (result.report.get("generated_inputs") or {}).items()
+        if r["origin"] == NARROW_ORIGIN
+    ]
+    if narrow:
+        table.add_row(
+            "parity inputs",
+            f"[yellow]narrow[/]: {', '.join(narrow)} (no embedding reads them); "
+            "pass --example for real values",
+        )
     table.add_row("model.onnx", f"{result.report['model_file']['bytes'] / 1e6:.2f} MB")
     if result.report.get("reference"):
         table.add_row("drift reference", str(result.report["reference"]))

@@ -1,4 +1,4 @@
-"""torch -> one self-contained model.onnx with a named dynamic batch dim (dynamo or TorchScript)."""
+"""torch -> one self-contained model.onnx with named dynamic dims (dynamo or TorchScript)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from exporters.errors import ExportError, summarize_exception
 from exporters.sources import LoadedModel
+from exporters.specs import IOSpec
 
 BATCH_DIM_NAME = "batch"
 MAX_MODEL_BYTES = 2 * 1024**3
@@ -33,6 +34,7 @@ class ExportOutcome:
     opset: int
     seconds: float
     dynamo_error: str | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 @contextlib.contextmanager
@@ -76,17 +78,24 @@ def _quiet_native_stdout() -> Iterator[None]:
 
 def export_onnx(
     loaded: LoadedModel,
+    model: Any,
     args: tuple[Any, ...],
-    input_names: Sequence[str],
-    output_names: Sequence[str],
+    inputs: Sequence[IOSpec],
+    outputs: Sequence[IOSpec],
     opset: int,
     destination: Path,
 ) -> ExportOutcome:
-    """Export with dynamo; fall back to the TorchScript exporter when dynamo fails."""
+    """Export with dynamo; fall back to the TorchScript exporter when dynamo fails.
+
+    `model` takes the inputs by position (`binding.export_module`); a Hugging Face model whose
+    SDPA attention does not decompose (T5: a `view` of the transposed attention output) is
+    exported again by dynamo with its eager attention before falling back.
+    """
     started = time.perf_counter()
+    notes: list[str] = []
     try:
-        _export_dynamo(loaded, args, input_names, output_names, opset, destination)
-        check_dynamic_batch(destination, input_names, output_names)
+        _export_dynamo(loaded, model, args, inputs, outputs, opset, destination)
+        check_dynamic_dims(destination, inputs, outputs)
         return ExportOutcome(destination, "dynamo", opset, time.perf_counter() - started)
     except Exception as exc:
         dynamo_error = summarize_exception(exc)
@@ -96,10 +105,24 @@ def export_onnx(
                 stage="export",
             ) from None
     destination.unlink(missing_ok=True)
+    if _use_eager_attention(loaded.module):
+        try:
+            _export_dynamo(loaded, model, args, inputs, outputs, opset, destination)
+            check_dynamic_dims(destination, inputs, outputs)
+            notes.append(
+                "exported with the model's eager attention: its SDPA attention failed in "
+                f"dynamo ({dynamo_error.splitlines()[0]})"
+            )
+            return ExportOutcome(
+                destination, "dynamo", opset, time.perf_counter() - started, None, notes
+            )
+        except Exception as exc:
+            dynamo_error += f"\nwith eager attention: {summarize_exception(exc)}"
+        destination.unlink(missing_ok=True)
     ts_opset = min(opset, TORCHSCRIPT_MAX_OPSET)
     try:
-        _export_torchscript(loaded, args, input_names, output_names, ts_opset, destination)
-        check_dynamic_batch(destination, input_names, output_names)
+        _export_torchscript(model, args, inputs, outputs, ts_opset, destination)
+        check_dynamic_dims(destination, inputs, outputs)
     except Exception as exc:
         raise ExportError(
             "the model cannot be exported to ONNX.\n"
@@ -108,73 +131,107 @@ def export_onnx(
             stage="export",
         ) from None
     return ExportOutcome(
-        destination, "torchscript", ts_opset, time.perf_counter() - started, dynamo_error
+        destination, "torchscript", ts_opset, time.perf_counter() - started, dynamo_error, notes
     )
+
+
+def _use_eager_attention(module: Any) -> bool:
+    """Switch a Hugging Face model from SDPA to its eager attention; False when not one."""
+    config = getattr(module, "config", None)
+    if getattr(config, "_attn_implementation", None) != "sdpa":
+        return False
+    try:
+        module.set_attn_implementation("eager")
+    except Exception:
+        return False
+    return True
+
+
+def dynamic_shapes_of(inputs: Sequence[IOSpec]) -> tuple[tuple[dict[int, Any], ...]]:
+    """torch.export dynamic shapes for `forward(*inputs)`: one named Dim per dim name."""
+    import torch
+
+    dims: dict[str, Any] = {BATCH_DIM_NAME: torch.export.Dim(BATCH_DIM_NAME, min=1)}
+    shapes = []
+    for spec in inputs:
+        axes: dict[int, Any] = {0: dims[BATCH_DIM_NAME]}
+        for axis, name in spec.variable_axes.items():
+            axes[axis] = dims.setdefault(name, torch.export.Dim(name, min=1))
+        shapes.append(axes)
+    return (tuple(shapes),)
 
 
 def _export_dynamo(
     loaded: LoadedModel,
+    model: Any,
     args: tuple[Any, ...],
-    input_names: Sequence[str],
-    output_names: Sequence[str],
+    inputs: Sequence[IOSpec],
+    outputs: Sequence[IOSpec],
     opset: int,
     destination: Path,
 ) -> None:
     import torch
 
-    model = loaded.exported_program if loaded.exported_program is not None else loaded.module
-    dynamic_shapes = None
-    if loaded.exported_program is None:
-        batch = torch.export.Dim(BATCH_DIM_NAME, min=1)
-        dynamic_shapes = tuple({0: batch} for _ in args)
-    with quiet_exporter():
-        program = torch.onnx.export(
-            model,
+    program_source = loaded.exported_program
+    dynamic_shapes: Any = None if program_source is not None else dynamic_shapes_of(inputs)
+
+    def export(shapes: Any) -> Any:
+        return torch.onnx.export(
+            program_source if program_source is not None else model,
             args,
             None,
             dynamo=True,
-            input_names=list(input_names),
-            output_names=list(output_names),
+            input_names=[s.name for s in inputs],
+            output_names=[s.name for s in outputs],
             opset_version=opset,
-            dynamic_shapes=dynamic_shapes,
+            dynamic_shapes=shapes,
             external_data=False,
             optimize=True,
             verbose=False,
         )
+
+    with quiet_exporter():
+        try:
+            program = export(dynamic_shapes)
+        except Exception as exc:
+            # torch.export's own suggestions (e.g. seq_len <= 512 from a position table)
+            refine = torch.export.dynamic_shapes.refine_dynamic_shapes_from_suggested_fixes
+            if dynamic_shapes is None or "Suggested fixes" not in str(exc):
+                raise
+            program = export(refine(str(exc), dynamic_shapes))
         if program is None:
             raise ExportError("the dynamo exporter returned no program", stage="export")
         program.save(str(destination), external_data=False)
 
 
 def _export_torchscript(
-    loaded: LoadedModel,
+    model: Any,
     args: tuple[Any, ...],
-    input_names: Sequence[str],
-    output_names: Sequence[str],
+    inputs: Sequence[IOSpec],
+    outputs: Sequence[IOSpec],
     opset: int,
     destination: Path,
 ) -> None:
     import torch
 
-    axes = {name: {0: BATCH_DIM_NAME} for name in [*input_names, *output_names]}
+    axes = {spec.name: {0: BATCH_DIM_NAME, **spec.variable_axes} for spec in [*inputs, *outputs]}
     with quiet_exporter(), _quiet_native_stdout():
         torch.onnx.export(
-            loaded.module,
+            model,
             args,
             str(destination),
             dynamo=False,
-            input_names=list(input_names),
-            output_names=list(output_names),
+            input_names=[s.name for s in inputs],
+            output_names=[s.name for s in outputs],
             opset_version=opset,
             dynamic_axes=axes,
             do_constant_folding=True,
         )
 
 
-def check_dynamic_batch(
-    path: Path, input_names: Sequence[str], output_names: Sequence[str]
-) -> None:
-    """The saved graph has the expected names, a symbolic first dim on every I/O, no sidecar."""
+def check_dynamic_dims(path: Path, inputs: Sequence[IOSpec], outputs: Sequence[IOSpec]) -> None:
+    """The saved graph has the expected names, a symbolic batch dim and symbolic variable dims
+    on every I/O, and no sidecar file."""
     import onnx
 
     size = path.stat().st_size
@@ -188,18 +245,28 @@ def check_dynamic_batch(
         raise ExportError("the exporter wrote external data files", stage="export")
     model = onnx.load(str(path), load_external_data=False)
     initializers = {init.name for init in model.graph.initializer}
-    inputs = [v for v in model.graph.input if v.name not in initializers]
-    _check_names("input", [v.name for v in inputs], input_names)
-    _check_names("output", [v.name for v in model.graph.output], output_names)
-    for value in [*inputs, *model.graph.output]:
+    graph_inputs = [v for v in model.graph.input if v.name not in initializers]
+    _check_names("input", [v.name for v in graph_inputs], [s.name for s in inputs])
+    _check_names("output", [v.name for v in model.graph.output], [s.name for s in outputs])
+    specs = {s.name: s for s in [*inputs, *outputs]}
+    for value in [*graph_inputs, *model.graph.output]:
         dims = value.type.tensor_type.shape.dim
+        shape = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
         if not dims or dims[0].HasField("dim_value"):
-            shape = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
             raise ExportError(
                 f"'{value.name}' has a static first dim in the exported graph "
                 f"({shape}): the batch dim was not kept dynamic",
                 stage="export",
             )
+        for axis, name in specs[value.name].variable_axes.items():
+            if axis < len(dims) and dims[axis].HasField("dim_value"):
+                raise ExportError(
+                    f"the exported graph fixed the variable dim '{name}' of '{value.name}' "
+                    f"(axis {axis}) to {dims[axis].dim_value} (shape {shape}): the model's "
+                    "code specializes it at this size (a branch on the size, a reshape to a "
+                    "constant); export at another size (the first of --dim-sizes)",
+                    stage="export",
+                )
 
 
 def _check_names(kind: str, actual: list[str], expected: Sequence[str]) -> None:

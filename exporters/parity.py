@@ -1,8 +1,9 @@
-"""Parity gate: ONNX Runtime and PyTorch on the same inputs at batch 1, 2 and max_batch_size."""
+"""Parity gate: ONNX Runtime and PyTorch on the same inputs at batch 1, 2 and max_batch_size,
+and at every planned size of the variable dims."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from exporters.errors import ExportError, summarize_exception
-from exporters.inputs import InputBatches, flatten_outputs, to_torch
+from exporters.inputs import InputBatches, SizePlan, to_torch
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,13 @@ class OutputParity:
     worst_index: tuple[int, ...] = ()
     expected: float = 0.0
     actual: float = 0.0
+    scale: float = 0.0  # max |PyTorch output|: the errors and tolerances read against it
+    sizes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def error_to_scale(self) -> float:
+        """max abs error / max |expected|: the error as a share of the output's scale."""
+        return self.max_abs_error / self.scale if self.scale > 0 else self.max_abs_error
 
 
 @dataclass
@@ -49,6 +57,14 @@ class ParityReport:
         """The largest relative error over every check."""
         return max((c.max_rel_error for c in self.checks), default=0.0)
 
+    def max_error_to_scale(self) -> float:
+        """The largest max-abs-error / output-scale ratio over every check."""
+        return max((c.error_to_scale for c in self.checks), default=0.0)
+
+    def min_scale(self) -> float:
+        """The smallest output scale checked (atol reads against it)."""
+        return min((c.scale for c in self.checks), default=0.0)
+
     def to_json(self) -> dict[str, Any]:
         """The parity section of export_report.json."""
         return {
@@ -57,14 +73,26 @@ class ParityReport:
             "passed": self.passed,
             "max_abs_error": self.max_abs_error(),
             "max_rel_error": self.max_rel_error(),
-            "checks": [asdict(c) | {"worst_index": list(c.worst_index)} for c in self.checks],
+            "max_error_to_scale": self.max_error_to_scale(),
+            "atol_to_scale": self.atol / self.min_scale() if self.min_scale() > 0 else None,
+            "checks": [
+                asdict(c) | {"worst_index": list(c.worst_index), "error_to_scale": c.error_to_scale}
+                for c in self.checks
+            ],
         }
 
 
 def compare_output(
-    batch: int, name: str, expected: np.ndarray, actual: np.ndarray, atol: float, rtol: float
+    batch: int,
+    name: str,
+    expected: np.ndarray,
+    actual: np.ndarray,
+    atol: float,
+    rtol: float,
+    sizes: dict[str, int] | None = None,
 ) -> OutputParity:
     """Compare one output; relative error counts elements with |expected| >= atol."""
+    sizes = dict(sizes or {})
     if expected.shape != actual.shape:
         return OutputParity(
             batch,
@@ -73,11 +101,12 @@ def compare_output(
             float("inf"),
             False,
             f"shape {actual.shape} != PyTorch's {expected.shape}",
+            sizes=sizes,
         )
     want = expected.astype(np.float64)
     got = actual.astype(np.float64)
     if want.size == 0:
-        return OutputParity(batch, name, 0.0, 0.0, True)
+        return OutputParity(batch, name, 0.0, 0.0, True, sizes=sizes)
     same_nonfinite = (np.isnan(want) & np.isnan(got)) | (np.isinf(want) & (want == got))
     bad_nonfinite = ~np.isfinite(got) & ~same_nonfinite
     lost_nonfinite = ~np.isfinite(want) & ~same_nonfinite
@@ -106,6 +135,8 @@ def compare_output(
         worst,
         float(want[worst]),
         float(got[worst]),
+        float(scale.max()),
+        sizes,
     )
 
 
@@ -115,15 +146,17 @@ def parity_batches(max_batch_size: int) -> list[int]:
 
 
 def check_parity(
-    module: Any,
+    model: Callable[..., tuple[Any, ...]],
     onnx_path: Path,
     batches: InputBatches,
     output_names: Sequence[str],
     max_batch_size: int,
+    plan: SizePlan,
     atol: float,
     rtol: float,
 ) -> ParityReport:
-    """Run both runtimes at each parity batch size and compare every output."""
+    """Run both runtimes on the same inputs and compare every output: batch 1, 2 and
+    max_batch_size at the export sizes, batch 1 and 2 at every other planned size."""
     import onnxruntime as ort
     import torch
 
@@ -135,19 +168,23 @@ def check_parity(
             stage="verify",
         ) from None
     report = ParityReport(atol, rtol)
-    for size in parity_batches(max_batch_size):
-        arrays = batches.batch(size)
+    runs = [(plan.export, size) for size in parity_batches(max_batch_size)]
+    runs += [(sizes, size) for sizes in plan.sets[1:] for size in parity_batches(2)]
+    for sizes, size in runs:
+        arrays = batches.batch(size, sizes)
         with torch.inference_mode():
-            expected = [
-                t.detach().cpu().numpy()
-                for t in flatten_outputs(module(*to_torch(arrays, batches.specs)))
-            ]
+            expected = [t.detach().cpu().numpy() for t in model(*to_torch(arrays, batches.specs))]
         try:
             actual = session.run(list(output_names), arrays)
         except Exception as exc:
+            shown = ", ".join(f"{k}={v}" for k, v in sizes.items())
             raise ExportError(
-                f"ONNX Runtime failed at batch {size}: {summarize_exception(exc)}", stage="verify"
+                f"ONNX Runtime failed at batch {size}{f' ({shown})' if shown else ''}: "
+                f"{summarize_exception(exc)}",
+                stage="verify",
             ) from None
         for name, want, got in zip(output_names, expected, actual, strict=True):
-            report.checks.append(compare_output(size, name, want, np.asarray(got), atol, rtol))
+            report.checks.append(
+                compare_output(size, name, want, np.asarray(got), atol, rtol, dict(sizes))
+            )
     return report

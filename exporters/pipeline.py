@@ -14,36 +14,15 @@ import numpy as np
 
 from exporters import repository
 from exporters.errors import ExportError, summarize_exception
-from exporters.inputs import InputBatches, to_torch
 from exporters.onnx_export import export_onnx, model_opset
+from exporters.options import ExportOptions
 from exporters.parity import ParityReport, check_parity
+from exporters.prepare import prepare
 from exporters.report import build_report, write_report
-from exporters.resolve import EXPORT_EXAMPLE_BATCH, resolve_inputs, resolve_outputs
-from exporters.sources import load_source
 from exporters.specs import IOSpec, check_data_matches, load_npz
 from server.repository_format import EXPORT_REPORT_FILENAME, REFERENCE_FILENAME
 
-
-@dataclass(frozen=True)
-class ExportOptions:
-    """Everything `ferry export` takes."""
-
-    source: str
-    name: str
-    repository: Path
-    inputs: tuple[str, ...] = ()
-    outputs: tuple[str, ...] = ()
-    example: Path | None = None
-    weights: Path | None = None
-    max_batch_size: int = 64
-    opset: int = 20
-    version: int | None = None
-    atol: float = 1e-4
-    rtol: float = 1e-3
-    reference_data: Path | None = None
-    overwrite: bool = False
-    trust_pickled_module: bool = False
-    seed: int = 0
+__all__ = ["ExportOptions", "ExportResult", "StageListener", "run_export"]
 
 
 @dataclass
@@ -59,6 +38,7 @@ class ExportResult:
     parity: ParityReport
     report: dict[str, Any]
     timings_s: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 class StageListener(Protocol):
@@ -68,12 +48,17 @@ class StageListener(Protocol):
 
     def stage_finished(self, stage: str, detail: str, seconds: float) -> None: ...
 
+    def note(self, text: str) -> None: ...
+
 
 class _Silent:
     def stage_started(self, stage: str, description: str) -> None:
         return None
 
     def stage_finished(self, stage: str, detail: str, seconds: float) -> None:
+        return None
+
+    def note(self, text: str) -> None:
         return None
 
 
@@ -100,18 +85,20 @@ def run_export(options: ExportOptions, listener: StageListener | None = None) ->
     version = repository.resolve_version(model_dir, options.version, options.overwrite)
     reference = _reference_inputs(options)
 
+    notes: list[str] = []
     with stage("load", f"loading {options.source}") as detail:
         example = load_npz(options.example, "--example") if options.example else None
-        loaded = load_source(options.source, options.weights, options.trust_pickled_module)
-        inputs = resolve_inputs(options.inputs, loaded, example)
-        batches = InputBatches(inputs, example, options.seed)
-        args = to_torch(batches.batch(EXPORT_EXAMPLE_BATCH), inputs)
-        outputs = resolve_outputs(options.outputs, loaded, args)
+        prepared = prepare(options, example)
+        notes += prepared.notes
         if reference is not None:
-            check_data_matches(reference, inputs, "--reference-data")
+            check_data_matches(reference, prepared.inputs, "--reference-data")
+        inputs, outputs = prepared.inputs, prepared.outputs
         detail.append(
-            f"{loaded.kind}: {', '.join(map(str, inputs))} -> {', '.join(map(str, outputs))}"
+            f"{prepared.loaded.kind}: {', '.join(map(str, inputs))} -> "
+            f"{', '.join(map(str, outputs))}"
         )
+    for text in notes:
+        tell.note(text)
 
     with tempfile.TemporaryDirectory(prefix="ferry-export-") as tmp:
         version_files = Path(tmp) / str(version)
@@ -119,34 +106,44 @@ def run_export(options: ExportOptions, listener: StageListener | None = None) ->
         model_path = version_files / "model.onnx"
         with stage("export", "exporting to ONNX") as detail:
             outcome = export_onnx(
-                loaded,
-                args,
-                [s.name for s in inputs],
-                [s.name for s in outputs],
+                prepared.loaded,
+                prepared.model,
+                prepared.args,
+                inputs,
+                outputs,
                 options.opset,
                 model_path,
             )
             opset = model_opset(model_path)
             detail.append(f"{outcome.exporter} exporter, opset {opset}")
+        for text in outcome.notes:
+            tell.note(text)
+        notes += outcome.notes
         with stage("verify", "checking parity with PyTorch") as detail:
             parity = check_parity(
-                loaded.module,
+                prepared.reference,
                 model_path,
-                batches,
+                prepared.batches,
                 [s.name for s in outputs],
                 options.max_batch_size,
+                prepared.plan,
                 options.atol,
                 options.rtol,
             )
             if not parity.passed:
                 first = next(c for c in parity.checks if not c.passed)
+                at = ", ".join(f"{k}={v}" for k, v in first.sizes.items())
                 raise ExportError(
                     "the ONNX model does not match PyTorch (parity gate failed): output "
-                    f"'{first.output}' at batch {first.batch}: {first.reason}",
+                    f"'{first.output}' at batch {first.batch}{f' ({at})' if at else ''}: "
+                    f"{first.reason}",
                     stage="verify",
                     detail=parity,
                 )
-            detail.append(f"max abs error {parity.max_abs_error():.2e}")
+            detail.append(
+                f"max abs error {parity.max_abs_error():.2e} "
+                f"({parity.max_error_to_scale():.1e} of the output scale)"
+            )
         with stage("write", f"writing {model_dir}") as detail:
             reference_name = None
             if reference is not None:
@@ -154,7 +151,7 @@ def run_export(options: ExportOptions, listener: StageListener | None = None) ->
                 reference_name = REFERENCE_FILENAME
             report = build_report(
                 source=options.source,
-                source_kind=loaded.kind,
+                source_kind=prepared.loaded.kind,
                 name=options.name,
                 version=version,
                 exporter=outcome.exporter,
@@ -169,6 +166,11 @@ def run_export(options: ExportOptions, listener: StageListener | None = None) ->
                 weights=options.weights,
                 example=options.example,
                 reference=reference_name,
+                init_args=dict(options.init_args),
+                binding=prepared.binding(),
+                variable_dims=prepared.plan.to_json(),
+                generated_inputs={name: r.to_json() for name, r in prepared.ranges.items()},
+                notes=notes,
             )
             write_report(version_files / EXPORT_REPORT_FILENAME, report)
             config = repository.build_config(
@@ -183,7 +185,16 @@ def run_export(options: ExportOptions, listener: StageListener | None = None) ->
             )
             detail.append(f"version {version}")
     return ExportResult(
-        version_dir, version, outcome.exporter, opset, inputs, outputs, parity, report, timings
+        version_dir,
+        version,
+        outcome.exporter,
+        opset,
+        inputs,
+        outputs,
+        parity,
+        report,
+        timings,
+        notes,
     )
 
 

@@ -52,11 +52,21 @@ def build_report(
     weights: Path | None,
     example: Path | None,
     reference: str | None,
+    init_args: Mapping[str, Any] | None = None,
+    binding: Mapping[str, Any] | None = None,
+    variable_dims: Mapping[str, list[int]] | None = None,
+    generated_inputs: Mapping[str, Any] | None = None,
+    notes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The report as a JSON-ready dict."""
 
     def spec_json(spec: IOSpec) -> dict[str, Any]:
-        return {"name": spec.name, "datatype": spec.datatype, "dims": list(spec.dims)}
+        return {
+            "name": spec.name,
+            "datatype": spec.datatype,
+            "dims": list(spec.config_dims),
+            "dim_names": {str(axis): name for axis, name in spec.variable_axes.items()},
+        }
 
     return {
         "format": 1,
@@ -68,7 +78,9 @@ def build_report(
             "kind": source_kind,
             "weights": str(weights) if weights else None,
             "example": str(example) if example else None,
+            "init_args": dict(init_args or {}),
         },
+        "binding": dict(binding or {}),
         "exporter": exporter,
         "dynamo_error": dynamo_error,
         "opset": opset,
@@ -76,6 +88,11 @@ def build_report(
         "max_batch_size": max_batch_size,
         "inputs": [spec_json(s) for s in inputs],
         "outputs": [spec_json(s) for s in outputs],
+        # variable dim -> the sizes parity checked it at
+        "variable_dims": dict(variable_dims or {}),
+        # how parity drew each integer input without --example (and why that range)
+        "generated_inputs": dict(generated_inputs or {}),
+        "notes": list(notes),
         "model_file": {
             "name": model_path.name,
             "bytes": model_path.stat().st_size,

@@ -72,7 +72,7 @@ def build_config(
             tensor = section.add()
             tensor.name = spec.name
             tensor.data_type = CONFIG_TYPE_BY_DATATYPE[spec.datatype]
-            tensor.dims.extend(spec.dims)
+            tensor.dims.extend(spec.config_dims)
     if not config.HasField("dynamic_batching") and not config.HasField("sequence_batching"):
         config.dynamic_batching.SetInParent()
     return config

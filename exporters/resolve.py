@@ -1,80 +1,29 @@
-"""The model's input and output specs: from flags, example data, the model's signature and run."""
+"""The model's input and output specs: from flags, example data, the signature and two runs."""
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from exporters.binding import ModelCall, bind_inputs, forward_signature
 from exporters.errors import ExportError, summarize_exception
-from exporters.inputs import flatten_outputs, output_keys
+from exporters.inputs import InputBatches, SizePlan, to_torch
+from exporters.outputs import OutputSelection, select_outputs
 from exporters.sources import LoadedModel
 from exporters.specs import (
     DATATYPE_BY_NUMPY_DTYPE,
     LABELS_KEY,
     IOSpec,
     check_data_matches,
+    name_variable_dims,
+    parse_dynamic_dim,
     parse_input_spec,
     spec_of_array,
 )
 
 EXPORT_EXAMPLE_BATCH = 2  # >= 2: an example batch of 1 freezes the batch dim
-
-
-def forward_parameters(loaded: LoadedModel) -> tuple[list[str], int] | None:
-    """Names of forward's tensor parameters and how many are required; None when variadic."""
-    if loaded.exported_program is not None:
-        names = [str(n) for n in loaded.exported_program.graph_signature.user_inputs]
-        return names, len(names)
-    forward = loaded.module.forward
-    schema = getattr(forward, "schema", None)
-    if schema is not None:  # TorchScript method: the schema's first argument is self
-        arguments = list(schema.arguments)[1:]
-        required = sum(
-            1 for a in arguments if a.default_value is None and not a.has_default_value()
-        )
-        return [a.name for a in arguments], required
-    try:
-        parameters = list(inspect.signature(forward).parameters.values())
-    except (TypeError, ValueError):
-        return None
-    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters):
-        return None
-    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    required = sum(1 for p in positional if p.default is p.empty)
-    return [p.name for p in positional], required
-
-
-def order_by_signature(specs: Sequence[IOSpec], loaded: LoadedModel) -> list[IOSpec]:
-    """The specs in forward's parameter order; an error when they do not fit the signature."""
-    signature = forward_parameters(loaded)
-    if signature is None:
-        return list(specs)
-    names, required = signature
-    shown = f"forward({', '.join(names)})"
-    by_name = {spec.name: spec for spec in specs}
-    unknown = [name for name in by_name if name not in names]
-    if unknown:
-        raise ExportError(
-            f"input '{unknown[0]}' is not a parameter of the model's {shown}", stage="load"
-        )
-    missing = [name for name in names[:required] if name not in by_name]
-    if missing:
-        raise ExportError(
-            f"the model's {shown} needs input '{missing[0]}': add "
-            f"--input {missing[0]}:DTYPE:DIMS (or put it in --example)",
-            stage="load",
-        )
-    ordered = [by_name[name] for name in names if name in by_name]
-    if [s.name for s in ordered] != names[: len(ordered)]:
-        raise ExportError(
-            f"inputs {', '.join(s.name for s in ordered)} skip an optional "
-            f"parameter of {shown}; ferry passes inputs by position",
-            stage="load",
-        )
-    return ordered
 
 
 def specs_from_program(program: Any) -> list[IOSpec]:
@@ -93,29 +42,24 @@ def specs_from_program(program: Any) -> list[IOSpec]:
                 stage="load",
             )
         dtype = np.dtype(torch.empty((), dtype=value.dtype).numpy().dtype)
-        dims = []
-        for size in value.shape[1:]:
-            if not isinstance(size, int):
-                raise ExportError(
-                    f"input '{node.name}' of the .pt2 has a dynamic non-batch dim; "
-                    "pass --input with fixed dims",
-                    stage="load",
-                )
-            dims.append(size)
+        # a symbolic non-batch dim is variable (named by name_variable_dims)
+        dims = [size if isinstance(size, int) else -1 for size in value.shape[1:]]
         specs.append(IOSpec(node.name, DATATYPE_BY_NUMPY_DTYPE[dtype], tuple(dims)))
     return specs
 
 
 def resolve_inputs(
-    input_texts: Sequence[str], loaded: LoadedModel, example: Mapping[str, np.ndarray] | None
+    input_texts: Sequence[str],
+    dynamic_dims: Sequence[str],
+    loaded: LoadedModel,
+    example: Mapping[str, np.ndarray] | None,
 ) -> list[IOSpec]:
-    """Input specs from --input, else --example, else a .pt2's placeholders; in forward's order."""
+    """Input specs from --input, else --example, else a .pt2's placeholders; variable dims
+    named (--dynamic-dim, `dim_<axis>` for a bare -1); in forward's order."""
     if input_texts:
         specs = [parse_input_spec(text) for text in input_texts]
         if len({s.name for s in specs}) != len(specs):
             raise ExportError("--input names must be unique", stage="load")
-        if example is not None:
-            check_data_matches(example, specs, "--example")
     elif example is not None:
         specs = [spec_of_array(k, v) for k, v in example.items() if k != LABELS_KEY]
     elif loaded.exported_program is not None:
@@ -126,40 +70,65 @@ def resolve_inputs(
             "--example FILE.npz with one array per input",
             stage="load",
         )
-    return order_by_signature(specs, loaded)
+    specs = name_variable_dims(specs, [parse_dynamic_dim(text) for text in dynamic_dims])
+    if example is not None:
+        check_data_matches(example, specs, "--example")
+    return bind_inputs(specs, forward_signature(loaded))
+
+
+def _output_dims(
+    name: str, first: np.ndarray, second: np.ndarray | None, sizes: Sequence[Mapping[str, int]]
+) -> tuple[int | str, ...]:
+    """Dims of one output: those that change with the input sizes are variable, named after
+    the input dim they follow when one does (else `<output>_<axis>`)."""
+    dims: list[int | str] = []
+    for axis in range(1, first.ndim):
+        size = int(first.shape[axis])
+        if second is None or int(second.shape[axis]) == size:
+            dims.append(size)
+            continue
+        follows = [
+            dim_name
+            for dim_name in sizes[0]
+            if sizes[0][dim_name] == size and sizes[1][dim_name] == int(second.shape[axis])
+        ]
+        dims.append(follows[0] if follows else f"{name}_{axis}")
+    return tuple(dims)
 
 
 def resolve_outputs(
-    output_names: Sequence[str], loaded: LoadedModel, args: tuple[Any, ...]
-) -> list[IOSpec]:
-    """Output specs from one run of the model on the export example batch."""
+    requested: Sequence[str],
+    call: ModelCall,
+    batches: InputBatches,
+    plan: SizePlan,
+    generated: tuple[str, str],
+) -> tuple[OutputSelection, list[IOSpec]]:
+    """The outputs kept from the model's result and their specs, from runs at two sizes."""
     import torch
 
-    try:
-        with torch.inference_mode():
-            result = loaded.module(*args)
-    except Exception as exc:
-        raise ExportError(
-            f"the model fails on inputs of the declared specs: "
-            f"{summarize_exception(exc, max_lines=4)}",
-            stage="load",
-        ) from None
-    tensors = flatten_outputs(result)
-    names = (
-        list(output_names)
-        or output_keys(result)
-        or (["output"] if len(tensors) == 1 else [f"output_{i}" for i in range(len(tensors))])
-    )
-    if len(names) != len(tensors):
-        raise ExportError(
-            f"{len(names)} --output names given, but the model returns {len(tensors)} tensors",
-            stage="load",
-        )
-    if len(set(names)) != len(names):
-        raise ExportError("--output names must be unique", stage="load")
+    def run(sizes: Mapping[str, int]) -> Any:
+        arrays = batches.batch(EXPORT_EXAMPLE_BATCH, sizes)
+        try:
+            with torch.inference_mode():
+                return call(*to_torch(arrays, batches.specs))
+        except Exception as exc:
+            fed, hint = generated
+            specs = ", ".join(map(str, batches.specs))
+            raise ExportError(
+                f"the model fails on inputs of the declared specs ({specs}; {fed}): "
+                f"{summarize_exception(exc, max_lines=4)}\n{hint}",
+                stage="load",
+            ) from None
+
+    result = run(plan.export)
+    selection = select_outputs(result, requested)
+    firsts = [t.detach().cpu().numpy() for t in selection.pick(result)]
+    varied = plan.sets[1] if len(plan.sets) > 1 else None
+    seconds: list[np.ndarray | None] = [None] * len(firsts)
+    if varied is not None:
+        seconds = [t.detach().cpu().numpy() for t in selection.pick(run(varied))]
     specs = []
-    for name, tensor in zip(names, tensors, strict=True):
-        array = tensor.detach().cpu().numpy()
+    for name, array, other in zip(selection.names, firsts, seconds, strict=True):
         if array.ndim < 1 or array.shape[0] != EXPORT_EXAMPLE_BATCH:
             raise ExportError(
                 f"output '{name}' has shape {tuple(array.shape)}: every output "
@@ -177,6 +146,9 @@ def resolve_outputs(
                 "Triton's config can describe",
                 stage="load",
             )
-        dims = tuple(int(d) for d in array.shape[1:])
+        if other is not None and other.ndim != array.ndim:
+            raise ExportError(f"output '{name}' changes rank with the input sizes", stage="load")
+        sizes = [plan.export, varied] if varied is not None else [plan.export]
+        dims = _output_dims(name, array, other, sizes)  # type: ignore[arg-type]
         specs.append(IOSpec(name, DATATYPE_BY_NUMPY_DTYPE[array.dtype], dims))
-    return specs
+    return selection, specs

@@ -8,7 +8,7 @@ import importlib.util
 import logging
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,10 +48,20 @@ def classify_source(source: str) -> str:
 
 
 def load_source(
-    source: str, weights: Path | None = None, trust_pickled: bool = False
+    source: str,
+    weights: Path | None = None,
+    trust_pickled: bool = False,
+    init_args: Mapping[str, Any] | None = None,
 ) -> LoadedModel:
-    """Load SOURCE (and `--weights`) into an eval-mode model."""
+    """Load SOURCE (and `--weights`) into an eval-mode model; `init_args` go to a class or
+    factory SOURCE as keyword arguments."""
     kind = classify_source(source)
+    if init_args and kind not in ("module", "file"):
+        raise ExportError(
+            "--init-args needs a class or factory SOURCE (package.module:Class or "
+            "file.py:Class), not a serialized model",
+            stage="load",
+        )
     if kind == "exported_program":
         if weights is not None:
             raise ExportError(
@@ -64,7 +74,7 @@ def load_source(
         loaded = _load_serialized(Path(source), trust_pickled)
     else:
         obj = _import_module_attr(source) if kind == "module" else _import_file_attr(source)
-        loaded = LoadedModel(_as_module(obj, source), kind, source)
+        loaded = LoadedModel(_as_module(obj, source, dict(init_args or {})), kind, source)
     if weights is not None:
         _apply_weights(loaded.module, weights)
     loaded.module.eval()
@@ -87,7 +97,7 @@ def _import_module_attr(source: str) -> Any:
         raise ExportError(
             f"importing '{module_name}' failed: {summarize_exception(exc)}", stage="load"
         ) from None
-    return _get_attr(module, match["attr"], source)
+    return _get_attr(module, match["attr"], f"module {module_name}")
 
 
 def _import_file_attr(source: str) -> Any:
@@ -109,40 +119,57 @@ def _import_file_attr(source: str) -> Any:
         raise ExportError(
             f"running {path} failed: {summarize_exception(exc)}", stage="load"
         ) from None
-    return _get_attr(module, match["attr"], source)
+    return _get_attr(module, match["attr"], str(path))
 
 
-def _get_attr(module: Any, attr: str, source: str) -> Any:
+def _get_attr(module: Any, attr: str, where: str) -> Any:
+    """`attr` (dotted) of `module`; `where` names the module as the user wrote it."""
     obj = module
-    for part in attr.split("."):
+    for depth, part in enumerate(attr.split(".")):
         if not hasattr(obj, part):
+            found = ".".join(attr.split(".")[:depth])
+            names = sorted(n for n in dir(obj) if not n.startswith("_"))
+            hint = f"; it has: {', '.join(names[:20])}{' …' if len(names) > 20 else ''}"
             raise ExportError(
-                f"'{attr}' not found in {module.__name__} (SOURCE '{source}')", stage="load"
+                f"'{attr}' not found in {where}"
+                + (f" ('{found}' has no '{part}')" if found else "")
+                + (hint if names else ""),
+                stage="load",
             )
         obj = getattr(obj, part)
     return obj
 
 
-def _as_module(obj: Any, source: str) -> Any:
-    """An nn.Module instance as is; a class or factory is called without arguments."""
+def _as_module(obj: Any, source: str, init_args: dict[str, Any]) -> Any:
+    """An nn.Module instance as is; a class or factory is called with `init_args`."""
     import torch
 
     if isinstance(obj, torch.nn.Module):
+        if init_args:
+            raise ExportError(
+                f"--init-args: '{source}' is already a model instance; name its class or a "
+                "factory function instead",
+                stage="load",
+            )
         return obj
     if not callable(obj):
         raise ExportError(
             f"'{source}' is a {type(obj).__name__}, not an nn.Module or a callable returning one",
             stage="load",
         )
+    shown = ", ".join(f"{k}={v!r}" for k, v in init_args.items())
     try:
-        made = obj()
+        made = obj(**init_args)
     except Exception as exc:
+        hint = "" if init_args else " (pass constructor arguments with --init-args JSON)"
         raise ExportError(
-            f"calling '{source}()' failed: {summarize_exception(exc)}", stage="load"
+            f"calling '{source}({shown})' failed: {summarize_exception(exc)}{hint}",
+            stage="load",
         ) from None
     if not isinstance(made, torch.nn.Module):
         raise ExportError(
-            f"'{source}()' returned a {type(made).__name__}, not an nn.Module", stage="load"
+            f"'{source}({shown})' returned a {type(made).__name__}, not an nn.Module",
+            stage="load",
         )
     return made
 
@@ -197,7 +224,7 @@ def _load_serialized(path: Path, trust_pickled: bool) -> LoadedModel:
                 f"{summarize_exception(exc, max_lines=1)}",
                 stage="load",
             ) from None
-        return LoadedModel(_as_module(obj, str(path)), "pickled_module", str(path))
+        return LoadedModel(_as_module(obj, str(path), {}), "pickled_module", str(path))
     try:
         torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:

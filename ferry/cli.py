@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import typer
 
 from exporters.cli import register as register_export
+from measure.cli import register as register_bench
 from monitoring.cli import register as register_monitoring
 from optimizers.cli import register as register_optimize
 from server.cli import register as register_serve
@@ -35,8 +39,24 @@ register_serve(app)
 register_export(app)
 register_optimize(app)
 register_monitoring(app)
+register_bench(app)
+
+
+# Piped, Rich assumes 80 columns and cuts option names in --help tables ("--model-reposit…").
+PIPED_HELP_WIDTH = 160
+
+
+def use_wide_help_when_piped() -> None:
+    """--help tables follow the terminal's width; when stdout is not a terminal (and neither
+    COLUMNS nor TERMINAL_WIDTH says otherwise) they get PIPED_HELP_WIDTH columns instead."""
+    if sys.stdout.isatty() or "COLUMNS" in os.environ or "TERMINAL_WIDTH" in os.environ:
+        return
+    from typer import rich_utils
+
+    rich_utils.MAX_WIDTH = PIPED_HELP_WIDTH
 
 
 def main() -> None:
     """Entry point of the `ferry` console script."""
+    use_wide_help_when_piped()
     app()

@@ -10,6 +10,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from monitoring.drift import DriftMonitor
 from monitoring.families import CONTENT_TYPE, render_registry
+from monitoring.loop_lag import LoopLagProbe
 from monitoring.metrics import CacheTotals, PendingCounts, ServingMetrics
 from monitoring.observer import InferenceObserver
 
@@ -17,35 +18,46 @@ from monitoring.observer import InferenceObserver
 class _FerryCollector(Collector):
     """Collects serving and drift families on each scrape."""
 
-    def __init__(self, metrics: ServingMetrics, drift: DriftMonitor) -> None:
-        self._metrics, self._drift = metrics, drift
+    def __init__(
+        self, metrics: ServingMetrics, drift: DriftMonitor, loop_lag: LoopLagProbe | None
+    ) -> None:
+        self._metrics, self._drift, self._loop_lag = metrics, drift, loop_lag
 
     def collect(self) -> Iterable[Metric]:
         for family in (*self._metrics.families(), *self._drift.families()):
             yield family.metric
+        if self._loop_lag is not None:
+            for family in self._loop_lag.families():
+                yield family.metric
 
 
 class Monitors:
     """What the server wires in: observers, a metrics renderer, drift detail, start/close."""
 
-    def __init__(self, metrics: ServingMetrics, drift: DriftMonitor) -> None:
+    def __init__(
+        self, metrics: ServingMetrics, drift: DriftMonitor, loop_lag: LoopLagProbe | None = None
+    ) -> None:
         from prometheus_client import gc_collector, platform_collector, process_collector
 
-        self.metrics, self.drift = metrics, drift
+        self.metrics, self.drift, self.loop_lag = metrics, drift, loop_lag
         self.observers: list[InferenceObserver] = [metrics, drift]
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_FerryCollector(metrics, drift))
+        self.registry.register(_FerryCollector(metrics, drift, loop_lag))
         # The client library's default process/platform/GC collectors, on our own registry.
         process_collector.ProcessCollector(registry=self.registry)
         platform_collector.PlatformCollector(registry=self.registry)
         gc_collector.GCCollector(registry=self.registry)
 
     def start(self) -> None:
-        """Start background workers."""
+        """Start background workers (and the loop-lag probe, on the running event loop)."""
         self.drift.start()
+        if self.loop_lag is not None:
+            self.loop_lag.start()
 
     def close(self) -> None:
         """Stop background workers."""
+        if self.loop_lag is not None:
+            self.loop_lag.stop()
         self.drift.close()
 
     def render_metrics(self) -> tuple[bytes, str]:
@@ -64,6 +76,7 @@ def build_monitors(
     drift_alpha: float = 0.05,
     drift_baseline_samples: int = 0,
     drift_max_window_age_s: float = 600.0,
+    loop_lag_probe: bool = False,
     cache_totals: CacheTotals | None = None,
 ) -> Monitors:
     """Build the metrics and drift observers with the server's settings."""
@@ -76,4 +89,5 @@ def build_monitors(
         DriftMonitor(
             drift_enabled, drift_window, drift_alpha, drift_baseline_samples, drift_max_window_age_s
         ),
+        LoopLagProbe() if loop_lag_probe else None,
     )

@@ -10,7 +10,7 @@ quantize the projections one by one. Fused, quantize_dynamic makes each block a 
 
 This pass matches the attention semantics rather than one exporter's node sequence:
 
-    Softmax(MatMul(q, k) * scale) @ v
+    Softmax(MatMul(q, k) * scale [+ mask bias]) [NaN guard] @ v
 
 where q, k and v reach one packed projection `x @ W + b` (or three projections of the same x)
 through layout-only ops (Reshape, Transpose, Squeeze, Unsqueeze, Gather/Split of the packed
@@ -19,6 +19,15 @@ Each match becomes `Attention(x, W_qkv, b_qkv)` + `MatMul` (+ `Add`) for the out
 projection. The caller must check the fused model against the original on real inputs
 (`fuse_attention_file` does): the match infers the head count and layout from the graph and the
 check is what proves the inference right.
+
+Hugging Face models (BERT, DistilBERT, ViT... through SDPA or eager attention) add a bias built
+from `attention_mask` before the Softmax, and SDPA's decomposition zeroes NaN rows after it
+(`Where(IsNaN(p), 0, p)`). A bias computed from exactly one rank-2 graph input (the padding
+mask: shapes aside) becomes the Attention op's 2-D `mask_index` (key positions where the mask is
+0 are left out); a bias computed from shapes and constants alone (ViT's all-true mask) is
+dropped. Any other bias (a learned position bias, a causal mask) leaves the block unfused, as would
+a wrong guess: the check runs the samples and the same samples with padding at the end of the
+mask. Dropping the NaN guard changes only rows whose keys are all masked.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Flatten"})
 MS_DOMAIN = "com.microsoft"
+MASK_INDEX_PREFIX = "ferry_attention_mask_index"
 CHECK_TOLERANCE = 1e-3  # fused vs source, relative to each checked tensor's largest value
 
 
@@ -115,9 +125,9 @@ def _trace_branch(g: _Graph, name: str) -> _Branch | None:
             return None
         if node.op_type in LAYOUT_OPS:
             if node.op_type == "Reshape" and head_size is None:
-                shape = g.constants.get(node.input[1])
-                if shape is not None and shape.size and int(shape.reshape(-1)[-1]) > 0:
-                    head_size = int(shape.reshape(-1)[-1])
+                last = _last_shape_value(g, node.input[1])
+                if last is not None and last > 0:
+                    head_size = last
             name = node.input[0]
         elif node.op_type in ("Mul", "Div"):
             scaled = _scaled(g, node)
@@ -135,6 +145,83 @@ def _trace_branch(g: _Graph, name: str) -> _Branch | None:
         else:
             return _Branch(name, block, scale, head_size)
     return None
+
+
+def _last_shape_value(g: _Graph, name: str) -> int | None:
+    """The last entry of a Reshape's target shape: a constant, or the last (constant) piece of
+    a Concat that builds the shape from the input's dims (HF: `view(*shape[:-1], -1, d)`)."""
+    shape = g.constants.get(name)
+    if shape is None:
+        concat = g.producer.get(name)
+        if concat is None or concat.op_type != "Concat":
+            return None
+        shape = g.constants.get(concat.input[-1])
+    if shape is None or not shape.size:
+        return None
+    return int(shape.reshape(-1)[-1])
+
+
+def _leads_to_matmul(g: _Graph, name: str) -> bool:
+    """`name` is MatMul(q, k), possibly scaled by constant scalars."""
+    node = g.producer.get(name)
+    while node is not None and node.op_type in ("Mul", "Div"):
+        scaled = _scaled(g, node)
+        if scaled is None:
+            return False
+        node = g.producer.get(scaled[1])
+    return node is not None and node.op_type == "MatMul"
+
+
+def _mask_source(g: _Graph, bias: str) -> tuple[bool, str | None]:
+    """(fusable, mask input) for an additive bias before the Softmax: the one rank-2 graph input
+    it is computed from (None: shapes and scalar constants only); not fusable when it reads any
+    other input, an input of another rank, or a float tensor constant (a learned bias)."""
+    inputs = {v.name: v for v in g.graph.input}
+    reached: set[str] = set()
+    stack, seen = [bias], set()
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in inputs and name not in g.constants:
+            reached.add(name)
+            continue
+        constant = g.constants.get(name)
+        if constant is not None and constant.dtype.kind == "f" and constant.size > 1:
+            return False, None  # learned values (T5's relative position bias): not a mask
+        node = g.producer.get(name)
+        if node is None or node.op_type == "Shape":  # shape reads carry no data
+            continue
+        stack += [i for i in node.input if i]
+    if not reached:
+        return True, None
+    if len(reached) != 1:
+        return False, None
+    name = next(iter(reached))
+    rank = len(inputs[name].type.tensor_type.shape.dim)
+    return (True, name) if rank == 2 else (False, None)
+
+
+def _context_matmul(g: _Graph, probs: str) -> Any | None:
+    """The MatMul(probs, v) after the Softmax, through SDPA's NaN guard Where(IsNaN(p), 0, p)."""
+    users = g.consumers.get(probs, [])
+    if probs in g.outputs:
+        return None
+    if len(users) == 1 and users[0].op_type == "MatMul" and users[0].input[0] == probs:
+        return users[0]
+    isnan = [u for u in users if u.op_type == "IsNaN"]
+    where = [u for u in users if u.op_type == "Where"]
+    if len(users) != 2 or len(isnan) != 1 or len(where) != 1:
+        return None
+    guard = where[0]
+    zero = g.scalar(guard.input[1])
+    if guard.input[0] != isnan[0].output[0] or guard.input[2] != probs or zero != 0.0:
+        return None
+    user = g.sole_consumer(guard.output[0])
+    if user is None or user.op_type != "MatMul" or user.input[0] != guard.output[0]:
+        return None
+    return user
 
 
 def _projection(g: _Graph, name: str) -> _Projection | None:
@@ -212,8 +299,16 @@ def _match(g: _Graph, softmax: Any) -> dict[str, Any] | None:
     """One attention block around a Softmax, or None."""
     if g.attr(softmax, "axis", -1) not in (-1, 3):
         return None
-    scores, scale = softmax.input[0], 1.0
+    scores, scale, mask = softmax.input[0], 1.0, None
     node = g.producer.get(scores)
+    if node is not None and node.op_type == "Add":
+        sides = [i for i in (0, 1) if _leads_to_matmul(g, node.input[i])]
+        if len(sides) != 1:
+            return None
+        fusable, mask = _mask_source(g, node.input[1 - sides[0]])
+        if not fusable:
+            return None
+        node = g.producer.get(node.input[sides[0]])
     while node is not None and node.op_type in ("Mul", "Div"):
         scaled = _scaled(g, node)
         if scaled is None:
@@ -221,13 +316,9 @@ def _match(g: _Graph, softmax: Any) -> dict[str, Any] | None:
         scale *= scaled[0]
         node = g.producer.get(scaled[1])
     if node is None or node.op_type != "MatMul":
-        return None  # masks (an Add before the Softmax) are not fused
-    context_node = g.sole_consumer(softmax.output[0])
-    if (
-        context_node is None
-        or context_node.op_type != "MatMul"
-        or context_node.input[0] != softmax.output[0]
-    ):
+        return None
+    context_node = _context_matmul(g, softmax.output[0])
+    if context_node is None:
         return None
     q, k = _trace_branch(g, node.input[0]), _trace_branch(g, node.input[1])
     v = _trace_branch(g, context_node.input[1])
@@ -283,12 +374,13 @@ def _match(g: _Graph, softmax: Any) -> dict[str, Any] | None:
         "out_weight": out.weight,
         "out_bias": out.bias,
         "output": name,
+        "mask": mask,
     }
 
 
 def fuse_attention(model: Any) -> list[str]:
     """Rewrite every matched attention block in place; returns the fused blocks' outputs."""
-    from onnx import helper, numpy_helper
+    from onnx import TensorProto, helper, numpy_helper
 
     g = _Graph(model)
     matches = [
@@ -298,6 +390,14 @@ def fuse_attention(model: Any) -> list[str]:
         if (m := _match(g, node)) is not None
     ]
     new_nodes, new_initializers = [], []
+    mask_index: dict[str, str] = {}  # mask input -> its int32 cast, shared by every block
+    for mask in sorted({m["mask"] for m in matches if m["mask"] is not None}):
+        mask_index[mask] = f"{MASK_INDEX_PREFIX}_{len(mask_index)}"
+        new_nodes.append(
+            helper.make_node(
+                "Cast", [mask], [mask_index[mask]], name=mask_index[mask], to=TensorProto.INT32
+            )
+        )
     for index, match in enumerate(matches):
         prefix = f"ferry_attention_{index}"
         weight = match["weight"].astype(np.float32)
@@ -315,7 +415,8 @@ def fuse_attention(model: Any) -> list[str]:
         new_nodes.append(
             helper.make_node(
                 "Attention",
-                [match["x"], f"{prefix}_qkv_weight", f"{prefix}_qkv_bias"],
+                [match["x"], f"{prefix}_qkv_weight", f"{prefix}_qkv_bias"]
+                + ([mask_index[match["mask"]]] if match["mask"] is not None else []),
                 [context],
                 name=prefix,
                 domain=MS_DOMAIN,
@@ -355,6 +456,16 @@ def fuse_attention(model: Any) -> list[str]:
     del g.graph.node[:]
     g.graph.node.extend(ordered)
     g.graph.initializer.extend(new_initializers)
+    # ONNX shape inference does not know contrib ops: type their outputs for quant_pre_process
+    # and the quantizer, which otherwise cannot type the projection after the Attention node
+    typed = {v.name for v in g.graph.value_info}
+    g.graph.value_info.extend(
+        helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+        for node in new_nodes
+        if node.op_type != "Cast"
+        for name in node.output
+        if name not in typed and name not in g.outputs
+    )
     _remove_dead_nodes(model)
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
@@ -440,7 +551,12 @@ def fuse_attention_file(
         )
         model, fused = original, []
     elif fused and samples is not None:
-        error = _relative_error(original, model, samples, fused)
+        masks = [n.input[0] for n in model.graph.node if n.name.startswith(MASK_INDEX_PREFIX)]
+        errors = [
+            _relative_error(original, model, checked, fused)
+            for checked in (samples, *([_padded(samples, masks)] if masks else []))
+        ]
+        error = None if None in errors else max(e for e in errors if e is not None)
         if error is None or error > CHECK_TOLERANCE:
             logger.warning(
                 "attention fusion changed the results (relative error %s); not fused", error
@@ -448,6 +564,18 @@ def fuse_attention_file(
             model, fused = original, []
     onnx.save(model, str(output))
     return len(fused)
+
+
+def _padded(samples: Mapping[str, np.ndarray], masks: list[str]) -> dict[str, np.ndarray]:
+    """The samples with padding at the end of every other row of each mask input (a third of
+    its length set to 0): the mask must act as a padding mask, whatever the samples held."""
+    padded = dict(samples)
+    for name in masks:
+        mask = np.array(samples[name], copy=True)
+        if mask.ndim == 2 and mask.shape[1] >= 2:
+            mask[1::2, mask.shape[1] - max(1, mask.shape[1] // 3) :] = 0
+        padded[name] = mask
+    return padded
 
 
 def _relative_error(

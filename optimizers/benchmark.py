@@ -14,10 +14,31 @@ from server.runtimes import Runtime
 
 @dataclass
 class Timing:
-    """Latency samples of one runtime at one batch size."""
+    """Latency samples of one runtime at one batch size, taken in blocks of `block` calls."""
 
     batch: int
     seconds: list[float] = field(default_factory=list)
+    block: int = 5
+
+    def block_medians(self) -> np.ndarray:
+        """The median call time of each block: one figure per run of the interleaving."""
+        values = np.asarray(self.seconds)
+        count = len(values) // max(self.block, 1)
+        if count == 0:
+            return np.array([float(np.median(values))]) if len(values) else np.array([])
+        medians: np.ndarray = np.median(
+            values[: count * self.block].reshape(count, self.block), axis=1
+        )
+        return medians
+
+    def spread(self) -> float:
+        """Run-to-run spread: half the 10-90 percentile range of the block medians, relative to
+        their median (0.05 reads "+/-5 %"); 0 with a single block."""
+        medians = self.block_medians()
+        if len(medians) < 2:
+            return 0.0
+        low, middle, high = np.percentile(medians, [10, 50, 90])
+        return float((high - low) / (2 * middle)) if middle > 0 else 0.0
 
     def summary(self) -> dict[str, float]:
         """p50/p95/p99 in ms; throughput (samples/s) from the median, robust to hiccups."""
@@ -29,7 +50,9 @@ class Timing:
             "p95_ms": p95,
             "p99_ms": p99,
             "throughput": self.batch * 1000.0 / p50,
+            "spread": self.spread(),
             "iterations": len(values),
+            "blocks": len(self.block_medians()),
         }
 
 
@@ -84,8 +107,8 @@ def benchmark(
     never does (2-core box, encoder at batch 32: FP32 ~25 % slower, INT8/FP32 1.5x instead of
     1.9x). The untimed call absorbs the overlap with the previous candidate.
     """
-    timings = {name: {batch: Timing(batch) for batch in batches} for name in runtimes}
     block = max(1, block)
+    timings = {name: {batch: Timing(batch, block=block) for batch in batches} for name in runtimes}
     for batch, inputs in batches.items():
         for runtime in runtimes.values():
             for _ in range(warmup):

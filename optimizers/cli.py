@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,6 +12,8 @@ import typer
 from optimizers.onnx_variants import STATIC_EXCLUDED_OPS
 from optimizers.pipeline import OptimizeOptions, run_optimize
 from optimizers.source import OptimizeError
+
+REPORTS_FOLDER = "optimize_reports"  # non-numeric: Triton and ferry do not take it for a version
 
 
 def optimize(
@@ -80,6 +83,13 @@ def optimize(
         typer.Option(help="Publish the winner as the next version (--no-publish: report only)."),
     ] = True,
     report: Annotated[Path | None, typer.Option(help="Also write the report JSON here.")] = None,
+    report_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write optimize_report.json and .html here (default when nothing is "
+            "published: REPO/NAME/optimize_reports/<UTC time>/; published: the new version)."
+        ),
+    ] = None,
 ) -> None:
     """Build optimized variants of a model, gate them on accuracy, publish the fastest.
 
@@ -88,6 +98,9 @@ def optimize(
     beats FP32 becomes the model's next version, with optimize_report.json beside it.
     """
     from rich.console import Console
+    from rich.markup import escape
+
+    from optimizers.report_html import write_reports
 
     console, errors = Console(), Console(stderr=True)
     if not console.is_terminal:
@@ -115,26 +128,49 @@ def optimize(
         with console.status("optimizing") as status:
             result = run_optimize(options, progress=lambda text: status.update(text))
     except OptimizeError as exc:
-        errors.print(f"[red]error:[/red] {exc}", highlight=False)
+        errors.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from exc
     console.print(render_table(result))
     for row in result["candidates"]:
         if row.get("reason") and ":" in row["reason"]:
-            console.print(f"  {row['variant']}: {row['reason']}", highlight=False)
+            console.print(f"  {escape(row['variant'])}: {escape(row['reason'])}", highlight=False)
+        details = row.get("details") or {}
+        if "fused_attention" in details:
+            fused = ", ".join(f"{op} x{n}" for op, n in details["transformer_fusions"].items())
+            console.print(
+                f"  {escape(row['variant'])}: {details['fused_attention']} attention block(s) fused"
+                + (f" ({escape(fused)})" if fused else ""),
+                highlight=False,
+            )
     if report is not None:
         report.write_text(json.dumps(result, indent=2) + "\n")
     published = result["published"]
+    written = []
+    if published:  # publish wrote both files into the new version's folder
+        written.append(model_repository / name / str(published["version"]))
+    if report_dir is not None:
+        written.append(write_reports(result, report_dir)[0].parent)
+    elif not published:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        written.append(
+            write_reports(result, model_repository / name / REPORTS_FOLDER / stamp)[0].parent
+        )
+    for folder in written:
+        console.print(
+            f"report: {escape(str(folder))}/optimize_report.json and optimize_report.html",
+            highlight=False,
+        )
     if published:
         console.print(
-            f"published [bold]{published['variant']}[/bold] as version "
-            f"{published['version']} of '{name}' ({result['duration_s']}s)"
+            f"published [bold]{escape(published['variant'])}[/bold] as version "
+            f"{published['version']} of '{escape(name)}' ({result['duration_s']}s)"
         )
     elif result.get("would_publish"):
         console.print(f"would publish {result['would_publish']} (--no-publish given)")
     else:
         console.print(
             "nothing published: no variant passed the gate and beat FP32 "
-            f"by {min_gain:g}x on {objective}"
+            f"by {min_gain:g}x on {objective} beyond the run-to-run spread"
         )
 
 
@@ -142,41 +178,58 @@ def _number(value: Any, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _spread(value: Any) -> str:
+    return "-" if value is None else f"±{value:.1%}"
+
+
 def render_table(result: dict[str, Any]) -> Any:
-    """A rich table of the FP32 reference and every candidate."""
+    """A rich table of the FP32 reference and every candidate; the headers say at which batch
+    size each figure was measured, and the spread columns show the run-to-run spread."""
+    from rich.markup import escape
     from rich.table import Table
 
+    reference = result["reference"]
+    latency_batch = reference.get("latency_batch", 1)
+    throughput_batch = reference.get("throughput_batch", "max")
     table = Table(
-        title=f"ferry optimize {result['model']} ({result['target']}, "
-        f"{result['metric']}, max-drop {result['max_drop']:g})"
+        title=f"ferry optimize {escape(result['model'])} ({result['target']}, "
+        f"{result['metric']}, max-drop {result['max_drop']:g})",
+        caption=f"latency at batch {latency_batch}, throughput at batch {throughput_batch}; "
+        "spread: run-to-run spread over the interleaved blocks (a published speed-up must "
+        "exceed FP32's and its own together)",
     )
-    for column in (
+    columns = (
         "variant",
         "precision",
         "metric",
         "delta",
-        "p50 ms",
-        "p95 ms",
-        "p99 ms",
-        "throughput/s",
+        f"p50 ms @b{latency_batch}",
+        f"p95 ms @b{latency_batch}",
+        f"p99 ms @b{latency_batch}",
+        "spread",
+        f"throughput/s @b{throughput_batch}",
+        "spread ",
         "speedup",
         "verdict",
-    ):
+    )
+    for column in columns:
         table.add_column(column, justify="left" if column in ("variant", "verdict") else "right")
-    for row in [result["reference"], *result["candidates"]]:
+    for row in [reference, *result["candidates"]]:
         verdict = (row.get("reason") or "passed").split(":")[0]
         style = "green" if row.get("passed") else "red"
         table.add_row(
-            row["variant"],
+            escape(row["variant"]),
             row["precision"],
             _number(row.get("value")),
             _number(row.get("delta")),
             _number(row.get("p50_ms"), 2),
             _number(row.get("p95_ms"), 2),
             _number(row.get("p99_ms"), 2),
+            _spread(row.get("latency_spread")),
             _number(row.get("throughput"), 1),
+            _spread(row.get("throughput_spread")),
             _number(row.get("speedup"), 2),
-            f"[{style}]{verdict}[/{style}]",
+            f"[{style}]{escape(verdict)}[/{style}]",
         )
     return table
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -90,15 +91,16 @@ def transformer_fuse(
     options = FusionOptions("bert")
     if not use_gpu:
         options.enable_skip_layer_norm = options.enable_bias_skip_layer_norm = False
-    fused = optimizer.optimize_model(
-        str(attention),
-        model_type="bert",
-        num_heads=0,
-        hidden_size=0,
-        opt_level=0,
-        use_gpu=use_gpu,
-        optimization_options=options,
-    )
+    with contextlib.chdir(output.parent):  # as in preprocess: shape inference dumps here
+        fused = optimizer.optimize_model(
+            str(attention.resolve()),
+            model_type="bert",
+            num_heads=0,
+            hidden_size=0,
+            opt_level=0,
+            use_gpu=use_gpu,
+            optimization_options=options,
+        )
     fused.save_model_to_file(str(output))
     attention.unlink()
     stats = {
@@ -126,6 +128,7 @@ def build_ort_fp32(
         details["transformer_fusions"] = transformer_fuse(
             source, fused_path, use_gpu=_first(providers) != "CPUExecutionProvider", samples=samples
         )
+        details["fused_attention"] = details["transformer_fusions"].get("Attention", 0)
         graph = fused_path
     ort_offline_optimize(graph, output, providers)
     return details
@@ -136,11 +139,15 @@ def preprocess(source: Path, output: Path) -> None:
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    try:
-        quant_pre_process(str(source), str(output))
-    except Exception as exc:  # symbolic shape inference fails on some graphs: retry without
-        logger.info("quant_pre_process with symbolic shapes failed (%s); retrying without", exc)
-        quant_pre_process(str(source), str(output), skip_symbolic_shape=True)
+    # ORT's symbolic shape inference dumps sym_shape_infer_temp.onnx (+ .data) into the working
+    # directory when it fails (Hugging Face graphs): let it dump into the build folder
+    source, output = source.resolve(), output.resolve()
+    with contextlib.chdir(output.parent):
+        try:
+            quant_pre_process(str(source), str(output))
+        except Exception as exc:  # symbolic shape inference fails on some graphs: retry without
+            logger.info("quant_pre_process with symbolic shapes failed (%s); retrying without", exc)
+            quant_pre_process(str(source), str(output), skip_symbolic_shape=True)
     model = onnx.load(str(output))
     for index, node in enumerate(model.graph.node):
         node.name = node.name or f"{node.op_type}_{index}"
@@ -165,6 +172,7 @@ def build_int8_dynamic(
         details["transformer_fusions"] = transformer_fuse(
             source, graph, use_gpu=False, samples=samples
         )
+        details["fused_attention"] = details["transformer_fusions"].get("Attention", 0)
     ops = list(DYNAMIC_QUANTIZED_OP_TYPES)
     pre = output.with_name("preprocessed.onnx")
     preprocess(graph, pre)

@@ -17,19 +17,18 @@ Triton keeps ONE config.pbtxt per model for all versions, so:
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import uuid
 from pathlib import Path
 from typing import Any
 
+from optimizers.report_html import write_reports
 from optimizers.source import SourceModel
 from optimizers.variants import Artifact
 from server.repository_format import (
     EXPORT_REPORT_FILENAME,
     KIND_GPU,
-    OPTIMIZE_REPORT_FILENAME,
     REFERENCE_FILENAME,
     TENSORRT_PLATFORM,
     ModelConfig,
@@ -93,7 +92,7 @@ def publish(source: SourceModel, artifact: Artifact, report: dict[str, Any]) -> 
             config = final_config(source, artifact, version)
             report["published"] = {"variant": artifact.variant, "version": version}
             report["previous_config"] = format_config(current) if current is not None else None
-            (staging / OPTIMIZE_REPORT_FILENAME).write_text(json.dumps(report, indent=2) + "\n")
+            write_reports(report, staging)
             if config is not None and artifact.platform == TENSORRT_PLATFORM:
                 _pin_served(model_dir, current or source.config)
             try:

@@ -3,7 +3,8 @@
     python scripts/build_example_repository.py REPO [--artifacts DIR] [--only NAME ...]
 
 Trains each example once (artifacts in examples/artifacts/ are reused), then exports it to
-REPO/NAME/1 with its drift reference. A model already in REPO is left as it is.
+REPO/NAME/1 with its drift reference, and writes the end-to-end pipelines around it (Python
+steps and an ensemble: examples/pipelines/). A model already in REPO is left as it is.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ if str(ROOT) not in sys.path:
 
 from examples import EXAMPLE_NAMES, EXAMPLE_SOURCES  # noqa: E402
 from examples.common import ARTIFACTS_DIR, WEIGHTS_FILE  # noqa: E402
+from examples.pipelines import write_pipelines  # noqa: E402
 from examples.train import ensure_trained  # noqa: E402
 from exporters.errors import ExportError  # noqa: E402
 from exporters.pipeline import ExportOptions, run_export  # noqa: E402
@@ -67,6 +69,8 @@ def build(repository: Path, artifacts: Path, names: list[str]) -> int:
             f"reference) {quality}; train/load {trained_s:.1f}s, export "
             f"{sum(result.timings_s.values()):.1f}s"
         )
+    for pipeline in write_pipelines(repository, names):
+        print(f"{pipeline}: Python steps and ensemble written (examples/pipelines/)")
     return failures
 
 

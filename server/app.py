@@ -22,11 +22,14 @@ from starlette.routing import Route
 
 from server.check import model_names, repository_problem
 from server.dataplane import DataPlane
+from server.gc_policy import apply_after_startup
 from server.logs import LogControl, configure_logging
 from server.observers import ObserverFanout
 from server.operations import Operations
 from server.protocol.grpc import create_grpc_server
 from server.protocol.http import create_http_app
+from server.protocol.http_connection import limited_protocol
+from server.protocol.http_limits import HttpLimits, http_limits
 from server.protocol.status import status_text
 from server.repository import ModelRepository
 from server.request_log import ModelEventLog, RequestLog
@@ -47,19 +50,21 @@ class _Uvicorn(uvicorn.Server):
         yield
 
 
-def _uvicorn_server(app: Any, host: str, port: int) -> _Uvicorn:
+def _uvicorn_server(app: Any, host: str, port: int, limits: HttpLimits) -> _Uvicorn:
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
         loop="none",
-        http="httptools",
+        http=limited_protocol(limits),
+        ws="none",
         lifespan="off",
         # uvicorn's loggers go through ferry's handler, quiet unless verbose (server/logs.py)
         log_config=None,
         log_level=None,
         access_log=False,
-        timeout_keep_alive=75,
+        # typed int in uvicorn, used with call_later: fractions of a second work
+        timeout_keep_alive=limits.keepalive_timeout_s,  # type: ignore[arg-type]
         backlog=4096,
         proxy_headers=False,
         server_header=False,
@@ -105,6 +110,7 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
         drift_window=settings.drift_window,
         drift_alpha=settings.drift_alpha,
         drift_baseline_samples=settings.drift_baseline_samples,
+        loop_lag_probe=settings.loop_lag_probe,
         cache_totals=cache.totals if cache is not None else None,
     )
     fanout = ObserverFanout([*monitors.observers, ModelEventLog()])
@@ -124,19 +130,18 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    limits = http_limits(settings)
     http_servers: list[_Uvicorn] = []
     tasks: list[asyncio.Task[Any]] = []
     if settings.allow_http:
         http_servers.append(
             _uvicorn_server(
                 create_http_app(
-                    dataplane,
-                    settings.http_max_request_bytes,
-                    monitors.drift_detail,
-                    settings.http_restricted_apis,
+                    dataplane, limits, monitors.drift_detail, settings.http_restricted_apis
                 ),
                 settings.http_address,
                 settings.http_port,
+                limits,
             )
         )
     if settings.allow_metrics:
@@ -145,6 +150,7 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
                 _metrics_app(monitors.render_metrics),
                 settings.metrics_address,
                 settings.metrics_port,
+                limits,
             )
         )
     grpc_server = None
@@ -155,6 +161,7 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
                 settings.grpc_address,
                 settings.grpc_port,
                 settings.grpc_transport,
+                settings.grpc_limits,
                 restricted=settings.grpc_restricted_protocols,
                 tls=settings.grpc_tls,
             )
@@ -185,6 +192,7 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
             else " and the server restarts",
         )
     await repository.start(settings.load_models)
+    apply_after_startup(settings.gc_policy)
     dataplane.started = True
     loaded = [f"{v.name}:{v.version}" for v in repository.ready_versions()]
     logger.info("models ready: %s", ", ".join(loaded) or "none")
@@ -251,6 +259,11 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
         shared_memory.close()
     logger.info("stopped")
     return 0
+
+
+def check_settings(settings: ServerSettings) -> None:
+    """Raise ValueError, naming the flag, for settings out of range (before anything starts)."""
+    http_limits(settings)
 
 
 def run_server(settings: ServerSettings) -> int:

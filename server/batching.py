@@ -8,7 +8,9 @@ waits for more requests up to `max_queue_delay` (0: take what is queued). Queue 
 on a full queue and time requests out (REJECT) or move them behind the others (DELAY).
 
 Inputs are concatenated along axis 0 (one copy) on the instance's worker thread and outputs are
-split back as views, so a request only ever sees its own rows.
+split back as views, so a request only ever sees its own rows. A runtime that executes requests
+(`RequestRuntime`, e.g. a Python model) gets the batch as the list of its requests instead,
+awaited on the event loop, and answers each request on its own (an error fails only its request).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -34,7 +36,8 @@ from server.fault_isolation import (
 )
 from server.padding import PaddingPlan
 from server.repository_format import ModelConfig
-from server.runtimes import Runtime
+from server.runtimes import RequestRuntime, Runtime
+from server.types import InferenceRequest
 
 TIMEOUT_ACTION_DELAY = 1  # ModelQueuePolicy.TimeoutAction.DELAY
 INLINE_MAX_S = 200e-6  # executions faster than this run on the event loop (see _inline_ok)
@@ -141,7 +144,16 @@ class BatchResult:
 
 
 class _Pending:
-    __slots__ = ("deadline", "enqueued_at", "future", "inputs", "level", "rows", "shape_key")
+    __slots__ = (
+        "deadline",
+        "enqueued_at",
+        "future",
+        "inputs",
+        "level",
+        "request",
+        "rows",
+        "shape_key",
+    )
 
     def __init__(
         self,
@@ -151,8 +163,10 @@ class _Pending:
         level: int,
         deadline: float,
         future: asyncio.Future[Any],
+        request: InferenceRequest | None,
     ) -> None:
         self.inputs = inputs
+        self.request = request
         self.rows = rows
         self.shape_key = shape_key
         self.level = level
@@ -166,7 +180,7 @@ class Batcher:
 
     def __init__(
         self,
-        runtimes: Sequence[Runtime],
+        runtimes: Sequence[Runtime | RequestRuntime],
         policy: BatchingPolicy,
         output_names: Sequence[str],
         on_batch: Callable[[BatchResult], None] | None = None,
@@ -209,6 +223,9 @@ class Batcher:
         self._inline_capable = len(self._runtimes) == 1 and getattr(
             self._runtimes[0], "inline_capable", True
         )
+        # request runtimes take the batch as its list of requests, on the event loop
+        self._executes_requests = bool(getattr(self._runtimes[0], "executes_requests", False))
+        self._inline_capable = self._inline_capable and not self._executes_requests
 
     @property
     def pending_count(self) -> int:
@@ -221,8 +238,11 @@ class Batcher:
         rows: int,
         priority: int = 0,
         timeout_us: int = 0,
-    ) -> tuple[dict[str, np.ndarray], RequestTiming]:
-        """Queue a validated request and wait for its own outputs."""
+        request: InferenceRequest | None = None,
+    ) -> tuple[Any, RequestTiming]:
+        """Queue a validated request and wait for its own outputs (a request runtime's outcome:
+        outputs, or a ResponseStream of a decoupled model); `request` is what a request runtime
+        receives."""
         if not self._accepting:
             raise ServingError(ErrorKind.UNAVAILABLE, "model is shutting down")
         level = self.policy.level_of(priority)
@@ -242,12 +262,12 @@ class Batcher:
             shape_key = tuple((name, array.shape[1:]) for name, array in inputs.items())
         else:
             shape_key = None
-        queue.append(_Pending(inputs, rows, shape_key, level, deadline, future))
+        queue.append(_Pending(inputs, rows, shape_key, level, deadline, future, request))
         self._queued += 1
         self._timed += deadline != math.inf
         self._idle.clear()
         self._kick()
-        result: tuple[dict[str, np.ndarray], RequestTiming] = await future
+        result: tuple[Any, RequestTiming] = await future
         return result
 
     # --- scheduling (event loop) ---------------------------------------------------------------
@@ -367,6 +387,20 @@ class Batcher:
         self._inflight += 1
         sequence = next(self._sequence)
         dispatched_at = time.perf_counter()
+
+        def on_done(done: asyncio.Future[Any]) -> None:
+            error = done.exception()
+            self._complete(
+                None if error else done.result(), error, runtime, batch, sequence, dispatched_at
+            )
+
+        if self._executes_requests:
+            request_runtime = cast(RequestRuntime, runtime)
+            self._loop.create_task(
+                self._execute_requests(request_runtime, batch)
+            ).add_done_callback(on_done)
+            return
+        runtime = cast(Runtime, runtime)
         if self._inline_ok():
             try:
                 result = self._execute(runtime, batch)
@@ -376,16 +410,7 @@ class Batcher:
                 self._complete(result, None, runtime, batch, sequence, dispatched_at)
             return
         future = self._loop.run_in_executor(self._executor, self._execute, runtime, batch)
-        future.add_done_callback(
-            lambda done: self._complete(
-                None if done.exception() else done.result(),
-                done.exception(),
-                runtime,
-                batch,
-                sequence,
-                dispatched_at,
-            )
-        )
+        future.add_done_callback(on_done)
 
     def _inline_ok(self) -> bool:
         """Tiny models run on the event loop: a thread hand-off (~100-200 us of loop time and GIL
@@ -400,7 +425,22 @@ class Batcher:
             and self._execute_s_ewma < INLINE_MAX_S
         )
 
-    # --- execution (worker thread) -------------------------------------------------------------
+    # --- execution (worker thread, or the event loop for request runtimes) ----------------------
+
+    async def _execute_requests(
+        self, runtime: RequestRuntime, batch: list[_Pending]
+    ) -> tuple[list[Any], tuple[float, float, float], int]:
+        t0 = time.perf_counter()
+        requests = [p.request for p in batch]
+        if any(r is None for r in requests):
+            raise ServingError(ErrorKind.INTERNAL, "this model needs the whole request")
+        outcomes = await runtime.execute(requests)  # type: ignore[arg-type]
+        t1 = time.perf_counter()
+        if len(outcomes) != len(batch):
+            raise ServingError(
+                ErrorKind.INTERNAL, f"{len(outcomes)} outcomes for a batch of {len(batch)}"
+            )
+        return outcomes, (0.0, t1 - t0, 0.0), sum(p.rows for p in batch)
 
     def _execute(
         self, runtime: Runtime, batch: list[_Pending]
@@ -468,7 +508,7 @@ class Batcher:
         self,
         result: Any,
         error: BaseException | None,
-        runtime: Runtime,
+        runtime: Runtime | RequestRuntime,
         batch: list[_Pending],
         sequence: int,
         dispatched_at: float,
@@ -487,7 +527,9 @@ class Batcher:
             for index, pending in enumerate(batch):
                 if pending.future.done():
                     continue
-                if error is not None:
+                if error is None and isinstance(per_request[index], BaseException):
+                    pending.future.set_exception(per_request[index])  # that request only
+                elif error is not None:
                     failure = (
                         error
                         if isinstance(error, ServingError)
@@ -574,4 +616,7 @@ class Batcher:
             self._timer.cancel()
         self._executor.shutdown(wait=True)
         for runtime in self._runtimes:
-            runtime.close()
+            if self._executes_requests:
+                await runtime.aclose()  # type: ignore[union-attr]
+            else:
+                runtime.close()

@@ -17,6 +17,13 @@ from rich.console import Console
 from rich.table import Table
 
 from server import model_config
+from server.ensemble import (
+    composing_models,
+    ensemble_steps,
+    is_ensemble,
+    missing_models_reason,
+    step_problem,
+)
 from server.errors import ServingError
 from server.model_validation import (
     ModelSignature,
@@ -82,6 +89,8 @@ def check_model(root: Path, name: str, default_max_batch_size: int = 4) -> list[
         return [CheckRow(name, "", CheckStatus.FAILED, f"no model folder '{name}' in {root}")]
     try:
         prepared = model_config.prepare(name, model_dir, None, default_max_batch_size)
+        if is_ensemble(prepared.config):
+            return [_check_ensemble(root, prepared, default_max_batch_size)]
         runtime_factory(prepared.config)
     except (ModelConfigError, ServingError, OSError) as exc:
         message = exc.message if isinstance(exc, ServingError) else str(exc)
@@ -98,6 +107,42 @@ def check_model(root: Path, name: str, default_max_batch_size: int = 4) -> list[
         else:
             rows.append(CheckRow(name, str(number), CheckStatus.OK, _summary(prepared, signature)))
     return rows
+
+
+def _check_ensemble(
+    root: Path, prepared: model_config.PreparedModel, default_max_batch_size: int
+) -> CheckRow:
+    """An ensemble passes when its composing models are in the repository, load-worthy, and
+    every step's maps name tensors its model has (what `ferry serve` checks at load)."""
+    config = prepared.config
+    name = str(config.name)
+    missing = [m for m in composing_models(config) if not (root / m).is_dir()]
+    if missing:
+        return CheckRow(name, "", CheckStatus.FAILED, missing_models_reason(name, missing))
+    for step in ensemble_steps(config):
+        try:
+            composing = model_config.prepare(
+                step.model_name, root / step.model_name, None, default_max_batch_size
+            ).config
+        except (ModelConfigError, ServingError, OSError) as exc:
+            reason = exc.message if isinstance(exc, ServingError) else str(exc)
+            return CheckRow(
+                name,
+                "",
+                CheckStatus.FAILED,
+                f"{missing_models_reason(name, [step.model_name])} ({reason})",
+            )
+        problem = step_problem(
+            name,
+            step,
+            {t.name for t in composing.input},
+            {t.name for t in composing.output},
+            bool(composing.model_transaction_policy.decoupled),
+        )
+        if problem:
+            return CheckRow(name, "", CheckStatus.FAILED, problem)
+    steps = " -> ".join(step.model_name for step in ensemble_steps(config))
+    return CheckRow(name, "", CheckStatus.OK, f"ensemble: {steps}")
 
 
 def _summary(prepared: model_config.PreparedModel, signature: ModelSignature | None) -> str:

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from server.gc_policy import GcPolicy
 from server.logs import LogSettings, log_format_name, settings_for_level
 from server.response_cache import CacheConfigError, CacheSettings, parse_cache_config
 from server.restrictions import (
@@ -17,8 +18,10 @@ from server.restrictions import (
     RestrictionError,
     parse_restricted_apis,
 )
-from server.settings import GrpcTls, GrpcTransport, ModelControlMode, ServerSettings
+from server.settings import GrpcLimits, GrpcTls, GrpcTransport, ModelControlMode, ServerSettings
 from server.trace_settings import TraceConfigError, TraceSetting, parse_trace_config
+
+_LIMITS = GrpcLimits()  # the defaults shown in --help
 
 ModelRepositoryOption = Annotated[
     Path,
@@ -48,6 +51,109 @@ def serve(
             "throughput). Both serve TLS and restricted protocols."
         ),
     ] = GrpcTransport.FERRY,
+    grpc_max_message_bytes: Annotated[
+        int,
+        typer.Option(
+            help="Largest gRPC request or response message, after decompression "
+            "(RESOURCE_EXHAUSTED beyond it; Triton's fixed limit is the default)."
+        ),
+    ] = _LIMITS.max_message_bytes,
+    grpc_max_buffered_request_bytes: Annotated[
+        int,
+        typer.Option(
+            help="Request bytes the server buffers across all gRPC calls and connections "
+            "(received, decompressed, not yet handled). A call that would pass it gets "
+            "RESOURCE_EXHAUSTED at once; so does a message larger than it."
+        ),
+    ] = _LIMITS.max_buffered_request_bytes,
+    grpc_max_concurrent_streams: Annotated[
+        int,
+        typer.Option(
+            help="Open gRPC calls per connection (SETTINGS_MAX_CONCURRENT_STREAMS; "
+            "more are refused with REFUSED_STREAM)."
+        ),
+    ] = _LIMITS.max_concurrent_streams,
+    grpc_max_connections: Annotated[
+        int, typer.Option(help="Open gRPC connections; more are closed at once.")
+    ] = _LIMITS.max_connections,
+    grpc_max_header_list_bytes: Annotated[
+        int,
+        typer.Option(
+            help="Largest gRPC header list (metadata), as HTTP/2 measures it: over it the call "
+            "gets RESOURCE_EXHAUSTED, over twice it the connection is closed."
+        ),
+    ] = _LIMITS.max_header_list_bytes,
+    grpc_http2_max_resets_per_second: Annotated[
+        int,
+        typer.Option(
+            help="RST_STREAM frames a client may send per second, in bursts of 200 "
+            "(rapid reset; over it: GOAWAY ENHANCE_YOUR_CALM). 0: no limit."
+        ),
+    ] = _LIMITS.max_resets_per_second,
+    grpc_http2_max_control_frames_per_second: Annotated[
+        int,
+        typer.Option(
+            help="SETTINGS entries, PING, PRIORITY, empty and unknown frames a client may "
+            "send per second, in bursts of 1000 (over it: GOAWAY ENHANCE_YOUR_CALM). 0: no limit."
+        ),
+    ] = _LIMITS.max_control_frames_per_second,
+    grpc_handshake_timeout: Annotated[
+        int,
+        typer.Option(help="Milliseconds a new gRPC connection has to send its preface."),
+    ] = _LIMITS.handshake_timeout_ms,
+    grpc_max_connection_idle: Annotated[
+        int,
+        typer.Option(
+            help="Milliseconds a gRPC connection may stay without calls before it gets "
+            "GOAWAY (clients reconnect when they next call). 0: no limit."
+        ),
+    ] = _LIMITS.max_connection_idle_ms,
+    grpc_request_receive_timeout: Annotated[
+        int,
+        typer.Option(
+            help="Milliseconds a gRPC request message may take to arrive once its call (or, on "
+            "a stream, the message) has begun; then DEADLINE_EXCEEDED. 0: no limit."
+        ),
+    ] = _LIMITS.request_receive_timeout_ms,
+    grpc_keepalive_time: Annotated[
+        int,
+        typer.Option(help="Milliseconds without reads after which a keepalive PING is sent."),
+    ] = _LIMITS.keepalive_time_ms,
+    grpc_keepalive_timeout: Annotated[
+        int,
+        typer.Option(help="Milliseconds to wait for a keepalive PING's ACK before closing."),
+    ] = _LIMITS.keepalive_timeout_ms,
+    grpc_keepalive_permit_without_calls: Annotated[
+        bool,
+        typer.Option(help="Keepalive pings (sent and received) also while no call is open."),
+    ] = _LIMITS.keepalive_permit_without_calls,
+    grpc_http2_max_pings_without_data: Annotated[
+        int,
+        typer.Option(
+            help="Keepalive pings sent while no DATA/HEADERS frame is sent (0: no limit)."
+        ),
+    ] = _LIMITS.http2_max_pings_without_data,
+    grpc_http2_min_recv_ping_interval_without_data: Annotated[
+        int,
+        typer.Option(
+            help="Milliseconds expected between a client's PINGs while the server sends "
+            "nothing; a sooner PING is a strike."
+        ),
+    ] = _LIMITS.http2_min_recv_ping_interval_without_data_ms,
+    grpc_http2_max_ping_strikes: Annotated[
+        int,
+        typer.Option(
+            help="Strikes tolerated before GOAWAY ENHANCE_YOUR_CALM (too_many_pings); 0: any."
+        ),
+    ] = _LIMITS.http2_max_ping_strikes,
+    grpc_max_connection_age: Annotated[
+        int | None,
+        typer.Option(help="Milliseconds after which a connection gets GOAWAY (±10 %)."),
+    ] = _LIMITS.max_connection_age_ms,
+    grpc_max_connection_age_grace: Annotated[
+        int | None,
+        typer.Option(help="Milliseconds calls get after that GOAWAY before being cut."),
+    ] = _LIMITS.max_connection_age_grace_ms,
     allow_http: Annotated[bool, typer.Option(help="Serve HTTP.")] = True,
     allow_grpc: Annotated[bool, typer.Option(help="Serve gRPC.")] = True,
     allow_metrics: Annotated[bool, typer.Option(help="Serve Prometheus metrics.")] = True,
@@ -73,8 +179,84 @@ def serve(
         float, typer.Option(help="On SIGTERM, how long to wait for accepted requests.")
     ] = 30.0,
     http_max_request_bytes: Annotated[
-        int, typer.Option(help="Largest HTTP request body accepted (after decompression).")
+        int,
+        typer.Option(
+            help="Largest HTTP request body, in bytes, as sent (413 past it; a declared "
+            "Content-Length over it is refused before the body is read).",
+            rich_help_panel="HTTP limits",
+        ),
     ] = 512 * 1024 * 1024,
+    http_max_buffered_bytes: Annotated[
+        int,
+        typer.Option(
+            help="Server-wide budget, in bytes, of HTTP request bodies being received or "
+            "decoded, across all connections (503 at once past it). At least "
+            "--http-max-request-bytes.",
+            rich_help_panel="HTTP limits",
+        ),
+    ] = 1024 * 1024 * 1024,
+    http_max_input_size: Annotated[
+        int,
+        typer.Option(
+            help="Triton's flag: largest JSON part of a request, JSON input tensor (by "
+            "shape), raw binary input and decompressed body, in bytes (400 past it).",
+            rich_help_panel="HTTP limits",
+        ),
+    ] = 64 * 1024 * 1024,
+    http_max_json_elements: Annotated[
+        int,
+        typer.Option(
+            help="Most elements in a JSON request body (numbers and strings count 1, arrays "
+            "and objects 3), counted before parsing (400 past it); send large tensors in "
+            "binary.",
+            rich_help_panel="HTTP limits",
+        ),
+    ] = 1 << 18,
+    http_max_bytes_elements: Annotated[
+        int,
+        typer.Option(
+            help="Most BYTES tensor elements in one HTTP request (400 past it).",
+            rich_help_panel="HTTP limits",
+        ),
+    ] = 1 << 20,
+    http_max_header_bytes: Annotated[
+        int,
+        typer.Option(
+            help="Largest HTTP request line + header block (and trailers), in bytes (431 past it).",
+            rich_help_panel="HTTP limits",
+        ),
+    ] = 64 * 1024,
+    http_max_header_count: Annotated[
+        int,
+        typer.Option(
+            help="Most header fields in an HTTP request (431 past it).",
+            rich_help_panel="HTTP limits",
+        ),
+    ] = 100,
+    http_header_timeout_secs: Annotated[
+        float,
+        typer.Option(
+            help="Seconds from the first read of a request to the end of its headers (408 "
+            "and close past it).",
+            rich_help_panel="HTTP limits",
+        ),
+    ] = 10.0,
+    http_body_timeout_secs: Annotated[
+        float,
+        typer.Option(
+            help="Seconds from the end of a request's headers to the end of its body (408 "
+            "and close past it).",
+            rich_help_panel="HTTP limits",
+        ),
+    ] = 60.0,
+    http_keepalive_timeout_secs: Annotated[
+        float,
+        typer.Option(
+            help="Seconds an HTTP connection may sit idle (fresh or between requests) "
+            "before it is closed.",
+            rich_help_panel="HTTP limits",
+        ),
+    ] = 75.0,
     allow_client_shm: Annotated[
         bool,
         typer.Option(
@@ -193,10 +375,25 @@ def serve(
             help="PEM CA certificate(s) that client certificates must chain to (mutual TLS)."
         ),
     ] = None,
+    gc_policy: Annotated[
+        GcPolicy,
+        typer.Option(
+            help="server: freeze start-up objects and collect garbage rarely (the request path "
+            "makes no reference cycles; keeps garbage-collection pauses out of the tail "
+            "latency); python: CPython's defaults."
+        ),
+    ] = GcPolicy.SERVER,
+    loop_lag_probe: Annotated[
+        bool,
+        typer.Option(
+            help="Measure event-loop stalls (a 1 ms timer's lateness) as "
+            "ferry_event_loop_lag_seconds on the metrics port."
+        ),
+    ] = False,
 ) -> None:
     """Serve a model repository over KServe v2 HTTP and gRPC, with dynamic batching."""
     require_repository(model_repository)
-    from server.app import run_server
+    from server.app import check_settings, run_server
 
     settings = ServerSettings(
         model_repository=model_repository,
@@ -205,6 +402,28 @@ def serve(
         grpc_address=grpc_address,
         grpc_port=grpc_port,
         grpc_transport=grpc_transport,
+        grpc_limits=GrpcLimits(
+            max_message_bytes=grpc_max_message_bytes,
+            max_buffered_request_bytes=grpc_max_buffered_request_bytes,
+            max_concurrent_streams=grpc_max_concurrent_streams,
+            max_connections=grpc_max_connections,
+            max_header_list_bytes=grpc_max_header_list_bytes,
+            max_resets_per_second=grpc_http2_max_resets_per_second,
+            max_control_frames_per_second=grpc_http2_max_control_frames_per_second,
+            handshake_timeout_ms=grpc_handshake_timeout,
+            max_connection_idle_ms=grpc_max_connection_idle,
+            request_receive_timeout_ms=grpc_request_receive_timeout,
+            keepalive_time_ms=grpc_keepalive_time,
+            keepalive_timeout_ms=grpc_keepalive_timeout,
+            keepalive_permit_without_calls=grpc_keepalive_permit_without_calls,
+            http2_max_pings_without_data=grpc_http2_max_pings_without_data,
+            http2_min_recv_ping_interval_without_data_ms=(
+                grpc_http2_min_recv_ping_interval_without_data
+            ),
+            http2_max_ping_strikes=grpc_http2_max_ping_strikes,
+            max_connection_age_ms=grpc_max_connection_age,
+            max_connection_age_grace_ms=grpc_max_connection_age_grace,
+        ),
         metrics_address=metrics_address,
         metrics_port=metrics_port,
         allow_http=allow_http,
@@ -216,6 +435,15 @@ def serve(
         strict_readiness=strict_readiness,
         exit_timeout_secs=exit_timeout_secs,
         http_max_request_bytes=http_max_request_bytes,
+        http_max_buffered_bytes=http_max_buffered_bytes,
+        http_max_input_size=http_max_input_size,
+        http_max_json_elements=http_max_json_elements,
+        http_max_bytes_elements=http_max_bytes_elements,
+        http_max_header_bytes=http_max_header_bytes,
+        http_max_header_count=http_max_header_count,
+        http_header_timeout_secs=http_header_timeout_secs,
+        http_body_timeout_secs=http_body_timeout_secs,
+        http_keepalive_timeout_secs=http_keepalive_timeout_secs,
         allow_client_shm=allow_client_shm,
         default_max_batch_size=default_max_batch_size,
         drift_enabled=drift,
@@ -237,7 +465,13 @@ def serve(
         grpc_tls=grpc_tls_option(
             grpc_use_ssl, grpc_use_ssl_mutual, grpc_server_cert, grpc_server_key, grpc_root_cert
         ),
+        gc_policy=gc_policy,
+        loop_lag_probe=loop_lag_probe,
     )
+    try:
+        check_settings(settings)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     raise typer.Exit(run_server(settings))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -27,12 +27,12 @@ from server.errors import ErrorKind, ServingError, invalid
 from server.model import ModelVersion
 from server.observers import ObserverFanout
 from server.operations import CacheLookup, Operations
-from server.repository import ModelRepository
+from server.repository import ModelRepository, parse_version
 from server.repository_format import ModelConfig
 from server.settings import ModelControlMode
 from server.shared_memory import SharedMemoryManager
 from server.trace_settings import Change
-from server.tracing import RequestTrace
+from server.tracing import RequestTrace, enter_steps, leave_steps
 from server.types import InferenceRequest, InferenceResponse, datatype_of
 from server.version import __version__
 
@@ -74,6 +74,7 @@ class DataPlane:
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        repository.services = self  # BLS calls and ensemble steps come back through here
 
     # --- health and metadata -------------------------------------------------------------------
 
@@ -92,19 +93,20 @@ class DataPlane:
         return {"name": SERVER_NAME, "version": __version__, "extensions": extensions}
 
     def model_ready(self, name: str, version: str = "") -> bool:
+        """False for any model or version that is not READY (unknown, unloaded, or a name no
+        model can have), as Triton answers; only a malformed version string is an error."""
+        parse_version(version)
         try:
             self.repository.get(name, version)
-        except ServingError as exc:
-            if exc.kind == ErrorKind.NOT_FOUND and version in ("", "-1"):
-                raise
+        except ServingError:
             return False
         return True
 
     def model_metadata(self, name: str, version: str = "") -> dict[str, Any]:
         model = self.repository.get(name, version)
         versions = (
-            [version]
-            if version not in ("", "-1")
+            [model.version]
+            if version
             else sorted(
                 (v.version for v in self.repository.ready_versions() if v.name == name), key=int
             )
@@ -133,7 +135,7 @@ class DataPlane:
             model = self.repository.get(name, version)
         except ServingError as exc:
             raise invalid(f"requested model '{name}' is not available") from exc
-        if version in ("", "-1"):
+        if not version:
             return [
                 v.statistics.as_json() for v in self.repository.ready_versions() if v.name == name
             ]
@@ -146,12 +148,9 @@ class DataPlane:
 
     def _require_explicit(self, action: str) -> None:
         if self.repository.mode != ModelControlMode.EXPLICIT:
-            raise ServingError(
+            raise ServingError(  # Triton's words in modes poll and none alike
                 ErrorKind.UNAVAILABLE,
-                f"explicit model {action} is not allowed if polling is enabled"
-                if self.repository.mode == ModelControlMode.POLL
-                else f"explicit model {action} is not allowed in model control mode "
-                f"'{self.repository.mode.value}'",
+                f"explicit model {action} is not allowed if polling is enabled",
             )
 
     async def load_model(
@@ -177,7 +176,9 @@ class DataPlane:
             if not self.accepting:
                 raise ServingError(ErrorKind.UNAVAILABLE, "Server is shutting down")
             model = self.repository.get(request.model_name, request.model_version)
-        except ServingError as exc:  # no model to count it against: the log only
+            if model.decoupled:
+                raise decoupled_unsupported(request.protocol)
+        except ServingError as exc:  # not counted against the model: the log only
             ops.request_log.failure(request, request.model_name, request.model_version, 0.0, exc)
             raise
         trace = ops.tracer.start(model.name, model.version, request) if ops.tracer.active else None
@@ -190,11 +191,12 @@ class DataPlane:
                 cached = ops.cache_lookup(model, request)
                 if cached.outputs is not None:
                     return self._answer_from_cache(model, request, rows, started, cached, trace)
-            if trace is not None:
-                trace.queued = time.perf_counter()
-            outputs, timing = await model.batcher.submit(
-                request.inputs, rows, request.priority, request.timeout_us
-            )
+            if ops.tracer.active:  # an ensemble's steps are traced with it (server/tracing.py)
+                outputs, timing = await self._submit_traced(model, request, rows, trace)
+            else:
+                outputs, timing = await model.scheduler.submit(
+                    request.inputs, rows, request.priority, request.timeout_us, request
+                )
             response_outputs = select_outputs(model, request, outputs)
         except Exception as exc:
             if isinstance(exc, ServingError):
@@ -217,9 +219,107 @@ class DataPlane:
             model.statistics.record_cache_miss(cache_s)
         self._record_success(model, request, rows, started, timing, outputs, cached, cache_s)
         if trace is not None:
-            trace.timing, trace.ended = timing, time.perf_counter()
-            ops.tracer.finish(trace)
+            self._end_trace(trace, model, timing)
         return InferenceResponse(model.name, model.version, response_outputs, request.id)
+
+    def _end_trace(
+        self,
+        trace: RequestTrace,
+        model: ModelVersion,
+        timing: RequestTiming,
+        error: BaseException | None = None,
+    ) -> None:
+        """Export a finished trace; an ensemble's has no compute of its own (its steps' traces
+        have theirs), as in Triton."""
+        trace.timing = None if model.runs_steps else timing
+        trace.error, trace.ended = error, time.perf_counter()
+        self.ops.tracer.finish(trace)
+
+    async def _submit_traced(
+        self,
+        model: ModelVersion,
+        request: InferenceRequest,
+        rows: int,
+        trace: RequestTrace | None,
+    ) -> tuple[Any, RequestTiming]:
+        """Submit while tracing is on: the steps an ensemble runs meanwhile are its trace's
+        children (or not traced when it is not)."""
+        if trace is not None:
+            trace.queued = time.perf_counter()
+        token = enter_steps(trace, model.runs_steps)
+        try:
+            return await model.scheduler.submit(
+                request.inputs, rows, request.priority, request.timeout_us, request
+            )
+        finally:
+            if token is not None:
+                leave_steps(token)
+
+    async def infer_stream(
+        self, request: InferenceRequest
+    ) -> AsyncIterator[InferenceResponse | ServingError]:
+        """The responses of one request, in order, the last one final: many (or none but the
+        final flag) for a decoupled model, one for the others. A ServingError item is a failed
+        response inside the stream (a decoupled model goes on after it); an error raised before
+        the first item fails the whole request."""
+        model = self.repository.get(request.model_name, request.model_version)
+        if not model.decoupled:
+            yield await self.infer(request)
+            return
+        ops = self.ops
+        started = time.perf_counter()
+        if not self.accepting:
+            error = ServingError(ErrorKind.UNAVAILABLE, "Server is shutting down")
+            ops.request_log.failure(request, model.name, model.version, 0.0, error)
+            raise error
+        trace = ops.tracer.start(model.name, model.version, request) if ops.tracer.active else None
+        self._inflight += 1
+        self._idle.clear()
+        failure: ServingError | None = None  # the first failed response
+        try:
+            rows = validate_request(model, request)
+            if ops.tracer.active:
+                stream, timing = await self._submit_traced(model, request, rows, trace)
+            else:
+                stream, timing = await model.scheduler.submit(
+                    request.inputs, rows, request.priority, request.timeout_us, request
+                )
+            async for item in stream:
+                if item.error is not None:
+                    failure = failure or item.error
+                    yield item.error
+                    continue
+                outputs = select_outputs(model, request, item.outputs) if item.outputs else {}
+                yield InferenceResponse(
+                    model.name,
+                    model.version,
+                    outputs,
+                    request.id,
+                    {k: v for k, v in item.parameters.items() if isinstance(v, (str, int, bool))},
+                    final=item.final,
+                )
+        except BaseException as exc:
+            self._record_failure(model, request, started, exc, trace)
+            raise
+        finally:
+            self._inflight -= 1
+            if not self._inflight:
+                self._idle.set()
+        if failure is not None:  # counted as a failure, as Triton (no failure record)
+            elapsed = time.perf_counter() - started
+            model.statistics.record_failure(elapsed)
+            ops.request_log.failure(request, model.name, model.version, elapsed, failure)
+        else:
+            self._record_success(model, request, rows, started, timing, None)
+        if trace is not None:
+            self._end_trace(trace, model, timing, failure)
+
+    def check_request(self, request: InferenceRequest) -> bool:
+        """The errors `infer` raises before scheduling (unknown model, bad inputs); True when
+        the model is decoupled (its responses must be streamed)."""
+        model = self.repository.get(request.model_name, request.model_version)
+        validate_request(model, request)
+        return model.decoupled
 
     def _record_success(
         self,
@@ -232,7 +332,8 @@ class DataPlane:
         cached: CacheLookup | None = None,
         cache_s: float = 0.0,
     ) -> None:
-        """Statistics, observers and the request log for a request that ran the model."""
+        """Statistics, observers and the request log for a request that ran the model
+        (`outputs` None: streamed)."""
         elapsed = time.perf_counter() - started
         model.statistics.record_success(
             rows,
@@ -368,18 +469,24 @@ class DataPlane:
         return True
 
 
+def decoupled_unsupported(protocol: str) -> ServingError:
+    """A decoupled model asked for one response (Triton's words per endpoint)."""
+    endpoint = {"http": "HTTP end point", "grpc": "ModelInfer RPC"}.get(protocol, "This call")
+    return ServingError(
+        ErrorKind.UNSUPPORTED,
+        f"{endpoint} doesn't support models with decoupled transaction policy",
+    )
+
+
 def validate_request(model: ModelVersion, request: InferenceRequest) -> int:
     """Check inputs and requested outputs against the model; return the request's rows."""
     name = model.name
     for input_name in request.inputs:
         if input_name not in model.inputs:
             raise invalid(f"unexpected inference input '{input_name}' for model '{name}'")
-    missing = [n for n, spec in model.inputs.items() if n not in request.inputs]
+    missing = [n for n, s in model.inputs.items() if n not in request.inputs and not s.optional]
     if missing:
-        raise invalid(
-            f"expected {len(model.inputs)} inputs but got {len(request.inputs)} inputs "
-            f"for model '{name}'; missing: {', '.join(missing)}"
-        )
+        raise invalid(missing_inputs_message(model, request))
     batching = model.max_batch_size > 0
     rows = 1
     batch_sizes = set()
@@ -403,7 +510,7 @@ def validate_request(model: ModelVersion, request: InferenceRequest) -> int:
             batch_sizes.add(shape[0])
         if datatype == "BYTES" and model.utf8_strings:
             check_utf8(input_name, array)
-    if batching:
+    if batching and batch_sizes:
         if len(batch_sizes) > 1:
             raise invalid(
                 f"inputs of model '{name}' disagree on the batch size: {sorted(batch_sizes)}"
@@ -415,12 +522,37 @@ def validate_request(model: ModelVersion, request: InferenceRequest) -> int:
             raise invalid(
                 f"inference request batch-size must be <= {model.max_batch_size} for '{name}'"
             )
+    seen: set[str] = set()
     for requested in request.requested_outputs or ():
         if requested.name not in model.outputs:
             raise invalid(f"unexpected inference output '{requested.name}' for model '{name}'")
+        if requested.name in seen:  # as Triton (qa/L0_http, qa/L0_grpc)
+            raise invalid(f"output '{requested.name}' already exists in request")
+        seen.add(requested.name)
         if requested.classification < 0:
             raise invalid(f"classification count for output '{requested.name}' must be >= 0")
     return rows
+
+
+def missing_inputs_message(model: ModelVersion, request: InferenceRequest) -> str:
+    """Triton's message for a request that leaves out required inputs."""
+    required = [n for n, spec in model.inputs.items() if not spec.optional]
+    missing = [n for n in required if n not in request.inputs]
+    given = len(request.inputs)
+    expected = (
+        f"expected {len(required)} inputs"
+        if len(required) == len(model.inputs)
+        else f"expected number of inputs between {len(required)} and {len(model.inputs)}"
+    )
+
+    def names(items: list[str]) -> str:
+        return "[" + ",".join(f"'{item}'" for item in items) + "]"
+
+    return (
+        f"{expected} but got {given} inputs for model '{model.name}'. Got input(s) "
+        f"{names(list(request.inputs))}, but missing required input(s) {names(missing)}. "
+        "Please provide all required input(s)."
+    )
 
 
 def check_utf8(name: str, array: np.ndarray) -> None:
@@ -436,11 +568,14 @@ def check_utf8(name: str, array: np.ndarray) -> None:
 def select_outputs(
     model: ModelVersion, request: InferenceRequest, outputs: Mapping[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
-    """The requested outputs in request order (all, in config order, when none were named)."""
+    """The requested outputs in request order (all, in config order, when none were named). An
+    output the model did not produce (a Python model may leave one out) is left out."""
     if request.requested_outputs is None:
-        return {name: outputs[name] for name in model.outputs}
+        return {name: outputs[name] for name in model.outputs if name in outputs}
     selected: dict[str, np.ndarray] = {}
     for requested in request.requested_outputs:
+        if requested.name not in outputs:
+            continue
         array = outputs[requested.name]
         if requested.classification:
             array = classify(

@@ -9,13 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from monitoring.observer import BatchRecord
-from server.batching import Batcher, BatchingPolicy, BatchResult
+from server.batching import BatchResult
 from server.model_validation import check_before_load
 from server.observers import ObserverFanout
-from server.padding import padding_plan
 from server.repository_format import KIND_CPU, ModelConfig, tensor_specs
 from server.response_cache import uses_response_cache
-from server.runtimes import Runtime, runtime_factory
+from server.runtimes import RequestRuntime, Runtime, RuntimeContext, runtime_factory
+from server.schedulers import SCHEDULER_BY_CHOICE, WITHOUT_INSTANCES, Scheduler, scheduling_choice
+from server.services import InferenceServices
 from server.statistics import ModelStatistics
 from server.types import TensorSpec
 
@@ -37,15 +38,20 @@ def instance_count(config: ModelConfig) -> int:
     return max(total, 1)
 
 
-def create_instances(config: ModelConfig, version_path: Path) -> list[Runtime]:
+def create_instances(
+    config: ModelConfig, version_path: Path, context: RuntimeContext | None = None
+) -> list[Runtime | RequestRuntime]:
     """Check the config against the model file, then load every instance of a version
-    (blocking: run it off the event loop)."""
+    (blocking: run it off the event loop); none for a scheduler that has no instances of its
+    own (ensembles)."""
+    if scheduling_choice(config) in WITHOUT_INSTANCES:
+        return []
     factory = runtime_factory(config)
     check_before_load(config, version_path)
-    instances: list[Runtime] = []
+    instances: list[Runtime | RequestRuntime] = []
     try:
         for index in range(instance_count(config)):
-            instances.append(factory(config, version_path, index))
+            instances.append(factory(config, version_path, index, context))
     except BaseException:
         for runtime in instances:
             runtime.close()
@@ -72,7 +78,7 @@ class ModelVersion:
     version: str
     config: ModelConfig
     version_path: Path
-    batcher: Batcher
+    scheduler: Scheduler
     statistics: ModelStatistics
     inputs: dict[str, TensorSpec]
     outputs: dict[str, TensorSpec]
@@ -93,6 +99,16 @@ class ModelVersion:
         """Requests go through the response cache (when the server has one)."""
         return uses_response_cache(self.config)
 
+    @functools.cached_property
+    def runs_steps(self) -> bool:
+        """Its scheduler calls other models through the data plane (an ensemble)."""
+        return scheduling_choice(self.config) in WITHOUT_INSTANCES
+
+    @property
+    def decoupled(self) -> bool:
+        """Responses stream (model_transaction_policy { decoupled: true })."""
+        return bool(self.config.model_transaction_policy.decoupled)
+
     @property
     def utf8_strings(self) -> bool:
         """ONNX Runtime's Python binding only takes string tensors that are valid UTF-8."""
@@ -104,12 +120,14 @@ def start_version(
     version: int,
     config: ModelConfig,
     version_path: Path,
-    instances: list[Runtime],
+    instances: list[Runtime | RequestRuntime],
     fanout: ObserverFanout,
     load_started: float,
     signature: tuple[object, ...] = (),
+    services: InferenceServices | None = None,
 ) -> ModelVersion:
-    """Put loaded instances behind a batcher (on the event loop) and return the READY version."""
+    """Put loaded instances behind the config's scheduler (on the event loop) and return the
+    READY version."""
     input_specs, output_specs = tensor_specs(config)
     statistics = ModelStatistics(name, str(version))
     version_str = str(version)
@@ -135,20 +153,14 @@ def start_version(
                 )
             )
 
-    batcher = Batcher(
-        instances,
-        BatchingPolicy.from_config(config),
-        [spec.name for spec in output_specs],
-        on_batch=on_batch,
-        name=f"{name}-{version}",
-        padding=padding_plan(config),
-    )
+    build = SCHEDULER_BY_CHOICE[scheduling_choice(config)]
+    scheduler = build(config, instances, [spec.name for spec in output_specs], on_batch, services)
     return ModelVersion(
         name=name,
         version=version_str,
         config=config,
         version_path=version_path,
-        batcher=batcher,
+        scheduler=scheduler,
         statistics=statistics,
         inputs={spec.name: spec for spec in input_specs},
         outputs={spec.name: spec for spec in output_specs},

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from server.ensemble import is_ensemble, validate_ensemble
 from server.padding import padding_plan
 from server.repository_format import (
     CONFIG_FILENAME,
@@ -98,12 +99,19 @@ def validate(config: ModelConfig, name: str) -> None:
         if any(d == 0 or d < -1 for d in tensor.dims):
             raise ModelConfigError(f"tensor '{tensor.name}' has invalid dims {list(tensor.dims)}")
     tensor_specs(config)  # raises on an invalid data_type
+    if config.response_cache.enable and config.HasField("sequence_batching"):
+        raise ModelConfigError(
+            f"Response Cache does not currently support model {name} with sequence batching "
+            "scheduler. Please disable the response cache."
+        )
     if config.response_cache.enable and config.model_transaction_policy.decoupled:
         raise ModelConfigError(
             f"Response Cache does not currently support model {name} with 'decoupled' "
             "transaction policy. Please disable the response cache."
         )
     padding_plan(config)  # raises on a padding declaration that does not fit the config
+    if is_ensemble(config):
+        validate_ensemble(config)
     if config.HasField("dynamic_batching"):
         dyn = config.dynamic_batching
         for size in dyn.preferred_batch_size:
@@ -147,7 +155,8 @@ def prepare(
             raise ModelConfigError(
                 f"cannot read {onnx_path.name} to auto-complete the config: {exc}"
             ) from exc
-    base = complete_config(base, name)  # platforms completed elsewhere (e.g. an upstream Triton)
+    # platforms completed elsewhere (an upstream Triton, a Python model's auto_complete_config)
+    base = complete_config(base, name, model_dir / str(versions[-1]))
     base.name = base.name or name
     validate(base, name)
     normalize_config(base)

@@ -9,7 +9,10 @@ version finish on it while new requests go to the new one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import logging
+import re
 import shutil
 import tempfile
 import time
@@ -20,10 +23,25 @@ from typing import Any
 
 from monitoring.observer import ModelEventRecord
 from server import model_config
+from server.ensemble import (
+    composing_models,
+    ensemble_steps,
+    is_ensemble,
+    missing_models_reason,
+    step_problem,
+)
 from server.errors import ErrorKind, ServingError
 from server.model import ModelVersion, start_version
 from server.observers import ObserverFanout
-from server.repository_format import ModelConfigError, is_valid_model_name
+from server.repository_format import (
+    MAX_MODEL_NAME_BYTES,
+    ModelConfig,
+    ModelConfigError,
+    is_valid_model_name,
+    read_config,
+)
+from server.runtimes import RuntimeContext
+from server.services import InferenceServices
 from server.settings import ModelControlMode
 from server.warmup import load_warm_instances, record_warmup
 
@@ -52,6 +70,54 @@ class ModelEntry:
     failure: str = ""  # model-level failure (bad config, no versions)
     scan_signature: tuple[Any, ...] = ()
     temporary_dir: Path | None = None
+    composing: tuple[str, ...] = ()  # an ensemble's composing models
+    waiting_for_composing: bool = False  # an ensemble unloaded because one of them is not ready
+
+
+def invalid_name_message(name: str) -> str:
+    """Why `name` cannot be loaded, in Triton's words where Triton refuses it too (a name over
+    MAX_MODEL_NAME_BYTES is shown cut there)."""
+    if not name.strip():
+        return "Model name cannot be empty. Please enter a valid name to deploy."
+    shown = name[:MAX_MODEL_NAME_BYTES]
+    if "/" in name or "\\" in name or ".." in name.strip().split("/"):
+        return (
+            f"invalid model name '{shown}': model name must not contain path traversal characters"
+        )
+    if len(name) > MAX_MODEL_NAME_BYTES:
+        return f"invalid model name '{shown}...': longer than {MAX_MODEL_NAME_BYTES} characters"
+    return (
+        f"invalid model name '{shown}': a model name is one folder name of letters, digits, "
+        "'_', '-' and '.', not starting with '.'"
+    )
+
+
+# What C++ std::stol accepts, as Triton parses a requested version: leading blanks, a sign,
+# digits; anything after the digits is ignored ("1abc" is version 1).
+_VERSION_PREFIX = re.compile(r"\s*([+-]?[0-9]+)")
+_INT64_MAX = 2**63 - 1
+
+
+def parse_version(version: str) -> int | None:
+    """A requested model version: None for '' (the latest), else a number >= 0; anything
+    else is INVALID_ARG, with Triton's messages."""
+    if not version:
+        return None
+    match = _VERSION_PREFIX.match(version)
+    if match is None or abs(int(match.group(1))) > _INT64_MAX:
+        raise ServingError(
+            ErrorKind.INVALID_ARG,
+            f"failed to get model version from specified version string '{version}' "
+            "(details: stol), version should be an integral value > 0",
+        )
+    number = int(match.group(1))
+    if number < 0:
+        raise ServingError(
+            ErrorKind.INVALID_ARG,
+            f"invalid model version specified '{version}' , version should be an integral "
+            "value > 0",
+        )
+    return number
 
 
 class ModelRepository:
@@ -71,17 +137,25 @@ class ModelRepository:
         self._entries: dict[str, ModelEntry] = {}
         self._lock = asyncio.Lock()
         self._draining: set[asyncio.Task[None]] = set()
+        # the server's inference entry (the data plane sets it): BLS calls and ensemble steps
+        self.services: InferenceServices | None = None
 
     # --- queries (event loop, no awaits) -------------------------------------------------------
 
     def get(self, name: str, version: str = "") -> ModelVersion:
-        """Resolve a request's model and version ('' or -1: the highest READY version)."""
+        """Resolve a request's model and version ('': the highest READY version)."""
+        number = parse_version(version)  # as Triton: a bad version string is refused first
         entry = self._entries.get(name)
-        if entry is None or not entry.live:
+        if entry is None:
             raise ServingError(
                 ErrorKind.NOT_FOUND, f"Request for unknown model: '{name}' is not found"
             )
-        if version in ("", "-1"):
+        if not entry.live:
+            raise ServingError(
+                ErrorKind.NOT_FOUND,
+                f"Request for unknown model: '{name}' has no available versions",
+            )
+        if number is None:
             if not entry.versions:
                 reason = entry.failure or "; ".join(
                     s.reason for s in entry.states.values() if s.reason
@@ -92,9 +166,6 @@ class ModelRepository:
                     + (f" ({reason})" if reason else ""),
                 )
             return entry.versions[max(entry.versions)]
-        if not version.isdigit():
-            raise ServingError(ErrorKind.INVALID_ARG, f"invalid model version '{version}'")
-        number = int(version)
         if number in entry.versions:
             return entry.versions[number]
         if number in entry.states:
@@ -114,7 +185,7 @@ class ModelRepository:
 
     def pending_request_counts(self) -> list[tuple[str, str, int]]:
         """(model, version, queued requests) for the pending-request gauge."""
-        return [(v.name, v.version, v.batcher.pending_count) for v in self.ready_versions()]
+        return [(v.name, v.version, v.scheduler.pending_count) for v in self.ready_versions()]
 
     def all_ready(self) -> bool:
         """Strict readiness: every live model has each of its versions READY."""
@@ -147,14 +218,10 @@ class ModelRepository:
             for number, state in sorted(entry.states.items()):
                 if ready_only and state.state != READY:
                     continue
-                rows.append(
-                    {
-                        "name": name,
-                        "version": str(number),
-                        "state": state.state,
-                        "reason": state.reason,
-                    }
-                )
+                row = {"name": name, "version": str(number), "state": state.state}
+                if state.reason:  # as Triton: no empty reason
+                    row["reason"] = state.reason
+                rows.append(row)
         return rows
 
     def _scan_names(self) -> list[str]:
@@ -170,23 +237,27 @@ class ModelRepository:
             names = self._scan_names() if "*" in load_models else list(load_models)
         else:
             names = self._scan_names()
-        for name in sorted(set(names)):
+        # ensembles after the models they compose (nested ensembles: _refresh_ensembles)
+        for name in sorted(set(names), key=lambda n: (self._is_ensemble_folder(n), n)):
             try:
                 await self.load(name)
             except ServingError as exc:  # logged as a model event, unless nothing was loaded
                 if name not in self._entries:
                     logger.error("model '%s' failed to load: %s", name, exc.message)
 
+    def _is_ensemble_folder(self, name: str) -> bool:
+        try:
+            config = read_config(self.root / name)
+        except (ModelConfigError, OSError):
+            return False
+        return config is not None and is_ensemble(config)
+
     async def load(
         self, name: str, config_json: str | None = None, files: Mapping[str, bytes] | None = None
     ) -> None:
         """Load (or reload) a model; raises ServingError when it ends with no READY version."""
         if not is_valid_model_name(name):
-            raise ServingError(
-                ErrorKind.INVALID_ARG,
-                f"invalid model name '{name}': path separators, '..' and hidden "
-                "names are not allowed",
-            )
+            raise ServingError(ErrorKind.INVALID_ARG, invalid_name_message(name))
         async with self._lock:
             source_dir, temporary = self.root / name, None
             if files:
@@ -197,13 +268,16 @@ class ModelRepository:
                     )
                 temporary = await asyncio.to_thread(_write_model_files, name, files)
                 source_dir = temporary / name
-            elif not source_dir.is_dir() and config_json is None:
+            elif not source_dir.is_dir():  # a config alone does not make a model
                 raise ServingError(
                     ErrorKind.NOT_FOUND,
                     f"failed to load '{name}', failed to poll from model "
                     "repository: no such model folder",
                 )
-            await self._load_locked(name, source_dir, config_json, temporary)
+            try:
+                await self._load_locked(name, source_dir, config_json, temporary)
+            finally:
+                await self._refresh_ensembles()
 
     async def _load_locked(
         self, name: str, source_dir: Path, config_json: str | None, temporary: Path | None
@@ -232,8 +306,19 @@ class ModelRepository:
             raise ServingError(
                 ErrorKind.INVALID_ARG, f"failed to load '{name}': {message}"
             ) from exc
-        entry.failure = ""
         entry.scan_signature = prepared.scan_signature
+        entry.composing = (
+            tuple(composing_models(prepared.config)) if is_ensemble(prepared.config) else ()
+        )
+        entry.waiting_for_composing = False
+        if entry.composing:
+            reason, missing = self._composing_problem(prepared.config)
+            if reason:
+                self._retire_all(entry, reason)
+                entry.failure, entry.waiting_for_composing = reason, missing
+                self.fanout.notify(ModelEventRecord(name, "", UNAVAILABLE, reason=reason))
+                raise ServingError(ErrorKind.INVALID_ARG, f"failed to load '{name}': {reason}")
+        entry.failure = ""
         new_versions: dict[int, ModelVersion] = {}
         new_states: dict[int, VersionState] = {}
         created: list[ModelVersion] = []
@@ -246,8 +331,9 @@ class ModelRepository:
             entry.states[number] = VersionState(LOADING)
             version_path = source_dir / str(number)
             try:
+                context = RuntimeContext(asyncio.get_running_loop(), self.services)
                 instances, warmup = await load_warm_instances(
-                    name, number, prepared.config, version_path
+                    name, number, prepared.config, version_path, context
                 )
             except (ServingError, OSError, ValueError) as exc:
                 reason = exc.message if isinstance(exc, ServingError) else str(exc)
@@ -274,6 +360,7 @@ class ModelRepository:
                 self.fanout,
                 started,
                 signature,
+                self.services,
             )
             record_warmup(new_versions[number], warmup, self.fanout)
             new_states[number] = VersionState(READY)
@@ -312,9 +399,8 @@ class ModelRepository:
         )
 
     async def unload(self, name: str) -> None:
-        """Unload every version; queued and running requests finish first."""
-        if not is_valid_model_name(name):
-            raise ServingError(ErrorKind.INVALID_ARG, f"invalid model name '{name}'")
+        """Unload every version; queued and running requests finish first. A name that is not
+        loaded (whatever it is) is a success, as in Triton."""
         async with self._lock:
             entry = self._entries.get(name)
             if entry is None or not entry.live:
@@ -329,6 +415,64 @@ class ModelRepository:
             if entry.temporary_dir is not None:
                 shutil.rmtree(entry.temporary_dir, ignore_errors=True)
                 entry.temporary_dir = None
+            await self._refresh_ensembles()
+
+    # --- ensembles: ready only while every composing model is ---------------------------------
+
+    def _is_ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.get(name, version)
+        except ServingError:
+            return False
+        return True
+
+    def _composing_problem(self, config: ModelConfig) -> tuple[str, bool]:
+        """Why an ensemble cannot serve now ('' when it can), and whether it is a composing
+        model not ready (it loads once they are) rather than a step that does not fit its
+        model (it loads once its config is fixed)."""
+        missing = [m for m in composing_models(config) if not self._is_ready(m)]
+        if missing:
+            return missing_models_reason(config.name, missing), True
+        for step in ensemble_steps(config):
+            model = self.get(step.model_name, step.model_version)
+            problem = step_problem(
+                config.name, step, set(model.inputs), set(model.outputs), model.decoupled
+            )
+            if problem:
+                return problem, False
+        return "", False
+
+    def _retire_all(self, entry: ModelEntry, reason: str) -> None:
+        for version in entry.versions.values():
+            self.fanout.notify(
+                ModelEventRecord(entry.name, version.version, UNAVAILABLE, reason=reason)
+            )
+            self._retire(version)
+        entry.states = {n: VersionState(UNAVAILABLE, reason) for n in entry.versions}
+        entry.versions = {}
+
+    async def _refresh_ensembles(self) -> None:
+        """After a load or unload: ensembles whose composing models went away stop serving;
+        ensembles waiting for theirs load once they are all ready (until nothing changes)."""
+        changed = True
+        while changed:
+            changed = False
+            for entry in list(self._entries.values()):
+                if not entry.live or not entry.composing:
+                    continue
+                ready = all(self._is_ready(m) for m in entry.composing)
+                if entry.versions and not ready:
+                    missing = [m for m in entry.composing if not self._is_ready(m)]
+                    reason = missing_models_reason(entry.name, missing)
+                    self._retire_all(entry, reason)
+                    entry.failure, entry.waiting_for_composing = reason, True
+                    changed = True
+                elif entry.waiting_for_composing and ready:
+                    with contextlib.suppress(ServingError):  # failures are model events
+                        await self._load_locked(
+                            entry.name, entry.source_dir, None, entry.temporary_dir
+                        )
+                    changed = bool(entry.versions)
 
     async def poll_once(self) -> None:
         """Poll mode: load new models, reload changed ones, unload removed ones."""
@@ -353,6 +497,8 @@ class ModelRepository:
         for name, entry in list(self._entries.items()):
             if entry.live and entry.temporary_dir is None and name not in present:
                 await self.unload(name)
+        async with self._lock:
+            await self._refresh_ensembles()
 
     async def poll_forever(self, interval_s: float) -> None:
         """Rescan every `interval_s` seconds until cancelled."""
@@ -364,7 +510,7 @@ class ModelRepository:
                 logger.exception("repository poll failed")
 
     def _retire(self, version: ModelVersion) -> None:
-        task = asyncio.get_running_loop().create_task(version.batcher.drain())
+        task = asyncio.get_running_loop().create_task(version.scheduler.drain())
         self._draining.add(task)
         task.add_done_callback(self._draining.discard)
 
@@ -381,17 +527,34 @@ class ModelRepository:
             await asyncio.gather(*self._draining, return_exceptions=True)
 
 
+# errors a client's file path causes (too long, not a directory...): 400, not 500
+CLIENT_PATH_ERRNOS = frozenset(
+    {errno.ENAMETOOLONG, errno.EINVAL, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ELOOP}
+)
+
+
 def _write_model_files(name: str, files: Mapping[str, bytes]) -> Path:
     """Write the load API's `file:<version>/<name>` contents into a temporary model folder."""
     root = Path(tempfile.mkdtemp(prefix="ferry-load-"))
     model_dir = (root / name).resolve()
     for relative, content in files.items():
-        target = (model_dir / relative).resolve()
-        if model_dir not in target.parents:
+        try:
+            target = (model_dir / relative).resolve()
+            if model_dir not in target.parents:
+                raise ServingError(
+                    ErrorKind.INVALID_ARG, f"file path '{relative}' leaves the model folder"
+                )
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+        except (OSError, ValueError) as exc:
             shutil.rmtree(root, ignore_errors=True)
+            if isinstance(exc, OSError) and exc.errno not in CLIENT_PATH_ERRNOS:
+                raise
+            reason = exc.strerror if isinstance(exc, OSError) else str(exc)
             raise ServingError(
-                ErrorKind.INVALID_ARG, f"file path '{relative}' leaves the model folder"
-            )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(content)
+                ErrorKind.INVALID_ARG, f"invalid file path '{relative[:300]}': {reason}"
+            ) from None
+        except ServingError:
+            shutil.rmtree(root, ignore_errors=True)
+            raise
     return root

@@ -93,10 +93,17 @@ class ModelConfigError(ValueError):
     """config.pbtxt (or a config given to the load API) is unreadable or inconsistent."""
 
 
+# the longest file name the filesystem takes (NAME_MAX on Linux); a longer model name is the
+# client's error (400), not an OSError (ENAMETOOLONG) from the first path it reaches
+MAX_MODEL_NAME_BYTES = 255
+
+
 def is_valid_model_name(name: str) -> bool:
-    """True for a plain folder name: no path separators, no '..', nothing hidden."""
+    """True for a plain folder name: no path separators, no '..', nothing hidden, not longer
+    than a file name may be."""
     return (
-        bool(_MODEL_NAME_PATTERN.match(name))
+        len(name) <= MAX_MODEL_NAME_BYTES  # the pattern is ASCII: characters are bytes
+        and bool(_MODEL_NAME_PATTERN.match(name))
         and name not in (".", "..")
         and not name.startswith(".")
     )
@@ -178,7 +185,8 @@ def tensor_specs(config: ModelConfig) -> tuple[list[TensorSpec], list[TensorSpec
         datatype = DATATYPE_BY_CONFIG_TYPE.get(tensor.data_type)
         if datatype is None:
             raise ModelConfigError(f"tensor '{tensor.name}' has no valid data_type")
-        return TensorSpec(tensor.name, datatype, batch_prefix + tuple(int(d) for d in tensor.dims))
+        dims = batch_prefix + tuple(int(d) for d in tensor.dims)
+        return TensorSpec(tensor.name, datatype, dims, getattr(tensor, "optional", False))
 
     return [spec(t) for t in config.input], [spec(t) for t in config.output]
 
@@ -203,6 +211,8 @@ def config_to_json(config: ModelConfig) -> dict[str, Any]:
 def config_from_json(data: str | dict[str, Any]) -> ModelConfig:
     """Parse a ModelConfig from JSON text or a dict (the repository load API's config)."""
     config = ModelConfig()
+    if isinstance(data, str) and not data.lstrip().startswith("{"):
+        raise ModelConfigError("model config JSON must be an object")
     try:
         if isinstance(data, str):
             json_format.Parse(data, config)
@@ -223,6 +233,10 @@ def normalize_config(config: ModelConfig) -> None:
         and config.max_batch_size > 0
     ):
         config.dynamic_batching.preferred_batch_size.append(config.max_batch_size)
+    if not config.instance_group:  # as Triton on a host without GPUs: one CPU instance
+        config.instance_group.add(name=config.name, kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
+    for index, group in enumerate(config.instance_group):
+        group.name = group.name or f"{config.name}_{index}"
 
 
 _INT64_TYPES = {

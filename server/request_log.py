@@ -5,7 +5,7 @@
   `--log-requests-rate`; whatever the flag, every server-side failure (HTTP 5xx: INTERNAL at
   ERROR, UNAVAILABLE/UNSUPPORTED at WARNING) is logged once.
 - `ModelEventLog`: an observer that logs each model version state change once (READY at INFO,
-  unloaded at WARNING, failed at ERROR).
+  unloaded or no longer ready at WARNING, failed to load at ERROR).
 """
 
 from __future__ import annotations
@@ -122,14 +122,23 @@ class RequestLog:
 
 
 class ModelEventLog:
-    """Observer: one log line per model version state change."""
+    """Observer: one log line per model version state change. A version that was READY and
+    stops serving for a reason other than an unload (an ensemble whose composing model went
+    away) is 'not ready' at WARNING; one that never served 'failed to load' at ERROR."""
+
+    def __init__(self) -> None:
+        self._ready: set[tuple[str, str]] = set()
 
     def observe(self, record: ObservedRecord) -> None:
         if not isinstance(record, ModelEventRecord):
             return
         fields: dict[str, Any] = {"model": record.model, "version": record.version or "-"}
         fields["state"] = record.state
+        key = (record.model, record.version)
+        was_ready = key in self._ready
+        self._ready.discard(key)
         if record.state == "READY":
+            self._ready.add(key)
             if record.load_duration_s is not None:
                 fields["load_s"] = round(record.load_duration_s, 3)
             model_logger.info(
@@ -143,6 +152,10 @@ class ModelEventLog:
         which = f"model '{record.model}'" + (f" version {record.version}" if record.version else "")
         if record.reason == "unloaded":
             model_logger.warning("%s unloaded", which, extra={FIELDS_ATTRIBUTE: fields})
+        elif was_ready:
+            model_logger.warning(
+                "%s is not ready: %s", which, record.reason, extra={FIELDS_ATTRIBUTE: fields}
+            )
         else:
             model_logger.error(
                 "%s failed to load: %s", which, record.reason, extra={FIELDS_ATTRIBUTE: fields}

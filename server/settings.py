@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from server.gc_policy import GcPolicy
 from server.logs import LogSettings
 from server.response_cache import CacheSettings
 from server.restrictions import RestrictedApis
@@ -18,6 +19,40 @@ class ModelControlMode(enum.StrEnum):
     NONE = "none"
     POLL = "poll"
     EXPLICIT = "explicit"
+
+
+GRPC_MAX_MESSAGE_BYTES = 2**31 - 1  # Triton's (and grpcio's channel option) ceiling
+
+
+@dataclass(frozen=True, slots=True)
+class GrpcLimits:
+    """What one gRPC client may make the server hold or do (`ferry serve --grpc-*` flags, on both
+    transports where grpcio lets us). Times are milliseconds, as Triton's gRPC flags take them;
+    0 turns a rate limit, timeout or idle limit off; None leaves a connection's age unlimited."""
+
+    max_message_bytes: int = GRPC_MAX_MESSAGE_BYTES  # after decompression
+    max_buffered_request_bytes: int = 1 << 30  # server-wide, every stream and connection
+    max_concurrent_streams: int = 1000  # per connection, advertised in SETTINGS
+    max_connections: int = 4096
+    max_header_list_bytes: int = 16 * 1024  # gRPC core's hard metadata limit
+    max_resets_per_second: int = 33  # a client's RST_STREAMs (rapid reset), burst 200
+    max_control_frames_per_second: int = 1000  # SETTINGS/PING/PRIORITY/empty frames, burst 1000
+    handshake_timeout_ms: int = 10_000  # the preface and SETTINGS of a new connection
+    max_connection_idle_ms: int = 0  # a connection without calls gets GOAWAY after this
+    request_receive_timeout_ms: int = 120_000  # a request message, once its call has begun
+    keepalive_time_ms: int = 7_200_000
+    keepalive_timeout_ms: int = 20_000
+    keepalive_permit_without_calls: bool = False
+    http2_max_pings_without_data: int = 2
+    http2_min_recv_ping_interval_without_data_ms: int = 300_000
+    http2_max_ping_strikes: int = 2
+    max_connection_age_ms: int | None = None
+    max_connection_age_grace_ms: int | None = None
+
+    @property
+    def max_receivable_message_bytes(self) -> int:
+        """A message larger than the whole budget could never be buffered."""
+        return min(self.max_message_bytes, self.max_buffered_request_bytes)
 
 
 class GrpcTransport(enum.StrEnum):
@@ -49,6 +84,7 @@ class ServerSettings:
     grpc_address: str = "0.0.0.0"
     grpc_port: int = 8001
     grpc_transport: GrpcTransport = GrpcTransport.FERRY
+    grpc_limits: GrpcLimits = field(default_factory=GrpcLimits)
     metrics_address: str = "0.0.0.0"
     metrics_port: int = 8002
     allow_http: bool = True
@@ -60,6 +96,15 @@ class ServerSettings:
     strict_readiness: bool = True
     exit_timeout_secs: float = 30.0
     http_max_request_bytes: int = 512 * 1024 * 1024
+    http_max_buffered_bytes: int = 1024 * 1024 * 1024
+    http_max_input_size: int = 64 * 1024 * 1024
+    http_max_json_elements: int = 1 << 18
+    http_max_bytes_elements: int = 1 << 20
+    http_max_header_bytes: int = 64 * 1024
+    http_max_header_count: int = 100
+    http_header_timeout_secs: float = 10.0
+    http_body_timeout_secs: float = 60.0
+    http_keepalive_timeout_secs: float = 75.0
     allow_client_shm: bool = False
     default_max_batch_size: int = 4
     drift_enabled: bool = True
@@ -67,6 +112,8 @@ class ServerSettings:
     drift_alpha: float = 0.05
     drift_baseline_samples: int = 0
     log_level: str = "info"
+    gc_policy: GcPolicy = GcPolicy.SERVER
+    loop_lag_probe: bool = False
     # logs, traces and the response cache (Triton's --log-*, --trace-config, --cache-config)
     log: LogSettings = field(default_factory=LogSettings)
     log_requests: bool = False

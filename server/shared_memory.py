@@ -3,17 +3,21 @@ memory objects they created (`tritonclient.utils.shared_memory`) by name; reques
 region, offset and byte size for an input to read or an output to write.
 
 Inputs are copied out of a region when a request is decoded and outputs are copied in when its
-response is encoded, both under one lock, so the batcher never sees shared memory and
-unregistering a region while a request that uses it is in flight cannot touch an unmapped buffer:
-the copy either happened already or the request gets a clear error.
+response is encoded, both under one lock, so the batcher never sees shared memory. A request
+holds every region it names from decode to the end of its response (`hold()`); unregistering a
+held region, as in Triton, keeps it registered and mapped until its last request is done, so an
+in-flight request never loses its buffers.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import mmap
 import os
 import stat
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,11 +46,8 @@ def shared_memory_reference(
             f"invalid value for 'shared_memory_region' parameter for tensor "
             f"'{tensor}', expected a region name"
         )
-    if byte_size is None:
-        raise invalid(
-            f"'shared_memory_byte_size' must be specified along with "
-            f"'shared_memory_region' parameter for tensor '{tensor}'"
-        )
+    if byte_size is None:  # as Triton: 0, so the size check names what was expected
+        byte_size = 0
     for label, value in (("shared_memory_byte_size", byte_size), ("shared_memory_offset", offset)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise invalid(
@@ -56,7 +57,10 @@ def shared_memory_reference(
     return SharedMemoryReference(region, byte_size, offset)
 
 
-NOT_ENABLED = "client shared memory is not enabled on this server"
+NOT_ENABLED = (
+    "Client shared memory is disabled: it is not enabled on this server (start ferry serve "
+    "with --allow-client-shm); send tensors in the request body (binary tensor data extension)"
+)
 
 
 def require_enabled(shared_memory: SharedMemoryManager | None) -> SharedMemoryManager:
@@ -64,6 +68,22 @@ def require_enabled(shared_memory: SharedMemoryManager | None) -> SharedMemoryMa
     if shared_memory is None:
         raise ServingError(ErrorKind.UNSUPPORTED, NOT_ENABLED)
     return shared_memory
+
+
+def cuda_register_error(shared_memory: SharedMemoryManager | None, region: str) -> ServingError:
+    """Why registering CUDA shared memory fails: ferry maps no GPU memory, and answers as a
+    Triton built without GPU support does."""
+    if shared_memory is None:
+        return ServingError(ErrorKind.UNSUPPORTED, NOT_ENABLED)
+    if not region:
+        return invalid("'region name' is necessary to register cuda shared memory region")
+    return invalid(f"failed to register CUDA shared memory region: '{region}', GPUs not supported")
+
+
+_SIZE_MAX = 2**64 - 1  # size_t: what Triton adds offsets and sizes in
+
+# shm_open keys Triton keeps for its python backend's own regions
+RESERVED_KEY_PREFIX = "triton_python_backend_shm_region_"
 
 
 def output_destination(
@@ -94,6 +114,14 @@ class _Region:
     byte_size: int
     mapping: mmap.mmap
     start: int  # where the region begins inside `mapping` (mmap offsets are page-aligned)
+    users: int = 0  # requests holding the region
+    unregistered: bool = False  # unmapped once `users` drops to 0
+
+
+# The regions the current request holds (a list while inside SharedMemoryManager.hold()).
+_HELD: contextvars.ContextVar[list[_Region] | None] = contextvars.ContextVar(
+    "ferry_held_shared_memory", default=None
+)
 
 
 class SharedMemoryManager:
@@ -110,8 +138,8 @@ class SharedMemoryManager:
             raise invalid("'region name' is necessary to register system shared memory region")
         if byte_size <= 0 or offset < 0:
             raise invalid(
-                f"failed to register shared memory region '{name}': byte_size must be "
-                "greater than 0 and offset non-negative"
+                f"failed to register shared memory region '{name}': invalid args (byte_size "
+                "must be greater than 0 and offset non-negative)"
             )
         with self._lock:
             if name in self._regions:
@@ -121,7 +149,7 @@ class SharedMemoryManager:
             self._regions[name] = self._map(name, key, offset, byte_size)
 
     def _map(self, name: str, key: str, offset: int, byte_size: int) -> _Region:
-        path = self._path(key)
+        path = self._path(name, key)
         try:  # as shm_open does: no symlinks, not inherited by child processes
             fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as exc:
@@ -136,9 +164,9 @@ class SharedMemoryManager:
                 )
             if offset + byte_size > status.st_size:
                 raise invalid(
-                    f"failed to register shared memory region '{name}': offset "
+                    f"failed to register shared memory region '{name}': invalid args (offset "
                     f"{offset} + byte_size {byte_size} exceeds the {status.st_size} "
-                    f"bytes of shared memory object '{key}'"
+                    f"bytes of shared memory object '{key}')"
                 )
             start = offset % mmap.ALLOCATIONGRANULARITY
             try:
@@ -158,10 +186,19 @@ class SharedMemoryManager:
             os.close(fd)
         return _Region(name, key, offset, byte_size, mapping, start)
 
-    def _path(self, key: str) -> Path:
+    def _path(self, name: str, key: str) -> Path:
         """The object's file: a POSIX shm name is one path component, leading slashes aside."""
         base = key.lstrip("/")
-        if not base or "/" in base or "\0" in base or base in (".", ".."):
+        if not base:  # Triton's words
+            raise invalid(
+                f"cannot register shared memory region '{name}' - invalid shm key '{key}'"
+            )
+        if base.startswith(RESERVED_KEY_PREFIX):
+            raise invalid(
+                f"cannot register shared memory region '{name}' with key '{key}' as the key "
+                f"contains the reserved prefix '{RESERVED_KEY_PREFIX}'"
+            )
+        if "/" in base or "\0" in base or base in (".", ".."):
             raise invalid(
                 f"invalid shared memory key '{key}': expected a POSIX shared memory "
                 "object name such as '/input_data'"
@@ -185,11 +222,36 @@ class SharedMemoryManager:
             ]
 
     def unregister(self, name: str = "") -> None:
-        """Unmap one region (unknown names are fine, as in Triton), or all when `name` is empty."""
+        """Unregister one region (unknown names are fine, as in Triton), or all when `name` is
+        empty; a region a request holds goes when that request is done."""
         with self._lock:
             names = list(self._regions) if not name else [name] if name in self._regions else []
             for region_name in names:
-                self._regions.pop(region_name).mapping.close()
+                region = self._regions[region_name]
+                region.unregistered = True
+                if not region.users:
+                    self._drop(region)
+
+    def _drop(self, region: _Region) -> None:
+        if self._regions.get(region.name) is region:
+            del self._regions[region.name]
+        region.mapping.close()
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Keep every region the request reads or writes inside this block registered until
+        the block ends (one request: decode, inference, encode)."""
+        held: list[_Region] = []
+        token = _HELD.set(held)
+        try:
+            yield
+        finally:
+            _HELD.reset(token)
+            with self._lock:
+                for region in held:
+                    region.users -= 1
+                    if not region.users and region.unregistered:
+                        self._drop(region)
 
     def read(self, reference: SharedMemoryReference) -> bytes:
         """A copy of the referenced bytes (the client may reuse its region at once)."""
@@ -217,7 +279,23 @@ class SharedMemoryManager:
     def _locate(self, reference: SharedMemoryReference) -> tuple[_Region, int]:
         region = self._regions.get(reference.region)
         if region is None:
-            raise invalid(f"Unable to find shared memory region: '{reference.region}'")
+            raise ServingError(
+                ErrorKind.NOT_FOUND, f"Unable to find shared memory region: '{reference.region}'"
+            )
+        held = _HELD.get()
+        if held is not None and all(other is not region for other in held):
+            region.users += 1
+            held.append(region)
+        if reference.offset >= region.byte_size:
+            raise invalid(
+                f"Invalid offset for shared memory region: '{reference.region}' (offset "
+                f"{reference.offset} >= the region's {region.byte_size} bytes)"
+            )
+        if reference.byte_size > _SIZE_MAX - reference.offset:  # Triton's words
+            raise invalid(
+                f"Integer overflow detected: byte_size ({reference.byte_size}) + offset "
+                f"({reference.offset}) exceeds the largest size a region can have"
+            )
         if reference.offset + reference.byte_size > region.byte_size:
             raise invalid(
                 f"Invalid offset + byte size for shared memory region: "

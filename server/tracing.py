@@ -11,15 +11,22 @@ Spans (Triton's three, then ferry's finer ones):
         queue                         waiting for a batch
         compute                       COMPUTE_START ... COMPUTE_END events
           compute_input / compute_infer / compute_output
+        <step model name> ...         an ensemble's steps: the same spans, one tree per step
+
+As Triton's child traces, an ensemble's steps are traced when the ensemble request is, under
+its trace (`parent_id` in the trace file, `triton.trace_parent_id` on spans), and never sampled
+on their own. The data plane marks the steps' context (`enter_steps`), so the ensemble
+scheduler passes nothing along.
 """
 
 from __future__ import annotations
 
+import contextvars
 import itertools
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -48,6 +55,9 @@ class RequestTrace:
     timing: RequestTiming | None = None
     cache_hit: bool = False
     error: BaseException | None = None
+    parent: RequestTrace | None = None  # the ensemble request's trace, for a step
+    children: list[RequestTrace] = field(default_factory=list)  # the steps' traces
+    exported: bool = False
 
     def wall_ns(self, perf: float) -> int:
         return self.started_wall_ns + int((perf - self.started) * 1e9)
@@ -77,6 +87,29 @@ class RequestTrace:
         return stamps
 
 
+UNTRACED = "untraced"
+# The trace of the ensemble request whose steps run in this context; UNTRACED when that request
+# is not traced; None outside an ensemble's steps.
+_STEP_PARENT: contextvars.ContextVar[RequestTrace | str | None] = contextvars.ContextVar(
+    "ferry_step_parent", default=None
+)
+
+
+def enter_steps(trace: RequestTrace | None, runs_steps: bool) -> contextvars.Token[Any] | None:
+    """Before a model runs (tracing on): the steps of an ensemble see its trace as their
+    parent; another model's scheduler sees none (a task it starts never inherits a parent).
+    Returns the token for `leave_steps`, or None when nothing changed."""
+    if runs_steps:
+        return _STEP_PARENT.set(trace if trace is not None else UNTRACED)
+    if _STEP_PARENT.get() is not None:
+        return _STEP_PARENT.set(None)
+    return None
+
+
+def leave_steps(token: contextvars.Token[Any]) -> None:
+    _STEP_PARENT.reset(token)
+
+
 class TraceExporter(Protocol):
     """Sends finished traces somewhere; `close` flushes what is left."""
 
@@ -101,7 +134,22 @@ class Tracer:
         return self.settings.active
 
     def start(self, model: str, version: str, request: InferenceRequest) -> RequestTrace | None:
-        """A trace for this request when it is sampled, else None."""
+        """A trace for this request when it is sampled (an ensemble step: when its ensemble
+        request is traced), else None."""
+        parent = _STEP_PARENT.get()
+        if parent is not None:
+            if not isinstance(parent, RequestTrace):
+                return None
+            return RequestTrace(
+                next(self._ids),
+                parent.setting,
+                model,
+                version,
+                request,
+                time.time_ns(),
+                time.perf_counter(),
+                parent=parent,
+            )
         setting = self.settings.sample(model, bool(request.traceparent))
         if setting is None:
             return None
@@ -110,7 +158,12 @@ class Tracer:
         )
 
     def finish(self, trace: RequestTrace) -> None:
-        """Export a finished trace; an exporter's failure is logged, never raised."""
+        """Export a finished trace (a step's goes with its ensemble request's, unless that one
+        is gone already); an exporter's failure is logged, never raised."""
+        if trace.parent is not None and not trace.parent.exported:
+            trace.parent.children.append(trace)
+            return
+        trace.exported = True
         try:
             if self._exporter is None:
                 self._exporter = create_exporter(trace.setting)
@@ -174,17 +227,29 @@ class OpenTelemetryExporter:
             start_time=wall["REQUEST_START"],
             attributes={"ferry.protocol": request.protocol, "client.address": request.client},
         )
+        error = self._model_spans(trace, otel.set_span_in_context(root))
+        if error is not None:
+            root.set_status(Status(StatusCode.ERROR, error))
+        root.end(end_time=wall["REQUEST_END"])
+
+    def _model_spans(self, trace: RequestTrace, context: Any) -> str | None:
+        """The model span of one trace under `context`, its queue and compute spans, and the
+        model spans of its steps under it; the error message when the request failed."""
+        from opentelemetry import trace as otel
+        from opentelemetry.trace import SpanKind, Status, StatusCode
+
+        wall = {name: trace.wall_ns(at) for name, at in trace.timestamps()}
         model_span = self._tracer.start_span(
             trace.model,
-            context=otel.set_span_in_context(root),
+            context=context,
             kind=SpanKind.SERVER,
             start_time=wall["REQUEST_START"],
             attributes={
                 "triton.model_name": trace.model,
                 "triton.model_version": int(trace.version),
                 "triton.trace_id": trace.trace_id,
-                "triton.trace_parent_id": 0,
-                "triton.request_id": request.id,
+                "triton.trace_parent_id": trace.parent.trace_id if trace.parent else 0,
+                "triton.request_id": trace.request.id,
                 "ferry.cache_hit": trace.cache_hit,
             },
         )
@@ -216,15 +281,17 @@ class OpenTelemetryExporter:
             ):
                 self._span(name, compute_context, wall[start], wall[end])
             compute.end(end_time=wall["COMPUTE_END"])
+        for child in trace.children:
+            self._model_spans(child, otel.set_span_in_context(model_span))
         model_span.add_event("REQUEST_END", timestamp=wall["REQUEST_END"])
+        message = None
         if trace.error is not None:
             message = (
                 trace.error.message if isinstance(trace.error, ServingError) else repr(trace.error)
             )
-            for span in (model_span, root):
-                span.set_status(Status(StatusCode.ERROR, message))
+            model_span.set_status(Status(StatusCode.ERROR, message))
         model_span.end(end_time=wall["REQUEST_END"])
-        root.end(end_time=wall["REQUEST_END"])
+        return message
 
     def _span(self, name: str, context: Any, start_ns: int, end_ns: int) -> None:
         span = self._tracer.start_span(name, context=context, start_time=start_ns)
@@ -246,23 +313,30 @@ class TritonFileExporter:
         self._index = 0
 
     def export(self, trace: RequestTrace) -> None:
-        request = trace.request
+        self._add(trace)
+        self._traces += 1
+        if self.log_frequency and self._traces >= self.log_frequency:
+            self._write(f"{self.path}.{self._index}")
+            self._index += 1
+
+    def _add(self, trace: RequestTrace) -> None:
+        """A trace's entries, then its steps' (each with the ensemble's id as parent_id)."""
         header: dict[str, Any] = {
             "id": trace.trace_id,
             "model_name": trace.model,
             "model_version": int(trace.version),
         }
-        if request.id:
-            header["request_id"] = request.id
+        if trace.request.id:
+            header["request_id"] = trace.request.id
+        if trace.parent is not None:
+            header["parent_id"] = trace.parent.trace_id
         self._entries.append(header)
         for name, at in trace.timestamps():
             self._entries.append(
                 {"id": trace.trace_id, "timestamps": [{"name": name, "ns": int(at * 1e9)}]}
             )
-        self._traces += 1
-        if self.log_frequency and self._traces >= self.log_frequency:
-            self._write(f"{self.path}.{self._index}")
-            self._index += 1
+        for child in trace.children:
+            self._add(child)
 
     def _write(self, path: str) -> None:
         Path(path).write_text(json.dumps(self._entries))

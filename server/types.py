@@ -59,6 +59,7 @@ class TensorSpec:
     name: str
     datatype: str
     shape: tuple[int, ...]
+    optional: bool = False  # an input the request may leave out (config `optional: true`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +84,10 @@ class InferenceRequest:
     priority: int = 0
     timeout_us: int = 0
     protocol: str = "http"
+    # the request's sequence parameters (Python models see them as correlation_id and flags)
+    sequence_id: int | str = 0
+    sequence_start: bool = False
+    sequence_end: bool = False
     # request context the transports pass down for logs and traces ("" when not asked for)
     client: str = ""  # the client's address, host:port
     traceparent: str = ""  # W3C trace context of the caller
@@ -97,3 +102,6 @@ class InferenceResponse:
     outputs: Tensors
     id: str = ""
     parameters: Mapping[str, ParameterValue] = field(default_factory=dict)
+    # False on all but the last response of a stream (decoupled models); a final response with
+    # no outputs is the model's FINAL flag alone
+    final: bool = True

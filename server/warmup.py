@@ -30,7 +30,8 @@ from server.errors import ErrorKind, ServingError, invalid
 from server.model import ModelVersion, create_instances
 from server.observers import ObserverFanout
 from server.repository_format import DATATYPE_BY_CONFIG_TYPE, ModelConfig, tensor_specs
-from server.runtimes import Runtime
+from server.runtimes import RequestRuntime, Runtime, RuntimeContext
+from server.streams import ResponseStream
 from server.types import NUMPY_DTYPE_BY_DATATYPE, InferenceRequest
 
 WARMUP_FOLDER = "warmup"
@@ -170,9 +171,9 @@ async def _run_sample(
             InferenceRequest(model, version, sample.inputs, protocol=WARMUP_PROTOCOL)
             for _ in range(sample.batch_size)
         ]
-        for outcome in await instance.execute(requests):
-            if isinstance(outcome, BaseException):
-                raise outcome
+        errors = await _request_errors(await instance.execute(requests))
+        if errors:  # as Triton: every failed response of the sample, each followed by "; "
+            raise ServingError(ErrorKind.INTERNAL, "; ".join(errors))
         rows = sample.batch_size if batching else 1
         return [WarmupExecution(sample.batch_size, rows, 0.0, time.perf_counter() - started, 0.0)]
     if not batching:  # one request per execution
@@ -195,6 +196,20 @@ async def _run_sample(
             execution.compute_output_s,
         )
     ]
+
+
+async def _request_errors(outcomes: Sequence[Any]) -> list[str]:
+    """The error messages of a batch's outcomes; a decoupled model's streams are read to their
+    final response (Triton waits for it)."""
+    errors = []
+    for outcome in outcomes:
+        if isinstance(outcome, ResponseStream):
+            errors += [item.error.message async for item in outcome if item.error is not None]
+        elif isinstance(outcome, ServingError):
+            errors.append(outcome.message)
+        elif isinstance(outcome, BaseException):
+            errors.append(str(outcome))
+    return errors
 
 
 async def _infer(
@@ -263,11 +278,15 @@ def record_warmup(
 
 
 async def load_warm_instances(
-    name: str, number: int, config: ModelConfig, version_path: Path
-) -> tuple[list[Runtime], list[WarmupExecution]]:
-    """Load a version's instances and run its warmup on each (off the event loop); a failure
+    name: str,
+    number: int,
+    config: ModelConfig,
+    version_path: Path,
+    context: RuntimeContext | None = None,
+) -> tuple[list[Runtime | RequestRuntime], list[WarmupExecution]]:
+    """Load a version's instances (off the event loop) and run its warmup on each; a failure
     releases the instances and raises."""
-    instances = await asyncio.to_thread(create_instances, config, version_path)
+    instances = await asyncio.to_thread(create_instances, config, version_path, context)
     try:
         samples = warmup_samples(config, version_path.parent)
         if not samples:
@@ -287,6 +306,6 @@ async def load_warm_instances(
     return instances, executions
 
 
-def _close_all(instances: Sequence[Runtime]) -> None:
+def _close_all(instances: Sequence[Runtime | RequestRuntime]) -> None:
     for instance in instances:
         instance.close()

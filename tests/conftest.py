@@ -1,11 +1,31 @@
-"""Suite-wide fixtures: the `gpu` marker skips cleanly on machines without an NVIDIA GPU."""
+"""Suite-wide fixtures: the `gpu` marker skips cleanly on machines without an NVIDIA GPU;
+hypothesis profiles: `ci` (the default: a bounded run in `make test`) and `fuzz` (`make fuzz`,
+HYPOTHESIS_PROFILE=fuzz: many more examples)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    max_examples=150,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "fuzz",
+    max_examples=5_000,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def _has_nvidia_gpu() -> bool:

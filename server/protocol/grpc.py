@@ -5,6 +5,7 @@ the standard gRPC health service; each RPC is one DataPlane call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -12,6 +13,7 @@ from typing import Any, Protocol, TypeVar, cast
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
@@ -21,14 +23,20 @@ from server.errors import ErrorKind, ServingError
 from server.protocol import grpc_codec
 from server.protocol.grpc_access import RestrictedProtocolInterceptor, guard_routes
 from server.protocol.grpc_tls import grpcio_credentials, ssl_context
+from server.protocol.grpc_wire.limits import RequestBudget
 from server.protocol.grpc_wire.rpc import routes_for
 from server.protocol.grpc_wire.server import GrpcWireServer
+from server.protocol.grpcio_limits import RequestBudgetInterceptor, grpcio_options
 from server.protocol.status import GRPC_CODE_BY_KIND
 from server.restrictions import RestrictedApis
-from server.settings import GrpcTls, GrpcTransport
+from server.settings import GrpcLimits, GrpcTls, GrpcTransport
+from server.shared_memory import cuda_register_error, require_enabled
+from server.types import InferenceRequest
 
 logger = logging.getLogger(__name__)
-MAX_MESSAGE_BYTES = 2**31 - 1
+# Requests of one ModelStreamInfer call being inferred or waiting to be sent: a client that stops
+# reading stops the call from taking more requests (and then flow control stops the client).
+STREAM_MAX_IN_FLIGHT = 64
 T = TypeVar("T")
 
 
@@ -97,32 +105,42 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     async def _infer(self, request: Any, context: Any) -> Any:
         """Decode, infer, encode one ModelInferRequest (tensors may live in shared memory)."""
         shared_memory = self.dataplane.shared_memory
-        inference_request, in_shared_memory = grpc_codec.decode_request(request, shared_memory)
-        if self.dataplane.ops.request_context:  # request log or traces
-            inference_request = dataclasses.replace(
-                inference_request,
-                client=client_address(context.peer()),
-                traceparent=metadata_value(context.invocation_metadata(), "traceparent"),
-            )
-        response = await self.dataplane.infer(inference_request)
-        return grpc_codec.encode_response(response, in_shared_memory, shared_memory)
+        if shared_memory is None:
+            inference_request, _ = grpc_codec.decode_request(request)
+            if self.dataplane.ops.request_context:  # request log or traces
+                inference_request = with_context(inference_request, context)
+            return grpc_codec.encode_response(await self.dataplane.infer(inference_request))
+        with shared_memory.hold():  # the regions it names stay registered until it is done
+            inference_request, in_shared_memory = grpc_codec.decode_request(request, shared_memory)
+            if self.dataplane.ops.request_context:
+                inference_request = with_context(inference_request, context)
+            response = await self.dataplane.infer(inference_request)
+            return grpc_codec.encode_response(response, in_shared_memory, shared_memory)
 
     async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
-        """Requests on one stream run concurrently; each response is final."""
-        responses: asyncio.Queue[Any] = asyncio.Queue()
+        """Requests on one stream run concurrently (up to STREAM_MAX_IN_FLIGHT); each gets its
+        responses in order (many for a decoupled model), each marked with `triton_final_response`.
+        A failed response is an `error_message` in the stream, which stays open."""
+        # Both bounds hold a client that stops reading: at most STREAM_MAX_IN_FLIGHT requests run,
+        # and their responses wait in a queue of that size (a decoupled model's next response waits
+        # for the client to take one).
+        responses: asyncio.Queue[Any] = asyncio.Queue(maxsize=STREAM_MAX_IN_FLIGHT)
         pending: set[asyncio.Task[None]] = set()
+        slots = asyncio.Semaphore(STREAM_MAX_IN_FLIGHT)
 
         async def one(request: Any) -> None:
-            message = pb.ModelStreamInferResponse()
             try:
-                message.infer_response.CopyFrom(await self._infer(request, context))
-                message.infer_response.parameters["triton_final_response"].bool_param = True
+                await self._stream_one(request, context, responses.put)
             except ServingError as exc:
-                message.error_message = exc.message
-            await responses.put(message)
+                message = pb.ModelStreamInferResponse(error_message=exc.message)
+                message.infer_response.id = request.id  # as Triton: which request failed
+                await responses.put(message)
+            finally:
+                slots.release()
 
         async def read_all() -> None:
             async for request in request_iterator:
+                await slots.acquire()
                 task = asyncio.create_task(one(request))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
@@ -136,6 +154,36 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
                 yield message
         finally:
             reader.cancel()
+            for task in list(pending):
+                task.cancel()
+
+    async def _stream_one(
+        self, request: Any, context: Any, put: Callable[[Any], Awaitable[None]]
+    ) -> None:
+        """Every response of one streamed request; a final flag without a response is sent
+        (empty) only when the request set triton_enable_empty_final_response."""
+        shared_memory = self.dataplane.shared_memory
+        parameter = request.parameters.get("triton_enable_empty_final_response")
+        empty_final = parameter is not None and parameter.bool_param
+        # the regions the request names stay registered until its last response is written
+        with shared_memory.hold() if shared_memory is not None else contextlib.nullcontext():
+            inference_request, in_shared_memory = grpc_codec.decode_request(request, shared_memory)
+            if self.dataplane.ops.request_context:
+                inference_request = with_context(inference_request, context)
+            async for item in self.dataplane.infer_stream(inference_request):
+                message = pb.ModelStreamInferResponse()
+                if isinstance(item, ServingError):
+                    message.error_message = item.message
+                    message.infer_response.id = request.id  # as Triton: which request failed
+                elif item.final and not item.outputs and not empty_final:
+                    continue
+                else:
+                    message.infer_response.CopyFrom(
+                        grpc_codec.encode_response(item, in_shared_memory, shared_memory)
+                    )
+                    final = message.infer_response.parameters["triton_final_response"]
+                    final.bool_param = item.final
+                await put(message)
 
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:
         rows = self.dataplane.repository_index(request.ready)
@@ -149,13 +197,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
                 raise ServingError(
                     ErrorKind.UNSUPPORTED, "'repository_name' specification is not supported"
                 )
-            config, files = None, {}
-            for key, parameter in request.parameters.items():
-                if key == "config":
-                    config = grpc_codec.parameter_value(parameter)
-                elif key.startswith("file:"):
-                    files[key[len("file:") :]] = grpc_codec.parameter_value(parameter)
-            await self.dataplane.load_model(request.model_name, config, files or None)
+            config, files = grpc_codec.load_parameters(request.parameters)
+            await self.dataplane.load_model(request.model_name, config, files)
             return pb.RepositoryModelLoadResponse()
 
         return await _call(context, work)
@@ -186,13 +229,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
         async def work() -> Any:
             shared_memory = self.dataplane.shared_memory
-            if shared_memory is None:
-                raise ServingError(
-                    ErrorKind.UNSUPPORTED,
-                    "client shared memory is not enabled on this server (start "
-                    "ferry serve with --allow-client-shm)",
-                )
-            shared_memory.register(request.name, request.key, request.offset, request.byte_size)
+            require_enabled(shared_memory).register(
+                request.name, request.key, request.offset, request.byte_size
+            )
             return pb.SystemSharedMemoryRegisterResponse()
 
         return await _call(context, work)
@@ -244,15 +283,30 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         return await _call(context, work)
 
     async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        if request.name:  # nothing is ever registered
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"Unable to find cuda shared memory region: '{request.name}'",
+            )
         return pb.CudaSharedMemoryStatusResponse()
 
     async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "CUDA shared memory is not enabled on this server"
-        )
+        async def work() -> Any:
+            raise cuda_register_error(self.dataplane.shared_memory, request.name)
+
+        return await _call(context, work)
 
     async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
         return pb.CudaSharedMemoryUnregisterResponse()
+
+
+def with_context(request: InferenceRequest, context: Any) -> InferenceRequest:
+    """The request with who asked and in which trace (for the request log and traces)."""
+    return dataclasses.replace(
+        request,
+        client=client_address(context.peer()),
+        traceparent=metadata_value(context.invocation_metadata(), "traceparent"),
+    )
 
 
 def client_address(peer: str) -> str:
@@ -295,16 +349,21 @@ def create_grpc_server(
     host: str,
     port: int,
     transport: GrpcTransport = GrpcTransport.FERRY,
+    limits: GrpcLimits | None = None,
     *,
     restricted: RestrictedApis | None = None,
     tls: GrpcTls | None = None,
 ) -> GrpcServer:
-    """Both services on the chosen transport, bound to host:port once started; the restricted
-    API groups (`--grpc-restricted-protocol`) behind their metadata keys; TLS when given."""
+    """Both services on the chosen transport with `limits`, bound to host:port once started; the
+    restricted API groups (`--grpc-restricted-protocol`) behind their metadata keys; TLS when
+    given."""
+    limits = limits or GrpcLimits()
     if transport == GrpcTransport.GRPCIO:
         return cast(
             GrpcServer,
-            create_grpcio_server(dataplane, f"{host}:{port}", restricted=restricted, tls=tls),
+            create_grpcio_server(
+                dataplane, f"{host}:{port}", limits, restricted=restricted, tls=tls
+            ),
         )
     routes = routes_for(
         InferenceServicer(dataplane), _SERVICES[0], service_pb2_grpc.GRPCInferenceServiceServicer
@@ -314,9 +373,7 @@ def create_grpc_server(
     )
     if restricted:
         routes = guard_routes(routes, restricted, _SERVICES)
-    return GrpcWireServer(
-        routes, host, port, MAX_MESSAGE_BYTES, ssl_context(tls) if tls is not None else None
-    )
+    return GrpcWireServer(routes, host, port, limits, ssl_context(tls) if tls is not None else None)
 
 
 class GrpcServer(Protocol):
@@ -327,21 +384,52 @@ class GrpcServer(Protocol):
     async def stop(self, grace: float | None) -> None: ...
 
 
+_UNPARSED = object()  # a request message that did not parse
+
+
+class ParseErrorsAsInternal(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """A unary request that does not parse is INTERNAL "Unable to parse request", as Triton and
+    ferry's own transport answer (grpc.aio would say UNKNOWN)."""
+
+    async def intercept_service(
+        self, continuation: Callable[[Any], Awaitable[Any]], details: Any
+    ) -> Any:
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+            return handler
+        parse, behavior = handler.request_deserializer, handler.unary_unary
+
+        def deserialize(data: bytes) -> Any:
+            try:
+                return parse(data)
+            except DecodeError:
+                return _UNPARSED
+
+        async def run(request: Any, context: Any) -> Any:
+            if request is _UNPARSED:
+                await context.abort(grpc.StatusCode.INTERNAL, "Unable to parse request")
+            return await behavior(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            run, request_deserializer=deserialize, response_serializer=handler.response_serializer
+        )
+
+
 def create_grpcio_server(
     dataplane: DataPlane,
     address: str,
+    limits: GrpcLimits,
     *,
     restricted: RestrictedApis | None = None,
     tls: GrpcTls | None = None,
 ) -> grpc.aio.Server:
-    """A grpc.aio server with both services and 2 GiB-1 message limits, bound to `address`."""
-    options = [
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.so_reuseport", 0),
-    ]
-    interceptors = [RestrictedProtocolInterceptor(restricted, _SERVICES)] if restricted else []
-    server = grpc.aio.server(options=options, interceptors=interceptors)
+    """A grpc.aio server with both services and `limits`, bound to `address`."""
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    if restricted:
+        interceptors.append(RestrictedProtocolInterceptor(restricted, _SERVICES))
+    interceptors.append(RequestBudgetInterceptor(RequestBudget(limits.max_buffered_request_bytes)))
+    interceptors.append(ParseErrorsAsInternal())
+    server = grpc.aio.server(options=grpcio_options(limits), interceptors=interceptors)
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
         InferenceServicer(dataplane), server
     )

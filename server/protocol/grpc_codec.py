@@ -49,10 +49,59 @@ def parameter_value(parameter: Any) -> Any:
     return None if kind is None else getattr(parameter, kind)
 
 
+def load_parameters(parameters: Any) -> tuple[str | None, dict[str, bytes] | None]:
+    """A RepositoryModelLoad's `config` (string_param) and `file:` contents (bytes_param)."""
+    config, files = None, {}
+    for key, parameter in parameters.items():
+        kind = parameter.WhichOneof("parameter_choice")
+        if key == "config":
+            if kind != "string_param":
+                raise invalid(
+                    "invalid value type for load parameter 'config', expected string_param."
+                )
+            config = parameter.string_param
+        elif key.startswith("file:"):
+            if kind != "bytes_param":
+                raise invalid(
+                    f"invalid value type for load parameter '{key}', expected bytes_param."
+                )
+            files[key[len("file:") :]] = parameter.bytes_param
+    return config, files or None
+
+
+# the request parameters Triton reads itself, and the InferParameter choices each may use
+_PARAMETER_CHOICES = {
+    "sequence_id": ("int64_param", "string_param"),
+    "sequence_start": ("bool_param",),
+    "sequence_end": ("bool_param",),
+}
+
+
+def _check_parameter(key: str, parameter: Any) -> None:
+    """Refuse a parameter without a value or with the wrong choice, with Triton's message."""
+    choices = _PARAMETER_CHOICES.get(key, ("int64_param", "bool_param", "string_param"))
+    kind = parameter.WhichOneof("parameter_choice")
+    if kind is None or (key in _PARAMETER_CHOICES and kind not in choices):
+        expected = (
+            choices[0] if len(choices) == 1 else f"{', '.join(choices[:-1])} or {choices[-1]}"
+        )
+        raise invalid(f"invalid value type for '{key}' parameter, expected {expected}.")
+
+
 def _non_negative(parameter: Any, name: str) -> int:
     value = parameter_value(parameter)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise invalid(f"parameter '{name}' must be a non-negative integer")
+    return value
+
+
+def _sequence_id(value: Any) -> int | str:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, str))
+        or (isinstance(value, int) and value < 0)
+    ):
+        raise invalid("parameter 'sequence_id' must be an unsigned integer or a string")
     return value
 
 
@@ -63,6 +112,7 @@ def decode_request(
     (`shared_memory` None: the extension is off)."""
     parameters: dict[str, Any] = {}
     priority = timeout_us = 0
+    sequence: dict[str, Any] = {}
     # iterating an empty protobuf map still goes through collections.abc (~2 % of a request)
     for key, parameter in message.parameters.items() if message.parameters else ():
         if key.startswith("triton_") and key not in ALLOWED_TRITON_PARAMETERS:
@@ -70,15 +120,14 @@ def decode_request(
                 f"parameter keys starting with 'triton_' are reserved for Triton usage "
                 f"and should not be specified: '{key}'"
             )
+        _check_parameter(key, parameter)
         if key == "priority":
             priority = _non_negative(parameter, key)
         elif key == "timeout":
             timeout_us = _non_negative(parameter, key)
-        elif not key.startswith("triton_") and key not in (
-            "sequence_id",
-            "sequence_start",
-            "sequence_end",
-        ):
+        elif key in ("sequence_id", "sequence_start", "sequence_end"):
+            sequence[key] = parameter_value(parameter)
+        elif not key.startswith("triton_"):
             parameters[key] = parameter_value(parameter)
     inputs = _decode_inputs(message, shared_memory)
     requested = None
@@ -96,7 +145,7 @@ def decode_request(
                 in_shared_memory[output.name] = output_destination(
                     shared_memory,
                     output.name,
-                    *_reference_parameters(params),
+                    *_reference_parameters(params, output.name),
                     classification="classification" in params,
                 )
             outputs.append(RequestedOutput(output.name, None, classification))
@@ -111,6 +160,9 @@ def decode_request(
         priority=priority,
         timeout_us=timeout_us,
         protocol="grpc",
+        sequence_id=_sequence_id(sequence.get("sequence_id", 0)),
+        sequence_start=sequence.get("sequence_start") is True,
+        sequence_end=sequence.get("sequence_end") is True,
     )
     return request, in_shared_memory
 
@@ -137,15 +189,17 @@ def _decode_inputs(
                     f"input tensor '{name}' for model '{message.model_name}'"
                 )
             data = manager.read(
-                shared_memory_reference(name, *_reference_parameters(tensor.parameters))
+                shared_memory_reference(name, *_reference_parameters(tensor.parameters, name))
             )
-            inputs[name] = array_from_bytes(name, data, datatype, shape)
+            inputs[name] = array_from_bytes(name, data, datatype, shape, model=message.model_name)
         elif raw:
             if has_contents:
                 raise invalid("contents field must not be specified when using raw_input_contents")
             if raw_index >= len(raw):
                 raise _raw_count_error(message, len(raw))
-            inputs[name] = array_from_bytes(name, raw[raw_index], datatype, shape)
+            inputs[name] = array_from_bytes(
+                name, raw[raw_index], datatype, shape, model=message.model_name
+            )
             raw_index += 1
         elif has_contents:
             inputs[name] = _from_contents(name, tensor.contents, datatype, shape)
@@ -164,9 +218,14 @@ def _raw_count_error(message: pb.ModelInferRequest, count: int) -> ServingError:
     )
 
 
-def _reference_parameters(params: Any) -> tuple[Any, Any, Any]:
+def _reference_parameters(params: Any, tensor: str) -> tuple[Any, Any, Any]:
     """A tensor's `shared_memory_*` region, byte size and offset (tritonclient sends int64
-    sizes); validated by `shared_memory_reference`."""
+    sizes); validated by `shared_memory_reference`. Over gRPC, Triton requires the size."""
+    if "shared_memory_byte_size" not in params:
+        raise invalid(
+            f"'shared_memory_byte_size' must be specified along with "
+            f"'shared_memory_region' parameter for tensor '{tensor}'"
+        )
 
     def value(key: str, default: Any) -> Any:
         return parameter_value(params[key]) if key in params else default
@@ -182,6 +241,12 @@ def _from_contents(name: str, contents: Any, datatype: str, shape: tuple[int, ..
     field = _CONTENTS_FIELD_BY_DATATYPE.get(datatype)
     if field is None:
         raise invalid(f"input '{name}': {datatype} data must be sent in raw_input_contents")
+    for other, _ in contents.ListFields():
+        if other.name != field:  # as Triton: typed data of another datatype is refused
+            raise invalid(
+                f"unexpected explicit tensor data for input tensor '{name}' in "
+                f"'{other.name}', expected datatype '{datatype}' ('{field}')"
+            )
     values = list(getattr(contents, field))
     if datatype == "BYTES":
         array = np.empty(len(values), dtype=np.object_)

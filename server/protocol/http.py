@@ -18,10 +18,12 @@ from starlette.responses import Response
 from server.dataplane import DataPlane
 from server.errors import ErrorKind, ServingError, invalid
 from server.protocol.http_access import HttpAccess
-from server.protocol.http_infer import InferFastPath, decode_body, read_raw_body
+from server.protocol.http_infer import InferDecoder, InferFastPath, decode_body, read_raw_body
+from server.protocol.http_limits import BufferBudget, HttpLimits, RequestRejected, check_json_size
 from server.protocol.status import HTTP_STATUS_BY_KIND
 from server.repository_format import config_to_json
 from server.restrictions import RestrictedApis
+from server.shared_memory import cuda_register_error, require_enabled
 
 DriftDetail = Callable[[str, str | None], dict[str, Any] | None]
 JSON = "application/json"
@@ -39,21 +41,23 @@ def error_response(
     )
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body (decompressed), refused past `limit` bytes before and after."""
-    body = await read_raw_body(request.receive, request.headers, limit)
-    return decode_body(body, request.headers.get("content-encoding"), limit)
-
-
-async def optional_json(request: Request, limit: int) -> dict[str, Any]:
-    """Parse an optional JSON object body (empty body: {})."""
-    body = await read_body(request, limit)
-    if not body.strip():
-        return {}
+async def optional_json(
+    request: Request, limits: HttpLimits, budget: BufferBudget
+) -> dict[str, Any]:
+    """Parse an optional JSON object body (empty body: {}), decompressed, under the body and
+    JSON limits and the server-wide budget."""
+    reservation = budget.reservation()
     try:
+        body = await read_raw_body(request.receive, request.headers, limits, reservation)
+        body = await decode_body(body, request.headers.get("content-encoding"), limits, reservation)
+        if not body.strip():
+            return {}
+        check_json_size(body, len(body), limits.decode)
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise invalid(f"failed to parse the request JSON buffer: {exc}") from None
+    finally:
+        reservation.release()
     if not isinstance(value, dict):
         raise invalid("the request body must be a JSON object")
     return value
@@ -61,25 +65,35 @@ async def optional_json(request: Request, limit: int) -> dict[str, Any]:
 
 def create_http_app(
     dataplane: DataPlane,
-    max_request_bytes: int,
+    limits: HttpLimits,
     drift_detail: DriftDetail | None = None,
     restricted: RestrictedApis | None = None,
 ) -> InferFastPath:
-    """The HTTP application: every route Triton serves for ferry's extensions, with the
-    restricted API groups (`--http-restricted-api`) behind their headers."""
+    """The HTTP application: every route Triton serves for ferry's extensions, under the HTTP
+    limits, with the restricted API groups (`--http-restricted-api`) behind their headers."""
+    budget = BufferBudget(limits.max_buffered_bytes)
     return InferFastPath(
-        create_fastapi_app(dataplane, max_request_bytes, drift_detail),
+        create_fastapi_app(dataplane, limits, budget, drift_detail),
         dataplane,
-        max_request_bytes,
+        limits,
+        budget,
+        InferDecoder(limits.decode),
         HttpAccess(restricted) if restricted else None,
     )
 
 
 def create_fastapi_app(
-    dataplane: DataPlane, max_request_bytes: int, drift_detail: DriftDetail | None = None
+    dataplane: DataPlane,
+    limits: HttpLimits,
+    budget: BufferBudget,
+    drift_detail: DriftDetail | None = None,
 ) -> FastAPI:
     """Every route but POST .../infer, which the InferFastPath in front of this app serves."""
     app = FastAPI(title="ferry", docs_url=None, redoc_url=None, openapi_url=None)
+    app.router.redirect_slashes = False  # as Triton: '/v2/' is a 404, not a redirect
+
+    async def body_json(request: Request) -> dict[str, Any]:
+        return await optional_json(request, limits, budget)
 
     async def on_serving_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, ServingError)
@@ -94,7 +108,12 @@ def create_fastapi_app(
         assert isinstance(exc, HTTPException)
         return error_response(exc.status_code, str(exc.detail))
 
+    async def on_rejected(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestRejected)
+        return error_response(exc.status, exc.message)
+
     app.add_exception_handler(ServingError, on_serving_error)
+    app.add_exception_handler(RequestRejected, on_rejected)
     app.add_exception_handler(HTTPException, on_http_error)
 
     def route(
@@ -169,7 +188,7 @@ def create_fastapi_app(
     @route("/v2/logging", ["GET", "POST"])
     async def logging_settings(request: Request) -> Response:
         if request.method == "POST":
-            changes = await optional_json(request, max_request_bytes)
+            changes = await body_json(request)
             return json_response(dataplane.update_log_settings(changes))
         return json_response(dataplane.log_settings())
 
@@ -178,26 +197,28 @@ def create_fastapi_app(
     async def trace_setting(request: Request) -> Response:
         model = request.path_params.get("model", "")
         if request.method == "POST":
-            changes = await optional_json(request, max_request_bytes)
+            changes = await body_json(request)
             return json_response(dataplane.update_trace_settings(model, changes))
         return json_response(dataplane.trace_settings(model))
 
     @route("/v2/repository/index", ["POST"])
     @route("/v2/repository/{repository}/index", ["POST"])
     async def repository_index(request: Request) -> Response:
-        body = await optional_json(request, max_request_bytes)
-        return json_response(dataplane.repository_index(bool(body.get("ready", False))))
+        ready = (await body_json(request)).get("ready", False)
+        if not isinstance(ready, bool):
+            raise invalid("repository index 'ready' must be a boolean")
+        return json_response(dataplane.repository_index(ready))
 
     @route("/v2/repository/models/{model:path}/load", ["POST"])
     async def load(request: Request) -> Response:
-        body = await optional_json(request, max_request_bytes)
+        body = await body_json(request)
         config, files = _load_parameters(body)
         await dataplane.load_model(request.path_params["model"], config, files)
         return Response(status_code=200)
 
     @route("/v2/repository/models/{model:path}/unload", ["POST"])
     async def unload(request: Request) -> Response:
-        await optional_json(request, max_request_bytes)
+        await body_json(request)
         await dataplane.unload_model(request.path_params["model"])
         return Response(status_code=200)
 
@@ -215,12 +236,9 @@ def create_fastapi_app(
         return json_response(shared_memory.status(request.path_params.get("region", "")))
 
     async def system_shm_register(request: Request) -> Response:
-        if shared_memory is None:
-            return _shm_not_enabled()
-        key, offset, byte_size = _register_parameters(
-            await optional_json(request, max_request_bytes)
-        )
-        shared_memory.register(request.path_params.get("region", ""), key, offset, byte_size)
+        manager = require_enabled(shared_memory)
+        key, offset, byte_size = _register_parameters(await body_json(request))
+        manager.register(request.path_params.get("region", ""), key, offset, byte_size)
         return Response(status_code=200)
 
     async def system_shm_unregister(request: Request) -> Response:
@@ -228,9 +246,12 @@ def create_fastapi_app(
             shared_memory.unregister(request.path_params.get("region", ""))
         return Response(status_code=200)
 
+    async def cuda_shm_register(request: Request) -> Response:
+        raise cuda_register_error(shared_memory, request.path_params.get("region", ""))
+
     shm_handlers = {
         "systemsharedmemory": (system_shm_status, system_shm_register, system_shm_unregister),
-        "cudasharedmemory": (_cuda_shm_status, _cuda_shm_register, _cuda_shm_unregister),
+        "cudasharedmemory": (_cuda_shm_status, cuda_shm_register, _cuda_shm_unregister),
     }
     for kind, (status, register, unregister) in shm_handlers.items():
         for prefix in (f"/v2/{kind}", f"/v2/{kind}/region/{{region}}"):
@@ -244,15 +265,6 @@ def create_fastapi_app(
                 prefix + "/unregister", unregister, methods=["POST"], include_in_schema=False
             )
     return app
-
-
-def _shm_not_enabled() -> Response:
-    return error_response(
-        501,
-        "client shared memory is not enabled on this server (start "
-        "ferry serve with --allow-client-shm); send tensors in the "
-        "request body (binary tensor data extension)",
-    )
 
 
 def _register_parameters(body: dict[str, Any]) -> tuple[str, int, int]:
@@ -272,16 +284,11 @@ def _register_parameters(body: dict[str, Any]) -> tuple[str, int, int]:
     return key, offset, byte_size
 
 
-async def _cuda_shm_status(_: Request) -> Response:
+async def _cuda_shm_status(request: Request) -> Response:
+    region = request.path_params.get("region")
+    if region:  # nothing is ever registered
+        return error_response(404, f"Unable to find cuda shared memory region: '{region}'")
     return json_response([])
-
-
-async def _cuda_shm_register(_: Request) -> Response:
-    return error_response(
-        501,
-        "CUDA shared memory is not enabled on this server; send "
-        "tensors in the request body (binary tensor data extension)",
-    )
 
 
 async def _cuda_shm_unregister(_: Request) -> Response:
@@ -289,7 +296,7 @@ async def _cuda_shm_unregister(_: Request) -> Response:
 
 
 def _load_parameters(body: dict[str, Any]) -> tuple[str | None, dict[str, bytes] | None]:
-    parameters = body.get("parameters") or {}
+    parameters = body.get("parameters", {})
     if not isinstance(parameters, dict):
         raise invalid("load 'parameters' must be an object")
     config = parameters.get("config")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -10,7 +11,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from server.errors import invalid
+from server.errors import ServingError, invalid
+from server.protocol.http_limits import DecodeLimits, check_json_size
 from server.protocol.tensors import (
     array_from_bytes,
     array_from_json,
@@ -18,6 +20,7 @@ from server.protocol.tensors import (
     array_to_json,
     check_datatype,
     check_shape,
+    checked_count,
 )
 from server.shared_memory import (
     SharedMemoryManager,
@@ -26,7 +29,13 @@ from server.shared_memory import (
     require_enabled,
     shared_memory_reference,
 )
-from server.types import InferenceRequest, InferenceResponse, RequestedOutput, datatype_of
+from server.types import (
+    ELEMENT_SIZE_BY_DATATYPE,
+    InferenceRequest,
+    InferenceResponse,
+    RequestedOutput,
+    datatype_of,
+)
 
 RESERVED_PARAMETERS = frozenset(
     {
@@ -39,6 +48,9 @@ RESERVED_PARAMETERS = frozenset(
         "binary_data_output",
     }
 )
+
+
+DEFAULT_DECODE_LIMITS = DecodeLimits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,50 +82,93 @@ def decode_request(
     model_name: str,
     model_version: str,
     shared_memory: SharedMemoryManager | None = None,
+    limits: DecodeLimits = DEFAULT_DECODE_LIMITS,
 ) -> tuple[InferenceRequest, OutputEncoding]:
     """Decode an infer body into an InferenceRequest and the requested output encoding; tensors
-    in client shared memory need `shared_memory` (None: the extension is off)."""
+    in client shared memory need `shared_memory` (None: the extension is off). Sizes and counts
+    are checked against `limits` before they are decoded."""
     json_end = len(body) if header_length is None else header_length
-    try:
-        header = orjson.loads(memoryview(body)[:json_end])
-    except orjson.JSONDecodeError as exc:
-        raise invalid(f"failed to parse the request JSON buffer: {exc}") from None
+    if json_end > limits.json_bytes_always_within:  # (the hot path skips the call)
+        check_json_size(body, json_end, limits)
+    header = parse_json(memoryview(body)[:json_end])
     if not isinstance(header, dict):
         raise invalid("the request JSON must be an object")
-    parameters = header.get("parameters") or {}
-    if not isinstance(parameters, dict):
+    parameters = header.get("parameters")
+    if parameters is None:
+        parameters = {}
+    elif not isinstance(parameters, dict):
         raise invalid("request 'parameters' must be an object")
-    for key in parameters:
-        if key.startswith("triton_"):
-            raise invalid(
-                f"parameter keys starting with 'triton_' are reserved for Triton usage "
-                f"and should not be specified: '{key}'"
-            )
-    inputs = _decode_inputs(header.get("inputs"), body, json_end, shared_memory)
+    for key, value in parameters.items():
+        _check_parameter(key, value)
+    inputs = _decode_inputs(header.get("inputs"), body, json_end, shared_memory, limits, model_name)
     requested, binary_by_output, in_shared_memory = _decode_outputs(
         header.get("outputs"), shared_memory
     )
     priority = _unsigned(parameters.get("priority", 0), "priority")
     timeout_us = _unsigned(parameters.get("timeout", 0), "timeout")
-    custom = {
-        k: v
-        for k, v in parameters.items()
-        if k not in RESERVED_PARAMETERS and isinstance(v, (str, int, float, bool))
-    }
+    sequence_id = parameters.get("sequence_id", 0)  # its JSON type checked above
+    if isinstance(sequence_id, int) and sequence_id < 0:
+        raise invalid("parameter 'sequence_id' must be an unsigned integer or a string")
+    custom = {k: v for k, v in parameters.items() if k not in RESERVED_PARAMETERS}
     request_id = header.get("id", "")
+    if not isinstance(request_id, str):
+        raise invalid("request 'id' must be a string")
     request = InferenceRequest(
         model_name=model_name,
         model_version=model_version,
         inputs=inputs,
-        id=request_id if isinstance(request_id, str) else str(request_id),
+        id=request_id,
         requested_outputs=requested,
         parameters=custom,
         priority=priority,
         timeout_us=timeout_us,
         protocol="http",
+        sequence_id=sequence_id,
+        sequence_start=parameters.get("sequence_start") is True,
+        sequence_end=parameters.get("sequence_end") is True,
     )
     binary_default = parameters.get("binary_data_output", False) is True
     return request, OutputEncoding(binary_default, binary_by_output, in_shared_memory)
+
+
+def parse_json(data: bytes | memoryview) -> Any:
+    """A request's JSON. Like Triton's parser, NaN and Infinity literals are accepted (the
+    standard library's parser reads them; orjson, on the hot path, does not)."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        try:
+            return json.loads(bytes(data), parse_constant=float)
+        except (ValueError, RecursionError):
+            raise invalid(f"failed to parse the request JSON buffer: {exc}") from None
+
+
+# the request parameters Triton reads itself, and the JSON type each must have
+_PARAMETER_TYPES: dict[str, tuple[type, ...]] = {
+    "sequence_id": (int, str),
+    "sequence_start": (bool,),
+    "sequence_end": (bool,),
+    "binary_data_output": (bool,),
+}
+
+
+def _check_parameter(key: str, value: Any) -> None:
+    """Refuse reserved keys and values of the wrong JSON type, as Triton does."""
+    if key.startswith("triton_"):
+        raise invalid(
+            f"parameter keys starting with 'triton_' are reserved for Triton usage "
+            f"and should not be specified: '{key}'"
+        )
+    expected = _PARAMETER_TYPES.get(key)
+    if expected is not None:
+        if not isinstance(value, expected) or (bool not in expected and isinstance(value, bool)):
+            names = " or ".join("boolean" if t is bool else t.__name__ for t in expected)
+            raise invalid(f"parameter '{key}' must be a {names}")
+    elif value is None or isinstance(value, (dict, list)):
+        raise invalid(
+            f"parameter '{key}' has invalid type. It should be either 'int', 'bool', "
+            "'double' or 'string'."
+        )
 
 
 def _unsigned(value: Any, name: str) -> int:
@@ -123,12 +178,18 @@ def _unsigned(value: Any, name: str) -> int:
 
 
 def _decode_inputs(
-    specs: Any, body: bytes, binary_start: int, shared_memory: SharedMemoryManager | None
+    specs: Any,
+    body: bytes,
+    binary_start: int,
+    shared_memory: SharedMemoryManager | None,
+    limits: DecodeLimits,
+    model: str = "",
 ) -> dict[str, np.ndarray]:
-    if not isinstance(specs, list) or not specs:
+    if not isinstance(specs, list):  # an empty list is checked against the model's inputs
         raise invalid("the request must list its 'inputs'")
     inputs: dict[str, np.ndarray] = {}
     offset = binary_start
+    bytes_elements = 0
     for spec in specs:
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
             raise invalid("each input must be an object with a 'name'")
@@ -137,6 +198,10 @@ def _decode_inputs(
             raise invalid(f"input '{name}' is given twice")
         shape = check_shape(name, spec.get("shape", None))
         datatype = check_datatype(name, spec.get("datatype"))
+        count = checked_count(name, shape, datatype)  # (an int64 overflow first, as Triton)
+        if datatype == "BYTES":
+            bytes_elements += count
+            check_bytes_elements(bytes_elements, limits)
         params = spec.get("parameters") or {}
         if not isinstance(params, dict):
             raise invalid(f"input '{name}': 'parameters' must be an object")
@@ -157,10 +222,20 @@ def _decode_inputs(
                 params.get("shared_memory_byte_size"),
                 params.get("shared_memory_offset", 0),
             )
-            inputs[name] = array_from_bytes(name, manager.read(reference), datatype, shape)
+            inputs[name] = array_from_bytes(
+                name, manager.read(reference), datatype, shape, model=model
+            )
             continue
         if "data" in spec:
-            inputs[name] = array_from_json(name, spec["data"], datatype, shape)
+            if datatype == "BYTES":
+                inputs[name] = array_from_json(name, spec["data"], datatype, shape)
+                _check_json_input_size(name, inputs[name], limits)
+            elif count * ELEMENT_SIZE_BY_DATATYPE[datatype] > limits.max_input_size:
+                raise _json_input_too_large(
+                    name, count * ELEMENT_SIZE_BY_DATATYPE[datatype], limits
+                )
+            else:
+                inputs[name] = array_from_json(name, spec["data"], datatype, shape)
             continue
         size = _unsigned(params["binary_data_size"], "binary_data_size")
         if offset + size > len(body):
@@ -168,7 +243,7 @@ def _decode_inputs(
                 f"unexpected size for input '{name}', expecting {size} additional bytes "
                 f"but only {len(body) - offset} remain in the request body"
             )
-        inputs[name] = array_from_bytes(name, body, datatype, shape, offset, size)
+        inputs[name] = array_from_bytes(name, body, datatype, shape, offset, size, model)
         offset += size
     if offset != len(body):
         raise invalid(
@@ -176,6 +251,33 @@ def _decode_inputs(
             "last binary input"
         )
     return inputs
+
+
+def check_bytes_elements(count: int, limits: DecodeLimits) -> None:
+    """Refuse a request whose BYTES tensors hold more than --http-max-bytes-elements elements
+    (each one becomes a Python object), before any is decoded."""
+    if count > limits.max_bytes_elements:
+        raise invalid(
+            f"request has {count} BYTES tensor elements, more than the maximum of "
+            f"{limits.max_bytes_elements}. Use --http-max-bytes-elements to increase the limit."
+        )
+
+
+def _check_json_input_size(name: str, decoded: np.ndarray, limits: DecodeLimits) -> None:
+    """Triton's check for a JSON BYTES input: its serialized size (each string plus a 4-byte
+    length) must not pass --http-max-input-size. (Other types: from the shape, before
+    decoding.)"""
+    byte_size = sum(len(item) for item in decoded.reshape(-1)) + 4 * decoded.size
+    if byte_size > limits.max_input_size:
+        raise _json_input_too_large(name, byte_size, limits)
+
+
+def _json_input_too_large(name: str, byte_size: int, limits: DecodeLimits) -> ServingError:
+    return invalid(
+        f"JSON input '{name}' has a byte_size ({byte_size} bytes) that exceeds the maximum "
+        f"allowed value of {limits.max_input_size} bytes. Use --http-max-input-size to increase "
+        "the limit."
+    )
 
 
 def _decode_outputs(
@@ -187,7 +289,11 @@ def _decode_outputs(
         return None, {}, {}
     if not isinstance(specs, list):
         raise invalid("request 'outputs' must be a list")
-    requested, binary, in_shared_memory = [], {}, {}
+    if not specs:  # as Triton: an empty list asks for every output
+        return None, {}, {}
+    requested: list[RequestedOutput] = []
+    binary: dict[str, bool | None] = {}
+    in_shared_memory: dict[str, SharedMemoryReference] = {}
     for spec in specs:
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
             raise invalid("each requested output must be an object with a 'name'")
@@ -210,7 +316,7 @@ def _decode_outputs(
             )
         classification = _unsigned(params.get("classification", 0), "classification")
         requested.append(RequestedOutput(name, flag, classification))
-        binary[name] = flag
+        binary[name] = bool(flag)  # as Triton: a listed output is JSON unless it asks
     return tuple(requested), binary, in_shared_memory
 
 
@@ -270,19 +376,6 @@ def _write_to_shared_memory(
     if reference.offset:
         parameters["shared_memory_offset"] = reference.offset
     return parameters
-
-
-def decompress(body: bytes, encoding: str, limit: int) -> bytes:
-    """Undo a request Content-Encoding (gzip/deflate) without inflating past `limit` bytes."""
-    wbits = {"gzip": 31, "deflate": 15}[encoding]
-    inflater = zlib.decompressobj(wbits)
-    try:
-        data = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise invalid(f"request body is not valid {encoding} data: {exc}") from None
-    if len(data) > limit or inflater.unconsumed_tail:
-        raise invalid(f"decompressed request body exceeds the maximum of {limit} bytes")
-    return data
 
 
 def choose_response_encoding(accept_encoding: str | None) -> str | None:

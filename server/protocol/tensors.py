@@ -11,11 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from server.errors import ErrorKind, ServingError, invalid
+from server.errors import ServingError, invalid
 from server.types import ALL_DATATYPES, ELEMENT_SIZE_BY_DATATYPE, NUMPY_DTYPE_BY_DATATYPE
 
 _U32 = struct.Struct("<I")
 MAX_DIMS = 64
+# Triton's HTTP_MAX_JSON_NESTING_DEPTH (server/src/common.h): JSON `data` whose leaves sit this
+# many arrays deep is refused
+MAX_JSON_DEPTH = 100
 
 
 def check_shape(name: str, shape: Any) -> tuple[int, ...]:
@@ -35,15 +38,32 @@ def check_shape(name: str, shape: Any) -> tuple[int, ...]:
 
 def check_datatype(name: str, datatype: Any) -> str:
     """Validate a wire datatype; BF16 is a valid wire type that no ferry runtime takes."""
-    if datatype not in ALL_DATATYPES:
+    if not isinstance(datatype, str) or datatype not in ALL_DATATYPES:
         raise invalid(f"input '{name}': invalid datatype '{datatype}'")
-    if datatype == "BF16":
-        raise ServingError(ErrorKind.UNSUPPORTED, f"input '{name}': BF16 tensors are not supported")
+    if datatype == "BF16":  # no model ferry runs takes BF16: a datatype mismatch, as in Triton
+        raise invalid(f"input '{name}': data-type is 'BF16', which no model here accepts")
     return str(datatype)
 
 
 def element_count(shape: Sequence[int]) -> int:
     return math.prod(shape)
+
+
+_INT64_MAX = 2**63 - 1
+
+
+def checked_count(name: str, shape: tuple[int, ...], datatype: str) -> int:
+    """The element count of `shape`, refused (with Triton's words) when it or its byte size
+    would not fit an int64."""
+    count = element_count(shape)
+    if count > _INT64_MAX:
+        raise invalid(
+            f"input '{name}' shape {list(shape)} causes total element count to exceed maximum "
+            f"size of {_INT64_MAX}"
+        )
+    if count * ELEMENT_SIZE_BY_DATATYPE.get(datatype, 1) > _INT64_MAX:
+        raise invalid(f"byte size overflow for input '{name}' of shape {list(shape)}")
+    return count
 
 
 def array_from_bytes(
@@ -53,42 +73,70 @@ def array_from_bytes(
     shape: tuple[int, ...],
     offset: int = 0,
     size: int | None = None,
+    model: str = "",
 ) -> np.ndarray:
-    """Decode one tensor from `buffer[offset:offset+size]`."""
+    """Decode one tensor from `buffer[offset:offset+size]` (`model` names it in errors)."""
     size = len(buffer) - offset if size is None else size
-    count = element_count(shape)
+    count = checked_count(name, shape, datatype)
+    where = f"inference input '{name}' for model '{model}'" if model else f"input '{name}'"
     if datatype == "BYTES":
-        return _deserialize_bytes(name, memoryview(buffer)[offset : offset + size], count, shape)
+        return _deserialize_bytes(name, where, buffer, offset, size, count, shape)
     expected = count * ELEMENT_SIZE_BY_DATATYPE[datatype]
-    if size != expected:
+    if size != expected:  # Triton's words
         raise invalid(
-            f"input '{name}': unexpected size {size} bytes for shape {list(shape)} and "
-            f"datatype {datatype}, expecting {expected} bytes"
+            f"input byte size mismatch for {where.removeprefix('inference ')}. Expected "
+            f"{expected}, got {size} (shape {list(shape)}, datatype {datatype})"
         )
     dtype = NUMPY_DTYPE_BY_DATATYPE[datatype].newbyteorder("<")
     return np.frombuffer(buffer, dtype=dtype, count=count, offset=offset).reshape(shape)
 
 
+def raw_element_count(name: str, buffer: bytes, datatype: str) -> int:
+    """How many elements of fixed-size `datatype` a raw tensor body holds."""
+    size = ELEMENT_SIZE_BY_DATATYPE[datatype]
+    if len(buffer) % size:
+        raise invalid(
+            f"input '{name}': raw body of {len(buffer)} bytes is not a whole number of "
+            f"{datatype} elements"
+        )
+    return len(buffer) // size
+
+
 def _deserialize_bytes(
-    name: str, view: memoryview, count: int, shape: tuple[int, ...]
+    name: str,
+    where: str,
+    buffer: bytes | memoryview,
+    offset: int,
+    size: int,
+    count: int,
+    shape: tuple[int, ...],
 ) -> np.ndarray:
+    if not isinstance(buffer, bytes):  # slices of bytes are the element objects themselves
+        buffer, offset = bytes(buffer[offset : offset + size]), 0
+    unpack = _U32.unpack_from
     items: list[bytes] = []
-    position, end = 0, len(view)
-    while position < end:
+    append = items.append
+    position, end = offset, offset + size
+    for index in range(count):  # each element takes 4 bytes or more: at most size / 4 rounds
+        if position + 4 > end:
+            if position == end:  # Triton's words
+                raise invalid(f"expected {count} string elements for {where}, got {index}")
+            raise invalid(f"input '{name}': truncated BYTES element length")
+        (length,) = unpack(buffer, position)
+        position += 4
+        stop = position + length
+        if stop > end:
+            raise invalid(f"input '{name}': BYTES element of {length} bytes runs past the data")
+        append(buffer[position:stop])
+        position = stop
+    if position != end:  # more data than the shape holds: Triton's words for the next element
         if position + 4 > end:
             raise invalid(f"input '{name}': truncated BYTES element length")
-        (length,) = _U32.unpack_from(view, position)
-        position += 4
-        if position + length > end:
+        (length,) = unpack(buffer, position)
+        if position + 4 + length > end:
             raise invalid(f"input '{name}': BYTES element of {length} bytes runs past the data")
-        items.append(bytes(view[position : position + length]))
-        position += length
-        if len(items) > count:
-            break
-    if len(items) != count:
         raise invalid(
-            f"input '{name}': expected {count} BYTES elements for shape {list(shape)}, "
-            f"got {len(items)}"
+            f"unexpected number of string elements {count + 1} for {where}, expecting {count}"
         )
     array = np.empty(count, dtype=np.object_)
     array[:] = items
@@ -113,18 +161,17 @@ def array_from_json(name: str, data: Any, datatype: str, shape: tuple[int, ...])
     """Decode a JSON `data` field (nested or flat, row-major)."""
     if datatype in ("FP16", "BF16"):
         raise invalid(f"input '{name}': {datatype} data must be sent in binary format")
-    count = element_count(shape)
-    try:
-        if datatype == "BYTES":
-            flat = _flatten(data)
-            array = np.empty(len(flat), dtype=np.object_)
-            array[:] = [
-                item.encode() if isinstance(item, str) else str(item).encode() for item in flat
-            ]
-        else:
-            array = np.asarray(data, dtype=NUMPY_DTYPE_BY_DATATYPE[datatype])
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise invalid(f"input '{name}': data does not match datatype {datatype}: {exc}") from exc
+    if not isinstance(data, list):
+        raise invalid(f"input '{name}': 'data' must be a JSON array")
+    count = checked_count(name, shape, datatype)
+    if datatype == "BYTES":
+        flat = _flatten(data)
+        if not all(isinstance(item, str) for item in flat):
+            raise invalid(f"input '{name}': BYTES data must be JSON strings")
+        array = np.empty(len(flat), dtype=np.object_)
+        array[:] = [item.encode() for item in flat]
+    else:
+        array = _typed_array(name, data, datatype)
     if array.size != count:
         raise invalid(
             f"input '{name}': {array.size} data elements for shape {list(shape)}, expecting {count}"
@@ -132,12 +179,73 @@ def array_from_json(name: str, data: Any, datatype: str, shape: tuple[int, ...])
     return array.reshape(shape)
 
 
+def _nesting_error() -> ServingError:
+    return invalid(f"JSON nesting depth exceeds maximum allowed limit ({MAX_JSON_DEPTH})")
+
+
+def _check_depth(data: Any) -> None:
+    """Refuse `data` whose first elements nest MAX_JSON_DEPTH arrays deep."""
+    depth = 0
+    while isinstance(data, list) and data:
+        depth += 1
+        if depth >= MAX_JSON_DEPTH:
+            raise _nesting_error()
+        data = data[0]
+
+
+# The numpy kinds of the JSON values each datatype takes (as Triton: numbers for the numeric
+# types, integers only for the integer types, true/false only for BOOL).
+_JSON_KINDS_BY_DATATYPE = {"BOOL": "b", "FP32": "iuf", "FP64": "iuf"} | {
+    f"{sign}INT{bits}": "iu" for sign in ("", "U") for bits in (8, 16, 32, 64)
+}
+_JSON_WORDS = {"b": "true or false", "iu": "integers", "iuf": "numbers"}
+_INTEGER_LIMITS = {
+    name: (
+        int(np.iinfo(NUMPY_DTYPE_BY_DATATYPE[name]).min),
+        int(np.iinfo(NUMPY_DTYPE_BY_DATATYPE[name]).max),
+    )
+    for name, kinds in _JSON_KINDS_BY_DATATYPE.items()
+    if kinds == "iu"
+}
+
+
+def _typed_array(name: str, data: list[Any], datatype: str) -> np.ndarray:
+    """JSON values -> an array of `datatype`, refusing values of another JSON type and
+    integers out of the datatype's range (never wrapped)."""
+    kinds = _JSON_KINDS_BY_DATATYPE[datatype]
+    try:
+        values = np.asarray(data)
+    except (ValueError, TypeError, OverflowError) as exc:  # ragged or too deep nesting
+        _check_depth(data)  # numpy refuses deep nesting too: Triton's message when that is why
+        raise invalid(f"input '{name}': data does not match datatype {datatype}: {exc}") from exc
+    if values.size and values.dtype.kind not in kinds:
+        raise invalid(f"input '{name}': {datatype} data must be JSON {_JSON_WORDS[kinds]}")
+    dtype = NUMPY_DTYPE_BY_DATATYPE[datatype]
+    if kinds == "iu" and values.size and values.dtype != dtype:  # a narrower integer type
+        low, high = _INTEGER_LIMITS[datatype]
+        if values.min() < low or values.max() > high:
+            raise invalid(f"input '{name}': a value is out of range for datatype {datatype}")
+    return values.astype(dtype, copy=False)
+
+
 def _flatten(data: Any) -> list[Any]:
+    """Row-major leaves of nested lists, iteratively (deep nesting is a 400, not a
+    RecursionError)."""
     if not isinstance(data, list):
         return [data]
     flat: list[Any] = []
-    for item in data:
-        flat.extend(_flatten(item) if isinstance(item, list) else [item])
+    append = flat.append
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                if len(stack) + 1 >= MAX_JSON_DEPTH:
+                    raise _nesting_error()
+                stack.append(iter(item))
+                break
+            append(item)
+        else:
+            stack.pop()
     return flat
 
 

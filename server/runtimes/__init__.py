@@ -6,15 +6,21 @@ imports onnxruntime or tensorrt at module level and the TensorRT runtime costs n
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from server.errors import ErrorKind, ServingError
-from server.repository_format import ModelConfig
+from server.services import InferenceServices
+from server.types import InferenceRequest
+
+if TYPE_CHECKING:  # keeps this module light: Python model processes import the package
+    from server.repository_format import ModelConfig
 
 
 class Runtime(Protocol):
@@ -33,10 +39,47 @@ class Runtime(Protocol):
         """Release the instance's resources."""
 
 
-class RuntimeFactory(Protocol):
-    """Builds one instance of a model version: `factory(config, version_path, instance_index)`."""
+class RequestRuntime(Protocol):
+    """One model instance that takes the batch as a list of requests (a Python model): no
+    concatenation; each request gets its own outcome. The batcher awaits `execute` on the event
+    loop, one batch per instance at a time.
 
-    def __call__(self, config: ModelConfig, version_path: Path, instance_index: int) -> Runtime:
+    An outcome is the request's outputs (name -> array), a ServingError failing only that
+    request, or a ResponseStream (decoupled models: the responses arrive after `execute`).
+    """
+
+    executes_requests: bool  # True: the batcher's marker for this kind
+
+    async def execute(self, requests: Sequence[InferenceRequest]) -> list[Any]:
+        """Run one batch; one outcome per request, in order."""
+
+    def close(self) -> None:
+        """Release the instance (blocking; from a worker thread)."""
+
+    async def aclose(self) -> None:
+        """Release the instance from the event loop (finalize, then stop)."""
+
+
+@dataclass(frozen=True)
+class RuntimeContext:
+    """What an instance may need beyond its config and files: the event loop it is served on
+    and the server's inference entry (models that call models)."""
+
+    loop: asyncio.AbstractEventLoop | None = None
+    services: InferenceServices | None = None
+
+
+class RuntimeFactory(Protocol):
+    """Builds one instance of a model version:
+    `factory(config, version_path, instance_index, context)`."""
+
+    def __call__(
+        self,
+        config: ModelConfig,
+        version_path: Path,
+        instance_index: int,
+        context: RuntimeContext | None = None,
+    ) -> Runtime | RequestRuntime:
         """Load the model file found in `version_path` according to `config`."""
 
 
@@ -47,6 +90,7 @@ RUNTIME_BY_PLATFORM: dict[str, str] = {
     "tensorrt_plan": "server.runtimes.tensorrt:TensorRTRuntime",
     "tensorrt": "server.runtimes.tensorrt:TensorRTRuntime",
     "triton_gateway": "server.runtimes.triton_gateway:TritonGatewayRuntime",
+    "python": "server.runtimes.python.runtime:PythonRuntime",
 }
 
 # platform -> "module:function(config, name) -> config" run at load, before validation, for
@@ -54,6 +98,7 @@ RUNTIME_BY_PLATFORM: dict[str, str] = {
 # server.repository_format).
 CONFIG_COMPLETER_BY_PLATFORM: dict[str, str] = {
     "triton_gateway": "server.runtimes.triton_gateway:complete_config",
+    "python": "server.runtimes.python.config:complete_config",
 }
 
 
@@ -71,12 +116,13 @@ def runtime_factory(config: ModelConfig) -> RuntimeFactory:
     return factory
 
 
-def complete_config(config: ModelConfig, name: str) -> ModelConfig:
-    """Run the platform's config completer (if it has one) on a config about to be loaded."""
+def complete_config(config: ModelConfig, name: str, version_path: Path) -> ModelConfig:
+    """Run the platform's config completer (if it has one) on a config about to be loaded;
+    `version_path` is the newest version's folder (a completer may read the model's files)."""
     target = CONFIG_COMPLETER_BY_PLATFORM.get(config.platform or config.backend)
     if target is None:
         return config
-    completed: ModelConfig = _resolve(target)(config, name)
+    completed: ModelConfig = _resolve(target)(config, name, version_path)
     return completed
 
 

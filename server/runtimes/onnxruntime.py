@@ -16,7 +16,7 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from server.repository_format import (
     model_filename,
 )
 from server.runtimes.reshape import Reshapes
+
+if TYPE_CHECKING:
+    from server.runtimes import RuntimeContext
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +184,13 @@ def _from_ort_strings(array: np.ndarray) -> np.ndarray:
 class OnnxRuntime:
     """One ONNX Runtime InferenceSession: a model instance."""
 
-    def __init__(self, config: ModelConfig, version_path: Path, instance_index: int) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        version_path: Path,
+        instance_index: int,
+        context: RuntimeContext | None = None,
+    ) -> None:
         import onnxruntime as ort
 
         path = Path(version_path) / model_filename(config)

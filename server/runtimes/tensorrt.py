@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +29,9 @@ DATATYPE_BY_TRT_TYPE = {
     "BOOL": "BOOL",
     "UINT8": "UINT8",
 }
+
+if TYPE_CHECKING:
+    from server.runtimes import RuntimeContext
 
 
 def _check(result: Any) -> Any:
@@ -104,7 +107,13 @@ def read_signature(config: ModelConfig, version_path: Path) -> ModelSignature:
 class TensorRTRuntime:
     """One execution context of a deserialized TensorRT engine."""
 
-    def __init__(self, config: ModelConfig, version_path: Path, instance_index: int) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        version_path: Path,
+        instance_index: int,
+        context: RuntimeContext | None = None,
+    ) -> None:
         import tensorrt as trt
         from cuda.bindings import runtime as cudart  # type: ignore[import-untyped]
 

@@ -19,7 +19,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from server.repository_format import (
     ModelConfigError,
 )
 from server.types import datatype_of
+
+if TYPE_CHECKING:
+    from server.runtimes import RuntimeContext
 
 GATEWAY_PLATFORM = "triton_gateway"
 LOAD_TIMEOUT_S = 10.0  # bound on the load-time checks when triton_timeout_s is not set
@@ -242,7 +245,9 @@ def merge_upstream_config(
     return completed
 
 
-def complete_config(config: ModelConfig, name: str) -> ModelConfig:
+def complete_config(
+    config: ModelConfig, name: str, version_path: Path | None = None
+) -> ModelConfig:
     """Load-time step: check the upstream model is ready and complete the config from it."""
     settings = GatewaySettings.from_config(config, name)
     return merge_upstream_config(config, fetch_upstream_config(settings), settings)
@@ -254,7 +259,13 @@ class TritonGatewayRuntime:
     # a blocking network round trip: the batcher must never run it on the event loop
     inline_capable = False
 
-    def __init__(self, config: ModelConfig, version_path: Path, instance_index: int) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        version_path: Path,
+        instance_index: int,
+        context: RuntimeContext | None = None,
+    ) -> None:
         self.settings = GatewaySettings.from_config(config)
         self.instance_index = instance_index
         self._datatypes = {

@@ -15,21 +15,11 @@ import torch
 from typer.testing import CliRunner
 
 from exporters.repository import STAGING_PREFIX
-from ferry.cli import app
 from tests.support import torch_models as tm
+from tests.support.export_cli import ferry_export
 
 M = "tests.support.torch_models"
 runner = CliRunner()
-
-
-def ferry_export(repo: Path, source: str, *args: str, name: str = "m") -> tuple[int, str]:
-    """Run `ferry export` in process; returns (exit code, output)."""
-    result = runner.invoke(
-        app, ["export", source, "--name", name, "--model-repository", str(repo), *args]
-    )
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
 
 
 def assert_exported(repo: Path, name: str = "m", version: int = 1) -> dict[str, object]:
@@ -124,7 +114,7 @@ def test_exported_program_source_infers_inputs(tmp_path: Path) -> None:
     code, out = ferry_export(repo, str(tmp_path / "model.pt2"))
     assert code == 0, out
     report = assert_exported(repo)
-    assert report["inputs"] == [{"name": "x", "datatype": "FP32", "dims": [8]}]
+    assert report["inputs"] == [{"name": "x", "datatype": "FP32", "dims": [8], "dim_names": {}}]
 
 
 def test_pickled_module_needs_the_trust_flag(tmp_path: Path) -> None:
@@ -258,6 +248,39 @@ def test_versions_overwrite_and_reference(tmp_path: Path) -> None:
         (f"{M}:ParityBreaker", ("--input", "x:FP32:4"), "parity gate failed"),
         (f"{M}:NaNInExport", ("--input", "x:FP32:4"), "NaN/Inf values that PyTorch did not"),
         (f"{M}:TinyMLP", ("--input", "x:FP32:8", "--weights", "missing.pt"), "file not found"),
+        (f"{M}:TinyMLP", ("--input", "x:FP32:8", "--init-args", "[1]"), "must be a JSON object"),
+        (f"{M}:TinyMLP", ("--input", "x:FP32:8", "--init-args", "{"), "is not valid JSON"),
+        (
+            f"{M}:GRUTextClassifier",
+            ("--input", "tokens:INT64:-1", "--init-args", '{"hiden": 8}'),
+            "calling 'tests.support.torch_models:GRUTextClassifier(hiden=8)' failed: TypeError",
+        ),
+        (
+            f"{M}:TINY_MLP_INSTANCE",
+            ("--input", "x:FP32:8", "--init-args", '{"a": 1}'),
+            "already a model instance",
+        ),
+        (
+            f"{M}:TinyMLP",
+            ("--input", "x:FP32:8", "--forward-kwargs", '{"scale": 2}'),
+            "'scale' is not a parameter of the model's forward(x)",
+        ),
+        (
+            f"{M}:TinyMLP",
+            ("--input", "x:FP32:8", "--dynamic-dim", "y:1=n"),
+            "--dynamic-dim y:1=n: no input 'y'",
+        ),
+        (
+            f"{M}:TinyMLP",
+            ("--input", "x:FP32:-1", "--dim-sizes", "seq=3,4"),
+            "--dim-sizes seq: no variable dim has that name (variable dims: dim_1)",
+        ),
+        (
+            f"{M}:TinyMLP",
+            ("--input", "x:FP32:features"),
+            "other sizes with --dim-sizes (now features=16)",
+        ),
+        (f"{M}:KeywordModel", ("--input", "x:FP32:4", "--output", "aux"), "'aux' is a None"),
     ],
 )
 def test_bad_input(tmp_path: Path, source: str, args: tuple[str, ...], message: str) -> None:
@@ -267,6 +290,76 @@ def test_bad_input(tmp_path: Path, source: str, args: tuple[str, ...], message: 
     assert message in " ".join(out.split()), out
     assert "Traceback" not in out and "nothing was written" in out
     assert_untouched(repo)
+
+
+def test_missing_attribute_names_the_file_as_written(tmp_path: Path) -> None:
+    source = tmp_path / "net.py"
+    source.write_text("import torch\n\nclass Net(torch.nn.Module):\n    pass\n")
+    code, out = ferry_export(tmp_path / "repo", f"{source}:Nett", "--input", "x:FP32:4")
+    text = " ".join(out.split())
+    assert code == 1 and f"'Nett' not found in {source}; it has: Net, torch" in text
+    assert "_ferry_source" not in text
+
+
+def test_narrow_integer_draws_are_said(tmp_path: Path) -> None:
+    code, out = ferry_export(tmp_path, f"{M}:IndexedLookup", "--input", "codes:INT64:4")
+    text = " ".join(out.split())
+    assert code == 0, out
+    assert "integer input 'codes' feeds no embedding ferry can see" in text
+    assert "pass --example" in text and "narrow" in text
+    report = assert_exported(tmp_path)
+    assert report["generated_inputs"] == {
+        "codes": {"low": 0, "high": 10, "origin": "no embedding reads it: narrow default"}
+    }
+    assert report["notes"]
+
+
+def test_keyword_inputs_forward_kwargs_and_dict_outputs(tmp_path: Path) -> None:
+    code, out = ferry_export(
+        tmp_path,
+        f"{M}:KeywordModel",
+        *("--input", "offset:FP32:2", "--input", "x:FP32:4"),
+        *("--forward-kwargs", '{"double": true}'),
+    )
+    text = " ".join(out.split())
+    assert code == 0, out
+    assert "not exported (not tensors): aux (None), n (int)" in text
+    report = assert_exported(tmp_path)
+    assert report["binding"] == {
+        "by": "keyword",
+        "inputs": {"x": "x", "offset": "offset"},
+        "forward_kwargs": {"double": True},
+        "left_to_defaults": ["scale"],
+        "outputs": {"y": "result['y']", "x_sum": "result['x_sum']"},
+    }
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 4)).astype(np.float32)
+    offset = rng.standard_normal((5, 2)).astype(np.float32)
+    session = ort.InferenceSession(str(tmp_path / "m" / "1" / "model.onnx"))
+    assert [i.name for i in session.get_inputs()] == ["x", "offset"]
+    y = session.run(["y"], {"x": x, "offset": offset})[0]
+    model = tm.KeywordModel().eval()
+    with torch.inference_mode():
+        want = model(torch.from_numpy(x), offset=torch.from_numpy(offset), double=True)["y"]
+    np.testing.assert_allclose(y, want.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_example_axis_made_variable(tmp_path: Path) -> None:
+    tokens = np.random.default_rng(2).integers(0, 500, (4, 20)).astype(np.int64)
+    np.savez(tmp_path / "example.npz", tokens=tokens)
+    code, out = ferry_export(
+        tmp_path / "repo",
+        f"{M}:GRUTextClassifier",
+        *("--example", str(tmp_path / "example.npz"), "--dynamic-dim", "tokens:1=seq_len"),
+    )
+    assert code == 0, out
+    report = assert_exported(tmp_path / "repo")
+    assert report["variable_dims"] == {"seq_len": [10, 20]}  # the example's, and cropped to half
+    assert report["generated_inputs"] == {}  # the example's rows, nothing drawn
+    longer = np.random.default_rng(3).integers(0, 500, (3, 33)).astype(np.int64)
+    onnx_matches_torch(
+        tmp_path / "repo" / "m" / "1" / "model.onnx", tm.GRUTextClassifier(), {"tokens": longer}
+    )
 
 
 def test_unexportable_shows_both_exporters_reasons(tmp_path: Path) -> None:

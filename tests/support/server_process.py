@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -15,6 +14,8 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from measure.sweep import serve_command
 
 
 def free_port() -> int:
@@ -98,27 +99,7 @@ def running_server(
     log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - outlives this frame, closed below
         prefix="ferry-serve-", suffix=".log", delete=False
     )
-    command = [
-        sys.executable,
-        "-m",
-        "ferry",
-        "serve",
-        "--model-repository",
-        str(repository),
-        "--http-address",
-        "127.0.0.1",
-        "--http-port",
-        str(http_port),
-        "--grpc-address",
-        "127.0.0.1",
-        "--grpc-port",
-        str(grpc_port),
-        "--metrics-address",
-        "127.0.0.1",
-        "--metrics-port",
-        str(metrics_port),
-        *extra_args,
-    ]
+    command = serve_command(repository, http_port, grpc_port, metrics_port, *extra_args)
     process_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     process = subprocess.Popen(
         command, stdout=log_file, stderr=subprocess.STDOUT, env=process_env, cwd=cwd

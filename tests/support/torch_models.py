@@ -76,6 +76,60 @@ class GRUClassifier(nn.Module):
         return self.head(out[:, -1])
 
 
+class GRUTextClassifier(nn.Module):
+    """tokens (INT64, any length) -> logits (3): embedding, GRU, last state; sizes by argument."""
+
+    def __init__(self, vocab_size: int = 500, hidden: int = 32) -> None:
+        super().__init__()
+        torch.manual_seed(6)
+        self.embed = nn.Embedding(vocab_size, 16)
+        self.gru = nn.GRU(16, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, 3)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        out, _ = self.gru(self.embed(tokens))
+        return self.head(out[:, -1])
+
+
+class IndexedLookup(nn.Module):
+    """codes (INT64, 4) -> table rows summed: an integer input no nn.Embedding reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(7)
+        self.table = nn.Parameter(torch.randn(10, 3))
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.table[codes].sum(dim=1)
+
+
+class KeywordModel(nn.Module):
+    """forward(x, scale=None, *, offset=None, **kwargs) -> {"y": ..., "aux": None, "n": 3}."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(8)
+        self.proj = nn.Linear(4, 2)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        scale: torch.Tensor | None = None,
+        *,
+        offset: torch.Tensor | None = None,
+        double: bool = False,
+        **kwargs: object,
+    ) -> dict[str, object]:
+        y = self.proj(x)
+        if scale is not None:
+            y = y * scale
+        if offset is not None:
+            y = y + offset
+        if double:
+            y = y * 2
+        return {"y": y, "aux": None, "n": 3, "x_sum": x.sum(dim=1, keepdim=True)}
+
+
 class LSTMTagger(nn.Module):
     """sequence (FP32, 10x4) -> per-step tags (10x2) through an LSTM."""
 

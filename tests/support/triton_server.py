@@ -51,6 +51,15 @@ def missing_reason() -> str | None:
     return None
 
 
+def require_tritonserver() -> None:
+    """Skip the calling test (or fixture) when a real Triton cannot run here."""
+    import pytest
+
+    reason = missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+
+
 # The same handle as a `ferry serve` process: ports, log, SIGTERM-then-kill stop.
 TritonServer = ServerProcess
 
@@ -75,9 +84,9 @@ def running_tritonserver(
 ) -> Iterator[TritonServer]:
     """Run tritonserver on `model_repository` (CPU only) for a `with` block; always stop it.
     `extra_args` are more tritonserver flags (e.g. the same restriction or TLS flags a ferry
-    under comparison gets); `ready=False` waits only for liveness (a repository with models
-    meant to fail, served with `--exit-on-error=false`). The wheel's `local` response cache is
-    found (`--cache-config local,size=N` enables it)."""
+    under comparison gets, or `--exit-on-error=false` to keep serving beside a model that fails
+    to load); `ready=False` waits for live only. The wheel's `local` response cache is found
+    (`--cache-config local,size=N` enables it)."""
     binary, site_packages = tritonserver_binary(), _site_packages()
     if binary is None or site_packages is None:
         raise RuntimeError(missing_reason())

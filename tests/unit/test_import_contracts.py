@@ -14,15 +14,23 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("ferry", "exporters", "optimizers", "server", "monitoring")
+PACKAGES = ("ferry", "exporters", "optimizers", "server", "monitoring", "measure")
 
 # package -> what its modules may import from the project (a module or any module below it)
 MAY_IMPORT: dict[str, tuple[str, ...]] = {
     "ferry": PACKAGES,
     "exporters": ("exporters", "server.repository_format", "monitoring"),
-    "optimizers": ("optimizers", "server.repository_format", "server.runtimes"),
+    "optimizers": (
+        "optimizers",
+        "server.repository_format",
+        "server.runtimes",
+        "measure.charts",  # optimize_report.html's chart and page
+        "measure.html_page",
+    ),
     "server": ("server", "monitoring.observer"),
     "monitoring": ("monitoring",),
+    # a client: the sweep edits configs; the gRPC client shares the HTTP/2 frame layout
+    "measure": ("measure", "server.repository_format", "server.protocol.grpc_wire.frames"),
 }
 # the composition root wires the concrete monitors in
 EXTRA_FOR_MODULE: dict[str, tuple[str, ...]] = {"server.app": ("monitoring",)}
@@ -39,7 +47,7 @@ def _module_name(path: Path) -> str:
 
 
 def project_modules() -> dict[str, Path]:
-    """Every module of the five packages, by dotted name."""
+    """Every module of the six packages, by dotted name."""
     return {
         _module_name(path): path
         for package in PACKAGES
@@ -179,6 +187,13 @@ def test_every_module_is_seen() -> None:
         ({"monitoring.drift": {"server.types": 5}}, ["monitoring.drift:5 imports server.types"]),
         ({"exporters.specs": {"server.types": 1}}, ["exporters.specs:1 imports server.types"]),
         ({"optimizers.variants": {"server.runtimes.tensorrt": 1}}, []),
+        ({"optimizers.report_html": {"measure.charts": 1}}, []),
+        (
+            {"optimizers.pipeline": {"measure.load": 1}},
+            ["optimizers.pipeline:1 imports measure.load"],
+        ),
+        ({"measure.grpc_client": {"server.protocol.grpc_wire.frames": 1}}, []),
+        ({"measure.load": {"server.dataplane": 1}}, ["measure.load:1 imports server.dataplane"]),
         (
             {"optimizers.variants": {"exporters.cli": 1}},
             ["optimizers.variants:1 imports exporters.cli"],

@@ -1,10 +1,8 @@
-"""Servicer methods as routes, the context handed to them, and gRPC message framing."""
+"""Servicer methods as routes, the context handed to them, the status codes the transport uses."""
 
 from __future__ import annotations
 
-import gzip
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -92,40 +90,3 @@ class RpcContext:
 
     def peer(self) -> str:
         return self._peer
-
-
-def decode_message(compressed: int, payload: bytes, encoding: str) -> bytes:
-    """A received message's bytes; raises AbortError for an encoding we cannot read."""
-    if not compressed:
-        return payload
-    try:
-        if encoding == "gzip":
-            return gzip.decompress(payload)
-        if encoding == "deflate":
-            return zlib.decompress(payload)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise AbortError(INTERNAL, f"cannot decompress the {encoding} message: {exc}") from None
-    if encoding in ("", "identity"):
-        raise AbortError(INTERNAL, "compressed message flag set without a grpc-encoding")
-    raise AbortError(
-        UNIMPLEMENTED, f"grpc-encoding '{encoding}' is not supported (identity, deflate, gzip are)"
-    )
-
-
-def split_messages(buffer: bytearray, max_bytes: int) -> list[tuple[int, bytes]]:
-    """Take every complete length-prefixed message off the front of `buffer`."""
-    messages = []
-    offset = 0
-    while len(buffer) - offset >= 5:
-        length = int.from_bytes(buffer[offset + 1 : offset + 5], "big")
-        if length > max_bytes:
-            raise AbortError(
-                RESOURCE_EXHAUSTED, f"received message larger than max ({length} vs. {max_bytes})"
-            )
-        end = offset + 5 + length
-        if len(buffer) < end:
-            break
-        messages.append((buffer[offset], bytes(buffer[offset + 5 : end])))
-        offset = end
-    del buffer[:offset]
-    return messages

@@ -1,13 +1,19 @@
-"""The listener: accepts connections, holds the routes, and shuts down gracefully."""
+"""The listener: accepts connections, holds the routes, the limits and the request budget, times
+out slow and idle peers, and shuts down gracefully."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import ssl
+from concurrent.futures import ThreadPoolExecutor
 
 from server.protocol.grpc_wire.connection import GrpcConnection
+from server.protocol.grpc_wire.limits import GrpcLimits, RequestBudget
 from server.protocol.grpc_wire.rpc import Route
+
+INFLATE_THREADS = max(1, (os.cpu_count() or 2) // 2)  # leave the event loop a core
 
 
 class GrpcWireServer:
@@ -21,20 +27,28 @@ class GrpcWireServer:
         routes: dict[str, Route],
         host: str,
         port: int,
-        max_message_bytes: int,
+        limits: GrpcLimits | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.routes = routes
         self.ssl_context = ssl_context
         self.host, self.port = host, port
-        self.max_message_bytes = max_message_bytes
+        self.limits = limits or GrpcLimits()
+        self.budget = RequestBudget(self.limits.max_buffered_request_bytes)
+        # large compressed messages inflate here, off the event loop (zlib releases the GIL)
+        self.inflate_executor = ThreadPoolExecutor(INFLATE_THREADS, "grpc-inflate")
         self.connections: set[GrpcConnection] = set()
         self._listener: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
 
     async def start(self) -> None:
+        self._listener = await self._listen()
+        self._sweeper = asyncio.create_task(self._sweep())
+
+    async def _listen(self) -> asyncio.Server:
         loop = asyncio.get_running_loop()
-        self._listener = await loop.create_server(
+        return await loop.create_server(
             lambda: GrpcConnection(self),
             self.host,
             self.port,
@@ -48,6 +62,30 @@ class GrpcWireServer:
         assert self._listener is not None
         return int(self._listener.sockets[0].getsockname()[1])
 
+    def _tick_seconds(self) -> float:
+        limits = self.limits
+        timeouts_ms = [
+            limits.handshake_timeout_ms,
+            limits.request_receive_timeout_ms,
+            limits.max_connection_idle_ms,
+            limits.keepalive_time_ms,
+            limits.keepalive_timeout_ms,
+            limits.max_connection_age_ms or 0,
+            limits.max_connection_age_grace_ms or 0,
+        ]
+        shortest = min((t for t in timeouts_ms if t > 0), default=1000)
+        return min(max(shortest / 4000, 0.05), 1.0)
+
+    async def _sweep(self) -> None:
+        """One timer for every connection and stream, instead of one per stream."""
+        loop = asyncio.get_running_loop()
+        seconds = self._tick_seconds()
+        while True:
+            await asyncio.sleep(seconds)
+            now = loop.time()
+            for connection in list(self.connections):
+                connection.tick(now)
+
     def connection_idle(self) -> None:
         if not any(connection.streams for connection in self.connections):
             self._idle.set()
@@ -56,6 +94,8 @@ class GrpcWireServer:
         """Stop accepting; calls already open get `grace` seconds to finish, then are cut."""
         if self._listener is not None:
             self._listener.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for connection in list(self.connections):
             connection.go_away()
         self.connection_idle()
@@ -64,4 +104,5 @@ class GrpcWireServer:
                 await asyncio.wait_for(self._idle.wait(), grace)
         for connection in list(self.connections):
             connection.close()
+        self.inflate_executor.shutdown(wait=False, cancel_futures=True)
         await asyncio.sleep(0)

@@ -25,7 +25,11 @@ from tritonclient.utils import InferenceServerException
 
 from tests.support.onnx_models import mlp_model, write_model
 from tests.support.server_process import ServerProcess, running_server
-from tests.support.triton_server import missing_reason, running_tritonserver, write_linear_model
+from tests.support.triton_server import (
+    require_tritonserver,
+    running_tritonserver,
+    write_linear_model,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -89,9 +93,7 @@ Outcome = tuple[Any, ...]
 
 @pytest.fixture(scope="module")
 def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    reason = missing_reason()
-    if reason is not None:
-        pytest.skip(reason)
+    require_tritonserver()
     repo = tmp_path_factory.mktemp("triton-repo")
     write_linear_model(repo, "linear", max_batch_size=16)
     with running_tritonserver(repo, *FLAGS) as server:

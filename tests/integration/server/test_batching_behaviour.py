@@ -40,7 +40,9 @@ def batching_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_model(
         repo,
         "timeouts",
-        slow_model(),
+        # ~10x the compute of the others: queued requests must outlive the 5 ms timeout even
+        # when a loaded machine lets the burst's client threads start one by one
+        slow_model(layers=1500),
         "max_batch_size: 1\n"
         + SINGLE_THREAD
         + "dynamic_batching { default_queue_policy { default_timeout_microseconds: 5000 "

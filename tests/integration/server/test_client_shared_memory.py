@@ -211,7 +211,7 @@ def test_http_mixed_and_bytes(shm_server: ServerProcess, shm_repository: Path) -
             client.unregister_system_shared_memory()
 
 
-def test_http_bad_requests_are_clear_400s(shm_server: ServerProcess) -> None:
+def test_http_bad_requests_are_clear_errors(shm_server: ServerProcess) -> None:
     client = httpclient.InferenceServerClient(shm_server.http_url)
     x = np.ones((1, 16), dtype=np.float32)
     with client_region(64) as region:
@@ -238,14 +238,14 @@ def test_http_bad_requests_are_clear_400s(shm_server: ServerProcess) -> None:
                     requested.set_shared_memory("r", output_size)
                 client.infer("mlp", [infer_input], outputs=[requested])
 
-            for args, fragment in (
-                (("nope",), "Unable to find shared memory region: 'nope'"),
-                (("r", 8), r"output 'output' \(8 bytes\) should be at least 16"),
-                (("r", 128), "Invalid offset \\+ byte size"),
+            for args, fragment, status in (
+                (("nope",), "Unable to find shared memory region: 'nope'", "404"),  # as Triton
+                (("r", 8), r"output 'output' \(8 bytes\) should be at least 16", "400"),
+                (("r", 128), "Invalid offset \\+ byte size", "400"),
             ):
                 with pytest.raises(InferenceServerException, match=fragment) as error:
                     infer(*args)
-                assert error.value.status() == "400"
+                assert error.value.status() == status
             with pytest.raises(InferenceServerException, match="can't set both"):
                 requested = httpclient.InferRequestedOutput("output", class_count=2)
                 requested._parameters["shared_memory_region"] = "r"  # the client refuses it
@@ -298,7 +298,8 @@ def test_http_bad_requests_are_clear_400s(shm_server: ServerProcess) -> None:
 
 
 def test_http_unregister_while_in_flight(shm_server: ServerProcess, shm_repository: Path) -> None:
-    """A request whose regions go away while it waits in the batcher fails alone, clearly."""
+    """As in Triton: unregistering regions a queued request uses keeps them (status lists them)
+    until that request is done; it succeeds, and then they are gone."""
     client = httpclient.InferenceServerClient(shm_server.http_url, concurrency=2)
     x = np.random.default_rng(4).standard_normal((8, 16)).astype(np.float32)
     expected = run_reference(model_path(shm_repository, "held"), {"input": x})["output"]
@@ -314,6 +315,10 @@ def test_http_unregister_while_in_flight(shm_server: ServerProcess, shm_reposito
             first = client.async_infer("held", [first_input], outputs=[first_output])
             wait_until_queued(shm_server, "held", 1)
             client.unregister_system_shared_memory()  # both regions, mid-request
+            held = {r["name"] for r in client.get_system_shared_memory_status()}
+            assert held == {"held_in", "held_out"}  # still there while the request runs
+            with pytest.raises(InferenceServerException, match="already in manager"):
+                client.register_system_shared_memory("held_out", outputs.key, 16)
 
             rest = httpclient.InferInput("input", [7, 16], "FP32")  # completes the batch of 8
             rest.set_data_from_numpy(x[1:])
@@ -321,11 +326,13 @@ def test_http_unregister_while_in_flight(shm_server: ServerProcess, shm_reposito
             np.testing.assert_allclose(
                 second.get_result().as_numpy("output"), expected[1:], rtol=1e-5
             )
-            with pytest.raises(
-                InferenceServerException, match="Unable to find shared memory region: 'held_out'"
-            ) as gone:
-                first.get_result()
-            assert gone.value.status() == "400"
+            first.get_result()
+            written = shm.get_contents_as_numpy(outputs.handle, np.float32, [1, 4])
+            np.testing.assert_allclose(written, expected[:1], rtol=1e-5)
+            assert client.get_system_shared_memory_status() == []
+            with pytest.raises(InferenceServerException, match="Unable to find") as gone:
+                client.get_system_shared_memory_status("held_out")
+            assert gone.value.status() == "404"
         finally:
             client.unregister_system_shared_memory()
     assert client.is_server_ready() and shm_server.process.poll() is None
@@ -413,7 +420,7 @@ def test_grpc_inputs_and_outputs_in_shared_memory(
     assert grpc_regions(client) == {}
 
 
-def test_grpc_bad_requests_are_invalid_argument(grpc_shm_server: ServerProcess) -> None:
+def test_grpc_bad_requests_are_clear_errors(grpc_shm_server: ServerProcess) -> None:
     client = grpcclient.InferenceServerClient(grpc_shm_server.grpc_url)
     x = np.ones((1, 16), dtype=np.float32)
     with client_region(64) as region:
@@ -426,9 +433,9 @@ def test_grpc_bad_requests_are_invalid_argument(grpc_shm_server: ServerProcess) 
                 client.register_system_shared_memory("big", region.key, 128)
             assert big.value.status() == "StatusCode.INVALID_ARGUMENT"
 
-            for region_name, output_size, fragment in (
-                ("nope", None, "Unable to find shared memory region: 'nope'"),
-                ("r", 8, r"output 'output' \(8 bytes\) should be at least 16"),
+            for region_name, output_size, fragment, code in (
+                ("nope", None, "Unable to find shared memory region: 'nope'", "NOT_FOUND"),
+                ("r", 8, r"output 'output' \(8 bytes\) should be at least 16", "INVALID_ARGUMENT"),
             ):
                 infer_input = grpcclient.InferInput("input", [1, 16], "FP32")
                 infer_input.set_shared_memory(region_name, 64)
@@ -437,7 +444,7 @@ def test_grpc_bad_requests_are_invalid_argument(grpc_shm_server: ServerProcess) 
                     requested.set_shared_memory("r", output_size)
                 with pytest.raises(InferenceServerException, match=fragment) as error:
                     client.infer("mlp", [infer_input], outputs=[requested])
-                assert error.value.status() == "StatusCode.INVALID_ARGUMENT"
+                assert error.value.status() == f"StatusCode.{code}"
             classified = grpcclient.InferRequestedOutput("output", class_count=2)
             classified._output.parameters["shared_memory_region"].string_param = "r"
             classified._output.parameters["shared_memory_byte_size"].int64_param = 64
@@ -473,6 +480,7 @@ def test_grpc_unregister_while_in_flight(shm_server: ServerProcess, shm_reposito
             )
             wait_until_queued(shm_server, "held", 1)
             client.unregister_system_shared_memory("held_out")
+            assert list(client.get_system_shared_memory_status().regions) == ["held_out"]
             rest = grpcclient.InferInput("input", [7, 16], "FP32")
             rest.set_data_from_numpy(x[1:])
             np.testing.assert_allclose(
@@ -482,8 +490,11 @@ def test_grpc_unregister_while_in_flight(shm_server: ServerProcess, shm_reposito
             while not results and time.monotonic() < deadline:
                 time.sleep(0.01)
             ((result, error),) = results
-            assert result is None and error.status() == "StatusCode.INVALID_ARGUMENT"
-            assert "Unable to find shared memory region: 'held_out'" in error.message()
+            assert error is None  # as in Triton: the region stayed until the request was done
+            assert result.get_output("output").parameters["shared_memory_byte_size"]
+            written = shm.get_contents_as_numpy(outputs.handle, np.float32, [1, 4])
+            np.testing.assert_allclose(written, expected[:1], rtol=1e-5)
+            assert len(client.get_system_shared_memory_status().regions) == 0
         finally:
             client.unregister_system_shared_memory()
     assert client.is_server_ready() and shm_server.process.poll() is None

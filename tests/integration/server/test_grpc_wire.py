@@ -16,6 +16,8 @@ from tritonclient.grpc import service_pb2_grpc
 from server.protocol.grpc_wire import frames
 from server.protocol.grpc_wire.rpc import routes_for
 from server.protocol.grpc_wire.server import GrpcWireServer
+from server.settings import GrpcLimits
+from tests.support.h2_attacker import H2Attacker
 
 MAX_MESSAGE = 2**31 - 1
 CHANNEL_OPTIONS = [
@@ -62,6 +64,7 @@ def request(payload: bytes = b"", tag: str = "", sleep_s: float = 0.0) -> Any:
 def serve(
     scenario: Callable[[GrpcWireServer, EchoService, str], Awaitable[None]],
     max_message: int = MAX_MESSAGE,
+    limits: GrpcLimits | None = None,
 ) -> None:
     async def main() -> None:
         service = EchoService()
@@ -73,7 +76,7 @@ def serve(
             ),
             "127.0.0.1",
             0,
-            max_message,
+            limits or GrpcLimits(max_message_bytes=max_message, max_header_list_bytes=64 * 1024),
         )
         await server.start()
         try:
@@ -375,3 +378,43 @@ def test_two_messages_on_a_unary_call_are_refused() -> None:
         assert trailers["grpc-status"] == str(grpc.StatusCode.UNIMPLEMENTED.value[0])
 
     serve(scenario)
+
+
+# ---- keepalive and connection age (Triton's flags)
+
+
+def test_an_unanswered_keepalive_ping_closes_the_connection() -> None:
+    limits = GrpcLimits(
+        keepalive_time_ms=200, keepalive_timeout_ms=300, keepalive_permit_without_calls=True
+    )
+
+    async def scenario(server: GrpcWireServer, service: EchoService, url: str) -> None:
+        client = await H2Attacker.connect(url)  # reads everything, acknowledges no PING
+        assert await client.wait_until(lambda: client.outcome.closed, 5)
+        assert client.outcome.pings == 1 and client.outcome.goaway is not None
+        assert client.outcome.goaway[1] == "keepalive ping not acknowledged"
+        await client.close()
+
+    serve(scenario, limits=limits)
+
+
+def test_connection_age_sends_goaway_then_cuts_calls_after_the_grace() -> None:
+    limits = GrpcLimits(max_connection_age_ms=300, max_connection_age_grace_ms=300)
+
+    async def scenario(server: GrpcWireServer, service: EchoService, url: str) -> None:
+        async with grpc.aio.insecure_channel(url) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            quick = await stub.ModelInfer(request(b"ok"))  # a young connection serves
+            assert quick.raw_output_contents[0] == b"ok"
+        client = await H2Attacker.connect(url)
+        body = request(sleep_s=10).SerializeToString()
+        client.send(client.headers(1, grpc_fields(), False))
+        client.send(H2Attacker.data(1, b"\0" + len(body).to_bytes(4, "big") + body, True))
+        assert await client.wait_until(lambda: client.outcome.goaway is not None, 5)
+        assert client.outcome.goaway is not None and client.outcome.goaway[0] == frames.NO_ERROR
+        assert client.outcome.status(1) is None  # the open call goes on during the grace
+        assert await client.wait_until(lambda: client.outcome.status(1) is not None, 5)
+        assert client.outcome.status(1) == str(grpc.StatusCode.UNAVAILABLE.value[0])
+        await client.close()
+
+    serve(scenario, limits=limits)

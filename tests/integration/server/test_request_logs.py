@@ -1,10 +1,12 @@
 """The log of a real `ferry serve` for a known sequence of requests: one line per request with
 --log-requests (JSON), only the server's own failures without it (text), model state changes
-once, third-party libraries quiet."""
+once, third-party libraries quiet; lines for decoupled streams, for an ensemble and its steps,
+and an ensemble that stops being ready when its composing model goes."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,9 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from tests.support.onnx_models import concat_model, mlp_model, write_model
+from tests.support.python_models import stream_repeat, write_ensemble, write_repeat
 from tests.support.server_process import ServerProcess, running_server
+from tests.support.triton_server import write_linear_model
 
 BROKEN_WARMUP = """max_batch_size: 8
 model_warmup [{ name: "too_narrow" batch_size: 1
@@ -125,3 +129,56 @@ def test_without_log_requests_only_server_failures_and_model_changes(repository:
     assert sum("model 'mlp' version 1 unloaded" in line for line in lines) == 1
     assert any(" WARNING ferry.models: model 'mlp' version 1 unloaded" in line for line in lines)
     assert not any("uvicorn" in line for line in lines)  # third-party INFO lines stay out
+
+
+ENSEMBLE_OVER_LINEAR = """max_batch_size: 8
+input [{ name: "x" data_type: TYPE_FP32 dims: [4] }]
+output [{ name: "y" data_type: TYPE_FP32 dims: [3] }]
+ensemble_scheduling { step [{ model_name: "linear" model_version: -1
+  input_map { key: "x" value: "x" } output_map { key: "y" value: "y" } }] }
+"""
+
+
+def test_streams_ensembles_and_their_state_changes(tmp_path: Path) -> None:
+    write_linear_model(tmp_path, "linear", max_batch_size=8)
+    write_ensemble(tmp_path, "pipeline", ENSEMBLE_OVER_LINEAR)
+    write_repeat(tmp_path)
+    flags = ("--log-requests", "--log-format", "json", "--model-control-mode", "explicit")
+    with running_server(tmp_path, *flags, "--load-model", "*", ready=False) as server:
+        http = httpclient.InferenceServerClient(server.http_url)
+        deadline = time.monotonic() + 60
+        while not http.is_model_ready("pipeline"):
+            assert time.monotonic() < deadline, http.get_model_repository_index()
+            time.sleep(0.1)
+        x = httpclient.InferInput("x", [1, 4], "FP32")
+        x.set_data_from_numpy(np.ones((1, 4), np.float32))
+        http.infer("pipeline", [x], request_id="pipe")
+        assert [item[1] for item in stream_repeat(server.grpc_url, 3, True)] == [0, 1, 2, None]
+        assert ("error", "response 2 of 5 fails") in stream_repeat(server.grpc_url, 5, True)
+        n = httpclient.InferInput("N", [1], "INT32")
+        n.set_data_from_numpy(np.array([1], np.int32))
+        with pytest.raises(InferenceServerException, match="decoupled"):
+            http.infer("repeat", [n], request_id="unary")
+        http.unload_model("linear")
+        http.close()
+    entries = json_lines(server.log())
+    requests = {}
+    for entry in (e for e in entries if e["logger"] == "ferry.requests"):
+        requests.setdefault(entry["request_id"], []).append(entry)
+    # the ensemble request and its step: one line each, with the client's address
+    pipe = {entry["model"]: entry for entry in requests["pipe"]}
+    assert set(pipe) == {"pipeline", "linear"} and len(requests["pipe"]) == 2
+    assert pipe["pipeline"]["client"] == pipe["linear"]["client"] != ""
+    assert all(entry["status"] == "200" for entry in pipe.values())
+    # a stream is one request: its line once its final response is sent
+    [three] = requests["n3"]
+    assert (three["model"], three["protocol"], three["status"]) == ("repeat", "grpc", "OK")
+    [five] = requests["n5"]  # a failed response inside the stream fails the request
+    assert five["level"] == "ERROR" and "response 2 of 5 fails" in str(five["error"])
+    [unary] = requests["unary"]  # a decoupled model asked for one response: 501
+    assert (unary["level"], unary["status"]) == ("WARNING", "501")
+    # the composing model unloaded: the ensemble is not ready, said once
+    models = [e["message"] for e in entries if e["logger"] == "ferry.models"]
+    assert models.count("model 'linear' version 1 unloaded") == 1
+    not_ready = [m for m in models if m.startswith("model 'pipeline' version 1 is not ready: ")]
+    assert len(not_ready) == 1, models

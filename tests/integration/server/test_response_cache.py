@@ -1,7 +1,8 @@
 """The response cache of a real `ferry serve`: the same request sequence as a real tritonserver
 (python-backend twins) gives the same hits, misses and statistics, and the same nv_cache_*
-metrics; a decoupled model that enables it is refused as Triton refuses it; the cache stays
-within its size; hits are answered while the model's queue is full; sequence models and
+metrics; decoupled and sequence models that enable it are refused as Triton refuses them; the
+same for Python models and an ensemble cached at its top level, with the same repository served
+by both; the cache stays within its size; hits are answered while the model's queue is full;
 models without `response_cache` never use it."""
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from tritonclient.utils import InferenceServerException
 
 from tests.support.concurrent_clients import metric_total, model_statistics
 from tests.support.onnx_models import mlp_model, slow_model, write_model
+from tests.support.python_models import write_ensemble, write_repeat
 from tests.support.server_process import ServerProcess, running_server
 from tests.support.triton_server import missing_reason, running_tritonserver, write_linear_model
 
 CACHE = "response_cache { enable: true }\n"
 DECOUPLED = "model_transaction_policy { decoupled: true }\n"
+SEQUENCE = "sequence_batching { max_sequence_idle_microseconds: 5000000 }\n"
 CACHE_FLAGS = ("--cache-config", "local,size=1048576")
 
 
@@ -79,6 +82,7 @@ def write_twins(repo: Path, writer: Callable[[Path, str, str], None]) -> None:
     writer(repo, "cached", CACHE)
     writer(repo, "plain", "")
     writer(repo, "decoupled_cache", CACHE + DECOUPLED)
+    writer(repo, "sequence_cache", CACHE + SEQUENCE)
 
 
 def triton_model(repo: Path, name: str, extra: str) -> None:
@@ -119,12 +123,16 @@ def test_hits_misses_statistics_and_metrics_match_triton(tmp_path: Path) -> None
         "cache_hit": 3,
         "cache_miss": 3,
     }
-    # a decoupled model that enables the cache does not load: Triton lists it without a state
-    # and logs why, ferry lists it UNAVAILABLE with the same words
-    refusal = "Response Cache does not currently support model decoupled_cache with 'decoupled'"
-    assert their_index["decoupled_cache"].get("state") != "READY" and refusal in their_log
-    assert our_index["decoupled_cache"]["state"] == "UNAVAILABLE"
-    assert refusal in our_index["decoupled_cache"]["reason"]
+    # decoupled and sequence models that enable the cache do not load: Triton lists them without
+    # a state and logs why, ferry lists them UNAVAILABLE with the same words
+    for name, refusal in (
+        ("decoupled_cache", "with 'decoupled' transaction policy. Please disable"),
+        ("sequence_cache", "with sequence batching scheduler. Please disable"),
+    ):
+        refusal = f"Response Cache does not currently support model {name} {refusal}"
+        assert their_index[name].get("state") != "READY" and refusal in their_log
+        assert our_index[name]["state"] == "UNAVAILABLE"
+        assert refusal in our_index[name]["reason"]
 
 
 @pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))
@@ -138,6 +146,69 @@ def test_without_cache_config_nothing_is_cached_like_triton(tmp_path: Path) -> N
         ours = run_sequence(ferry)
     assert ours == theirs
     assert ours["cached"]["cache_hit"] == 0 and ours["cached"]["execution_count"] == 6
+
+
+ENSEMBLE_OVER_LINEAR = """max_batch_size: 8
+input [{ name: "x" data_type: TYPE_FP32 dims: [4] }]
+output [{ name: "y" data_type: TYPE_FP32 dims: [3] }]
+ensemble_scheduling { step [{ model_name: "linear" model_version: -1
+  input_map { key: "x" value: "x" } output_map { key: "y" value: "y" } }] }
+"""
+
+
+def write_python_repository(repo: Path) -> None:
+    """One repository both servers load: a cached Python model, an ensemble cached at its top
+    level over an uncached Python model, and a decoupled Python model that enables the cache."""
+    write_linear_model(repo, "linear", max_batch_size=8)
+    triton_model(repo, "py_cached", CACHE)
+    write_ensemble(repo, "ensemble_cached", ENSEMBLE_OVER_LINEAR + CACHE)
+    with (write_repeat(repo, "stream_cached") / "config.pbtxt").open("a") as config:
+        config.write(CACHE)
+
+
+def run_python_sequence(server: ServerProcess) -> dict[str, object]:
+    """A, A, B, A to the cached Python model and to the cached ensemble."""
+    a = np.arange(4, dtype=np.float32).reshape(1, 4)
+    b = a + 1
+    answers = {}
+    for model in ("py_cached", "ensemble_cached"):
+        answers[model] = [infer(server, model, x) for x in (a, a, b, a)]
+    assert all(
+        np.array_equal(answers["py_cached"][i], answers["ensemble_cached"][i]) for i in (1, 3)
+    )
+    found: dict[str, object] = {
+        name: counts(server, name) for name in ("py_cached", "ensemble_cached", "linear")
+    }
+    found["metrics"] = {
+        (metric, model): metric_total(server, metric, model)
+        for metric in ("nv_cache_num_hits_per_model", "nv_cache_num_misses_per_model")
+        for model in ("py_cached", "ensemble_cached")
+    }
+    return found
+
+
+@pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))
+def test_python_models_and_ensembles_are_cached_like_triton(tmp_path: Path) -> None:
+    write_python_repository(tmp_path)
+    flags = (*CACHE_FLAGS, "--exit-on-error=false", "--strict-readiness=false")
+    with running_tritonserver(tmp_path, *flags, ready=False) as triton:
+        theirs = run_python_sequence(triton)
+        their_index = index(triton)
+        their_log = triton.log()
+    with running_server(tmp_path, *CACHE_FLAGS, "--no-strict-readiness") as ferry:
+        ours = run_python_sequence(ferry)
+        our_index = index(ferry)
+    assert ours == theirs
+    counted = {name: ours[name] for name in ("py_cached", "ensemble_cached", "linear")}
+    hits_and_misses = {name: (c["cache_hit"], c["cache_miss"]) for name, c in counted.items()}
+    # the ensemble's hits never reach its step: `linear` ran only for A and B
+    assert hits_and_misses == {"py_cached": (2, 2), "ensemble_cached": (2, 2), "linear": (0, 0)}
+    assert counted["linear"]["inference_count"] == 2
+    assert set(ours["metrics"].values()) == {2.0}  # nv_cache_num_{hits,misses}_per_model
+    refusal = "Response Cache does not currently support model stream_cached with 'decoupled'"
+    assert their_index["stream_cached"].get("state") != "READY" and refusal in their_log
+    assert our_index["stream_cached"]["state"] == "UNAVAILABLE"
+    assert refusal in our_index["stream_cached"]["reason"]
 
 
 def test_the_cache_stays_within_its_size(tmp_path: Path) -> None:
@@ -158,29 +229,6 @@ def test_the_cache_stays_within_its_size(tmp_path: Path) -> None:
     assert gauges["nv_cache_num_evictions"] == 10 - gauges["nv_cache_num_entries"]
     assert 0 < gauges["nv_cache_util"] <= 1
     assert gauges["nv_cache_num_lookups"] == 10 and gauges["nv_cache_num_misses"] == 10
-
-
-SEQUENCE = """max_batch_size: 8
-response_cache { enable: true }
-sequence_batching { max_sequence_idle_microseconds: 5000000 }
-"""
-REQUESTED_OUTPUTS = """max_batch_size: 8
-response_cache { enable: true }
-"""
-
-
-def test_sequence_models_never_use_the_cache(tmp_path: Path) -> None:
-    model = mlp_model(4, 8, 3, input_name="x", output_name="y")
-    write_model(tmp_path, "stateful", model, SEQUENCE)
-    with running_server(tmp_path, *CACHE_FLAGS) as server:
-        x = np.ones((1, 4), np.float32)
-        with httpclient.InferenceServerClient(server.http_url) as client:
-            tensor = httpclient.InferInput("x", [1, 4], "FP32")
-            tensor.set_data_from_numpy(x)
-            for _ in range(3):
-                client.infer("stateful", [tensor], sequence_id=7, sequence_start=True)
-        found = counts(server, "stateful")
-    assert found["cache_hit"] == found["cache_miss"] == 0 and found["execution_count"] == 3
 
 
 def test_requested_outputs_and_classification_are_part_of_the_key(tmp_path: Path) -> None:

@@ -1,15 +1,17 @@
 """Request traces of a real `ferry serve`, received by an OTLP/HTTP collector the test runs:
 span structure, the W3C traceparent honoured over HTTP and gRPC, the trace settings API turning
-tracing on and off, Triton's trace file mode, and the same three spans a real tritonserver
-exports for the same request."""
+tracing on and off, Triton's trace file mode, the same three spans a real tritonserver exports
+for the same request, and the same trace tree (spans, and `parent_id` in the trace file) for a
+request to an ensemble of the same Python model served by both."""
 
 from __future__ import annotations
 
 import json
 import secrets
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ import tritonclient.http as httpclient
 
 from tests.support.onnx_models import mlp_model, write_model
 from tests.support.otlp_collector import OtlpCollector, ReceivedSpan, running_collector
+from tests.support.python_models import write_ensemble
 from tests.support.server_process import ServerProcess, running_server
 from tests.support.triton_server import missing_reason, running_tritonserver, write_linear_model
 
@@ -203,3 +206,103 @@ def test_the_spans_triton_exports_are_there_with_the_same_structure(
     assert set(theirs["mlp"].attributes) <= set(ours["mlp"].attributes)
     for name in ("mlp", "compute"):
         assert [e[0] for e in theirs[name].events] == [e[0] for e in ours[name].events]
+
+
+ENSEMBLE_OVER_LINEAR = """max_batch_size: 8
+input [{ name: "x" data_type: TYPE_FP32 dims: [4] }]
+output [{ name: "y" data_type: TYPE_FP32 dims: [3] }]
+ensemble_scheduling { step [{ model_name: "linear" model_version: -1
+  input_map { key: "x" value: "x" } output_map { key: "y" value: "y" } }] }
+"""
+SERVERS: dict[str, Callable[..., Any]] = {"triton": running_tritonserver, "ferry": running_server}
+MODEL_STAMPS = ("REQUEST_START", "QUEUE_START", "COMPUTE_START", "COMPUTE_INPUT_END")
+MODEL_STAMPS += ("COMPUTE_OUTPUT_START", "COMPUTE_END", "REQUEST_END")
+
+
+def write_pipeline(repo: Path) -> None:
+    write_linear_model(repo, "linear", max_batch_size=8)
+    write_ensemble(repo, "pipeline", ENSEMBLE_OVER_LINEAR)
+
+
+def infer_pipeline(server: ServerProcess, headers: dict[str, str] | None = None) -> None:
+    with httpclient.InferenceServerClient(server.http_url) as client:
+        x = httpclient.InferInput("x", [1, 4], "FP32")
+        x.set_data_from_numpy(np.ones((1, 4), np.float32))
+        client.infer("pipeline", [x], request_id="pipe", headers=headers)
+
+
+def stamps(entries: list[dict[str, Any]], trace_id: int) -> list[str]:
+    """A trace's model-level timestamp names in the file, in order (Triton adds the HTTP ones
+    of the request to the ensemble's trace)."""
+    return [
+        stamp["name"]
+        for entry in entries
+        if entry["id"] == trace_id
+        for stamp in entry.get("timestamps", ())
+        if stamp["name"] in MODEL_STAMPS
+    ]
+
+
+def one_trace_spans(collector: OtlpCollector, trace_id: str, count: int) -> list[ReceivedSpan]:
+    spans = collector.wait_for(lambda s: sum(x.trace_id == trace_id for x in s) >= count)
+    return [span for span in spans if span.trace_id == trace_id]
+
+
+def edges(spans: list[ReceivedSpan]) -> set[tuple[str, str]]:
+    """(span, its parent span) by name; '' for the root."""
+    names = {span.span_id: span.name for span in spans}
+    return {(span.name, names.get(span.parent_span_id, "")) for span in spans}
+
+
+@pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))
+def test_ensemble_steps_are_spans_of_the_ensemble_request_as_in_triton(
+    tmp_path: Path, collector: OtlpCollector
+) -> None:
+    write_pipeline(tmp_path)
+    found: dict[str, list[ReceivedSpan]] = {}
+    for name, run, count in (("triton", running_tritonserver, 4), ("ferry", running_server, 8)):
+        header, trace_id, _ = traceparent()
+        with run(tmp_path, *otel_flags(collector, "rate=1")) as server:
+            infer_pipeline(server, {"traceparent": header})
+            spans = one_trace_spans(collector, trace_id, count)
+        found[name] = spans
+    theirs, ours = edges(found["triton"]), edges(found["ferry"])
+    # the step's model span under the ensemble's; the ensemble has no compute of its own
+    assert theirs == {
+        ("InferRequest", ""),
+        ("pipeline", "InferRequest"),
+        ("linear", "pipeline"),
+        ("compute", "linear"),
+    }
+    assert ours - theirs == {
+        ("queue", "linear"),
+        ("compute_input", "compute"),
+        ("compute_infer", "compute"),
+        ("compute_output", "compute"),
+    }
+    for spans in found.values():
+        by_name = {span.name: span.attributes for span in spans}
+        assert by_name["linear"]["triton.trace_parent_id"] == by_name["pipeline"]["triton.trace_id"]
+        assert by_name["pipeline"]["triton.trace_parent_id"] == 0
+        assert by_name["linear"]["triton.request_id"] == "pipe"
+
+
+@pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))
+def test_ensemble_steps_in_the_trace_file_as_in_triton(tmp_path: Path) -> None:
+    write_pipeline(tmp_path / "repo")
+    found = {}
+    for name, run in SERVERS.items():
+        trace_file = tmp_path / f"{name}.json"
+        flags = ["rate=1", "level=TIMESTAMPS", f"triton,file={trace_file}"]
+        with run(
+            tmp_path / "repo", *[arg for flag in flags for arg in ("--trace-config", flag)]
+        ) as server:
+            infer_pipeline(server)
+        entries = json.loads(trace_file.read_text())
+        models = {e["id"]: e["model_name"] for e in entries if "model_name" in e}
+        found[name] = {
+            (e["model_name"], models.get(e.get("parent_id"), ""), tuple(stamps(entries, e["id"])))
+            for e in entries
+            if "model_name" in e
+        }
+    assert found["ferry"] == found["triton"]

@@ -26,7 +26,7 @@ from tests.support.server_process import ServerProcess, free_port, running_serve
 from tests.support.triton_server import (
     TritonServer,
     linear_parameters,
-    missing_reason,
+    require_tritonserver,
     running_tritonserver,
     write_gateway_model,
     write_linear_model,
@@ -44,9 +44,7 @@ LOADING_MODELS = ("linear", "words", "mlp")
 
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    reason = missing_reason()
-    if reason is not None:
-        pytest.skip(reason)
+    require_tritonserver()
     repo = tmp_path_factory.mktemp("upstream")
     write_linear_model(repo, "linear", max_batch_size=16)
     write_upper_model(repo, "upper", max_batch_size=8)
@@ -255,9 +253,7 @@ def test_upstream_request_error_is_a_clean_client_error(gateway: Gateway) -> Non
 
 
 def test_upstream_going_away_is_unavailable_and_ferry_stays_healthy(tmp_path: Path) -> None:
-    reason = missing_reason()
-    if reason is not None:
-        pytest.skip(reason)
+    require_tritonserver()
     upstream_repo, ferry_repo = tmp_path / "upstream", tmp_path / "ferry"
     write_linear_model(upstream_repo)
     write_model(ferry_repo, "mlp", mlp_model())

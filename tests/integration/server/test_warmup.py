@@ -1,7 +1,9 @@
 """Model warmup in a real `ferry serve`, next to a real tritonserver serving python-backend twins
 of the same models with the same `model_warmup` entries: the same states, the same class of
-reason for each failure, the same statistics after a warmup; and a model is never READY before
-its warmup has run."""
+reason for each failure, the same statistics after a warmup; the same again with one repository
+of Python models served by both (decoupled models included: a warmup reads their streams to the
+end, and a failed response fails it; an ensemble cannot have a warmup); and a model is never
+READY before its warmup has run."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import tritonclient.http as httpclient
 
 from tests.support.concurrent_clients import model_statistics
 from tests.support.onnx_models import concat_model, mlp_model, slow_model, write_model
+from tests.support.python_models import write_ensemble, write_repeat
 from tests.support.server_process import ServerProcess, running_server
 from tests.support.triton_server import missing_reason, running_tritonserver, write_linear_model
 
@@ -97,15 +100,19 @@ def reason_class(reason: str, repo: Path) -> str:
     return reason
 
 
-def triton_outcome(repo: Path, tries: int = 3) -> tuple[dict[str, Any], dict[str, Any]]:
-    """tritonserver's index and the warm model's statistics. Triton 2.51's python backend
-    sometimes crashes (SIGSEGV) after a warmup sample failed: such a start is tried again."""
+def triton_outcome(
+    repo: Path, models: tuple[str, ...] = ("warm",), tries: int = 3
+) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """tritonserver's index, the statistics of `models` and its log. Triton 2.51's python
+    backend sometimes crashes (SIGSEGV) after a warmup sample failed: such a start is tried
+    again."""
     for attempt in range(tries):
         try:
             with running_tritonserver(
                 repo, "--exit-on-error=false", "--strict-readiness=false", ready=False
             ) as triton:
-                return index(triton), model_statistics(triton, "warm")
+                stats = {m: model_statistics(triton, m) for m in models}
+                return index(triton), stats, triton.log()
         except (RuntimeError, OSError) as error:  # OSError: it crashed after starting
             crashed = isinstance(error, OSError) or "exited with -11" in str(error)
             if not crashed or attempt == tries - 1:
@@ -117,7 +124,8 @@ def triton_outcome(repo: Path, tries: int = 3) -> tuple[dict[str, Any], dict[str
 def test_warmup_states_reasons_and_statistics_match_triton(tmp_path: Path) -> None:
     write_triton_repository(tmp_path / "triton")
     write_ferry_repository(tmp_path / "ferry")
-    theirs, their_stats = triton_outcome(tmp_path / "triton")
+    theirs, their_models, _ = triton_outcome(tmp_path / "triton")
+    their_stats = their_models["warm"]
     with running_server(tmp_path / "ferry", "--no-strict-readiness") as ferry:
         ours = index(ferry)
         our_stats = model_statistics(ferry, "warm")
@@ -137,6 +145,61 @@ def test_warmup_states_reasons_and_statistics_match_triton(tmp_path: Path) -> No
     assert [(b["batch_size"], b["compute_infer"]["count"]) for b in our_stats["batch_stats"]] == [
         (b["batch_size"], b["compute_infer"]["count"]) for b in their_stats["batch_stats"]
     ]
+
+
+STREAM_WARMUP = """model_warmup [{ name: "s1" batch_size: 1 count: 2
+  inputs { key: "N" value { data_type: TYPE_INT32 dims: [1] input_data_file: "n.bin" } } }]
+"""
+ENSEMBLE_OVER_WARM = """max_batch_size: 8
+input [{ name: "x" data_type: TYPE_FP32 dims: [4] }]
+output [{ name: "y" data_type: TYPE_FP32 dims: [3] }]
+ensemble_scheduling { step [{ model_name: "warm" model_version: -1
+  input_map { key: "x" value: "x" } output_map { key: "y" value: "y" } }] }
+"""
+
+
+def write_python_repository(repo: Path) -> None:
+    """The python-backend twins, two decoupled models whose warmup asks for 3 responses and
+    for 5 (the 3rd of which fails), and an ensemble with a warmup."""
+    write_triton_repository(repo)
+    for name, count in (("stream_warm", 3), ("stream_fails", 5)):
+        model_dir = write_repeat(repo, name)
+        with (model_dir / "config.pbtxt").open("a") as config:
+            config.write(STREAM_WARMUP)
+        (model_dir / "warmup").mkdir()
+        (model_dir / "warmup" / "n.bin").write_bytes(np.array([count], "<i4").tobytes())
+    write_ensemble(repo, "ensemble_warm", ENSEMBLE_OVER_WARM + warmup("zero_data: true"))
+
+
+@pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))
+def test_python_models_warm_up_as_in_triton(tmp_path: Path) -> None:
+    write_python_repository(tmp_path)
+    models = ("warm", "stream_warm")
+    theirs, their_stats, their_log = triton_outcome(tmp_path, models)
+    with running_server(tmp_path, "--no-strict-readiness") as ferry:
+        ours = index(ferry)
+        our_stats = {m: model_statistics(ferry, m) for m in models}
+    # an ensemble with a warmup does not load: Triton lists it without a state and logs why,
+    # ferry lists it UNAVAILABLE with the same words
+    refusal = "model_warmup can not be specified for ensemble 'ensemble_warm'"
+    assert "state" not in theirs.pop("ensemble_warm") and refusal in their_log
+    ensemble = ours.pop("ensemble_warm")
+    assert ensemble["state"] == "UNAVAILABLE" and ensemble["reason"].endswith(refusal)
+    assert {n: r["state"] for n, r in ours.items()} == {n: r["state"] for n, r in theirs.items()}
+    ready = [n for n, r in ours.items() if r["state"] == "READY"]
+    assert ready == ["random", "stream_warm", "warm"]
+    for name in ("fails", "nofile", "shortfile", "stream_fails"):
+        expected = reason_class(theirs[name]["reason"], tmp_path)
+        assert reason_class(ours[name]["reason"], tmp_path) == expected, name
+    # every failed response of the sample, in Triton's words
+    assert ours["stream_fails"]["reason"] == (
+        "failed to run warmup sample 's1': response 2 of 5 fails; "
+    )
+    for model in models:
+        for key in ("inference_count", "execution_count"):
+            assert our_stats[model][key] == their_stats[model][key], (model, key)
+        ours_count = our_stats[model]["inference_stats"]["success"]["count"]
+        assert ours_count == their_stats[model]["inference_stats"]["success"]["count"], model
 
 
 SLOW_WARMUP = """max_batch_size: 8

@@ -75,11 +75,11 @@ def test_makefile_targets_build_the_two_stages() -> None:
         ),
         (
             "COPY monitoring/ monitoring/\nCOPY exporters/ exporters/\n"
-            "COPY optimizers/ optimizers/\n"
+            "COPY optimizers/ optimizers/\nCOPY measure/ measure/\n"
             "RUN --mount=type=cache,target=/root/.cache/pip pip install --no-deps .\n\n"
             "FROM ${PYTHON_IMAGE} AS cpu",
             "COPY monitoring/ monitoring/\nCOPY exporters/ exporters/\n"
-            "COPY optimizers/ optimizers/\nCOPY tests/ tests/\n"
+            "COPY optimizers/ optimizers/\nCOPY measure/ measure/\nCOPY tests/ tests/\n"
             "RUN --mount=type=cache,target=/root/.cache/pip pip install --no-deps .\n\n"
             "FROM ${PYTHON_IMAGE} AS cpu",
             "excluded by .dockerignore",

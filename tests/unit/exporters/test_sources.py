@@ -8,8 +8,9 @@ import onnx
 import pytest
 
 from exporters.errors import ExportError
-from exporters.onnx_export import check_dynamic_batch, model_opset
+from exporters.onnx_export import check_dynamic_dims, model_opset
 from exporters.sources import classify_source
+from exporters.specs import IOSpec
 from tests.support.onnx_models import mlp_model
 
 
@@ -34,30 +35,41 @@ def test_classify_source_rejects_nonsense() -> None:
         classify_source("just-a-word")
 
 
-def test_check_dynamic_batch_accepts_a_named_batch(tmp_path: Path) -> None:
+IN = IOSpec("input", "FP32", (16,))
+OUT = IOSpec("output", "FP32", (4,))
+
+
+def test_check_dynamic_dims_accepts_a_named_batch(tmp_path: Path) -> None:
     path = tmp_path / "model.onnx"
     onnx.save(mlp_model(batch_dim="batch"), str(path))
-    check_dynamic_batch(path, ["input"], ["output"])
+    check_dynamic_dims(path, [IN], [OUT])
     assert model_opset(path) == 17
 
 
-def test_check_dynamic_batch_rejects_a_static_batch(tmp_path: Path) -> None:
+def test_check_dynamic_dims_rejects_a_static_batch(tmp_path: Path) -> None:
     path = tmp_path / "model.onnx"
     onnx.save(mlp_model(batch_dim=2), str(path))
     with pytest.raises(ExportError, match="static first dim"):
-        check_dynamic_batch(path, ["input"], ["output"])
+        check_dynamic_dims(path, [IN], [OUT])
 
 
-def test_check_dynamic_batch_checks_names(tmp_path: Path) -> None:
+def test_check_dynamic_dims_checks_names(tmp_path: Path) -> None:
     path = tmp_path / "model.onnx"
     onnx.save(mlp_model(), str(path))
     with pytest.raises(ExportError, match="inputs are"):
-        check_dynamic_batch(path, ["x"], ["output"])
+        check_dynamic_dims(path, [IOSpec("x", "FP32", (16,))], [OUT])
 
 
-def test_check_dynamic_batch_rejects_external_data(tmp_path: Path) -> None:
+def test_check_dynamic_dims_rejects_external_data(tmp_path: Path) -> None:
     path = tmp_path / "model.onnx"
     onnx.save(mlp_model(), str(path))
     (tmp_path / "model.onnx.data").write_bytes(b"0")
     with pytest.raises(ExportError, match="external data"):
-        check_dynamic_batch(path, ["input"], ["output"])
+        check_dynamic_dims(path, [IN], [OUT])
+
+
+def test_check_dynamic_dims_rejects_a_variable_dim_the_export_fixed(tmp_path: Path) -> None:
+    path = tmp_path / "model.onnx"
+    onnx.save(mlp_model(), str(path))
+    with pytest.raises(ExportError, match="fixed the variable dim 'features' of 'input'"):
+        check_dynamic_dims(path, [IOSpec("input", "FP32", ("features",))], [OUT])

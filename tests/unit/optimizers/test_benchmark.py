@@ -36,3 +36,16 @@ def test_blocks_alternate_and_the_settling_call_is_not_timed() -> None:
     assert log[2:] == ["a"] * 4 + ["b"] * 4 + ["a"] * 4 + ["b"] * 4
     for name in runtimes:
         assert len(timings[name][2].seconds) == 6  # 2 blocks of 3; settling calls not timed
+
+
+def test_spread_is_half_the_10_90_range_of_block_medians() -> None:
+    from optimizers.benchmark import Timing
+
+    steady = Timing(1, [0.010] * 20, block=5)
+    assert steady.spread() == 0.0
+    # blocks with medians 9, 10, 10, 11 ms: 10-90 % range 9.3-10.7 ms around a 10 ms median
+    noisy = Timing(1, [0.009] * 5 + [0.010] * 10 + [0.011] * 5, block=5)
+    assert abs(noisy.spread() - 0.07) < 1e-9
+    summary = noisy.summary()
+    assert summary["blocks"] == 4 and summary["spread"] == noisy.spread()
+    assert Timing(1, [0.01, 0.02], block=5).spread() == 0.0  # one (partial) block

@@ -32,3 +32,18 @@ def test_nothing_beats_fp32() -> None:
 def test_latency_objective_uses_p95() -> None:
     rows = [row("ort-fp32", 100, p95=0.5), row("int8-dynamic", 500, p95=0.9)]
     assert choose(row("fp32", 100, p95=1.0), rows, "latency", 1.05) == "ort-fp32"
+
+
+def test_a_speedup_within_the_run_to_run_spread_is_not_published() -> None:
+    reference = {**row("fp32", 100), "throughput_spread": 0.05}
+    noisy = {**row("int8-dynamic", 108), "throughput_spread": 0.05}
+    assert choose(reference, [noisy], "throughput", 1.05) is None
+    assert noisy["reason"].startswith("within noise: 1.08x") and noisy["noise"] == 0.1
+    clear = {**row("int8-dynamic", 120), "throughput_spread": 0.05}
+    assert choose(reference, [clear], "throughput", 1.05) == "int8-dynamic"
+
+
+def test_min_gain_below_one_asks_for_no_speedup() -> None:
+    reference = {**row("fp32", 100), "throughput_spread": 0.2}
+    slower = {**row("ort-fp32", 95), "throughput_spread": 0.2}
+    assert choose(reference, [slower], "throughput", 0.0) == "ort-fp32"

@@ -16,9 +16,9 @@ from server.protocol.http_codec import (
     choose_response_encoding,
     compress,
     decode_request,
-    decompress,
     encode_response,
 )
+from server.protocol.inflate import decompress
 from server.protocol.tensors import array_from_bytes, array_to_bytes
 from server.types import InferenceResponse
 
@@ -86,9 +86,9 @@ def test_accept_encoding_choice() -> None:
 @pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
 def test_decompress_is_bounded(algorithm: str) -> None:
     data = b"x" * 10_000
-    assert decompress(compress(data, algorithm), algorithm, 20_000) == data
-    with pytest.raises(ServingError, match="maximum"):
-        decompress(compress(data, algorithm), algorithm, 5_000)
+    assert decompress(compress(data, algorithm), algorithm, 20_000, "--flag") == data
+    with pytest.raises(ServingError, match=r"maximum allowed value of 5000 bytes\. Use --flag"):
+        decompress(compress(data, algorithm), algorithm, 5_000, "--flag")
 
 
 def test_grpc_request_decoding() -> None:

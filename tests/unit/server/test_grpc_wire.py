@@ -13,14 +13,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.protocol.grpc_wire import frames
 from server.protocol.grpc_wire.headers import HeaderDecoder
+from server.protocol.grpc_wire.limits import RequestBudget
+from server.protocol.grpc_wire.messages import Inflation, split_messages
 from server.protocol.grpc_wire.rpc import (
     INTERNAL,
     RESOURCE_EXHAUSTED,
     UNIMPLEMENTED,
     AbortError,
-    decode_message,
     routes_for,
-    split_messages,
 )
 
 
@@ -77,7 +77,7 @@ def request_headers(path: str, timeout: str | None = None) -> list[tuple[str, st
 
 
 def test_header_cache_follows_the_dynamic_table() -> None:
-    encoder, decoder = hpack.Encoder(), HeaderDecoder()
+    encoder, decoder = hpack.Encoder(), HeaderDecoder(16 * 1024)
     first = encoder.encode(request_headers("/svc/A"))  # literals added to the table
     head = decoder.decode(first)
     assert (head.method, head.path, head.content_type) == ("POST", "/svc/A", "application/grpc")
@@ -112,18 +112,55 @@ def test_split_messages_refuses_an_oversized_prefix_before_its_body_arrives() ->
     assert caught.value.code == RESOURCE_EXHAUSTED
 
 
-def test_decode_message_encodings() -> None:
-    assert decode_message(0, b"plain", "gzip") == b"plain"
-    assert decode_message(1, gzip.compress(b"data"), "gzip") == b"data"
-    assert decode_message(1, zlib.compress(b"data"), "deflate") == b"data"
+def inflate(
+    payload: bytes, encoding: str, limit: int = 1 << 30, budget_bytes: int = 1 << 30
+) -> bytes:
+    inflation = Inflation(payload, encoding, limit, RequestBudget(budget_bytes))
+    inflation.finish()
+    return bytes(inflation.output)
+
+
+def test_inflation_encodings() -> None:
+    assert inflate(gzip.compress(b"data"), "gzip") == b"data"
+    assert inflate(zlib.compress(b"data"), "deflate") == b"data"
+    big = bytes(range(256)) * 20_000  # several inflation steps
+    assert inflate(gzip.compress(big), "gzip") == big
     for payload, encoding, code in [
         (b"x", "snappy", UNIMPLEMENTED),
         (b"x", "", INTERNAL),
         (b"not gzip", "gzip", INTERNAL),
+        (gzip.compress(b"data")[:-6], "gzip", INTERNAL),  # truncated
+        (gzip.compress(b"data") + b"junk", "gzip", INTERNAL),
     ]:
         with pytest.raises(AbortError) as caught:
-            decode_message(1, payload, encoding)
+            inflate(payload, encoding)
         assert caught.value.code == code
+
+
+def test_inflation_stops_at_the_size_limit_and_at_the_budget() -> None:
+    bomb = gzip.compress(bytes(64 << 20))  # 64 MiB of zeros in about 64 kB
+    with pytest.raises(AbortError) as caught:
+        inflate(bomb, "gzip", limit=3 << 20)
+    assert caught.value.code == RESOURCE_EXHAUSTED and "larger than max" in caught.value.details
+    budget = RequestBudget(2 << 20)
+    inflation = Inflation(bomb, "gzip", 1 << 30, budget)
+    with pytest.raises(AbortError) as caught:
+        inflation.finish()
+    assert caught.value.code == RESOURCE_EXHAUSTED and "buffering" in caught.value.details
+    assert len(inflation.output) <= 2 << 20 and budget.inflating == inflation.charged
+    inflation.release()
+    assert budget.inflating == 0 and not inflation.output
+
+
+def test_abandoned_inflation_gives_its_charge_back() -> None:
+    budget = RequestBudget(1 << 30)
+    inflation = Inflation(gzip.compress(bytes(8 << 20)), "gzip", 1 << 30, budget)
+    assert not inflation.step() and budget.inflating > 0
+    inflation.abandon()  # not running: released at once
+    assert budget.inflating == 0
+    with pytest.raises(AbortError):
+        inflation.finish()  # a thread that still held it stops at its next step
+    assert budget.inflating == 0
 
 
 class CheckOnly(health_pb2_grpc.HealthServicer):  # type: ignore[misc]

@@ -197,9 +197,17 @@ def test_model_state_changes(caplog: pytest.LogCaptureFixture) -> None:
         events.observe(ModelEventRecord("mlp", "1", "UNAVAILABLE", reason="unloaded"))
         events.observe(ModelEventRecord("bad", "2", "UNAVAILABLE", reason="boom"))
         events.observe(ModelEventRecord("cfg", "", "UNAVAILABLE", reason="bad config"))
+        events.observe(ModelEventRecord("pipe", "1", "READY"))
+        events.observe(ModelEventRecord("pipe", "1", "UNAVAILABLE", reason="'mlp' is gone"))
+        events.observe(ModelEventRecord("pipe", "1", "UNAVAILABLE", reason="'mlp' is gone"))
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
         (logging.INFO, "model 'mlp' version 1 is READY"),
         (logging.WARNING, "model 'mlp' version 1 unloaded"),
         (logging.ERROR, "model 'bad' version 2 failed to load: boom"),
         (logging.ERROR, "model 'cfg' failed to load: bad config"),
+        (logging.INFO, "model 'pipe' version 1 is READY"),
+        # a version that served and stops (an ensemble's composing model went away)
+        (logging.WARNING, "model 'pipe' version 1 is not ready: 'mlp' is gone"),
+        # then it fails to load again while the model is still missing
+        (logging.ERROR, "model 'pipe' version 1 failed to load: 'mlp' is gone"),
     ]

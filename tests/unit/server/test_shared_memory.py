@@ -96,7 +96,13 @@ def test_registration_errors(manager: SharedMemoryManager) -> None:
     with pytest.raises(ServingError, match="Unable to open shared memory region") as missing:
         manager.register("gone", region.key, 0, 8)  # the client destroyed it above
     assert missing.value.kind == ErrorKind.INVALID_ARG
-    for key in ("", "/", "/a/b", "/..", "../etc/passwd"):
+    for key in ("", "/", "///"):  # Triton's words
+        with pytest.raises(ServingError, match=f"invalid shm key '{key}'"):
+            manager.register("bad", key, 0, 8)
+    for key in ("triton_python_backend_shm_region_x", "//triton_python_backend_shm_region_"):
+        with pytest.raises(ServingError, match="contains the reserved prefix"):
+            manager.register("bad", key, 0, 8)
+    for key in ("/a/b", "/..", "../etc/passwd"):
         with pytest.raises(ServingError, match="invalid shared memory key"):
             manager.register("bad", key, 0, 8)
 
@@ -122,7 +128,7 @@ def test_use_errors(manager: SharedMemoryManager) -> None:
         manager.unregister("r")
         with pytest.raises(ServingError, match="Unable to find shared memory region: 'r'") as gone:
             manager.write(SharedMemoryReference("r", 8), "y", b"\x00" * 8)
-        assert gone.value.kind == ErrorKind.INVALID_ARG
+        assert gone.value.kind == ErrorKind.NOT_FOUND  # Triton's 404 / NOT_FOUND
 
 
 def test_a_region_outlives_the_clients_unlink(manager: SharedMemoryManager) -> None:
@@ -137,8 +143,9 @@ def test_a_region_outlives_the_clients_unlink(manager: SharedMemoryManager) -> N
 def test_reference_parameters_are_validated() -> None:
     assert shared_memory_reference("t", "r", 8) == SharedMemoryReference("r", 8, 0)
     assert shared_memory_reference("t", "r", 8, 4) == SharedMemoryReference("r", 8, 4)
-    with pytest.raises(ServingError, match="'shared_memory_byte_size' must be specified"):
-        shared_memory_reference("t", "r", None)
+    # as Triton's HTTP endpoint: no size is size 0, refused later by the size check that
+    # names the bytes expected (gRPC requires the parameter, in its codec)
+    assert shared_memory_reference("t", "r", None) == SharedMemoryReference("r", 0, 0)
     for region, byte_size, offset in (
         (7, 8, 0),
         ("", 8, 0),
@@ -150,3 +157,23 @@ def test_reference_parameters_are_validated() -> None:
     ):
         with pytest.raises(ServingError, match="invalid value for 'shared_memory_"):
             shared_memory_reference("t", region, byte_size, offset)
+
+
+def test_a_held_region_outlives_its_unregister(manager: SharedMemoryManager) -> None:
+    """As in Triton: a region a request uses stays registered until the request is done."""
+    with client_region(8) as region:
+        manager.register("r", region.key, 0, 8)
+        with manager.hold():
+            manager.check(SharedMemoryReference("r", 8))  # the request names the region
+            manager.unregister()
+            assert [r["name"] for r in manager.status()] == ["r"]
+            with pytest.raises(ServingError, match="already in manager"):
+                manager.register("r", region.key, 0, 8)
+            manager.write(SharedMemoryReference("r", 8), "y", b"\x01" * 8)  # still mapped
+        assert manager.status() == []
+        with pytest.raises(ServingError, match="Unable to find shared memory region: 'r'"):
+            manager.read(SharedMemoryReference("r", 8))
+        manager.register("r", region.key, 0, 8)  # the name is free again
+        with manager.hold():
+            manager.read(SharedMemoryReference("r", 8))
+        assert [r["name"] for r in manager.status()] == ["r"]  # not unregistered: kept

@@ -176,9 +176,9 @@ def test_an_empty_version_folder_is_accepted_for_the_gateway_only(tmp_path: Path
         prepare("onnx", tmp_path / "onnx", None, 4)
 
 
-def test_only_the_gateway_platform_has_a_config_completer() -> None:
+def test_onnx_models_have_no_config_completer() -> None:
     config = parse_config('platform: "onnxruntime_onnx" max_batch_size: 2')
-    assert complete_config(config, "m") is config
+    assert complete_config(config, "m", Path("unused")) is config
     assert runtime_factory(gateway_config()) is TritonGatewayRuntime
 
 

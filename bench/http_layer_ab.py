@@ -1,0 +1,147 @@
+"""The HTTP layer's CPU cost per request, in process, for two ferry source trees in alternation:
+uvicorn's protocol (ferry's, with its limits, where the tree has one) and ferry's ASGI app, fed
+keep-alive infer requests through a stub transport, with a data plane that answers at once. No
+sockets, no model, no batcher: only what the HTTP limits could add to, measured as process CPU
+time, which a shared machine disturbs far less than wrk's wall-clock figures.
+
+    git archive main | tar -x -C /tmp/ferry-main
+    python -m bench.http_layer_ab --baseline /tmp/ferry-main [--candidate .] [--rounds 9]
+
+Each measurement runs in a fresh interpreter whose sys.path starts with the tree it measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+MEASURE = r"""
+import asyncio, json, sys, time
+import numpy as np
+tree, kind, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+sys.path.insert(0, tree)
+import uvicorn
+from uvicorn.server import ServerState
+import server.protocol.http as http
+from server.types import InferenceResponse
+
+
+class DataPlane:
+    shared_memory = None
+
+    async def infer(self, request):
+        outputs = {"y": np.zeros((1, 4), np.float32)}
+        return InferenceResponse(request.model_name, "1", outputs, id=request.id)
+
+
+class Transport(asyncio.Transport):
+    def __init__(self):
+        super().__init__()
+        self.writes, self.closing = 0, False
+
+    def write(self, data):
+        self.writes += 1
+
+    def is_closing(self):
+        return self.closing
+
+    def close(self):
+        self.closing = True
+
+    def get_extra_info(self, name, default=None):
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 5555)}.get(
+            name, default
+        )
+
+    def pause_reading(self):
+        pass
+
+    def resume_reading(self):
+        pass
+
+
+x = np.zeros((1, 64), np.float32)
+if kind == "binary":
+    header = json.dumps({"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": x.nbytes}}],
+                         "parameters": {"binary_data_output": True}}).encode()
+    body, extra = header + x.tobytes(), b"Inference-Header-Content-Length: %d\r\n" % len(header)
+else:
+    body = json.dumps({"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32",
+                                   "data": x.reshape(-1).tolist()}]}).encode()
+    extra = b""
+request = (b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: localhost:8000\r\n"
+           b"Content-Length: %d\r\n%s\r\n" % (len(body), extra)) + body
+
+
+async def main():
+    if "limits" in http.create_http_app.__code__.co_varnames:
+        from server.protocol.http_connection import limited_protocol
+        from server.protocol.http_limits import HttpLimits
+        limits = HttpLimits()
+        app, protocol_class = http.create_http_app(DataPlane(), limits), limited_protocol(limits)
+    else:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as protocol_class
+        app = http.create_http_app(DataPlane(), 512 << 20)
+    config = uvicorn.Config(app, http="httptools", lifespan="off", log_level="warning")
+    config.load()
+    protocol = protocol_class(config=config, server_state=ServerState(), app_state={})
+    transport = Transport()
+    protocol.connection_made(transport)
+
+    async def run(n):
+        for _ in range(n):
+            protocol.data_received(request)
+            for _ in range(6):  # the app's task: start, read, decode, infer, encode, send
+                await asyncio.sleep(0)
+
+    await run(200)
+    started = time.process_time()
+    await run(count)
+    elapsed = time.process_time() - started
+    assert transport.writes >= 2 * (count + 200), transport.writes
+    print(elapsed / count * 1e6)
+    protocol.connection_lost(None)
+
+
+import uvloop
+uvloop.run(main())
+"""
+
+
+def measure(tree: Path, kind: str, count: int) -> float:
+    out = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(tree), kind, str(count)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return float(out.split()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--baseline", type=Path, required=True, help="source tree to compare to")
+    parser.add_argument("--candidate", type=Path, default=Path.cwd(), help="source tree to test")
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--requests", type=int, default=3000, help="per measurement")
+    args = parser.parse_args()
+    trees = (args.baseline.resolve(), args.candidate.resolve())
+    for kind in ("binary", "json"):
+        pairs = [
+            tuple(measure(tree, kind, args.requests) for tree in trees) for _ in range(args.rounds)
+        ]
+        base = statistics.median(p[0] for p in pairs)
+        cand = statistics.median(p[1] for p in pairs)
+        ratios = sorted(round(c / b, 3) for b, c in pairs)
+        print(
+            f"{kind:6s} HTTP layer CPU per request: baseline {base:.1f} us, candidate "
+            f"{cand:.1f} us, ratio {cand / base:.3f} (per round: {ratios})"
+        )
+
+
+if __name__ == "__main__":
+    main()

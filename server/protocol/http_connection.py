@@ -1,0 +1,202 @@
+"""uvicorn's httptools connection with the limits it lacks: header block size and field count,
+and timeouts for slow or idle clients.
+
+httptools accumulates a header value (and uvicorn the URL) by concatenation as bytes arrive, so a
+100 MB header costs quadratic time before any callback sees it; the connection therefore counts
+the bytes it feeds the parser while a message's headers are incomplete (or, after them, while
+the parser makes no progress: trailers, chunk extensions) and refuses past the limit after each
+read, before the next one is parsed.
+
+Timeouts: from a request's first read to the end of its headers (--http-header-timeout-secs),
+from the end of the headers to the end of the body (--http-body-timeout-secs), and idle
+connections, fresh ones included (--http-keepalive-timeout-secs). A client that misses one gets
+408 and the connection is closed (or just closed once its response has started).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import http
+import logging
+from typing import Any
+
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from server.protocol.http_limits import HttpLimits
+
+logger = logging.getLogger(__name__)
+
+
+class _LimitExceeded(Exception):
+    """Raised in a parser callback to stop the parser; the status is on the connection."""
+
+
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    """HttpToolsProtocol with header limits and slow-client timeouts (see the module doc)."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        limits: HttpLimits,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.limits = limits
+        self.awaiting_headers = True
+        # uvicorn starts a new scope for each message it begins: while awaiting headers, a
+        # scope other than the last one whose headers completed means a request has begun
+        self.headers_scope: object = None
+        self.counted_bytes = 0  # header phase: bytes since the message began; later: stalled
+        self.progressed = False
+        self.completed = False  # a message ended during the current read
+        self.violation: tuple[int, str] | None = None
+        self.header_timer: asyncio.TimerHandle | None = None
+        self.body_timer: asyncio.TimerHandle | None = None
+
+    # --- connection ----------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        # a fresh connection that sends nothing is idle, like a kept-alive one
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timers()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self.progressed = self.completed = False
+        HttpToolsProtocol.data_received(self, data)  # (not super(): the hot path)
+        if self.transport.is_closing() or self.parser is None:
+            return
+        # timers start after the first read that leaves a request unfinished (most requests
+        # arrive in one read: no timer is ever armed for them)
+        if self.awaiting_headers:
+            if self.scope is self.headers_scope:  # no request begun since the last one
+                return
+            if not self.completed:  # a read that ended a body: its bytes are not these headers'
+                self.counted_bytes += len(data)
+                if self.counted_bytes > self.limits.max_header_bytes:
+                    self.reject(
+                        431,
+                        f"request header block exceeds the maximum of "
+                        f"{self.limits.max_header_bytes} bytes (--http-max-header-bytes)",
+                    )
+                    return
+            if self.header_timer is None:
+                timeout = self.limits.header_timeout_s
+                self.header_timer = self.loop.call_later(
+                    timeout, self._timed_out, "headers", timeout, "--http-header-timeout-secs"
+                )
+            return
+        if self.body_timer is None and not self.pipeline:  # a queued request's body waits
+            timeout = self.limits.body_timeout_s
+            self.body_timer = self.loop.call_later(
+                timeout, self._timed_out, "body", timeout, "--http-body-timeout-secs"
+            )
+        if self.progressed:
+            self.counted_bytes = 0
+            return
+        self.counted_bytes += len(data)  # trailers or chunk extensions: no body in these bytes
+        if self.counted_bytes > self.limits.max_header_bytes:
+            self.reject(
+                431,
+                f"request trailers or chunk extensions exceed the maximum of "
+                f"{self.limits.max_header_bytes} bytes (--http-max-header-bytes)",
+            )
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a parser error: ours when a callback stopped the parser."""
+        if self.violation is not None:
+            self.reject(*self.violation)
+        else:
+            super().send_400_response(msg)
+
+    def reject(self, status: int, message: str) -> None:
+        """Answer `status` unless this request already has a response, and close."""
+        logger.warning("HTTP %d to %s: %s", status, self.client, message)
+        cycle = self.cycle
+        # while headers arrive, self.cycle (if any) is the previous request's: write only when
+        # no response is on the wire for this request, nor one half-written for that one
+        busy = (
+            cycle is not None
+            and cycle.response_started
+            and (not self.awaiting_headers or not cycle.response_complete)
+        )
+        if not busy:
+            body = message.encode()
+            self.transport.write(
+                b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+                % (status, http.HTTPStatus(status).phrase.encode(), len(body), body)
+            )
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True  # the app's sends become no-ops, receive() a disconnect
+            cycle.message_event.set()
+        self._cancel_timers()
+        self.transport.close()
+
+    # --- parser callbacks ----------------------------------------------------------------------
+
+    def on_headers_complete(self) -> None:
+        # (the header count is checked here, not per header: --http-max-header-bytes bounds
+        # how many can arrive, and the hot path keeps uvicorn's own on_header)
+        if len(self.headers) > self.limits.max_header_count:
+            self.violation = (
+                431,
+                f"request has more than {self.limits.max_header_count} header fields "
+                "(--http-max-header-count)",
+            )
+            raise _LimitExceeded
+        self.headers_scope = self.scope
+        self.awaiting_headers = False
+        self.counted_bytes = 0
+        self.progressed = True
+        if self.header_timer is not None:
+            self.header_timer.cancel()
+            self.header_timer = None
+        HttpToolsProtocol.on_headers_complete(self)
+
+    def on_body(self, body: bytes) -> None:
+        self.progressed = True
+        HttpToolsProtocol.on_body(self, body)
+
+    def on_chunk_header(self) -> None:
+        self.progressed = True
+
+    def on_message_complete(self) -> None:
+        self.progressed = self.completed = True
+        self.awaiting_headers = True
+        self.counted_bytes = 0
+        if self.body_timer is not None:
+            self.body_timer.cancel()
+            self.body_timer = None
+        HttpToolsProtocol.on_message_complete(self)
+
+    # --- timeouts ------------------------------------------------------------------------------
+
+    def _timed_out(self, part: str, seconds: float, flag: str) -> None:
+        """A timer of `part` (headers, body) fired: 408 and close."""
+        self._cancel_timers()
+        if not self.transport.is_closing():
+            self.reject(408, f"request {part} not received within {seconds:g}s ({flag})")
+
+    def _cancel_timers(self) -> None:
+        for timer in (self.header_timer, self.body_timer):
+            if timer is not None:
+                timer.cancel()
+        self.header_timer = self.body_timer = None
+
+
+def limited_protocol(limits: HttpLimits) -> type[asyncio.Protocol]:
+    """The protocol class to give uvicorn.Config(http=...), bound to `limits`."""
+    factory: Any = functools.partial(LimitedHttpToolsProtocol, limits=limits)
+    return factory  # type: ignore[no-any-return]
