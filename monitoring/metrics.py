@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 
 from monitoring.families import Family
-from monitoring.metrics_render import serving_families
+from monitoring.metrics_render import sequence_families, serving_families
 from monitoring.observer import (
     BatchRecord,
     ModelEventRecord,
@@ -25,6 +25,8 @@ from monitoring.serving_stats import (
 log = logging.getLogger("ferry.monitoring.metrics")
 
 PendingCounts = Callable[[], Iterable[tuple[str, str, int]]]
+# (model, version, live sequences, starts, ends, idle releases) per sequence-batched version
+SequenceCounts = Callable[[], Iterable[tuple[str, str, int, int, int, int]]]
 # the response cache's totals over all models: nv_cache_* gauge name (no prefix) -> value
 CacheTotals = Callable[[], Mapping[str, float]]
 _US = 1e6
@@ -36,9 +38,11 @@ class ServingMetrics:
     def __init__(
         self,
         pending_requests: PendingCounts | None = None,
+        sequence_counts: SequenceCounts | None = None,
         cache_totals: CacheTotals | None = None,
     ) -> None:
         self._pending_requests = pending_requests
+        self._sequence_counts = sequence_counts
         self._cache_totals = cache_totals
         self._stats: dict[tuple[str, str], VersionStats] = {}
         self._known_models: set[str] = set()
@@ -133,4 +137,13 @@ class ServingMetrics:
                 totals = self._cache_totals()
             except Exception:
                 log.exception("cache_totals callable failed")
-        return serving_families(snapshot, pending, totals)
+        sequences: list[tuple[str, str, int, int, int, int]] = []
+        if self._sequence_counts is not None:
+            try:
+                sequences = [
+                    (str(m), str(v), int(a), int(s), int(e), int(i))
+                    for m, v, a, s, e, i in self._sequence_counts()
+                ]
+            except Exception:
+                log.exception("sequence_counts callable failed")
+        return serving_families(snapshot, pending, totals) + sequence_families(sequences)

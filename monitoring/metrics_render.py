@@ -173,3 +173,25 @@ def serving_families(
         batch,
         *cache_families(snapshot, cache_totals),
     ]
+
+
+_SEQUENCE_FAMILIES = (
+    ("ferry_sequence_active", "Live sequences (started, not ended nor released).", "gauge"),
+    ("ferry_sequence_starts_total", "Requests that started a sequence.", "counter"),
+    ("ferry_sequence_ends_total", "Requests that ended a sequence.", "counter"),
+    (
+        "ferry_sequence_idle_releases_total",
+        "Sequences released after max_sequence_idle_microseconds without a request.",
+        "counter",
+    ),
+)
+
+
+def sequence_families(rows: list[tuple[str, str, int, int, int, int]]) -> list[Family]:
+    """The sequence batcher's families: one sample per sequence-batched model version."""
+    families = [Family(name, doc, kind) for name, doc, kind in _SEQUENCE_FAMILIES]
+    for model, version, *values in rows:
+        labels = {"model": model, "version": version}
+        for family, value in zip(families, values, strict=True):
+            family.add(labels, value)
+    return families

@@ -106,6 +106,7 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
     cache = ResponseCache(settings.cache.size_bytes) if settings.cache.size_bytes else None
     monitors = build_monitors(
         pending_requests=lambda: repository_ref[0].pending_request_counts(),
+        sequence_counts=lambda: repository_ref[0].sequence_counts(),
         drift_enabled=settings.drift_enabled,
         drift_window=settings.drift_window,
         drift_alpha=settings.drift_alpha,

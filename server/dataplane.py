@@ -29,6 +29,7 @@ from server.observers import ObserverFanout
 from server.operations import CacheLookup, Operations
 from server.repository import ModelRepository, parse_version
 from server.repository_format import ModelConfig
+from server.sequence import SequenceBatcher
 from server.settings import ModelControlMode
 from server.shared_memory import SharedMemoryManager
 from server.trace_settings import Change
@@ -37,8 +38,10 @@ from server.types import InferenceRequest, InferenceResponse, datatype_of
 from server.version import __version__
 
 SERVER_NAME = "ferry"
+SEQUENCE_DRAIN_POLL_S = 0.02
 EXTENSIONS = (
     "classification",
+    "sequence",
     "model_repository",
     "model_repository(unload_dependents)",
     "schedule_policy",
@@ -165,6 +168,18 @@ class DataPlane:
 
     # --- inference -----------------------------------------------------------------------------
 
+    def _check_accepting(self, request: InferenceRequest) -> None:
+        """While the server drains, only requests of sequence models pass (their scheduler
+        serves live sequences and refuses new ones, as Triton's)."""
+        if self.accepting:
+            return
+        try:
+            model = self.repository.get(request.model_name, request.model_version)
+        except ServingError:
+            model = None
+        if model is None or not isinstance(model.scheduler, SequenceBatcher):
+            raise ServingError(ErrorKind.UNAVAILABLE, "Server is shutting down")
+
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
         """Validate, queue, run and post-process one request; observers see its outcome.
 
@@ -173,8 +188,7 @@ class DataPlane:
         ops = self.ops
         started = time.perf_counter()
         try:
-            if not self.accepting:
-                raise ServingError(ErrorKind.UNAVAILABLE, "Server is shutting down")
+            self._check_accepting(request)
             model = self.repository.get(request.model_name, request.model_version)
             if model.decoupled:
                 raise decoupled_unsupported(request.protocol)
@@ -268,10 +282,11 @@ class DataPlane:
             return
         ops = self.ops
         started = time.perf_counter()
-        if not self.accepting:
-            error = ServingError(ErrorKind.UNAVAILABLE, "Server is shutting down")
-            ops.request_log.failure(request, model.name, model.version, 0.0, error)
-            raise error
+        try:
+            self._check_accepting(request)
+        except ServingError as exc:
+            ops.request_log.failure(request, model.name, model.version, 0.0, exc)
+            raise
         trace = ops.tracer.start(model.name, model.version, request) if ops.tracer.active else None
         self._inflight += 1
         self._idle.clear()
@@ -460,10 +475,23 @@ class DataPlane:
             raise invalid(f"Request for unknown model : {model}") from None
 
     async def drain(self, timeout_s: float) -> bool:
-        """Refuse new requests and wait for accepted ones; False if the timeout ran out."""
+        """Refuse new requests and wait for accepted ones and for live sequences to end (or be
+        released when idle), as Triton; False if the timeout ran out."""
         self.accepting = False
+        sequences = [
+            v.scheduler
+            for v in self.repository.ready_versions()
+            if isinstance(v.scheduler, SequenceBatcher)
+        ]
+        for scheduler in sequences:
+            scheduler.stop()
+        deadline = time.monotonic() + timeout_s
         try:
             await asyncio.wait_for(self._idle.wait(), timeout=timeout_s)
+            while any(s.live_count for s in sequences) or not self._idle.is_set():
+                if time.monotonic() >= deadline:
+                    return False
+                await asyncio.sleep(SEQUENCE_DRAIN_POLL_S)
         except TimeoutError:
             return False
         return True

@@ -154,7 +154,14 @@ def start_version(
             )
 
     build = SCHEDULER_BY_CHOICE[scheduling_choice(config)]
-    scheduler = build(config, instances, [spec.name for spec in output_specs], on_batch, services)
+    scheduler = build(
+        config,
+        instances,
+        [spec.name for spec in output_specs],
+        on_batch,
+        services,
+        model_dir=version_path.parent,
+    )
     return ModelVersion(
         name=name,
         version=version_str,

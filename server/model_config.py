@@ -24,6 +24,7 @@ from server.repository_format import (
     version_numbers,
 )
 from server.runtimes import complete_config
+from server.sequence.policy import SequencePolicy
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,8 @@ def prepare(
     base = complete_config(base, name, model_dir / str(versions[-1]))
     base.name = base.name or name
     validate(base, name)
+    if base.HasField("sequence_batching"):  # Triton's checks; reads initial_state files
+        SequencePolicy.from_config(base, model_dir)
     normalize_config(base)
     return PreparedModel(
         config=base,

@@ -41,6 +41,7 @@ from server.repository_format import (
     read_config,
 )
 from server.runtimes import RuntimeContext
+from server.sequence import SequenceBatcher
 from server.services import InferenceServices
 from server.settings import ModelControlMode
 from server.warmup import load_warm_instances, record_warmup
@@ -182,6 +183,16 @@ class ModelRepository:
         """Every READY version of every model."""
         for entry in self._entries.values():
             yield from entry.versions.values()
+
+    def sequence_counts(self) -> list[tuple[str, str, int, int, int, int]]:
+        """(model, version, live sequences, starts, ends, idle releases) of the versions that
+        run the sequence batcher."""
+        rows = []
+        for v in self.ready_versions():
+            if isinstance(v.scheduler, SequenceBatcher):
+                c = v.scheduler.counts()
+                rows.append((v.name, v.version, c.active, c.starts, c.ends, c.idle_releases))
+        return rows
 
     def pending_request_counts(self) -> list[tuple[str, str, int]]:
         """(model, version, queued requests) for the pending-request gauge."""
