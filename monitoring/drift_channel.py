@@ -232,6 +232,8 @@ class DriftChannel:
         for scope, drifted in decision.items():
             self.detections_total[scope] = self.detections_total.get(scope, 0) + int(drifted)
             self.consecutive[scope] = self.consecutive.get(scope, 0) + 1 if drifted else 0
+            if drifted:
+                self._log_detection(scope, rows.shape[0], signals)
         record = window_record(self.windows_total, rows.shape[0], closed_by, decision, signals)
         self._last = (record, stats, n, m)
 
@@ -255,3 +257,23 @@ class DriftChannel:
         if self._last is last:  # else a newer window came meanwhile; this reader keeps its own
             self._last = (complete, None, n, m)
         return complete
+
+    def _log_detection(self, scope: str, rows: int, signals: list[dict[str, Any]]) -> None:
+        """One WARNING per drifted scope of a window, naming its most shifted signals."""
+        shifted = sorted(
+            (s for s in signals if s["scope"] == scope and s["drifted"]),
+            key=lambda s: s["statistic"] - s["threshold"],
+            reverse=True,
+        )
+        log.warning(
+            "drift detected for %s/%s (%s) in window %d of %d rows: %s",
+            self.model,
+            self.version,
+            scope,
+            self.windows_total,
+            rows,
+            ", ".join(
+                f"{s['name']} (KS {s['statistic']:.3f} > {s['threshold']:.3f})" for s in shifted[:3]
+            )
+            + (f" and {len(shifted) - 3} more" if len(shifted) > 3 else ""),
+        )

@@ -100,6 +100,16 @@ def validate(config: ModelConfig, name: str) -> None:
         if any(d == 0 or d < -1 for d in tensor.dims):
             raise ModelConfigError(f"tensor '{tensor.name}' has invalid dims {list(tensor.dims)}")
     tensor_specs(config)  # raises on an invalid data_type
+    if config.response_cache.enable and config.HasField("sequence_batching"):
+        raise ModelConfigError(
+            f"Response Cache does not currently support model {name} with sequence batching "
+            "scheduler. Please disable the response cache."
+        )
+    if config.response_cache.enable and config.model_transaction_policy.decoupled:
+        raise ModelConfigError(
+            f"Response Cache does not currently support model {name} with 'decoupled' "
+            "transaction policy. Please disable the response cache."
+        )
     padding_plan(config)  # raises on a padding declaration that does not fit the config
     if is_ensemble(config):
         validate_ensemble(config)

@@ -102,7 +102,7 @@ def _ensemble(
     services: InferenceServices | None,
     model_dir: Path | None = None,
 ) -> Scheduler:
-    return ensemble_scheduler(config, services)
+    return ensemble_scheduler(config, services, on_batch)
 
 
 SCHEDULER_BY_CHOICE: dict[str, SchedulerBuilder] = {
