@@ -232,7 +232,7 @@ class DriftChannel:
         for scope, drifted in decision.items():
             self.detections_total[scope] = self.detections_total.get(scope, 0) + int(drifted)
             self.consecutive[scope] = self.consecutive.get(scope, 0) + 1 if drifted else 0
-            if drifted:
+            if drifted and self.consecutive[scope] == 1:  # once per run of drifted windows
                 self._log_detection(scope, rows.shape[0], signals)
         record = window_record(self.windows_total, rows.shape[0], closed_by, decision, signals)
         self._last = (record, stats, n, m)
@@ -259,7 +259,8 @@ class DriftChannel:
         return complete
 
     def _log_detection(self, scope: str, rows: int, signals: list[dict[str, Any]]) -> None:
-        """One WARNING per drifted scope of a window, naming its most shifted signals."""
+        """One WARNING when a scope starts drifting (not one per window: at load a window closes
+        every fraction of a second), naming its most shifted signals."""
         shifted = sorted(
             (s for s in signals if s["scope"] == scope and s["drifted"]),
             key=lambda s: s["statistic"] - s["threshold"],
