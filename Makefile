@@ -19,7 +19,7 @@ METRICS_PORT ?= 8002
 PYTEST_ARGS ?=
 
 .PHONY: help install serve test test-unit test-integration test-gpu lint typecheck fmt bench bench-python \
-        proto-stubs fuzz \
+        bench-sequence proto-stubs fuzz \
         example-repo system-deps triton-server image image-gpu clean
 
 help:
@@ -110,6 +110,10 @@ bench: $(STAMP) system-deps
 # Python models vs the real Triton, the text ensemble vs the encoder alone, BLS cost per call
 bench-python: $(STAMP) system-deps $(TRITON_STAMP)
 	PYTHONPATH=. $(BIN)/python -m bench.python_models $(BENCH_ARGS)
+
+# a GRU step model, 64 concurrent sequences: served steps/s vs in-process ORT batched 64
+bench-sequence: $(STAMP) system-deps
+	PYTHONPATH=. $(BIN)/python -m bench.sequence_batching $(BENCH_ARGS)
 
 image:
 	docker build --target cpu -t ferry:cpu .

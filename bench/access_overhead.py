@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.serving import grpc_load, prepare_artifacts, serve, write_payloads, wrk
+from bench.serving import grpc_load, prepare_artifacts, write_payloads, wrk
+from bench.setups import alternate_rounds, print_medians
 
 ADMIN = "model-repository,shared-memory,statistics,model-config:admin-key=admin-secret"
 INFERENCE = "inference:infer-key=infer-secret"
@@ -108,38 +109,15 @@ def main() -> None:
     setups = {name: (here, extra) for name, extra in SETUPS.items()}
     if args.baseline is not None:
         setups = {"baseline": (args.baseline.resolve(), []), **setups}
-    results: dict[str, list[dict[str, float]]] = {name: [] for name in setups}
-    servers = {
-        name: serve(repo, ["--no-drift", *extra], source, f"serve-{index}.log")
-        for index, (name, (source, extra)) in enumerate(setups.items())
-    }
-    try:
-        for round_index in range(args.rounds):
-            for name, (_, http_url, grpc_url, _) in servers.items():
-                result = measure(
-                    http_url,
-                    grpc_url,
-                    payloads,
-                    header_length,
-                    name,
-                    args.concurrency,
-                    args.seconds,
-                )
-                results[name].append(result)
-                print(f"round {round_index + 1} {name:22s} {result}", flush=True)
-    finally:
-        for process, _, _, _ in servers.values():
-            process.terminate()
-            process.wait()
-    first = next(iter(setups))
-    print(f"\nmedian req/s at c={args.concurrency}, ratio to '{first}':")
-    for protocol in ("http", "grpc"):
-        reference = sorted(r[protocol] for r in results[first])[args.rounds // 2]
-        for name, runs in results.items():
-            values = sorted(r[protocol] for r in runs if protocol in r)
-            if values:
-                median = values[len(values) // 2]
-                print(f"  {protocol:4s} {name:22s} {median:8.0f}  x{median / reference:.3f}")
+    results = alternate_rounds(
+        repo,
+        setups,
+        lambda name, http_url, grpc_url, _: measure(
+            http_url, grpc_url, payloads, header_length, name, args.concurrency, args.seconds
+        ),
+        args.rounds,
+    )
+    print_medians(results, args.concurrency, ("http", "grpc"))
     print("\nthe check itself, in process (ns per request):")
     for name, ns in check_cost_ns().items():
         print(f"  {name:48s} {ns:7.0f}")

@@ -13,3 +13,6 @@ EXAMPLE_SOURCES = {
     "encoder": "examples.encoder:EncoderClassifier",
 }
 EXAMPLE_NAMES = tuple(EXAMPLE_SOURCES)
+# Stateful examples: exported with `ferry export --stateful` and served by the sequence batcher.
+STATEFUL_EXAMPLE_SOURCES = {"timeseries": "examples.timeseries:SignalLSTM"}
+ALL_EXAMPLE_NAMES = EXAMPLE_NAMES + tuple(STATEFUL_EXAMPLE_SOURCES)

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from examples import EXAMPLE_NAMES
+from examples import ALL_EXAMPLE_NAMES as EXAMPLE_NAMES
 from examples.common import ARTIFACTS_DIR, METRICS_FILE, WEIGHTS_FILE
 
 

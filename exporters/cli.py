@@ -145,6 +145,59 @@ def export(
         ),
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the random parity inputs.")] = 0,
+    stateful: Annotated[
+        bool,
+        typer.Option(
+            "--stateful",
+            help="A recurrent model whose forward takes and returns its state "
+            "(forward(x, h) -> (y, h)): export the step with the state as inputs and outputs, "
+            "check whole sequences step by step against PyTorch, and serve it with Triton's "
+            "sequence batcher keeping the state (config.pbtxt sequence_batching).",
+            rich_help_panel="Stateful models",
+        ),
+    ] = False,
+    state: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--state",
+            help="With --stateful: a state tensor NAME:DTYPE:DIMS (batch-first, DIMS without "
+            "the batch dim, fixed sizes), a forward parameter bound by name like --input; "
+            "forward returns its new value (as NAME_out) after the outputs. Repeatable, in "
+            "the order forward returns the states.",
+            rich_help_panel="Stateful models",
+        ),
+    ] = None,
+    control: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--control",
+            help="With --stateful: a control tensor forward takes, one of start, end, ready "
+            "(INT32 0/1) or corrid (INT64 sequence id), [batch, 1], bound by name like "
+            "--input (the forward parameter has that name). Repeatable.",
+            rich_help_panel="Stateful models",
+        ),
+    ] = None,
+    sequence_length: Annotated[
+        int,
+        typer.Option(
+            help="With --stateful: steps of the whole-sequence parity check.",
+            rich_help_panel="Stateful models",
+        ),
+    ] = 16,
+    sequence_strategy: Annotated[
+        str,
+        typer.Option(
+            help="With --stateful: the sequence batcher's strategy, direct or oldest.",
+            rich_help_panel="Stateful models",
+        ),
+    ] = "direct",
+    max_sequence_idle_us: Annotated[
+        int,
+        typer.Option(
+            help="With --stateful: a sequence without a request for this long is released.",
+            rich_help_panel="Stateful models",
+        ),
+    ] = 1_000_000,
 ) -> None:
     """Export a PyTorch model to ONNX with dynamic dims, prove parity, write a repository entry.
 
@@ -157,6 +210,7 @@ def export(
     from exporters.errors import ExportError
     from exporters.parity import ParityReport
     from exporters.pipeline import ExportOptions, run_export
+    from exporters.stateful import StatefulOptions, run_stateful_export
 
     console = Console(stderr=False, width=max(Console().width, 120))
     progress = ConsoleProgress(console)
@@ -183,7 +237,19 @@ def export(
             trust_pickled_module=trust_pickled_module,
             seed=seed,
         )
-        result = run_export(options, progress)
+        if stateful:
+            sequence = StatefulOptions(
+                tuple(state or ()),
+                tuple(control or ()),
+                sequence_length,
+                sequence_strategy,
+                max_sequence_idle_us,
+            )
+            result = run_stateful_export(options, sequence, progress)
+        elif state or control:
+            raise ExportError("--state and --control need --stateful", stage="load")
+        else:
+            result = run_export(options, progress)
     except ExportError as exc:
         progress.stop()
         if isinstance(exc.detail, ParityReport):

@@ -17,12 +17,12 @@ from exporters.errors import ExportError, summarize_exception
 from exporters.onnx_export import export_onnx, model_opset
 from exporters.options import ExportOptions
 from exporters.parity import ParityReport, check_parity
-from exporters.prepare import prepare
+from exporters.prepare import PreparedModel, prepare
 from exporters.report import build_report, write_report
 from exporters.specs import IOSpec, check_data_matches, load_npz
-from server.repository_format import EXPORT_REPORT_FILENAME, REFERENCE_FILENAME
+from server.repository_format import EXPORT_REPORT_FILENAME, REFERENCE_FILENAME, ModelConfig
 
-__all__ = ["ExportOptions", "ExportResult", "StageListener", "run_export"]
+__all__ = ["ExportOptions", "ExportResult", "ExportVariant", "StageListener", "run_export"]
 
 
 @dataclass
@@ -62,7 +62,25 @@ class _Silent:
         return None
 
 
-def run_export(options: ExportOptions, listener: StageListener | None = None) -> ExportResult:
+class ExportVariant(Protocol):
+    """A variant of the export (exporters/stateful.py): a further check of the exported file
+    and a final edit of config.pbtxt."""
+
+    def extra_verify(self, prepared: PreparedModel, model_path: Path) -> dict[str, Any]:
+        """After the parity gate: raise ExportError to refuse the file, or return sections
+        for export_report.json."""
+        ...
+
+    def edit_config(self, config: ModelConfig) -> None:
+        """The config.pbtxt to publish, edited in place."""
+        ...
+
+
+def run_export(
+    options: ExportOptions,
+    listener: StageListener | None = None,
+    variant: ExportVariant | None = None,
+) -> ExportResult:
     """Export, verify and write one repository entry; raises ExportError on any failure."""
     tell = listener or _Silent()
     timings: dict[str, float] = {}
@@ -144,6 +162,7 @@ def run_export(options: ExportOptions, listener: StageListener | None = None) ->
                 f"max abs error {parity.max_abs_error():.2e} "
                 f"({parity.max_error_to_scale():.1e} of the output scale)"
             )
+            extra_report = variant.extra_verify(prepared, model_path) if variant is not None else {}
         with stage("write", f"writing {model_dir}") as detail:
             reference_name = None
             if reference is not None:
@@ -172,6 +191,7 @@ def run_export(options: ExportOptions, listener: StageListener | None = None) ->
                 generated_inputs={name: r.to_json() for name, r in prepared.ranges.items()},
                 notes=notes,
             )
+            report.update(extra_report)
             write_report(version_files / EXPORT_REPORT_FILENAME, report)
             config = repository.build_config(
                 options.name,
@@ -180,6 +200,8 @@ def run_export(options: ExportOptions, listener: StageListener | None = None) ->
                 options.max_batch_size,
                 repository.existing_config(model_dir),
             )
+            if variant is not None:
+                variant.edit_config(config)
             version_dir = repository.publish(
                 options.repository, options.name, version, version_files, config, options.overwrite
             )

@@ -42,8 +42,10 @@ register_monitoring(app)
 register_bench(app)
 
 
-# Piped, Rich assumes 80 columns and cuts option names in --help tables ("--model-reposit…").
-PIPED_HELP_WIDTH = 160
+# Piped, Rich assumes 80 columns and cuts option names in --help tables ("--model-reposit…");
+# 180 fits the longest (Triton's --grpc-http2-min-recv-ping-interval-without-data, 46 characters)
+# beside its help text.
+PIPED_HELP_WIDTH = 180
 
 
 def use_wide_help_when_piped() -> None:

@@ -11,7 +11,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from monitoring.drift import DriftMonitor
 from monitoring.families import CONTENT_TYPE, render_registry
 from monitoring.loop_lag import LoopLagProbe
-from monitoring.metrics import PendingCounts, ServingMetrics
+from monitoring.metrics import CacheTotals, PendingCounts, SequenceCounts, ServingMetrics
 from monitoring.observer import InferenceObserver
 
 
@@ -71,12 +71,14 @@ class Monitors:
 
 def build_monitors(
     pending_requests: PendingCounts | None = None,
+    sequence_counts: SequenceCounts | None = None,
     drift_enabled: bool = True,
     drift_window: int = 1000,
     drift_alpha: float = 0.05,
     drift_baseline_samples: int = 0,
     drift_max_window_age_s: float = 600.0,
     loop_lag_probe: bool = False,
+    cache_totals: CacheTotals | None = None,
 ) -> Monitors:
     """Build the metrics and drift observers with the server's settings."""
     if drift_window < 2 or not 0.0 < drift_alpha < 1.0 or drift_baseline_samples < 0:
@@ -84,7 +86,7 @@ def build_monitors(
             "need --drift-window >= 2, 0 < --drift-alpha < 1, --drift-baseline-samples >= 0"
         )
     return Monitors(
-        ServingMetrics(pending_requests),
+        ServingMetrics(pending_requests, sequence_counts, cache_totals),
         DriftMonitor(
             drift_enabled, drift_window, drift_alpha, drift_baseline_samples, drift_max_window_age_s
         ),

@@ -12,7 +12,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from monitoring.drift_decision import decide_window, window_record
-from monitoring.ks import calibrate_signal_alpha, ks_threshold, window_p_values
+from monitoring.ks import calibrate_signal_alpha, ks_p_values, ks_threshold, window_statistics
 from monitoring.observer import RequestRecord
 from monitoring.reference import Reference
 from monitoring.signals import SignalError, SignalSpec, compute_signals, predicted_classes
@@ -58,7 +58,8 @@ class DriftChannel:
         self.windows_total = 0
         self.detections_total: dict[str, int] = {}
         self.consecutive: dict[str, int] = {}
-        self.last: dict[str, Any] | None = None
+        # the last window's record, with what its p-values need while they are not computed
+        self._last: tuple[dict[str, Any], FloatArray | None, int, int] | None = None
         self.last_evaluation_s = 0.0
         self.class_counts: NDArray[np.int64] = np.zeros(0, dtype=np.int64)
 
@@ -218,7 +219,7 @@ class DriftChannel:
     def _evaluate(self, rows: FloatArray, closed_by: str) -> None:
         assert self.sorted_reference is not None and self.thresholds is not None
         assert self.spec is not None
-        stats, p_values = window_p_values(self.sorted_reference, rows)
+        stats = window_statistics(self.sorted_reference, rows)
         n, m = rows.shape[0], self.sorted_reference.shape[0]
         thresholds = (
             self.thresholds
@@ -227,10 +228,53 @@ class DriftChannel:
         )
         self.windows_total += 1
         self.last_evaluation_s = time.time()
-        decision, signals = decide_window(
-            self.spec.names, self.spec.scopes, stats, p_values, thresholds
-        )
+        decision, signals = decide_window(self.spec.names, self.spec.scopes, stats, thresholds)
         for scope, drifted in decision.items():
             self.detections_total[scope] = self.detections_total.get(scope, 0) + int(drifted)
             self.consecutive[scope] = self.consecutive.get(scope, 0) + 1 if drifted else 0
-        self.last = window_record(self.windows_total, rows.shape[0], closed_by, decision, signals)
+            if drifted and self.consecutive[scope] == 1:  # once per run of drifted windows
+                self._log_detection(scope, rows.shape[0], signals)
+        record = window_record(self.windows_total, rows.shape[0], closed_by, decision, signals)
+        self._last = (record, stats, n, m)
+
+    @property
+    def last(self) -> dict[str, Any] | None:
+        """The last window's record. Its p-values are computed at the first read, not for every
+        window: scipy's kstwo.sf is half of a window's evaluation cost, and at a window every
+        0.1 s most records are never read (a scrape reads one a second at most)."""
+        last = self._last  # one read: the drift thread replaces the whole tuple
+        if last is None:
+            return None
+        record, stats, n, m = last
+        if stats is None:
+            return record
+        p_values = ks_p_values(stats, m, n)
+        signals = [
+            {**signal, "p_value": float(p)}
+            for signal, p in zip(record["signals"], p_values, strict=True)
+        ]
+        complete = {**record, "signals": signals}
+        if self._last is last:  # else a newer window came meanwhile; this reader keeps its own
+            self._last = (complete, None, n, m)
+        return complete
+
+    def _log_detection(self, scope: str, rows: int, signals: list[dict[str, Any]]) -> None:
+        """One WARNING when a scope starts drifting (not one per window: at load a window closes
+        every fraction of a second), naming its most shifted signals."""
+        shifted = sorted(
+            (s for s in signals if s["scope"] == scope and s["drifted"]),
+            key=lambda s: s["statistic"] - s["threshold"],
+            reverse=True,
+        )
+        log.warning(
+            "drift detected for %s/%s (%s) in window %d of %d rows: %s",
+            self.model,
+            self.version,
+            scope,
+            self.windows_total,
+            rows,
+            ", ".join(
+                f"{s['name']} (KS {s['statistic']:.3f} > {s['threshold']:.3f})" for s in shifted[:3]
+            )
+            + (f" and {len(shifted) - 3} more" if len(shifted) > 3 else ""),
+        )

@@ -17,10 +17,11 @@ def decide_window(
     names: Sequence[str],
     scopes: Sequence[str],
     stats: NDArray[np.float64],
-    p_values: NDArray[np.float64],
     thresholds: NDArray[np.float64],
 ) -> tuple[dict[str, bool], list[dict[str, Any]]]:
-    """The decision per scope present, and each signal's figures for the JSON detail."""
+    """The decision per scope present, and each signal's figures for the JSON detail (its
+    `p_value` is None: the decision needs only the thresholds, and the channel fills p-values in
+    when the record is read)."""
     drifted = stats > thresholds
     scope_of = np.array(scopes)
     decision = {
@@ -34,13 +35,11 @@ def decide_window(
             "scope": scope,
             "method": "ks",
             "statistic": float(d),
-            "p_value": float(p),
+            "p_value": None,
             "threshold": float(t),
             "drifted": bool(x),
         }
-        for name, scope, d, p, t, x in zip(
-            names, scopes, stats, p_values, thresholds, drifted, strict=True
-        )
+        for name, scope, d, t, x in zip(names, scopes, stats, thresholds, drifted, strict=True)
     ]
     return decision, signals
 

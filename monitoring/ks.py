@@ -45,10 +45,16 @@ def window_p_values(
     sorted_reference: FloatArray,
     window: FloatArray,
 ) -> tuple[FloatArray, FloatArray]:
-    """Per-signal D and asymptotic p-value (one vectorised kstwo call: it costs ms per call)."""
+    """Per-signal D and asymptotic p-value."""
     stats = window_statistics(sorted_reference, window)
-    en = effective_size(sorted_reference.shape[0], window.shape[0])
-    return stats, np.clip(distributions.kstwo.sf(stats, en), 0.0, 1.0)
+    return stats, ks_p_values(stats, sorted_reference.shape[0], window.shape[0])
+
+
+def ks_p_values(stats: FloatArray, n: int, m: int) -> FloatArray:
+    """Asymptotic p-values of the distances `stats` for sizes n, m: one vectorised kstwo call,
+    which still costs about 0.2 ms a signal (as much as computing D)."""
+    p_values = distributions.kstwo.sf(stats, effective_size(n, m))
+    return np.asarray(np.clip(p_values, 0.0, 1.0), dtype=np.float64)
 
 
 MIN_ROWS_PER_WINDOW = 4  # calibrate only with a reference of at least 4 windows

@@ -4,29 +4,46 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from monitoring.families import Family
-from monitoring.metrics_render import serving_families
+from monitoring.metrics_render import sequence_families, serving_families
 from monitoring.observer import (
     BatchRecord,
     ModelEventRecord,
     ObservedRecord,
     RequestRecord,
 )
-from monitoring.serving_stats import LATENCY_BUCKETS_S, Histogram, VersionStats, snapshot_copy
+from monitoring.serving_stats import (
+    LATENCY_BUCKETS_S,
+    CacheStats,
+    Histogram,
+    VersionStats,
+    snapshot_copy,
+)
 
 log = logging.getLogger("ferry.monitoring.metrics")
 
 PendingCounts = Callable[[], Iterable[tuple[str, str, int]]]
+# (model, version, live sequences, starts, ends, idle releases) per sequence-batched version
+SequenceCounts = Callable[[], Iterable[tuple[str, str, int, int, int, int]]]
+# the response cache's totals over all models: nv_cache_* gauge name (no prefix) -> value
+CacheTotals = Callable[[], Mapping[str, float]]
 _US = 1e6
 
 
 class ServingMetrics:
     """Observer that keeps per-version counters and histograms; updates are short dict edits."""
 
-    def __init__(self, pending_requests: PendingCounts | None = None) -> None:
+    def __init__(
+        self,
+        pending_requests: PendingCounts | None = None,
+        sequence_counts: SequenceCounts | None = None,
+        cache_totals: CacheTotals | None = None,
+    ) -> None:
         self._pending_requests = pending_requests
+        self._sequence_counts = sequence_counts
+        self._cache_totals = cache_totals
         self._stats: dict[tuple[str, str], VersionStats] = {}
         self._known_models: set[str] = set()
         self._lock = threading.Lock()
@@ -64,20 +81,34 @@ class ServingMetrics:
             stats.failure[reason] += 1
             return
         stats.success += 1
-        stats.inference_count += r.batch_size
         stats.request_us += r.request_duration_s * _US
         stats.queue_us += r.queue_duration_s * _US
+        if r.cache_hit is not None:
+            cache = stats.cache = stats.cache or CacheStats()
+            if r.cache_hit:  # no inference, no compute (Triton's counting)
+                cache.hits += 1
+                cache.hit_us += r.cache_duration_s * _US
+                ServingMetrics._request_histogram(stats, r)
+                stats.queue_s.observe(0.0)
+                return
+            cache.misses += 1
+            cache.miss_us += r.cache_duration_s * _US
+        stats.inference_count += r.batch_size
         stats.compute_input_us += r.compute_input_duration_s * _US
         stats.compute_infer_us += r.compute_infer_duration_s * _US
         stats.compute_output_us += r.compute_output_duration_s * _US
-        histogram = stats.request_s.get(r.protocol)
-        if histogram is None:
-            histogram = stats.request_s[r.protocol] = Histogram(LATENCY_BUCKETS_S)
-        histogram.observe(r.request_duration_s)
+        ServingMetrics._request_histogram(stats, r)
         stats.queue_s.observe(r.queue_duration_s)
         stats.compute_s.observe(
             r.compute_input_duration_s + r.compute_infer_duration_s + r.compute_output_duration_s
         )
+
+    @staticmethod
+    def _request_histogram(stats: VersionStats, r: RequestRecord) -> None:
+        histogram = stats.request_s.get(r.protocol)
+        if histogram is None:
+            histogram = stats.request_s[r.protocol] = Histogram(LATENCY_BUCKETS_S)
+        histogram.observe(r.request_duration_s)
 
     def _event(self, event: ModelEventRecord) -> None:
         key = (event.model, event.version)
@@ -100,4 +131,19 @@ class ServingMetrics:
                 pending = [(str(m), str(v), int(c)) for m, v, c in self._pending_requests()]
             except Exception:
                 log.exception("pending_requests callable failed")
-        return serving_families(snapshot, pending)
+        totals: Mapping[str, float] | None = None
+        if self._cache_totals is not None:
+            try:
+                totals = self._cache_totals()
+            except Exception:
+                log.exception("cache_totals callable failed")
+        sequences: list[tuple[str, str, int, int, int, int]] = []
+        if self._sequence_counts is not None:
+            try:
+                sequences = [
+                    (str(m), str(v), int(a), int(s), int(e), int(i))
+                    for m, v, a, s, e, i in self._sequence_counts()
+                ]
+            except Exception:
+                log.exception("sequence_counts callable failed")
+        return serving_families(snapshot, pending, totals) + sequence_families(sequences)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from monitoring.families import Family
 from monitoring.serving_stats import VersionStats
 
@@ -49,9 +51,57 @@ _TRITON_COUNTERS = (
 )
 
 
+# Triton's response cache series: per model (from requests) and over all models (gauges)
+_CACHE_PER_MODEL = (
+    ("nv_cache_num_hits_per_model", "Number of cache hits per model", "hits"),
+    (
+        "nv_cache_hit_duration_per_model",
+        "Total cache hit duration per model, in microseconds",
+        "hit_us",
+    ),
+    ("nv_cache_num_misses_per_model", "Number of cache misses per model", "misses"),
+    (
+        "nv_cache_miss_duration_per_model",
+        "Total cache miss (insert+lookup) duration per model, in microseconds",
+        "miss_us",
+    ),
+)
+CACHE_TOTALS = (
+    ("util", "Cache utilization [0.0 - 1.0]"),
+    ("num_entries", "Number of responses stored in response cache"),
+    ("num_hits", "Number of cache hits in response cache"),
+    ("num_misses", "Number of cache misses in response cache"),
+    ("num_lookups", "Number of cache lookups in response cache"),
+    ("num_evictions", "Number of cache evictions in response cache"),
+    ("lookup_duration", "Total cache lookup duration (hit and miss), in microseconds"),
+    ("insertion_duration", "Total cache insertion duration, in microseconds"),
+)
+
+
+def cache_families(
+    snapshot: dict[tuple[str, str], VersionStats], totals: Mapping[str, float] | None
+) -> list[Family]:
+    """nv_cache_* families: per model version that uses the cache, and the cache's totals."""
+    per_model = [Family(name, doc, "counter") for name, doc, _ in _CACHE_PER_MODEL]
+    for (model, version), stats in sorted(snapshot.items()):
+        if stats.cache is None:
+            continue
+        for family, (_, _, attr) in zip(per_model, _CACHE_PER_MODEL, strict=True):
+            family.add({"model": model, "version": version}, getattr(stats.cache, attr))
+    if totals is None:
+        return per_model
+    gauges = []
+    for key, doc in CACHE_TOTALS:
+        gauge = Family(f"nv_cache_{key}", doc, "gauge")
+        gauge.add({}, totals.get(key, 0.0))
+        gauges.append(gauge)
+    return per_model + gauges
+
+
 def serving_families(
     snapshot: dict[tuple[str, str], VersionStats],
     pending: list[tuple[str, str, int]],
+    cache_totals: Mapping[str, float] | None = None,
 ) -> list[Family]:
     """All serving families, in a stable order; empty families are still described."""
     success = Family(*_TRITON_COUNTERS[0][:2], "counter")
@@ -121,4 +171,27 @@ def serving_families(
         queue,
         compute,
         batch,
+        *cache_families(snapshot, cache_totals),
     ]
+
+
+_SEQUENCE_FAMILIES = (
+    ("ferry_sequence_active", "Live sequences (started, not ended nor released).", "gauge"),
+    ("ferry_sequence_starts_total", "Requests that started a sequence.", "counter"),
+    ("ferry_sequence_ends_total", "Requests that ended a sequence.", "counter"),
+    (
+        "ferry_sequence_idle_releases_total",
+        "Sequences released after max_sequence_idle_microseconds without a request.",
+        "counter",
+    ),
+)
+
+
+def sequence_families(rows: list[tuple[str, str, int, int, int, int]]) -> list[Family]:
+    """The sequence batcher's families: one sample per sequence-batched model version."""
+    families = [Family(name, doc, kind) for name, doc, kind in _SEQUENCE_FAMILIES]
+    for model, version, *values in rows:
+        labels = {"model": model, "version": version}
+        for family, value in zip(families, values, strict=True):
+            family.add(labels, value)
+    return families

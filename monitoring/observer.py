@@ -43,6 +43,10 @@ class RequestRecord:
     failure_reason: str | None = None
     inputs: Mapping[str, np.ndarray] | None = None
     outputs: Mapping[str, np.ndarray] | None = None
+    # response cache: None when the model does not use it; True for a hit (no inference, no
+    # compute: outputs stay None), False for a miss; the cache's lookup (+ insertion) time
+    cache_hit: bool | None = None
+    cache_duration_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ accumulates and the renderer turns into metric families."""
 from __future__ import annotations
 
 import bisect
+import dataclasses
 from dataclasses import dataclass, field
 
 # Inference latencies: 100 µs .. 60 s.
@@ -66,6 +67,18 @@ class VersionStats:
     batch_size: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS))
     ready: float | None = None
     load_duration_s: float | None = None
+    # response cache (nv_cache_*_per_model); None until a request of a caching model is seen
+    cache: CacheStats | None = None
+
+
+@dataclass
+class CacheStats:
+    """Response cache counters of one model version."""
+
+    hits: int = 0
+    misses: int = 0
+    hit_us: float = 0.0
+    miss_us: float = 0.0
 
 
 def snapshot_copy(stats: VersionStats) -> VersionStats:
@@ -92,4 +105,5 @@ def snapshot_copy(stats: VersionStats) -> VersionStats:
         hist(stats.batch_size),
         stats.ready,
         stats.load_duration_s,
+        None if stats.cache is None else dataclasses.replace(stats.cache),
     )

@@ -19,12 +19,17 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from examples import EXAMPLE_NAMES, EXAMPLE_SOURCES  # noqa: E402
+from examples import (  # noqa: E402
+    ALL_EXAMPLE_NAMES,
+    EXAMPLE_SOURCES,
+    STATEFUL_EXAMPLE_SOURCES,
+)
 from examples.common import ARTIFACTS_DIR, WEIGHTS_FILE  # noqa: E402
 from examples.pipelines import write_pipelines  # noqa: E402
 from examples.train import ensure_trained  # noqa: E402
 from exporters.errors import ExportError  # noqa: E402
 from exporters.pipeline import ExportOptions, run_export  # noqa: E402
+from exporters.stateful import StatefulOptions, run_stateful_export  # noqa: E402
 
 
 def _reference_builder_available() -> bool:
@@ -47,6 +52,9 @@ def build(repository: Path, artifacts: Path, names: list[str]) -> int:
         metrics = ensure_trained(name, artifacts)
         trained_s = time.perf_counter() - started
         data = artifacts / name
+        if name in STATEFUL_EXAMPLE_SOURCES:
+            failures += _build_stateful(repository, name, data)
+            continue
         options = ExportOptions(
             source=EXAMPLE_SOURCES[name],
             name=name,
@@ -74,6 +82,30 @@ def build(repository: Path, artifacts: Path, names: list[str]) -> int:
     return failures
 
 
+def _build_stateful(repository: Path, name: str, data: Path) -> int:
+    """`ferry export --stateful` of a recurrent example; 1 on failure."""
+    example = importlib.import_module(f"examples.{name}")
+    options = ExportOptions(
+        source=STATEFUL_EXAMPLE_SOURCES[name],
+        name=name,
+        repository=repository,
+        inputs=example.EXPORT_INPUTS,
+        outputs=(example.OUTPUT,),
+        weights=data / WEIGHTS_FILE,
+    )
+    try:
+        result = run_stateful_export(options, StatefulOptions(states=example.EXPORT_STATES))
+    except ExportError as exc:
+        print(f"{name}: export failed ({exc.stage}): {exc.message}", file=sys.stderr)
+        return 1
+    sequence = result.report["sequence_parity"]
+    print(
+        f"{name}: {result.version_dir} (stateful, served by the sequence batcher; "
+        f"{sequence['steps']}-step parity max abs error {sequence['max_abs_error']:.1e})"
+    )
+    return 0
+
+
 def main() -> None:
     """Parse arguments and build the repository."""
     parser = argparse.ArgumentParser(
@@ -81,7 +113,9 @@ def main() -> None:
     )
     parser.add_argument("repository", type=Path)
     parser.add_argument("--artifacts", type=Path, default=ARTIFACTS_DIR)
-    parser.add_argument("--only", nargs="+", choices=EXAMPLE_NAMES, default=list(EXAMPLE_NAMES))
+    parser.add_argument(
+        "--only", nargs="+", choices=ALL_EXAMPLE_NAMES, default=list(ALL_EXAMPLE_NAMES)
+    )
     args = parser.parse_args()
     sys.exit(1 if build(args.repository, args.artifacts, args.only) else 0)
 

@@ -12,7 +12,6 @@ import contextlib
 import logging
 import signal
 import socket
-import sys
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
@@ -25,14 +24,21 @@ from starlette.routing import Route
 from server.check import model_names, repository_problem
 from server.dataplane import DataPlane
 from server.gc_policy import apply_after_startup
+from server.logs import LogControl, configure_logging
 from server.observers import ObserverFanout
+from server.operations import Operations
 from server.protocol.grpc import create_grpc_server
 from server.protocol.http import create_http_app
 from server.protocol.http_connection import limited_protocol
 from server.protocol.http_limits import HttpLimits, http_limits
+from server.protocol.status import status_text
 from server.repository import ModelRepository
+from server.request_log import ModelEventLog, RequestLog
+from server.response_cache import ResponseCache
 from server.settings import ModelControlMode, ServerSettings
 from server.shared_memory import SharedMemoryManager
+from server.trace_settings import TraceSettings
+from server.tracing import Tracer
 from server.workers.link import WorkerLink
 
 logger = logging.getLogger("ferry")
@@ -46,7 +52,7 @@ class _Uvicorn(uvicorn.Server):
         yield
 
 
-def _uvicorn_server(app: Any, host: str, port: int, log_level: str, limits: HttpLimits) -> _Uvicorn:
+def _uvicorn_server(app: Any, host: str, port: int, limits: HttpLimits) -> _Uvicorn:
     config = uvicorn.Config(
         app,
         host=host,
@@ -55,7 +61,9 @@ def _uvicorn_server(app: Any, host: str, port: int, log_level: str, limits: Http
         http=limited_protocol(limits),
         ws="none",
         lifespan="off",
-        log_level="warning" if log_level == "info" else log_level,
+        # uvicorn's loggers go through ferry's handler, quiet unless verbose (server/logs.py)
+        log_config=None,
+        log_level=None,
         access_log=False,
         # typed int in uvicorn, used with call_later: fractions of a second work
         timeout_keep_alive=limits.keepalive_timeout_s,  # type: ignore[arg-type]
@@ -105,25 +113,39 @@ def _metrics_server(
         _metrics_app(render),
         settings.metrics_address,
         settings.metrics_port,
-        settings.log_level,
         http_limits(settings),
     )
 
 
-async def serve(settings: ServerSettings) -> int:
+def _operations(
+    settings: ServerSettings, cache: ResponseCache | None, log_control: LogControl | None
+) -> Operations:
+    """Request log, tracer, response cache and log settings as the flags set them."""
+    return Operations(
+        RequestLog(status_text, settings.log_requests, settings.log_requests_rate),
+        Tracer(TraceSettings(settings.trace)),
+        cache,
+        log_control,
+    )
+
+
+async def serve(settings: ServerSettings, log_control: LogControl | None = None) -> int:
     """Run the server until SIGTERM/SIGINT; returns the process exit code."""
     from monitoring import build_monitors
 
     repository_ref: list[ModelRepository] = []
+    cache = ResponseCache(settings.cache.size_bytes) if settings.cache.size_bytes else None
     monitors = build_monitors(
         pending_requests=lambda: repository_ref[0].pending_request_counts(),
+        sequence_counts=lambda: repository_ref[0].sequence_counts(),
         drift_enabled=settings.drift_enabled,
         drift_window=settings.drift_window,
         drift_alpha=settings.drift_alpha,
         drift_baseline_samples=settings.drift_baseline_samples,
         loop_lag_probe=settings.loop_lag_probe,
+        cache_totals=cache.totals if cache is not None else None,
     )
-    fanout = ObserverFanout(monitors.observers)
+    fanout = ObserverFanout([*monitors.observers, ModelEventLog()])
     repository = ModelRepository(
         settings.model_repository,
         settings.model_control_mode,
@@ -137,7 +159,10 @@ async def serve(settings: ServerSettings) -> int:
         if settings.worker_control is None
         else WorkerLink(settings.worker_control, settings.worker_slot)
     )
-    dataplane = DataPlane(repository, fanout, settings.strict_readiness, shared_memory, link)
+    operations = _operations(settings, cache, log_control)
+    dataplane = DataPlane(
+        repository, fanout, settings.strict_readiness, shared_memory, operations, link
+    )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -155,7 +180,6 @@ async def serve(settings: ServerSettings) -> int:
                 ),
                 settings.http_address,
                 settings.http_port,
-                settings.log_level,
                 limits,
             )
         )
@@ -289,6 +313,7 @@ async def serve(settings: ServerSettings) -> int:
         server.should_exit = True
     await asyncio.gather(*tasks, return_exceptions=True)
     monitors.close()
+    operations.close()
     if shared_memory is not None:
         shared_memory.close()
     logger.info("stopped")
@@ -315,13 +340,7 @@ def run_server(settings: ServerSettings) -> int:
 
     Returns 2 (a usage error, as for a bad flag) when the repository path is not a directory.
     """
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s"
-        + ("" if settings.worker_control is None else f"[worker {settings.worker_slot}]")
-        + ": %(message)s",
-    )
+    log_control = configure_logging(settings.log)
     problem = repository_problem(settings.model_repository)
     if problem is not None:
         logger.error("%s", problem)
@@ -338,5 +357,5 @@ def run_server(settings: ServerSettings) -> int:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        return asyncio.run(serve(settings))
-    return uvloop.run(serve(settings))
+        return asyncio.run(serve(settings, log_control))
+    return uvloop.run(serve(settings, log_control))

@@ -9,6 +9,8 @@ from typing import Annotated
 import typer
 
 from server.gc_policy import GcPolicy
+from server.logs import LogSettings, log_format_name, settings_for_level
+from server.response_cache import CacheConfigError, CacheSettings, parse_cache_config
 from server.restrictions import (
     API_GROUPS,
     GRPC_HEADER_PREFIX,
@@ -17,6 +19,7 @@ from server.restrictions import (
     parse_restricted_apis,
 )
 from server.settings import GrpcLimits, GrpcTls, GrpcTransport, ModelControlMode, ServerSettings
+from server.trace_settings import TraceConfigError, TraceSetting, parse_trace_config
 
 _LIMITS = GrpcLimits()  # the defaults shown in --help
 
@@ -290,7 +293,60 @@ def serve(
             "instead of reference.npz (0: off)."
         ),
     ] = 0,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    log_level: Annotated[
+        str,
+        typer.Option(
+            help="debug, info, warning or error (debug also lets third-party libraries log)."
+        ),
+    ] = "info",
+    log_format: Annotated[
+        str,
+        typer.Option(
+            help="text or json (one JSON object per line); Triton's default and ISO8601 are text."
+        ),
+    ] = "text",
+    log_requests: Annotated[
+        bool,
+        typer.Option(
+            help="One log line per inference request: protocol, model, version, status, "
+            "latency, batch size, request id, client address."
+        ),
+    ] = False,
+    log_requests_rate: Annotated[
+        float,
+        typer.Option(
+            help="Share of successful requests that --log-requests logs, in (0, 1]; "
+            "failures are always logged."
+        ),
+    ] = 1.0,
+    log_verbose: Annotated[
+        int | None, typer.Option(help="Triton's verbose level (>= 1: debug lines).")
+    ] = None,
+    log_info: Annotated[bool | None, typer.Option(help="Log INFO lines (Triton's flag).")] = None,
+    log_warning: Annotated[
+        bool | None, typer.Option(help="Log WARNING lines (Triton's flag).")
+    ] = None,
+    log_error: Annotated[bool | None, typer.Option(help="Log ERROR lines (Triton's flag).")] = None,
+    log_file: Annotated[
+        Path | None, typer.Option(help="Write the log to this file instead of stderr.")
+    ] = None,
+    trace_config: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="[MODE,]SETTING=VALUE",
+            help="Request tracing, Triton's flag (repeatable): rate=N,level=TIMESTAMPS,"
+            "count=N,mode=opentelemetry|triton; opentelemetry,url=http://HOST:4318/v1/traces; "
+            "opentelemetry,resource=KEY=VALUE; triton,file=PATH; triton,log-frequency=N.",
+        ),
+    ] = None,
+    cache_config: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="local,size=BYTES",
+            help="Response cache for models with response_cache { enable: true } "
+            "(Triton's flag; an LRU of BYTES shared by all models).",
+        ),
+    ] = None,
     http_restricted_api: Annotated[
         list[str] | None,
         typer.Option(
@@ -409,6 +465,13 @@ def serve(
         drift_alpha=drift_alpha,
         drift_baseline_samples=drift_baseline_samples,
         log_level=log_level,
+        log=log_settings_option(
+            log_level, log_format, log_verbose, log_info, log_warning, log_error, log_file
+        ),
+        log_requests=log_requests,
+        log_requests_rate=log_requests_rate_option(log_requests_rate),
+        trace=trace_config_option(trace_config),
+        cache=cache_config_option(cache_config),
         http_restricted_apis=restricted_apis_option(http_restricted_api, "http-restricted-api"),
         grpc_restricted_protocols=restricted_apis_option(
             grpc_restricted_protocol, "grpc-restricted-protocol", GRPC_HEADER_PREFIX
@@ -435,6 +498,57 @@ def restricted_apis_option(
         return parse_restricted_apis(specs or (), option, prefix)
     except RestrictionError as exc:
         raise typer.BadParameter(str(exc), param_hint=f"--{option}") from None
+
+
+def log_settings_option(
+    level: str,
+    log_format: str,
+    verbose: int | None,
+    info: bool | None,
+    warning: bool | None,
+    error: bool | None,
+    log_file: Path | None,
+) -> LogSettings:
+    """--log-level sets the severities; Triton's --log-verbose/-info/-warning/-error win."""
+    if level.lower() not in ("debug", "info", "warning", "error"):
+        raise typer.BadParameter(
+            f"'{level}' is not one of debug, info, warning, error", param_hint="--log-level"
+        )
+    try:
+        format_name = log_format_name(log_format)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--log-format") from None
+    if verbose is not None and verbose < 0:
+        raise typer.BadParameter("must be >= 0", param_hint="--log-verbose")
+    base = settings_for_level(level)
+    return LogSettings(
+        log_file=str(log_file or ""),
+        log_info=base.log_info if info is None else info,
+        log_warning=base.log_warning if warning is None else warning,
+        log_error=base.log_error if error is None else error,
+        log_verbose_level=base.log_verbose_level if verbose is None else verbose,
+        log_format=format_name,
+    )
+
+
+def log_requests_rate_option(rate: float) -> float:
+    if not 0.0 < rate <= 1.0:
+        raise typer.BadParameter("must be in (0, 1]", param_hint="--log-requests-rate")
+    return rate
+
+
+def trace_config_option(values: list[str] | None) -> TraceSetting:
+    try:
+        return parse_trace_config(values or ())
+    except TraceConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--trace-config") from None
+
+
+def cache_config_option(values: list[str] | None) -> CacheSettings:
+    try:
+        return parse_cache_config(values or ())
+    except CacheConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--cache-config") from None
 
 
 def grpc_tls_option(

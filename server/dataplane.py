@@ -26,16 +26,22 @@ from server.classification import classify
 from server.errors import ErrorKind, ServingError, invalid
 from server.model import ModelVersion
 from server.observers import ObserverFanout
+from server.operations import CacheLookup, Operations
 from server.repository import ModelRepository, parse_version
 from server.repository_format import ModelConfig
+from server.sequence import SequenceBatcher
 from server.settings import ModelControlMode
 from server.shared_memory import SharedMemoryManager
+from server.trace_settings import Change
+from server.tracing import RequestTrace, enter_steps, leave_steps
 from server.types import InferenceRequest, InferenceResponse, datatype_of
 from server.version import __version__
 
 SERVER_NAME = "ferry"
+SEQUENCE_DRAIN_POLL_S = 0.02
 EXTENSIONS = (
     "classification",
+    "sequence",
     "model_repository",
     "model_repository(unload_dependents)",
     "schedule_policy",
@@ -43,6 +49,8 @@ EXTENSIONS = (
     "binary_tensor_data",
     "parameters",
     "statistics",
+    "trace",
+    "logging",
 )
 
 
@@ -70,6 +78,7 @@ class DataPlane:
         fanout: ObserverFanout,
         strict_readiness: bool = True,
         shared_memory: SharedMemoryManager | None = None,
+        operations: Operations | None = None,
         cluster: Cluster | None = None,
     ) -> None:
         self.repository = repository
@@ -78,6 +87,8 @@ class DataPlane:
         # client shared memory regions (--allow-client-shm); None: the extension is off
         self.shared_memory = shared_memory
         self.cluster = cluster  # None: this process is the whole server
+        # request log, traces, response cache, log settings (server/operations.py)
+        self.ops = operations or Operations()
         self.started = False
         self.accepting = True
         self._inflight = 0
@@ -197,31 +208,106 @@ class DataPlane:
 
     # --- inference -----------------------------------------------------------------------------
 
-    async def infer(self, request: InferenceRequest) -> InferenceResponse:
-        """Validate, queue, run and post-process one request; observers see its outcome."""
-        if not self.accepting:
+    def _check_accepting(self, request: InferenceRequest) -> None:
+        """While the server drains, only requests of sequence models pass (their scheduler
+        serves live sequences and refuses new ones, as Triton's)."""
+        if self.accepting:
+            return
+        try:
+            model = self.repository.get(request.model_name, request.model_version)
+        except ServingError:
+            model = None
+        if model is None or not isinstance(model.scheduler, SequenceBatcher):
             raise ServingError(ErrorKind.UNAVAILABLE, "Server is shutting down")
+
+    async def infer(self, request: InferenceRequest) -> InferenceResponse:
+        """Validate, queue, run and post-process one request; observers see its outcome.
+
+        With a response cache, a hit answers here without queueing. Traces and request lines
+        cost one attribute test each when they are off."""
+        ops = self.ops
         started = time.perf_counter()
-        model = self.repository.get(request.model_name, request.model_version)
-        if model.decoupled:
-            raise decoupled_unsupported(request.protocol)
+        try:
+            self._check_accepting(request)
+            model = self.repository.get(request.model_name, request.model_version)
+            if model.decoupled:
+                raise decoupled_unsupported(request.protocol)
+        except ServingError as exc:  # not counted against the model: the log only
+            ops.request_log.failure(request, request.model_name, request.model_version, 0.0, exc)
+            raise
+        trace = ops.tracer.start(model.name, model.version, request) if ops.tracer.active else None
         self._inflight += 1
         self._idle.clear()
+        cached: CacheLookup | None = None
         try:
             rows = validate_request(model, request)
-            outputs, timing = await model.scheduler.submit(
-                request.inputs, rows, request.priority, request.timeout_us, request
-            )
+            if ops.response_cache is not None and model.uses_response_cache:
+                cached = ops.cache_lookup(model, request)
+                if cached.outputs is not None:
+                    return self._answer_from_cache(model, request, rows, started, cached, trace)
+            if ops.tracer.active:  # an ensemble's steps are traced with it (server/tracing.py)
+                outputs, timing = await self._submit_traced(model, request, rows, trace)
+            else:
+                outputs, timing = await model.scheduler.submit(
+                    request.inputs, rows, request.priority, request.timeout_us, request
+                )
             response_outputs = select_outputs(model, request, outputs)
-        except BaseException as exc:
-            self._record_failure(model, request, started, exc)
+        except Exception as exc:
+            if isinstance(exc, ServingError):
+                self._record_failure(model, request, started, exc, trace)
+                raise
+            # a bug, not the client's fault: one INTERNAL answer on both transports, logged once
+            error = ServingError(ErrorKind.INTERNAL, f"internal error: {exc}")
+            self._record_failure(model, request, started, exc, trace)
+            raise error from exc
+        except BaseException as exc:  # cancelled: the client went away
+            self._record_failure(model, request, started, exc, trace)
             raise
         finally:
             self._inflight -= 1
             if not self._inflight:
                 self._idle.set()
-        self._record_success(model, request, rows, started, timing, outputs)
+        cache_s = 0.0
+        if cached is not None:
+            cache_s = ops.cache_insert(cached, response_outputs)
+            model.statistics.record_cache_miss(cache_s)
+        self._record_success(model, request, rows, started, timing, outputs, cached, cache_s)
+        if trace is not None:
+            self._end_trace(trace, model, timing)
         return InferenceResponse(model.name, model.version, response_outputs, request.id)
+
+    def _end_trace(
+        self,
+        trace: RequestTrace,
+        model: ModelVersion,
+        timing: RequestTiming,
+        error: BaseException | None = None,
+    ) -> None:
+        """Export a finished trace; an ensemble's has no compute of its own (its steps' traces
+        have theirs), as in Triton."""
+        trace.timing = None if model.runs_steps else timing
+        trace.error, trace.ended = error, time.perf_counter()
+        self.ops.tracer.finish(trace)
+
+    async def _submit_traced(
+        self,
+        model: ModelVersion,
+        request: InferenceRequest,
+        rows: int,
+        trace: RequestTrace | None,
+    ) -> tuple[Any, RequestTiming]:
+        """Submit while tracing is on: the steps an ensemble runs meanwhile are its trace's
+        children (or not traced when it is not)."""
+        if trace is not None:
+            trace.queued = time.perf_counter()
+        token = enter_steps(trace, model.runs_steps)
+        try:
+            return await model.scheduler.submit(
+                request.inputs, rows, request.priority, request.timeout_us, request
+            )
+        finally:
+            if token is not None:
+                leave_steps(token)
 
     async def infer_stream(
         self, request: InferenceRequest
@@ -234,20 +320,28 @@ class DataPlane:
         if not model.decoupled:
             yield await self.infer(request)
             return
-        if not self.accepting:
-            raise ServingError(ErrorKind.UNAVAILABLE, "Server is shutting down")
+        ops = self.ops
         started = time.perf_counter()
+        try:
+            self._check_accepting(request)
+        except ServingError as exc:
+            ops.request_log.failure(request, model.name, model.version, 0.0, exc)
+            raise
+        trace = ops.tracer.start(model.name, model.version, request) if ops.tracer.active else None
         self._inflight += 1
         self._idle.clear()
-        failed = False
+        failure: ServingError | None = None  # the first failed response
         try:
             rows = validate_request(model, request)
-            stream, timing = await model.scheduler.submit(
-                request.inputs, rows, request.priority, request.timeout_us, request
-            )
+            if ops.tracer.active:
+                stream, timing = await self._submit_traced(model, request, rows, trace)
+            else:
+                stream, timing = await model.scheduler.submit(
+                    request.inputs, rows, request.priority, request.timeout_us, request
+                )
             async for item in stream:
                 if item.error is not None:
-                    failed = True
+                    failure = failure or item.error
                     yield item.error
                     continue
                 outputs = select_outputs(model, request, item.outputs) if item.outputs else {}
@@ -260,16 +354,20 @@ class DataPlane:
                     final=item.final,
                 )
         except BaseException as exc:
-            self._record_failure(model, request, started, exc)
+            self._record_failure(model, request, started, exc, trace)
             raise
         finally:
             self._inflight -= 1
             if not self._inflight:
                 self._idle.set()
-        if failed:
-            model.statistics.record_failure(time.perf_counter() - started)
+        if failure is not None:  # counted as a failure, as Triton (no failure record)
+            elapsed = time.perf_counter() - started
+            model.statistics.record_failure(elapsed)
+            ops.request_log.failure(request, model.name, model.version, elapsed, failure)
         else:
             self._record_success(model, request, rows, started, timing, None)
+        if trace is not None:
+            self._end_trace(trace, model, timing, failure)
 
     def check_request(self, request: InferenceRequest) -> bool:
         """The errors `infer` raises before scheduling (unknown model, bad inputs); True when
@@ -286,8 +384,11 @@ class DataPlane:
         started: float,
         timing: RequestTiming,
         outputs: Mapping[str, np.ndarray] | None,
+        cached: CacheLookup | None = None,
+        cache_s: float = 0.0,
     ) -> None:
-        """Statistics and observers for a request that succeeded (`outputs` None: streamed)."""
+        """Statistics, observers and the request log for a request that ran the model
+        (`outputs` None: streamed)."""
         elapsed = time.perf_counter() - started
         model.statistics.record_success(
             rows,
@@ -312,13 +413,61 @@ class DataPlane:
                     timing.compute_output_s,
                     inputs=request.inputs,
                     outputs=outputs,
+                    cache_hit=None if cached is None else False,
+                    cache_duration_s=cache_s,
                 )
             )
+        if self.ops.request_log.enabled:
+            self.ops.request_log.success(request, model.name, model.version, rows, elapsed)
+
+    def _answer_from_cache(
+        self,
+        model: ModelVersion,
+        request: InferenceRequest,
+        rows: int,
+        started: float,
+        cached: CacheLookup,
+        trace: RequestTrace | None,
+    ) -> InferenceResponse:
+        """A cache hit: counted as a success and a cache hit, never as an inference."""
+        assert cached.outputs is not None
+        elapsed = time.perf_counter() - started
+        model.statistics.record_cache_hit(elapsed, cached.lookup_s)
+        if self.fanout:
+            self.fanout.notify(
+                RequestRecord(
+                    model.name,
+                    model.version,
+                    request.protocol,
+                    True,
+                    rows,
+                    elapsed,
+                    cache_hit=True,
+                    cache_duration_s=cached.lookup_s,
+                )
+            )
+        if self.ops.request_log.enabled:
+            self.ops.request_log.success(
+                request, model.name, model.version, rows, elapsed, cache_hit=True
+            )
+        if trace is not None:
+            trace.cache_hit, trace.ended = True, time.perf_counter()
+            self.ops.tracer.finish(trace)
+        return InferenceResponse(model.name, model.version, cached.outputs, request.id)
 
     def _record_failure(
-        self, model: ModelVersion, request: InferenceRequest, started: float, exc: BaseException
+        self,
+        model: ModelVersion,
+        request: InferenceRequest,
+        started: float,
+        exc: BaseException,
+        trace: RequestTrace | None = None,
     ) -> None:
         elapsed = time.perf_counter() - started
+        self.ops.request_log.failure(request, model.name, model.version, elapsed, exc)
+        if trace is not None:
+            trace.error, trace.ended = exc, time.perf_counter()
+            self.ops.tracer.finish(trace)
         model.statistics.record_failure(elapsed)
         if isinstance(exc, asyncio.CancelledError):
             reason = FAILURE_CANCELED
@@ -341,11 +490,48 @@ class DataPlane:
                 )
             )
 
+    # --- logging and trace extensions -----------------------------------------------------------
+
+    def log_settings(self) -> dict[str, Any]:
+        return self.ops.log_settings()
+
+    def update_log_settings(self, changes: Mapping[str, Any]) -> dict[str, Any]:
+        return self.ops.update_log_settings(changes)
+
+    def trace_settings(self, model: str = "") -> dict[str, Any]:
+        if model:
+            self._require_ready(model)
+        return self.ops.tracer.settings.setting(model).as_json()
+
+    def update_trace_settings(self, model: str, changes: Mapping[str, Change]) -> dict[str, Any]:
+        if model:
+            self._require_ready(model)
+        return self.ops.update_trace_settings(model, changes)
+
+    def _require_ready(self, model: str) -> None:
+        try:
+            self.repository.get(model)
+        except ServingError:
+            raise invalid(f"Request for unknown model : {model}") from None
+
     async def drain(self, timeout_s: float) -> bool:
-        """Refuse new requests and wait for accepted ones; False if the timeout ran out."""
+        """Refuse new requests and wait for accepted ones and for live sequences to end (or be
+        released when idle), as Triton; False if the timeout ran out."""
         self.accepting = False
+        sequences = [
+            v.scheduler
+            for v in self.repository.ready_versions()
+            if isinstance(v.scheduler, SequenceBatcher)
+        ]
+        for scheduler in sequences:
+            scheduler.stop()
+        deadline = time.monotonic() + timeout_s
         try:
             await asyncio.wait_for(self._idle.wait(), timeout=timeout_s)
+            while any(s.live_count for s in sequences) or not self._idle.is_set():
+                if time.monotonic() >= deadline:
+                    return False
+                await asyncio.sleep(SEQUENCE_DRAIN_POLL_S)
         except TimeoutError:
             return False
         return True

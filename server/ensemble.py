@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from server.batching import RequestTiming
+from server.batching import BatchResult, RequestTiming
 from server.errors import ErrorKind, ServingError
 from server.repository_format import ModelConfig, ModelConfigError
 from server.services import InferenceServices
@@ -97,6 +97,8 @@ def validate_ensemble(config: ModelConfig) -> None:
     """Reject an ensemble whose maps do not form a DAG from its inputs to its outputs, with the
     reason Triton gives."""
     name = config.name
+    if config.model_warmup:  # no instances of its own to warm up
+        raise ModelConfigError(f"model_warmup can not be specified for ensemble '{name}'")
     steps = ensemble_steps(config)
     if not steps:
         raise ModelConfigError(f"must specify one or more 'step's for ensemble '{name}'")
@@ -159,8 +161,14 @@ def _unconnected(
 class EnsembleScheduler:
     """Runs one ensemble version: each request walks the step DAG."""
 
-    def __init__(self, config: ModelConfig, services: InferenceServices) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        services: InferenceServices,
+        on_batch: Callable[[BatchResult], None] | None = None,
+    ) -> None:
         self.name = str(config.name)
+        self._on_batch = on_batch  # one execution per request that ran its steps, as Triton
         self.steps = ensemble_steps(config)
         self.output_names = [output.name for output in config.output]
         self._services = services
@@ -195,6 +203,8 @@ class EnsembleScheduler:
             if not self._inflight:
                 self._idle.set()
         elapsed = time.perf_counter() - started
+        if self._on_batch is not None:
+            self._on_batch(BatchResult(rows, 1, 0.0, elapsed, 0.0, True))
         outputs = {name: tensors[name] for name in self.output_names if name in tensors}
         return outputs, RequestTiming(0.0, 0.0, elapsed, 0.0, rows)
 
@@ -266,6 +276,9 @@ class EnsembleScheduler:
             sequence_id=request.sequence_id if request is not None else 0,
             sequence_start=request.sequence_start if request is not None else False,
             sequence_end=request.sequence_end if request is not None else False,
+            # who asked, for the steps' request log lines (their traces follow the ensemble's)
+            client=request.client if request is not None else "",
+            traceparent=request.traceparent if request is not None else "",
         )
 
     async def _run_step(self, request: InferenceRequest) -> dict[str, np.ndarray]:
@@ -281,8 +294,10 @@ class EnsembleScheduler:
         await self._idle.wait()
 
 
-def ensemble_scheduler(config: ModelConfig, services: Any) -> EnsembleScheduler:
+def ensemble_scheduler(
+    config: ModelConfig, services: Any, on_batch: Callable[[BatchResult], None] | None = None
+) -> EnsembleScheduler:
     """Build the scheduler of an ensemble version (services: the data plane)."""
     if services is None:
         raise ServingError(ErrorKind.INTERNAL, "ensembles need the server's inference entry")
-    return EnsembleScheduler(config, services)
+    return EnsembleScheduler(config, services, on_batch)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from server.batching import BatchResult
 from server.model_validation import check_before_load
 from server.observers import ObserverFanout
 from server.repository_format import KIND_CPU, ModelConfig, tensor_specs
+from server.response_cache import uses_response_cache
 from server.runtimes import RequestRuntime, Runtime, RuntimeContext, runtime_factory
 from server.schedulers import SCHEDULER_BY_CHOICE, WITHOUT_INSTANCES, Scheduler, scheduling_choice
 from server.services import InferenceServices
@@ -92,6 +94,16 @@ class ModelVersion:
     def platform(self) -> str:
         return str(self.config.platform or self.config.backend)
 
+    @functools.cached_property
+    def uses_response_cache(self) -> bool:
+        """Requests go through the response cache (when the server has one)."""
+        return uses_response_cache(self.config)
+
+    @functools.cached_property
+    def runs_steps(self) -> bool:
+        """Its scheduler calls other models through the data plane (an ensemble)."""
+        return scheduling_choice(self.config) in WITHOUT_INSTANCES
+
     @property
     def decoupled(self) -> bool:
         """Responses stream (model_transaction_policy { decoupled: true })."""
@@ -142,7 +154,14 @@ def start_version(
             )
 
     build = SCHEDULER_BY_CHOICE[scheduling_choice(config)]
-    scheduler = build(config, instances, [spec.name for spec in output_specs], on_batch, services)
+    scheduler = build(
+        config,
+        instances,
+        [spec.name for spec in output_specs],
+        on_batch,
+        services,
+        model_dir=version_path.parent,
+    )
     return ModelVersion(
         name=name,
         version=version_str,

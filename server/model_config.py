@@ -24,6 +24,7 @@ from server.repository_format import (
     version_numbers,
 )
 from server.runtimes import complete_config
+from server.sequence.policy import SequencePolicy
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,16 @@ def validate(config: ModelConfig, name: str) -> None:
         if any(d == 0 or d < -1 for d in tensor.dims):
             raise ModelConfigError(f"tensor '{tensor.name}' has invalid dims {list(tensor.dims)}")
     tensor_specs(config)  # raises on an invalid data_type
+    if config.response_cache.enable and config.HasField("sequence_batching"):
+        raise ModelConfigError(
+            f"Response Cache does not currently support model {name} with sequence batching "
+            "scheduler. Please disable the response cache."
+        )
+    if config.response_cache.enable and config.model_transaction_policy.decoupled:
+        raise ModelConfigError(
+            f"Response Cache does not currently support model {name} with 'decoupled' "
+            "transaction policy. Please disable the response cache."
+        )
     padding_plan(config)  # raises on a padding declaration that does not fit the config
     if is_ensemble(config):
         validate_ensemble(config)
@@ -149,6 +160,8 @@ def prepare(
     base = complete_config(base, name, model_dir / str(versions[-1]))
     base.name = base.name or name
     validate(base, name)
+    if base.HasField("sequence_batching"):  # Triton's checks; reads initial_state files
+        SequencePolicy.from_config(base, model_dir)
     normalize_config(base)
     return PreparedModel(
         config=base,

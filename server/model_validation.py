@@ -6,7 +6,9 @@ is UNAVAILABLE with a message that names the tensor, the config's view and the m
 Shapes follow Triton's CompareDimsSupported: with `max_batch_size > 0` the model's first
 dimension must be -1 and the config's dims follow it; ranks must match; a -1 in the model accepts
 any config dim, a fixed model dim needs exactly that dim in the config (a config -1 against a
-fixed model dim is refused: requests of other sizes would fail at run time).
+fixed model dim is refused: requests of other sizes would fail at run time). The sequence
+batcher's control and state tensors (`sequence_batching`) count as listed inputs and outputs, as
+in Triton's backends.
 
 Each platform reads its model file in its runtime module (`read_signature`, found through the
 table below, so the serving core never imports onnx or tensorrt at module level). Platforms with no
@@ -24,6 +26,7 @@ from pathlib import Path
 from tritonclient.grpc.model_config_pb2 import ModelInput, ModelOutput
 
 from server.repository_format import DATATYPE_BY_CONFIG_TYPE, ModelConfig, ModelConfigError
+from server.sequence.policy import implicit_inputs, implicit_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -122,11 +125,18 @@ def signature_problems(config: ModelConfig, signature: ModelSignature) -> list[s
     problems: list[str] = []
     model_inputs = {t.name: t for t in signature.inputs}
     model_outputs = {t.name: t for t in signature.outputs}
-    config_inputs = {t.name for t in config.input}
+    # the sequence batcher's control and state tensors count as listed (as in Triton's backends)
+    inputs = [*config.input, *implicit_inputs(config)]
+    listed_outputs = {t.name for t in config.output}
+    outputs = [
+        *config.output,
+        *(t for t in implicit_outputs(config) if t.name not in listed_outputs),
+    ]
+    config_inputs = {t.name for t in inputs}
 
     for kind, section, tensors in (
-        ("input", config.input, model_inputs),
-        ("output", config.output, model_outputs),
+        ("input", inputs, model_inputs),
+        ("output", outputs, model_outputs),
     ):
         for tensor in section:
             found = tensors.get(tensor.name)
@@ -142,8 +152,8 @@ def signature_problems(config: ModelConfig, signature: ModelSignature) -> list[s
             )
     required = [t for t in signature.inputs if t.name not in signature.optional_inputs]
     counts = (
-        f", configuration expects {len(config.input)} inputs, model provides {len(required)}"
-        if len(config.input) != len(required)
+        f", configuration expects {len(inputs)} inputs, model provides {len(required)}"
+        if len(inputs) != len(required)
         else ""
     )
     for needed in required:

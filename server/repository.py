@@ -9,6 +9,7 @@ version finish on it while new requests go to the new one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import re
@@ -30,7 +31,7 @@ from server.ensemble import (
     step_problem,
 )
 from server.errors import ErrorKind, ServingError
-from server.model import ModelVersion, create_instances, start_version
+from server.model import ModelVersion, start_version
 from server.observers import ObserverFanout
 from server.repository_format import (
     MAX_MODEL_NAME_BYTES,
@@ -40,8 +41,10 @@ from server.repository_format import (
     read_config,
 )
 from server.runtimes import RuntimeContext
+from server.sequence import SequenceBatcher
 from server.services import InferenceServices
 from server.settings import ModelControlMode
+from server.warmup import load_warm_instances, record_warmup
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +184,16 @@ class ModelRepository:
         for entry in self._entries.values():
             yield from entry.versions.values()
 
+    def sequence_counts(self) -> list[tuple[str, str, int, int, int, int]]:
+        """(model, version, live sequences, starts, ends, idle releases) of the versions that
+        run the sequence batcher."""
+        rows = []
+        for v in self.ready_versions():
+            if isinstance(v.scheduler, SequenceBatcher):
+                c = v.scheduler.counts()
+                rows.append((v.name, v.version, c.active, c.starts, c.ends, c.idle_releases))
+        return rows
+
     def pending_request_counts(self) -> list[tuple[str, str, int]]:
         """(model, version, queued requests) for the pending-request gauge."""
         return [(v.name, v.version, v.scheduler.pending_count) for v in self.ready_versions()]
@@ -239,8 +252,9 @@ class ModelRepository:
         for name in sorted(set(names), key=lambda n: (self._is_ensemble_folder(n), n)):
             try:
                 await self.load(name)
-            except ServingError as exc:
-                logger.error("model '%s' failed to load: %s", name, exc.message)
+            except ServingError as exc:  # logged as a model event, unless nothing was loaded
+                if name not in self._entries:
+                    logger.error("model '%s' failed to load: %s", name, exc.message)
 
     def _is_ensemble_folder(self, name: str) -> bool:
         try:
@@ -329,16 +343,24 @@ class ModelRepository:
             version_path = source_dir / str(number)
             try:
                 context = RuntimeContext(asyncio.get_running_loop(), self.services)
-                instances = await asyncio.to_thread(
-                    create_instances, prepared.config, version_path, context
+                instances, warmup = await load_warm_instances(
+                    name, number, prepared.config, version_path, context
                 )
             except (ServingError, OSError, ValueError) as exc:
                 reason = exc.message if isinstance(exc, ServingError) else str(exc)
-                logger.error("model '%s' version %d failed to load: %s", name, number, reason)
                 if old is not None:  # a failed reload keeps the old version serving
+                    logger.error(
+                        "reload of '%s' version %d failed, the loaded one keeps serving: %s",
+                        name,
+                        number,
+                        reason,
+                    )
                     new_versions[number], new_states[number] = old, VersionState(READY)
                 else:
                     new_states[number] = VersionState(UNAVAILABLE, reason)
+                    self.fanout.notify(
+                        ModelEventRecord(name, str(number), UNAVAILABLE, reason=reason)
+                    )
                 continue
             new_versions[number] = start_version(
                 name,
@@ -351,6 +373,7 @@ class ModelRepository:
                 signature,
                 self.services,
             )
+            record_warmup(new_versions[number], warmup, self.fanout)
             new_states[number] = VersionState(READY)
             created.append(new_versions[number])
         retired = [v for n, v in entry.versions.items() if new_versions.get(n) is not v]
@@ -365,8 +388,7 @@ class ModelRepository:
                 )
             self._retire(old_version)
         for version in created:
-            self._announce(version)
-        self._log_versions(entry)
+            self._announce(version)  # state changes are logged by the observers (once)
         if not new_versions:
             reasons = "; ".join(f"version {n}: {s.reason}" for n, s in new_states.items())
             raise ServingError(
@@ -387,16 +409,6 @@ class ModelRepository:
             )
         )
 
-    def _log_versions(self, entry: ModelEntry) -> None:
-        for number, state in sorted(entry.states.items()):
-            logger.info(
-                "model '%s' version %d: %s%s",
-                entry.name,
-                number,
-                state.state,
-                f" ({state.reason})" if state.reason else "",
-            )
-
     async def unload(self, name: str) -> None:
         """Unload every version; queued and running requests finish first. A name that is not
         loaded (whatever it is) is a success, as in Triton."""
@@ -414,7 +426,6 @@ class ModelRepository:
             if entry.temporary_dir is not None:
                 shutil.rmtree(entry.temporary_dir, ignore_errors=True)
                 entry.temporary_dir = None
-            logger.info("model '%s' unloaded", name)
             await self._refresh_ensembles()
 
     # --- ensembles: ready only while every composing model is ---------------------------------
@@ -464,17 +475,14 @@ class ModelRepository:
                 if entry.versions and not ready:
                     missing = [m for m in entry.composing if not self._is_ready(m)]
                     reason = missing_models_reason(entry.name, missing)
-                    logger.warning("model '%s' is not ready: %s", entry.name, reason)
                     self._retire_all(entry, reason)
                     entry.failure, entry.waiting_for_composing = reason, True
                     changed = True
                 elif entry.waiting_for_composing and ready:
-                    try:
+                    with contextlib.suppress(ServingError):  # failures are model events
                         await self._load_locked(
                             entry.name, entry.source_dir, None, entry.temporary_dir
                         )
-                    except ServingError as exc:
-                        logger.error("model '%s' failed to load: %s", entry.name, exc.message)
                     changed = bool(entry.versions)
 
     async def poll_once(self) -> None:
@@ -491,7 +499,8 @@ class ModelRepository:
             try:
                 await self.load(name)
             except ServingError as exc:
-                logger.error("poll: %s", exc.message)
+                if name not in self._entries:  # else logged as a model event
+                    logger.error("poll: %s", exc.message)
                 if name in self._entries:  # don't retry an unchanged broken model every poll
                     self._entries[name].scan_signature = await asyncio.to_thread(
                         model_config.scan_signature, self.root / name

@@ -233,6 +233,16 @@ def normalize_config(config: ModelConfig) -> None:
         and config.max_batch_size > 0
     ):
         config.dynamic_batching.preferred_batch_size.append(config.max_batch_size)
+    if config.HasField("sequence_batching"):
+        sequence = config.sequence_batching
+        if not sequence.max_sequence_idle_microseconds:
+            sequence.max_sequence_idle_microseconds = 1_000_000  # Triton's default
+        if (
+            sequence.HasField("oldest")
+            and not sequence.oldest.preferred_batch_size
+            and config.max_batch_size > 0
+        ):
+            sequence.oldest.preferred_batch_size.append(config.max_batch_size)
     if not config.instance_group:  # as Triton on a host without GPUs: one CPU instance
         config.instance_group.add(name=config.name, kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
     for index, group in enumerate(config.instance_group):

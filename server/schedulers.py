@@ -3,8 +3,8 @@
 
     dynamic_batching     -> Batcher (Triton's dynamic batcher; no `dynamic_batching`: one
                             request per execution)
-    sequence_batching    -> Batcher for now (requests run one at a time; the sequence batcher
-                            takes this row when it lands)
+    sequence_batching    -> SequenceBatcher (Triton's sequence batcher: slots, control inputs,
+                            implicit state kept by the scheduler)
     ensemble_scheduling  -> EnsembleScheduler (steps call back into the data plane)
 
 Every scheduler offers the same three things to the data plane and the repository.
@@ -13,6 +13,7 @@ Every scheduler offers the same three things to the data plane and the repositor
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -22,6 +23,7 @@ from server.ensemble import ensemble_scheduler
 from server.padding import padding_plan
 from server.repository_format import ModelConfig
 from server.runtimes import RequestRuntime, Runtime
+from server.sequence import SequenceBatcher, SequencePolicy
 from server.services import InferenceServices
 from server.types import InferenceRequest
 
@@ -57,6 +59,7 @@ class SchedulerBuilder(Protocol):
         output_names: Sequence[str],
         on_batch: Callable[[BatchResult], None],
         services: InferenceServices | None,
+        model_dir: Path | None = None,
     ) -> Scheduler: ...
 
 
@@ -66,6 +69,7 @@ def _batcher(
     output_names: Sequence[str],
     on_batch: Callable[[BatchResult], None],
     services: InferenceServices | None,
+    model_dir: Path | None = None,
 ) -> Scheduler:
     return Batcher(
         instances,
@@ -77,19 +81,33 @@ def _batcher(
     )
 
 
+def _sequence_batcher(
+    config: ModelConfig,
+    instances: Sequence[Runtime | RequestRuntime],
+    output_names: Sequence[str],
+    on_batch: Callable[[BatchResult], None],
+    services: InferenceServices | None,
+    model_dir: Path | None = None,
+) -> Scheduler:
+    return SequenceBatcher(
+        instances, SequencePolicy.from_config(config, model_dir), output_names, on_batch
+    )
+
+
 def _ensemble(
     config: ModelConfig,
     instances: Sequence[Runtime | RequestRuntime],
     output_names: Sequence[str],
     on_batch: Callable[[BatchResult], None],
     services: InferenceServices | None,
+    model_dir: Path | None = None,
 ) -> Scheduler:
-    return ensemble_scheduler(config, services)
+    return ensemble_scheduler(config, services, on_batch)
 
 
 SCHEDULER_BY_CHOICE: dict[str, SchedulerBuilder] = {
     "dynamic_batching": _batcher,
-    "sequence_batching": _batcher,
+    "sequence_batching": _sequence_batcher,
     "ensemble_scheduling": _ensemble,
 }
 # schedulers whose versions have no instances of their own

@@ -7,7 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from server.gc_policy import GcPolicy
+from server.logs import LogSettings
+from server.response_cache import CacheSettings
 from server.restrictions import RestrictedApis
+from server.trace_settings import TraceSetting
 
 
 class ModelControlMode(enum.StrEnum):
@@ -111,6 +114,12 @@ class ServerSettings:
     log_level: str = "info"
     gc_policy: GcPolicy = GcPolicy.SERVER
     loop_lag_probe: bool = False
+    # logs, traces and the response cache (Triton's --log-*, --trace-config, --cache-config)
+    log: LogSettings = field(default_factory=LogSettings)
+    log_requests: bool = False
+    log_requests_rate: float = 1.0
+    trace: TraceSetting = field(default_factory=TraceSetting)
+    cache: CacheSettings = field(default_factory=CacheSettings)
     extra: dict[str, str] = field(default_factory=dict)
     # access control and TLS (Triton's flags)
     http_restricted_apis: RestrictedApis = field(default_factory=dict)

@@ -49,6 +49,8 @@ class ModelStatistics:
     compute_input: Duration = field(default_factory=Duration)
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
+    cache_hit: Duration = field(default_factory=Duration)
+    cache_miss: Duration = field(default_factory=Duration)
     batches: dict[int, BatchDurations] = field(default_factory=dict)
 
     def record_success(
@@ -68,6 +70,18 @@ class ModelStatistics:
         self.compute_input.add(compute_input_s)
         self.compute_infer.add(compute_infer_s)
         self.compute_output.add(compute_output_s)
+
+    def record_cache_hit(self, request_s: float, lookup_s: float) -> None:
+        """A request answered from the response cache: a success and a queue entry (Triton
+        counts both), never an inference or compute."""
+        self.last_inference_ms = int(time.time() * 1000)
+        self.success.add(request_s)
+        self.queue.add(0.0)
+        self.cache_hit.add(lookup_s)
+
+    def record_cache_miss(self, lookup_and_insert_s: float) -> None:
+        """The cache's share of a request that missed (its lookup and the insertion)."""
+        self.cache_miss.add(lookup_and_insert_s)
 
     def record_failure(self, request_s: float) -> None:
         """One failed request."""
@@ -102,8 +116,8 @@ class ModelStatistics:
                 "compute_input": self.compute_input.as_json(),
                 "compute_infer": self.compute_infer.as_json(),
                 "compute_output": self.compute_output.as_json(),
-                "cache_hit": Duration().as_json(),
-                "cache_miss": Duration().as_json(),
+                "cache_hit": self.cache_hit.as_json(),
+                "cache_miss": self.cache_miss.as_json(),
             },
             "response_stats": {},
             "batch_stats": [

@@ -88,6 +88,9 @@ class InferenceRequest:
     sequence_id: int | str = 0
     sequence_start: bool = False
     sequence_end: bool = False
+    # request context the transports pass down for logs and traces ("" when not asked for)
+    client: str = ""  # the client's address, host:port
+    traceparent: str = ""  # W3C trace context of the caller
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar, cast
@@ -30,6 +31,7 @@ from server.protocol.status import GRPC_CODE_BY_KIND
 from server.restrictions import RestrictedApis
 from server.settings import GrpcLimits, GrpcTls, GrpcTransport
 from server.shared_memory import cuda_register_error, require_enabled
+from server.types import InferenceRequest
 
 logger = logging.getLogger(__name__)
 # Requests of one ModelStreamInfer call being inferred or waiting to be sent: a client that stops
@@ -96,18 +98,22 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         async def work() -> Any:
-            return await self._infer(request)
+            return await self._infer(request, context)
 
         return await _call(context, work)
 
-    async def _infer(self, request: Any) -> Any:
+    async def _infer(self, request: Any, context: Any) -> Any:
         """Decode, infer, encode one ModelInferRequest (tensors may live in shared memory)."""
         shared_memory = self.dataplane.shared_memory
         if shared_memory is None:
             inference_request, _ = grpc_codec.decode_request(request)
+            if self.dataplane.ops.request_context:  # request log or traces
+                inference_request = with_context(inference_request, context)
             return grpc_codec.encode_response(await self.dataplane.infer(inference_request))
         with shared_memory.hold():  # the regions it names stay registered until it is done
             inference_request, in_shared_memory = grpc_codec.decode_request(request, shared_memory)
+            if self.dataplane.ops.request_context:
+                inference_request = with_context(inference_request, context)
             response = await self.dataplane.infer(inference_request)
             return grpc_codec.encode_response(response, in_shared_memory, shared_memory)
 
@@ -124,7 +130,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
         async def one(request: Any) -> None:
             try:
-                await self._stream_one(request, responses.put)
+                await self._stream_one(request, context, responses.put)
             except ServingError as exc:
                 message = pb.ModelStreamInferResponse(error_message=exc.message)
                 message.infer_response.id = request.id  # as Triton: which request failed
@@ -151,7 +157,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             for task in list(pending):
                 task.cancel()
 
-    async def _stream_one(self, request: Any, put: Callable[[Any], Awaitable[None]]) -> None:
+    async def _stream_one(
+        self, request: Any, context: Any, put: Callable[[Any], Awaitable[None]]
+    ) -> None:
         """Every response of one streamed request; a final flag without a response is sent
         (empty) only when the request set triton_enable_empty_final_response."""
         shared_memory = self.dataplane.shared_memory
@@ -160,6 +168,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         # the regions the request names stay registered until its last response is written
         with shared_memory.hold() if shared_memory is not None else contextlib.nullcontext():
             inference_request, in_shared_memory = grpc_codec.decode_request(request, shared_memory)
+            if self.dataplane.ops.request_context:
+                inference_request = with_context(inference_request, context)
             async for item in self.dataplane.infer_stream(inference_request):
                 message = pb.ModelStreamInferResponse()
                 if isinstance(item, ServingError):
@@ -231,6 +241,47 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             self.dataplane.shared_memory.unregister(request.name)
         return pb.SystemSharedMemoryUnregisterResponse()
 
+    async def LogSettings(self, request: Any, context: Any) -> Any:
+        async def work() -> Any:
+            changes = {
+                key: grpc_codec.parameter_value(value) for key, value in request.settings.items()
+            }
+            if "log_file" in request.settings:  # Triton refuses it whatever its value
+                changes["log_file"] = changes["log_file"] or ""
+            settings = (
+                self.dataplane.update_log_settings(changes)
+                if changes
+                else self.dataplane.log_settings()
+            )
+            response = pb.LogSettingsResponse()
+            for key, value in settings.items():
+                field = (
+                    "bool_param"
+                    if isinstance(value, bool)
+                    else "uint32_param"
+                    if isinstance(value, int)
+                    else "string_param"
+                )
+                setattr(response.settings[key], field, value)
+            return response
+
+        return await _call(context, work)
+
+    async def TraceSetting(self, request: Any, context: Any) -> Any:
+        async def work() -> Any:
+            changes = {key: list(value.value) for key, value in request.settings.items()}
+            settings = (
+                self.dataplane.update_trace_settings(request.model_name, changes)
+                if changes
+                else self.dataplane.trace_settings(request.model_name)
+            )
+            response = pb.TraceSettingResponse()
+            for key, value in settings.items():
+                response.settings[key].value.extend(value if isinstance(value, list) else [value])
+            return response
+
+        return await _call(context, work)
+
     async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
         if request.name:  # nothing is ever registered
             await context.abort(
@@ -247,6 +298,29 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
         return pb.CudaSharedMemoryUnregisterResponse()
+
+
+def with_context(request: InferenceRequest, context: Any) -> InferenceRequest:
+    """The request with who asked and in which trace (for the request log and traces)."""
+    return dataclasses.replace(
+        request,
+        client=client_address(context.peer()),
+        traceparent=metadata_value(context.invocation_metadata(), "traceparent"),
+    )
+
+
+def client_address(peer: str) -> str:
+    """`ipv4:127.0.0.1:5000` (gRPC's peer string) as `127.0.0.1:5000`."""
+    kind, _, address = peer.partition(":")
+    return address if kind in ("ipv4", "ipv6") else peer
+
+
+def metadata_value(metadata: Any, key: str) -> str:
+    """A call's metadata value for `key` ('' when absent)."""
+    for name, value in metadata or ():
+        if name == key:
+            return str(value)
+    return ""
 
 
 class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]

@@ -187,6 +187,22 @@ def create_fastapi_app(
             )
         return json_response(detail)
 
+    @route("/v2/logging", ["GET", "POST"])
+    async def logging_settings(request: Request) -> Response:
+        if request.method == "POST":
+            changes = await body_json(request)
+            return json_response(dataplane.update_log_settings(changes))
+        return json_response(dataplane.log_settings())
+
+    @route("/v2/trace/setting", ["GET", "POST"])
+    @route("/v2/models/{model}/trace/setting", ["GET", "POST"])
+    async def trace_setting(request: Request) -> Response:
+        model = request.path_params.get("model", "")
+        if request.method == "POST":
+            changes = await body_json(request)
+            return json_response(dataplane.update_trace_settings(model, changes))
+        return json_response(dataplane.trace_settings(model))
+
     @route("/v2/repository/index", ["POST"])
     @route("/v2/repository/{repository}/index", ["POST"])
     async def repository_index(request: Request) -> Response:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import re
@@ -97,6 +98,7 @@ async def handle_infer(
     version: str,
     headers: Mapping[str, str],
     body: bytes,
+    client: tuple[str, int] | None = None,
 ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     """Decode, infer, encode: the response body and its headers (status 200)."""
     header_length = parse_header_length(headers.get("inference-header-content-length"), len(body))
@@ -105,6 +107,8 @@ async def handle_infer(
         inference_request, encoding = _raw_binary_request(
             dataplane, name, version, body, decoder.limits
         )
+        if dataplane.ops.request_context:
+            inference_request = _with_context(inference_request, headers, client)
         payload, json_length = encode_response(await dataplane.infer(inference_request), encoding)
     else:
         shared_memory = dataplane.shared_memory
@@ -118,6 +122,8 @@ async def handle_infer(
                 inference_request, encoding = await decoder.decode_costly(
                     dataplane, name, version, header_length, body
                 )
+            if dataplane.ops.request_context:
+                inference_request = _with_context(inference_request, headers, client)
             response = await dataplane.infer(inference_request)
             payload, json_length = encode_response(response, encoding, shared_memory)
     response_headers = [(b"content-type", JSON_TYPE if json_length is None else BINARY_TYPE)]
@@ -128,6 +134,17 @@ async def handle_infer(
         payload = compress(payload, algorithm)
         response_headers.append((b"content-encoding", algorithm.encode()))
     return payload, response_headers
+
+
+def _with_context(
+    request: InferenceRequest, headers: Mapping[str, str], client: tuple[str, int] | None
+) -> InferenceRequest:
+    """The request with who asked and in which trace (for the request log and traces)."""
+    return dataclasses.replace(
+        request,
+        client=f"{client[0]}:{client[1]}" if client else "",
+        traceparent=headers.get("traceparent", ""),
+    )
 
 
 def _raw_binary_request(
@@ -307,7 +324,7 @@ class InferFastPath:
                 raw_body, headers.get("content-encoding"), self.limits, reservation
             )
             payload, response_headers = await handle_infer(
-                self.dataplane, self.decoder, name, version, headers, body
+                self.dataplane, self.decoder, name, version, headers, body, scope.get("client")
             )
             status = 200
         except ClientDisconnected:

@@ -27,3 +27,11 @@ GRPC_CODE_BY_KIND: dict[ErrorKind, grpc.StatusCode] = {
     ErrorKind.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
     ErrorKind.CANCELLED: grpc.StatusCode.CANCELLED,
 }
+
+
+def status_text(protocol: str, kind: ErrorKind | None) -> str:
+    """The status a request's client saw, for the request log: `200`/`503` over HTTP, `OK`/
+    `UNAVAILABLE` over gRPC (`kind` None: success)."""
+    if protocol == "grpc":
+        return "OK" if kind is None else GRPC_CODE_BY_KIND[kind].name
+    return "200" if kind is None else str(HTTP_STATUS_BY_KIND[kind])

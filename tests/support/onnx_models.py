@@ -194,3 +194,20 @@ def identity_model(dims: list[int], elem_type: int = TensorProto.FLOAT) -> onnx.
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
+
+
+def concat_model() -> onnx.ModelProto:
+    """y = concat(a, b) along axis 0 (no batching): a and b of different widths make ONNX
+    Runtime fail with an error about the model, not the data (a 500)."""
+    graph = helper.make_graph(
+        [helper.make_node("Concat", ["a", "b"], ["y"], axis=0)],
+        "concat",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["rows_a", "width"]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, ["rows_b", "width_b"]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", "width"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model

@@ -224,3 +224,44 @@ class MaskedGRUClassifier(GRUClassifier):
         out, _ = self.gru(sequence)
         last = (length.reshape(-1, 1, 1) - 1).clamp(min=0).expand(-1, 1, out.shape[2])
         return self.head(out.gather(1, last).squeeze(1))
+
+
+class StatefulGRU(nn.Module):
+    """forward(x [B, T, 5], h [B, 2, 16]) -> (y [B, T, 3], h): a 2-layer GRU whose state is
+    batch-first (transposed to nn.GRU's [layers, batch, hidden] inside)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.gru = nn.GRU(5, 16, num_layers=2, batch_first=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out, h_next = self.gru(x, h.transpose(0, 1).contiguous())
+        return self.head(out), h_next.transpose(0, 1)
+
+
+class CountingCell(nn.Module):
+    """forward(x [B, 3], total [B, 3], start [B, 1]) -> (x + total, x + total): a running sum
+    that a START control resets (no time axis: the reference runs step by step)."""
+
+    def forward(
+        self, x: torch.Tensor, total: torch.Tensor, start: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        kept = total * (1 - start.to(total.dtype))
+        new = kept + x
+        return new, new
+
+
+class LengthDependentRNN(nn.Module):
+    """Divides by the number of steps in the call: a step by step run cannot equal the run on
+    the whole sequence (the stateful parity check must refuse it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(6)
+        self.rnn = nn.RNN(2, 4, batch_first=True)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out, h_next = self.rnn(x, h.transpose(0, 1).contiguous())
+        return out / x.shape[1], h_next.transpose(0, 1)

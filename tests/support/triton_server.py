@@ -85,7 +85,8 @@ def running_tritonserver(
     """Run tritonserver on `model_repository` (CPU only) for a `with` block; always stop it.
     `extra_args` are more tritonserver flags (e.g. the same restriction or TLS flags a ferry
     under comparison gets, or `--exit-on-error=false` to keep serving beside a model that fails
-    to load); `ready=False` waits for live only."""
+    to load); `ready=False` waits for live only. The wheel's `local` response cache is found
+    (`--cache-config local,size=N` enables it)."""
     binary, site_packages = tritonserver_binary(), _site_packages()
     if binary is None or site_packages is None:
         raise RuntimeError(missing_reason())
@@ -99,7 +100,7 @@ def running_tritonserver(
         "--backend-directory",
         str(_python_backend_dir(site_packages, workdir)),
         "--cache-directory",
-        str(workdir / "caches"),
+        str(site_packages / "pytriton" / "tritonserver" / "caches"),
         "--http-address",
         "127.0.0.1",
         "--http-port",

@@ -55,10 +55,6 @@ NO_CUDA_SHM = (
     "support does (400, 'GPUs not supported') without reading the body; the GPU build of "
     "Triton parses the body first (500 on invalid JSON)"
 )
-NOT_IMPLEMENTED = (
-    "the trace and logging extensions are not implemented (nor advertised in server "
-    "metadata): 404 / UNIMPLEMENTED"
-)
 FERRY_EXTENSION = "ferry's own route (online drift detail); Triton has none"
 STRICT_GRPC = (
     "ferry refuses data that goes to no input (more raw_input_contents than inputs) and a "
@@ -206,7 +202,6 @@ HTTP_DIFFERENCES: dict[str, Difference] = {
     **_rows((500, 400), FILES_NEED_CONFIG, "load file without config"),
     **_rows((500, 400), SHM_CLIENT_ERROR, "system shm register missing object"),
     **_rows((500, 400), NO_CUDA_SHM, "cuda shm register invalid JSON"),
-    **_rows((200, 404), NOT_IMPLEMENTED, "trace setting", "logging"),
     **_rows((404, 200), FERRY_EXTENSION, "drift of an unmonitored model"),
 }
 
@@ -227,5 +222,4 @@ GRPC_DIFFERENCES: dict[str, Difference] = {
         "system shm register empty key",
         "system shm register zero size",
     ),
-    **_rows(("OK", "UNIMPLEMENTED"), NOT_IMPLEMENTED, "trace setting", "log settings"),
 }

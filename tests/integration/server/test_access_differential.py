@@ -86,8 +86,6 @@ HTTP_CORPUS: list[tuple[str, str, bytes | None]] = [
     ("GET", "/v2/logging", None),
     ("GET", "/v2/nothing/here", None),
 ]
-# ferry does not serve trace and logging settings: admitted, it answers 404 where Triton serves
-NOT_SERVED = {"/v2/trace/setting", "/v2/models/linear/trace/setting", "/v2/logging"}
 # README's deliberate difference: a body that is not JSON is the client's fault (Triton: 500)
 NOT_JSON = b"{not json"
 Outcome = tuple[Any, ...]
@@ -236,8 +234,6 @@ def test_http_restricted_answers_match_triton(
         got = ours[key]
         if _refused(expected) or _refused(got):
             same = got == expected
-        elif key[1] in NOT_SERVED:
-            same = got == (404,)
         elif key[2] == NOT_JSON and expected == (500,):
             same = got == (400,)
         else:
@@ -256,12 +252,8 @@ def test_grpc_restricted_answers_match_triton(
     differences = {}
     for key, expected in theirs.items():
         got = ours[key]
-        if _refused(expected) or _refused(got):
-            same = got == expected
-        elif key[0] in ("TraceSetting", "LogSettings"):  # admitted; ferry does not serve them
-            same = got[0] == "StatusCode.UNIMPLEMENTED"
-        else:
-            same = got[0] == expected[0]
+        refused = _refused(expected) or _refused(got)
+        same = got == expected if refused else got[0] == expected[0]
         if not same:
             differences[key] = {"triton": expected, "ferry": got}
     assert differences == {}

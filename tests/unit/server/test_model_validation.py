@@ -87,6 +87,42 @@ def test_scalar_model_tensor_needs_ones_and_no_batching() -> None:
     assert "scalar tensor" in signature_problems(bad, signature)[0]
 
 
+_SEQUENCE_CONFIG = """max_batch_size: 4
+    input [{ name: "x" data_type: TYPE_FP32 dims: [5] }]
+    output [{ name: "y" data_type: TYPE_FP32 dims: [3] }]
+    sequence_batching {
+      direct {}
+      control_input [{ name: "START" control [{ kind: CONTROL_SEQUENCE_START
+                                                int32_false_true: [0, 1] }] }]
+      state [{ input_name: "h" output_name: "h_out" data_type: TYPE_FP32 dims: [%s]
+               initial_state { name: "z" data_type: TYPE_FP32 dims: [%s] zero_data: true } }]
+    }"""
+
+
+def test_sequence_control_and_state_tensors_count_as_listed() -> None:
+    """Triton's backends count the sequence batcher's control and state tensors among the
+    config's inputs and outputs, and check them against the model like listed ones."""
+    signature = ModelSignature(
+        "model.onnx",
+        [
+            ModelTensor("x", "FP32", (-1, 5)),
+            ModelTensor("START", "INT32", (-1, 1)),
+            ModelTensor("h", "FP32", (-1, 2, 4)),
+        ],
+        [ModelTensor("y", "FP32", (-1, 3)), ModelTensor("h_out", "FP32", (-1, 2, 4))],
+    )
+    assert signature_problems(_config(_SEQUENCE_CONFIG % ("2, 4", "2, 4")), signature) == []
+    problems = signature_problems(_config(_SEQUENCE_CONFIG % ("2, 5", "2, 5")), signature)
+    assert any("input 'h'" in p and "dim 2 is 5" in p for p in problems), problems
+    assert any("output 'h_out'" in p for p in problems), problems
+    stateless = ModelSignature(
+        "model.onnx", [ModelTensor("x", "FP32", (-1, 5))], [ModelTensor("y", "FP32", (-1, 3))]
+    )
+    problems = signature_problems(_config(_SEQUENCE_CONFIG % ("2, 4", "2, 4")), stateless)
+    assert any("unexpected inference input 'START'" in p for p in problems), problems
+    assert any("unexpected inference output 'h_out'" in p for p in problems), problems
+
+
 def test_engine_batch_and_profile_limits() -> None:
     """TensorRT's view: max batch from the profiles, fixed config dims inside [min, max]."""
     signature = ModelSignature(
