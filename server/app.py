@@ -340,7 +340,9 @@ def run_server(settings: ServerSettings) -> int:
 
     Returns 2 (a usage error, as for a bad flag) when the repository path is not a directory.
     """
-    log_control = configure_logging(settings.log)
+    log_control = configure_logging(
+        settings.log, None if settings.worker_control is None else settings.worker_slot
+    )
     problem = repository_problem(settings.model_repository)
     if problem is not None:
         logger.error("%s", problem)

@@ -90,12 +90,18 @@ def _field_text(value: Any) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    """`2026-12-04T10:00:00.123Z INFO ferry.requests: message key=value ...`"""
+    """`2026-12-04T10:00:00.123Z INFO ferry.requests: message key=value ...` (a worker of
+    `--workers N` names itself after the logger: `ferry[worker 0]: ...`)."""
+
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self.tag = "" if worker is None else f"[worker {worker}]"
 
     def format(self, record: logging.LogRecord) -> str:
         fields: Mapping[str, Any] | None = getattr(record, FIELDS_ATTRIBUTE, None)
         line = (
-            f"{_iso_time(record.created)} {record.levelname} {record.name}: {record.getMessage()}"
+            f"{_iso_time(record.created)} {record.levelname} {record.name}{self.tag}: "
+            f"{record.getMessage()}"
         )
         if fields:
             line += " " + " ".join(f"{k}={_field_text(v)}" for k, v in fields.items())
@@ -105,7 +111,12 @@ class TextFormatter(logging.Formatter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message and the line's own fields."""
+    """One JSON object per line: time, level, logger, message and the line's own fields (and
+    `worker`, the slot of a worker of `--workers N`)."""
+
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self.worker = worker
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -114,6 +125,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self.worker is not None:
+            entry["worker"] = self.worker
         fields: Mapping[str, Any] | None = getattr(record, FIELDS_ATTRIBUTE, None)
         if fields:
             entry.update(fields)
@@ -143,8 +156,9 @@ class SeverityFilter(logging.Filter):
 class LogControl:
     """The installed handler and its settings; `update` is the logging extension's POST."""
 
-    def __init__(self, settings: LogSettings) -> None:
+    def __init__(self, settings: LogSettings, worker: int | None = None) -> None:
         self.settings = settings
+        self.worker = worker
         stream: logging.Handler = (
             logging.FileHandler(settings.log_file)
             if settings.log_file
@@ -160,7 +174,9 @@ class LogControl:
         settings = self.settings
         self.filter.settings = settings
         self.handler.setFormatter(
-            JsonFormatter() if settings.log_format == "json" else TextFormatter()
+            JsonFormatter(self.worker)
+            if settings.log_format == "json"
+            else TextFormatter(self.worker)
         )
         verbose = settings.log_verbose_level > 0
         logging.getLogger().setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -216,6 +232,7 @@ def _quiet_onnxruntime(verbose: bool) -> None:
     onnxruntime.set_default_logger_severity(1 if verbose else 4)
 
 
-def configure_logging(settings: LogSettings) -> LogControl:
-    """Install ferry's log handler on the root logger."""
-    return LogControl(settings)
+def configure_logging(settings: LogSettings, worker: int | None = None) -> LogControl:
+    """Install ferry's log handler on the root logger (`worker`: this process is that worker
+    of `--workers N`, and says so on every line)."""
+    return LogControl(settings, worker)
