@@ -189,10 +189,9 @@ def test_grpc_health_behind_its_own_key(server: ServerProcess) -> None:
         assert answer.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_grpc_unrestricted_unimplemented_methods_stay_unimplemented(server: ServerProcess) -> None:
-    """trace is not restricted here and ferry does not serve it: UNIMPLEMENTED, as without
-    restrictions (the Triton differential test covers a restricted unimplemented method)."""
+def test_grpc_unrestricted_groups_need_no_key(server: ServerProcess) -> None:
+    """trace and logging are not restricted here: served without any key, on both transports
+    (the Triton differential test covers the restricted ones)."""
     client = grpcclient.InferenceServerClient(server.grpc_url)
-    with pytest.raises(InferenceServerException) as missing:
-        client.get_trace_settings()
-    assert missing.value.status() == "StatusCode.UNIMPLEMENTED"
+    assert "trace_level" in client.get_trace_settings(as_json=True)["settings"]
+    assert "log_info" in client.get_log_settings(as_json=True)["settings"]
