@@ -334,8 +334,8 @@ def serve(
         list[str] | None,
         typer.Option(
             metavar="[MODE,]SETTING=VALUE",
-            help="Request tracing, Triton's flag (repeatable): rate=N,level=TIMESTAMPS,"
-            "count=N,mode=opentelemetry|triton; opentelemetry,url=http://HOST:4318/v1/traces; "
+            help="Request tracing, Triton's flag (repeatable): rate=N, level=TIMESTAMPS, "
+            "count=N, mode=opentelemetry|triton; opentelemetry,url=http://HOST:4318/v1/traces; "
             "opentelemetry,resource=KEY=VALUE; triton,file=PATH; triton,log-frequency=N.",
         ),
     ] = None,
