@@ -211,6 +211,9 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
             return 1
         await load_models()
         await link.catch_up(replay)
+        # ready before it listens: a restarted worker's first probe must not answer not-ready
+        apply_after_startup(settings.gc_policy)
+        dataplane.started = True
     grpc_server = None
     try:
         if settings.allow_grpc:
@@ -247,9 +250,9 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
 
     if link is None:
         await load_models()
-    apply_after_startup(settings.gc_policy)
-    dataplane.started = True
-    if link is not None:
+        apply_after_startup(settings.gc_policy)
+        dataplane.started = True
+    else:
         await link.announce_ready()
     loaded = [f"{v.name}:{v.version}" for v in repository.ready_versions()]
     logger.info("models ready: %s", ", ".join(loaded) or "none")
