@@ -254,7 +254,8 @@ dynamic_batching { default_queue_policy { max_queue_size: 1 } }
 
 
 def test_a_hit_is_answered_while_the_queue_is_full(tmp_path: Path) -> None:
-    write_model(tmp_path, "slow", slow_model(width=512, layers=600), SLOW_CACHED)
+    # a batch computes for seconds, so the queue is still full when the probe request comes
+    write_model(tmp_path, "slow", slow_model(width=512, layers=3000), SLOW_CACHED)
     with running_server(tmp_path, *CACHE_FLAGS) as server:
         cached = np.ones((1, 512), np.float32)
         expected = infer(server, "slow", cached, "input", "output")
@@ -265,7 +266,7 @@ def test_a_hit_is_answered_while_the_queue_is_full(tmp_path: Path) -> None:
             )
             for value in (2.0, 3.0)
         ]
-        for thread in busy:  # one executes (~1 s), one waits: the queue (of one) is full
+        for thread in busy:  # one executes (seconds), one waits: the queue (of one) is full
             thread.start()
             time.sleep(0.05)
         deadline = time.monotonic() + 30
