@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import uuid
@@ -60,8 +61,16 @@ def require_tritonserver() -> None:
         pytest.skip(reason)
 
 
-# The same handle as a `ferry serve` process: ports, log, SIGTERM-then-kill stop.
-TritonServer = ServerProcess
+class TritonServer(ServerProcess):
+    """The same handle as a `ferry serve` process (ports, log, SIGTERM-then-kill stop), and the
+    stop also ends tritonserver's process group: a python-backend stub outlives a tritonserver
+    that crashed (2.51 sometimes does after a failed warmup sample) and would be left behind."""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        code = super().stop(sig, timeout)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)  # its own session: the group is its pid
+        return code
 
 
 def _python_backend_dir(site_packages: Path, workdir: Path) -> Path:
