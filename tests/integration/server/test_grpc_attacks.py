@@ -259,7 +259,15 @@ def test_endless_continuation_frames(attacked: Attacked, repository: Path) -> No
                 assert outcome.goaway[0] == frames.ENHANCE_YOUR_CALM, outcome.summary()
         return outcomes[0].summary()
 
-    attack(attacked, repository, "8 connections of endless CONTINUATION", scenario)
+    attack(
+        attacked,
+        repository,
+        "8 connections of endless CONTINUATION",
+        scenario,
+        # seen once in three full runs: one health probe waited 5.7 s (usually under 1 s)
+        grpcio_limitation="grpc core reads the endless header block on its own threads, with "
+        "no cap short of its handshake timeout: other calls can wait seconds",
+    )
 
 
 def test_oversized_header_lists(attacked: Attacked, repository: Path) -> None:
