@@ -96,6 +96,7 @@ def _load(protocol: str, url: str, requests: int, concurrency: int) -> None:
 
 
 def main() -> None:
+    from bench.serving import loopback_arguments
     from tests.support.onnx_models import mlp_model, write_model
     from tests.support.server_process import ServerProcess, free_port, wait_until_live
 
@@ -129,20 +130,7 @@ def main() -> None:
         "-c",
         SERVER_BOOTSTRAP,
         "serve",
-        "--model-repository",
-        str(workdir / "repo"),
-        "--http-address",
-        "127.0.0.1",
-        "--http-port",
-        str(ports[0]),
-        "--grpc-address",
-        "127.0.0.1",
-        "--grpc-port",
-        str(ports[1]),
-        "--metrics-address",
-        "127.0.0.1",
-        "--metrics-port",
-        str(ports[2]),
+        *loopback_arguments(workdir / "repo", ports),
         "--no-drift",
         *args.extra.split(),
     ]

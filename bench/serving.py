@@ -331,6 +331,26 @@ def model_stats(http_url: str, model: str) -> tuple[int, int, int]:
     )
 
 
+def loopback_arguments(repo: Path, ports: list[int]) -> list[str]:
+    """`ferry serve` flags for `repo` on loopback: HTTP, gRPC and metrics on `ports`."""
+    return [
+        "--model-repository",
+        str(repo),
+        "--http-address",
+        "127.0.0.1",
+        "--http-port",
+        str(ports[0]),
+        "--grpc-address",
+        "127.0.0.1",
+        "--grpc-port",
+        str(ports[1]),
+        "--metrics-address",
+        "127.0.0.1",
+        "--metrics-port",
+        str(ports[2]),
+    ]
+
+
 def serve(
     repo: Path,
     extra: list[str],
@@ -352,20 +372,7 @@ def serve(
             "-m",
             module,
             "serve",
-            "--model-repository",
-            str(repo),
-            "--http-address",
-            "127.0.0.1",
-            "--http-port",
-            str(ports[0]),
-            "--grpc-address",
-            "127.0.0.1",
-            "--grpc-port",
-            str(ports[1]),
-            "--metrics-address",
-            "127.0.0.1",
-            "--metrics-port",
-            str(ports[2]),
+            *loopback_arguments(repo, ports),
             *extra,
         ],
         stdout=log,
