@@ -9,7 +9,9 @@ with a baseline measured minutes, not hours, apart on this drifting machine:
 - `server`: ferry's policy (`--gc-policy server`), the baseline of the rows below;
 - `scrape`: a Prometheus-style scrape of :8002/metrics every second during the load;
 - `poll`: `--model-control-mode poll --repository-poll-secs 1`, repository rescans during the load;
-- `drift`: online drift on (a reference.npz and `--drift-window 1000`: a window every ~0.1 s);
+- `drift`: online drift on (a reference.npz and `--drift-window 1000`: a window every ~0.1 s),
+  evaluated in the drift evaluator process (the default);
+- `drift_thread`: the same, evaluated on a thread of the server (`--drift-evaluator thread`);
 - `reload`: poll mode, and a new model version published mid-run (load, swap, retire).
 
 Prints p50/p90/p99/p99.9, the loop stalls the probe saw, and each scenario's p99 against the
@@ -37,7 +39,8 @@ import numpy as np
 from bench.models import MLP_FEATURES, build_repository
 from bench.serving import ARTIFACTS, loop_lag_counts, serve, stalls, write_payloads, wrk
 
-SCENARIOS = ("python", "server", "scrape", "poll", "drift", "reload")
+SCENARIOS = ("python", "server", "scrape", "poll", "drift", "drift_thread", "reload")
+DRIFT_SCENARIOS = ("drift", "drift_thread")
 
 
 def scenario_repository(base: Path, scenario: str, workdir: Path) -> Path:
@@ -46,7 +49,7 @@ def scenario_repository(base: Path, scenario: str, workdir: Path) -> Path:
     shutil.copytree(base / "mlp", repo / "mlp")
     for sidecar in (repo / "mlp").glob("*/reference.npz"):
         sidecar.unlink()
-    if scenario == "drift":
+    if scenario in DRIFT_SCENARIOS:
         data = workdir / "reference-data.npz"
         rng = np.random.default_rng(0)
         np.savez(data, x=rng.standard_normal((2000, MLP_FEATURES)).astype(np.float32))
@@ -73,8 +76,10 @@ def serve_flags(scenario: str) -> list[str]:
     flags = ["--loop-lag-probe", "--gc-policy", "python" if scenario == "python" else "server"]
     if scenario in ("poll", "reload"):
         flags += ["--model-control-mode", "poll", "--repository-poll-secs", "1"]
-    if scenario != "drift":
+    if scenario not in DRIFT_SCENARIOS:
         flags.append("--no-drift")
+    if scenario == "drift_thread":
+        flags += ["--drift-evaluator", "thread"]
     return flags
 
 
@@ -101,6 +106,15 @@ def background(scenario: str, repo: Path, metrics_url: str, seconds: float) -> t
     return thread
 
 
+def drift_series(metrics_url: str, name: str) -> float:
+    """The benchmark model's value of one drift series (0 when absent)."""
+    with urllib.request.urlopen(f"http://{metrics_url}/metrics") as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + '{model="mlp"'):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def measure(
     scenario: str, base: Path, workdir: Path, payloads: dict[str, Path], seconds: float
 ) -> dict[str, Any]:
@@ -114,6 +128,12 @@ def measure(
         )
         result.update(stalls(lag_before, loop_lag_counts(metrics_url)))
         worker.join()
+        if scenario in DRIFT_SCENARIOS:  # the evaluation kept up: windows, few rows dropped
+            time.sleep(1.0)  # the last feeder pass
+            result["drift_windows"] = drift_series(metrics_url, "ferry_drift_windows_total")
+            result["drift_dropped_rows"] = drift_series(
+                metrics_url, "ferry_drift_dropped_rows_total"
+            )
         return result
     finally:
         process.terminate()
@@ -141,11 +161,17 @@ def main() -> None:
                 result = measure(scenario, base, Path(folder), payloads, args.seconds)
                 results[scenario].append(result)
                 print(
-                    f"round {round_index + 1} {scenario:7s} {result['req_per_s']:8.0f} req/s  "
+                    f"round {round_index + 1} {scenario:12s} {result['req_per_s']:8.0f} req/s  "
                     f"p50 {result['p50_ms']:6.2f}  p90 {result['p90_ms']:6.2f}  "
                     f"p99 {result['p99_ms']:6.2f}  p99.9 {result['p999_ms']:6.2f} ms  "
                     f"stalls: {result['loop_gaps_over_10ms']:.0f} over 10 ms, longest <= "
-                    f"{result['longest_loop_gap_le_ms']:.0f} ms",
+                    f"{result['longest_loop_gap_le_ms']:.0f} ms"
+                    + (
+                        f"  drift: {result['drift_windows']:.0f} windows, "
+                        f"{result['drift_dropped_rows']:.0f} rows dropped"
+                        if "drift_windows" in result
+                        else ""
+                    ),
                     flush=True,
                 )
     print("\n=== p99 against the `server` baseline of the same round ===")
@@ -156,10 +182,17 @@ def main() -> None:
             run["p99_ms"] / baseline["p99_ms"]
             for run, baseline in zip(results[scenario], results["server"], strict=True)
         ]
-        print(f"  {scenario:7s} p99 {', '.join(f'{r:.2f}' for r in ratios)} x baseline")
+        throughput = [
+            run["req_per_s"] / baseline["req_per_s"]
+            for run, baseline in zip(results[scenario], results["server"], strict=True)
+        ]
+        print(
+            f"  {scenario:12s} p99 {', '.join(f'{r:.2f}' for r in ratios)} x baseline; "
+            f"req/s {', '.join(f'{r:.2f}' for r in throughput)} x baseline"
+        )
     for scenario in scenarios:
         p99 = [run["p99_ms"] / run["p50_ms"] for run in results[scenario]]
-        print(f"  {scenario:7s} p99 / own p50: {', '.join(f'{r:.2f}' for r in p99)}")
+        print(f"  {scenario:12s} p99 / own p50: {', '.join(f'{r:.2f}' for r in p99)}")
     (ARTIFACTS / "tail_latency.json").write_text(json.dumps(results, indent=2))
 
 

@@ -3,23 +3,41 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from monitoring.drift import DriftMonitor
-from monitoring.families import CONTENT_TYPE, render_registry
+from monitoring.drift_remote import DriftServiceAddress, DriftSettings, feeder_for
+from monitoring.families import CONTENT_TYPE, Family, render_registry
 from monitoring.loop_lag import LoopLagProbe
 from monitoring.metrics import CacheTotals, PendingCounts, SequenceCounts, ServingMetrics
-from monitoring.observer import InferenceObserver
+from monitoring.observer import InferenceObserver, ObservedRecord
+
+
+class DriftObserver(Protocol):
+    """Drift monitoring as the server sees it: evaluated on a thread (`DriftMonitor`) or in the
+    evaluator process (`RemoteDriftMonitor`)."""
+
+    def observe(self, record: ObservedRecord) -> None: ...
+
+    def detail(self, model: str, version: str | None) -> dict[str, Any] | None: ...
+
+    def families(self) -> list[Family]: ...
+
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def step(self) -> None: ...
 
 
 class _FerryCollector(Collector):
     """Collects serving and drift families on each scrape."""
 
     def __init__(
-        self, metrics: ServingMetrics, drift: DriftMonitor, loop_lag: LoopLagProbe | None
+        self, metrics: ServingMetrics, drift: DriftObserver, loop_lag: LoopLagProbe | None
     ) -> None:
         self._metrics, self._drift, self._loop_lag = metrics, drift, loop_lag
 
@@ -35,7 +53,7 @@ class Monitors:
     """What the server wires in: observers, a metrics renderer, drift detail, start/close."""
 
     def __init__(
-        self, metrics: ServingMetrics, drift: DriftMonitor, loop_lag: LoopLagProbe | None = None
+        self, metrics: ServingMetrics, drift: DriftObserver, loop_lag: LoopLagProbe | None = None
     ) -> None:
         from prometheus_client import gc_collector, platform_collector, process_collector
 
@@ -79,16 +97,28 @@ def build_monitors(
     drift_max_window_age_s: float = 600.0,
     loop_lag_probe: bool = False,
     cache_totals: CacheTotals | None = None,
+    drift_process: bool = False,
+    drift_service: DriftServiceAddress | None = None,
 ) -> Monitors:
-    """Build the metrics and drift observers with the server's settings."""
+    """Build the metrics and drift observers with the server's settings. Drift windows are
+    evaluated on a thread of this process, or with `drift_process` in an evaluator process:
+    this process's own, or the shared one at `drift_service` (a worker of `--workers N`)."""
     if drift_window < 2 or not 0.0 < drift_alpha < 1.0 or drift_baseline_samples < 0:
         raise ValueError(
             "need --drift-window >= 2, 0 < --drift-alpha < 1, --drift-baseline-samples >= 0"
         )
+    drift: DriftObserver
+    if drift_enabled and (drift_process or drift_service is not None):
+        settings = DriftSettings(
+            drift_window, drift_alpha, drift_baseline_samples, drift_max_window_age_s
+        )
+        drift = feeder_for(drift_service, settings)
+    else:
+        drift = DriftMonitor(
+            drift_enabled, drift_window, drift_alpha, drift_baseline_samples, drift_max_window_age_s
+        )
     return Monitors(
         ServingMetrics(pending_requests, sequence_counts, cache_totals),
-        DriftMonitor(
-            drift_enabled, drift_window, drift_alpha, drift_baseline_samples, drift_max_window_age_s
-        ),
+        drift,
         LoopLagProbe() if loop_lag_probe else None,
     )

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from monitoring.drift_channel import DriftChannel
 from monitoring.drift_report import channel_detail, channel_series
@@ -46,6 +50,31 @@ DRIFT_FAMILIES = {
     ),
     "ferry_prediction_class_total": ("Predicted (top-1) class of monitored rows.", "counter"),
 }
+
+
+@dataclass
+class DriftSnapshot:
+    """What readers of drift see (Prometheus families, JSON detail), computed where the windows
+    are evaluated; `tensors` names the tensors each model version's signals read."""
+
+    families: list[Family] = field(default_factory=list)
+    details: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    tensors: dict[tuple[str, str], tuple[tuple[str, str], ...]] = field(default_factory=dict)
+
+
+def latest_version(versions: Iterable[str]) -> str:
+    """The version a drift read without a version means: the highest numbered one."""
+    return max(versions, key=lambda v: (v.isdigit(), int(v) if v.isdigit() else 0, v))
+
+
+def pick_detail(
+    details: Mapping[tuple[str, str], dict[str, Any]], model: str, version: str | None
+) -> dict[str, Any] | None:
+    """The detail of `model`'s `version` (its latest one when None); None when unknown."""
+    versions = [v for (m, v) in details if m == model]
+    if version is None and versions:
+        version = latest_version(versions)
+    return details.get((model, version)) if version is not None else None
 
 
 class DriftMonitor:
@@ -184,20 +213,43 @@ class DriftMonitor:
 
     def detail(self, model: str, version: str | None) -> dict[str, Any] | None:
         """Per-signal JSON of a model version (latest version when None); None when unknown."""
-        channels = [c for (m, _), c in list(self._channels.items()) if m == model]
-        if version is not None:
-            channels = [c for c in channels if c.version == version]
+        channels = {key: c for key, c in list(self._channels.items()) if key[0] == model}
         if not channels:
             return None
-        latest = max(
-            channels,
-            key=lambda c: (
-                c.version.isdigit(),
-                int(c.version) if c.version.isdigit() else 0,
-                c.version,
-            ),
+        chosen = version if version is not None else latest_version(v for _, v in channels)
+        channel = channels.get((model, chosen))
+        return None if channel is None else channel_detail(channel)
+
+    def offer_rows(
+        self,
+        model: str,
+        version: str,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Mapping[str, np.ndarray],
+        rows: int,
+        dropped_elsewhere: int,
+    ) -> None:
+        """Evaluate rows that arrive stacked (one leading row axis) from a remote feeder, now,
+        on the calling thread; `dropped_elsewhere` is the feeder's running count of rows it
+        could not send."""
+        channel = self._channels.get((model, version))
+        if channel is None:
+            return
+        channel.dropped_elsewhere = dropped_elsewhere
+        try:
+            channel.drain([(inputs, outputs, rows, True)] if rows else None)
+        except Exception as exc:
+            log.exception("drift evaluation of %s/%s failed", model, version)
+            channel.disable(f"evaluation failed: {exc}")
+
+    def snapshot(self) -> DriftSnapshot:
+        """Every model version's families, detail and signal tensors, as of now."""
+        channels = list(self._channels.items())
+        return DriftSnapshot(
+            self.families(),
+            {key: channel_detail(c) for key, c in channels},
+            {key: c.spec.tensors for key, c in channels if c.spec is not None},
         )
-        return channel_detail(latest)
 
     def families(self) -> list[Family]:
         """The drift series of every monitored model version."""

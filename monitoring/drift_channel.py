@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -12,6 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from monitoring.drift_decision import decide_window, window_record
+from monitoring.drift_intake import Item, RowIntake, pending_rows_for, stack
 from monitoring.ks import calibrate_signal_alpha, ks_p_values, ks_threshold, window_statistics
 from monitoring.observer import RequestRecord
 from monitoring.reference import Reference
@@ -20,8 +20,6 @@ from monitoring.window import TumblingWindow
 
 log = logging.getLogger("ferry.monitoring.drift")
 FloatArray = NDArray[np.float64]
-MAX_PENDING_BYTES = 64 * 1024 * 1024
-Item = tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray], int]
 
 
 class DriftChannel:
@@ -40,13 +38,9 @@ class DriftChannel:
         self.batched = batched
         self.max_age_s = max_age_s
         self.state, self.reason, self.source = "loading", "", ""
-        self.max_pending_rows = max(2 * window, 1024)
-        self.max_pending_bytes = MAX_PENDING_BYTES
-        self._pending_bytes = 0
-        self._lock = threading.Lock()
-        self._pending: list[Item] = []
-        self._pending_rows = 0
-        self.dropped_rows = self.nonfinite_rows = self.skipped_rows = self.rows_seen = 0
+        self.intake = RowIntake(pending_rows_for(window))
+        self.dropped_elsewhere = 0  # rows a remote feeder could not send (drift_remote.py)
+        self.nonfinite_rows = self.skipped_rows = self.rows_seen = 0
         self.spec: SignalSpec | None = None
         self.window: TumblingWindow | None = None
         self.sorted_reference: FloatArray | None = None
@@ -68,21 +62,14 @@ class DriftChannel:
         """Queue a request's rows (or count them dropped when full); True when a drain is due."""
         if self.state not in ("active", "baselining") or record.outputs is None:
             return False
-        rows = max(1, record.batch_size)
-        size = sum(getattr(a, "nbytes", 0) for a in record.outputs.values()) + sum(
-            getattr(a, "nbytes", 0) for a in (record.inputs or {}).values()
+        return self.intake.offer(
+            record.inputs or {}, record.outputs, max(1, record.batch_size), self.batched
         )
-        with self._lock:
-            if (
-                self._pending_rows + rows > self.max_pending_rows
-                or self._pending_bytes + size > self.max_pending_bytes
-            ):
-                self.dropped_rows += rows
-                return True
-            self._pending.append((record.inputs or {}, record.outputs, rows))
-            self._pending_rows += rows
-            self._pending_bytes += size
-            return self._pending_rows * 4 >= self.max_pending_rows
+
+    @property
+    def dropped_rows(self) -> int:
+        """Rows never monitored because evaluation fell behind."""
+        return self.intake.dropped_rows + self.dropped_elsewhere
 
     # -- worker thread -----------------------------------------------------------------------
     def activate(
@@ -107,8 +94,7 @@ class DriftChannel:
     def disable(self, reason: str) -> None:
         """Stop monitoring this version, keeping the reason for the JSON detail."""
         self.state, self.reason = "disabled", reason
-        with self._lock:
-            self._pending, self._pending_rows, self._pending_bytes = [], 0, 0
+        self.intake.take()
 
     def _use_reference(
         self, sorted_samples: FloatArray, alpha_signal: float, thresholds: FloatArray
@@ -119,12 +105,11 @@ class DriftChannel:
         self.window = TumblingWindow(self.window_size, len(self.spec.names), self.max_age_s)
         self.state = "active"
 
-    def drain(self) -> None:
-        """Compute signals for queued rows, feed the window and evaluate completed windows."""
-        with self._lock:
-            items, self._pending, self._pending_rows = self._pending, [], 0
-            self._pending_bytes = 0
-        if items and self.spec is not None:
+    def drain(self, items: list[Item] | None = None) -> None:
+        """Compute signals for queued rows (and `items`, rows that came from elsewhere), feed
+        the window and evaluate completed windows."""
+        items = [*self.intake.take(), *(items or [])]
+        if items and self.spec is not None and self.state in ("active", "baselining"):
             for rows in self._signal_rows(items):
                 self._take(rows)
         if self.window is not None and self.state == "active":
@@ -136,12 +121,12 @@ class DriftChannel:
         assert self.spec is not None
         names = self.spec.tensors
         try:
-            groups = [self._stack(items, names)]
+            groups = [stack(items, names)]
         except (ValueError, KeyError):
             groups = []
             for item in items:
                 try:
-                    groups.append(self._stack([item], names))
+                    groups.append(stack([item], names))
                 except (ValueError, KeyError):
                     self.skipped_rows += item[2]
         result = []
@@ -157,23 +142,6 @@ class DriftChannel:
             self.rows_seen += rows
             result.append(signals[finite])
         return result
-
-    def _stack(
-        self, items: list[Item], names: tuple[tuple[str, str], ...]
-    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
-        joined: dict[str, dict[str, np.ndarray]] = {"inputs": {}, "outputs": {}}
-        for scope, name in names:
-            arrays = [
-                np.asarray((item[0] if scope == "inputs" else item[1])[name]) for item in items
-            ]
-            if not self.batched:
-                arrays = [a[None] for a in arrays]
-            joined[scope][name] = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
-        rows = sum(item[2] for item in items)
-        for group in joined.values():
-            if any(a.shape[0] != rows for a in group.values()):
-                raise ValueError("row counts disagree")
-        return joined["inputs"], joined["outputs"], rows
 
     def _count_classes(self, outputs: Mapping[str, np.ndarray]) -> None:
         assert self.spec is not None

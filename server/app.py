@@ -13,7 +13,8 @@ import logging
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Generator
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -35,11 +36,14 @@ from server.protocol.status import status_text
 from server.repository import ModelRepository
 from server.request_log import ModelEventLog, RequestLog
 from server.response_cache import ResponseCache
-from server.settings import ModelControlMode, ServerSettings
+from server.settings import DriftEvaluator, ModelControlMode, ServerSettings
 from server.shared_memory import SharedMemoryManager
 from server.trace_settings import TraceSettings
 from server.tracing import Tracer
 from server.workers.link import WorkerLink
+
+if TYPE_CHECKING:
+    from monitoring.drift_remote import DriftServiceAddress, DriftServiceProcess
 
 logger = logging.getLogger("ferry")
 
@@ -144,6 +148,8 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
         drift_baseline_samples=settings.drift_baseline_samples,
         loop_lag_probe=settings.loop_lag_probe,
         cache_totals=cache.totals if cache is not None else None,
+        drift_process=settings.drift_evaluator == DriftEvaluator.PROCESS,
+        drift_service=_drift_service_address(settings),
     )
     fanout = ObserverFanout([*monitors.observers, ModelEventLog()])
     repository = ModelRepository(
@@ -331,6 +337,38 @@ async def _set_when(event: asyncio.Event, target: asyncio.Event) -> None:
         target.set()
 
 
+def _drift_service_address(settings: ServerSettings) -> DriftServiceAddress | None:
+    """The shared drift evaluator a worker of `--workers N` feeds (None: not a worker)."""
+    if settings.drift_service_path is None or settings.drift_service_key is None:
+        return None
+    from monitoring.drift_remote import DriftServiceAddress
+
+    return DriftServiceAddress(settings.drift_service_path, settings.drift_service_key)
+
+
+def _drift_service_for_workers(
+    settings: ServerSettings,
+) -> Callable[[Path], tuple[DriftServiceProcess, dict[str, Any]]] | None:
+    """What the supervisor starts for its workers: one drift evaluator, when drift runs in a
+    process (the worker settings that point at it come with it)."""
+    if not settings.drift_enabled or settings.drift_evaluator != DriftEvaluator.PROCESS:
+        return None
+    from monitoring.drift_remote import DriftServiceProcess, DriftSettings
+
+    drift = DriftSettings(
+        settings.drift_window, settings.drift_alpha, settings.drift_baseline_samples
+    )
+
+    def start(folder: Path) -> tuple[DriftServiceProcess, dict[str, Any]]:
+        process = DriftServiceProcess(drift, folder)
+        return process, {
+            "drift_service_path": process.address.path,
+            "drift_service_key": process.address.authkey,
+        }
+
+    return start
+
+
 def check_settings(settings: ServerSettings) -> None:
     """Raise ValueError, naming the flag, for settings out of range (before anything starts)."""
     http_limits(settings)
@@ -358,6 +396,7 @@ def run_server(settings: ServerSettings) -> int:
             settings,
             lambda metrics_render: _metrics_server(settings, metrics_render),
             lambda families: (render(families), CONTENT_TYPE),
+            _drift_service_for_workers(settings),
         )
     try:
         import uvloop

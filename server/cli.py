@@ -18,7 +18,14 @@ from server.restrictions import (
     RestrictionError,
     parse_restricted_apis,
 )
-from server.settings import GrpcLimits, GrpcTls, GrpcTransport, ModelControlMode, ServerSettings
+from server.settings import (
+    DriftEvaluator,
+    GrpcLimits,
+    GrpcTls,
+    GrpcTransport,
+    ModelControlMode,
+    ServerSettings,
+)
 from server.trace_settings import TraceConfigError, TraceSetting, parse_trace_config
 
 _LIMITS = GrpcLimits()  # the defaults shown in --help
@@ -274,8 +281,8 @@ def serve(
             "work uses every core; they behave as one server (statistics, metrics, model "
             "control, readiness, drain). 0: one per CPU this process may use (affinity and "
             "cgroup quota), at most 8. 1: a single process, as before. Each worker loads its "
-            "own copy of every model; drift windows and client shared memory regions are "
-            "still per worker.",
+            "own copy of every model; one drift evaluator serves every worker; client shared "
+            "memory regions are still per worker.",
             min=0,
         ),
     ] = 1,
@@ -293,6 +300,13 @@ def serve(
             "instead of reference.npz (0: off)."
         ),
     ] = 0,
+    drift_evaluator: Annotated[
+        DriftEvaluator,
+        typer.Option(
+            help="process: evaluate drift windows in a process of their own (one for every "
+            "worker), off the serving event loop; thread: on a thread of each serving process."
+        ),
+    ] = DriftEvaluator.PROCESS,
     log_level: Annotated[
         str,
         typer.Option(
@@ -464,6 +478,7 @@ def serve(
         drift_window=drift_window,
         drift_alpha=drift_alpha,
         drift_baseline_samples=drift_baseline_samples,
+        drift_evaluator=drift_evaluator,
         log_level=log_level,
         log=log_settings_option(
             log_level, log_format, log_verbose, log_info, log_warning, log_error, log_file

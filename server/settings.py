@@ -13,6 +13,13 @@ from server.restrictions import RestrictedApis
 from server.trace_settings import TraceSetting
 
 
+class DriftEvaluator(enum.StrEnum):
+    """Where drift windows are evaluated (`ferry serve --drift-evaluator`)."""
+
+    PROCESS = "process"  # an evaluator process (one for every worker of --workers N)
+    THREAD = "thread"  # a thread of each serving process
+
+
 class ModelControlMode(enum.StrEnum):
     """Triton's model control modes."""
 
@@ -111,6 +118,10 @@ class ServerSettings:
     drift_window: int = 1000
     drift_alpha: float = 0.05
     drift_baseline_samples: int = 0
+    drift_evaluator: DriftEvaluator = DriftEvaluator.PROCESS
+    # the shared drift evaluator of `--workers N` (set by the supervisor for its workers)
+    drift_service_path: str | None = None
+    drift_service_key: bytes | None = None
     log_level: str = "info"
     gc_policy: GcPolicy = GcPolicy.SERVER
     loop_lag_probe: bool = False

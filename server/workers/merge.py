@@ -29,6 +29,12 @@ _MAX_FAMILIES = frozenset(
 )
 
 
+def _from_shared_evaluator(name: str) -> bool:
+    """Drift families: every worker reports the one shared evaluator's figures (a snapshot at
+    most a feeder pass old), so they are not added up; the highest is the newest."""
+    return name.startswith("ferry_drift_") or name == "ferry_prediction_class_total"
+
+
 def merge_statistics(per_worker: Iterable[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Triton `model_stats` lists of several workers as one list: counts and nanoseconds add
     up, `last_inference` is the latest, `batch_stats` add up per batch size; the order is the
@@ -93,7 +99,13 @@ def merge_families(per_worker: Iterable[list[WireFamily]]) -> list[Metric]:
     for wire in per_worker:
         for name, documentation, kind, samples in wire:
             _, _, merged = families.setdefault(name, (documentation, kind, {}))
-            combine = min if name in _MIN_FAMILIES else max if name in _MAX_FAMILIES else None
+            combine = (
+                min
+                if name in _MIN_FAMILIES
+                else max
+                if name in _MAX_FAMILIES or _from_shared_evaluator(name)
+                else None
+            )
             for sample_name, labels, value in samples:
                 key = (sample_name, tuple(sorted(labels.items())))
                 if key not in merged:

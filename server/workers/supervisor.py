@@ -6,6 +6,8 @@ channels (server/workers/hub.py), restarts a worker that dies (its open connecti
 its in-flight requests fail with a closed connection; the other workers keep serving and the
 server stays ready), polls the repository in poll mode on every worker at once, and on
 SIGTERM/SIGINT forwards SIGTERM so every worker drains its accepted requests, then exits.
+It also starts the one drift evaluator every worker feeds (monitoring/drift_service.py), and
+starts it again if it dies.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client.core import Metric
 
@@ -46,6 +48,18 @@ class Listener(Protocol):
     async def serve(self) -> None: ...
 
 
+class SideProcess(Protocol):
+    """A process the workers share (the drift evaluator)."""
+
+    def ensure_running(self) -> bool: ...
+
+    def stop(self) -> None: ...
+
+
+# builds the side process in the supervisor's private folder; with the worker settings that
+# point the workers at it
+SideProcessFactory = Callable[[Path], tuple[SideProcess, dict[str, Any]]]
+SIDE_PROCESS_CHECK_S = 1.0
 MetricsRender = Callable[[], Awaitable[tuple[bytes, str]]]
 ListenerFactory = Callable[[MetricsRender], Listener]
 FamiliesRender = Callable[[list[Metric]], tuple[bytes, str]]
@@ -55,9 +69,14 @@ class Supervisor:
     """Starts, watches, restarts and stops the workers."""
 
     def __init__(
-        self, settings: ServerSettings, metrics_listener: ListenerFactory, render: FamiliesRender
+        self,
+        settings: ServerSettings,
+        metrics_listener: ListenerFactory,
+        render: FamiliesRender,
+        drift_service: SideProcessFactory | None = None,
     ) -> None:
         self.settings = settings
+        self.drift_service = drift_service
         self.hub = ControlHub(settings.workers)
         self.metrics_listener, self.render = metrics_listener, render
         self.stopping = asyncio.Event()
@@ -68,8 +87,11 @@ class Supervisor:
         """Serve until SIGTERM/SIGINT (or a worker that cannot start); the exit code."""
         runtime = Path(tempfile.mkdtemp(prefix="ferry-workers-"))
         control = runtime / "control.sock"
+        side, side_settings = (
+            self.drift_service(runtime) if self.drift_service is not None else (None, {})
+        )
         worker_settings = dataclasses.replace(
-            self.settings, reuse_port=True, worker_control=control
+            self.settings, reuse_port=True, worker_control=control, **side_settings
         )
         settings_path = runtime / "settings.pickle"
         settings_path.write_bytes(pickle.dumps(worker_settings))
@@ -77,8 +99,10 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         server = await asyncio.start_unix_server(self.hub.on_connect, path=str(control))
-        listener, metrics_task = None, None
+        listener, metrics_task, side_task = None, None, None
         try:
+            if side is not None:
+                side_task = asyncio.create_task(_keep_running(side))
             if self.settings.allow_metrics:
                 listener = self.metrics_listener(self._render_metrics)
                 metrics_task = asyncio.create_task(listener.serve())
@@ -119,6 +143,10 @@ class Supervisor:
                 self._signal_all(signal.SIGKILL)
                 await asyncio.gather(*watchers, return_exceptions=True)
         finally:
+            if side_task is not None:
+                side_task.cancel()
+            if side is not None:
+                await asyncio.to_thread(side.stop)
             if listener is not None:
                 listener.should_exit = True
             if metrics_task is not None:
@@ -177,6 +205,13 @@ class Supervisor:
                 logger.exception("repository poll failed")
 
 
+async def _keep_running(side: SideProcess) -> None:
+    """Start the side process, and again whenever it has exited."""
+    while True:
+        await asyncio.to_thread(side.ensure_running)
+        await asyncio.sleep(SIDE_PROCESS_CHECK_S)
+
+
 async def _started(listener: Listener, task: asyncio.Task[None]) -> bool:
     while not listener.started:
         if task.done():
@@ -186,11 +221,15 @@ async def _started(listener: Listener, task: asyncio.Task[None]) -> bool:
 
 
 def run_supervisor(
-    settings: ServerSettings, metrics_listener: ListenerFactory, render: FamiliesRender
+    settings: ServerSettings,
+    metrics_listener: ListenerFactory,
+    render: FamiliesRender,
+    drift_service: SideProcessFactory | None = None,
 ) -> int:
     """Entry point of `ferry serve --workers N` (N > 1); the exit code."""
+    supervisor = Supervisor(settings, metrics_listener, render, drift_service)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        return asyncio.run(Supervisor(settings, metrics_listener, render).run())
-    return uvloop.run(Supervisor(settings, metrics_listener, render).run())
+        return asyncio.run(supervisor.run())
+    return uvloop.run(supervisor.run())

@@ -245,3 +245,44 @@ def test_sigterm_drains_every_worker(tmp_path: Path) -> None:
         for slot in (0, 1):
             assert f"[worker {slot}]: shutting down" in log
             assert f"[worker {slot}]: stopped" in log
+
+
+def test_one_drift_evaluator_counts_every_row_once(tmp_path: Path) -> None:
+    from monitoring.reference import write_reference
+
+    version = write_model(tmp_path, "clf", mlp_model(in_features=16, out_features=4)) / "1"
+    rng = np.random.default_rng(0)
+    write_reference(
+        version,
+        version / "model.onnx",
+        {"input": rng.standard_normal((2000, 16)).astype(np.float32)},
+        window=100,
+        alpha=0.05,
+        simulations=50,
+    )
+    window, requests, rows_each = 100, 75, 4  # 4 rows: the default max batch size
+    with running_server(
+        tmp_path, "--workers", "2", "--drift-window", str(window), "--log-requests"
+    ) as server:
+        for _ in range(requests):
+            status, _ = fresh(
+                f"http://{server.http_url}/v2/models/clf/infer", mlp_request(rows_each)
+            )
+            assert status == 200
+        for slot in (0, 1):  # both workers served some of the rows
+            assert f"ferry.requests[worker {slot}]" in server.log()
+        deadline = time.monotonic() + 30
+        series = 'ferry_drift_windows_total{model="clf",version="1"}'
+        while metric_value(server.metrics_url, series) < requests * rows_each // window:
+            assert time.monotonic() < deadline, "the drift windows did not fill"
+            time.sleep(0.2)
+        time.sleep(0.5)  # one more feeder pass on each worker: nothing more comes
+        assert metric_value(server.metrics_url, series) == requests * rows_each // window
+        for _ in range(8):  # any worker answers the one evaluator's figures
+            status, body = fresh(f"http://{server.http_url}/v2/models/clf/drift")
+            detail = json.loads(body)
+            assert status == 200 and detail["state"] == "active"
+            assert detail["rows_seen"] == requests * rows_each
+            assert detail["windows_total"] == requests * rows_each // window
+        statistics = json.loads(fresh(f"http://{server.http_url}/v2/models/clf/stats")[1])
+        assert statistics["model_stats"][0]["inference_count"] == requests * rows_each

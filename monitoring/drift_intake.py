@@ -1,0 +1,82 @@
+"""A bounded queue of monitored rows between the thread that serves and the one that evaluates.
+
+The serving side only appends references to the request's arrays (no copy); a full intake
+counts the rows it refuses instead of growing, so a client can never make it hold more than
+`max_rows` rows or `max_bytes` bytes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+
+import numpy as np
+
+MAX_PENDING_BYTES = 64 * 1024 * 1024
+# (inputs, outputs, rows, has_row_axis): has_row_axis is False for one request of a model that
+# does not batch (its tensors are one row without a leading row dimension)
+Item = tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray], int, bool]
+
+
+def pending_rows_for(window: int) -> int:
+    """How many rows may wait for evaluation: two windows, at least 1,024."""
+    return max(2 * window, 1024)
+
+
+class RowIntake:
+    """Rows waiting for the evaluating side; `offer` runs on the server loop."""
+
+    def __init__(self, max_rows: int, max_bytes: int = MAX_PENDING_BYTES) -> None:
+        self.max_rows, self.max_bytes = max_rows, max_bytes
+        self.dropped_rows = 0
+        self._lock = threading.Lock()
+        self._items: list[Item] = []
+        self._rows = self._bytes = 0
+
+    def offer(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Mapping[str, np.ndarray],
+        rows: int,
+        has_row_axis: bool,
+    ) -> bool:
+        """Queue one request's rows, or count them dropped when full; True when a drain is due
+        (a quarter full, or dropping)."""
+        size = sum(getattr(a, "nbytes", 0) for a in outputs.values()) + sum(
+            getattr(a, "nbytes", 0) for a in inputs.values()
+        )
+        with self._lock:
+            if self._rows + rows > self.max_rows or self._bytes + size > self.max_bytes:
+                self.dropped_rows += rows
+                return True
+            self._items.append((inputs, outputs, rows, has_row_axis))
+            self._rows += rows
+            self._bytes += size
+            return self._rows * 4 >= self.max_rows
+
+    def take(self) -> list[Item]:
+        """Everything queued, oldest first; the intake is empty afterwards."""
+        with self._lock:
+            items, self._items = self._items, []
+            self._rows = self._bytes = 0
+        return items
+
+
+Tensors = dict[str, np.ndarray]
+
+
+def stack(items: list[Item], names: tuple[tuple[str, str], ...]) -> tuple[Tensors, Tensors, int]:
+    """The named tensors ((scope, name) pairs) of several requests joined along a leading row
+    axis; ValueError or KeyError when a request lacks one or the shapes or row counts differ."""
+    joined: dict[str, Tensors] = {"inputs": {}, "outputs": {}}
+    for scope, name in names:
+        arrays = []
+        for inputs, outputs, _, has_row_axis in items:
+            array = np.asarray((inputs if scope == "inputs" else outputs)[name])
+            arrays.append(array if has_row_axis else array[None])
+        joined[scope][name] = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+    rows = sum(item[2] for item in items)
+    for group in joined.values():
+        if any(a.shape[0] != rows for a in group.values()):
+            raise ValueError("row counts disagree")
+    return joined["inputs"], joined["outputs"], rows

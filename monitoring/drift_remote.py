@@ -1,0 +1,337 @@
+"""Drift evaluated in another process: the serving side's feeder, and the process it feeds.
+
+`RemoteDriftMonitor` is the observer a serving process installs instead of the in-process
+`DriftMonitor`. Its `observe` runs on the event loop and only appends the request's arrays to a
+bounded intake (as the in-process monitor does). A feeder thread stacks the queued rows, sends
+them to the evaluator (monitoring/drift_service.py) and asks it for a snapshot of every model
+version's families and detail, which `families` and `detail` then read without waiting. So the
+event loop never computes a signal, a KS distance or a p-value, and a scrape or a drift read
+never waits for an evaluation.
+
+`DriftServiceProcess` starts the evaluator and starts it again when it has died. Its owner is the
+server (one process) or the supervisor of `--workers N` (one evaluator for every worker).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Client, Connection
+from pathlib import Path
+from typing import Any
+
+from monitoring.drift import DriftSnapshot, pick_detail
+from monitoring.drift_intake import Item, RowIntake, Tensors, pending_rows_for, stack
+from monitoring.drift_service import AUTHKEY_ENV
+from monitoring.families import Family
+from monitoring.observer import ModelEventRecord, ObservedRecord, RequestRecord
+
+log = logging.getLogger("ferry.monitoring.drift")
+
+# a snapshot costs the evaluator the last window's p-values and every series: twice a second
+# is enough for Prometheus scrapes (every 15 s by default) and drift reads
+SNAPSHOT_INTERVAL_S = 0.5
+SNAPSHOT_TIMEOUT_S = 30.0  # a first snapshot may wait for a reference to load and calibrate
+STOP_TIMEOUT_S = 5.0
+Key = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class DriftServiceAddress:
+    """Where the evaluator listens and the key that lets a feeder in."""
+
+    path: str
+    authkey: bytes
+
+
+@dataclass(frozen=True)
+class DriftSettings:
+    """The evaluator's settings (`ferry serve --drift-*`)."""
+
+    window: int = 1000
+    alpha: float = 0.05
+    baseline_samples: int = 0
+    max_window_age_s: float = 600.0
+
+
+class DriftServiceProcess:
+    """The evaluator process: started on demand, started again after it died."""
+
+    def __init__(self, settings: DriftSettings, folder: Path | None = None) -> None:
+        self.settings = settings
+        self._own_folder = folder is None
+        self.folder = folder if folder is not None else Path(tempfile.mkdtemp(prefix="ferry-"))
+        self.address = DriftServiceAddress(str(self.folder / "drift.sock"), secrets.token_bytes(32))
+        self._process: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self.starts = 0
+
+    def ensure_running(self) -> bool:
+        """Start the evaluator if it is not running; True when this call started it."""
+        with self._lock:
+            if self._process is not None and self._process.poll() is None:
+                return False
+            if self._process is not None:
+                log.warning(
+                    "the drift evaluator (pid %d) exited with %s; starting it again",
+                    self._process.pid,
+                    self._process.returncode,
+                )
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.address.path)
+            settings = self.settings
+            self._process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "monitoring.drift_service",
+                    self.address.path,
+                    f"--window={settings.window}",
+                    f"--alpha={settings.alpha!r}",
+                    f"--baseline-samples={settings.baseline_samples}",
+                    f"--max-window-age-s={settings.max_window_age_s!r}",
+                ],
+                env={**os.environ, AUTHKEY_ENV: self.address.authkey.hex()},
+                stdin=subprocess.DEVNULL,
+            )
+            self.starts += 1
+            return True
+
+    @property
+    def pid(self) -> int | None:
+        """The running evaluator's process id."""
+        process = self._process
+        return None if process is None or process.poll() is not None else process.pid
+
+    def stop(self) -> None:
+        """End the evaluator (SIGTERM, then SIGKILL) and remove its folder if this made it."""
+        with self._lock:
+            process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._own_folder:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class _Feed:
+    """One model version's rows on their way to the evaluator."""
+
+    def __init__(self, event: ModelEventRecord, max_rows: int) -> None:
+        self.event = event
+        self.has_row_axis = event.max_batch_size > 0
+        self.intake = RowIntake(max_rows)
+        self.monitored = True  # until a snapshot says the evaluator does not monitor it
+        self.tensors: tuple[tuple[str, str], ...] | None = None  # what its signals read
+        self.dropped_sent = 0
+
+
+def stack_items(
+    items: list[Item], tensors: tuple[tuple[str, str], ...] | None
+) -> list[tuple[Tensors, Tensors, int]]:
+    """Queued requests as few stacked groups (one when their shapes agree), each tensor with a
+    leading row axis, keeping only the tensors the signals read (all when not known yet)."""
+    if not items:
+        return []
+    names = tensors or tuple(
+        [("inputs", n) for n in items[0][0]] + [("outputs", n) for n in items[0][1]]
+    )
+    try:
+        return [stack(items, names)]
+    except (ValueError, KeyError):  # shapes that differ between requests: one group each
+        groups = []
+        for item in items:
+            with contextlib.suppress(ValueError, KeyError):
+                groups.append(stack([item], names))
+        return groups
+
+
+class RemoteDriftMonitor:
+    """The drift observer of a serving process whose windows are evaluated elsewhere."""
+
+    def __init__(
+        self,
+        address: DriftServiceAddress,
+        window: int,
+        process: DriftServiceProcess | None = None,
+        poll_s: float = 0.2,
+    ) -> None:
+        self.address, self.window, self.process, self.poll_s = address, window, process, poll_s
+        self._feeds: dict[Key, _Feed] = {}
+        self._events: list[ModelEventRecord] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._connection: Connection | None = None
+        self._snapshot = DriftSnapshot()
+        self._snapshot_at = 0.0
+        self._warned = False
+
+    # --- the event loop's side ------------------------------------------------------------------
+
+    def observe(self, record: ObservedRecord) -> None:
+        """Queue the rows of a successful request; note model versions' state changes."""
+        try:
+            if isinstance(record, RequestRecord):
+                if record.success and record.outputs is not None:
+                    feed = self._feeds.get((record.model, record.version))
+                    if (
+                        feed is not None
+                        and feed.monitored
+                        and feed.intake.offer(
+                            record.inputs or {},
+                            record.outputs,
+                            max(1, record.batch_size),
+                            feed.has_row_axis,
+                        )
+                    ):
+                        self._wake.set()
+            elif isinstance(record, ModelEventRecord):
+                self._on_event(record)
+        except Exception:  # an observer never raises into the server
+            log.exception("drift monitor failed to observe a record")
+
+    def _on_event(self, event: ModelEventRecord) -> None:
+        key = (event.model, event.version)
+        with self._lock:
+            if event.state == "READY":
+                self._feeds[key] = _Feed(event, pending_rows_for(self.window))
+            elif self._feeds.pop(key, None) is None:
+                return
+            self._events.append(event)
+        self._wake.set()
+
+    def detail(self, model: str, version: str | None) -> dict[str, Any] | None:
+        """The evaluator's last JSON detail of a model version (latest version when None)."""
+        details = self._snapshot.details
+        return pick_detail({k: d for k, d in details.items() if k in self._feeds}, model, version)
+
+    def families(self) -> list[Family]:
+        """The evaluator's last drift families."""
+        return self._snapshot.families
+
+    # --- the feeder thread ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the evaluator (when this monitor owns it) and the feeder thread."""
+        if self.process is not None:
+            self.process.ensure_running()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="ferry-drift-feed", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        """Stop the feeder thread, and the evaluator when this monitor owns it."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        if self._connection is not None:
+            if self.process is not None:
+                with contextlib.suppress(OSError):
+                    self._connection.send(("close",))
+            self._connection.close()
+            self._connection = None
+        if self.process is not None:
+            self.process.stop()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.poll_s)
+            self._wake.clear()
+            if not self._stop.is_set():
+                now = time.monotonic()
+                due = now - self._snapshot_at >= SNAPSHOT_INTERVAL_S or self._events
+                if due:
+                    self._snapshot_at = now
+                self.step(snapshot=bool(due))
+
+    def step(self, snapshot: bool = True) -> None:
+        """One feeder pass: connect if needed, send events and rows, and take a snapshot (when
+        `snapshot`; the feeder thread takes one every SNAPSHOT_INTERVAL_S)."""
+        connection = self._connection or self._connect()
+        if connection is None:
+            return
+        try:
+            with self._lock:
+                events, self._events = self._events, []
+            for event in events:
+                connection.send(("event", event))
+            for (model, version), feed in list(self._feeds.items()):
+                dropped = feed.intake.dropped_rows
+                groups = stack_items(feed.intake.take(), feed.tensors)
+                for inputs, outputs, rows in groups:
+                    connection.send(("rows", model, version, inputs, outputs, rows, dropped))
+                if not groups and dropped != feed.dropped_sent:
+                    connection.send(("rows", model, version, {}, {}, 0, dropped))
+                feed.dropped_sent = dropped
+            if not snapshot:
+                return
+            connection.send(("snapshot",))
+            if not connection.poll(SNAPSHOT_TIMEOUT_S):
+                raise TimeoutError("the drift evaluator did not answer")
+            _, taken, lines = connection.recv()
+        except (OSError, EOFError, TimeoutError) as exc:
+            self._lost(exc)
+            return
+        self._take_snapshot(taken)
+        for name, level, message in lines:
+            logging.getLogger(name).log(level, "%s", message)
+
+    def _take_snapshot(self, snapshot: DriftSnapshot) -> None:
+        for key, feed in list(self._feeds.items()):
+            detail = snapshot.details.get(key)
+            if detail is not None:
+                feed.monitored = detail["state"] != "disabled"
+                feed.tensors = snapshot.tensors.get(key)
+        self._snapshot = snapshot
+
+    def _connect(self) -> Connection | None:
+        if self.process is not None:
+            self.process.ensure_running()
+            deadline = time.monotonic() + 30  # a new process imports numpy and scipy first
+            while not os.path.exists(self.address.path) and time.monotonic() < deadline:
+                if self._stop.wait(0.05):
+                    return None
+        try:
+            connection = Client(self.address.path, family="AF_UNIX", authkey=self.address.authkey)
+        except (OSError, EOFError) as exc:
+            if not self._warned:
+                log.warning("cannot reach the drift evaluator yet: %s", exc)
+                self._warned = True
+            return None
+        self._connection, self._warned = connection, False
+        with self._lock:  # a new evaluator knows nothing: every ready version, then what changed
+            ready = [feed.event for feed in self._feeds.values()]
+            self._events = ready
+        return connection
+
+    def _lost(self, exc: BaseException) -> None:
+        log.warning("lost the drift evaluator (%s); reconnecting", exc or type(exc).__name__)
+        if self._connection is not None:
+            self._connection.close()
+        self._connection = None
+
+
+def feeder_for(address: DriftServiceAddress | None, settings: DriftSettings) -> RemoteDriftMonitor:
+    """The serving process's drift observer: fed to a shared evaluator when `address` is given
+    (a worker of `--workers N`), else to an evaluator of its own."""
+    if address is not None:
+        return RemoteDriftMonitor(address, settings.window)
+    process = DriftServiceProcess(settings)
+    return RemoteDriftMonitor(process.address, settings.window, process)

@@ -1,0 +1,207 @@
+"""The drift evaluator process (monitoring/drift_service.py) and its feeders
+(monitoring/drift_remote.py), real processes on a Unix socket: the same figures as the
+in-process monitor, one set of windows for several feeders, and an evaluator that dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from monitoring.drift import DriftMonitor
+from monitoring.drift_remote import (
+    DriftServiceProcess,
+    DriftSettings,
+    RemoteDriftMonitor,
+)
+from monitoring.observer import ModelEventRecord, ObservedRecord, RequestRecord
+from tests.unit.monitoring.conftest import Classifier, draw
+
+WINDOW = 200
+SETTINGS = DriftSettings(window=WINDOW, alpha=0.05)
+
+
+def ready(classifier: Classifier) -> ModelEventRecord:
+    return ModelEventRecord(
+        "clf",
+        "1",
+        "READY",
+        str(classifier.version_dir),
+        0.1,
+        inputs={"input": ("FP32", (-1, 16))},
+        outputs={"output": ("FP32", (-1, 4))},
+        max_batch_size=8,
+    )
+
+
+def requests(classifier: Classifier, x: np.ndarray, rows: int = 4) -> list[RequestRecord]:
+    y = classifier.run(x)
+    return [
+        RequestRecord(
+            "clf",
+            "1",
+            "http",
+            True,
+            x[i : i + rows].shape[0],
+            0.001,
+            inputs={"input": x[i : i + rows]},
+            outputs={"output": y[i : i + rows]},
+        )
+        for i in range(0, x.shape[0], rows)
+    ]
+
+
+def feed(
+    observe: Callable[[ObservedRecord], None],
+    step: Callable[[], None],
+    records: list[RequestRecord],
+) -> None:
+    for i, record in enumerate(records):
+        observe(record)
+        if i % 50 == 49:  # a pass every 200 rows: the intake never fills
+            step()
+    step()
+
+
+@pytest.fixture
+def evaluator() -> Iterator[DriftServiceProcess]:
+    process = DriftServiceProcess(SETTINGS)
+    process.ensure_running()
+    yield process
+    process.stop()
+
+
+def feeder(process: DriftServiceProcess, owner: bool = False) -> RemoteDriftMonitor:
+    return RemoteDriftMonitor(process.address, WINDOW, process if owner else None)
+
+
+def wait_for(condition: Callable[[], Any], step: Callable[[], None], timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        assert time.monotonic() < deadline, "timed out"
+        step()
+        time.sleep(0.05)
+    return result
+
+
+def test_the_evaluator_gives_the_in_process_monitors_figures(classifier: Classifier) -> None:
+    local = DriftMonitor(window=WINDOW, alpha=0.05)
+    process = DriftServiceProcess(SETTINGS)
+    remote = feeder(process, owner=True)
+    remote.start()
+    try:
+        for monitor in (local, remote):
+            monitor.observe(ready(classifier))
+        local.step()
+        wait_for(lambda: remote.detail("clf", "1"), remote.step)
+        rng = np.random.default_rng(5)
+        records = requests(classifier, draw(rng, 1000)) + requests(
+            classifier, draw(rng, 400, shift=0.7)
+        )
+        feed(local.observe, local.step, records)
+        feed(remote.observe, remote.step, records)
+        expected = local.detail("clf", "1")
+        got = wait_for(
+            lambda: (d := remote.detail("clf", "1")) and d["windows_total"] == 7 and d, remote.step
+        )
+    finally:
+        remote.close()
+    assert expected is not None and expected["windows_total"] == 7
+    for key in ("rows_seen", "detections_total", "consecutive_detections", "open_window_rows"):
+        assert got[key] == expected[key], key
+    assert got["last_window"]["drift"] is True
+    for ours, theirs in zip(
+        got["last_window"]["signals"], expected["last_window"]["signals"], strict=True
+    ):
+        assert ours["statistic"] == theirs["statistic"]
+        assert ours["p_value"] == pytest.approx(theirs["p_value"])
+    families = {f.metric.name: f.metric for f in remote.families()}
+    windows = families["ferry_drift_windows_total"].samples
+    assert [s.value for s in windows] == [7]
+    assert process.pid is None  # closing the owning feeder ended its evaluator
+
+
+def test_two_feeders_fill_one_set_of_windows(
+    classifier: Classifier, evaluator: DriftServiceProcess
+) -> None:
+    first, second = feeder(evaluator), feeder(evaluator)
+    rng = np.random.default_rng(6)
+    for monitor in (first, second):
+        monitor.observe(ready(classifier))
+        wait_for(lambda m=monitor: m.detail("clf", "1"), monitor.step)  # type: ignore[misc]
+    feed(first.observe, first.step, requests(classifier, draw(rng, 300)))
+    feed(second.observe, second.step, requests(classifier, draw(rng, 300)))
+    detail = wait_for(
+        lambda: (d := first.detail("clf", None)) and d["rows_seen"] == 600 and d, first.step
+    )
+    assert detail["windows_total"] == 3 and detail["open_window_rows"] == 0  # every row once
+    # one feeder unloading the version leaves it monitored for the other, windows kept
+    first.observe(ModelEventRecord("clf", "1", "UNAVAILABLE"))
+    first.step()
+    assert first.detail("clf", None) is None
+    feed(second.observe, second.step, requests(classifier, draw(rng, 100)))
+    detail = wait_for(
+        lambda: (d := second.detail("clf", "1")) and d["rows_seen"] == 700 and d, second.step
+    )
+    assert detail["windows_total"] == 3 and detail["open_window_rows"] == 100
+    for monitor in (first, second):
+        monitor.close()
+    assert evaluator.pid is not None  # feeders that do not own it leave it running
+
+
+def test_an_evaluator_that_dies_is_started_again_and_fed_again(classifier: Classifier) -> None:
+    process = DriftServiceProcess(SETTINGS)
+    monitor = feeder(process, owner=True)
+    monitor.start()
+    try:
+        monitor.observe(ready(classifier))
+        wait_for(lambda: monitor.detail("clf", "1"), lambda: None)
+        pid = process.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: process.pid not in (None, pid), lambda: None)
+        assert process.starts == 2
+        # the new evaluator knows the version again (the feeder replays READY) and monitors it
+        rng = np.random.default_rng(7)
+        for record in requests(classifier, draw(rng, 200)):
+            monitor.observe(record)
+        detail = wait_for(
+            lambda: (d := monitor.detail("clf", "1")) and d["windows_total"] == 1 and d,
+            lambda: None,
+        )
+        assert detail["state"] == "active"
+    finally:
+        monitor.close()
+    assert process.pid is None
+
+
+def test_a_full_intake_counts_what_it_drops(
+    classifier: Classifier, evaluator: DriftServiceProcess
+) -> None:
+    monitor = feeder(evaluator)
+    monitor.observe(ready(classifier))
+    wait_for(lambda: monitor.detail("clf", "1"), monitor.step)
+    record = requests(classifier, draw(np.random.default_rng(8), 1), rows=1)[0]
+    for _ in range(1500):  # no pass meanwhile: the intake (at least 1,024 rows) fills
+        monitor.observe(record)
+    monitor.step()
+    detail = wait_for(
+        lambda: (d := monitor.detail("clf", "1")) and d["rows_seen"] == 1024 and d, monitor.step
+    )
+    assert detail["dropped_rows"] == 1500 - 1024
+    monitor.close()
+
+
+def test_a_feeder_without_the_key_is_refused(evaluator: DriftServiceProcess) -> None:
+    from multiprocessing import AuthenticationError
+    from multiprocessing.connection import Client
+
+    wait_for(lambda: os.path.exists(evaluator.address.path), lambda: None)
+    with pytest.raises((AuthenticationError, EOFError, ConnectionError)):
+        Client(evaluator.address.path, family="AF_UNIX", authkey=b"not the key")
+    assert evaluator.pid is not None  # and the evaluator keeps serving
