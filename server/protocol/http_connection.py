@@ -19,13 +19,14 @@ import asyncio
 import functools
 import http
 import logging
-from typing import Any
+from typing import Any, cast
 
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from server.protocol.http_limits import HttpLimits
+from server.protocol.http_writes import CoalescingTransport
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        # each response leaves in one send (server/protocol/http_writes.py)
+        self.transport = cast(asyncio.Transport, CoalescingTransport(transport, self.loop))
         # a fresh connection that sends nothing is idle, like a kept-alive one
         self.timeout_keep_alive_task = self.loop.call_later(
             self.timeout_keep_alive, self.timeout_keep_alive_handler
