@@ -41,6 +41,7 @@ from server.shared_memory import SharedMemoryManager
 from server.trace_settings import TraceSettings
 from server.tracing import Tracer
 from server.workers.link import WorkerLink
+from server.workers.sequences import SequenceRouter
 
 if TYPE_CHECKING:
     from monitoring.drift_remote import DriftServiceAddress, DriftServiceProcess
@@ -169,6 +170,12 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
     dataplane = DataPlane(
         repository, fanout, settings.strict_readiness, shared_memory, operations, link
     )
+    sequences = (
+        None
+        if settings.worker_control is None
+        else SequenceRouter(settings.worker_control.parent, settings.worker_slot, settings.workers)
+    )
+    dataplane.sequence_owners = sequences
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -217,6 +224,8 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
             return 1
         await load_models()
         await link.catch_up(replay)
+        assert sequences is not None
+        await sequences.start(dataplane.infer)
         # ready before it listens: a restarted worker's first probe must not answer not-ready
         apply_after_startup(settings.gc_policy)
         dataplane.started = True
@@ -315,6 +324,8 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
         logger.warning(
             "exit timeout (%.0fs) reached with requests still running", settings.exit_timeout_secs
         )
+    if sequences is not None:
+        await sequences.close()
     await repository.close()
     if grpc_server is not None:
         await grpc_server.stop(grace=5)

@@ -69,6 +69,15 @@ class Cluster(Protocol):
     async def unload_model(self, name: str) -> None: ...
 
 
+class SequenceOwners(Protocol):
+    """Which worker of `ferry serve --workers N` runs each sequence (server/workers/
+    sequences.py): requests of a sequence another worker owns are forwarded to it."""
+
+    def owner(self, sequence_id: int | str) -> int | None: ...
+
+    async def forward(self, slot: int, request: InferenceRequest) -> InferenceResponse: ...
+
+
 class DataPlane:
     """Everything a transport can ask of the server."""
 
@@ -87,6 +96,7 @@ class DataPlane:
         # client shared memory regions (--allow-client-shm); None: the extension is off
         self.shared_memory = shared_memory
         self.cluster = cluster  # None: this process is the whole server
+        self.sequence_owners: SequenceOwners | None = None  # set by a worker of several
         # request log, traces, response cache, log settings (server/operations.py)
         self.ops = operations or Operations()
         self.started = False
@@ -208,6 +218,25 @@ class DataPlane:
 
     # --- inference -----------------------------------------------------------------------------
 
+    def _runs_sequences(self, request: InferenceRequest) -> bool:
+        try:
+            model = self.repository.get(request.model_name, request.model_version)
+        except ServingError:
+            return False  # answered (and counted) here
+        return isinstance(model.scheduler, SequenceBatcher)
+
+    async def _forward(self, slot: int, request: InferenceRequest) -> InferenceResponse:
+        """Run a request of a sequence another worker owns there (draining waits for it)."""
+        assert self.sequence_owners is not None
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            return await self.sequence_owners.forward(slot, request)
+        finally:
+            self._inflight -= 1
+            if not self._inflight:
+                self._idle.set()
+
     def _check_accepting(self, request: InferenceRequest) -> None:
         """While the server drains, only requests of sequence models pass (their scheduler
         serves live sequences and refuses new ones, as Triton's)."""
@@ -225,6 +254,10 @@ class DataPlane:
 
         With a response cache, a hit answers here without queueing. Traces and request lines
         cost one attribute test each when they are off."""
+        if self.sequence_owners is not None and request.sequence_id:
+            slot = self.sequence_owners.owner(request.sequence_id)
+            if slot is not None and self._runs_sequences(request):
+                return await self._forward(slot, request)
         ops = self.ops
         started = time.perf_counter()
         try:

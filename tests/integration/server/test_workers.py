@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -286,3 +287,64 @@ def test_one_drift_evaluator_counts_every_row_once(tmp_path: Path) -> None:
             assert detail["windows_total"] == requests * rows_each // window
         statistics = json.loads(fresh(f"http://{server.http_url}/v2/models/clf/stats")[1])
         assert statistics["model_stats"][0]["inference_count"] == requests * rows_each
+
+
+def test_a_sequence_runs_on_one_worker_whichever_worker_its_requests_reach(
+    tmp_path: Path,
+) -> None:
+    """Each step on a fresh connection (the kernel spreads them over both workers): the
+    worker that owns the sequence runs every step, the other forwards to it."""
+    import tritonclient.http as httpclient
+
+    from server.workers.sequences import owner_of
+    from tests.support.sequence_models import INPUT_SIZE, run_alone_in_onnxruntime, write_rnn_cell
+
+    write_rnn_cell(tmp_path, "rnn", max_batch_size=4)
+    rng = np.random.default_rng(3)
+    steps = 6
+    sequences = {
+        sid: rng.standard_normal((steps, INPUT_SIZE)).astype(np.float32)
+        for sid in (1, 2, 3, 4, 5, 6)
+    }
+    assert {owner_of(sid, 2) for sid in sequences} == {0, 1}  # both workers own some
+    with running_server(tmp_path, "--workers", "2", "--log-requests") as server:
+        got: dict[int, list[np.ndarray]] = {sid: [] for sid in sequences}
+        for t in range(steps):
+            for sid, xs in sequences.items():
+                use_grpc = (sid + t) % 2 == 0
+                module: Any = grpcclient if use_grpc else httpclient
+                client = module.InferenceServerClient(
+                    server.grpc_url if use_grpc else server.http_url
+                )
+                tensor = module.InferInput("INPUT", [1, INPUT_SIZE], "FP32")
+                tensor.set_data_from_numpy(xs[t].reshape(1, INPUT_SIZE))
+                result = client.infer(
+                    "rnn",
+                    [tensor],
+                    sequence_id=sid,
+                    sequence_start=t == 0,
+                    sequence_end=t == steps - 1,
+                )
+                got[sid].append(result.as_numpy("OUTPUT")[0])
+                client.close()
+        for sid, xs in sequences.items():
+            alone = run_alone_in_onnxruntime(tmp_path / "rnn" / "1" / "model.onnx", xs, sid)
+            np.testing.assert_allclose(np.stack(got[sid]), alone, rtol=1e-5, atol=1e-6)
+        # counted once, by the owners: the whole server's statistics equal the requests sent
+        stats = json.loads(fresh(f"http://{server.http_url}/v2/models/rnn/stats")[1])
+        entry = stats["model_stats"][0]
+        assert entry["inference_stats"]["success"]["count"] == len(sequences) * steps
+        log = server.log()
+        for slot in (0, 1):
+            assert f"ferry.requests[worker {slot}]" in log
+        # an error of the owner comes back unchanged: a step of an ended sequence without START
+        client = httpclient.InferenceServerClient(server.http_url)
+        tensor = httpclient.InferInput("INPUT", [1, INPUT_SIZE], "FP32")
+        tensor.set_data_from_numpy(sequences[1][0].reshape(1, INPUT_SIZE))
+        for sid in sequences:
+            try:
+                client.infer("rnn", [tensor], sequence_id=sid)
+            except Exception as exc:  # tritonclient's InferenceServerException
+                assert "must specify the START flag" in str(exc)
+            else:
+                raise AssertionError("a step without START of an ended sequence was accepted")
