@@ -358,6 +358,7 @@ def run_server(settings: ServerSettings) -> int:
             settings,
             lambda metrics_render: _metrics_server(settings, metrics_render),
             lambda families: (render(families), CONTENT_TYPE),
+            log_control,
         )
     try:
         import uvloop

@@ -17,6 +17,8 @@ from typing import Any
 
 from prometheus_client.core import Metric
 
+from server.errors import ServingError
+from server.logs import LogControl
 from server.workers.channel import Channel, ChannelClosed, Message, RemoteError
 from server.workers.merge import merge_families, merge_regions, merge_statistics
 from server.workers.shared_state import CHANGES, Reply, StateRecord
@@ -27,8 +29,9 @@ logger = logging.getLogger("ferry.workers")
 class ControlHub:
     """Every worker's control channel, by slot."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, log_control: LogControl | None = None) -> None:
         self.workers = workers
+        self.log_control = log_control  # the supervisor's own log lines follow the workers'
         self.channels: dict[int, Channel] = {}
         self.ever_ready: set[int] = set()
         self.every_worker_ready = False
@@ -139,6 +142,8 @@ class ControlHub:
                 redo = next(iter(replies.values()))["redo"] if replies else None
                 if redo is not None:
                     self.state.remember(redo)
+                if not refused and message["op"] == "log_settings":
+                    self._log_like_workers(message["changes"])
         if refused:
             kind, text = refused.get(asker) or next(iter(refused.values()))
             raise RemoteError(kind, text)
@@ -159,3 +164,10 @@ class ControlHub:
                 logger.error("worker %d could not undo %s: %s", slot, op, undone["error"][1])
             else:
                 logger.warning("%s: refused by another worker, undone on worker %d", op, slot)
+
+    def _log_like_workers(self, changes: dict[str, Any]) -> None:
+        if self.log_control is not None:
+            try:
+                self.log_control.update(changes)
+            except ServingError as exc:  # the workers took it: not expected
+                logger.error("the supervisor could not change its log settings: %s", exc.message)

@@ -27,6 +27,7 @@ from typing import Protocol
 
 from prometheus_client.core import Metric
 
+from server.logs import LogControl
 from server.settings import ModelControlMode, ServerSettings
 from server.workers.hub import ControlHub
 
@@ -55,10 +56,14 @@ class Supervisor:
     """Starts, watches, restarts and stops the workers."""
 
     def __init__(
-        self, settings: ServerSettings, metrics_listener: ListenerFactory, render: FamiliesRender
+        self,
+        settings: ServerSettings,
+        metrics_listener: ListenerFactory,
+        render: FamiliesRender,
+        log_control: LogControl | None = None,
     ) -> None:
         self.settings = settings
-        self.hub = ControlHub(settings.workers)
+        self.hub = ControlHub(settings.workers, log_control)
         self.metrics_listener, self.render = metrics_listener, render
         self.stopping = asyncio.Event()
         self.failed = False
@@ -186,11 +191,15 @@ async def _started(listener: Listener, task: asyncio.Task[None]) -> bool:
 
 
 def run_supervisor(
-    settings: ServerSettings, metrics_listener: ListenerFactory, render: FamiliesRender
+    settings: ServerSettings,
+    metrics_listener: ListenerFactory,
+    render: FamiliesRender,
+    log_control: LogControl | None = None,
 ) -> int:
     """Entry point of `ferry serve --workers N` (N > 1); the exit code."""
+    supervisor = Supervisor(settings, metrics_listener, render, log_control)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        return asyncio.run(Supervisor(settings, metrics_listener, render).run())
-    return uvloop.run(Supervisor(settings, metrics_listener, render).run())
+        return asyncio.run(supervisor.run())
+    return uvloop.run(supervisor.run())

@@ -65,7 +65,7 @@ class Workers:
 @contextlib.asynccontextmanager
 async def workers(count: int) -> AsyncIterator[Workers]:
     folder = Path(tempfile.mkdtemp(prefix="ferry-hub-test-"))
-    hub = ControlHub(count)
+    hub = ControlHub(count, LogControl(LogSettings()))  # the supervisor's own log settings
     server = await asyncio.start_unix_server(hub.on_connect, path=str(folder / "control.sock"))
     group = Workers(hub, folder / "control.sock", folder)
     try:
@@ -75,6 +75,8 @@ async def workers(count: int) -> AsyncIterator[Workers]:
             assert dataplane.shared_memory is not None and dataplane.ops.log_control is not None
             dataplane.shared_memory.close()
             dataplane.ops.log_control.close()
+        assert hub.log_control is not None
+        hub.log_control.close()
         server.close()
         logging.getLogger().setLevel(logging.WARNING)
 
@@ -151,6 +153,8 @@ def test_log_and_trace_settings_reach_every_worker_and_a_later_one() -> None:
             answer = await a_plane.update_log_settings({"log_verbose_level": 2})
             assert answer["log_verbose_level"] == 2
             assert b_plane.log_settings() == answer
+            assert group.hub.log_control is not None
+            assert group.hub.log_control.settings.log_verbose_level == 2  # the supervisor's too
             with pytest.raises(ServingError, match="expect boolean for 'log_info'"):
                 await b_plane.update_log_settings({"log_info": "yes", "log_warning": False})
             assert a_plane.log_settings() == b_plane.log_settings() == answer
