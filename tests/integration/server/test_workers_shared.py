@@ -49,9 +49,11 @@ def same_everywhere(server: ServerProcess, path: str) -> Any:
     return json.loads(body)
 
 
-def infer_fresh(server: ServerProcess, prefix: str, body: dict[str, Any]) -> list[str]:
-    """ATTEMPTS requests, each on a fresh connection and all answered 200; their ids."""
-    request_ids = [f"{prefix}-{i}" for i in range(ATTEMPTS)]
+def infer_fresh(
+    server: ServerProcess, prefix: str, body: dict[str, Any], count: int = ATTEMPTS
+) -> list[str]:
+    """`count` requests, each on a fresh connection and all answered 200; their ids."""
+    request_ids = [f"{prefix}-{i}" for i in range(count)]
     for request_id in request_ids:
         status, answer = fresh(
             f"http://{server.http_url}/v2/models/mlp/infer", body | {"id": request_id}
@@ -115,7 +117,7 @@ def test_a_region_registered_on_one_connection_serves_every_worker(tmp_path: Pat
         request_ids = []
         for i in range(ATTEMPTS):  # each on a fresh connection, its output in the region
             shm.set_shared_memory_region(outputs.handle, [np.full((1, 4), np.nan, np.float32)])
-            request_ids += infer_fresh(server, f"shm-{i}", SHM_BODY)[:1]
+            request_ids += infer_fresh(server, f"shm-{i}", SHM_BODY, count=1)
             written = shm.get_contents_as_numpy(outputs.handle, np.float32, [1, 4])
             np.testing.assert_allclose(written, expected, rtol=1e-5)
         assert workers_of(server, request_ids) == {0, 1}
