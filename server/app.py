@@ -407,6 +407,7 @@ def run_server(settings: ServerSettings) -> int:
             settings,
             lambda metrics_render: _metrics_server(settings, metrics_render),
             lambda families: (render(families), CONTENT_TYPE),
+            log_control,
             _drift_service_for_workers(settings),
         )
     try:

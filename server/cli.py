@@ -279,10 +279,11 @@ def serve(
         typer.Option(
             help="Serving processes sharing the HTTP and gRPC ports (SO_REUSEPORT), so protocol "
             "work uses every core; they behave as one server (statistics, metrics, model "
-            "control, readiness, drain). 0: one per CPU this process may use (affinity and "
-            "cgroup quota), at most 8. 1: a single process, as before. Each worker loads its "
-            "own copy of every model; one drift evaluator serves every worker; client shared "
-            "memory regions are still per worker.",
+            "control, client shared memory, log and trace settings, readiness, drain). 0: one "
+            "per CPU this process may use (affinity and cgroup quota), at most 8. 1: a single "
+            "process, as before. Each worker loads its own copy of every model; one drift "
+            "evaluator serves every worker; a sequence runs on one worker; batching and trace "
+            "sampling are still per worker.",
             min=0,
         ),
     ] = 1,

@@ -31,7 +31,7 @@ from server.repository import ModelRepository, parse_version
 from server.repository_format import ModelConfig
 from server.sequence import SequenceBatcher
 from server.settings import ModelControlMode
-from server.shared_memory import SharedMemoryManager
+from server.shared_memory import SharedMemoryManager, require_enabled, select_regions
 from server.trace_settings import Change
 from server.tracing import RequestTrace, enter_steps, leave_steps
 from server.types import InferenceRequest, InferenceResponse, datatype_of
@@ -56,7 +56,8 @@ EXTENSIONS = (
 
 class Cluster(Protocol):
     """The other workers of `ferry serve --workers N` (server/workers/link.py), as the data
-    plane sees them: one server's readiness, statistics and repository control."""
+    plane sees them: one server's readiness, statistics, repository control, client shared
+    memory regions and run-time log and trace settings."""
 
     every_worker_ready: bool
 
@@ -67,6 +68,20 @@ class Cluster(Protocol):
     ) -> None: ...
 
     async def unload_model(self, name: str) -> None: ...
+
+    async def register_shared_memory(
+        self, name: str, key: str, offset: int, byte_size: int
+    ) -> None: ...
+
+    async def unregister_shared_memory(self, name: str) -> None: ...
+
+    async def shared_memory_status(self) -> list[dict[str, Any]]: ...
+
+    async def update_log_settings(self, changes: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    async def update_trace_settings(
+        self, model: str, changes: Mapping[str, Change]
+    ) -> dict[str, Any]: ...
 
 
 class SequenceOwners(Protocol):
@@ -523,12 +538,44 @@ class DataPlane:
                 )
             )
 
+    # --- system shared memory extension --------------------------------------------------------
+
+    async def register_shared_memory(
+        self, name: str, key: str, offset: int, byte_size: int
+    ) -> None:
+        """Register a client's region (on every worker, before answering)."""
+        manager = require_enabled(self.shared_memory)
+        if self.cluster is not None:
+            await self.cluster.register_shared_memory(name, key, offset, byte_size)
+        else:
+            manager.register(name, key, offset, byte_size)
+
+    async def unregister_shared_memory(self, name: str = "") -> None:
+        """Unregister one region, or all when `name` is empty (on every worker)."""
+        if self.shared_memory is None:  # nothing is ever registered
+            return
+        if self.cluster is not None:
+            await self.cluster.unregister_shared_memory(name)
+        else:
+            self.shared_memory.unregister(name)
+
+    async def shared_memory_status(self, name: str = "") -> list[dict[str, Any]]:
+        """The status of one region or of all (every worker's, each name once)."""
+        if self.shared_memory is None:  # nothing is ever registered; no error, as before
+            return []
+        if self.cluster is not None:
+            return select_regions(await self.cluster.shared_memory_status(), name)
+        return self.shared_memory.status(name)
+
     # --- logging and trace extensions -----------------------------------------------------------
 
     def log_settings(self) -> dict[str, Any]:
         return self.ops.log_settings()
 
-    def update_log_settings(self, changes: Mapping[str, Any]) -> dict[str, Any]:
+    async def update_log_settings(self, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """Change the log settings (of every worker); the settings now in force."""
+        if self.cluster is not None:
+            return await self.cluster.update_log_settings(changes)
         return self.ops.update_log_settings(changes)
 
     def trace_settings(self, model: str = "") -> dict[str, Any]:
@@ -536,9 +583,15 @@ class DataPlane:
             self._require_ready(model)
         return self.ops.tracer.settings.setting(model).as_json()
 
-    def update_trace_settings(self, model: str, changes: Mapping[str, Change]) -> dict[str, Any]:
+    async def update_trace_settings(
+        self, model: str, changes: Mapping[str, Change]
+    ) -> dict[str, Any]:
+        """Change the global or a model's trace setting (of every worker); the setting now in
+        force."""
         if model:
             self._require_ready(model)
+        if self.cluster is not None:
+            return await self.cluster.update_trace_settings(model, changes)
         return self.ops.update_trace_settings(model, changes)
 
     def _require_ready(self, model: str) -> None:

@@ -85,9 +85,21 @@ class Operations:
         return self.log_control.update(changes).as_json()
 
     def update_trace_settings(self, model: str, changes: Mapping[str, Change]) -> dict[str, Any]:
-        answer = self.tracer.settings.update(model, changes).as_json()
-        self.request_context = self.request_log.enabled or self.tracer.active
-        return answer
+        try:
+            return self.tracer.settings.update(model, changes).as_json()
+        finally:  # a global update that fails on a model's setting has changed the global one
+            self.request_context = self.request_log.enabled or self.tracer.active
+
+    def trace_snapshot(self) -> dict[str, dict[str, Change]]:
+        """The trace settings the protocol changed (server/trace_settings.py)."""
+        return self.tracer.settings.snapshot()
+
+    def restore_trace_settings(self, snapshot: Mapping[str, Mapping[str, Change]]) -> None:
+        """The trace settings as another server has them (a worker of `--workers N`)."""
+        try:
+            self.tracer.settings.restore(snapshot)
+        finally:
+            self.request_context = self.request_log.enabled or self.tracer.active
 
     def close(self) -> None:
         """Flush traces still waiting to be exported."""

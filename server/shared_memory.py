@@ -106,6 +106,19 @@ def output_destination(
     return reference
 
 
+def select_regions(regions: list[dict[str, Any]], name: str = "") -> list[dict[str, Any]]:
+    """The status of region `name` among `regions` (NOT_FOUND when none has that name), or of
+    all when `name` is empty."""
+    if not name:
+        return regions
+    chosen = [region for region in regions if region["name"] == name]
+    if not chosen:
+        raise ServingError(
+            ErrorKind.NOT_FOUND, f"Unable to find system shared memory region: '{name}'"
+        )
+    return chosen
+
+
 @dataclass(slots=True)
 class _Region:
     name: str
@@ -208,18 +221,11 @@ class SharedMemoryManager:
     def status(self, name: str = "") -> list[dict[str, Any]]:
         """`{name, key, offset, byte_size}` of one region, or of all when `name` is empty."""
         with self._lock:
-            if not name:
-                regions = list(self._regions.values())
-            elif name in self._regions:
-                regions = [self._regions[name]]
-            else:
-                raise ServingError(
-                    ErrorKind.NOT_FOUND, f"Unable to find system shared memory region: '{name}'"
-                )
-            return [
+            regions = [
                 {"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size}
-                for r in regions
+                for r in self._regions.values()
             ]
+        return select_regions(regions, name)
 
     def unregister(self, name: str = "") -> None:
         """Unregister one region (unknown names are fine, as in Triton), or all when `name` is

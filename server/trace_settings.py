@@ -19,6 +19,12 @@ from server.errors import ErrorKind, ServingError, invalid
 MODES = ("triton", "opentelemetry")
 LEVELS = ("TIMESTAMPS", "TENSORS")  # empty: OFF
 FIELDS = ("level", "rate", "count", "log_frequency")  # what the protocol may change
+REQUEST_KEYS = {  # each field's key in a trace setting request
+    "level": "trace_level",
+    "rate": "trace_rate",
+    "count": "trace_count",
+    "log_frequency": "log_frequency",
+}
 OPENTELEMETRY_DEFAULTS = {
     "url": "http://localhost:4318/v1/traces",
     "bsp_max_export_batch_size": "512",
@@ -27,6 +33,7 @@ OPENTELEMETRY_DEFAULTS = {
 }
 UINT32_MAX = 2**32 - 1
 INT32_MAX = 2**31 - 1
+Change = str | list[str] | None  # a request's value: a string, a level list, null
 
 
 class TraceConfigError(ValueError):
@@ -70,6 +77,19 @@ class TraceSetting:
         answer["trace_mode"] = self.mode
         answer.update(self.options)
         return answer
+
+    def own_changes(self) -> dict[str, Change]:
+        """The fields this setting set itself, as a trace setting request that sets them."""
+        changes: dict[str, Change] = {}
+        for name in FIELDS:
+            if name in self.specified:
+                value = getattr(self, name)
+                changes[REQUEST_KEYS[name]] = (
+                    [lvl for lvl in LEVELS if lvl in value] or ["OFF"]
+                    if name == "level"
+                    else str(value)
+                )
+        return changes
 
 
 @dataclass
@@ -178,9 +198,6 @@ def _number(key: str, text: str, low: int, high: int) -> int:
     return number
 
 
-Change = str | list[str] | None  # a request's value: a string, a level list, null
-
-
 class TraceSettings:
     """The global setting, the models' own, and their samplers."""
 
@@ -202,6 +219,24 @@ class TraceSettings:
             return sampler.setting
         return None
 
+    def snapshot(self) -> dict[str, dict[str, Change]]:
+        """What the protocol changed, by model ('' is the global setting): `restore` rebuilds
+        these settings from it on another server (a worker of `--workers N`)."""
+        return {
+            "": self.global_setting.own_changes(),
+            **{name: setting.own_changes() for name, setting in self.models.items()},
+        }
+
+    def restore(self, snapshot: Mapping[str, Mapping[str, Change]]) -> None:
+        """Back to the --trace-config setting, then the snapshot's changes (sampling counters
+        start again, as after any update)."""
+        self.global_setting, self.models = self.default, {}
+        self._samplers = {"": Sampler(self.default)}
+        self.update("", snapshot.get("", {}))
+        for model, changes in snapshot.items():
+            if model:
+                self.update(model, changes)
+
     def update(self, model: str, changes: Mapping[str, Change]) -> TraceSetting:
         """Apply a trace setting request (Triton's rules); the setting now in force."""
         if "trace_file" in changes:
@@ -211,12 +246,7 @@ class TraceSettings:
             )
         new: dict[str, Any] = {}
         cleared: set[str] = set()
-        for key, name in (
-            ("trace_level", "level"),
-            ("trace_rate", "rate"),
-            ("trace_count", "count"),
-            ("log_frequency", "log_frequency"),
-        ):
+        for name, key in REQUEST_KEYS.items():
             if key not in changes:
                 continue
             value = changes[key]

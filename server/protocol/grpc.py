@@ -30,7 +30,7 @@ from server.protocol.grpcio_limits import RequestBudgetInterceptor, grpcio_optio
 from server.protocol.status import GRPC_CODE_BY_KIND
 from server.restrictions import RestrictedApis
 from server.settings import GrpcLimits, GrpcTls, GrpcTransport
-from server.shared_memory import cuda_register_error, require_enabled
+from server.shared_memory import cuda_register_error
 from server.types import InferenceRequest
 
 logger = logging.getLogger(__name__)
@@ -217,8 +217,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
         async def work() -> Any:
             response = pb.SystemSharedMemoryStatusResponse()
-            shared_memory = self.dataplane.shared_memory
-            for region in shared_memory.status(request.name) if shared_memory else ():
+            for region in await self.dataplane.shared_memory_status(request.name):
                 response.regions[region["name"]].CopyFrom(
                     pb.SystemSharedMemoryStatusResponse.RegionStatus(**region)
                 )
@@ -228,8 +227,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
         async def work() -> Any:
-            shared_memory = self.dataplane.shared_memory
-            require_enabled(shared_memory).register(
+            await self.dataplane.register_shared_memory(
                 request.name, request.key, request.offset, request.byte_size
             )
             return pb.SystemSharedMemoryRegisterResponse()
@@ -237,9 +235,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         return await _call(context, work)
 
     async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
-        if self.dataplane.shared_memory is not None:  # else nothing is ever registered
-            self.dataplane.shared_memory.unregister(request.name)
-        return pb.SystemSharedMemoryUnregisterResponse()
+        async def work() -> Any:
+            await self.dataplane.unregister_shared_memory(request.name)
+            return pb.SystemSharedMemoryUnregisterResponse()
+
+        return await _call(context, work)
 
     async def LogSettings(self, request: Any, context: Any) -> Any:
         async def work() -> Any:
@@ -249,7 +249,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             if "log_file" in request.settings:  # Triton refuses it whatever its value
                 changes["log_file"] = changes["log_file"] or ""
             settings = (
-                self.dataplane.update_log_settings(changes)
+                await self.dataplane.update_log_settings(changes)
                 if changes
                 else self.dataplane.log_settings()
             )
@@ -271,7 +271,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         async def work() -> Any:
             changes = {key: list(value.value) for key, value in request.settings.items()}
             settings = (
-                self.dataplane.update_trace_settings(request.model_name, changes)
+                await self.dataplane.update_trace_settings(request.model_name, changes)
                 if changes
                 else self.dataplane.trace_settings(request.model_name)
             )

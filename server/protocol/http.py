@@ -191,7 +191,7 @@ def create_fastapi_app(
     async def logging_settings(request: Request) -> Response:
         if request.method == "POST":
             changes = await body_json(request)
-            return json_response(dataplane.update_log_settings(changes))
+            return json_response(await dataplane.update_log_settings(changes))
         return json_response(dataplane.log_settings())
 
     @route("/v2/trace/setting", ["GET", "POST"])
@@ -200,7 +200,7 @@ def create_fastapi_app(
         model = request.path_params.get("model", "")
         if request.method == "POST":
             changes = await body_json(request)
-            return json_response(dataplane.update_trace_settings(model, changes))
+            return json_response(await dataplane.update_trace_settings(model, changes))
         return json_response(dataplane.trace_settings(model))
 
     @route("/v2/repository/index", ["POST"])
@@ -233,19 +233,18 @@ def create_fastapi_app(
     shared_memory = dataplane.shared_memory
 
     async def system_shm_status(request: Request) -> Response:
-        if shared_memory is None:
-            return json_response([])
-        return json_response(shared_memory.status(request.path_params.get("region", "")))
+        region = request.path_params.get("region", "")
+        return json_response(await dataplane.shared_memory_status(region))
 
     async def system_shm_register(request: Request) -> Response:
-        manager = require_enabled(shared_memory)
+        require_enabled(shared_memory)
         key, offset, byte_size = _register_parameters(await body_json(request))
-        manager.register(request.path_params.get("region", ""), key, offset, byte_size)
+        region = request.path_params.get("region", "")
+        await dataplane.register_shared_memory(region, key, offset, byte_size)
         return Response(status_code=200)
 
     async def system_shm_unregister(request: Request) -> Response:
-        if shared_memory is not None:  # else nothing is ever registered
-            shared_memory.unregister(request.path_params.get("region", ""))
+        await dataplane.unregister_shared_memory(request.path_params.get("region", ""))
         return Response(status_code=200)
 
     async def cuda_shm_register(request: Request) -> Response:

@@ -1,8 +1,10 @@
 """A worker's side of the control channel: what makes N worker processes one server.
 
-The worker asks the supervisor to gather statistics from every worker and to fan repository
-control out to every worker; the supervisor asks the worker for its own statistics and metric
-families, to load, unload or poll, and tells it when every worker has been ready once.
+The worker asks the supervisor to gather statistics and shared memory status from every worker
+and to fan repository control and shared-state changes (server/workers/shared_state.py) out to
+every worker; the supervisor asks the worker for its own statistics, metric families and
+regions, to load, unload or poll, to make or undo a shared-state change, and tells it when every
+worker has been ready once.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client.core import Metric
 
 from server.errors import ErrorKind, ServingError
+from server.trace_settings import Change
 from server.workers.channel import Channel, ChannelClosed, Message, RemoteError
 from server.workers.merge import wire_families
+from server.workers.shared_state import STATE_OPS, apply_state, replay_state
 
 if TYPE_CHECKING:
     from server.dataplane import DataPlane
@@ -48,20 +52,24 @@ class WorkerLink:
         self._dataplane: DataPlane | None = None
         self._collect: Callable[[], Iterable[Metric]] | None = None
         self._caught_up = asyncio.Event()  # control calls wait for start-up and its replay
+        self._state_caught_up = asyncio.Event()  # state calls wait for the state's replay
 
     async def connect(
         self, dataplane: DataPlane, collect: Callable[[], Iterable[Metric]]
     ) -> list[Message]:
-        """Join the supervisor; returns the repository control calls made before this worker
-        started, to replay once its own start-up load is done."""
+        """Join the supervisor and take on the shared state (client shared memory, log and
+        trace settings) the other workers have; returns the repository control calls made
+        before this worker started, to replay once its own start-up load is done."""
         self._dataplane, self._collect = dataplane, collect
         reader, writer = await asyncio.open_unix_connection(str(self.control_path))
         self._channel = Channel(reader, writer, self._handle)
         self._task = asyncio.create_task(self._channel.run())
-        replay: list[Message] = await self._channel.request(
+        replay: dict[str, list[Message]] = await self._channel.request(
             {"op": "hello", "slot": self.slot, "pid": os.getpid()}
         )
-        return replay
+        replay_state(dataplane, replay["state"])
+        self._state_caught_up.set()
+        return replay["repository"]
 
     @property
     def closed(self) -> asyncio.Event:
@@ -106,6 +114,43 @@ class WorkerLink:
         """Unload on every worker; answers once all have."""
         await self._ask({"op": "unload", "name": name})
 
+    async def register_shared_memory(
+        self, name: str, key: str, offset: int, byte_size: int
+    ) -> None:
+        """Register on every worker (or on none: the first refusal is raised)."""
+        await self._ask(
+            {
+                "op": "shm_register",
+                "name": name,
+                "key": key,
+                "offset": offset,
+                "byte_size": byte_size,
+            }
+        )
+
+    async def unregister_shared_memory(self, name: str) -> None:
+        """Unregister on every worker (all regions when `name` is empty)."""
+        await self._ask({"op": "shm_unregister", "name": name})
+
+    async def shared_memory_status(self) -> list[dict[str, Any]]:
+        """Every worker's registered regions, each name once."""
+        regions: list[dict[str, Any]] = await self._ask({"op": "shm_status"})
+        return regions
+
+    async def update_log_settings(self, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """Change the log settings of every worker; the settings now in force."""
+        settings: dict[str, Any] = await self._ask({"op": "log_settings", "changes": dict(changes)})
+        return settings
+
+    async def update_trace_settings(
+        self, model: str, changes: Mapping[str, Change]
+    ) -> dict[str, Any]:
+        """Change a trace setting on every worker; the setting now in force."""
+        setting: dict[str, Any] = await self._ask(
+            {"op": "trace_settings", "model": model, "changes": dict(changes)}
+        )
+        return setting
+
     # --- what the supervisor asks --------------------------------------------------------------
 
     async def _handle(self, message: Message) -> Any:
@@ -123,6 +168,9 @@ class WorkerLink:
             await self._caught_up.wait()
             await apply_control(dataplane, message)
             return None
+        if op in STATE_OPS:
+            await self._state_caught_up.wait()
+            return apply_state(dataplane, message)
         raise ValueError(f"unknown control request '{op}'")
 
 

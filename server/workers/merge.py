@@ -1,4 +1,5 @@
-"""One server's numbers from every worker's: Triton statistics and Prometheus families, merged.
+"""One server's numbers from every worker's: Triton statistics and Prometheus families, merged;
+and the client shared memory regions every worker holds, as one list.
 
 Counters, durations and histograms add up; a few gauges take the minimum or maximum instead (a
 model is ready only where every worker has it ready; a load took as long as the slowest)."""
@@ -77,6 +78,17 @@ def _merge_batches(
         else:
             by_size[size] = copy.deepcopy(item)
     return [by_size[size] for size in sorted(by_size)]
+
+
+def merge_regions(per_worker: Iterable[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Shared memory region statuses of several workers as one list: each name once, in the
+    order first seen (every worker registers alike; one may still hold a region that the others
+    dropped when it was unregistered, until its request is done, as a single server does)."""
+    merged: dict[str, dict[str, Any]] = {}
+    for regions in per_worker:
+        for region in regions:
+            merged.setdefault(region["name"], region)
+    return list(merged.values())
 
 
 def wire_families(metrics: Iterable[Metric]) -> list[WireFamily]:

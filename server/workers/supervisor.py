@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 from prometheus_client.core import Metric
 
+from server.logs import LogControl
 from server.settings import ModelControlMode, ServerSettings
 from server.workers.hub import ControlHub
 
@@ -73,11 +74,12 @@ class Supervisor:
         settings: ServerSettings,
         metrics_listener: ListenerFactory,
         render: FamiliesRender,
+        log_control: LogControl | None = None,
         drift_service: SideProcessFactory | None = None,
     ) -> None:
         self.settings = settings
         self.drift_service = drift_service
-        self.hub = ControlHub(settings.workers)
+        self.hub = ControlHub(settings.workers, log_control)
         self.metrics_listener, self.render = metrics_listener, render
         self.stopping = asyncio.Event()
         self.failed = False
@@ -224,10 +226,11 @@ def run_supervisor(
     settings: ServerSettings,
     metrics_listener: ListenerFactory,
     render: FamiliesRender,
+    log_control: LogControl | None = None,
     drift_service: SideProcessFactory | None = None,
 ) -> int:
     """Entry point of `ferry serve --workers N` (N > 1); the exit code."""
-    supervisor = Supervisor(settings, metrics_listener, render, drift_service)
+    supervisor = Supervisor(settings, metrics_listener, render, log_control, drift_service)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux

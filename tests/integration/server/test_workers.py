@@ -29,6 +29,7 @@ from tests.support.workers import (
     fresh,
     metric_value,
     mlp_request,
+    wait_for_log,
     wait_for_workers,
     worker_pids,
 )
@@ -144,13 +145,6 @@ def test_poll_mode_reaches_every_worker(tmp_path: Path) -> None:
             time.sleep(0.2)
         # one poll loads it on every worker at once
         assert answers(server, "/v2/models/two_io/ready") == {200: ATTEMPTS}
-
-
-def wait_for_log(server: ServerProcess, text: str, times: int, timeout_s: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while server.log().count(text) < times:
-        assert time.monotonic() < deadline, f"'{text}' not logged {times} times:\n{server.log()}"
-        time.sleep(0.1)
 
 
 def test_killed_worker_is_replaced_under_load(tmp_path: Path) -> None:

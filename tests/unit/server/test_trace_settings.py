@@ -157,3 +157,29 @@ def test_a_new_setting_restarts_its_sampler() -> None:
     settings.update("m", {"trace_rate": "2"})  # a model setting of its own: counters from 0
     assert settings.sample("m", False) is None
     assert settings.sample("m", False) is not None
+
+
+def test_a_snapshot_restores_the_same_settings_elsewhere() -> None:
+    """What a worker of `--workers N` that starts later replays."""
+    default = parse_trace_config(["level=TIMESTAMPS", "triton,file=/tmp/t.json"])
+    settings = TraceSettings(default)
+    settings.update("", {"trace_rate": "9", "trace_count": "3"})
+    settings.update("mlp", {"trace_level": ["OFF"], "log_frequency": "2"})
+    settings.update("cnn", {"trace_rate": "4"})
+    settings.update("", {"trace_count": None})  # back to the startup value: not in the snapshot
+    snapshot = settings.snapshot()
+    assert snapshot == {
+        "": {"trace_rate": "9"},
+        "mlp": {"trace_level": ["OFF"], "log_frequency": "2"},
+        "cnn": {"trace_rate": "4"},
+    }
+    elsewhere = TraceSettings(default)
+    elsewhere.update("", {"trace_level": ["OFF"]})  # replaced, not merged
+    elsewhere.update("resnet", {"trace_rate": "5"})
+    elsewhere.restore(snapshot)
+    assert elsewhere.snapshot() == snapshot
+    for model in ("", "mlp", "cnn", "resnet"):
+        assert elsewhere.setting(model) == settings.setting(model)
+    assert elsewhere.active
+    elsewhere.restore({})
+    assert elsewhere.snapshot() == {"": {}} and elsewhere.setting("") == default

@@ -7,7 +7,7 @@ from typing import Any
 from prometheus_client.core import Metric
 
 from monitoring.families import Family, render
-from server.workers.merge import merge_families, merge_statistics, wire_families
+from server.workers.merge import merge_families, merge_regions, merge_statistics, wire_families
 
 
 def stats(name: str, success: int, ns: int, last: int, batches: dict[int, int]) -> dict[str, Any]:
@@ -108,3 +108,12 @@ def test_a_series_only_one_worker_has_is_kept() -> None:
     two = [family("c", "counter", [("c", {"model": "y"}, 2.0)])]
     text = render(merge_families([wire_families(one), wire_families(two)])).decode()
     assert 'c{model="x"} 1\n' in text and 'c{model="y"} 2\n' in text
+
+
+def test_regions_are_listed_once_in_the_order_first_seen() -> None:
+    def region(name: str, size: int) -> dict[str, Any]:
+        return {"name": name, "key": f"/{name}", "offset": 0, "byte_size": size}
+
+    held_on_one = [region("in", 8), region("held", 4), region("out", 8)]
+    assert merge_regions([held_on_one, [region("in", 8), region("out", 8)], []]) == held_on_one
+    assert merge_regions([[], [region("late", 2)]]) == [region("late", 2)]
