@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -14,6 +15,8 @@ from monitoring.families import CONTENT_TYPE, Family, render_registry
 from monitoring.loop_lag import LoopLagProbe
 from monitoring.metrics import CacheTotals, PendingCounts, SequenceCounts, ServingMetrics
 from monitoring.observer import InferenceObserver, ObservedRecord
+
+log = logging.getLogger("ferry.monitoring.drift")
 
 
 class DriftObserver(Protocol):
@@ -107,13 +110,16 @@ def build_monitors(
         raise ValueError(
             "need --drift-window >= 2, 0 < --drift-alpha < 1, --drift-baseline-samples >= 0"
         )
-    drift: DriftObserver
+    drift: DriftObserver | None = None
     if drift_enabled and (drift_process or drift_service is not None):
         settings = DriftSettings(
             drift_window, drift_alpha, drift_baseline_samples, drift_max_window_age_s
         )
-        drift = feeder_for(drift_service, settings)
-    else:
+        try:
+            drift = feeder_for(drift_service, settings)
+        except OSError as exc:  # no writable temporary folder for the evaluator's socket
+            log.warning("drift evaluated on a thread: cannot start the evaluator (%s)", exc)
+    if drift is None:
         drift = DriftMonitor(
             drift_enabled, drift_window, drift_alpha, drift_baseline_samples, drift_max_window_age_s
         )

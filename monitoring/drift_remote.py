@@ -42,6 +42,7 @@ log = logging.getLogger("ferry.monitoring.drift")
 SNAPSHOT_INTERVAL_S = 0.5
 SNAPSHOT_TIMEOUT_S = 30.0  # a first snapshot may wait for a reference to load and calibrate
 STOP_TIMEOUT_S = 5.0
+UNREACHABLE_GRACE_S = 10.0
 Key = tuple[str, str]
 
 
@@ -180,6 +181,7 @@ class RemoteDriftMonitor:
         self._snapshot = DriftSnapshot()
         self._snapshot_at = 0.0
         self._warned = False
+        self._unreachable_since: float | None = None
 
     # --- the event loop's side ------------------------------------------------------------------
 
@@ -229,7 +231,8 @@ class RemoteDriftMonitor:
     def start(self) -> None:
         """Start the evaluator (when this monitor owns it) and the feeder thread."""
         if self.process is not None:
-            self.process.ensure_running()
+            with contextlib.suppress(OSError):  # the feeder thread tries again, and says why
+                self.process.ensure_running()
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="ferry-drift-feed", daemon=True)
             self._thread.start()
@@ -303,7 +306,11 @@ class RemoteDriftMonitor:
 
     def _connect(self) -> Connection | None:
         if self.process is not None:
-            self.process.ensure_running()
+            try:
+                self.process.ensure_running()
+            except OSError as exc:
+                self._unreachable(exc)
+                return None
             deadline = time.monotonic() + 30  # a new process imports numpy and scipy first
             while not os.path.exists(self.address.path) and time.monotonic() < deadline:
                 if self._stop.wait(0.05):
@@ -311,15 +318,23 @@ class RemoteDriftMonitor:
         try:
             connection = Client(self.address.path, family="AF_UNIX", authkey=self.address.authkey)
         except (OSError, EOFError) as exc:
-            if not self._warned:
-                log.warning("cannot reach the drift evaluator yet: %s", exc)
-                self._warned = True
+            self._unreachable(exc)
             return None
-        self._connection, self._warned = connection, False
+        self._connection, self._warned, self._unreachable_since = connection, False, None
         with self._lock:  # a new evaluator knows nothing: every ready version, then what changed
             ready = [feed.event for feed in self._feeds.values()]
             self._events = ready
         return connection
+
+    def _unreachable(self, exc: BaseException) -> None:
+        """Say so once it has lasted UNREACHABLE_GRACE_S (a worker may start before the
+        evaluator listens), once until it is reached; rows meanwhile are dropped and counted."""
+        now = time.monotonic()
+        if self._unreachable_since is None:
+            self._unreachable_since = now
+        if not self._warned and now - self._unreachable_since >= UNREACHABLE_GRACE_S:
+            log.warning("cannot reach the drift evaluator: %s", exc)
+            self._warned = True
 
     def _lost(self, exc: BaseException) -> None:
         log.warning("lost the drift evaluator (%s); reconnecting", exc or type(exc).__name__)
