@@ -21,7 +21,9 @@ FAILURE_BACKEND = "BACKEND"  # the runtime raised
 FAILURE_OTHER = "OTHER"  # validation and everything else
 
 
-@dataclass(frozen=True, slots=True)
+# not frozen: built for every request, and a frozen dataclass's __init__ costs about 4x
+# (object.__setattr__ per field); treat instances as immutable
+@dataclass(slots=True)
 class RequestRecord:
     """One inference request, successful or not.
 
@@ -49,7 +51,9 @@ class RequestRecord:
     cache_duration_s: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
+# not frozen: built for every request, and a frozen dataclass's __init__ costs about 4x
+# (object.__setattr__ per field); treat instances as immutable
+@dataclass(slots=True)
 class BatchRecord:
     """One model execution on a formed batch."""
 

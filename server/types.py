@@ -1,7 +1,7 @@
 """In-process values that flow through the serving core: tensor specs, requests and responses.
 
-These are plain frozen dataclasses holding numpy arrays: no pydantic and no wire formats on the
-hot path. Datatype names are KServe v2's (`FP32`, `INT64`, `BYTES`...).
+These are plain dataclasses holding numpy arrays (frozen, but for the per-request ones): no
+pydantic and no wire formats on the hot path. Datatype names are KServe v2's (`FP32`, `INT64`, `BYTES`...).
 """
 
 from __future__ import annotations
@@ -71,7 +71,9 @@ class RequestedOutput:
     classification: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+# not frozen: built for every request, and a frozen dataclass's __init__ costs about 4x
+# (object.__setattr__ per field); treat instances as immutable
+@dataclass(slots=True)
 class InferenceRequest:
     """A decoded inference request, transport-independent."""
 
@@ -93,7 +95,9 @@ class InferenceRequest:
     traceparent: str = ""  # W3C trace context of the caller
 
 
-@dataclass(frozen=True, slots=True)
+# not frozen: built for every request, and a frozen dataclass's __init__ costs about 4x
+# (object.__setattr__ per field); treat instances as immutable
+@dataclass(slots=True)
 class InferenceResponse:
     """Outputs of one request, in the order they are to be sent back."""
 
