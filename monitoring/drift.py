@@ -15,6 +15,7 @@ from monitoring.drift_channel import DriftChannel
 from monitoring.drift_report import channel_detail, channel_series
 from monitoring.families import Family
 from monitoring.observer import ModelEventRecord, ObservedRecord, RequestRecord
+from monitoring.polling_thread import PollingThread
 from monitoring.reference import REFERENCE_FILENAME, load_reference, thresholds_for
 from monitoring.signals import SignalError, build_spec, datatype_kind
 from monitoring.tensors import ReferenceDataError
@@ -98,9 +99,7 @@ class DriftMonitor:
         self._channels: dict[tuple[str, str], DriftChannel] = {}
         self._to_load: list[tuple[DriftChannel, ModelEventRecord]] = []
         self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread = PollingThread("ferry-drift", self.step, poll_s)
 
     def observe(self, record: ObservedRecord) -> None:
         """Queue rows of a successful request; register model versions as they become ready."""
@@ -109,7 +108,7 @@ class DriftMonitor:
                 if record.success:
                     channel = self._channels.get((record.model, record.version))
                     if channel is not None and channel.offer(record):
-                        self._wake.set()
+                        self._thread.wake()
             elif isinstance(record, ModelEventRecord):
                 self._on_event(record)
         except Exception:  # an observer never raises into the server
@@ -131,27 +130,15 @@ class DriftMonitor:
             )
             self._channels[key] = channel
             self._to_load.append((channel, event))
-        self._wake.set()
+        self._thread.wake()
 
     def start(self) -> None:
         """Start the worker thread."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="ferry-drift", daemon=True)
-            self._thread.start()
+        self._thread.start()
 
     def close(self) -> None:
         """Stop the worker thread."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(self.poll_s)
-            self._wake.clear()
-            self.step()
+        self._thread.stop()
 
     def step(self) -> None:
         """One worker pass: load new versions, drain every channel (public for tests)."""

@@ -34,6 +34,7 @@ from monitoring.drift_intake import Item, RowIntake, Tensors, pending_rows_for, 
 from monitoring.drift_service import AUTHKEY_ENV
 from monitoring.families import Family
 from monitoring.observer import ModelEventRecord, ObservedRecord, RequestRecord
+from monitoring.polling_thread import PollingThread
 
 log = logging.getLogger("ferry.monitoring.drift")
 
@@ -174,9 +175,7 @@ class RemoteDriftMonitor:
         self._feeds: dict[Key, _Feed] = {}
         self._events: list[ModelEventRecord] = []
         self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread = PollingThread("ferry-drift-feed", self._pass, poll_s)
         self._connection: Connection | None = None
         self._snapshot = DriftSnapshot()
         self._snapshot_at = 0.0
@@ -201,7 +200,7 @@ class RemoteDriftMonitor:
                             feed.has_row_axis,
                         )
                     ):
-                        self._wake.set()
+                        self._thread.wake()
             elif isinstance(record, ModelEventRecord):
                 self._on_event(record)
         except Exception:  # an observer never raises into the server
@@ -215,7 +214,7 @@ class RemoteDriftMonitor:
             elif self._feeds.pop(key, None) is None:
                 return
             self._events.append(event)
-        self._wake.set()
+        self._thread.wake()
 
     def detail(self, model: str, version: str | None) -> dict[str, Any] | None:
         """The evaluator's last JSON detail of a model version (latest version when None)."""
@@ -233,17 +232,11 @@ class RemoteDriftMonitor:
         if self.process is not None:
             with contextlib.suppress(OSError):  # the feeder thread tries again, and says why
                 self.process.ensure_running()
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="ferry-drift-feed", daemon=True)
-            self._thread.start()
+        self._thread.start()
 
     def close(self) -> None:
         """Stop the feeder thread, and the evaluator when this monitor owns it."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        self._thread.stop()
         if self._connection is not None:
             if self.process is not None:
                 with contextlib.suppress(OSError):
@@ -253,16 +246,13 @@ class RemoteDriftMonitor:
         if self.process is not None:
             self.process.stop()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(self.poll_s)
-            self._wake.clear()
-            if not self._stop.is_set():
-                now = time.monotonic()
-                due = now - self._snapshot_at >= SNAPSHOT_INTERVAL_S or self._events
-                if due:
-                    self._snapshot_at = now
-                self.step(snapshot=bool(due))
+    def _pass(self) -> None:
+        """The feeder thread's pass: rows every time, a snapshot every SNAPSHOT_INTERVAL_S."""
+        now = time.monotonic()
+        due = now - self._snapshot_at >= SNAPSHOT_INTERVAL_S or bool(self._events)
+        if due:
+            self._snapshot_at = now
+        self.step(snapshot=due)
 
     def step(self, snapshot: bool = True) -> None:
         """One feeder pass: connect if needed, send events and rows, and take a snapshot (when
@@ -313,7 +303,7 @@ class RemoteDriftMonitor:
                 return None
             deadline = time.monotonic() + 30  # a new process imports numpy and scipy first
             while not os.path.exists(self.address.path) and time.monotonic() < deadline:
-                if self._stop.wait(0.05):
+                if self._thread.stopping.wait(0.05):
                     return None
         try:
             connection = Client(self.address.path, family="AF_UNIX", authkey=self.address.authkey)
