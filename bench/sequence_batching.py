@@ -244,13 +244,20 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="a config.pbtxt parameter of the served model (e.g. intra_op_thread_count=1)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="`ferry serve --workers N` (each sequence runs on its owner worker; the others "
+        "forward its steps)",
+    )
     args = parser.parse_args()
     args.seconds = max(args.seconds, 3.0)
     ARTIFACTS.mkdir(exist_ok=True)
     parameters = dict(item.split("=", 1) for item in args.parameter)
     repo = write_repository(ARTIFACTS / "sequence_repository", args.hidden, parameters)
     model_path = repo / "gru" / "1" / "model.onnx"
-    process, http_url, *_ = serve(repo, ["--no-drift"])
+    process, http_url, *_ = serve(repo, ["--no-drift", "--workers", str(args.workers)])
     rounds: list[dict[str, Any]] = []
     try:
         # sequences a load run leaves open hold their slots until the idle time (1 s) passes:
