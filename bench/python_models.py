@@ -80,6 +80,9 @@ max_batch_size: 0
 input [{ name: "INPUT" data_type: TYPE_FP32 dims: [1, 64] }]
 output [{ name: "OUTPUT" data_type: TYPE_FP32 dims: [1, 64] }]
 """
+# ONNX Runtime's intra-op threads spin between runs by default: beside the Python steps' processes
+# and the event loop on 2 cores they take the CPU those need (bench/sequence_batching.py likewise)
+NO_SPINNING = 'parameters { key: "session.intra_op.allow_spinning" value: { string_value: "0" } }\n'
 TEXT = b"the sky is blue and the sea is blue but a red sun is red"
 
 
@@ -284,6 +287,8 @@ def pipeline_repository(folder: Path) -> Path:
     shutil.rmtree(repository, ignore_errors=True)
     repository.mkdir(parents=True)
     shutil.copytree(shared / "encoder", repository / "encoder")
+    encoder = repository / "encoder" / "config.pbtxt"  # it shares the 2 cores with the steps
+    encoder.write_text(encoder.read_text() + NO_SPINNING)
     shutil.copytree(shared / "mlp", repository / "mlp")
     write_pipelines(repository, ["encoder"])
     ensemble = repository / "encoder_text" / "config.pbtxt"  # the bench export names it "output"
