@@ -8,7 +8,8 @@ identity  A Python model that returns its input (FP32 [16], dynamic batching, on
           Target: ferry >= 1.0 x Triton.
 ensemble  The encoder example behind its text pipeline (tokenizer step -> encoder -> label step,
           an ensemble) at concurrency 64 against the encoder alone fed pre-tokenized input, same
-          server, same run. Target: >= 0.8 x.
+          server, alternating rounds (best kept), with the CPU per request of each and the rows
+          per execution of each step. Target: >= 0.8 x.
 bls       The cost of one BLS call: a Python model makes K sequential `exec()` calls to a tiny
           ONNX model per request; the per-call cost is the latency slope over K (c=1), printed
           beside a client's direct call to the same model.
@@ -79,6 +80,9 @@ max_batch_size: 0
 input [{ name: "INPUT" data_type: TYPE_FP32 dims: [1, 64] }]
 output [{ name: "OUTPUT" data_type: TYPE_FP32 dims: [1, 64] }]
 """
+# ONNX Runtime's intra-op threads spin between runs by default: beside the Python steps' processes
+# and the event loop on 2 cores they take the CPU those need (bench/sequence_batching.py likewise)
+NO_SPINNING = 'parameters { key: "session.intra_op.allow_spinning" value: { string_value: "0" } }\n'
 TEXT = b"the sky is blue and the sea is blue but a red sun is red"
 
 
@@ -240,14 +244,16 @@ def process_tree_cpu_s(pid: int) -> float:
     return total
 
 
-def with_cpu_cost(server: Any, measure: Callable[[], dict[str, float]]) -> dict[str, float]:
-    """Run one measurement and add the server's CPU cost per 1,000 answered requests (its own
-    and its model processes'): on a shared machine this, unlike requests/s, does not depend on
-    how much CPU the other tenants leave."""
+def with_cpu_cost(
+    server: Any, measure: Callable[[], dict[str, float]], model: str = "identity"
+) -> dict[str, float]:
+    """Run one measurement and add the server's CPU cost per 1,000 answered requests of `model`
+    (its own and its model processes'): on a shared machine this, unlike requests/s, does not
+    depend on how much CPU the other tenants leave."""
     before_cpu = process_tree_cpu_s(server.process.pid)
-    before = model_stats(server.http_url, "identity")
+    before = model_stats(server.http_url, model)
     result = measure()
-    answered = model_stats(server.http_url, "identity")[0] - before[0]
+    answered = model_stats(server.http_url, model)[0] - before[0]
     used = process_tree_cpu_s(server.process.pid) - before_cpu
     if answered > 0:
         result["cpu_ms_per_1000"] = used * 1e6 / answered
@@ -281,6 +287,8 @@ def pipeline_repository(folder: Path) -> Path:
     shutil.rmtree(repository, ignore_errors=True)
     repository.mkdir(parents=True)
     shutil.copytree(shared / "encoder", repository / "encoder")
+    encoder = repository / "encoder" / "config.pbtxt"  # it shares the 2 cores with the steps
+    encoder.write_text(encoder.read_text() + NO_SPINNING)
     shutil.copytree(shared / "mlp", repository / "mlp")
     write_pipelines(repository, ["encoder"])
     ensemble = repository / "encoder_text" / "config.pbtxt"  # the bench export names it "output"
@@ -293,8 +301,15 @@ def pipeline_repository(folder: Path) -> Path:
     return repository
 
 
-def ensemble_part(repository: Path, folder: Path, seconds: float) -> dict[str, Any]:
-    """encoder_text (tokenizer -> encoder -> label) vs the encoder fed token ids, c=64."""
+def ensemble_part(
+    repository: Path, folder: Path, seconds: float, rounds: int = 3
+) -> dict[str, Any]:
+    """encoder_text (tokenizer -> encoder -> label) vs the encoder fed token ids, c=64. The two
+    measurements alternate (`rounds` each, best kept): this shared machine's speed drifts within
+    seconds, and one pair measured once can read anywhere from 0.6 to 1.3 x. Each round also
+    records the server's CPU per 1,000 requests, and the run ends with how many rows each step's
+    executions held (the Python steps batch the ensemble's requests through their own dynamic
+    batchers)."""
     from tests.support.server_process import running_server
 
     tokens = np.random.default_rng(0).integers(5, 32, (1, 64)).astype(np.int64)
@@ -302,22 +317,61 @@ def ensemble_part(repository: Path, folder: Path, seconds: float) -> dict[str, A
         "encoder": http_binary_body(folder, "tokens", tokens, "INT64"),
         "encoder_text": http_binary_body(folder, "TEXT", np.array([[TEXT]], np.object_), "BYTES"),
     }
+    steps = ("encoder_tokenize", "encoder", "encoder_label")
+    tries: dict[str, list[dict[str, Any]]] = {model: [] for model in bodies}
     results: dict[str, Any] = {}
     with running_server(repository, "--no-drift") as server:
         for model, body in bodies.items():
             load(server.http_url, model, body, 1.0)  # warm-up
-        for model, body in bodies.items():
-            results[model] = load(server.http_url, model, body, seconds)
-            run = results[model]
-            print(
-                f"ensemble {model:13s} http-binary@64 {run['req_per_s']:7.0f} req/s  "
-                f"p50 {run['p50_ms']:6.2f} ms  p99 {run['p99_ms']:6.2f} ms  "
-                f"failures {run['server_failures'] + run['errors']:.0f}",
-                flush=True,
-            )
+        step_rows = dict.fromkeys(steps, (0, 0))  # (rows, executions) in encoder_text's rounds
+        for _ in range(rounds):
+            for model, body in bodies.items():
+                before = {step: model_stats(server.http_url, step) for step in steps}
+
+                def measure(model: str = model, body: Path = body) -> dict[str, float]:
+                    return load(server.http_url, model, body, seconds)
+
+                tries[model].append(with_cpu_cost(server, measure, model))
+                if model == "encoder_text":
+                    for step in steps:
+                        after = model_stats(server.http_url, step)
+                        rows, executions = step_rows[step]
+                        step_rows[step] = (
+                            rows + after[0] - before[step][0],
+                            executions + after[1] - before[step][1],
+                        )
+    for model, runs in tries.items():
+        best = max(runs, key=lambda run: run["req_per_s"])
+        best["all_req_per_s"] = [run["req_per_s"] for run in runs]
+        best["best_cpu_ms_per_1000"] = min(
+            (run.get("cpu_ms_per_1000", math.inf) for run in runs), default=math.inf
+        )
+        results[model] = best
+        print(
+            f"ensemble {model:13s} http-binary@64 {best['req_per_s']:7.0f} req/s  "
+            f"p50 {best['p50_ms']:6.2f} ms  p99 {best['p99_ms']:6.2f} ms  "
+            f"failures {sum(run['server_failures'] + run['errors'] for run in runs):.0f}  "
+            f"(rounds: {', '.join(f'{r:.0f}' for r in best['all_req_per_s'])})  "
+            f"CPU {best['best_cpu_ms_per_1000']:.0f} ms / 1000 requests",
+            flush=True,
+        )
+    results["steps"] = {}
+    for step, (rows, executions) in step_rows.items():
+        results["steps"][step] = {"rows": rows, "executions": executions}
+        print(
+            f"ensemble step {step:17s} {rows:6d} rows in {executions:5d} executions "
+            f"({rows / max(executions, 1):5.1f} rows per execution) in encoder_text's rounds"
+        )
     ratio = results["encoder_text"]["req_per_s"] / max(results["encoder"]["req_per_s"], 1e-9)
     results["ratio"] = ratio
-    print(f"ensemble: encoder_text / encoder alone = {ratio:.2f} x (target >= 0.8)")
+    cost = (
+        results["encoder"]["best_cpu_ms_per_1000"] / results["encoder_text"]["best_cpu_ms_per_1000"]
+    )
+    results["cpu ratio"] = cost
+    print(
+        f"ensemble: encoder_text / encoder alone = {ratio:.2f} x (target >= 0.8); CPU per "
+        f"request, encoder alone / encoder_text = {cost:.2f} x (robust to a busy machine)"
+    )
     return results
 
 

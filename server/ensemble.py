@@ -170,6 +170,12 @@ class EnsembleScheduler:
         self.name = str(config.name)
         self._on_batch = on_batch  # one execution per request that ran its steps, as Triton
         self.steps = ensemble_steps(config)
+        # what each step reads, writes and asks for, fixed at load: a request only looks them up
+        self._reads = [tuple(step.input_map.items()) for step in self.steps]
+        self._writes = [tuple(step.output_map.items()) for step in self.steps]
+        self._requested = [
+            tuple(RequestedOutput(name) for name in step.output_map) for step in self.steps
+        ]
         self.output_names = [output.name for output in config.output]
         self._services = services
         self._inflight = 0
@@ -216,7 +222,7 @@ class EnsembleScheduler:
         request: InferenceRequest | None,
     ) -> dict[str, np.ndarray]:
         waiting = list(range(len(self.steps)))
-        running: dict[asyncio.Task[dict[str, np.ndarray]], int] = {}
+        running: dict[asyncio.Task[Mapping[str, np.ndarray]], int] = {}
         try:
             while waiting or running:
                 ready = [i for i in waiting if self._ready(i, tensors)]
@@ -247,12 +253,12 @@ class EnsembleScheduler:
     def _store(
         self, index: int, produced: Mapping[str, np.ndarray], tensors: dict[str, np.ndarray]
     ) -> None:
-        for step_output, tensor in self.steps[index].output_map.items():
+        for step_output, tensor in self._writes[index]:
             if step_output in produced:
                 tensors[tensor] = produced[step_output]
 
     def _ready(self, index: int, tensors: Mapping[str, np.ndarray]) -> bool:
-        return all(source in tensors for source in self.steps[index].input_map.values())
+        return all(source in tensors for _, source in self._reads[index])
 
     def _step_request(
         self,
@@ -266,9 +272,9 @@ class EnsembleScheduler:
         return InferenceRequest(
             model_name=step.model_name,
             model_version=step.model_version,
-            inputs={step_input: tensors[tensor] for step_input, tensor in step.input_map.items()},
+            inputs={step_input: tensors[tensor] for step_input, tensor in self._reads[index]},
             id=request.id if request is not None else "",
-            requested_outputs=tuple(RequestedOutput(name) for name in step.output_map),
+            requested_outputs=self._requested[index],
             parameters=request.parameters if request is not None else {},
             priority=priority,
             timeout_us=timeout_us,
@@ -281,12 +287,12 @@ class EnsembleScheduler:
             traceparent=request.traceparent if request is not None else "",
         )
 
-    async def _run_step(self, request: InferenceRequest) -> dict[str, np.ndarray]:
+    async def _run_step(self, request: InferenceRequest) -> Mapping[str, np.ndarray]:
         try:
             response = await self._services.infer(request)
         except ServingError as exc:
             raise ServingError(exc.kind, f"in ensemble '{self.name}', {exc.message}") from None
-        return dict(response.outputs)
+        return response.outputs  # read once by _store, never changed: no copy
 
     async def drain(self) -> None:
         """Stop accepting and wait for requests in flight."""

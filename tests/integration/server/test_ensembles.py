@@ -1,6 +1,8 @@
 """Ensembles in ferry: each composing model keeps its own scheduler, statistics and metrics; the
-ensemble has its own statistics; an ensemble is ready only while all its composing models are
-(unloading one makes it not ready with the reason, loading it back makes it ready again).
+ensemble has its own statistics; a step model with dynamic batching batches the concurrent
+ensemble requests that reach it, as Triton's does; an ensemble is ready only while all its
+composing models are (unloading one makes it not ready with the reason, loading it back makes it
+ready again).
 """
 
 from __future__ import annotations
@@ -8,6 +10,8 @@ from __future__ import annotations
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,6 +19,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from tests.support.python_models import (
+    write_batch_probe,
     write_classifier_step,
     write_classify_pipeline,
     write_ensemble,
@@ -24,6 +29,7 @@ from tests.support.server_process import ServerProcess, running_server
 
 pytestmark = pytest.mark.slow
 PIPELINE = ("scale", "mlp", "label")
+PROBE_ROWS = 4  # the probe step's max_batch_size: its batcher runs a batch once it holds 4 rows
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +38,19 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     write_classifier_step(repo, "mlp")
     write_classify_pipeline(repo, "classify")
     write_repeat(repo)
+    # a minute's queue delay: the probe step runs when PROBE_ROWS requests are queued, so the
+    # concurrent ensemble requests can only be answered together or, unbatched, one at a time
+    write_batch_probe(repo, "probe", max_batch_size=PROBE_ROWS, queue_delay_us=60_000_000)
+    write_ensemble(
+        repo,
+        "probed",
+        f"""max_batch_size: {PROBE_ROWS}
+input [{{ name: "X" data_type: TYPE_FP32 dims: [4] }}]
+output [{{ name: "BATCH" data_type: TYPE_INT32 dims: [1] }}]
+ensemble_scheduling {{ step [{{ model_name: "probe" model_version: -1
+  input_map {{ key: "X" value: "X" }} output_map {{ key: "BATCH" value: "BATCH" }} }}] }}
+""",
+    )
     write_ensemble(
         repo,
         "streaming_step",
@@ -82,6 +101,42 @@ def test_each_composing_model_keeps_its_own_statistics_and_metrics(server: Serve
         metrics = response.read().decode()
     for name in (*PIPELINE, "classify"):
         assert f'nv_inference_request_success{{model="{name}",version="1"}}' in metrics
+
+
+def model_stats(client: httpclient.InferenceServerClient, name: str) -> dict[str, Any]:
+    stats: dict[str, Any] = client.get_inference_statistics(name)["model_stats"][0]
+    return stats
+
+
+def test_a_batching_step_batches_concurrent_ensemble_requests(server: ServerProcess) -> None:
+    def probed(row: int) -> np.ndarray:
+        tensor = httpclient.InferInput("X", [1, 4], "FP32")
+        tensor.set_data_from_numpy(np.full((1, 4), row, np.float32))
+        client = httpclient.InferenceServerClient(server.http_url)
+        batch: np.ndarray = client.infer("probed", [tensor]).as_numpy("BATCH")
+        return batch
+
+    client = httpclient.InferenceServerClient(server.http_url)
+    before = {name: model_stats(client, name) for name in ("probe", "probed")}
+    with ThreadPoolExecutor(PROBE_ROWS) as pool:
+        batches = list(pool.map(probed, range(PROBE_ROWS)))
+    # every request's step ran in one execute() call holding all of them
+    assert [batch.tolist() for batch in batches] == [[[PROBE_ROWS]]] * PROBE_ROWS
+    after = {name: model_stats(client, name) for name in ("probe", "probed")}
+    counts = {
+        name: (
+            int(after[name]["inference_count"]) - int(before[name]["inference_count"]),
+            int(after[name]["execution_count"]) - int(before[name]["execution_count"]),
+        )
+        for name in after
+    }
+    # the step: PROBE_ROWS rows in one execution; the ensemble: one execution per request
+    assert counts == {"probe": (PROBE_ROWS, 1), "probed": (PROBE_ROWS, PROBE_ROWS)}
+    sizes = {
+        int(row["batch_size"]): int(row["compute_infer"]["count"])
+        for row in after["probe"]["batch_stats"]
+    }
+    assert sizes.get(PROBE_ROWS, 0) >= 1
 
 
 def test_an_ensemble_is_ready_only_while_its_composing_models_are(server: ServerProcess) -> None:
