@@ -86,11 +86,12 @@ class ModelVersion:
     load_duration_s: float = 0.0
     signature: tuple[object, ...] = ()
 
-    @property
+    # cached: read on every request, and a loaded version's config does not change
+    @functools.cached_property
     def max_batch_size(self) -> int:
         return int(self.config.max_batch_size)
 
-    @property
+    @functools.cached_property
     def platform(self) -> str:
         return str(self.config.platform or self.config.backend)
 
@@ -104,7 +105,7 @@ class ModelVersion:
         """Its scheduler calls other models through the data plane (an ensemble)."""
         return scheduling_choice(self.config) in WITHOUT_INSTANCES
 
-    @property
+    @functools.cached_property
     def decoupled(self) -> bool:
         """Responses stream (model_transaction_policy { decoupled: true })."""
         return bool(self.config.model_transaction_policy.decoupled)
