@@ -185,7 +185,9 @@ def test_ferry_optimize_reports_fused_attention_and_quantizes_it(
     text = " ".join(result.stdout.split())
     assert "ort-fp32: 2 attention block(s) fused" in text
     assert "int8-dynamic: 2 attention block(s) fused" in text
+    assert "; 4 LayerNormalization(s) kept out of SkipLayerNormalization" in text
     rows = {row["variant"]: row for row in json.loads(report_path.read_text())["candidates"]}
     assert rows["ort-fp32"]["details"]["fused_attention"] == 2
     assert rows["int8-dynamic"]["details"]["quantized_ops"]["QAttention"] == 2
+    assert rows["int8-dynamic"]["details"]["layer_norm_guards"] == 4
     assert rows["int8-dynamic"]["passed"] and rows["ort-fp32"]["passed"]
