@@ -111,8 +111,9 @@ def test_cpu_variants_keep_layer_norms_unfused_and_match(
 ) -> None:
     """ort-fp32 and int8-dynamic guard every Add + LayerNormalization that ONNX Runtime would
     fuse into SkipLayerNormalization (its CPU kernel is ~4x slower than the two ops): their
-    sessions run no SkipLayerNormalization, int8-dynamic leaves no float weight MatMul, and both
-    reproduce the unoptimized model on inputs (batch size, padding) the build never saw."""
+    sessions run no SkipLayerNormalization, int8-dynamic leaves no float weight MatMul and no
+    BiasGelu, and both reproduce the unoptimized model on inputs (batch size, padding) the
+    build never saw."""
     source = tmp_path / "source.onnx"
     source.write_bytes((repo / name / "1" / "model.onnx").read_bytes())
     before = session_ops(source)
@@ -137,6 +138,8 @@ def test_cpu_variants_keep_layer_norms_unfused_and_match(
         if variant == "int8-dynamic":
             assert after["QAttention"] == 2
             assert after["MatMul"] == after["Gemm"] == after["FusedGemm"] == 0
+            # the feed-forward bias is in DynamicQuantizeMatMul, not in a BiasGelu
+            assert after["Gelu"] == 2 and after["BiasGelu"] == 0
         got = run_reference(out, x)
         for key in want:
             scale = float(np.abs(want[key]).max())
