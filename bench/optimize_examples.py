@@ -1,6 +1,7 @@
 """`ferry optimize` on the trained examples: train, `ferry export`, optimize, print ratios vs FP32.
 
     python -m bench.optimize_examples [encoder digits hf_bert ...] [--variants ...] [--keep DIR]
+    python -m bench.optimize_examples hf_bert encoder --profile   # where the time goes, no optimize
 
 `hf_bert` is a Hugging Face BertForSequenceClassification sized like the encoder (4 layers,
 hidden 256, 4 heads, feed-forward 1024, seq 64; tiny vocabulary, random weights, built from a
@@ -10,6 +11,13 @@ its metric is agreement with FP32; random weights give small logit margins, so i
 
 Every ratio is measured in the same run against the FP32 version (interleaved benchmark), and
 the wall time of the whole `ferry optimize` command is printed for the < 3 minute target.
+
+`--profile` builds `ort-fp32` and `int8-dynamic` as `ferry optimize` does (same builders, the
+first eval samples as the rewrite check) and, for them and the export, prints the op counts of
+the file and of the graph an ONNX Runtime CPU session runs (ORT_ENABLE_ALL, as served), and
+ONNX Runtime's profiler kernel time per op type at batch 32: which ops stayed float, which ORT
+fused on load, where the time goes. Kernel times on a shared machine are noisy; compare the
+shares within one run.
 """
 
 from __future__ import annotations
@@ -103,16 +111,83 @@ def prepare(name: str, root: Path) -> tuple[Path, Path]:
     return repo, artifacts
 
 
+PROFILE_RUNS = 30
+
+
+def profile(name: str, root: Path, repo: Path, artifacts: Path) -> None:
+    """Op counts and per-op-type kernel time of the export, ort-fp32 and int8-dynamic."""
+    from collections import Counter, defaultdict
+
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from optimizers import onnx_variants
+    from optimizers.runners import default_threads, repeat_to, slice_inputs
+
+    test = dict(np.load(artifacts / "test.npz"))
+    test.pop("labels", None)
+    count = len(next(iter(test.values())))
+    samples = slice_inputs(test, 0, min(count, 8), True)
+    batch = repeat_to(test, count, 32, True)
+    work = root / "profile" / name
+    work.mkdir(parents=True, exist_ok=True)
+    source = repo / name / "1" / "model.onnx"
+    graphs = {"export": source, "ort-fp32": work / "ort-fp32.onnx"}
+    graphs["int8-dynamic"] = work / "int8-dynamic" / "model.onnx"  # it writes beside its output
+    graphs["int8-dynamic"].parent.mkdir(exist_ok=True)
+    fp32 = onnx_variants.build_ort_fp32(
+        source, graphs["ort-fp32"], ["CPUExecutionProvider"], samples
+    )
+    int8 = onnx_variants.build_int8_dynamic(
+        source, graphs["int8-dynamic"], per_channel=False, samples=samples
+    )
+    print(f"{name} ort-fp32: {json.dumps(fp32)}\n{name} int8-dynamic: {json.dumps(int8)}")
+    for variant, path in graphs.items():
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = default_threads()
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        options.optimized_model_filepath = str(work / f"{variant}.session.onnx")
+        options.enable_profiling = True
+        options.profile_file_prefix = str(work / f"{variant}.profile")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        for _ in range(PROFILE_RUNS):
+            session.run(None, batch)
+        events = json.loads(Path(session.end_profiling()).read_text())
+        kernel: dict[str, float] = defaultdict(float)
+        for event in events:
+            if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+                kernel[event["args"]["op_name"]] += event["dur"] / 1000 / PROFILE_RUNS
+        runs = [e["dur"] / 1000 for e in events if e.get("name") == "model_run"]
+        in_file = Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+        loaded = Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+        total = sum(kernel.values())
+        print(
+            f"\n{name} {variant}: median run {np.median(runs):.2f} ms at batch 32; "
+            f"{sum(in_file.values())} nodes in the file, {sum(loaded.values())} in the session"
+        )
+        print(f"  file:    {dict(in_file.most_common())}")
+        print(f"  session: {dict(loaded.most_common())}")
+        for op, ms in sorted(kernel.items(), key=lambda item: -item[1])[:10]:
+            print(f"  {op:>26} {ms:7.2f} ms/run {100 * ms / total:5.1f} %")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("examples", nargs="*", default=["encoder"])
     parser.add_argument("--variants", default=None)
     parser.add_argument("--bench-seconds", default="20")
     parser.add_argument("--keep", type=Path, default=None, help="work here and keep it")
+    parser.add_argument("--profile", action="store_true", help="profile the variants instead")
     args = parser.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="ferry-bench-optimize-"))
     for name in args.examples:
         repo, artifacts = prepare(name, root)
+        if args.profile:
+            profile(name, root, repo, artifacts)
+            continue
         command = [
             sys.executable,
             "-m",

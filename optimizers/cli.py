@@ -137,9 +137,15 @@ def optimize(
         details = row.get("details") or {}
         if "fused_attention" in details:
             fused = ", ".join(f"{op} x{n}" for op, n in details["transformer_fusions"].items())
+            guards = details.get("layer_norm_guards", 0)
             console.print(
                 f"  {escape(row['variant'])}: {details['fused_attention']} attention block(s) fused"
-                + (f" ({escape(fused)})" if fused else ""),
+                + (f" ({escape(fused)})" if fused else "")
+                + (
+                    f"; {guards} LayerNormalization(s) kept out of SkipLayerNormalization"
+                    if guards
+                    else ""
+                ),
                 highlight=False,
             )
     if report is not None:

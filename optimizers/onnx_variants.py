@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from optimizers.attention_fusion import fuse_attention_file
+from optimizers.layer_norm_guard import guard_layer_norms
 from optimizers.source import Dataset, OptimizeError
 
 # Nodes that break INT8 accuracy when quantized (outlier activations), ORT's fused forms included.
@@ -74,14 +75,22 @@ def ort_offline_optimize(source: Path, output: Path, providers: list[Any]) -> No
 
 def transformer_fuse(
     source: Path, output: Path, use_gpu: bool, samples: Mapping[str, np.ndarray] | None = None
-) -> dict[str, int]:
-    """Attention fusion, then onnxruntime.transformers fusions; returns the fused-op counts.
+) -> dict[str, Any]:
+    """Attention fusion, then onnxruntime.transformers fusions; returns the details to report:
+    `transformer_fusions` (the fused-op counts), `fused_attention` and, on CPU,
+    `layer_norm_guards`.
 
     `fuse_attention_file` matches the self-attention of the torch dynamo export (which the ORT
     optimizer's bert patterns miss) and keeps it only when the fused graph matches the source
-    on `samples`. On CPU, the optimizer's SkipLayerNormalization fusion is left off: its CPU
-    kernel was slower than the LayerNormalization + Add it replaces (encoder example, 2-core
-    AVX2 EPYC, ORT 1.32: FP32 1.03-1.06x with it vs 1.10-1.17x without, vs the source).
+    on `samples`. On CPU, SkipLayerNormalization is kept out: its CPU kernel is slower than the
+    LayerNormalization + Add it replaces (encoder example, 2-core AVX2 EPYC, ORT 1.32: FP32
+    1.03-1.06x with it vs 1.10-1.17x without, vs the source). The optimizer's fusion is left off
+    and `guard_layer_norms` keeps ONNX Runtime from making the same fusion when a session loads
+    the graph (for post-norm encoders such as BERT it did at every LayerNormalization).
+    BiasGelu is left off on CPU too: unfused, ONNX Runtime folds the feed-forward bias into
+    the INT8 DynamicQuantizeMatMul and runs the ONNX Gelu kernel, faster than its BiasGelu
+    (HF BERT of bench.optimize_examples, INT8 at batch 32: 3.9-4.1 ms against 6.5-7.2 ms for
+    the 4 layers); FP32 sessions fuse Add + Gelu into BiasGelu on load as before.
     """
     from onnxruntime.transformers import optimizer
     from onnxruntime.transformers.fusion_options import FusionOptions
@@ -91,6 +100,7 @@ def transformer_fuse(
     options = FusionOptions("bert")
     if not use_gpu:
         options.enable_skip_layer_norm = options.enable_bias_skip_layer_norm = False
+        options.enable_bias_gelu = False  # INT8: the bias goes into DynamicQuantizeMatMul
     with contextlib.chdir(output.parent):  # as in preprocess: shape inference dumps here
         fused = optimizer.optimize_model(
             str(attention.resolve()),
@@ -101,6 +111,7 @@ def transformer_fuse(
             use_gpu=use_gpu,
             optimization_options=options,
         )
+    guards = None if use_gpu else guard_layer_norms(fused.model)
     fused.save_model_to_file(str(output))
     attention.unlink()
     stats = {
@@ -110,8 +121,19 @@ def transformer_fuse(
         ).items()
         if count
     }
-    logger.info("attention fusion: %d block(s); fused ops %s", fused_blocks, stats)
-    return stats
+    logger.info(
+        "attention fusion: %d block(s); fused ops %s; %s LayerNormalization(s) guarded",
+        fused_blocks,
+        stats,
+        guards,
+    )
+    details: dict[str, Any] = {
+        "transformer_fusions": stats,
+        "fused_attention": stats.get("Attention", 0),
+    }
+    if guards is not None:
+        details["layer_norm_guards"] = guards
+    return details
 
 
 def build_ort_fp32(
@@ -125,10 +147,9 @@ def build_ort_fp32(
     graph = source
     if is_transformer(source):
         fused_path = output.with_name("fused.onnx")
-        details["transformer_fusions"] = transformer_fuse(
+        details |= transformer_fuse(
             source, fused_path, use_gpu=_first(providers) != "CPUExecutionProvider", samples=samples
         )
-        details["fused_attention"] = details["transformer_fusions"].get("Attention", 0)
         graph = fused_path
     ort_offline_optimize(graph, output, providers)
     return details
@@ -169,10 +190,7 @@ def build_int8_dynamic(
     graph = source
     if is_transformer(source):
         graph = output.with_name("fused.onnx")
-        details["transformer_fusions"] = transformer_fuse(
-            source, graph, use_gpu=False, samples=samples
-        )
-        details["fused_attention"] = details["transformer_fusions"].get("Attention", 0)
+        details |= transformer_fuse(source, graph, use_gpu=False, samples=samples)
     ops = list(DYNAMIC_QUANTIZED_OP_TYPES)
     pre = output.with_name("preprocessed.onnx")
     preprocess(graph, pre)

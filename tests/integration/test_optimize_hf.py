@@ -1,20 +1,24 @@
 """`ferry optimize` fuses the attention of exported Hugging Face encoders (BERT, DistilBERT, ViT)
-into ONNX Runtime's Attention op, padding masks included, and INT8 makes it QAttention."""
+into ONNX Runtime's Attention op, padding masks included, and INT8 makes it QAttention; on CPU
+their LayerNormalizations stay out of ONNX Runtime's slow SkipLayerNormalization kernel."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 
 from exporters.pipeline import ExportOptions, run_export
 from optimizers.attention_fusion import fuse_attention_file
+from optimizers.onnx_variants import build_int8_dynamic, build_ort_fp32
 from tests.support import hf_models
 from tests.support.onnx_models import run_reference
 
@@ -85,6 +89,63 @@ def test_hf_attention_is_fused_and_matches(repo: Path, tmp_path: Path, name: str
             np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=1e-4 * scale)
 
 
+def session_ops(path: Path) -> Counter[str]:
+    """The op types of the graph a CPU session runs after its own optimizations (ORT_ENABLE_ALL,
+    as `ferry serve` and Triton load a model by default)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(path.with_name(path.stem + ".session.onnx"))
+    options.log_severity_level = 3
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+
+
+# SkipLayerNormalization nodes ONNX Runtime makes of the unoptimized exports: post-norm BERT and
+# DistilBERT at both norms of each of their 2 layers, pre-norm ViT at its final norm only
+SOURCE_SKIP_LAYER_NORMS = {"bert": 4, "distilbert": 4, "vit": 1}
+
+
+@pytest.mark.parametrize("name", list(EXPORTS))
+def test_cpu_variants_keep_layer_norms_unfused_and_match(
+    repo: Path, tmp_path: Path, name: str
+) -> None:
+    """ort-fp32 and int8-dynamic guard every Add + LayerNormalization that ONNX Runtime would
+    fuse into SkipLayerNormalization (its CPU kernel is ~4x slower than the two ops): their
+    sessions run no SkipLayerNormalization, int8-dynamic leaves no float weight MatMul and no
+    BiasGelu, and both reproduce the unoptimized model on inputs (batch size, padding) the
+    build never saw."""
+    source = tmp_path / "source.onnx"
+    source.write_bytes((repo / name / "1" / "model.onnx").read_bytes())
+    before = session_ops(source)
+    assert before["SkipLayerNormalization"] == SOURCE_SKIP_LAYER_NORMS[name]
+    norms = before["LayerNormalization"] + before["SkipLayerNormalization"]
+    x = samples(name, 7, 6)
+    want = run_reference(source, x)
+    for variant, tolerance in (("ort-fp32", 1e-4), ("int8-dynamic", 0.05)):
+        out = tmp_path / variant / "model.onnx"
+        out.parent.mkdir()
+        details = (
+            build_ort_fp32(source, out, ["CPUExecutionProvider"], samples(name, 4, 0))
+            if variant == "ort-fp32"
+            else build_int8_dynamic(source, out, per_channel=False, samples=samples(name, 4, 0))
+        )
+        assert details["fused_attention"] == 2
+        assert details["layer_norm_guards"] == SOURCE_SKIP_LAYER_NORMS[name]
+        after = session_ops(out)
+        assert after["SkipLayerNormalization"] == 0
+        # DistilBERT's embeddings norm becomes EmbedLayerNormalization (ORT transformer optimizer)
+        assert after["LayerNormalization"] + after["EmbedLayerNormalization"] == norms
+        if variant == "int8-dynamic":
+            assert after["QAttention"] == 2
+            assert after["MatMul"] == after["Gemm"] == after["FusedGemm"] == 0
+            # the feed-forward bias is in DynamicQuantizeMatMul, not in a BiasGelu
+            assert after["Gelu"] == 2 and after["BiasGelu"] == 0
+        got = run_reference(out, x)
+        for key in want:
+            scale = float(np.abs(want[key]).max())
+            np.testing.assert_allclose(got[key], want[key], rtol=tolerance, atol=tolerance * scale)
+
+
 def test_a_causal_mask_is_not_taken_for_a_padding_mask(tmp_path: Path) -> None:
     """GPT-2's bias is causal as well as padding: fusing it as mask_index would be wrong."""
     repo = tmp_path / "repo"
@@ -127,7 +188,9 @@ def test_ferry_optimize_reports_fused_attention_and_quantizes_it(
     text = " ".join(result.stdout.split())
     assert "ort-fp32: 2 attention block(s) fused" in text
     assert "int8-dynamic: 2 attention block(s) fused" in text
+    assert "; 4 LayerNormalization(s) kept out of SkipLayerNormalization" in text
     rows = {row["variant"]: row for row in json.loads(report_path.read_text())["candidates"]}
     assert rows["ort-fp32"]["details"]["fused_attention"] == 2
     assert rows["int8-dynamic"]["details"]["quantized_ops"]["QAttention"] == 2
+    assert rows["int8-dynamic"]["details"]["layer_norm_guards"] == 4
     assert rows["int8-dynamic"]["passed"] and rows["ort-fp32"]["passed"]
