@@ -1,7 +1,8 @@
 """In-process values that flow through the serving core: tensor specs, requests and responses.
 
 These are plain dataclasses holding numpy arrays (frozen, but for the per-request ones): no
-pydantic and no wire formats on the hot path. Datatype names are KServe v2's (`FP32`, `INT64`, `BYTES`...).
+pydantic and no wire formats on the hot path. Datatype names are KServe v2's (`FP32`, `INT64`,
+`BYTES`...).
 """
 
 from __future__ import annotations
