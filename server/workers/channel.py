@@ -1,5 +1,6 @@
 """The control channel between the supervisor and a worker: JSON messages, each prefixed by its
-length, over a Unix socket; either side can ask the other and await the answer."""
+length, over a Unix socket; either side can ask the other and await the answer. Workers use the
+same channel with pickled frames to forward sequence requests to each other (sequences.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,13 @@ logger = logging.getLogger("ferry.workers")
 
 Message = dict[str, Any]
 Handler = Callable[[Message], Awaitable[Any]]
+Dumps = Callable[[Any], bytes]
+Loads = Callable[[bytes], Any]
 _LENGTH_BYTES = 4
+
+
+def _json_dumps(frame: Any) -> bytes:
+    return json.dumps(frame, separators=(",", ":")).encode()
 
 
 class ChannelClosed(ConnectionError):
@@ -34,9 +41,15 @@ class Channel:
     return value is the reply; an exception becomes a RemoteError there)."""
 
     def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handler: Handler
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        handler: Handler,
+        dumps: Dumps = _json_dumps,
+        loads: Loads = json.loads,
     ) -> None:
         self._reader, self._writer, self._handler = reader, writer, handler
+        self._dumps, self._loads = dumps, loads
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._next_id = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -57,7 +70,7 @@ class Channel:
             self._pending.pop(frame_id, None)
 
     def _send(self, frame: Message) -> None:
-        body = json.dumps(frame, separators=(",", ":")).encode()
+        body = self._dumps(frame)
         self._writer.write(len(body).to_bytes(_LENGTH_BYTES, "big") + body)
 
     async def run(self) -> None:
@@ -65,7 +78,7 @@ class Channel:
         try:
             while True:
                 header = await self._reader.readexactly(_LENGTH_BYTES)
-                frame = json.loads(await self._reader.readexactly(int.from_bytes(header, "big")))
+                frame = self._loads(await self._reader.readexactly(int.from_bytes(header, "big")))
                 if "request" in frame:
                     task = asyncio.create_task(self._answer(frame["id"], frame["request"]))
                     self._tasks.add(task)
@@ -85,6 +98,11 @@ class Channel:
                 if not future.done():
                     future.set_exception(ChannelClosed("control channel closed"))
             self._writer.close()
+
+    async def answered(self) -> None:
+        """Wait until the requests this side is answering have been answered."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _answer(self, frame_id: int, message: Message) -> None:
         try:

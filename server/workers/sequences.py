@@ -9,16 +9,16 @@ is forwarded to its owner over a Unix socket in the supervisor's private folder,
 if it had arrived there (validation, statistics, logs: counted once, by the owner), and its
 response or error comes back to the client unchanged.
 
-Frames are a 4-byte length and a pickle (the folder is the supervisor's, mode 0700, so only
-this server's processes can connect): a request is `(id, InferenceRequest)`, an answer `(id,
-InferenceResponse)` or `(id, (error kind, message))`.
+The connection is the control channel of server/workers/channel.py with pickled frames (the
+folder is the supervisor's, mode 0700, so only this server's processes can connect): a request
+carries the InferenceRequest, the answer the InferenceResponse or the owner's error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
+import functools
 import pickle
 import zlib
 from collections.abc import Awaitable, Callable
@@ -27,12 +27,10 @@ from typing import Any
 
 from server.errors import ErrorKind, ServingError
 from server.types import InferenceRequest, InferenceResponse
-
-logger = logging.getLogger("ferry.workers")
+from server.workers.channel import Channel, ChannelClosed, Message, RemoteError
 
 Infer = Callable[[InferenceRequest], Awaitable[InferenceResponse]]
-_LENGTH_BYTES = 4
-MAX_FRAME_BYTES = (1 << 32) - 1
+_dumps = functools.partial(pickle.dumps, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def owner_of(sequence_id: int | str, workers: int) -> int:
@@ -47,16 +45,16 @@ def socket_path(folder: Path, slot: int) -> Path:
     return folder / f"sequences-{slot}.sock"
 
 
-async def _read_frame(reader: asyncio.StreamReader) -> Any:
-    length = int.from_bytes(await reader.readexactly(_LENGTH_BYTES), "big")
-    return pickle.loads(await reader.readexactly(length))
+def _pickled_channel(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    handler: Callable[[Message], Awaitable[Any]],
+) -> Channel:
+    return Channel(reader, writer, handler, _dumps, pickle.loads)  # our own workers only
 
 
-def _frame(value: Any) -> bytes:
-    body = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    if len(body) > MAX_FRAME_BYTES:
-        raise ServingError(ErrorKind.INVALID_ARG, "request too large to forward to its worker")
-    return len(body).to_bytes(_LENGTH_BYTES, "big") + body
+async def _refuse(message: Message) -> Any:
+    raise ValueError("a forwarding worker takes no requests on its own connection")
 
 
 class _Peer:
@@ -64,61 +62,42 @@ class _Peer:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.writer: asyncio.StreamWriter | None = None
-        self.pending: dict[int, asyncio.Future[Any]] = {}
-        self.next_id = 0
+        self.channel: Channel | None = None
         self.reading: asyncio.Task[None] | None = None
         self._connecting = asyncio.Lock()
 
-    async def call(self, request: InferenceRequest) -> Any:
-        writer = await self._connected()
-        self.next_id += 1
-        frame_id = self.next_id
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.pending[frame_id] = future
+    async def call(self, request: InferenceRequest) -> InferenceResponse:
+        channel = await self._connected()
         try:
-            writer.write(_frame((frame_id, request)))
-            return await future
-        finally:
-            self.pending.pop(frame_id, None)
+            answer: InferenceResponse = await channel.request({"request": request})
+        except RemoteError as exc:
+            try:
+                kind = ErrorKind(exc.kind)
+            except ValueError:
+                kind = ErrorKind.INTERNAL
+            raise ServingError(kind, exc.message) from None
+        except ChannelClosed:
+            raise ServingError(
+                ErrorKind.UNAVAILABLE,
+                "the worker that served this sequence stopped; the sequence is lost",
+            ) from None
+        return answer
 
-    async def _connected(self) -> asyncio.StreamWriter:
+    async def _connected(self) -> Channel:
         async with self._connecting:
-            if self.writer is None or self.writer.is_closing():
+            if self.channel is None or self.channel.closed.is_set():
                 try:
-                    reader, self.writer = await asyncio.open_unix_connection(str(self.path))
+                    reader, writer = await asyncio.open_unix_connection(str(self.path))
                 except OSError:
                     raise ServingError(
                         ErrorKind.UNAVAILABLE,
                         "the worker that serves this sequence is not running (it restarts)",
                     ) from None
-                self.reading = asyncio.create_task(self._read(reader))
-            return self.writer
-
-    async def _read(self, reader: asyncio.StreamReader) -> None:
-        try:
-            while True:
-                frame_id, answer = await _read_frame(reader)
-                future = self.pending.get(frame_id)
-                if future is not None and not future.done():
-                    future.set_result(answer)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            if self.writer is not None:
-                self.writer.close()
-            for future in self.pending.values():
-                if not future.done():
-                    future.set_exception(
-                        ServingError(
-                            ErrorKind.UNAVAILABLE,
-                            "the worker that served this sequence stopped; the sequence is lost",
-                        )
-                    )
+                self.channel = _pickled_channel(reader, writer, _refuse)
+                self.reading = asyncio.create_task(self.channel.run())
+            return self.channel
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
         if self.reading is not None:
             self.reading.cancel()
 
@@ -132,7 +111,7 @@ class SequenceRouter:
         self._peers: dict[int, _Peer] = {}
         self._server: asyncio.AbstractServer | None = None
         self._infer: Infer | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._answering: set[Channel] = set()
 
     def owner(self, sequence_id: int | str) -> int | None:
         """The slot to forward to, or None when this worker owns the sequence."""
@@ -144,11 +123,7 @@ class SequenceRouter:
         peer = self._peers.get(slot)
         if peer is None:
             peer = self._peers[slot] = _Peer(socket_path(self.folder, slot))
-        answer = await peer.call(request)
-        if isinstance(answer, InferenceResponse):
-            return answer
-        kind, message = answer
-        raise ServingError(ErrorKind(kind), message)
+        return await peer.call(request)
 
     async def start(self, infer: Infer) -> None:
         """Take requests forwarded by the other workers; `infer` runs each one."""
@@ -159,40 +134,23 @@ class SequenceRouter:
         self._server = await asyncio.start_unix_server(self._serve, path=str(path))
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        channel = _pickled_channel(reader, writer, self._run)
+        self._answering.add(channel)
         try:
-            while True:
-                frame_id, request = await _read_frame(reader)
-                task = asyncio.create_task(self._run(frame_id, request, writer))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
+            await channel.run()
         finally:
-            writer.close()
+            self._answering.discard(channel)
 
-    async def _run(
-        self, frame_id: int, request: InferenceRequest, writer: asyncio.StreamWriter
-    ) -> None:
+    async def _run(self, message: Message) -> InferenceResponse:
+        """A forwarded request, run here as if it had arrived here (its error goes back as the
+        channel's RemoteError)."""
         assert self._infer is not None
-        answer: Any
-        try:
-            answer = await self._infer(request)
-        except ServingError as exc:
-            answer = (exc.kind.value, exc.message)
-        except Exception as exc:  # the caller gets it as an internal error
-            logger.exception("a forwarded sequence request failed")
-            answer = (ErrorKind.INTERNAL.value, f"internal error: {exc}")
-        if not writer.is_closing():
-            try:
-                writer.write(_frame((frame_id, answer)))
-            except ServingError as exc:
-                writer.write(_frame((frame_id, (exc.kind.value, exc.message))))
+        return await self._infer(message["request"])
 
     async def close(self) -> None:
         """Stop taking forwarded requests (those running finish) and close the connections."""
         if self._server is not None:
             self._server.close()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(channel.answered() for channel in list(self._answering)))
         for peer in self._peers.values():
             peer.close()
