@@ -28,6 +28,7 @@ from typing import Any
 from server.errors import ErrorKind, ServingError
 from server.types import InferenceRequest, InferenceResponse
 from server.workers.channel import Channel, ChannelClosed, Message, RemoteError
+from server.workers.link import serving_error
 
 Infer = Callable[[InferenceRequest], Awaitable[InferenceResponse]]
 _dumps = functools.partial(pickle.dumps, protocol=pickle.HIGHEST_PROTOCOL)
@@ -70,12 +71,8 @@ class _Peer:
         channel = await self._connected()
         try:
             answer: InferenceResponse = await channel.request({"request": request})
-        except RemoteError as exc:
-            try:
-                kind = ErrorKind(exc.kind)
-            except ValueError:
-                kind = ErrorKind.INTERNAL
-            raise ServingError(kind, exc.message) from None
+        except RemoteError as exc:  # the owner's error, as its client would have seen it
+            raise serving_error(exc) from None
         except ChannelClosed:
             raise ServingError(
                 ErrorKind.UNAVAILABLE,
