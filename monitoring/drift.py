@@ -215,14 +215,16 @@ class DriftMonitor:
         outputs: Mapping[str, np.ndarray],
         rows: int,
         dropped_elsewhere: int,
+        skipped: int = 0,
     ) -> None:
         """Evaluate rows that arrive stacked (one leading row axis) from a remote feeder, now,
         on the calling thread; `dropped_elsewhere` is the feeder's running count of rows it
-        could not send."""
+        could not send, `skipped` the rows it could not stack in this pass."""
         channel = self._channels.get((model, version))
         if channel is None:
             return
         channel.dropped_elsewhere = dropped_elsewhere
+        channel.skipped_rows += skipped
         try:
             channel.drain([(inputs, outputs, rows, True)] if rows else None)
         except Exception as exc:

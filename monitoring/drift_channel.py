@@ -11,7 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from monitoring.drift_decision import decide_window, window_record
-from monitoring.drift_intake import Item, RowIntake, pending_rows_for, stack
+from monitoring.drift_intake import Item, RowIntake, pending_rows_for, stack_groups
 from monitoring.ks import calibrate_signal_alpha, ks_p_values, ks_threshold, window_statistics
 from monitoring.observer import RequestRecord
 from monitoring.reference import Reference
@@ -119,16 +119,8 @@ class DriftChannel:
 
     def _signal_rows(self, items: list[Item]) -> list[FloatArray]:
         assert self.spec is not None
-        names = self.spec.tensors
-        try:
-            groups = [stack(items, names)]
-        except (ValueError, KeyError):
-            groups = []
-            for item in items:
-                try:
-                    groups.append(stack([item], names))
-                except (ValueError, KeyError):
-                    self.skipped_rows += item[2]
+        groups, skipped = stack_groups(items, self.spec.tensors)
+        self.skipped_rows += skipped
         result = []
         for inputs, outputs, rows in groups:
             try:

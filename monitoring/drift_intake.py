@@ -80,3 +80,21 @@ def stack(items: list[Item], names: tuple[tuple[str, str], ...]) -> tuple[Tensor
         if any(a.shape[0] != rows for a in group.values()):
             raise ValueError("row counts disagree")
     return joined["inputs"], joined["outputs"], rows
+
+
+def stack_groups(
+    items: list[Item], names: tuple[tuple[str, str], ...]
+) -> tuple[list[tuple[Tensors, Tensors, int]], int]:
+    """Queued requests as few stacked groups (one when their shapes agree, else one per
+    request), and the rows of requests that cannot be stacked at all (a named tensor missing,
+    row counts that disagree): those are counted, not returned."""
+    try:
+        return [stack(items, names)], 0
+    except (ValueError, KeyError):
+        groups, skipped = [], 0
+        for item in items:
+            try:
+                groups.append(stack([item], names))
+            except (ValueError, KeyError):
+                skipped += item[2]
+        return groups, skipped

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from monitoring.drift import DriftSnapshot, pick_detail
-from monitoring.drift_intake import Item, RowIntake, Tensors, pending_rows_for, stack
+from monitoring.drift_intake import Item, RowIntake, pending_rows_for, stack_groups
 from monitoring.drift_service import AUTHKEY_ENV
 from monitoring.families import Family
 from monitoring.observer import ModelEventRecord, ObservedRecord, RequestRecord
@@ -141,24 +141,13 @@ class _Feed:
         self.dropped_sent = 0
 
 
-def stack_items(
+def _names(
     items: list[Item], tensors: tuple[tuple[str, str], ...] | None
-) -> list[tuple[Tensors, Tensors, int]]:
-    """Queued requests as few stacked groups (one when their shapes agree), each tensor with a
-    leading row axis, keeping only the tensors the signals read (all when not known yet)."""
-    if not items:
-        return []
-    names = tensors or tuple(
+) -> tuple[tuple[str, str], ...]:
+    """The tensors the signals read; every tensor of the first request while not known yet."""
+    return tensors or tuple(
         [("inputs", n) for n in items[0][0]] + [("outputs", n) for n in items[0][1]]
     )
-    try:
-        return [stack(items, names)]
-    except (ValueError, KeyError):  # shapes that differ between requests: one group each
-        groups = []
-        for item in items:
-            with contextlib.suppress(ValueError, KeyError):
-                groups.append(stack([item], names))
-        return groups
 
 
 class RemoteDriftMonitor:
@@ -267,11 +256,17 @@ class RemoteDriftMonitor:
                 connection.send(("event", event))
             for (model, version), feed in list(self._feeds.items()):
                 dropped = feed.intake.dropped_rows
-                groups = stack_items(feed.intake.take(), feed.tensors)
+                items = feed.intake.take()
+                groups, skipped = (
+                    stack_groups(items, _names(items, feed.tensors)) if items else ([], 0)
+                )
                 for inputs, outputs, rows in groups:
-                    connection.send(("rows", model, version, inputs, outputs, rows, dropped))
-                if not groups and dropped != feed.dropped_sent:
-                    connection.send(("rows", model, version, {}, {}, 0, dropped))
+                    connection.send(
+                        ("rows", model, version, inputs, outputs, rows, dropped, skipped)
+                    )
+                    skipped = 0
+                if (not groups and dropped != feed.dropped_sent) or skipped:
+                    connection.send(("rows", model, version, {}, {}, 0, dropped, skipped))
                 feed.dropped_sent = dropped
             if not snapshot:
                 return
