@@ -32,6 +32,7 @@ class RowIntake:
         self._lock = threading.Lock()
         self._items: list[Item] = []
         self._rows = self._bytes = 0
+        self._dropping = False  # dropped a request since the last take
 
     def offer(
         self,
@@ -40,25 +41,32 @@ class RowIntake:
         rows: int,
         has_row_axis: bool,
     ) -> bool:
-        """Queue one request's rows, or count them dropped when full; True when a drain is due
-        (a quarter full, or dropping)."""
-        size = sum(getattr(a, "nbytes", 0) for a in outputs.values()) + sum(
-            getattr(a, "nbytes", 0) for a in inputs.values()
-        )
+        """Queue one request's rows, or count them dropped when full; True when a drain is due:
+        on the request that fills a quarter, and on the first one dropped (not on every request
+        after them: a wake-up costs the event loop a few microseconds)."""
+        size = 0
+        for array in outputs.values():
+            size += getattr(array, "nbytes", 0)
+        for array in inputs.values():
+            size += getattr(array, "nbytes", 0)
         with self._lock:
-            if self._rows + rows > self.max_rows or self._bytes + size > self.max_bytes:
+            before = self._rows
+            if before + rows > self.max_rows or self._bytes + size > self.max_bytes:
+                first_drop = not self._dropping
                 self.dropped_rows += rows
-                return True
+                self._dropping = True
+                return first_drop
             self._items.append((inputs, outputs, rows, has_row_axis))
-            self._rows += rows
+            self._rows = before + rows
             self._bytes += size
-            return self._rows * 4 >= self.max_rows
+            return before * 4 < self.max_rows <= self._rows * 4
 
     def take(self) -> list[Item]:
         """Everything queued, oldest first; the intake is empty afterwards."""
         with self._lock:
             items, self._items = self._items, []
             self._rows = self._bytes = 0
+            self._dropping = False
         return items
 
 
