@@ -168,6 +168,8 @@ class RemoteDriftMonitor:
         self._connection: Connection | None = None
         self._snapshot = DriftSnapshot()
         self._snapshot_at = 0.0
+        self._snapshot_asked_at: float | None = None  # a snapshot asked for and not yet read
+        self._step_lock = threading.Lock()  # one pass at a time on the connection
         self._warned = False
         self._unreachable_since: float | None = None
 
@@ -236,20 +238,28 @@ class RemoteDriftMonitor:
             self.process.stop()
 
     def _pass(self) -> None:
-        """The feeder thread's pass: rows every time, a snapshot every SNAPSHOT_INTERVAL_S."""
+        """The feeder thread's pass: rows every time, a snapshot asked for every
+        SNAPSHOT_INTERVAL_S and read in a later pass, once it has come: the feeder never waits
+        for the evaluator (at nice 10 on busy CPUs it may answer late, and rows queued meanwhile
+        would be dropped)."""
         now = time.monotonic()
         due = now - self._snapshot_at >= SNAPSHOT_INTERVAL_S or bool(self._events)
         if due:
             self._snapshot_at = now
-        self.step(snapshot=due)
+        self.step(snapshot=due, wait=False)
 
-    def step(self, snapshot: bool = True) -> None:
+    def step(self, snapshot: bool = True, wait: bool = True) -> None:
         """One feeder pass: connect if needed, send events and rows, and take a snapshot (when
-        `snapshot`; the feeder thread takes one every SNAPSHOT_INTERVAL_S)."""
+        `snapshot`): wait for it (`wait`), or ask for it and read it in a later pass."""
+        with self._step_lock:
+            self._step(snapshot, wait)
+
+    def _step(self, snapshot: bool, wait: bool) -> None:
         connection = self._connection or self._connect()
         if connection is None:
             return
         try:
+            self._read_snapshot(connection, timeout=0.0)
             with self._lock:
                 events, self._events = self._events, []
             for event in events:
@@ -268,15 +278,28 @@ class RemoteDriftMonitor:
                 if (not groups and dropped != feed.dropped_sent) or skipped:
                     connection.send(("rows", model, version, {}, {}, 0, dropped, skipped))
                 feed.dropped_sent = dropped
-            if not snapshot:
-                return
-            connection.send(("snapshot",))
-            if not connection.poll(SNAPSHOT_TIMEOUT_S):
+            if snapshot and self._snapshot_asked_at is None:
+                connection.send(("snapshot",))
+                self._snapshot_asked_at = time.monotonic()
+            if wait:
+                self._read_snapshot(connection, timeout=SNAPSHOT_TIMEOUT_S)
+            asked = self._snapshot_asked_at
+            if asked is not None and time.monotonic() - asked > SNAPSHOT_TIMEOUT_S:
                 raise TimeoutError("the drift evaluator did not answer")
-            _, taken, lines = connection.recv()
         except (OSError, EOFError, TimeoutError) as exc:
             self._lost(exc)
+
+    def _read_snapshot(self, connection: Connection, timeout: float) -> None:
+        """Take the snapshot asked for when it has come (within `timeout`; one is asked for at
+        a time, and the evaluator answers in order)."""
+        if self._snapshot_asked_at is None:
             return
+        if not connection.poll(timeout):
+            if timeout > 0:
+                raise TimeoutError("the drift evaluator did not answer")
+            return
+        _, taken, lines = connection.recv()
+        self._snapshot_asked_at = None
         self._take_snapshot(taken)
         for name, level, message in lines:
             logging.getLogger(name).log(level, "%s", message)
@@ -325,7 +348,7 @@ class RemoteDriftMonitor:
         log.warning("lost the drift evaluator (%s); reconnecting", exc or type(exc).__name__)
         if self._connection is not None:
             self._connection.close()
-        self._connection = None
+        self._connection, self._snapshot_asked_at = None, None
 
 
 def feeder_for(address: DriftServiceAddress | None, settings: DriftSettings) -> RemoteDriftMonitor:

@@ -205,3 +205,30 @@ def test_a_feeder_without_the_key_is_refused(evaluator: DriftServiceProcess) -> 
     with pytest.raises((AuthenticationError, EOFError, ConnectionError)):
         Client(evaluator.address.path, family="AF_UNIX", authkey=b"not the key")
     assert evaluator.pid is not None  # and the evaluator keeps serving
+
+
+def test_the_feeder_thread_never_waits_for_a_snapshot(
+    classifier: Classifier, evaluator: DriftServiceProcess
+) -> None:
+    """A feeder pass asks for a snapshot and reads it in a later pass: an evaluator that cannot
+    answer (stopped here; at nice 10 on busy CPUs, late) holds up neither the rows nor the pass."""
+    monitor = feeder(evaluator)
+    monitor.observe(ready(classifier))
+    wait_for(lambda: monitor.detail("clf", "1"), monitor.step)
+    pid = evaluator.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for record in requests(classifier, draw(np.random.default_rng(9), 200)):
+            monitor.observe(record)
+        monitor.step(snapshot=True, wait=False)  # returns at once: nothing read yet
+        monitor.step(snapshot=True, wait=False)  # one snapshot asked for at a time
+        assert monitor.detail("clf", "1")["rows_seen"] == 0  # type: ignore[index]
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    detail = wait_for(
+        lambda: (d := monitor.detail("clf", "1")) and d["windows_total"] == 1 and d,
+        lambda: monitor.step(snapshot=False, wait=False),
+    )
+    assert detail["rows_seen"] == 200 and detail["dropped_rows"] == 0
+    monitor.close()
