@@ -100,7 +100,7 @@ class DriftChannel:
         self, sorted_samples: FloatArray, alpha_signal: float, thresholds: FloatArray
     ) -> None:
         assert self.spec is not None
-        self.sorted_reference = sorted_samples
+        self.sorted_reference = np.asfortranarray(sorted_samples)  # contiguous columns for KS
         self.alpha_signal, self.thresholds = alpha_signal, thresholds
         self.window = TumblingWindow(self.window_size, len(self.spec.names), self.max_age_s)
         self.state = "active"

@@ -12,6 +12,7 @@ from monitoring.ks import (
     ks_statistic,
     ks_threshold,
     window_p_values,
+    window_statistics,
 )
 
 
@@ -44,6 +45,29 @@ def test_threshold_is_the_distance_where_p_equals_alpha(alpha: float) -> None:
 def test_known_critical_value() -> None:
     # Textbook: D_0.05 ~ 1.358 * sqrt((n+m)/(n*m)); n=100, m=10000 -> ~0.1365 (drift.md §1.5)
     assert ks_threshold(0.05, 100, 10_000) == pytest.approx(1.358 * np.sqrt(10_100 / 1e6), rel=0.03)
+
+
+@pytest.mark.parametrize("values", ["continuous", "rounded", "integers"])
+@pytest.mark.parametrize("fortran", [False, True])
+def test_window_statistics_equal_the_per_signal_statistic_exactly(
+    values: str, fortran: bool
+) -> None:
+    rng = np.random.default_rng(4)
+    for _ in range(40):
+        n, m, k = (int(x) for x in (*rng.integers(2, 400, 2), rng.integers(1, 6)))
+        if values == "integers":  # ties within and across the samples, values only one has
+            reference = rng.integers(0, 5, (n, k)).astype(float)
+            window = rng.integers(0, 7, (m, k)).astype(float)
+        else:
+            reference = rng.standard_normal((n, k))
+            window = rng.standard_normal((m, k)) + rng.uniform(-1, 1, k)
+            if values == "rounded":
+                reference, window = np.round(reference, 1), np.round(window, 1)
+        reference = np.sort(reference, axis=0)
+        if fortran:
+            reference = np.asfortranarray(reference)
+        expected = [ks_statistic(reference[:, j], window[:, j]) for j in range(k)]
+        assert window_statistics(reference, window).tolist() == expected
 
 
 def test_window_p_values_per_column() -> None:
