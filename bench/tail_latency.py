@@ -7,6 +7,8 @@ with a baseline measured minutes, not hours, apart on this drifting machine:
 
 - `python`: CPython's default collector (`--gc-policy python`), the behaviour before issue 17;
 - `server`: ferry's policy (`--gc-policy server`), the baseline of the rows below;
+- `again`: the `server` scenario once more, so its ratio to `server` is this machine's noise:
+  a scenario's ratio means something only where it is outside that one's spread;
 - `scrape`: a Prometheus-style scrape of :8002/metrics every second during the load;
 - `poll`: `--model-control-mode poll --repository-poll-secs 1`, repository rescans during the load;
 - `drift`: online drift on (a reference.npz and `--drift-window 1000`: a window every ~0.1 s),
@@ -39,7 +41,7 @@ import numpy as np
 from bench.models import MLP_FEATURES, build_repository
 from bench.serving import ARTIFACTS, loop_lag_counts, serve, stalls, write_payloads, wrk
 
-SCENARIOS = ("python", "server", "scrape", "poll", "drift", "drift_thread", "reload")
+SCENARIOS = ("python", "server", "again", "scrape", "poll", "drift", "drift_thread", "reload")
 DRIFT_SCENARIOS = ("drift", "drift_thread")
 
 
