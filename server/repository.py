@@ -130,8 +130,10 @@ class ModelRepository:
         mode: ModelControlMode,
         fanout: ObserverFanout | None = None,
         default_max_batch_size: int = 4,
+        cpu_threads: int = 0,
     ) -> None:
         self.root = Path(root)
+        self.cpu_threads = cpu_threads  # RuntimeContext.cpu_threads of every instance
         self.mode = mode
         self.fanout = fanout or ObserverFanout()
         self.default_max_batch_size = default_max_batch_size
@@ -342,7 +344,9 @@ class ModelRepository:
             entry.states[number] = VersionState(LOADING)
             version_path = source_dir / str(number)
             try:
-                context = RuntimeContext(asyncio.get_running_loop(), self.services)
+                context = RuntimeContext(
+                    asyncio.get_running_loop(), self.services, self.cpu_threads
+                )
                 instances, warmup = await load_warm_instances(
                     name, number, prepared.config, version_path, context
                 )

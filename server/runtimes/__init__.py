@@ -62,11 +62,13 @@ class RequestRuntime(Protocol):
 
 @dataclass(frozen=True)
 class RuntimeContext:
-    """What an instance may need beyond its config and files: the event loop it is served on
-    and the server's inference entry (models that call models)."""
+    """What an instance may need beyond its config and files: the event loop it is served on,
+    the server's inference entry (models that call models), and the CPU threads a runtime's
+    pool may take when the config names none (0: the runtime's own default, every core)."""
 
     loop: asyncio.AbstractEventLoop | None = None
     services: InferenceServices | None = None
+    cpu_threads: int = 0
 
 
 class RuntimeFactory(Protocol):

@@ -43,8 +43,9 @@ def _parameter(config: ModelConfig, key: str) -> str | None:
     return None
 
 
-def session_options(config: ModelConfig) -> Any:
-    """Build ort.SessionOptions from the model config."""
+def session_options(config: ModelConfig, default_intra_op_threads: int = 0) -> Any:
+    """Build ort.SessionOptions from the model config; `default_intra_op_threads` (0: ONNX
+    Runtime's default, one per core) applies when the config sets no intra_op_thread_count."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -56,6 +57,8 @@ def session_options(config: ModelConfig) -> Any:
     intra = _parameter(config, "intra_op_thread_count")
     if intra is not None:
         options.intra_op_num_threads = int(intra)
+    elif default_intra_op_threads > 0:
+        options.intra_op_num_threads = default_intra_op_threads
     inter = _parameter(config, "inter_op_thread_count")
     if inter is not None:
         options.inter_op_num_threads = int(inter)
@@ -208,7 +211,9 @@ class OnnxRuntime:
             )
         try:
             self._session = ort.InferenceSession(
-                str(path), sess_options=session_options(config), providers=providers
+                str(path),
+                sess_options=session_options(config, context.cpu_threads if context else 0),
+                providers=providers,
             )
         except Exception as exc:  # ORT raises several unrelated types for bad files
             raise ServingError(

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import onnxruntime as ort
 import pytest
 
 from server.errors import ServingError
 from server.model import instance_count
 from server.repository_format import parse_config
-from server.runtimes.onnxruntime import execution_providers, session_options
+from server.runtimes import RuntimeContext
+from server.runtimes.onnxruntime import OnnxRuntime, execution_providers, session_options
+from tests.support.onnx_models import mlp_model, write_model
 
 
 def test_cpu_by_default() -> None:
@@ -82,3 +86,19 @@ def test_instance_counts_like_triton() -> None:
         )
         == 4
     )
+
+
+def test_a_workers_share_of_threads_applies_only_where_the_config_names_none() -> None:
+    assert session_options(parse_config(""), 1).intra_op_num_threads == 1
+    assert session_options(parse_config("")).intra_op_num_threads == 0  # ORT's own default
+    named = parse_config('parameters { key: "intra_op_thread_count" value: { string_value: "3" } }')
+    assert session_options(named, 1).intra_op_num_threads == 3
+
+
+def test_an_instance_takes_the_thread_share_of_its_context(tmp_path: Path) -> None:
+    model_dir = write_model(tmp_path, "mlp", mlp_model())
+    runtime = OnnxRuntime(parse_config(""), model_dir / "1", 0, RuntimeContext(cpu_threads=1))
+    try:
+        assert runtime._session.get_session_options().intra_op_num_threads == 1
+    finally:
+        runtime.close()

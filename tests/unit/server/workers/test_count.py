@@ -5,7 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from server.workers.count import MAX_AUTO_WORKERS, auto_workers, cgroup_cpu_limit
+from server.workers.count import (
+    MAX_AUTO_WORKERS,
+    auto_workers,
+    available_cpus,
+    cgroup_cpu_limit,
+    worker_cpu_threads,
+)
 
 
 def test_cgroup_quota_in_whole_cpus(tmp_path: Path) -> None:
@@ -21,3 +27,10 @@ def test_cgroup_quota_in_whole_cpus(tmp_path: Path) -> None:
 
 def test_auto_is_bounded_by_affinity_and_the_cap() -> None:
     assert 1 <= auto_workers() <= min(len(os.sched_getaffinity(0)), MAX_AUTO_WORKERS)
+
+
+def test_each_worker_gets_its_share_of_the_cpus() -> None:
+    cpus = len(os.sched_getaffinity(0))
+    assert worker_cpu_threads(1) == 0  # one process: the runtime's default, every core
+    assert worker_cpu_threads(2) == max(1, available_cpus() // 2)
+    assert worker_cpu_threads(cpus * 4) == 1  # never none
