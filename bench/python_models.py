@@ -1,6 +1,6 @@
 """Python models, ensembles and BLS: what the code around a model costs in ferry.
 
-    python -m bench.python_models [--seconds S] [--parts identity ensemble bls]
+    python -m bench.python_models [--seconds S] [--parts identity ensemble bls] [--workers N]
 
 identity  A Python model that returns its input (FP32 [16], dynamic batching, one instance) at
           concurrency 64 over HTTP (wrk) and gRPC (h2load), served by ferry and by the real
@@ -144,11 +144,14 @@ def load(http_url: str, model: str, body: Path, seconds: float) -> dict[str, flo
     return result
 
 
-def identity_part(folder: Path, seconds: float, rounds: int = 2) -> dict[str, Any]:
-    """ferry vs the real Triton on one Python identity model, c=64, HTTP and gRPC. Both servers
-    run side by side and the measurements alternate between them (`rounds` each, best kept):
-    this shared machine's speed drifts within minutes. ferry's transport floor is measured in
-    the same rounds, to show how much of its stack the Python model path keeps."""
+def identity_part(
+    folder: Path, seconds: float, rounds: int = 2, workers: int = 1
+) -> dict[str, Any]:
+    """ferry (`--workers workers`: each worker runs its own instance process) vs the real Triton
+    on one Python identity model, c=64, HTTP and gRPC. Both servers run side by side and the
+    measurements alternate between them (`rounds` each, best kept): this shared machine's speed
+    drifts within minutes. ferry's transport floor is measured in the same rounds, to show how
+    much of its stack the Python model path keeps."""
     from tests.support.server_process import running_server
     from tests.support.triton_server import missing_reason, running_tritonserver
 
@@ -163,7 +166,9 @@ def identity_part(folder: Path, seconds: float, rounds: int = 2) -> dict[str, An
     if reason is not None:
         print(f"identity: no Triton to compare with ({reason})")
     with contextlib.ExitStack() as stack:
-        servers = {"ferry": stack.enter_context(running_server(repository))}
+        servers = {
+            "ferry": stack.enter_context(running_server(repository, "--workers", str(workers)))
+        }
         if reason is None:
             servers["triton"] = stack.enter_context(running_tritonserver(repository))
         floors = {kind: stack.enter_context(transport_floor(kind)) for kind in ("http", "grpc")}
@@ -419,6 +424,9 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
     parser.add_argument(
+        "--workers", type=int, default=1, help="ferry serve --workers (identity part)"
+    )
+    parser.add_argument(
         "--parts",
         nargs="+",
         default=["identity", "ensemble", "bls"],
@@ -429,7 +437,7 @@ def main() -> None:
     folder.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {}
     if "identity" in args.parts:
-        report["identity"] = identity_part(folder, args.seconds)
+        report["identity"] = identity_part(folder, args.seconds, workers=args.workers)
     if "ensemble" in args.parts or "bls" in args.parts:
         repository = pipeline_repository(folder)
         if "ensemble" in args.parts:
