@@ -227,7 +227,7 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
         await load_models()
         await link.catch_up(replay)
         assert sequences is not None
-        await sequences.start(dataplane.infer)
+        await sequences.start(dataplane.infer, dataplane.infer_stream)
         # ready before it listens: a restarted worker's first probe must not answer not-ready
         apply_after_startup(settings.gc_policy)
         dataplane.started = True

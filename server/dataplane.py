@@ -92,6 +92,10 @@ class SequenceOwners(Protocol):
 
     async def forward(self, slot: int, request: InferenceRequest) -> InferenceResponse: ...
 
+    def forward_stream(
+        self, slot: int, request: InferenceRequest
+    ) -> AsyncIterator[InferenceResponse | ServingError]: ...
+
 
 class DataPlane:
     """Everything a transport can ask of the server."""
@@ -252,6 +256,22 @@ class DataPlane:
             if not self._inflight:
                 self._idle.set()
 
+    async def _forward_stream(
+        self, slot: int, request: InferenceRequest
+    ) -> AsyncIterator[InferenceResponse | ServingError]:
+        """Stream a decoupled sequence model's request from the worker that owns the sequence
+        (draining waits for it)."""
+        assert self.sequence_owners is not None
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            async for item in self.sequence_owners.forward_stream(slot, request):
+                yield item
+        finally:
+            self._inflight -= 1
+            if not self._inflight:
+                self._idle.set()
+
     def _check_accepting(self, request: InferenceRequest) -> None:
         """While the server drains, only requests of sequence models pass (their scheduler
         serves live sequences and refuses new ones, as Triton's)."""
@@ -368,6 +388,12 @@ class DataPlane:
         if not model.decoupled:
             yield await self.infer(request)
             return
+        if self.sequence_owners is not None and request.sequence_id:
+            slot = self.sequence_owners.owner(request.sequence_id)
+            if slot is not None and isinstance(model.scheduler, SequenceBatcher):
+                async for forwarded in self._forward_stream(slot, request):
+                    yield forwarded
+                return
         ops = self.ops
         started = time.perf_counter()
         try:

@@ -7,11 +7,13 @@ upstream connections). Every sequence therefore has an owner: worker `crc32(corr
 N`, the same answer in every worker. A request of a sequence model that reaches another worker
 is forwarded to its owner over a Unix socket in the supervisor's private folder, run there as
 if it had arrived there (validation, statistics, logs: counted once, by the owner), and its
-response or error comes back to the client unchanged.
+response or error comes back to the client unchanged. A request of a decoupled sequence model
+(gRPC ModelStreamInfer) streams its responses back as the owner produces them.
 
 The connection is the control channel of server/workers/channel.py with pickled frames (the
 folder is the supervisor's, mode 0700, so only this server's processes can connect): a request
-carries the InferenceRequest, the answer the InferenceResponse or the owner's error.
+carries the InferenceRequest, the answer the InferenceResponse or the owner's error; a streamed
+answer carries InferenceResponse items and failed responses as (kind, message) pairs.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import contextlib
 import functools
 import pickle
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from server.workers.channel import Channel, ChannelClosed, Message, RemoteError
 from server.workers.link import serving_error
 
 Infer = Callable[[InferenceRequest], Awaitable[InferenceResponse]]
+InferStream = Callable[[InferenceRequest], AsyncIterator[InferenceResponse | ServingError]]
 _dumps = functools.partial(pickle.dumps, protocol=pickle.HIGHEST_PROTOCOL)
 
 
@@ -50,8 +53,10 @@ def _pickled_channel(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     handler: Callable[[Message], Awaitable[Any]],
+    stream_handler: Callable[[Message], AsyncIterator[Any]] | None = None,
 ) -> Channel:
-    return Channel(reader, writer, handler, _dumps, pickle.loads)  # our own workers only
+    # pickle: our own workers only (the socket is in the supervisor's private folder)
+    return Channel(reader, writer, handler, _dumps, pickle.loads, stream_handler)
 
 
 async def _refuse(message: Message) -> Any:
@@ -74,11 +79,20 @@ class _Peer:
         except RemoteError as exc:  # the owner's error, as its client would have seen it
             raise serving_error(exc) from None
         except ChannelClosed:
-            raise ServingError(
-                ErrorKind.UNAVAILABLE,
-                "the worker that served this sequence stopped; the sequence is lost",
-            ) from None
+            raise _owner_stopped() from None
         return answer
+
+    async def stream(
+        self, request: InferenceRequest
+    ) -> AsyncIterator[InferenceResponse | ServingError]:
+        channel = await self._connected()
+        try:
+            async for item in channel.stream({"request": request}):
+                yield item if isinstance(item, InferenceResponse) else ServingError(*item)
+        except RemoteError as exc:
+            raise serving_error(exc) from None
+        except ChannelClosed:
+            raise _owner_stopped() from None
 
     async def _connected(self) -> Channel:
         async with self._connecting:
@@ -99,6 +113,12 @@ class _Peer:
             self.reading.cancel()
 
 
+def _owner_stopped() -> ServingError:
+    return ServingError(
+        ErrorKind.UNAVAILABLE, "the worker that served this sequence stopped; the sequence is lost"
+    )
+
+
 class SequenceRouter:
     """This worker's end of sequence affinity: forwards what another worker owns, and runs
     what the other workers forward here."""
@@ -108,6 +128,7 @@ class SequenceRouter:
         self._peers: dict[int, _Peer] = {}
         self._server: asyncio.AbstractServer | None = None
         self._infer: Infer | None = None
+        self._infer_stream: InferStream | None = None
         self._answering: set[Channel] = set()
 
     def owner(self, sequence_id: int | str) -> int | None:
@@ -117,21 +138,31 @@ class SequenceRouter:
 
     async def forward(self, slot: int, request: InferenceRequest) -> InferenceResponse:
         """Run `request` on worker `slot`; its response, or its error raised here."""
+        return await self._peer(slot).call(request)
+
+    def forward_stream(
+        self, slot: int, request: InferenceRequest
+    ) -> AsyncIterator[InferenceResponse | ServingError]:
+        """Run a decoupled model's `request` on worker `slot`; its responses as they come."""
+        return self._peer(slot).stream(request)
+
+    def _peer(self, slot: int) -> _Peer:
         peer = self._peers.get(slot)
         if peer is None:
             peer = self._peers[slot] = _Peer(socket_path(self.folder, slot))
-        return await peer.call(request)
+        return peer
 
-    async def start(self, infer: Infer) -> None:
-        """Take requests forwarded by the other workers; `infer` runs each one."""
-        self._infer = infer
+    async def start(self, infer: Infer, infer_stream: InferStream) -> None:
+        """Take requests forwarded by the other workers; `infer` runs each one, `infer_stream`
+        each one streamed."""
+        self._infer, self._infer_stream = infer, infer_stream
         path = socket_path(self.folder, self.slot)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # a previous run of this slot's worker
         self._server = await asyncio.start_unix_server(self._serve, path=str(path))
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        channel = _pickled_channel(reader, writer, self._run)
+        channel = _pickled_channel(reader, writer, self._run, self._run_stream)
         self._answering.add(channel)
         try:
             await channel.run()
@@ -143,6 +174,13 @@ class SequenceRouter:
         channel's RemoteError)."""
         assert self._infer is not None
         return await self._infer(message["request"])
+
+    async def _run_stream(self, message: Message) -> AsyncIterator[Any]:
+        """A forwarded request of a decoupled model: its responses, a failed one as (kind,
+        message) (a ServingError does not survive pickling)."""
+        assert self._infer_stream is not None
+        async for item in self._infer_stream(message["request"]):
+            yield (item.kind, item.message) if isinstance(item, ServingError) else item
 
     async def close(self) -> None:
         """Stop taking forwarded requests (those running finish) and close the connections."""

@@ -342,3 +342,82 @@ def test_a_sequence_runs_on_one_worker_whichever_worker_its_requests_reach(
                 assert "must specify the START flag" in str(exc)
             else:
                 raise AssertionError("a step without START of an ended sequence was accepted")
+
+
+RUNNING_SUM_STREAM_PY = """\
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.sums = {}  # per sequence, in this instance's memory: the owner's alone
+
+    def execute(self, requests):
+        for request in requests:
+            sequence = request.correlation_id()
+            x = int(pb_utils.get_input_tensor_by_name(request, "INPUT").as_numpy().sum())
+            self.sums[sequence] = self.sums.get(sequence, 0) + x
+            sender = request.get_response_sender()
+            for k in (1, 10):
+                out = np.array([[self.sums[sequence] * k]], np.int32)
+                sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT", out)]))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+"""
+
+
+def stream_step(
+    server: ServerProcess, sequence: int, responses: int, start: bool = False, end: bool = False
+) -> list[tuple[Any, Any]]:
+    """One step of `sequence` to running_sum on a fresh gRPC stream (a fresh connection, so
+    any worker): the first `responses` (result, error) pairs it gets."""
+    import queue
+
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    tensor = grpcclient.InferInput("INPUT", [1, 1], "INT32")
+    tensor.set_data_from_numpy(np.array([[sequence]], np.int32))
+    client.async_stream_infer(
+        "running_sum", [tensor], sequence_id=sequence, sequence_start=start, sequence_end=end
+    )
+    got = [answers.get(timeout=30) for _ in range(responses)]
+    client.stop_stream()
+    client.close()
+    return got
+
+
+def test_a_decoupled_sequence_streams_from_its_owner_whichever_worker_its_stream_reaches(
+    tmp_path: Path,
+) -> None:
+    """Each step on a fresh gRPC stream (fresh connection): every step runs on the worker that
+    owns the sequence, so the model's per-sequence memory sees all of them, and both of each
+    step's responses come back through the worker the stream reached."""
+    from server.workers.sequences import owner_of
+    from tests.support.python_models import write_python_model
+
+    write_python_model(
+        tmp_path,
+        "running_sum",
+        RUNNING_SUM_STREAM_PY,
+        """max_batch_size: 4
+input [{ name: "INPUT" data_type: TYPE_INT32 dims: [1] }]
+output [{ name: "OUTPUT" data_type: TYPE_INT32 dims: [1] }]
+model_transaction_policy { decoupled: true }
+sequence_batching { max_sequence_idle_microseconds: 60000000 }
+""",
+    )
+    sequences, steps = (11, 12, 13, 14, 15, 16), 5
+    assert {owner_of(sid, 2) for sid in sequences} == {0, 1}
+    with running_server(tmp_path, "--workers", "2") as server:
+        for t in range(steps):
+            for sid in sequences:
+                got = stream_step(server, sid, 2, start=t == 0, end=t == steps - 1)
+                assert [error for _, error in got] == [None, None], (sid, t)
+                values = [int(result.as_numpy("OUTPUT")[0, 0]) for result, _ in got]
+                assert values == [sid * (t + 1), sid * (t + 1) * 10], (sid, t)
+        # the owner's error comes back unchanged: a step without START of an ended sequence
+        for sid in sequences:
+            [(result, error)] = stream_step(server, sid, 1)
+            assert result is None and "must specify the START flag" in str(error), (sid, error)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -64,5 +65,52 @@ def test_a_closed_peer_fails_pending_and_later_requests() -> None:
         await task
         with pytest.raises(ChannelClosed):
             await left.request({"op": "y"})
+
+    asyncio.run(scenario())
+
+
+def test_streams_yield_items_in_order_end_fail_and_close() -> None:
+    async def scenario() -> None:
+        left_sock, right_sock = socket.socketpair()
+        release = asyncio.Event()
+
+        async def counting(message: Message) -> AsyncIterator[Any]:
+            for i in range(message["count"]):
+                yield {"n": i}
+            if message.get("fail"):
+                raise ServingError(ErrorKind.INVALID_ARG, "step failed")
+            if message.get("hang"):
+                await release.wait()
+
+        async def no_requests(_: Message) -> Any:
+            raise AssertionError("unary request")
+
+        left = Channel(
+            *await asyncio.open_unix_connection(sock=left_sock), no_requests, stream_handler=None
+        )
+        right = Channel(
+            *await asyncio.open_unix_connection(sock=right_sock),
+            no_requests,
+            stream_handler=counting,
+        )
+        tasks = [asyncio.create_task(left.run()), asyncio.create_task(right.run())]
+        assert [item async for item in left.stream({"count": 3})] == [{"n": i} for i in range(3)]
+        assert [item async for item in left.stream({"count": 0})] == []
+        got: list[Any] = []
+        with pytest.raises(RemoteError) as error:
+            async for item in left.stream({"count": 2, "fail": True}):
+                got.append(item)
+        assert got == [{"n": 0}, {"n": 1}]  # the items before the failure still came
+        assert (error.value.kind, error.value.message) == ("INVALID_ARG", "step failed")
+        with pytest.raises(RemoteError, match="no stream requests"):  # a side without a handler
+            async for _ in right.stream({"count": 1}):
+                pass
+        got = []
+        with pytest.raises(ChannelClosed):  # the peer goes away mid-stream
+            async for item in left.stream({"count": 1, "hang": True}):
+                got.append(item)
+                tasks[1].cancel()
+        assert got == [{"n": 0}]
+        tasks[0].cancel()
 
     asyncio.run(scenario())
