@@ -169,6 +169,8 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
         else WorkerLink(settings.worker_control, settings.worker_slot)
     )
     operations = _operations(settings, cache, log_control)
+    if link is not None:  # Triton-mode traces go to the supervisor's one trace file
+        operations.tracer.forward = link.send_trace
     dataplane = DataPlane(
         repository, fanout, settings.strict_readiness, shared_memory, operations, link
     )
@@ -334,6 +336,8 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
     for server in http_servers:
         server.should_exit = True
     await asyncio.gather(*tasks, return_exceptions=True)
+    if link is not None:
+        await link.flush_traces()
     monitors.close()
     operations.close()
     if shared_memory is not None:

@@ -1,6 +1,7 @@
 """Request traces: which requests are traced (server/trace_settings.py), their timestamps, and
 where they go: OpenTelemetry spans over OTLP/HTTP (`--trace-config mode=opentelemetry`) or
-Triton's JSON trace file (`mode=triton`, `triton,file=PATH`).
+Triton's JSON trace file (`mode=triton`, `triton,file=PATH`; a worker of `--workers N` sends
+its traces to the supervisor, which writes the one file: server/workers/trace_file.py).
 
 Nothing here runs for a request that is not traced: the data plane asks `active` first, and
 the timestamps are rebuilt after the request from the durations the scheduler measures anyway.
@@ -26,6 +27,7 @@ import itertools
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,6 +39,9 @@ from server.types import InferenceRequest
 
 logger = logging.getLogger(__name__)
 SERVICE_NAME = "ferry"
+TraceEntries = list[dict[str, Any]]  # one trace (and its steps') in Triton's trace file
+# where a worker sends its Triton-mode traces (the supervisor writes the file)
+ForwardTraces = Callable[[TraceSetting, TraceEntries], None]
 
 
 @dataclass(slots=True)
@@ -123,6 +128,7 @@ class Tracer:
 
     def __init__(self, settings: TraceSettings) -> None:
         self.settings = settings
+        self.forward: ForwardTraces | None = None  # set in a worker of `--workers N`
         self._ids = itertools.count(1)
         # mode, file and exporter options are the server's (the protocol cannot change them)
         self._exporter: TraceExporter | None = (
@@ -166,7 +172,7 @@ class Tracer:
         trace.exported = True
         try:
             if self._exporter is None:
-                self._exporter = create_exporter(trace.setting)
+                self._exporter = create_exporter(trace.setting, self.forward)
             self._exporter.export(trace)
         except Exception:
             logger.exception("exporting a trace failed")
@@ -176,10 +182,12 @@ class Tracer:
             self._exporter.close()
 
 
-def create_exporter(setting: TraceSetting) -> TraceExporter:
-    """The exporter of the setting's mode."""
+def create_exporter(setting: TraceSetting, forward: ForwardTraces | None = None) -> TraceExporter:
+    """The exporter of the setting's mode (Triton's file: through `forward` when given)."""
     if setting.mode == "opentelemetry":
         return OpenTelemetryExporter(setting.options)
+    if forward is not None:
+        return ForwardingExporter(forward)
     return TritonFileExporter(setting.file, setting.log_frequency)
 
 
@@ -313,30 +321,15 @@ class TritonFileExporter:
         self._index = 0
 
     def export(self, trace: RequestTrace) -> None:
-        self._add(trace)
+        self.add(trace_entries(trace))
+
+    def add(self, entries: TraceEntries) -> None:
+        """One trace's entries (with its steps')."""
+        self._entries.extend(entries)
         self._traces += 1
         if self.log_frequency and self._traces >= self.log_frequency:
             self._write(f"{self.path}.{self._index}")
             self._index += 1
-
-    def _add(self, trace: RequestTrace) -> None:
-        """A trace's entries, then its steps' (each with the ensemble's id as parent_id)."""
-        header: dict[str, Any] = {
-            "id": trace.trace_id,
-            "model_name": trace.model,
-            "model_version": int(trace.version),
-        }
-        if trace.request.id:
-            header["request_id"] = trace.request.id
-        if trace.parent is not None:
-            header["parent_id"] = trace.parent.trace_id
-        self._entries.append(header)
-        for name, at in trace.timestamps():
-            self._entries.append(
-                {"id": trace.trace_id, "timestamps": [{"name": name, "ns": int(at * 1e9)}]}
-            )
-        for child in trace.children:
-            self._add(child)
 
     def _write(self, path: str) -> None:
         Path(path).write_text(json.dumps(self._entries))
@@ -345,3 +338,37 @@ class TritonFileExporter:
     def close(self) -> None:
         if self._entries:
             self._write(self.path if not self.log_frequency else f"{self.path}.{self._index}")
+
+
+def trace_entries(trace: RequestTrace) -> TraceEntries:
+    """A trace's entries in Triton's trace file, then its steps' (each with the ensemble's id as
+    parent_id)."""
+    header: dict[str, Any] = {
+        "id": trace.trace_id,
+        "model_name": trace.model,
+        "model_version": int(trace.version),
+    }
+    if trace.request.id:
+        header["request_id"] = trace.request.id
+    if trace.parent is not None:
+        header["parent_id"] = trace.parent.trace_id
+    entries = [header]
+    for name, at in trace.timestamps():
+        entries.append({"id": trace.trace_id, "timestamps": [{"name": name, "ns": int(at * 1e9)}]})
+    for child in trace.children:
+        entries.extend(trace_entries(child))
+    return entries
+
+
+class ForwardingExporter:
+    """A worker's Triton-mode traces, each handed to `forward` (to the supervisor, which writes
+    the one trace file of the server, as Triton's single process does)."""
+
+    def __init__(self, forward: ForwardTraces) -> None:
+        self._forward = forward
+
+    def export(self, trace: RequestTrace) -> None:
+        self._forward(trace.setting, trace_entries(trace))
+
+    def close(self) -> None:
+        """Nothing kept here: the supervisor writes what is left when the workers are gone."""

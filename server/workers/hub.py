@@ -22,6 +22,7 @@ from server.logs import LogControl
 from server.workers.channel import Channel, ChannelClosed, Message, RemoteError
 from server.workers.merge import merge_families, merge_regions, merge_statistics
 from server.workers.shared_state import CHANGES, Reply, StateRecord
+from server.workers.trace_file import TraceFileWriter
 
 logger = logging.getLogger("ferry.workers")
 
@@ -39,6 +40,7 @@ class ControlHub:
         self._replay: dict[str, Message] = {}
         self._state = asyncio.Lock()
         self.state = StateRecord()
+        self.traces = TraceFileWriter()  # the workers' Triton-mode traces
 
     async def on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One worker's connection, for as long as it lasts."""
@@ -74,6 +76,9 @@ class ControlHub:
             return await self.control(message)
         if op in CHANGES:
             return await self.change(slot, message)
+        if op == "trace":
+            self.traces.add(message["file"], int(message["log_frequency"]), message["entries"])
+            return True
         if op == "shm_status":
             replies: list[Reply] = await self.gather(message)
             return merge_regions(reply["answer"] for reply in replies)

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client.core import Metric
 
 from server.errors import ErrorKind, ServingError
-from server.trace_settings import Change
+from server.trace_settings import Change, TraceSetting
+from server.tracing import TraceEntries
 from server.workers.channel import Channel, ChannelClosed, Message, RemoteError
 from server.workers.merge import wire_families
 from server.workers.shared_state import STATE_OPS, apply_state, replay_state
@@ -53,6 +54,7 @@ class WorkerLink:
         self._collect: Callable[[], Iterable[Metric]] | None = None
         self._caught_up = asyncio.Event()  # control calls wait for start-up and its replay
         self._state_caught_up = asyncio.Event()  # state calls wait for the state's replay
+        self._sending: set[asyncio.Task[Any]] = set()  # traces on their way to the supervisor
 
     async def connect(
         self, dataplane: DataPlane, collect: Callable[[], Iterable[Metric]]
@@ -93,6 +95,32 @@ class WorkerLink:
             return await self._channel.request(message)
         except (RemoteError, ChannelClosed) as exc:
             raise serving_error(exc) from None
+
+    def send_trace(self, setting: TraceSetting, entries: TraceEntries) -> None:
+        """Hand a finished Triton-mode trace to the supervisor, which writes the server's one
+        trace file (server/workers/trace_file.py); from the event loop, without waiting."""
+        if self._channel is None or self._channel.closed.is_set():
+            logger.warning("a trace was lost: this worker is not connected to its supervisor")
+            return
+        message = {
+            "op": "trace",
+            "file": setting.file,
+            "log_frequency": setting.log_frequency,
+            "entries": entries,
+        }
+        task = asyncio.get_running_loop().create_task(self._channel.request(message))
+        self._sending.add(task)
+        task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[Any]) -> None:
+        self._sending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning("a trace was lost on its way to the supervisor: %s", task.exception())
+
+    async def flush_traces(self) -> None:
+        """Until the traces sent so far have reached the supervisor (before this worker exits)."""
+        if self._sending:
+            await asyncio.gather(*self._sending, return_exceptions=True)
 
     # --- what the DataPlane asks ---------------------------------------------------------------
 

@@ -154,6 +154,7 @@ class Supervisor:
             if metrics_task is not None:
                 await asyncio.gather(metrics_task, return_exceptions=True)
             server.close()
+            self.hub.traces.close()  # the workers are gone: their traces are all in
             shutil.rmtree(runtime, ignore_errors=True)
         logger.info("supervisor: stopped")
         return 1 if self.failed else 0

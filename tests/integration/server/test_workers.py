@@ -421,3 +421,46 @@ sequence_batching { max_sequence_idle_microseconds: 60000000 }
         for sid in sequences:
             [(result, error)] = stream_step(server, sid, 1)
             assert result is None and "must specify the START flag" in str(error), (sid, error)
+
+
+def test_triton_trace_files_hold_every_workers_traces_numbered_as_one_server(
+    tmp_path: Path,
+) -> None:
+    """Each worker sends its traces to the supervisor, which writes Triton's file(s) as one
+    server would: every request's trace once, ids 1..N, `log_frequency` counted server-wide."""
+    write_model(tmp_path / "repo", "mlp", mlp_model(), "max_batch_size: 8\n")
+    requests = 12
+    for log_frequency in (0, 4):
+        trace_file = tmp_path / f"trace-{log_frequency}.json"
+        flags = [
+            "rate=1,level=TIMESTAMPS",
+            f"triton,file={trace_file}",
+            f"triton,log-frequency={log_frequency}",
+        ]
+        with running_server(
+            tmp_path / "repo",
+            "--workers",
+            "2",
+            *[arg for flag in flags for arg in ("--trace-config", flag)],
+        ) as server:
+            url = f"http://{server.http_url}/v2/models/mlp/infer"
+            for index in range(requests):  # fresh connections: both workers serve some
+                status, _ = fresh(url, {**mlp_request(1), "id": f"req-{index}"})
+                assert status == 200
+        if log_frequency:
+            files = [tmp_path / f"{trace_file.name}.{n}" for n in range(requests // log_frequency)]
+            parts = [json.loads(path.read_text()) for path in files]
+            assert [len([e for e in p if "model_name" in e]) for p in parts] == [4, 4, 4]
+            entries = [entry for part in parts for entry in part]
+            assert not trace_file.exists()
+        else:
+            entries = json.loads(trace_file.read_text())
+        headers = [e for e in entries if "model_name" in e]
+        assert sorted(e["request_id"] for e in headers) == sorted(
+            f"req-{i}" for i in range(requests)
+        )
+        assert sorted(e["id"] for e in headers) == list(range(1, requests + 1))
+        for header in headers:  # each trace's timestamps under its (renumbered) id
+            stamps = [e for e in entries if e["id"] == header["id"] and "timestamps" in e]
+            assert stamps[0]["timestamps"][0]["name"] == "REQUEST_START"
+            assert stamps[-1]["timestamps"][0]["name"] == "REQUEST_END"
