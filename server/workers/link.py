@@ -55,6 +55,7 @@ class WorkerLink:
         self._caught_up = asyncio.Event()  # control calls wait for start-up and its replay
         self._state_caught_up = asyncio.Event()  # state calls wait for the state's replay
         self._sending: set[asyncio.Task[Any]] = set()  # traces on their way to the supervisor
+        self.traces_lost = 0
 
     async def connect(
         self, dataplane: DataPlane, collect: Callable[[], Iterable[Metric]]
@@ -100,7 +101,7 @@ class WorkerLink:
         """Hand a finished Triton-mode trace to the supervisor, which writes the server's one
         trace file (server/workers/trace_file.py); from the event loop, without waiting."""
         if self._channel is None or self._channel.closed.is_set():
-            logger.warning("a trace was lost: this worker is not connected to its supervisor")
+            self._trace_lost("this worker is not connected to its supervisor")
             return
         message = {
             "op": "trace",
@@ -115,7 +116,12 @@ class WorkerLink:
     def _sent(self, task: asyncio.Task[Any]) -> None:
         self._sending.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            logger.warning("a trace was lost on its way to the supervisor: %s", task.exception())
+            self._trace_lost(str(task.exception()))
+
+    def _trace_lost(self, why: str) -> None:
+        self.traces_lost += 1
+        if self.traces_lost == 1:  # once: the supervisor gone, every later trace goes too
+            logger.warning("traces are lost on their way to the supervisor: %s", why)
 
     async def flush_traces(self) -> None:
         """Until the traces sent so far have reached the supervisor (before this worker exits)."""
