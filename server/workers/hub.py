@@ -95,15 +95,17 @@ class ControlHub:
         return await _kept(channel.request(message) for channel in channels)
 
     async def _remembered(
-        self, message: Message, remember: Callable[[Channel, Any], None]
+        self, message: Message, remember: Callable[[Channel, Any, int], None]
     ) -> list[Any]:
-        """Every connected worker's answer, each remembered as it comes (those that failed are
-        left out); a worker's death waits until its answers are remembered, and the answer of a
-        worker that died meanwhile is left out too (it is in the retired counts now)."""
+        """Every connected worker's answer, each remembered as it comes with the epoch it was
+        asked in (those that failed are left out); a worker's death waits until its answers are
+        remembered, and the answer of a worker that died meanwhile is left out too (it is in
+        the retired counts now)."""
+        asked = self.counts.epoch
 
         async def ask(channel: Channel) -> tuple[Channel, Any]:
             answer = await channel.request(message)
-            remember(channel, answer)
+            remember(channel, answer, asked)
             return channel, answer
 
         tasks = []
@@ -120,8 +122,8 @@ class ControlHub:
         """Triton statistics of every worker, merged, with what dead workers had counted."""
         answers: list[list[dict[str, Any]]] = await self._remembered(
             {"op": "statistics", "name": name, "version": version},
-            lambda channel, entries: self.counts.remember_statistics(
-                channel, name, version, entries
+            lambda channel, entries, asked: self.counts.remember_statistics(
+                channel, name, version, entries, asked
             ),
         )
         return self.counts.merged_statistics(answers)
@@ -171,7 +173,9 @@ class ControlHub:
         await asyncio.gather(
             self._remembered(
                 {"op": "statistics", "name": "", "version": ""},
-                lambda channel, entries: self.counts.remember_statistics(channel, "", "", entries),
+                lambda channel, entries, asked: self.counts.remember_statistics(
+                    channel, "", "", entries, asked
+                ),
             ),
             self._remembered({"op": "families"}, self.counts.remember_families),
         )

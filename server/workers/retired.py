@@ -54,19 +54,28 @@ VersionKey = tuple[str, str]  # (model name, version)
 
 @dataclass
 class _Last:
-    """The last numbers one live worker answered."""
+    """The last numbers one live worker answered, each with the epoch it was asked in."""
 
-    statistics: dict[VersionKey, dict[str, Any]] = field(default_factory=dict)
+    statistics: dict[VersionKey, tuple[int, dict[str, Any]]] = field(default_factory=dict)
     families: list[WireFamily] = field(default_factory=list)
+    families_asked: int = 0
 
 
 class RetiredCounts:
-    """Every live worker's last numbers, and what the workers that died had counted."""
+    """Every live worker's last numbers, and what the workers that died had counted.
+
+    `epoch` counts the resets (forget); an answer asked before a version's last reset may hold
+    that version's numbers from before it, so a worker retired later does not bring them back
+    (a worker that dies while a control call runs is retired before or after the call's reset
+    is known, whichever comes first)."""
 
     def __init__(self) -> None:
         self._last: dict[Hashable, _Last] = {}
         self.statistics: dict[VersionKey, dict[str, Any]] = {}
         self.families: list[WireFamily] = []
+        self.epoch = 0
+        self._statistics_reset: dict[VersionKey, int] = {}  # version -> epoch of its last reset
+        self._series_reset: dict[VersionKey, int] = {}
 
     def join(self, worker: Hashable) -> None:
         """A worker connected: it has counted nothing yet."""
@@ -77,48 +86,59 @@ class RetiredCounts:
         return worker in self._last
 
     def remember_statistics(
-        self, worker: Hashable, name: str, version: str, entries: list[dict[str, Any]]
+        self,
+        worker: Hashable,
+        name: str,
+        version: str,
+        entries: list[dict[str, Any]],
+        asked: int,
     ) -> None:
-        """A worker's answer to a statistics call for `name` and `version` ('' for all)."""
+        """A worker's answer to a statistics call for `name` and `version` ('' for all), asked
+        in epoch `asked`."""
         last = self._last.get(worker)
         if last is None:  # it died meanwhile (and was retired)
             return
         for key in [k for k in last.statistics if _selected(k, name, version)]:
             del last.statistics[key]  # it answered without them: it no longer has them
         for entry in entries:
-            last.statistics[(entry["name"], entry["version"])] = entry
+            last.statistics[(entry["name"], entry["version"])] = (asked, entry)
 
-    def remember_families(self, worker: Hashable, families: list[WireFamily]) -> None:
-        """A worker's metric families."""
+    def remember_families(self, worker: Hashable, families: list[WireFamily], asked: int) -> None:
+        """A worker's metric families, asked in epoch `asked`."""
         last = self._last.get(worker)
         if last is not None:
-            last.families = families
+            last.families, last.families_asked = families, asked
 
     def retire(self, worker: Hashable) -> None:
-        """A worker died: what it answered last joins the retired totals."""
+        """A worker died: what it answered last joins the retired totals (but for versions
+        reset since it was asked)."""
         last = self._last.pop(worker, None)
         if last is None:
             return
-        for key, entry in last.statistics.items():
+        for key, (asked, entry) in last.statistics.items():
+            if asked < self._statistics_reset.get(key, 0):
+                continue
             kept = self.statistics.get(key)
             self.statistics[key] = (
                 copy.deepcopy(entry) if kept is None else merge_statistics([[kept], [entry]])[0]
             )
-        self.families = merge_wire([self.families, cumulative_families(last.families)])
+        reset = {k for k, at in self._series_reset.items() if last.families_asked < at}
+        families = _without_series(cumulative_families(last.families), reset)
+        self.families = merge_wire([self.families, families])
 
     def forget(self, statistics: Iterable[VersionKey], series: Iterable[VersionKey]) -> None:
         """The workers reset these versions' statistics and metric series (a control call): the
-        retired numbers, and the live workers' last answers from before, no longer apply."""
+        retired numbers, and the answers asked before, no longer apply."""
         stale, gone = set(statistics), set(series)
         if not stale and not gone:
             return
+        self.epoch += 1
         for key in stale:
             self.statistics.pop(key, None)
+            self._statistics_reset[key] = self.epoch
+        for key in gone:
+            self._series_reset[key] = self.epoch
         self.families = _without_series(self.families, gone)
-        for last in self._last.values():
-            for key in stale:
-                last.statistics.pop(key, None)
-            last.families = _without_series(last.families, gone)
 
     def forget_model(self, name: str) -> None:
         """forget, for every version of model `name`."""

@@ -58,8 +58,8 @@ def test_a_dead_workers_last_statistics_are_added_to_later_merges() -> None:
     counts = RetiredCounts()
     counts.join("w0")
     counts.join("w1")
-    counts.remember_statistics("w0", "", "", [stats("m", 3, 300, 1000, {1: 2, 2: 1})])
-    counts.remember_statistics("w1", "", "", [stats("m", 4, 400, 500, {2: 1})])
+    counts.remember_statistics("w0", "", "", [stats("m", 3, 300, 1000, {1: 2, 2: 1})], counts.epoch)
+    counts.remember_statistics("w1", "", "", [stats("m", 4, 400, 500, {2: 1})], counts.epoch)
     counts.retire("w0")
     counts.join("w0 again")  # the restarted worker starts from nothing
     live = [[stats("m", 1, 10, 3000, {1: 1})], [stats("m", 4, 400, 500, {2: 1})]]
@@ -72,7 +72,9 @@ def test_a_dead_workers_last_statistics_are_added_to_later_merges() -> None:
         (2, 2),
     ]
     # dying again adds its second life to the first
-    counts.remember_statistics("w0 again", "m", "1", [stats("m", 1, 10, 3000, {1: 1})])
+    counts.remember_statistics(
+        "w0 again", "m", "1", [stats("m", 1, 10, 3000, {1: 1})], counts.epoch
+    )
     counts.retire("w0 again")
     (merged,) = counts.merged_statistics([[stats("m", 4, 400, 500, {2: 1})]])
     assert merged["inference_stats"]["success"]["count"] == 8
@@ -81,7 +83,9 @@ def test_a_dead_workers_last_statistics_are_added_to_later_merges() -> None:
 def test_retired_statistics_go_only_to_versions_a_live_worker_serves() -> None:
     counts = RetiredCounts()
     counts.join("w0")
-    counts.remember_statistics("w0", "", "", [stats("m", 3, 3, 1, {1: 3}), stats("x", 2, 2, 1, {})])
+    counts.remember_statistics(
+        "w0", "", "", [stats("m", 3, 3, 1, {1: 3}), stats("x", 2, 2, 1, {})], counts.epoch
+    )
     counts.retire("w0")
     merged = counts.merged_statistics([[stats("m", 1, 1, 1, {1: 1})]])
     assert [(e["name"], e["inference_count"]) for e in merged] == [("m", 4)]
@@ -91,12 +95,16 @@ def test_retired_statistics_go_only_to_versions_a_live_worker_serves() -> None:
 def test_a_filtered_answer_replaces_only_what_it_covers() -> None:
     counts = RetiredCounts()
     counts.join("w0")
-    counts.remember_statistics("w0", "", "", [stats("m", 3, 3, 1, {}), stats("x", 2, 2, 1, {})])
-    counts.remember_statistics("w0", "m", "1", [stats("m", 5, 5, 1, {})])
-    counts.remember_statistics("w0", "x", "", [])  # it no longer has x
+    counts.remember_statistics(
+        "w0", "", "", [stats("m", 3, 3, 1, {}), stats("x", 2, 2, 1, {})], counts.epoch
+    )
+    counts.remember_statistics("w0", "m", "1", [stats("m", 5, 5, 1, {})], counts.epoch)
+    counts.remember_statistics("w0", "x", "", [], counts.epoch)  # it no longer has x
     counts.retire("w0")
     counts.retire("w0")  # once only
-    counts.remember_statistics("w0", "", "", [stats("m", 50, 5, 1, {})])  # too late: ignored
+    counts.remember_statistics(
+        "w0", "", "", [stats("m", 50, 5, 1, {})], counts.epoch
+    )  # too late: ignored
     live = [[stats("m", 0, 0, 1, {}), stats("x", 0, 0, 1, {})]]
     assert [e["inference_count"] for e in counts.merged_statistics(live)] == [5, 0]
 
@@ -104,7 +112,7 @@ def test_a_filtered_answer_replaces_only_what_it_covers() -> None:
 def test_counters_and_histograms_are_retired_gauges_and_drift_figures_are_not() -> None:
     counts = RetiredCounts()
     counts.join("w0")
-    counts.remember_families("w0", wire(success=5, ready=1, pending=7))
+    counts.remember_families("w0", wire(success=5, ready=1, pending=7), counts.epoch)
     counts.retire("w0")
     merged = text(counts, wire(success=2, ready=0, pending=1))
     assert 'nv_inference_request_success{model="m",version="1"} 7\n' in merged
@@ -131,7 +139,7 @@ def test_retired_series_need_a_live_version_but_not_the_same_series() -> None:
         ),
         ("c", "doc", "counter", [("c", {"model": "gone", "version": "1"}, 9.0)]),
     ]
-    counts.remember_families("w0", dead)
+    counts.remember_families("w0", dead, counts.epoch)
     counts.retire("w0")
     merged = text(counts, wire(success=1))
     # a failure only the dead worker had counted stays; a model no worker serves does not show
@@ -142,25 +150,29 @@ def test_retired_series_need_a_live_version_but_not_the_same_series() -> None:
 
 def test_forgetting_what_a_control_call_reset() -> None:
     counts = RetiredCounts()
-    for worker in ("w0", "w1"):
+    for worker in ("w0", "w1", "w2"):
         counts.join(worker)
-        counts.remember_statistics(
-            worker, "", "", [stats("m", 3, 3, 1, {}), stats("k", 1, 1, 1, {})]
-        )
-        counts.remember_families(worker, wire(success=3))
-    counts.retire("w0")
+        both = [stats("m", 3, 3, 1, {}), stats("k", 1, 1, 1, {})]
+        counts.remember_statistics(worker, "", "", both, counts.epoch)
+        counts.remember_families(worker, wire(success=3), counts.epoch)
+    asked_before = counts.epoch
+    counts.retire("w0")  # died before the reset was known
     # m reloaded from changed files: its statistics reset, its series stay (no unload)
     counts.forget([("m", "1")], [])
-    counts.retire("w1")  # its last answer, from before the reload, no longer applies either
+    counts.retire("w1")  # died during the reload, known after: its m numbers are from before
     merged = counts.merged_statistics([[stats("m", 1, 1, 1, {}), stats("k", 1, 1, 1, {})]])
     assert [e["inference_count"] for e in merged] == [1, 3]
     assert 'nv_inference_request_success{model="m",version="1"} 7\n' in text(counts, wire(1))
-    counts.forget([], [("m", "1")])  # unloaded: its series go
+    # w2 answers again after the reload: what it counted since is kept
+    counts.remember_statistics("w2", "m", "1", [stats("m", 2, 2, 1, {})], counts.epoch)
+    counts.remember_families("w2", wire(success=5), asked_before)
+    counts.forget([], [("m", "1")])  # unloaded: its series go, retired or asked before
+    counts.retire("w2")
+    merged = counts.merged_statistics([[stats("m", 0, 0, 1, {}), stats("k", 0, 0, 1, {})]])
+    assert [e["inference_count"] for e in merged] == [2, 3]
     assert 'nv_inference_request_success{model="m",version="1"} 1\n' in text(counts, wire(1))
     counts.forget_model("k")
-    assert [
-        e["inference_count"] for e in counts.merged_statistics([[stats("k", 1, 1, 1, {})]])
-    ] == [1]
+    assert counts.merged_statistics([[stats("k", 1, 1, 1, {})]])[0]["inference_count"] == 1
 
 
 async def fake_worker(
