@@ -17,7 +17,7 @@ a worker serves 7-10k requests a second; the label sets (models loaded at run ti
 failure reasons, batch sizes) would also need a layout allocated across processes. A snapshot
 file written by each worker every REFRESH_S costs the worker what a refresh costs and loses the
 same last interval. Here each worker answers two requests (statistics, families) per REFRESH_S,
-off the request path: 1.5-3.5 ms of its CPU a second (one to eight models; README, "Workers").
+off the request path: 1.4-3.4 ms of its CPU a second (one to eight models; README, "Workers").
 
 What it misses: the requests a worker answered after its last refresh, when it is killed
 (at most REFRESH_S worth of one worker's requests). No read ever showed them (every read
