@@ -7,12 +7,16 @@ a worker that (re)starts later replays them and ends with the models the others 
 the shared state (server/workers/shared_state.py: client shared memory, log and trace settings)
 run one at a time too, apart from repository control (a long model load does not hold them up),
 are made on every worker or undone, and are remembered for a worker that starts later.
+
+Every worker's answer to a statistics or metrics call is remembered (server/workers/retired.py):
+when a worker dies, what it answered last stays in the totals.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from prometheus_client.core import Metric
@@ -20,7 +24,8 @@ from prometheus_client.core import Metric
 from server.errors import ServingError
 from server.logs import LogControl
 from server.workers.channel import Channel, ChannelClosed, Message, RemoteError
-from server.workers.merge import merge_families, merge_regions, merge_statistics
+from server.workers.merge import WireFamily, merge_regions
+from server.workers.retired import RetiredCounts
 from server.workers.shared_state import CHANGES, Reply, StateRecord
 from server.workers.trace_file import TraceFileWriter
 
@@ -41,6 +46,8 @@ class ControlHub:
         self._state = asyncio.Lock()
         self.state = StateRecord()
         self.traces = TraceFileWriter()  # the workers' Triton-mode traces
+        self.counts = RetiredCounts()
+        self._asking: dict[Channel, set[asyncio.Task[Any]]] = {}  # remembering asks, per worker
 
     async def on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One worker's connection, for as long as it lasts."""
@@ -52,6 +59,7 @@ class ControlHub:
                 async with self._control, self._state:
                     slot.append(int(message["slot"]))
                     self.channels[slot[0]] = channel
+                    self.counts.join(channel)
                     return {"repository": list(self._replay.values()), "state": self.state.replay()}
             return await self._handle(slot[0], message)
 
@@ -59,6 +67,9 @@ class ControlHub:
         await channel.run()
         if slot and self.channels.get(slot[0]) is channel:
             del self.channels[slot[0]]
+        # its answers that came before it died are remembered first (a reader may have them)
+        await asyncio.gather(*self._asking.pop(channel, ()), return_exceptions=True)
+        self.counts.retire(channel)
 
     async def _handle(self, slot: int, message: Message) -> Any:
         op = message["op"]
@@ -71,7 +82,7 @@ class ControlHub:
                 await self._each(others, {"op": "every_worker_ready"})
             return self.every_worker_ready
         if op == "statistics":
-            return merge_statistics(await self.gather(message))
+            return await self.statistics(message["name"], message["version"])
         if op in ("load", "unload"):
             return await self.control(message)
         if op in CHANGES:
@@ -86,17 +97,41 @@ class ControlHub:
 
     async def _each(self, channels: list[Channel], message: Message) -> list[Any]:
         """Ask each channel; a worker that died meanwhile is left out, a failure is returned."""
-        results = await asyncio.gather(
-            *(channel.request(message) for channel in channels), return_exceptions=True
+        return await _kept(channel.request(message) for channel in channels)
+
+    async def _remembered(
+        self, message: Message, remember: Callable[[Channel, Any, int], None]
+    ) -> list[Any]:
+        """Every connected worker's answer, each remembered as it comes with the epoch it was
+        asked in (those that failed are left out); a worker's death waits until its answers are
+        remembered, and the answer of a worker that died meanwhile is left out too (it is in
+        the retired counts now)."""
+        asked = self.counts.epoch
+
+        async def ask(channel: Channel) -> tuple[Channel, Any]:
+            answer = await channel.request(message)
+            remember(channel, answer, asked)
+            return channel, answer
+
+        tasks = []
+        for channel in self.channels.values():
+            task = asyncio.create_task(ask(channel))
+            asking = self._asking.setdefault(channel, set())
+            asking.add(task)
+            task.add_done_callback(asking.discard)
+            tasks.append(task)
+        answers = [r for r in await _kept(tasks) if not isinstance(r, RemoteError)]
+        return [answer for channel, answer in answers if self.counts.is_live(channel)]
+
+    async def statistics(self, name: str, version: str) -> list[dict[str, Any]]:
+        """Triton statistics of every worker, merged, with what dead workers had counted."""
+        answers: list[list[dict[str, Any]]] = await self._remembered(
+            {"op": "statistics", "name": name, "version": version},
+            lambda channel, entries, asked: self.counts.remember_statistics(
+                channel, name, version, entries, asked
+            ),
         )
-        kept: list[Any] = []
-        for result in results:
-            if isinstance(result, ChannelClosed):
-                continue
-            if isinstance(result, BaseException) and not isinstance(result, RemoteError):
-                raise result
-            kept.append(result)
-        return kept
+        return self.counts.merged_statistics(answers)
 
     async def gather(self, message: Message) -> list[Any]:
         """Every connected worker's answer (those that failed are left out)."""
@@ -111,13 +146,44 @@ class ControlHub:
                 self._replay.pop(message["name"], None)
                 self._replay[message["name"]] = message
             results = await self._each(list(self.channels.values()), message)
+            self._forget_reset(message, results)
         for result in results:
             if isinstance(result, RemoteError):
                 raise result
 
+    def _forget_reset(self, message: Message, results: list[Any]) -> None:
+        """The numbers a control call reset on the workers no longer count (each worker says
+        which; where one failed, everything of the model is forgotten, to be safe)."""
+        statistics: set[tuple[str, str]] = set()
+        series: set[tuple[str, str]] = set()
+        for result in results:
+            if isinstance(result, RemoteError):
+                if message["op"] != "poll":
+                    self.counts.forget_model(message["name"])
+            elif result is not None:
+                statistics.update((name, version) for name, version in result["statistics"])
+                series.update((name, version) for name, version in result["series"])
+        self.counts.forget(statistics, series)
+
     async def families(self) -> list[Metric]:
-        """The server's metric families: every worker's, merged."""
-        return merge_families(await self.gather({"op": "families"}))
+        """The server's metric families: every worker's, merged, with what dead workers had
+        counted."""
+        answers: list[list[WireFamily]] = await self._remembered(
+            {"op": "families"}, self.counts.remember_families
+        )
+        return self.counts.merged_families(answers)
+
+    async def refresh(self) -> None:
+        """Remember every worker's numbers now (the supervisor's timer)."""
+        await asyncio.gather(
+            self._remembered(
+                {"op": "statistics", "name": "", "version": ""},
+                lambda channel, entries, asked: self.counts.remember_statistics(
+                    channel, "", "", entries, asked
+                ),
+            ),
+            self._remembered({"op": "families"}, self.counts.remember_families),
+        )
 
     async def change(self, asker: int, message: Message) -> Any:
         """A shared-state change on every worker, before the asking worker answers its client;
@@ -176,3 +242,17 @@ class ControlHub:
                 self.log_control.update(changes)
             except ServingError as exc:  # the workers took it: not expected
                 logger.error("the supervisor could not change its log settings: %s", exc.message)
+
+
+async def _kept(asks: Iterable[Awaitable[Any]]) -> list[Any]:
+    """The answers; a worker that died meanwhile is left out, a failure (RemoteError) is
+    returned, anything else is raised."""
+    results = await asyncio.gather(*asks, return_exceptions=True)
+    kept: list[Any] = []
+    for result in results:
+        if isinstance(result, ChannelClosed):
+            continue
+        if isinstance(result, BaseException) and not isinstance(result, RemoteError):
+            raise result
+        kept.append(result)
+    return kept

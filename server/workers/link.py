@@ -3,8 +3,9 @@
 The worker asks the supervisor to gather statistics and shared memory status from every worker
 and to fan repository control and shared-state changes (server/workers/shared_state.py) out to
 every worker; the supervisor asks the worker for its own statistics, metric families and
-regions, to load, unload or poll, to make or undo a shared-state change, and tells it when every
-worker has been ready once.
+regions, to load, unload or poll (the worker answers which versions' numbers that reset, so the
+supervisor forgets what dead workers had counted for them: server/workers/retired.py), to make
+or undo a shared-state change, and tells it when every worker has been ready once.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from server.errors import ErrorKind, ServingError
 from server.trace_settings import Change, TraceSetting
 from server.tracing import TraceEntries
 from server.workers.channel import Channel, ChannelClosed, Message, RemoteError
-from server.workers.merge import wire_families
+from server.workers.merge import cumulative_families, wire_families
 from server.workers.shared_state import STATE_OPS, apply_state, replay_state
 
 if TYPE_CHECKING:
@@ -200,12 +201,33 @@ class WorkerLink:
             return None
         if op in ("load", "unload", "poll"):
             await self._caught_up.wait()
+            versions, series = _incarnations(dataplane), _series(self._collect())
             await apply_control(dataplane, message)
-            return None
+            after = _incarnations(dataplane)
+            return {
+                "statistics": [k for k, v in versions.items() if after.get(k) is not v],
+                "series": sorted(series - _series(self._collect())),
+            }
         if op in STATE_OPS:
             await self._state_caught_up.wait()
             return apply_state(dataplane, message)
         raise ValueError(f"unknown control request '{op}'")
+
+
+def _incarnations(dataplane: DataPlane) -> dict[tuple[str, str], object]:
+    """The ready versions (a version loaded again is a new object: its statistics start at 0)."""
+    return {(v.name, v.version): v for v in dataplane.repository.ready_versions()}
+
+
+def _series(families: Iterable[Metric]) -> set[tuple[str, str]]:
+    """The (model, version) pairs that have counter or histogram series (they go when the
+    version unloads)."""
+    return {
+        (labels["model"], labels.get("version", ""))
+        for _, _, _, samples in cumulative_families(wire_families(families))
+        for _, labels, _ in samples
+        if "model" in labels
+    }
 
 
 async def apply_control(dataplane: DataPlane, message: Message) -> None:

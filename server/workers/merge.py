@@ -7,7 +7,7 @@ model is ready only where every worker has it ready; a load took as long as the 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client.core import Metric
@@ -15,6 +15,7 @@ from prometheus_client.core import Metric
 # (name, documentation, type, [(sample name, labels, value), ...]), as a worker sends it
 WireFamily = tuple[str, str, str, list[tuple[str, dict[str, str], float]]]
 
+_CUMULATIVE_KINDS = frozenset({"counter", "histogram", "summary"})
 _MIN_FAMILIES = frozenset(
     {"ferry_model_ready", "process_start_time_seconds", "ferry_drift_p_value"}
 )
@@ -107,17 +108,22 @@ def wire_families(metrics: Iterable[Metric]) -> list[WireFamily]:
 def merge_families(per_worker: Iterable[list[WireFamily]]) -> list[Metric]:
     """Every worker's families as one server's: samples with the same name and labels combine
     (sum, or min/max for the gauges named above); family order is first-seen."""
+    result: list[Metric] = []
+    for name, documentation, kind, samples in merge_wire(per_worker):
+        metric = Metric(name, documentation, kind)
+        for sample_name, labels, value in samples:
+            metric.add_sample(sample_name, labels, value)
+        result.append(metric)
+    return result
+
+
+def merge_wire(per_worker: Iterable[list[WireFamily]]) -> list[WireFamily]:
+    """merge_families, in the form families travel in."""
     families: dict[str, tuple[str, str, dict[tuple[Any, ...], list[Any]]]] = {}
     for wire in per_worker:
         for name, documentation, kind, samples in wire:
             _, _, merged = families.setdefault(name, (documentation, kind, {}))
-            combine = (
-                min
-                if name in _MIN_FAMILIES
-                else max
-                if name in _MAX_FAMILIES or _from_shared_evaluator(name)
-                else None
-            )
+            combine = _combine(name)
             for sample_name, labels, value in samples:
                 key = (sample_name, tuple(sorted(labels.items())))
                 if key not in merged:
@@ -126,10 +132,27 @@ def merge_families(per_worker: Iterable[list[WireFamily]]) -> list[Metric]:
                     merged[key][2] += value
                 else:
                     merged[key][2] = combine(merged[key][2], value)
-    result: list[Metric] = []
-    for name, (documentation, kind, merged) in families.items():
-        metric = Metric(name, documentation, kind)
-        for sample_name, labels, value in merged.values():
-            metric.add_sample(sample_name, labels, value)
-        result.append(metric)
-    return result
+    return [
+        (name, documentation, kind, [(s[0], s[1], s[2]) for s in merged.values()])
+        for name, (documentation, kind, merged) in families.items()
+    ]
+
+
+def _combine(name: str) -> Callable[[float, float], float] | None:
+    """How a family's samples combine across workers; None: they add up."""
+    if name in _MIN_FAMILIES:
+        return min
+    if name in _MAX_FAMILIES or _from_shared_evaluator(name):
+        return max
+    return None
+
+
+def cumulative_families(wire: Iterable[WireFamily]) -> list[WireFamily]:
+    """The families whose samples only grow and add up across workers (counters, histograms,
+    summaries): what a worker that died had counted. Gauges (ready, pending requests, ...) and
+    the figures of the shared drift evaluator are left out, and so are `_created` stamps."""
+    return [
+        (name, documentation, kind, [s for s in samples if not s[0].endswith("_created")])
+        for name, documentation, kind, samples in wire
+        if kind in _CUMULATIVE_KINDS and _combine(name) is None
+    ]

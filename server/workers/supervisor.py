@@ -7,7 +7,9 @@ its in-flight requests fail with a closed connection; the other workers keep ser
 server stays ready), polls the repository in poll mode on every worker at once, and on
 SIGTERM/SIGINT forwards SIGTERM so every worker drains its accepted requests, then exits.
 It also starts the one drift evaluator every worker feeds (monitoring/drift_service.py), and
-starts it again if it dies.
+starts it again if it dies, and asks every worker for its statistics and metrics every
+REFRESH_S, so that what a worker counted stays in the totals when it dies
+(server/workers/retired.py).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from prometheus_client.core import Metric
 from server.logs import LogControl
 from server.settings import ModelControlMode, ServerSettings
 from server.workers.hub import ControlHub
+from server.workers.retired import REFRESH_S
 
 logger = logging.getLogger("ferry.workers")
 
@@ -115,6 +118,7 @@ class Supervisor:
                 asyncio.create_task(self._watch(slot, settings_path))
                 for slot in range(self.settings.workers)
             ]
+            refresher = asyncio.create_task(self._refresh_forever())
             poller = (
                 asyncio.create_task(self._poll_forever())
                 if self.settings.model_control_mode == ModelControlMode.POLL
@@ -133,6 +137,7 @@ class Supervisor:
                 self.settings.metrics_port,
             )
             await self.stopping.wait()
+            refresher.cancel()
             if poller is not None:
                 poller.cancel()
             logger.info("supervisor: stopping every worker (each drains its requests)")
@@ -197,6 +202,16 @@ class Supervisor:
             if process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     process.send_signal(sig)
+
+    async def _refresh_forever(self) -> None:
+        """Remember every worker's numbers every REFRESH_S (a worker killed loses at most the
+        requests it answered since)."""
+        while True:
+            await asyncio.sleep(REFRESH_S)
+            try:
+                await self.hub.refresh()
+            except Exception:
+                logger.exception("refreshing the workers' counts failed")
 
     async def _poll_forever(self) -> None:
         """Poll mode: every worker rescans the repository at the same moment."""

@@ -1,9 +1,11 @@
-"""`ferry serve --workers 2` behaves as one server: statistics and metrics add up, model control
-reaches every worker, a killed worker is replaced while the server stays ready, and SIGTERM
-drains every worker. Requests open fresh connections, so they reach both workers."""
+"""`ferry serve --workers 2` behaves as one server: statistics and metrics add up (and keep what
+a killed worker had counted), model control reaches every worker, a killed worker is replaced
+while the server stays ready, and SIGTERM drains every worker. Requests open fresh
+connections, so they reach both workers."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -97,6 +99,125 @@ def test_statistics_and_metrics_add_up_across_workers(tmp_path: Path) -> None:
             series = f'{{model="mlp",version="1",protocol="{protocol}"}}'
             assert metric_value(metrics, f"ferry_request_duration_seconds_count{series}") == count
         assert metric_value(metrics, f"ferry_model_ready{labels}") == 1
+
+
+def test_a_killed_workers_counts_stay_in_the_totals(tmp_path: Path) -> None:
+    """Both workers served some requests; both are killed in turn (each after a read of the
+    statistics and of the metrics, which remembers what every worker counted): the totals
+    still equal the requests answered, and never went down."""
+    write_model(tmp_path, "mlp", mlp_model())
+    with running_server(tmp_path, "--workers", "2") as server:
+        infer = f"http://{server.http_url}/v2/models/mlp/infer"
+        stats_url = f"http://{server.http_url}/v2/models/mlp/stats"
+        labels = '{model="mlp",version="1"}'
+        http_series = '{model="mlp",version="1",protocol="http"}'
+        sent, rows, bad = 0, 0, 0
+
+        def send(count: int) -> None:
+            nonlocal sent, rows, bad
+            for index in range(count):
+                assert fresh(infer, mlp_request(1 + index % 3))[0] == 200
+                sent, rows = sent + 1, rows + 1 + index % 3
+            assert fresh(infer, mlp_request(1, features=15))[0] == 400
+            bad += 1
+
+        def totals() -> tuple[int, int, int, float, float, float]:
+            entry = json.loads(fresh(stats_url)[1])["model_stats"][0]
+            metrics = server.metrics_url
+            return (
+                entry["inference_stats"]["success"]["count"],
+                entry["inference_count"],
+                entry["inference_stats"]["fail"]["count"],
+                metric_value(metrics, f"nv_inference_request_success{labels}"),
+                metric_value(metrics, f"nv_inference_count{labels}"),
+                metric_value(metrics, f"ferry_request_duration_seconds_count{http_series}"),
+            )
+
+        send(30)
+        seen = [totals()]
+        assert seen[-1] == (sent, rows, bad, sent, rows, sent)
+        for victim in worker_pids(server.process.pid):  # both of the first workers, in turn
+            ready = server.log().count("models ready")
+            os.kill(victim, signal.SIGKILL)
+            wait_for_workers(server.process.pid, 2, {victim})
+            wait_for_log(server, "models ready", ready + 1)
+            seen.append(totals())
+            send(10)
+            seen.append(totals())
+        assert server.log().count("exited with -9") == 2
+        # every count equals what was answered, after each death
+        assert seen[-1] == (sent, rows, bad, sent, rows, sent)
+        assert [s[0] for s in seen] == [30, 30, 40, 40, 50]
+        for earlier, later in itertools.pairwise(seen):
+            assert all(b >= a for a, b in zip(earlier, later, strict=True))
+        grpc_stats = grpcclient.InferenceServerClient(server.grpc_url).get_inference_statistics(
+            "mlp", as_json=True
+        )["model_stats"][0]
+        assert int(grpc_stats["inference_stats"]["success"]["count"]) == sent
+        # gauges die with the worker: the model is ready, nothing is pending
+        assert metric_value(server.metrics_url, f"ferry_model_ready{labels}") == 1
+        assert metric_value(server.metrics_url, f"nv_inference_pending_request_count{labels}") == 0
+
+
+def kill_each_worker(server: ServerProcess) -> None:
+    """SIGKILL each of the workers in turn, each once the one before was replaced and ready."""
+    for victim in worker_pids(server.process.pid):
+        ready = server.log().count("models ready")
+        os.kill(victim, signal.SIGKILL)
+        wait_for_workers(server.process.pid, 2, {victim})
+        wait_for_log(server, "models ready", ready + 1)
+
+
+def test_control_calls_reset_a_killed_workers_counts_as_a_single_server_resets(
+    tmp_path: Path,
+) -> None:
+    """A reload that keeps the version keeps its numbers; a changed version starts its
+    statistics again (not its metric series); unload and load start both again: two workers
+    whose first two were killed show what one process shows."""
+    write_model(tmp_path, "mlp", mlp_model())
+    changed = json.dumps({"max_batch_size": 2, "platform": "onnxruntime_onnx"})
+
+    def scenario(workers: int) -> list[tuple[int, int, float]]:
+        with running_server(
+            tmp_path,
+            "--workers",
+            str(workers),
+            "--model-control-mode",
+            "explicit",
+            "--load-model",
+            "mlp",
+        ) as server:
+            url = f"http://{server.http_url}/v2/models/mlp/infer"
+            grpc = grpcclient.InferenceServerClient(server.grpc_url)
+
+            def send(count: int) -> tuple[int, int, float]:
+                for _ in range(count):
+                    assert fresh(url, mlp_request(2))[0] == 200
+                entry = json.loads(fresh(f"http://{server.http_url}/v2/models/mlp/stats")[1])
+                stats = entry["model_stats"][0]
+                success = 'nv_inference_request_success{model="mlp",version="1"}'
+                return (
+                    stats["inference_stats"]["success"]["count"],
+                    stats["inference_count"],
+                    metric_value(server.metrics_url, success),
+                )
+
+            seen = [send(20)]
+            if workers == 2:
+                kill_each_worker(server)
+            seen.append(send(1))
+            grpc.load_model("mlp")  # unchanged: the same version keeps serving
+            seen.append(send(1))
+            grpc.load_model("mlp", config=changed)  # a new version 1: statistics from 0
+            seen.append(send(1))
+            grpc.unload_model("mlp")
+            grpc.load_model("mlp")
+            seen.append(send(1))
+            return seen
+
+    two = scenario(2)
+    assert two == scenario(1)
+    assert two == [(20, 40, 20), (21, 42, 21), (22, 44, 22), (1, 2, 23), (1, 2, 1)]
 
 
 def test_model_control_reaches_every_worker(tmp_path: Path) -> None:
