@@ -585,3 +585,24 @@ def test_triton_trace_files_hold_every_workers_traces_numbered_as_one_server(
             stamps = [e for e in entries if e["id"] == header["id"] and "timestamps" in e]
             assert stamps[0]["timestamps"][0]["name"] == "REQUEST_START"
             assert stamps[-1]["timestamps"][0]["name"] == "REQUEST_END"
+
+
+def test_the_response_cache_stays_within_the_servers_size_across_workers(tmp_path: Path) -> None:
+    """`--cache-config local,size=` is the server's: two workers hold 1/2 of it each, and the
+    merged nv_cache_util stays a fill ratio of the whole."""
+    model = mlp_model(4, 8, 3, input_name="x", output_name="y")
+    write_model(tmp_path, "cached", model, "max_batch_size: 8\nresponse_cache { enable: true }\n")
+    # one response: 3 floats of output + bookkeeping; 300 bytes hold about three, 150 one
+    with running_server(tmp_path, "--workers", "2", "--cache-config", "local,size=300") as server:
+        url = f"http://{server.http_url}/v2/models/cached/infer"
+        for value in range(10):  # fresh connections: both workers cache some
+            body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32"}]}
+            body["inputs"][0]["data"] = [float(value)] * 4
+            assert fresh(url, body)[0] == 200
+        gauges = {
+            name: metric_value(server.metrics_url, name)
+            for name in ("nv_cache_num_entries", "nv_cache_num_evictions", "nv_cache_util")
+        }
+    assert 1 <= gauges["nv_cache_num_entries"] <= 2  # one a worker (a single process: three)
+    assert gauges["nv_cache_num_evictions"] == 10 - gauges["nv_cache_num_entries"]
+    assert 0 < gauges["nv_cache_util"] <= 1
