@@ -129,7 +129,12 @@ def _operations(
     """Request log, tracer, response cache and log settings as the flags set them."""
     return Operations(
         RequestLog(status_text, settings.log_requests, settings.log_requests_rate),
-        Tracer(TraceSettings(settings.trace)),
+        Tracer(
+            TraceSettings(
+                settings.trace,
+                (settings.worker_slot, settings.workers) if settings.worker_control else (0, 1),
+            )
+        ),
         cache,
         log_control,
     )

@@ -95,14 +95,19 @@ class TraceSetting:
 @dataclass
 class Sampler:
     """Triton's sampling of one setting: every `rate`-th request while `count` lasts; a request
-    that carries a trace context is always traced (while the level is on)."""
+    that carries a trace context is always traced (while the level is on).
+
+    `share` is (worker slot, workers) in a worker of `--workers N`: its part of `count` (the
+    parts add up to it), and `rate` counted over its own requests (the same fraction)."""
 
     setting: TraceSetting
+    share: tuple[int, int] = (0, 1)
     seen: int = 0
     remaining: int = -1
 
     def __post_init__(self) -> None:
-        self.remaining = self.setting.count
+        count, (slot, workers) = self.setting.count, self.share
+        self.remaining = count if count <= 0 else count // workers + int(slot < count % workers)
 
     def sample(self, propagated: bool) -> bool:
         setting = self.setting
@@ -201,11 +206,12 @@ def _number(key: str, text: str, low: int, high: int) -> int:
 class TraceSettings:
     """The global setting, the models' own, and their samplers."""
 
-    def __init__(self, default: TraceSetting) -> None:
+    def __init__(self, default: TraceSetting, share: tuple[int, int] = (0, 1)) -> None:
         self.default = default
         self.global_setting = default
+        self.share = share  # (slot, workers) in a worker of `--workers N` (see Sampler)
         self.models: dict[str, TraceSetting] = {}
-        self._samplers: dict[str, Sampler] = {"": Sampler(default)}
+        self._samplers: dict[str, Sampler] = {"": Sampler(default, share)}
         self.active = bool(default.level)  # False: no request is ever traced (the hot path)
 
     def setting(self, model: str = "") -> TraceSetting:
@@ -231,7 +237,7 @@ class TraceSettings:
         """Back to the --trace-config setting, then the snapshot's changes (sampling counters
         start again, as after any update)."""
         self.global_setting, self.models = self.default, {}
-        self._samplers = {"": Sampler(self.default)}
+        self._samplers = {"": Sampler(self.default, self.share)}
         self.update("", snapshot.get("", {}))
         for model, changes in snapshot.items():
             if model:
@@ -260,7 +266,7 @@ class TraceSettings:
             self._update_model(model, new, cleared)
         else:
             self.global_setting = self._merged(self.global_setting, self.default, new, cleared)
-            self._samplers[""] = Sampler(self.global_setting)
+            self._samplers[""] = Sampler(self.global_setting, self.share)
             for name, setting in list(self.models.items()):  # fields they follow change too
                 self._update_model(name, {}, set(), setting)
         self.active = any(s.level for s in (self.global_setting, *self.models.values()))
@@ -280,7 +286,7 @@ class TraceSettings:
             self._samplers.pop(model, None)
             return
         self.models[model] = merged
-        self._samplers[model] = Sampler(merged)
+        self._samplers[model] = Sampler(merged, self.share)
 
     @staticmethod
     def _merged(

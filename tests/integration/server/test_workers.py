@@ -587,6 +587,24 @@ def test_triton_trace_files_hold_every_workers_traces_numbered_as_one_server(
             assert stamps[-1]["timestamps"][0]["name"] == "REQUEST_END"
 
 
+def test_trace_count_is_the_servers_across_workers(tmp_path: Path) -> None:
+    """`count=5`: the server traces 5 requests in all (each worker its share), not 5 a worker."""
+    write_model(tmp_path / "repo", "mlp", mlp_model(), "max_batch_size: 8\n")
+    trace_file = tmp_path / "trace.json"
+    flags = ["rate=1,count=5,level=TIMESTAMPS", f"triton,file={trace_file}"]
+    with running_server(
+        tmp_path / "repo",
+        "--workers",
+        "2",
+        *[arg for flag in flags for arg in ("--trace-config", flag)],
+    ) as server:
+        url = f"http://{server.http_url}/v2/models/mlp/infer"
+        for _ in range(40):  # fresh connections: both workers serve well over their share
+            assert fresh(url, mlp_request(1))[0] == 200
+    entries = json.loads(trace_file.read_text())
+    assert len([e for e in entries if "model_name" in e]) == 5
+
+
 def test_the_response_cache_stays_within_the_servers_size_across_workers(tmp_path: Path) -> None:
     """`--cache-config local,size=` is the server's: two workers hold 1/2 of it each, and the
     merged nv_cache_util stays a fill ratio of the whole."""
