@@ -7,7 +7,8 @@ request per connection at a time: a sequence's next step is sent only after its 
 came back (any connection may carry it), each sequence is SEQUENCE_STEPS long and then a new one
 starts. HTTP with the binary tensor extension. Alternating rounds: the in-process reference is
 measured right before and after each server round (this shared machine's speed drifts) and the
-ratio uses their mean. Target: steps/s >= 0.8 x in-process. Writes
+ratio uses their mean (`--baseline TREE` measures a second server, from another source tree, in
+the same rounds). Target: steps/s >= 0.8 x in-process. Writes
 bench/artifacts/sequence_batching.json.
 """
 
@@ -251,35 +252,64 @@ def main() -> None:
         help="`ferry serve --workers N` (each sequence runs on its owner worker; the others "
         "forward its steps)",
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="TREE",
+        help="also serve from the source tree TREE (e.g. a `git worktree` of main) and measure it "
+        "in the same rounds, in alternating order",
+    )
     args = parser.parse_args()
     args.seconds = max(args.seconds, 3.0)
     ARTIFACTS.mkdir(exist_ok=True)
     parameters = dict(item.split("=", 1) for item in args.parameter)
     repo = write_repository(ARTIFACTS / "sequence_repository", args.hidden, parameters)
     model_path = repo / "gru" / "1" / "model.onnx"
-    process, http_url, *_ = serve(repo, ["--no-drift", "--workers", str(args.workers)])
+    servers = {"served": serve(repo, ["--no-drift", "--workers", str(args.workers)])}
+    if args.baseline is not None:
+        servers["baseline"] = serve(
+            repo,
+            ["--no-drift", "--workers", str(args.workers)],
+            source=args.baseline.resolve(),
+            log_name="serve-baseline.log",
+        )
     rounds: list[dict[str, Any]] = []
     try:
         # sequences a load run leaves open hold their slots until the idle time (1 s) passes:
         # each run is followed by an in-process measurement longer than that
-        wrk_sequences(http_url, 1.0, base=0)  # warm-up
+        for _, http_url, *_ in servers.values():
+            wrk_sequences(http_url, 1.0, base=0)  # warm-up
         time.sleep(1.5)
         for index in range(args.rounds):
             before = in_process_steps_per_s(model_path, args.hidden, args.seconds / 2)
-            stats_before = model_stats(http_url, "gru")
-            served = wrk_sequences(http_url, args.seconds, base=(index + 1) * 100_000_000)
-            stats_after = model_stats(http_url, "gru")
+            measured: dict[str, dict[str, float]] = {}
+            order = list(servers) if index % 2 == 0 else list(servers)[::-1]
+            for position, label in enumerate(order):
+                if position:
+                    time.sleep(1.5)  # the previous server's open sequences go idle
+                http_url = servers[label][1]
+                stats_before = model_stats(http_url, "gru")
+                served = wrk_sequences(http_url, args.seconds, base=(index + 1) * 100_000_000)
+                stats_after = model_stats(http_url, "gru")
+                executions = max(stats_after[1] - stats_before[1], 1)
+                measured[label] = {
+                    **served,
+                    "mean_batch": (stats_after[0] - stats_before[0]) / executions,
+                    "server_failures": stats_after[2] - stats_before[2],
+                }
             after = in_process_steps_per_s(model_path, args.hidden, args.seconds / 2)
             reference = (before + after) / 2
-            executions = max(stats_after[1] - stats_before[1], 1)
-            row = {
-                **served,
+            row: dict[str, Any] = {
+                **measured["served"],
                 "in_process_steps_per_s": reference,
                 "reference_drift": abs(before - after) / reference,
-                "ratio": served["steps_per_s"] / reference,
-                "mean_batch": (stats_after[0] - stats_before[0]) / executions,
-                "server_failures": stats_after[2] - stats_before[2],
+                "ratio": measured["served"]["steps_per_s"] / reference,
             }
+            if "baseline" in measured:
+                row["baseline"] = {
+                    **measured["baseline"],
+                    "ratio": measured["baseline"]["steps_per_s"] / reference,
+                }
             rounds.append(row)
             print(
                 f"round {index + 1}: served {row['steps_per_s']:8.0f} steps/s  in-process "
@@ -288,11 +318,20 @@ def main() -> None:
                 f"{row['errors']:.0f}",
                 flush=True,
             )
+            if "baseline" in row:
+                base = row["baseline"]
+                print(
+                    f"         baseline {base['steps_per_s']:8.0f} steps/s  ratio "
+                    f"{base['ratio']:.2f}  mean batch {base['mean_batch']:.1f}  errors "
+                    f"{base['errors']:.0f}",
+                    flush=True,
+                )
     finally:
-        process.terminate()
-        process.wait()
+        for process, *_ in servers.values():
+            process.terminate()
+            process.wait()
     ratio = float(np.median([r["ratio"] for r in rounds]))
-    report = {
+    report: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count()},
         "model": {"hidden": args.hidden, "input": INPUT_SIZE, "output": OUTPUT_SIZE},
         "parameters": parameters,
@@ -302,12 +341,19 @@ def main() -> None:
         "median_ratio": ratio,
         "target": TARGET,
     }
+    if args.baseline is not None:
+        report["baseline"] = {
+            "tree": str(args.baseline),
+            "median_ratio": float(np.median([r["baseline"]["ratio"] for r in rounds])),
+        }
     (ARTIFACTS / "sequence_batching.json").write_text(json.dumps(report, indent=2))
     verdict = "meets" if ratio >= TARGET else "below"
     print(
         f"GRU step (hidden {args.hidden}), {CONCURRENCY} sequences: served / in-process = "
         f"{ratio:.2f} (median of {len(rounds)} rounds; target >= {TARGET}: {verdict})"
     )
+    if args.baseline is not None:
+        print(f"baseline {args.baseline}: {report['baseline']['median_ratio']:.2f}")
 
 
 if __name__ == "__main__":

@@ -100,6 +100,7 @@ class SequenceBatcher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._variable_states = any(-1 in state.dims for state in policy.states)
+        self._corrid = policy.corrid
         self.starts = self.ends = self.idle_releases = 0
 
     # --- what the data plane and the repository see ----------------------------------------
@@ -173,7 +174,7 @@ class SequenceBatcher:
             else:
                 self._backlog.append(sequence)
         future: asyncio.Future[Any] = self._loop.create_future()
-        sequence.queue.append(Step(sequence, inputs, request, future))
+        sequence.queue.append(Step(sequence, inputs, request, future, now))
         sequence.last_seen = now
         if sequence.lane is None:
             self._backlog_requests += 1
@@ -195,7 +196,7 @@ class SequenceBatcher:
 
     def _check(self, request: InferenceRequest, rows: int) -> None:
         """Triton's checks, in its order: the id's type, the batch size, a non-zero id."""
-        corrid = self.policy.corrid
+        corrid = self._corrid
         sequence_id = request.sequence_id
         if corrid is not None:
             given = "BYTES" if isinstance(sequence_id, str) else "UINT64"

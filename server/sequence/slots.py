@@ -42,6 +42,7 @@ class Step:
         inputs: Mapping[str, np.ndarray],
         request: InferenceRequest,
         future: asyncio.Future[Any],
+        enqueued_at: float | None = None,
     ) -> None:
         self.sequence = sequence
         self.inputs = inputs
@@ -49,8 +50,8 @@ class Step:
         self.future = future
         self.start = request.sequence_start
         self.end = request.sequence_end
-        self.enqueued_at = time.perf_counter()
-        self.shape = tuple((name, array.shape) for name, array in inputs.items())
+        self.enqueued_at = time.perf_counter() if enqueued_at is None else enqueued_at
+        self.shape = tuple([(name, array.shape) for name, array in inputs.items()])
 
     @property
     def corrid(self) -> int | str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -110,10 +110,9 @@ class BatchAssembler:
     def row_states(self, row: SequenceRow | None) -> dict[str, np.ndarray]:
         """A row's input states: the initial ones for a null row or a START, else the
         sequence's last outputs."""
-        if row is None or row.start or row.state is None:
+        if row is None:
             return {s.input_name: s.initial for s in self.policy.states}
-        state = row.state
-        return {s.input_name: state.get(s.input_name, s.initial) for s in self.policy.states}
+        return {s.input_name: _row_state(row, s.input_name, s.initial) for s in self.policy.states}
 
     def feeds(self, rows: Sequence[SequenceRow | None]) -> dict[str, np.ndarray]:
         """The whole batch's model inputs (rows in slot order, None rows as zeros)."""
@@ -123,39 +122,51 @@ class BatchAssembler:
         else:
             feeds = {
                 name: np.concatenate(
-                    [(r.inputs[name] if r is not None else np.zeros_like(array)) for r in rows],
-                    axis=0,
+                    _with_nulls([None if r is None else r.inputs[name] for r in rows])
                 )
-                for name, array in first.inputs.items()
+                for name in first.inputs
             }
-        controls = [controls_of(r) for r in rows]
-        for control in self.policy.controls:
-            feeds[control.name] = control_array(control, controls, self.batching)
-        states = [self.row_states(r) if r is not None else None for r in rows]
-        first_states = self.row_states(first)
+        if self.policy.controls:
+            controls = [controls_of(r) for r in rows]
+            for control in self.policy.controls:
+                feeds[control.name] = control_array(control, controls, self.batching)
         for state in self.policy.states:
-            name = state.input_name
+            name, initial = state.input_name, state.initial
             # a null row's state has the shape of the first real row's (variable-size states)
-            values = [
-                own[name] if own is not None else np.zeros_like(first_states[name])
-                for own in states
-            ]
+            values = _with_nulls(
+                [None if r is None else _row_state(r, name, initial) for r in rows]
+            )
             feeds[name] = values[0] if len(values) == 1 else np.concatenate(values, axis=0)
         return feeds
 
     def split(
         self, rows: Sequence[SequenceRow | None], outputs: Mapping[str, np.ndarray]
     ) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
-        """Per real row (in order): its outputs and its new state."""
+        """Per real row (in order): its outputs (views of the batch's) and its new state
+        (copied out of the batch's buffers)."""
+        if not self.batching:
+            return [
+                (self.request_outputs(outputs), self.new_state(outputs))
+                for row in rows
+                if row is not None
+            ]
+        visible = [(name, outputs[name]) for name in self.output_names if name in outputs]
+        states = [
+            (s.input_name, outputs[s.output_name])
+            for s in self.policy.states
+            if s.output_name in outputs
+        ]
         results: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = []
         for index, row in enumerate(rows):
             if row is None:
                 continue
-            if not self.batching:
-                own = dict(outputs)
-            else:
-                own = {name: array[index : index + 1] for name, array in outputs.items()}
-            results.append((self.request_outputs(own), self.new_state(own)))
+            stop = index + 1
+            results.append(
+                (
+                    {name: array[index:stop] for name, array in visible},
+                    {name: array[index:stop].copy() for name, array in states},
+                )
+            )
         return results
 
     def request_outputs(self, outputs: Mapping[str, Any]) -> dict[str, Any]:
@@ -180,3 +191,21 @@ class BatchAssembler:
                     f"output '{name}' has shape {list(array.shape)}, expected {width} rows for "
                     "the batch: the model's first dimension is not a batch dimension"
                 )
+
+
+def _row_state(row: SequenceRow, name: str, initial: np.ndarray) -> np.ndarray:
+    """One input state of a real row: the initial value at a START or before the sequence's
+    first run, else the sequence's last output."""
+    state = row.state
+    if row.start or state is None:
+        return initial
+    return state.get(name, initial)
+
+
+def _with_nulls(values: list[np.ndarray | None]) -> list[np.ndarray]:
+    """Null rows (None) as zeros shaped as the first real row's value."""
+    real = next((v for v in values if v is not None), None)
+    if real is None or all(v is not None for v in values):
+        return cast(list[np.ndarray], values)
+    null = np.zeros_like(real)
+    return [null if v is None else v for v in values]
