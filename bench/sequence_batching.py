@@ -87,7 +87,9 @@ def gru_step_model(hidden: int, seed: int = 0) -> onnx.ModelProto:
     return model
 
 
-def write_repository(root: Path, hidden: int, parameters: dict[str, str] | None = None) -> Path:
+def write_repository(
+    root: Path, hidden: int, parameters: dict[str, str] | None = None, direct: str = ""
+) -> Path:
     model_dir = root / "gru"
     (model_dir / "1").mkdir(parents=True, exist_ok=True)
     onnx.save(gru_step_model(hidden), str(model_dir / "1" / "model.onnx"))
@@ -98,8 +100,8 @@ output [{{ name: "OUTPUT" data_type: TYPE_FP32 dims: [{OUTPUT_SIZE}] }}]
 instance_group [{{ kind: KIND_CPU count: 1 }}]
 {_parameters(parameters or {})}
 sequence_batching {{
-  max_sequence_idle_microseconds: 1000000
-  direct {{ }}
+  max_sequence_idle_microseconds: 10000000
+  direct {{ {direct} }}
   state [{{ input_name: "STATE_IN" output_name: "STATE_OUT" data_type: TYPE_FP32
             dims: [{hidden}] initial_state {{ name: "zeros" data_type: TYPE_FP32
             dims: [{hidden}] zero_data: true }} }}]
@@ -246,6 +248,13 @@ def main() -> None:
         help="a config.pbtxt parameter of the served model (e.g. intra_op_thread_count=1)",
     )
     parser.add_argument(
+        "--direct",
+        default="",
+        metavar="FIELDS",
+        help="the served model's `direct { }` strategy fields, e.g. 'max_queue_delay_microseconds:"
+        " 10000 minimum_slot_utilization: 1.0' (Triton's tuning: wait for full batches)",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -263,7 +272,7 @@ def main() -> None:
     args.seconds = max(args.seconds, 3.0)
     ARTIFACTS.mkdir(exist_ok=True)
     parameters = dict(item.split("=", 1) for item in args.parameter)
-    repo = write_repository(ARTIFACTS / "sequence_repository", args.hidden, parameters)
+    repo = write_repository(ARTIFACTS / "sequence_repository", args.hidden, parameters, args.direct)
     model_path = repo / "gru" / "1" / "model.onnx"
     servers = {"served": serve(repo, ["--no-drift", "--workers", str(args.workers)])}
     if args.baseline is not None:
