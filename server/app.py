@@ -145,9 +145,8 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
     from monitoring import build_monitors
 
     repository_ref: list[ModelRepository] = []
-    # the configured size is the server's: each of N workers keeps its own cache of 1/N of it
-    cache_bytes = settings.cache.size_bytes // max(1, settings.workers)
-    cache = ResponseCache(cache_bytes) if cache_bytes else None
+    # a worker's size is its share of the server's (server/workers/budgets.py)
+    cache = ResponseCache(settings.cache.size_bytes) if settings.cache.size_bytes else None
     monitors = build_monitors(
         pending_requests=lambda: repository_ref[0].pending_request_counts(),
         sequence_counts=lambda: repository_ref[0].sequence_counts(),

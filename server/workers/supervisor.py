@@ -33,6 +33,7 @@ from prometheus_client.core import Metric
 
 from server.logs import LogControl
 from server.settings import ModelControlMode, ServerSettings
+from server.workers.budgets import worker_budgets
 from server.workers.hub import ControlHub
 from server.workers.retired import REFRESH_S
 
@@ -96,7 +97,11 @@ class Supervisor:
             self.drift_service(runtime) if self.drift_service is not None else (None, {})
         )
         worker_settings = dataclasses.replace(
-            self.settings, reuse_port=True, worker_control=control, **side_settings
+            self.settings,
+            reuse_port=True,
+            worker_control=control,
+            **side_settings,
+            **worker_budgets(self.settings),
         )
         settings_path = runtime / "settings.pickle"
         settings_path.write_bytes(pickle.dumps(worker_settings))
