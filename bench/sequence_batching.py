@@ -100,7 +100,7 @@ output [{{ name: "OUTPUT" data_type: TYPE_FP32 dims: [{OUTPUT_SIZE}] }}]
 instance_group [{{ kind: KIND_CPU count: 1 }}]
 {_parameters(parameters or {})}
 sequence_batching {{
-  max_sequence_idle_microseconds: 10000000
+  max_sequence_idle_microseconds: 1000000
   direct {{ {direct} }}
   state [{{ input_name: "STATE_IN" output_name: "STATE_OUT" data_type: TYPE_FP32
             dims: [{hidden}] initial_state {{ name: "zeros" data_type: TYPE_FP32
