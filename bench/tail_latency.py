@@ -14,6 +14,7 @@ with a baseline measured minutes, not hours, apart on this drifting machine:
 - `drift`: online drift on (a reference.npz and `--drift-window 1000`: a window every ~0.1 s),
   evaluated in the drift evaluator process (the default);
 - `drift_thread`: the same, evaluated on a thread of the server (`--drift-evaluator thread`);
+- `drift_sampled`: `drift` with `--drift-sample-rate 0.1` (every tenth request monitored);
 - `reload`: poll mode, and a new model version published mid-run (load, swap, retire).
 
 Prints p50/p90/p99/p99.9, the loop stalls the probe saw, and each scenario's p99 against the
@@ -41,8 +42,18 @@ import numpy as np
 from bench.models import MLP_FEATURES, build_repository
 from bench.serving import ARTIFACTS, loop_lag_counts, serve, stalls, write_payloads, wrk
 
-SCENARIOS = ("python", "server", "again", "scrape", "poll", "drift", "drift_thread", "reload")
-DRIFT_SCENARIOS = ("drift", "drift_thread")
+SCENARIOS = (
+    "python",
+    "server",
+    "again",
+    "scrape",
+    "poll",
+    "drift",
+    "drift_thread",
+    "drift_sampled",
+    "reload",
+)
+DRIFT_SCENARIOS = ("drift", "drift_thread", "drift_sampled")
 
 
 def scenario_repository(base: Path, scenario: str, workdir: Path) -> Path:
@@ -82,6 +93,8 @@ def serve_flags(scenario: str) -> list[str]:
         flags.append("--no-drift")
     if scenario == "drift_thread":
         flags += ["--drift-evaluator", "thread"]
+    if scenario == "drift_sampled":
+        flags += ["--drift-sample-rate", "0.1"]
     return flags
 
 

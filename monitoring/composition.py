@@ -102,13 +102,20 @@ def build_monitors(
     cache_totals: CacheTotals | None = None,
     drift_process: bool = False,
     drift_service: DriftServiceAddress | None = None,
+    drift_sample_rate: float = 1.0,
 ) -> Monitors:
     """Build the metrics and drift observers with the server's settings. Drift windows are
     evaluated on a thread of this process, or with `drift_process` in an evaluator process:
     this process's own, or the shared one at `drift_service` (a worker of `--workers N`)."""
-    if drift_window < 2 or not 0.0 < drift_alpha < 1.0 or drift_baseline_samples < 0:
+    if (
+        drift_window < 2
+        or not 0.0 < drift_alpha < 1.0
+        or drift_baseline_samples < 0
+        or not 0.0 < drift_sample_rate <= 1.0
+    ):
         raise ValueError(
-            "need --drift-window >= 2, 0 < --drift-alpha < 1, --drift-baseline-samples >= 0"
+            "need --drift-window >= 2, 0 < --drift-alpha < 1, --drift-baseline-samples >= 0, "
+            "0 < --drift-sample-rate <= 1"
         )
     drift: DriftObserver | None = None
     if drift_enabled and (drift_process or drift_service is not None):
@@ -116,12 +123,17 @@ def build_monitors(
             drift_window, drift_alpha, drift_baseline_samples, drift_max_window_age_s
         )
         try:
-            drift = feeder_for(drift_service, settings)
+            drift = feeder_for(drift_service, settings, drift_sample_rate)
         except OSError as exc:  # no writable temporary folder for the evaluator's socket
             log.warning("drift evaluated on a thread: cannot start the evaluator (%s)", exc)
     if drift is None:
         drift = DriftMonitor(
-            drift_enabled, drift_window, drift_alpha, drift_baseline_samples, drift_max_window_age_s
+            drift_enabled,
+            drift_window,
+            drift_alpha,
+            drift_baseline_samples,
+            drift_max_window_age_s,
+            sample_rate=drift_sample_rate,
         )
     return Monitors(
         ServingMetrics(pending_requests, sequence_counts, cache_totals),

@@ -89,8 +89,10 @@ class DriftMonitor:
         baseline_samples: int = 0,
         max_window_age_s: float = 600.0,
         poll_s: float = 0.2,
+        sample_rate: float = 1.0,
     ) -> None:
         self.enabled, self.window, self.alpha = enabled, window, alpha
+        self.sample_rate = sample_rate  # of requests queued (RowIntake)
         self.baseline_samples, self.max_window_age_s, self.poll_s = (
             baseline_samples,
             max_window_age_s,
@@ -127,6 +129,7 @@ class DriftMonitor:
                 self.alpha,
                 event.max_batch_size > 0,
                 self.max_window_age_s,
+                self.sample_rate,
             )
             self._channels[key] = channel
             self._to_load.append((channel, event))

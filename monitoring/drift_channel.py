@@ -33,12 +33,13 @@ class DriftChannel:
         alpha: float,
         batched: bool,
         max_age_s: float = 600.0,
+        sample_rate: float = 1.0,
     ) -> None:
         self.model, self.version, self.window_size, self.alpha = model, version, window, alpha
         self.batched = batched
         self.max_age_s = max_age_s
         self.state, self.reason, self.source = "loading", "", ""
-        self.intake = RowIntake(pending_rows_for(window))
+        self.intake = RowIntake(pending_rows_for(window), sample_rate=sample_rate)
         self.dropped_elsewhere = 0  # rows a remote feeder could not send (drift_remote.py)
         self.nonfinite_rows = self.skipped_rows = self.rows_seen = 0
         self.spec: SignalSpec | None = None

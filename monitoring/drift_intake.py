@@ -24,10 +24,20 @@ def pending_rows_for(window: int) -> int:
 
 
 class RowIntake:
-    """Rows waiting for the evaluating side; `offer` runs on the server loop."""
+    """Rows waiting for the evaluating side; `offer` runs on the server loop.
 
-    def __init__(self, max_rows: int, max_bytes: int = MAX_PENDING_BYTES) -> None:
+    `sample_rate` (`ferry serve --drift-sample-rate`) is the fraction of requests it takes,
+    evenly spread (every second one at 0.5): at thousands of requests a second a sample fills
+    windows as well, for that fraction of the cost; the requests left out are not dropped rows."""
+
+    def __init__(
+        self, max_rows: int, max_bytes: int = MAX_PENDING_BYTES, sample_rate: float = 1.0
+    ) -> None:
+        if not 0.0 < sample_rate <= 1.0:
+            raise ValueError("the drift sample rate must be in (0, 1]")
         self.max_rows, self.max_bytes = max_rows, max_bytes
+        self.sample_rate = sample_rate
+        self._credit = 0.0  # sampling: a request is taken each time this reaches 1
         self.dropped_rows = 0
         self._lock = threading.Lock()
         self._items: list[Item] = []
@@ -44,6 +54,11 @@ class RowIntake:
         """Queue one request's rows, or count them dropped when full; True when a drain is due:
         on the request that fills a quarter, and on the first one dropped (not on every request
         after them: a wake-up costs the event loop a few microseconds)."""
+        if self.sample_rate < 1.0:
+            self._credit += self.sample_rate
+            if self._credit < 1.0:
+                return False
+            self._credit -= 1.0
         size = 0
         for array in outputs.values():
             size += getattr(array, "nbytes", 0)
@@ -60,6 +75,11 @@ class RowIntake:
             self._rows = before + rows
             self._bytes += size
             return before * 4 < self.max_rows <= self._rows * 4
+
+    @property
+    def queued_rows(self) -> int:
+        """Rows waiting now."""
+        return self._rows
 
     def take(self) -> list[Item]:
         """Everything queued, oldest first; the intake is empty afterwards."""

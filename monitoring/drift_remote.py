@@ -132,10 +132,10 @@ class DriftServiceProcess:
 class _Feed:
     """One model version's rows on their way to the evaluator."""
 
-    def __init__(self, event: ModelEventRecord, max_rows: int) -> None:
+    def __init__(self, event: ModelEventRecord, max_rows: int, sample_rate: float) -> None:
         self.event = event
         self.has_row_axis = event.max_batch_size > 0
-        self.intake = RowIntake(max_rows)
+        self.intake = RowIntake(max_rows, sample_rate=sample_rate)
         self.monitored = True  # until a snapshot says the evaluator does not monitor it
         self.tensors: tuple[tuple[str, str], ...] | None = None  # what its signals read
         self.dropped_sent = 0
@@ -159,8 +159,10 @@ class RemoteDriftMonitor:
         window: int,
         process: DriftServiceProcess | None = None,
         poll_s: float = 0.2,
+        sample_rate: float = 1.0,
     ) -> None:
         self.address, self.window, self.process, self.poll_s = address, window, process, poll_s
+        self.sample_rate = sample_rate  # of requests queued (RowIntake)
         self._feeds: dict[Key, _Feed] = {}
         self._events: list[ModelEventRecord] = []
         self._lock = threading.Lock()
@@ -201,7 +203,7 @@ class RemoteDriftMonitor:
         key = (event.model, event.version)
         with self._lock:
             if event.state == "READY":
-                self._feeds[key] = _Feed(event, pending_rows_for(self.window))
+                self._feeds[key] = _Feed(event, pending_rows_for(self.window), self.sample_rate)
             elif self._feeds.pop(key, None) is None:
                 return
             self._events.append(event)
@@ -351,10 +353,12 @@ class RemoteDriftMonitor:
         self._connection, self._snapshot_asked_at = None, None
 
 
-def feeder_for(address: DriftServiceAddress | None, settings: DriftSettings) -> RemoteDriftMonitor:
+def feeder_for(
+    address: DriftServiceAddress | None, settings: DriftSettings, sample_rate: float = 1.0
+) -> RemoteDriftMonitor:
     """The serving process's drift observer: fed to a shared evaluator when `address` is given
     (a worker of `--workers N`), else to an evaluator of its own."""
     if address is not None:
-        return RemoteDriftMonitor(address, settings.window)
+        return RemoteDriftMonitor(address, settings.window, sample_rate=sample_rate)
     process = DriftServiceProcess(settings)
-    return RemoteDriftMonitor(process.address, settings.window, process)
+    return RemoteDriftMonitor(process.address, settings.window, process, sample_rate=sample_rate)

@@ -158,6 +158,7 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
         cache_totals=cache.totals if cache is not None else None,
         drift_process=settings.drift_evaluator == DriftEvaluator.PROCESS,
         drift_service=_drift_service_address(settings),
+        drift_sample_rate=settings.drift_sample_rate,
     )
     fanout = ObserverFanout([*monitors.observers, ModelEventLog()])
     repository = ModelRepository(
@@ -397,6 +398,14 @@ def check_settings(settings: ServerSettings) -> None:
     http_limits(settings)
     if settings.workers > 1 and 0 in (settings.http_port, settings.grpc_port):
         raise ValueError("--workers > 1 needs fixed --http-port and --grpc-port (not 0)")
+    for wrong, flag in (
+        (settings.drift_window < 2, "--drift-window must be at least 2"),
+        (not 0.0 < settings.drift_alpha < 1.0, "--drift-alpha must be in (0, 1)"),
+        (settings.drift_baseline_samples < 0, "--drift-baseline-samples must be >= 0"),
+        (not 0.0 < settings.drift_sample_rate <= 1.0, "--drift-sample-rate must be in (0, 1]"),
+    ):
+        if wrong:
+            raise ValueError(flag)
 
 
 def run_server(settings: ServerSettings) -> int:

@@ -301,6 +301,15 @@ def serve(
             "instead of reference.npz (0: off)."
         ),
     ] = 0,
+    drift_sample_rate: Annotated[
+        float,
+        typer.Option(
+            help="Fraction of requests whose rows drift monitoring takes, evenly spread (0.1: "
+            "every tenth); below 1 it costs that fraction at high request rates.",
+            min=0.0,
+            max=1.0,
+        ),
+    ] = 1.0,
     drift_evaluator: Annotated[
         DriftEvaluator,
         typer.Option(
@@ -478,6 +487,7 @@ def serve(
         drift_enabled=drift,
         drift_window=drift_window,
         drift_alpha=drift_alpha,
+        drift_sample_rate=drift_sample_rate,
         drift_baseline_samples=drift_baseline_samples,
         drift_evaluator=drift_evaluator,
         log_level=log_level,

@@ -118,6 +118,7 @@ class ServerSettings:
     drift_window: int = 1000
     drift_alpha: float = 0.05
     drift_baseline_samples: int = 0
+    drift_sample_rate: float = 1.0  # of the requests whose rows drift monitoring takes
     drift_evaluator: DriftEvaluator = DriftEvaluator.PROCESS
     # the shared drift evaluator of `--workers N` (set by the supervisor for its workers)
     drift_service_path: str | None = None

@@ -232,3 +232,18 @@ def test_the_feeder_thread_never_waits_for_a_snapshot(
     )
     assert detail["rows_seen"] == 200 and detail["dropped_rows"] == 0
     monitor.close()
+
+
+def test_a_feeder_with_a_sample_rate_sends_that_fraction(
+    classifier: Classifier, evaluator: DriftServiceProcess
+) -> None:
+    monitor = RemoteDriftMonitor(evaluator.address, WINDOW, sample_rate=0.25)
+    monitor.observe(ready(classifier))
+    wait_for(lambda: monitor.detail("clf", "1"), monitor.step)
+    records = requests(classifier, draw(np.random.default_rng(10), 800), rows=1)
+    feed(monitor.observe, monitor.step, records)
+    detail = wait_for(
+        lambda: (d := monitor.detail("clf", "1")) and d["rows_seen"] == 200 and d, monitor.step
+    )
+    assert detail["windows_total"] == 1 and detail["dropped_rows"] == 0
+    monitor.close()

@@ -4,6 +4,7 @@ drops, and when it asks for a drain (a wake-up costs the event loop, so not on e
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from monitoring.drift_intake import RowIntake
 
@@ -51,3 +52,24 @@ def test_the_byte_limit_drops_like_the_row_limit() -> None:
     assert intake.offer({"x": big}, {}, 1, True)  # 160 > 100: dropped, the first drop asks
     assert intake.dropped_rows == 1
     assert len(intake.take()) == 1
+
+
+def test_a_sample_rate_takes_that_fraction_of_requests_evenly_and_drops_none() -> None:
+    intake = RowIntake(max_rows=10_000, sample_rate=0.25)
+    queued = []
+    for _ in range(400):
+        offer_one(intake)
+        queued.append(intake.queued_rows)
+    assert queued[:8] == [0, 0, 0, 1, 1, 1, 1, 2]  # evenly spread, not in bursts
+    assert len(intake.take()) == 100  # every fourth request
+    assert intake.dropped_rows == 0  # requests left out by sampling are not dropped rows
+    third = RowIntake(max_rows=10_000, sample_rate=1 / 3)
+    for _ in range(300):
+        offer_one(third)
+    assert len(third.take()) == 100
+
+
+def test_a_sample_rate_outside_0_1_is_refused() -> None:
+    for rate in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="sample rate"):
+            RowIntake(max_rows=10, sample_rate=rate)

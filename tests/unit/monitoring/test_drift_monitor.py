@@ -117,6 +117,23 @@ def test_full_intake_drops_and_counts(classifier: Classifier) -> None:
     assert detail["rows_seen"] == 1024
 
 
+def test_a_sample_rate_monitors_that_fraction_of_requests(classifier: Classifier) -> None:
+    monitor = monitor_for(classifier, sample_rate=0.5)
+    x = draw(np.random.default_rng(13), 1)
+    y = classifier.run(x)
+    for index in range(800):
+        monitor.observe(
+            RequestRecord(
+                "clf", "1", "http", True, 1, 0.001, inputs={"input": x}, outputs={"output": y}
+            )
+        )
+        if index % 100 == 99:
+            monitor.step()
+    detail = monitor.detail("clf", "1")
+    assert detail is not None
+    assert (detail["rows_seen"], detail["windows_total"], detail["dropped_rows"]) == (400, 2, 0)
+
+
 def test_model_without_reference_has_no_drift_series(
     classifier: Classifier, caplog: pytest.LogCaptureFixture
 ) -> None:
