@@ -489,6 +489,17 @@ def prepare_artifacts() -> tuple[Path, Path]:
     return repo, payload_dir
 
 
+def without_thread_counts(repo: Path) -> Path:
+    """A copy of the repository whose configs name no intra_op_thread_count."""
+    copy = ARTIFACTS / "repository-thread-share"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(repo, copy)
+    for config in copy.glob("*/config.pbtxt"):
+        lines = config.read_text().splitlines(keepends=True)
+        config.write_text("".join(line for line in lines if "intra_op_thread_count" not in line))
+    return copy
+
+
 def load(
     http_url: str,
     grpc_url: str,
@@ -552,8 +563,16 @@ def main() -> None:
         default=1,
         help="`ferry serve --workers N`: serving processes sharing the ports (rows 'ferryxN')",
     )
+    parser.add_argument(
+        "--worker-threads",
+        choices=["config", "share"],
+        default="config",
+        help="config: the models' tuned intra_op_thread_count (for one process); share: none, "
+        "so each of N workers takes CPUs / N threads (ferry's default for such configs)",
+    )
     args = parser.parse_args()
     repo, payload_dir = prepare_artifacts()
+    served_repo = repo if args.worker_threads == "config" else without_thread_counts(repo)
     report: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "load_average_1m_at_start": os.getloadavg()[0]},
         "workers": args.workers,
@@ -562,7 +581,7 @@ def main() -> None:
     protocols = ("http-binary", "http-json", "grpc")
     label = "ferry" if args.workers == 1 else f"ferryx{args.workers}"
     process, http_url, grpc_url, metrics_url = serve(
-        repo,
+        served_repo,
         [
             "--no-drift",
             "--loop-lag-probe",

@@ -13,6 +13,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -544,6 +545,12 @@ sequence_batching { max_sequence_idle_microseconds: 60000000 }
             assert result is None and "must specify the START flag" in str(error), (sid, error)
 
 
+def tracing_workers(repository: Path, flags: list[str]) -> AbstractContextManager[ServerProcess]:
+    """`ferry serve --workers 2` with these `--trace-config` values."""
+    trace_config = [arg for flag in flags for arg in ("--trace-config", flag)]
+    return running_server(repository, "--workers", "2", *trace_config)
+
+
 def test_triton_trace_files_hold_every_workers_traces_numbered_as_one_server(
     tmp_path: Path,
 ) -> None:
@@ -558,12 +565,7 @@ def test_triton_trace_files_hold_every_workers_traces_numbered_as_one_server(
             f"triton,file={trace_file}",
             f"triton,log-frequency={log_frequency}",
         ]
-        with running_server(
-            tmp_path / "repo",
-            "--workers",
-            "2",
-            *[arg for flag in flags for arg in ("--trace-config", flag)],
-        ) as server:
+        with tracing_workers(tmp_path / "repo", flags) as server:
             url = f"http://{server.http_url}/v2/models/mlp/infer"
             for index in range(requests):  # fresh connections: both workers serve some
                 status, _ = fresh(url, {**mlp_request(1), "id": f"req-{index}"})
@@ -592,12 +594,7 @@ def test_trace_count_is_the_servers_across_workers(tmp_path: Path) -> None:
     write_model(tmp_path / "repo", "mlp", mlp_model(), "max_batch_size: 8\n")
     trace_file = tmp_path / "trace.json"
     flags = ["rate=1,count=5,level=TIMESTAMPS", f"triton,file={trace_file}"]
-    with running_server(
-        tmp_path / "repo",
-        "--workers",
-        "2",
-        *[arg for flag in flags for arg in ("--trace-config", flag)],
-    ) as server:
+    with tracing_workers(tmp_path / "repo", flags) as server:
         url = f"http://{server.http_url}/v2/models/mlp/infer"
         for _ in range(40):  # fresh connections: both workers serve well over their share
             assert fresh(url, mlp_request(1))[0] == 200
