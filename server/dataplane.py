@@ -247,14 +247,11 @@ class DataPlane:
     async def _forward(self, slot: int, request: InferenceRequest) -> InferenceResponse:
         """Run a request of a sequence another worker owns there (draining waits for it)."""
         assert self.sequence_owners is not None
-        self._inflight += 1
-        self._idle.clear()
+        self._enter()
         try:
             return await self.sequence_owners.forward(slot, request)
         finally:
-            self._inflight -= 1
-            if not self._inflight:
-                self._idle.set()
+            self._leave()
 
     async def _forward_stream(
         self, slot: int, request: InferenceRequest
@@ -262,15 +259,22 @@ class DataPlane:
         """Stream a decoupled sequence model's request from the worker that owns the sequence
         (draining waits for it)."""
         assert self.sequence_owners is not None
-        self._inflight += 1
-        self._idle.clear()
+        self._enter()
         try:
             async for item in self.sequence_owners.forward_stream(slot, request):
                 yield item
         finally:
-            self._inflight -= 1
-            if not self._inflight:
-                self._idle.set()
+            self._leave()
+
+    def _enter(self) -> None:
+        """A request is in flight (draining waits until none is)."""
+        self._inflight += 1
+        self._idle.clear()
+
+    def _leave(self) -> None:
+        self._inflight -= 1
+        if not self._inflight:
+            self._idle.set()
 
     def _check_accepting(self, request: InferenceRequest) -> None:
         """While the server drains, only requests of sequence models pass (their scheduler
@@ -304,8 +308,7 @@ class DataPlane:
             ops.request_log.failure(request, request.model_name, request.model_version, 0.0, exc)
             raise
         trace = ops.tracer.start(model.name, model.version, request) if ops.tracer.active else None
-        self._inflight += 1
-        self._idle.clear()
+        self._enter()
         cached: CacheLookup | None = None
         try:
             rows = validate_request(model, request)
@@ -332,9 +335,7 @@ class DataPlane:
             self._record_failure(model, request, started, exc, trace)
             raise
         finally:
-            self._inflight -= 1
-            if not self._inflight:
-                self._idle.set()
+            self._leave()
         cache_s = 0.0
         if cached is not None:
             cache_s = ops.cache_insert(cached, response_outputs)
@@ -402,8 +403,7 @@ class DataPlane:
             ops.request_log.failure(request, model.name, model.version, 0.0, exc)
             raise
         trace = ops.tracer.start(model.name, model.version, request) if ops.tracer.active else None
-        self._inflight += 1
-        self._idle.clear()
+        self._enter()
         failure: ServingError | None = None  # the first failed response
         try:
             rows = validate_request(model, request)
@@ -431,9 +431,7 @@ class DataPlane:
             self._record_failure(model, request, started, exc, trace)
             raise
         finally:
-            self._inflight -= 1
-            if not self._inflight:
-                self._idle.set()
+            self._leave()
         if failure is not None:  # counted as a failure, as Triton (no failure record)
             elapsed = time.perf_counter() - started
             model.statistics.record_failure(elapsed)

@@ -76,10 +76,8 @@ class _Peer:
         channel = await self._connected()
         try:
             answer: InferenceResponse = await channel.request({"request": request})
-        except RemoteError as exc:  # the owner's error, as its client would have seen it
-            raise serving_error(exc) from None
-        except ChannelClosed:
-            raise _owner_stopped() from None
+        except (RemoteError, ChannelClosed) as exc:
+            raise _client_error(exc) from None
         return answer
 
     async def stream(
@@ -89,10 +87,8 @@ class _Peer:
         try:
             async for item in channel.stream({"request": request}):
                 yield item if isinstance(item, InferenceResponse) else ServingError(*item)
-        except RemoteError as exc:
-            raise serving_error(exc) from None
-        except ChannelClosed:
-            raise _owner_stopped() from None
+        except (RemoteError, ChannelClosed) as exc:
+            raise _client_error(exc) from None
 
     async def _connected(self) -> Channel:
         async with self._connecting:
@@ -113,7 +109,10 @@ class _Peer:
             self.reading.cancel()
 
 
-def _owner_stopped() -> ServingError:
+def _client_error(exc: RemoteError | ChannelClosed) -> ServingError:
+    """The owner's error as its client would have seen it, or the owner gone."""
+    if isinstance(exc, RemoteError):
+        return serving_error(exc)
     return ServingError(
         ErrorKind.UNAVAILABLE, "the worker that served this sequence stopped; the sequence is lost"
     )
