@@ -8,13 +8,18 @@ came back (any connection may carry it), each sequence is SEQUENCE_STEPS long an
 starts. HTTP with the binary tensor extension. Alternating rounds: the in-process reference is
 measured right before and after each server round (this shared machine's speed drifts) and the
 ratio uses their mean (`--baseline TREE` measures a second server, from another source tree, in
-the same rounds). Target: steps/s >= 0.8 x in-process. Writes
+the same rounds). The real Triton (nvidia-pytriton's `tritonserver`, `--triton auto|on|off`)
+serves the same GRU step through its sequence batcher, in the same rounds with the same wrk load:
+a Python-backend model running the same model.onnx with onnxruntime, keeping each sequence's state
+itself by correlation id (bench/triton_sequence.py). Every server's answers are checked against
+in-process ONNX Runtime before timing. Target: steps/s >= 0.8 x in-process. Writes
 bench/artifacts/sequence_batching.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -29,11 +34,15 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from bench.serving import ARTIFACTS, model_stats, serve
+from bench.triton_reference import unavailable_reason
+from bench.triton_sequence import write_repository as write_triton_repository
+from tests.support.triton_server import running_tritonserver
 
 CONCURRENCY = 64
 INPUT_SIZE = 64
 OUTPUT_SIZE = 16
 SEQUENCE_STEPS = 200
+IDLE_US = 1_000_000  # max_sequence_idle_microseconds of both servers
 TARGET = 0.8
 # ONNX Runtime's intra-op threads spin between runs by default: on a machine with few cores they
 # take the CPU the server's event loop needs to answer the other half of the sequences
@@ -100,7 +109,7 @@ output [{{ name: "OUTPUT" data_type: TYPE_FP32 dims: [{OUTPUT_SIZE}] }}]
 instance_group [{{ kind: KIND_CPU count: 1 }}]
 {_parameters(parameters or {})}
 sequence_batching {{
-  max_sequence_idle_microseconds: 1000000
+  max_sequence_idle_microseconds: {IDLE_US}
   direct {{ {direct} }}
   state [{{ input_name: "STATE_IN" output_name: "STATE_OUT" data_type: TYPE_FP32
             dims: [{hidden}] initial_state {{ name: "zeros" data_type: TYPE_FP32
@@ -116,6 +125,55 @@ def _parameters(parameters: dict[str, str]) -> str:
         f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}'
         for k, v in parameters.items()
     )
+
+
+def check_answers(
+    http_url: str, model_path: Path, hidden: int, sequences: int = 8, steps: int = 12
+) -> None:
+    """Before timing: `sequences` sequences of random steps, sent concurrently (one thread each,
+    so the batcher mixes them), must each answer what ONNX Runtime gives stepping that sequence
+    alone with the state carried by hand; raises otherwise."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import onnxruntime as ort
+    import tritonclient.http as httpclient
+
+    rng = np.random.default_rng(3)
+    inputs = rng.standard_normal((sequences, steps, 1, INPUT_SIZE)).astype(np.float32)
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    expected = np.empty((sequences, steps, 1, OUTPUT_SIZE), np.float32)
+    for s in range(sequences):
+        state = np.zeros((1, hidden), np.float32)
+        for t in range(steps):
+            expected[s, t], state = session.run(
+                ["OUTPUT", "STATE_OUT"], {"INPUT": inputs[s, t], "STATE_IN": state}
+            )
+
+    def run(s: int) -> np.ndarray:
+        client = httpclient.InferenceServerClient(http_url)
+        answers = []
+        try:
+            for t in range(steps):
+                tensor = httpclient.InferInput("INPUT", [1, INPUT_SIZE], "FP32")
+                tensor.set_data_from_numpy(inputs[s, t])
+                result = client.infer(
+                    "gru",
+                    [tensor],
+                    sequence_id=900_000_000 + s,
+                    sequence_start=t == 0,
+                    sequence_end=t == steps - 1,
+                )
+                answers.append(result.as_numpy("OUTPUT"))
+        finally:
+            client.close()
+        return np.stack(answers)
+
+    with ThreadPoolExecutor(sequences) as pool:
+        got = np.stack(list(pool.map(run, range(sequences))))
+    worst = float(np.max(np.abs(got - expected)))
+    if not np.allclose(got, expected, rtol=1e-4, atol=1e-4):
+        raise SystemExit(f"{http_url}: wrong answers (max abs difference {worst:.2e})")
+    print(f"{http_url}: {sequences} sequences x {steps} steps right (max abs diff {worst:.1e})")
 
 
 def in_process_steps_per_s(model_path: Path, hidden: int, seconds: float) -> float:
@@ -268,78 +326,43 @@ def main() -> None:
         help="also serve from the source tree TREE (e.g. a `git worktree` of main) and measure it "
         "in the same rounds, in alternating order",
     )
+    parser.add_argument(
+        "--triton",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="also measure the real tritonserver of the nvidia-pytriton wheel serving the same GRU "
+        "step through its sequence batcher (auto: if installed)",
+    )
     args = parser.parse_args()
     args.seconds = max(args.seconds, 3.0)
     ARTIFACTS.mkdir(exist_ok=True)
     parameters = dict(item.split("=", 1) for item in args.parameter)
     repo = write_repository(ARTIFACTS / "sequence_repository", args.hidden, parameters, args.direct)
     model_path = repo / "gru" / "1" / "model.onnx"
-    servers = {"served": serve(repo, ["--no-drift", "--workers", str(args.workers)])}
-    if args.baseline is not None:
-        servers["baseline"] = serve(
-            repo,
-            ["--no-drift", "--workers", str(args.workers)],
-            source=args.baseline.resolve(),
-            log_name="serve-baseline.log",
-        )
-    rounds: list[dict[str, Any]] = []
-    try:
-        # sequences a load run leaves open hold their slots until the idle time (1 s) passes:
-        # each run is followed by an in-process measurement longer than that
-        for _, http_url, *_ in servers.values():
-            wrk_sequences(http_url, 1.0, base=0)  # warm-up
-        time.sleep(1.5)
-        for index in range(args.rounds):
-            before = in_process_steps_per_s(model_path, args.hidden, args.seconds / 2)
-            measured: dict[str, dict[str, float]] = {}
-            order = list(servers) if index % 2 == 0 else list(servers)[::-1]
-            for position, label in enumerate(order):
-                if position:
-                    time.sleep(1.5)  # the previous server's open sequences go idle
-                http_url = servers[label][1]
-                stats_before = model_stats(http_url, "gru")
-                served = wrk_sequences(http_url, args.seconds, base=(index + 1) * 100_000_000)
-                stats_after = model_stats(http_url, "gru")
-                executions = max(stats_after[1] - stats_before[1], 1)
-                measured[label] = {
-                    **served,
-                    "mean_batch": (stats_after[0] - stats_before[0]) / executions,
-                    "server_failures": stats_after[2] - stats_before[2],
-                }
-            after = in_process_steps_per_s(model_path, args.hidden, args.seconds / 2)
-            reference = (before + after) / 2
-            row: dict[str, Any] = {
-                **measured["served"],
-                "in_process_steps_per_s": reference,
-                "reference_drift": abs(before - after) / reference,
-                "ratio": measured["served"]["steps_per_s"] / reference,
-            }
-            if "baseline" in measured:
-                row["baseline"] = {
-                    **measured["baseline"],
-                    "ratio": measured["baseline"]["steps_per_s"] / reference,
-                }
-            rounds.append(row)
-            print(
-                f"round {index + 1}: served {row['steps_per_s']:8.0f} steps/s  in-process "
-                f"{reference:8.0f} steps/s (drift {row['reference_drift']:.0%})  ratio "
-                f"{row['ratio']:.2f}  mean batch {row['mean_batch']:.1f}  errors "
-                f"{row['errors']:.0f}",
-                flush=True,
+    triton_missing = None if args.triton == "off" else unavailable_reason()
+    if args.triton == "on" and triton_missing:
+        raise SystemExit(f"--triton on: {triton_missing}")
+    if args.triton == "auto" and triton_missing:
+        print(f"(no Triton row: {triton_missing})")
+    with contextlib.ExitStack() as stack:
+        servers = {"served": _ferry(stack, repo, args.workers, None, "serve.log")}
+        if args.baseline is not None:
+            servers["baseline"] = _ferry(
+                stack, repo, args.workers, args.baseline.resolve(), "serve-baseline.log"
             )
-            if "baseline" in row:
-                base = row["baseline"]
-                print(
-                    f"         baseline {base['steps_per_s']:8.0f} steps/s  ratio "
-                    f"{base['ratio']:.2f}  mean batch {base['mean_batch']:.1f}  errors "
-                    f"{base['errors']:.0f}",
-                    flush=True,
-                )
-    finally:
-        for process, *_ in servers.values():
-            process.terminate()
-            process.wait()
-    ratio = float(np.median([r["ratio"] for r in rounds]))
+        if args.triton != "off" and not triton_missing:
+            triton_repo = write_triton_repository(
+                ARTIFACTS / "triton_sequence_repository",
+                model_path,
+                max_batch_size=CONCURRENCY,
+                input_size=INPUT_SIZE,
+                output_size=OUTPUT_SIZE,
+                parameters=parameters,
+                direct=args.direct,
+                idle_us=IDLE_US,
+            )
+            servers["triton"] = stack.enter_context(running_tritonserver(triton_repo)).http_url
+        rounds = measure_rounds(servers, model_path, args)
     report: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count()},
         "model": {"hidden": args.hidden, "input": INPUT_SIZE, "output": OUTPUT_SIZE},
@@ -347,22 +370,118 @@ def main() -> None:
         "concurrency": CONCURRENCY,
         "sequence_steps": SEQUENCE_STEPS,
         "rounds": rounds,
-        "median_ratio": ratio,
+        "median_ratio": float(np.median([r["ratio"] for r in rounds])),
         "target": TARGET,
     }
+    for label in ("baseline", "triton"):
+        if label in servers:
+            report[label] = {
+                "median_ratio": float(np.median([r[label]["ratio"] for r in rounds])),
+                "median_served_over": float(np.median([r[label]["served_over"] for r in rounds])),
+            }
     if args.baseline is not None:
-        report["baseline"] = {
-            "tree": str(args.baseline),
-            "median_ratio": float(np.median([r["baseline"]["ratio"] for r in rounds])),
-        }
+        report["baseline"]["tree"] = str(args.baseline)
     (ARTIFACTS / "sequence_batching.json").write_text(json.dumps(report, indent=2))
+    ratio = report["median_ratio"]
     verdict = "meets" if ratio >= TARGET else "below"
     print(
         f"GRU step (hidden {args.hidden}), {CONCURRENCY} sequences: served / in-process = "
         f"{ratio:.2f} (median of {len(rounds)} rounds; target >= {TARGET}: {verdict})"
     )
-    if args.baseline is not None:
-        print(f"baseline {args.baseline}: {report['baseline']['median_ratio']:.2f}")
+    if "baseline" in report:
+        base = report["baseline"]
+        print(
+            f"baseline {args.baseline}: {base['median_ratio']:.2f} of in-process; served / "
+            f"baseline = {base['median_served_over']:.2f}"
+        )
+    if "triton" in report:
+        triton = report["triton"]
+        print(
+            f"Triton (Python backend, state kept by model.py): {triton['median_ratio']:.2f} of "
+            f"in-process; served / Triton = {triton['median_served_over']:.2f}"
+        )
+
+
+def _ferry(
+    stack: contextlib.ExitStack, repo: Path, workers: int, source: Path | None, log_name: str
+) -> str:
+    """`ferry serve` of `repo`, stopped when `stack` closes; its HTTP address."""
+    process, http_url, *_ = serve(
+        repo, ["--no-drift", "--workers", str(workers)], source=source, log_name=log_name
+    )
+
+    def stop() -> None:
+        process.terminate()
+        process.wait()
+
+    stack.callback(stop)
+    return http_url
+
+
+def measure_rounds(
+    servers: dict[str, str], model_path: Path, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """Each round: in-process, every server (alternating order), in-process again; each
+    server's answers are checked first. `servers`: label -> HTTP address, "served" first."""
+    for http_url in servers.values():
+        check_answers(http_url, model_path, args.hidden)
+    # sequences a load run leaves open hold their slots until the idle time (1 s) passes:
+    # each run is followed by an in-process measurement longer than that
+    for http_url in servers.values():
+        wrk_sequences(http_url, 1.0, base=0)  # warm-up
+    time.sleep(1.5)
+    rounds: list[dict[str, Any]] = []
+    for index in range(args.rounds):
+        before = in_process_steps_per_s(model_path, args.hidden, args.seconds / 2)
+        measured: dict[str, dict[str, float]] = {}
+        order = list(servers) if index % 2 == 0 else list(servers)[::-1]
+        for position, label in enumerate(order):
+            if position:
+                time.sleep(1.5)  # the previous server's open sequences go idle
+            http_url = servers[label]
+            stats_before = model_stats(http_url, "gru")
+            served = wrk_sequences(http_url, args.seconds, base=(index + 1) * 100_000_000)
+            stats_after = model_stats(http_url, "gru")
+            executions = max(stats_after[1] - stats_before[1], 1)
+            measured[label] = {
+                **served,
+                "mean_batch": (stats_after[0] - stats_before[0]) / executions,
+                "server_failures": stats_after[2] - stats_before[2],
+            }
+        after = in_process_steps_per_s(model_path, args.hidden, args.seconds / 2)
+        reference = (before + after) / 2
+        row: dict[str, Any] = {
+            **measured["served"],
+            "in_process_steps_per_s": reference,
+            "reference_drift": abs(before - after) / reference,
+            "ratio": measured["served"]["steps_per_s"] / reference,
+        }
+        for label in ("baseline", "triton"):
+            if label in measured:
+                row[label] = {
+                    **measured[label],
+                    "ratio": measured[label]["steps_per_s"] / reference,
+                    "served_over": measured["served"]["steps_per_s"]
+                    / measured[label]["steps_per_s"],
+                }
+        rounds.append(row)
+        print(
+            f"round {index + 1}: served {row['steps_per_s']:8.0f} steps/s  in-process "
+            f"{reference:8.0f} steps/s (drift {row['reference_drift']:.0%})  ratio "
+            f"{row['ratio']:.2f}  mean batch {row['mean_batch']:.1f}  errors "
+            f"{row['errors']:.0f}",
+            flush=True,
+        )
+        for label in ("baseline", "triton"):
+            if label in row:
+                other = row[label]
+                print(
+                    f"         {label:8s} {other['steps_per_s']:8.0f} steps/s  ratio "
+                    f"{other['ratio']:.2f}  mean batch {other['mean_batch']:.1f}  errors "
+                    f"{other['errors']:.0f}  served / {label} {other['served_over']:.2f}",
+                    flush=True,
+                )
+    return rounds
 
 
 if __name__ == "__main__":
