@@ -187,6 +187,7 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
         else SequenceRouter(settings.worker_control.parent, settings.worker_slot, settings.workers)
     )
     dataplane.sequence_owners = sequences
+    dataplane.shared_batching = settings.shared_batching and sequences is not None
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

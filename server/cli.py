@@ -282,11 +282,20 @@ def serve(
             "control, client shared memory, log and trace settings, readiness, drain). 0: one "
             "per CPU this process may use (affinity and cgroup quota), at most 8. 1: a single "
             "process, as before. Each worker loads its own copy of every model; one drift "
-            "evaluator serves every worker; a sequence runs on one worker; batching and trace "
-            "sampling are still per worker.",
+            "evaluator serves every worker; a sequence runs on one worker; batching (see "
+            "--shared-batching) and trace sampling are per worker.",
             min=0,
         ),
     ] = 1,
+    shared_batching: Annotated[
+        bool,
+        typer.Option(
+            help="With --workers N: run each model's requests in one worker, its owner (the "
+            "others forward them over a Unix socket), so one dynamic batcher per model version "
+            "sees every request, as in a single process. Costs a hop per forwarded request. "
+            "Off: each worker batches the requests it received.",
+        ),
+    ] = False,
     drift: Annotated[
         bool, typer.Option(help="Online drift detection for models with a reference.npz.")
     ] = True,
@@ -483,6 +492,7 @@ def serve(
         http_keepalive_timeout_secs=http_keepalive_timeout_secs,
         allow_client_shm=allow_client_shm,
         workers=workers or auto_workers(),
+        shared_batching=shared_batching,
         default_max_batch_size=default_max_batch_size,
         drift_enabled=drift,
         drift_window=drift_window,

@@ -23,7 +23,7 @@ from monitoring.observer import (
 )
 from server.batching import RequestTiming
 from server.classification import classify
-from server.errors import ErrorKind, ServingError, invalid
+from server.errors import ErrorKind, ServingError, WorkerUnreachable, invalid
 from server.model import ModelVersion
 from server.observers import ObserverFanout
 from server.operations import CacheLookup, Operations
@@ -85,10 +85,13 @@ class Cluster(Protocol):
 
 
 class SequenceOwners(Protocol):
-    """Which worker of `ferry serve --workers N` runs each sequence (server/workers/
-    sequences.py): requests of a sequence another worker owns are forwarded to it."""
+    """Which worker of `ferry serve --workers N` runs each sequence, and under
+    --shared-batching each model (server/workers/sequences.py): requests another worker owns
+    are forwarded to it."""
 
     def owner(self, sequence_id: int | str) -> int | None: ...
+
+    def model_owner(self, model_name: str) -> int | None: ...
 
     async def forward(self, slot: int, request: InferenceRequest) -> InferenceResponse: ...
 
@@ -116,6 +119,8 @@ class DataPlane:
         self.shared_memory = shared_memory
         self.cluster = cluster  # None: this process is the whole server
         self.sequence_owners: SequenceOwners | None = None  # set by a worker of several
+        # --shared-batching: each model's requests run in its owner worker (one batcher)
+        self.shared_batching = False
         # request log, traces, response cache, log settings (server/operations.py)
         self.ops = operations or Operations()
         self.started = False
@@ -244,8 +249,35 @@ class DataPlane:
             return False  # answered (and counted) here
         return isinstance(model.scheduler, SequenceBatcher)
 
+    def _owner_slot(self, request: InferenceRequest) -> tuple[int, bool] | None:
+        """The worker to forward `request` to and whether it must run there: a sequence's
+        owner (it holds the sequence's state), or under --shared-batching the model's owner
+        (while that one restarts, the request runs here). None: run it here. A request of an
+        unknown model is answered here."""
+        owners = self.sequence_owners
+        if owners is None:
+            return None
+        if request.sequence_id:
+            slot = owners.owner(request.sequence_id)
+            if slot is not None and self._runs_sequences(request):
+                return slot, True
+        if self.shared_batching:
+            slot = owners.model_owner(request.model_name)
+            if slot is not None and self._model_forwards(request):
+                return slot, False
+        return None
+
+    def _model_forwards(self, request: InferenceRequest) -> bool:
+        """Under --shared-batching: the model exists here and does not run sequences (they
+        keep their sequences' owners: a sequence's state lives where its slot is)."""
+        try:
+            model = self.repository.get(request.model_name, request.model_version)
+        except ServingError:
+            return False
+        return not isinstance(model.scheduler, SequenceBatcher)
+
     async def _forward(self, slot: int, request: InferenceRequest) -> InferenceResponse:
-        """Run a request of a sequence another worker owns there (draining waits for it)."""
+        """Run a request another worker owns there (draining waits for it)."""
         assert self.sequence_owners is not None
         self._enter()
         try:
@@ -256,8 +288,8 @@ class DataPlane:
     async def _forward_stream(
         self, slot: int, request: InferenceRequest
     ) -> AsyncIterator[InferenceResponse | ServingError]:
-        """Stream a decoupled sequence model's request from the worker that owns the sequence
-        (draining waits for it)."""
+        """Stream a decoupled model's request from the worker that owns it (draining waits
+        for it)."""
         assert self.sequence_owners is not None
         self._enter()
         try:
@@ -293,10 +325,14 @@ class DataPlane:
 
         With a response cache, a hit answers here without queueing. Traces and request lines
         cost one attribute test each when they are off."""
-        if self.sequence_owners is not None and request.sequence_id:
-            slot = self.sequence_owners.owner(request.sequence_id)
-            if slot is not None and self._runs_sequences(request):
-                return await self._forward(slot, request)
+        if self.sequence_owners is not None:
+            owner = self._owner_slot(request)
+            if owner is not None:
+                try:
+                    return await self._forward(owner[0], request)
+                except WorkerUnreachable:
+                    if owner[1]:
+                        raise
         ops = self.ops
         started = time.perf_counter()
         try:
@@ -389,12 +425,16 @@ class DataPlane:
         if not model.decoupled:
             yield await self.infer(request)
             return
-        if self.sequence_owners is not None and request.sequence_id:
-            slot = self.sequence_owners.owner(request.sequence_id)
-            if slot is not None and isinstance(model.scheduler, SequenceBatcher):
-                async for forwarded in self._forward_stream(slot, request):
-                    yield forwarded
-                return
+        if self.sequence_owners is not None:
+            owner = self._owner_slot(request)
+            if owner is not None:
+                try:
+                    async for forwarded in self._forward_stream(owner[0], request):
+                        yield forwarded
+                    return
+                except WorkerUnreachable:  # raised before the request left: nothing yielded
+                    if owner[1]:
+                        raise
         ops = self.ops
         started = time.perf_counter()
         try:

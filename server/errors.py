@@ -37,6 +37,14 @@ class ServingError(Exception):
         return f"ServingError({self.kind.name}, {self.message!r})"
 
 
+class WorkerUnreachable(ServingError):
+    """The worker a request was to be forwarded to takes no connection (it is restarting):
+    the request never left this worker."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorKind.UNAVAILABLE, message)
+
+
 def invalid(message: str) -> ServingError:
     """Shorthand for the most common error: the client sent something wrong."""
     return ServingError(ErrorKind.INVALID_ARG, message)

@@ -10,6 +10,10 @@ if it had arrived there (validation, statistics, logs: counted once, by the owne
 response or error comes back to the client unchanged. A request of a decoupled sequence model
 (gRPC ModelStreamInfer) streams its responses back as the owner produces them.
 
+With `ferry serve --shared-batching`, every model version has an owner too: worker
+`crc32(model name) % N`. Requests of models that do not run sequences are forwarded to it the
+same way, so one dynamic batcher sees all of a model's requests, as in a single process.
+
 The connection is the control channel of server/workers/channel.py with pickled frames (the
 folder is the supervisor's, mode 0700, so only this server's processes can connect): a request
 carries the InferenceRequest, the answer the InferenceResponse or the owner's error; a streamed
@@ -27,7 +31,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from server.errors import ErrorKind, ServingError
+from server.errors import ErrorKind, ServingError, WorkerUnreachable
 from server.types import InferenceRequest, InferenceResponse
 from server.workers.channel import Channel, ChannelClosed, Message, RemoteError
 from server.workers.link import serving_error
@@ -42,6 +46,11 @@ def owner_of(sequence_id: int | str, workers: int) -> int:
     different sequences, as in Triton)."""
     tag = b"s:" + sequence_id.encode() if isinstance(sequence_id, str) else b"i:%d" % sequence_id
     return zlib.crc32(tag) % workers
+
+
+def model_owner_of(model_name: str, workers: int) -> int:
+    """The worker slot that runs every request of this model under --shared-batching."""
+    return zlib.crc32(b"m:" + model_name.encode()) % workers
 
 
 def socket_path(folder: Path, slot: int) -> Path:
@@ -96,9 +105,9 @@ class _Peer:
                 try:
                     reader, writer = await asyncio.open_unix_connection(str(self.path))
                 except OSError:
-                    raise ServingError(
-                        ErrorKind.UNAVAILABLE,
-                        "the worker that serves this sequence is not running (it restarts)",
+                    raise WorkerUnreachable(
+                        "the worker that runs this request (its sequence's or model's owner) "
+                        "is not running (it restarts)"
                     ) from None
                 self.channel = _pickled_channel(reader, writer, _refuse)
                 self.reading = asyncio.create_task(self.channel.run())
@@ -114,7 +123,8 @@ def _client_error(exc: RemoteError | ChannelClosed) -> ServingError:
     if isinstance(exc, RemoteError):
         return serving_error(exc)
     return ServingError(
-        ErrorKind.UNAVAILABLE, "the worker that served this sequence stopped; the sequence is lost"
+        ErrorKind.UNAVAILABLE,
+        "the worker that ran this request stopped (the sequences it ran are lost)",
     )
 
 
@@ -133,6 +143,12 @@ class SequenceRouter:
     def owner(self, sequence_id: int | str) -> int | None:
         """The slot to forward to, or None when this worker owns the sequence."""
         slot = owner_of(sequence_id, self.workers)
+        return None if slot == self.slot else slot
+
+    def model_owner(self, model_name: str) -> int | None:
+        """The slot to forward a model's requests to under --shared-batching, or None when
+        this worker runs them."""
+        slot = model_owner_of(model_name, self.workers)
         return None if slot == self.slot else slot
 
     async def forward(self, slot: int, request: InferenceRequest) -> InferenceResponse:

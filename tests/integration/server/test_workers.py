@@ -466,6 +466,77 @@ def test_a_sequence_runs_on_one_worker_whichever_worker_its_requests_reach(
                 raise AssertionError("a step without START of an ended sequence was accepted")
 
 
+# a batch runs when 8 rows are queued, or after 60 s: requests spread over two workers' batchers
+# would wait out the delay; one shared batcher runs them at once
+HELD_FOR_EIGHT = """
+max_batch_size: 8
+dynamic_batching { preferred_batch_size: [8] max_queue_delay_microseconds: 60000000 }
+"""
+
+
+def test_shared_batching_runs_a_models_requests_in_one_batcher_whichever_worker_they_reach(
+    tmp_path: Path,
+) -> None:
+    """Eight 1-row requests on fresh connections (the kernel spreads them over both workers)
+    form one batch of 8 in the model's owner: the other worker forwarded its requests."""
+    from server.workers.sequences import model_owner_of
+    from tests.support.workers import served_by
+
+    write_model(tmp_path, "mlp", mlp_model(), config=HELD_FOR_EIGHT)
+    args = ("--workers", "2", "--shared-batching", "--log-requests")
+    with running_server(tmp_path, *args) as server:
+        url = f"http://{server.http_url}/v2/models/mlp/infer"
+        bodies = [mlp_request(1) | {"id": f"held-{i}"} for i in range(8)]
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda body: fresh(url, body, timeout_s=30.0), bodies))
+        assert [status for status, _ in answers] == [200] * 8, answers
+        x = np.asarray(mlp_request(1)["inputs"][0]["data"], np.float32).reshape(1, 16)
+        model_path = tmp_path / "mlp" / "1" / "model.onnx"
+        expected = run_reference(model_path, {"input": x})["output"]
+        for _, body in answers:
+            output = json.loads(body)["outputs"][0]
+            np.testing.assert_allclose(output["data"], expected.reshape(-1), rtol=1e-5)
+        stats = json.loads(fresh(f"http://{server.http_url}/v2/models/mlp/stats")[1])
+        entry = stats["model_stats"][0]
+        assert entry["execution_count"] == 1 and entry["inference_count"] == 8
+        owner = model_owner_of("mlp", 2)
+        lines = served_by(server, [f"held-{i}" for i in range(8)])
+        assert {slot for slot, _ in lines.values()} == {owner}  # counted once, by the owner
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        infer_input = grpcclient.InferInput("input", [8, 16], "FP32")
+        infer_input.set_data_from_numpy(np.ones((8, 16), dtype=np.float32))
+        assert client.infer("mlp", [infer_input]).as_numpy("output").shape[0] == 8
+
+
+def worker_in_slot(supervisor_pid: int, slot: int) -> int:
+    """The pid of the worker in `slot` (`python -m server.workers.worker SETTINGS SLOT`)."""
+    for pid in worker_pids(supervisor_pid):
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if argv[-2:-1] == [str(slot).encode()] or argv[-1:] == [str(slot).encode()]:
+            return pid
+    raise AssertionError(f"no worker in slot {slot}")
+
+
+def test_shared_batching_runs_requests_where_they_are_while_the_owner_restarts(
+    tmp_path: Path,
+) -> None:
+    """With the model's owner killed, the other worker serves the model's requests itself
+    (they never reached the owner) rather than failing them until the owner is back."""
+    from server.workers.sequences import model_owner_of
+
+    write_model(tmp_path, "mlp", mlp_model())
+    with running_server(tmp_path, "--workers", "2", "--shared-batching") as server:
+        url = f"http://{server.http_url}/v2/models/mlp/infer"
+        assert fresh(url, mlp_request(1))[0] == 200
+        owner = worker_in_slot(server.process.pid, model_owner_of("mlp", 2))
+        os.kill(owner, signal.SIGKILL)
+        while owner in worker_pids(server.process.pid):  # reaped: its port is closed
+            time.sleep(0.01)
+        statuses = [fresh(url, mlp_request(1 + i % 3))[0] for i in range(20)]
+        assert statuses == [200] * 20
+        wait_for_workers(server.process.pid, 2, other_than={owner})
+
+
 RUNNING_SUM_STREAM_PY = """\
 import numpy as np
 import triton_python_backend_utils as pb_utils
