@@ -40,7 +40,7 @@ from server.settings import DriftEvaluator, ModelControlMode, ServerSettings
 from server.shared_memory import SharedMemoryManager
 from server.trace_settings import TraceSettings
 from server.tracing import Tracer
-from server.workers.count import worker_cpu_threads
+from server.workers.count import model_cpu_threads
 from server.workers.link import WorkerLink
 from server.workers.sequences import SequenceRouter
 
@@ -166,7 +166,7 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
         settings.model_control_mode,
         fanout,
         settings.default_max_batch_size,
-        worker_cpu_threads(settings.workers),
+        model_cpu_threads(settings.workers, settings.shared_batching),
     )
     repository_ref.append(repository)
     shared_memory = SharedMemoryManager() if settings.allow_client_shm else None

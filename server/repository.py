@@ -16,7 +16,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,10 +130,11 @@ class ModelRepository:
         mode: ModelControlMode,
         fanout: ObserverFanout | None = None,
         default_max_batch_size: int = 4,
-        cpu_threads: int = 0,
+        cpu_threads: int | Callable[[ModelConfig], int] = 0,
     ) -> None:
         self.root = Path(root)
-        self.cpu_threads = cpu_threads  # RuntimeContext.cpu_threads of every instance
+        # RuntimeContext.cpu_threads of a model's instances: one count, or one per config
+        self.cpu_threads = cpu_threads
         self.mode = mode
         self.fanout = fanout or ObserverFanout()
         self.default_max_batch_size = default_max_batch_size
@@ -344,8 +345,11 @@ class ModelRepository:
             entry.states[number] = VersionState(LOADING)
             version_path = source_dir / str(number)
             try:
+                threads = self.cpu_threads
                 context = RuntimeContext(
-                    asyncio.get_running_loop(), self.services, self.cpu_threads
+                    asyncio.get_running_loop(),
+                    self.services,
+                    threads if isinstance(threads, int) else threads(prepared.config),
                 )
                 instances, warmup = await load_warm_instances(
                     name, number, prepared.config, version_path, context

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
+
+from server.repository_format import ModelConfig
+from server.schedulers import scheduling_choice
 
 MAX_AUTO_WORKERS = 8
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
@@ -42,3 +46,13 @@ def worker_cpu_threads(workers: int) -> int:
     118-124 req/s with the default and 290-327 req/s with one thread per worker (wrk, HTTP
     binary, c=64, same run). A config's `intra_op_thread_count` still wins."""
     return 0 if workers <= 1 else max(1, available_cpus() // workers)
+
+
+def model_cpu_threads(workers: int, shared_batching: bool) -> int | Callable[[ModelConfig], int]:
+    """`worker_cpu_threads`, except under --shared-batching: a model that only its owner runs
+    gets every CPU (ONNX Runtime's default, 0), as in a single process; a sequence model keeps
+    the share (every worker runs the sequences it owns)."""
+    share = worker_cpu_threads(workers)
+    if not shared_batching or workers <= 1:
+        return share
+    return lambda config: share if scheduling_choice(config) == "sequence_batching" else 0

@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from google.protobuf import text_format
+
+from server.repository_format import ModelConfig
 from server.workers.count import (
     MAX_AUTO_WORKERS,
     auto_workers,
     available_cpus,
     cgroup_cpu_limit,
+    model_cpu_threads,
     worker_cpu_threads,
 )
 
@@ -34,3 +38,16 @@ def test_each_worker_gets_its_share_of_the_cpus() -> None:
     assert worker_cpu_threads(1) == 0  # one process: the runtime's default, every core
     assert worker_cpu_threads(2) == max(1, available_cpus() // 2)
     assert worker_cpu_threads(cpus * 4) == 1  # never none
+
+
+def test_under_shared_batching_a_model_its_owner_alone_runs_gets_every_cpu() -> None:
+    dynamic = text_format.Parse("max_batch_size: 8 dynamic_batching {}", ModelConfig())
+    sequence = text_format.Parse("max_batch_size: 8 sequence_batching {}", ModelConfig())
+    share = worker_cpu_threads(2)
+    assert model_cpu_threads(2, False) == share
+    assert model_cpu_threads(1, True) == 0
+    per_model = model_cpu_threads(2, True)
+    assert callable(per_model)
+    assert per_model(dynamic) == 0  # the runtime's default: every core, in the owner only
+    assert per_model(text_format.Parse("max_batch_size: 8", ModelConfig())) == 0
+    assert per_model(sequence) == share  # both workers run sequences
