@@ -97,10 +97,11 @@ def running_server(
 
     `cwd`: where `python -m ferry` starts (its packages come first on sys.path: a benchmark runs
     another checkout of ferry this way). FERRY_TEST_WORKERS=N runs every such server with
-    `--workers N` (unless the test names --workers itself)."""
+    `--workers N` (unless the test names --workers itself); flags after N go with it
+    (FERRY_TEST_WORKERS="2 --shared-batching")."""
     workers = os.environ.get(WORKERS_ENV, "")
     if workers and "--workers" not in extra_args:
-        extra_args = (*extra_args, "--workers", workers)
+        extra_args = (*extra_args, "--workers", *workers.split())
     http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - outlives this frame, closed below
         prefix="ferry-serve-", suffix=".log", delete=False
