@@ -12,6 +12,7 @@ import contextlib
 import logging
 import signal
 import socket
+import time
 from collections.abc import Awaitable, Callable, Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +43,7 @@ from server.trace_settings import TraceSettings
 from server.tracing import Tracer
 from server.workers.count import model_cpu_threads
 from server.workers.link import WorkerLink
+from server.workers.remote_model import remote_scheduler
 from server.workers.sequences import SequenceRouter
 
 if TYPE_CHECKING:
@@ -188,6 +190,8 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
     )
     dataplane.sequence_owners = sequences
     dataplane.shared_batching = settings.shared_batching and sequences is not None
+    if dataplane.shared_batching and sequences is not None:  # one worker loads each model
+        repository.placement = remote_scheduler(sequences.call_owner, sequences.model_owner)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -237,7 +241,7 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
         await load_models()
         await link.catch_up(replay)
         assert sequences is not None
-        await sequences.start(dataplane.infer, dataplane.infer_stream)
+        await sequences.start(dataplane.infer, dataplane.infer_stream, dataplane.run_submitted)
         # ready before it listens: a restarted worker's first probe must not answer not-ready
         apply_after_startup(settings.gc_policy)
         dataplane.started = True
@@ -331,13 +335,14 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
     for task in (poller, orphaned):
         if task is not None:
             task.cancel()
+    drain_started = time.monotonic()
     drained = await dataplane.drain(settings.exit_timeout_secs)
     if not drained:
         logger.warning(
             "exit timeout (%.0fs) reached with requests still running", settings.exit_timeout_secs
         )
-    if sequences is not None:
-        await sequences.close()
+    if sequences is not None:  # the other workers may still send what they accepted
+        await sequences.close(settings.exit_timeout_secs - (time.monotonic() - drain_started))
     await repository.close()
     if grpc_server is not None:
         await grpc_server.stop(grace=5)

@@ -281,19 +281,20 @@ def serve(
             "work uses every core; they behave as one server (statistics, metrics, model "
             "control, client shared memory, log and trace settings, readiness, drain). 0: one "
             "per CPU this process may use (affinity and cgroup quota), at most 8. 1: a single "
-            "process, as before. Each worker loads its own copy of every model; one drift "
-            "evaluator serves every worker; a sequence runs on one worker; batching (see "
-            "--shared-batching) and trace sampling are per worker.",
+            "process, as before. Each worker loads its own copy of every model and batches its "
+            "own requests (see --shared-batching); one drift evaluator serves every worker; a "
+            "sequence runs on one worker; trace sampling is per worker.",
             min=0,
         ),
     ] = 1,
     shared_batching: Annotated[
         bool,
         typer.Option(
-            help="With --workers N: run each model's requests in one worker, its owner (the "
-            "others forward them over a Unix socket), so one dynamic batcher per model version "
-            "sees every request, as in a single process. Costs a hop per forwarded request. "
-            "Off: each worker batches the requests it received.",
+            help="With --workers N: load each batched model in one worker, its owner, whose "
+            "batcher runs every worker's requests (the others send it the validated inputs over "
+            "a Unix socket): one dynamic batcher and one copy of the weights per model version, "
+            "as in a single process, for a hop per request; while an owner restarts its models "
+            "answer 503. Off: every worker loads every model and batches its own requests.",
         ),
     ] = False,
     drift: Annotated[

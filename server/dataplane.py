@@ -249,32 +249,51 @@ class DataPlane:
             return False  # answered (and counted) here
         return isinstance(model.scheduler, SequenceBatcher)
 
-    def _owner_slot(self, request: InferenceRequest) -> tuple[int, bool] | None:
-        """The worker to forward `request` to and whether it must run there: a sequence's
-        owner (it holds the sequence's state), or under --shared-batching the model's owner
-        (while that one restarts, the request runs here). None: run it here. A request of an
-        unknown model is answered here."""
+    def _stream_owner(
+        self, request: InferenceRequest, model: ModelVersion
+    ) -> tuple[int, bool] | None:
+        """The worker to forward a decoupled model's request to, and whether it must run there:
+        a sequence's owner (it holds the sequence's state), or under --shared-batching the
+        model's owner (while that one restarts, the request runs here). None: run it here. The
+        other models' requests run here, their model's scheduler sending them to the owner
+        (server/workers/remote_model.py)."""
         owners = self.sequence_owners
         if owners is None:
             return None
-        if request.sequence_id:
-            slot = owners.owner(request.sequence_id)
-            if slot is not None and self._runs_sequences(request):
-                return slot, True
+        if isinstance(model.scheduler, SequenceBatcher):
+            slot = owners.owner(request.sequence_id) if request.sequence_id else None
+            return None if slot is None else (slot, True)
         if self.shared_batching:
             slot = owners.model_owner(request.model_name)
-            if slot is not None and self._model_forwards(request):
-                return slot, False
+            return None if slot is None else (slot, False)
         return None
 
-    def _model_forwards(self, request: InferenceRequest) -> bool:
-        """Under --shared-batching: the model exists here and does not run sequences (they
-        keep their sequences' owners: a sequence's state lives where its slot is)."""
+    async def run_submitted(
+        self,
+        model_name: str,
+        version: str,
+        inputs: Mapping[str, np.ndarray] | None,
+        rows: int,
+        priority: int,
+        timeout_us: int,
+        request: InferenceRequest | None,
+    ) -> tuple[Any, RequestTiming]:
+        """A request another worker took and validated, of a model this worker owns
+        (--shared-batching): run it through this worker's scheduler with every other one
+        (draining waits for it). The worker that took it counts it; the batch is counted here."""
+        model = self.repository.get(model_name, version)
+        if model.runs_elsewhere:
+            raise ServingError(
+                ErrorKind.UNAVAILABLE, f"model '{model_name}' is not run by this worker"
+            )
+        if inputs is None:
+            assert request is not None
+            inputs = request.inputs
+        self._enter()
         try:
-            model = self.repository.get(request.model_name, request.model_version)
-        except ServingError:
-            return False
-        return not isinstance(model.scheduler, SequenceBatcher)
+            return await model.scheduler.submit(inputs, rows, priority, timeout_us, request)
+        finally:
+            self._leave()
 
     async def _forward(self, slot: int, request: InferenceRequest) -> InferenceResponse:
         """Run a request another worker owns there (draining waits for it)."""
@@ -325,14 +344,10 @@ class DataPlane:
 
         With a response cache, a hit answers here without queueing. Traces and request lines
         cost one attribute test each when they are off."""
-        if self.sequence_owners is not None:
-            owner = self._owner_slot(request)
-            if owner is not None:
-                try:
-                    return await self._forward(owner[0], request)
-                except WorkerUnreachable:
-                    if owner[1]:
-                        raise
+        if self.sequence_owners is not None and request.sequence_id:
+            slot = self.sequence_owners.owner(request.sequence_id)
+            if slot is not None and self._runs_sequences(request):
+                return await self._forward(slot, request)
         ops = self.ops
         started = time.perf_counter()
         try:
@@ -426,7 +441,7 @@ class DataPlane:
             yield await self.infer(request)
             return
         if self.sequence_owners is not None:
-            owner = self._owner_slot(request)
+            owner = self._stream_owner(request, model)
             if owner is not None:
                 try:
                     async for forwarded in self._forward_stream(owner[0], request):

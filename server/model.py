@@ -85,6 +85,8 @@ class ModelVersion:
     labels: dict[str, list[str]] = field(default_factory=dict)
     load_duration_s: float = 0.0
     signature: tuple[object, ...] = ()
+    # --shared-batching: another worker loads and runs it (server/workers/remote_model.py)
+    runs_elsewhere: bool = False
 
     # cached: read on every request, and a loaded version's config does not change
     @functools.cached_property
@@ -129,7 +131,7 @@ def start_version(
 ) -> ModelVersion:
     """Put loaded instances behind the config's scheduler (on the event loop) and return the
     READY version."""
-    input_specs, output_specs = tensor_specs(config)
+    output_names = [spec.name for spec in tensor_specs(config)[1]]
     statistics = ModelStatistics(name, str(version))
     version_str = str(version)
 
@@ -158,14 +160,48 @@ def start_version(
     scheduler = build(
         config,
         instances,
-        [spec.name for spec in output_specs],
+        output_names,
         on_batch,
         services,
         model_dir=version_path.parent,
     )
+    return _version(
+        name, version, config, version_path, scheduler, statistics, load_started, signature
+    )
+
+
+def remote_version(
+    name: str,
+    version: int,
+    config: ModelConfig,
+    version_path: Path,
+    scheduler: Scheduler,
+    load_started: float,
+    signature: tuple[object, ...] = (),
+) -> ModelVersion:
+    """A READY version that another worker runs (server/workers/remote_model.py): built from its
+    config alone, its requests go to `scheduler`."""
+    statistics = ModelStatistics(name, str(version))
+    return _version(
+        name, version, config, version_path, scheduler, statistics, load_started, signature, True
+    )
+
+
+def _version(
+    name: str,
+    version: int,
+    config: ModelConfig,
+    version_path: Path,
+    scheduler: Scheduler,
+    statistics: ModelStatistics,
+    load_started: float,
+    signature: tuple[object, ...],
+    runs_elsewhere: bool = False,
+) -> ModelVersion:
+    input_specs, output_specs = tensor_specs(config)
     return ModelVersion(
         name=name,
-        version=version_str,
+        version=str(version),
         config=config,
         version_path=version_path,
         scheduler=scheduler,
@@ -175,4 +211,5 @@ def start_version(
         labels=read_labels(version_path.parent, config),
         load_duration_s=time.perf_counter() - load_started,
         signature=signature,
+        runs_elsewhere=runs_elsewhere,
     )

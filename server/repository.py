@@ -31,7 +31,7 @@ from server.ensemble import (
     step_problem,
 )
 from server.errors import ErrorKind, ServingError
-from server.model import ModelVersion, start_version
+from server.model import ModelVersion, remote_version, start_version
 from server.observers import ObserverFanout
 from server.repository_format import (
     MAX_MODEL_NAME_BYTES,
@@ -41,12 +41,15 @@ from server.repository_format import (
     read_config,
 )
 from server.runtimes import RuntimeContext
+from server.schedulers import Scheduler
 from server.sequence import SequenceBatcher
 from server.services import InferenceServices
 from server.settings import ModelControlMode
 from server.warmup import load_warm_instances, record_warmup
 
 logger = logging.getLogger(__name__)
+# (model, version, config) -> the scheduler of a version another worker runs, or None
+Placement = Callable[[str, str, ModelConfig], Scheduler | None]
 
 READY, UNAVAILABLE, LOADING, UNLOADING = "READY", "UNAVAILABLE", "LOADING", "UNLOADING"
 
@@ -135,6 +138,8 @@ class ModelRepository:
         self.root = Path(root)
         # RuntimeContext.cpu_threads of a model's instances: one count, or one per config
         self.cpu_threads = cpu_threads
+        # --shared-batching: a scheduler for a version another worker runs, None to load it
+        self.placement: Placement | None = None
         self.mode = mode
         self.fanout = fanout or ObserverFanout()
         self.default_max_batch_size = default_max_batch_size
@@ -344,6 +349,14 @@ class ModelRepository:
                 continue
             entry.states[number] = VersionState(LOADING)
             version_path = source_dir / str(number)
+            remote = self.placement(name, str(number), prepared.config) if self.placement else None
+            if remote is not None:  # another worker loads and runs it (--shared-batching)
+                new_versions[number] = remote_version(
+                    name, number, prepared.config, version_path, remote, started, signature
+                )
+                new_states[number] = VersionState(READY)
+                created.append(new_versions[number])
+                continue
             try:
                 threads = self.cpu_threads
                 context = RuntimeContext(

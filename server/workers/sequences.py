@@ -31,12 +31,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from server.batching import RequestTiming
 from server.errors import ErrorKind, ServingError, WorkerUnreachable
 from server.types import InferenceRequest, InferenceResponse
 from server.workers.channel import Channel, ChannelClosed, Message, RemoteError
 from server.workers.link import serving_error
+from server.workers.remote_model import SUBMIT
 
 Infer = Callable[[InferenceRequest], Awaitable[InferenceResponse]]
+Submit = Callable[..., Awaitable[tuple[Any, RequestTiming]]]
 InferStream = Callable[[InferenceRequest], AsyncIterator[InferenceResponse | ServingError]]
 _dumps = functools.partial(pickle.dumps, protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -82,12 +85,16 @@ class _Peer:
         self._connecting = asyncio.Lock()
 
     async def call(self, request: InferenceRequest) -> InferenceResponse:
+        answer: InferenceResponse = await self.send({"request": request})
+        return answer
+
+    async def send(self, message: Message) -> Any:
+        """The peer's answer to `message`, or its error raised here."""
         channel = await self._connected()
         try:
-            answer: InferenceResponse = await channel.request({"request": request})
+            return await channel.request(message)
         except (RemoteError, ChannelClosed) as exc:
             raise _client_error(exc) from None
-        return answer
 
     async def stream(
         self, request: InferenceRequest
@@ -138,7 +145,10 @@ class SequenceRouter:
         self._server: asyncio.AbstractServer | None = None
         self._infer: Infer | None = None
         self._infer_stream: InferStream | None = None
+        self._submit: Submit | None = None
         self._answering: set[Channel] = set()
+        self._no_peers = asyncio.Event()  # no other worker is connected here
+        self._no_peers.set()
 
     def owner(self, sequence_id: int | str) -> int | None:
         """The slot to forward to, or None when this worker owns the sequence."""
@@ -161,16 +171,23 @@ class SequenceRouter:
         """Run a decoupled model's `request` on worker `slot`; its responses as they come."""
         return self._peer(slot).stream(request)
 
+    async def call_owner(self, slot: int, message: Message) -> Any:
+        """Worker `slot`'s answer to `message` (a RemoteScheduler's submission)."""
+        return await self._peer(slot).send(message)
+
     def _peer(self, slot: int) -> _Peer:
         peer = self._peers.get(slot)
         if peer is None:
             peer = self._peers[slot] = _Peer(socket_path(self.folder, slot))
         return peer
 
-    async def start(self, infer: Infer, infer_stream: InferStream) -> None:
+    async def start(
+        self, infer: Infer, infer_stream: InferStream, submit: Submit | None = None
+    ) -> None:
         """Take requests forwarded by the other workers; `infer` runs each one, `infer_stream`
-        each one streamed."""
-        self._infer, self._infer_stream = infer, infer_stream
+        each one streamed, `submit` each submission of a model this worker owns
+        (server/workers/remote_model.py)."""
+        self._infer, self._infer_stream, self._submit = infer, infer_stream, submit
         path = socket_path(self.folder, self.slot)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # a previous run of this slot's worker
@@ -179,14 +196,22 @@ class SequenceRouter:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         channel = _pickled_channel(reader, writer, self._run, self._run_stream)
         self._answering.add(channel)
+        self._no_peers.clear()
         try:
             await channel.run()
         finally:
             self._answering.discard(channel)
+            if not self._answering:
+                self._no_peers.set()
 
-    async def _run(self, message: Message) -> InferenceResponse:
-        """A forwarded request, run here as if it had arrived here (its error goes back as the
-        channel's RemoteError)."""
+    async def _run(self, message: Message) -> Any:
+        """A forwarded request, run here as if it had arrived here, or a submission to this
+        worker's scheduler of a model it owns (its error goes back as the channel's
+        RemoteError)."""
+        if SUBMIT in message:
+            if self._submit is None:
+                raise ValueError("this worker runs no model for the others")
+            return await self._submit(*message[SUBMIT])
         assert self._infer is not None
         return await self._infer(message["request"])
 
@@ -197,10 +222,17 @@ class SequenceRouter:
         async for item in self._infer_stream(message["request"]):
             yield (item.kind, item.message) if isinstance(item, ServingError) else item
 
-    async def close(self) -> None:
-        """Stop taking forwarded requests (those running finish) and close the connections."""
+    async def close(self, wait_for_peers_s: float = 0.0) -> None:
+        """Once this worker has drained: close its connections to the others (it has nothing
+        more to send), keep answering what the others forward until they have closed theirs
+        (they drain too, and a request one of them accepted may still be on its way to a model
+        this worker owns), for at most `wait_for_peers_s`; then stop taking forwarded requests
+        (those running finish)."""
+        for peer in self._peers.values():
+            peer.close()
+        if wait_for_peers_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._no_peers.wait(), wait_for_peers_s)
         if self._server is not None:
             self._server.close()
         await asyncio.gather(*(channel.answered() for channel in list(self._answering)))
-        for peer in self._peers.values():
-            peer.close()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import tritonclient.grpc as grpcclient
 
 from tests.support.onnx_models import (
@@ -321,7 +322,10 @@ def test_killed_worker_is_replaced_under_load(tmp_path: Path) -> None:
         assert "exited with -9" in server.log()
 
 
-def test_sigterm_drains_every_worker(tmp_path: Path) -> None:
+@pytest.mark.parametrize("shared_batching", [False, True])
+def test_sigterm_drains_every_worker(tmp_path: Path, shared_batching: bool) -> None:
+    """Sixteen slow requests accepted over both workers (with --shared-batching, all queued in
+    the model's owner) all answer after SIGTERM, and every worker stops."""
     write_model(
         tmp_path,
         "slow",
@@ -336,7 +340,9 @@ def test_sigterm_drains_every_worker(tmp_path: Path) -> None:
         "inputs": [{"name": "input", "shape": [1, 256], "datatype": "FP32", "data": [1.0] * 256}]
     }
     clients = 16
-    with running_server(tmp_path, "--workers", "2") as server:
+    flags = ("--workers", "2", *(("--shared-batching",) if shared_batching else ()))
+    running = 1 if shared_batching else 2  # one execution at a time in each worker running it
+    with running_server(tmp_path, *flags) as server:
         url = f"http://{server.http_url}/v2/models/slow/infer"
         with ThreadPoolExecutor(clients) as pool:
             futures = [pool.submit(fresh, url, body, 120.0) for _ in range(clients)]
@@ -348,7 +354,7 @@ def test_sigterm_drains_every_worker(tmp_path: Path) -> None:
                     server.metrics_url,
                     'nv_inference_pending_request_count{model="slow",version="1"}',
                 )
-                if pending + stats["execution_count"] + 2 >= clients:  # one running per worker
+                if pending + stats["execution_count"] + running >= clients:
                     break
                 time.sleep(0.005)
             server.process.send_signal(signal.SIGTERM)
@@ -478,8 +484,8 @@ def test_shared_batching_runs_a_models_requests_in_one_batcher_whichever_worker_
     tmp_path: Path,
 ) -> None:
     """Eight 1-row requests on fresh connections (the kernel spreads them over both workers)
-    form one batch of 8 in the model's owner: the other worker forwarded its requests."""
-    from server.workers.sequences import model_owner_of
+    form one batch of 8 in the model's owner; each request is counted by the worker it reached
+    and the batch by the owner, so the totals are one server's."""
     from tests.support.workers import served_by
 
     write_model(tmp_path, "mlp", mlp_model(), config=HELD_FOR_EIGHT)
@@ -499,29 +505,78 @@ def test_shared_batching_runs_a_models_requests_in_one_batcher_whichever_worker_
         stats = json.loads(fresh(f"http://{server.http_url}/v2/models/mlp/stats")[1])
         entry = stats["model_stats"][0]
         assert entry["execution_count"] == 1 and entry["inference_count"] == 8
-        owner = model_owner_of("mlp", 2)
+        assert entry["inference_stats"]["success"]["count"] == 8
+        assert entry["batch_stats"][0]["batch_size"] == 8
         lines = served_by(server, [f"held-{i}" for i in range(8)])
-        assert {slot for slot, _ in lines.values()} == {owner}  # counted once, by the owner
+        assert {slot for slot, _ in lines.values()} == {0, 1}  # taken by both workers
         client = grpcclient.InferenceServerClient(server.grpc_url)
         infer_input = grpcclient.InferInput("input", [8, 16], "FP32")
         infer_input.set_data_from_numpy(np.ones((8, 16), dtype=np.float32))
         assert client.infer("mlp", [infer_input]).as_numpy("output").shape[0] == 8
 
 
+INSTANCE_COUNTING_PY = """\
+import os
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        folder = os.path.join(args["model_repository"], args["model_version"])
+        with open(os.path.join(folder, "instances.txt"), "a") as log:
+            log.write(f"{os.getpid()}\\n")
+
+    def execute(self, requests):
+        return [
+            pb_utils.InferenceResponse([pb_utils.Tensor(
+                "PID", np.full((len(pb_utils.get_input_tensor_by_name(r, "X").as_numpy()), 1),
+                               os.getpid(), np.int64))])
+            for r in requests
+        ]
+"""
+
+
+def test_shared_batching_loads_a_model_in_its_owner_only(tmp_path: Path) -> None:
+    """A Python model's instance starts once, in the owner, and serves every worker's
+    requests; without --shared-batching each worker starts its own."""
+    from tests.support.python_models import write_python_model
+
+    config = """max_batch_size: 8
+input [{ name: "X" data_type: TYPE_FP32 dims: [1] }]
+output [{ name: "PID" data_type: TYPE_INT64 dims: [1] }]
+"""
+    body = {"inputs": [{"name": "X", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}]}
+    for shared, instances in ((True, 1), (False, 2)):
+        repo = tmp_path / f"shared-{shared}"
+        model_dir = write_python_model(repo, "whoami", INSTANCE_COUNTING_PY, config)
+        flags = ("--workers", "2", *(("--shared-batching",) if shared else ()))
+        with running_server(repo, *flags) as server:
+            url = f"http://{server.http_url}/v2/models/whoami/infer"
+            pids = set()
+            for _ in range(ATTEMPTS):
+                status, answer = fresh(url, body)
+                assert status == 200, answer
+                pids.add(json.loads(answer)["outputs"][0]["data"][0])
+            started = (model_dir / "1" / "instances.txt").read_text().split()
+            assert len(started) == instances
+            assert len(pids) == instances  # every request ran on an instance that started
+
+
 def worker_in_slot(supervisor_pid: int, slot: int) -> int:
     """The pid of the worker in `slot` (`python -m server.workers.worker SETTINGS SLOT`)."""
     for pid in worker_pids(supervisor_pid):
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        if argv[-2:-1] == [str(slot).encode()] or argv[-1:] == [str(slot).encode()]:
+        if str(slot).encode() in argv[-2:]:
             return pid
     raise AssertionError(f"no worker in slot {slot}")
 
 
-def test_shared_batching_runs_requests_where_they_are_while_the_owner_restarts(
-    tmp_path: Path,
-) -> None:
-    """With the model's owner killed, the other worker serves the model's requests itself
-    (they never reached the owner) rather than failing them until the owner is back."""
+def test_shared_batching_answers_unavailable_while_the_owner_restarts(tmp_path: Path) -> None:
+    """With the model's owner killed, the other worker (which has no instance of the model)
+    answers its requests 503 with the reason, stays ready, and serves them again once the owner
+    is back."""
     from server.workers.sequences import model_owner_of
 
     write_model(tmp_path, "mlp", mlp_model())
@@ -532,9 +587,14 @@ def test_shared_batching_runs_requests_where_they_are_while_the_owner_restarts(
         os.kill(owner, signal.SIGKILL)
         while owner in worker_pids(server.process.pid):  # reaped: its port is closed
             time.sleep(0.01)
-        statuses = [fresh(url, mlp_request(1 + i % 3))[0] for i in range(20)]
-        assert statuses == [200] * 20
+        status, answer = fresh(url, mlp_request(1))
+        assert status == 503 and b"is not running (it restarts)" in answer, answer
+        assert fresh(f"http://{server.http_url}/v2/health/ready")[0] == 200
         wait_for_workers(server.process.pid, 2, other_than={owner})
+        deadline = time.monotonic() + 60
+        while fresh(url, mlp_request(1))[0] != 200:
+            assert time.monotonic() < deadline, "the model did not come back"
+            time.sleep(0.1)
 
 
 RUNNING_SUM_STREAM_PY = """\

@@ -1,0 +1,114 @@
+"""Models that another worker runs, under `ferry serve --workers N --shared-batching`.
+
+A model version on the default scheduler (dynamic batching, or one request per execution) that
+is not decoupled is loaded by one worker only, its owner (`crc32(model name) % N`). Every other
+worker builds the version from its config alone, so metadata, validation, statistics, request
+logs, the response cache and drift work there as for a loaded version, with a RemoteScheduler
+in place of the batcher: `submit` sends the validated request to the owner, whose batcher runs
+it with every other worker's, and returns its outputs and timings. So the weights are in memory
+once, one dynamic batcher sees every request of the model, and a request's own work (protocol,
+validation, statistics) stays in the worker its connection reached.
+
+The owner counts the executions (batches), the worker that took the request counts the request:
+the supervisor's sums are a single server's numbers. While the owner restarts, the model's
+requests on the other workers fail with UNAVAILABLE (they have no instance to run them on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from server.batching import RequestTiming
+from server.errors import ErrorKind, ServingError
+from server.repository_format import ModelConfig
+from server.schedulers import DEFAULT_CHOICE, Scheduler, scheduling_choice
+from server.types import InferenceRequest
+
+# the message a worker sends to a model's owner: (model, version, inputs, rows, priority,
+# timeout_us, request); inputs are None when they are the request's own (sent once)
+SUBMIT = "submit"
+Tensors = Mapping[str, np.ndarray]
+Submission = tuple[str, str, Tensors | None, int, int, int, InferenceRequest | None]
+Call = Callable[[int, dict[str, Any]], Awaitable[Any]]
+
+
+def runs_in_owner(config: ModelConfig) -> bool:
+    """Whether --shared-batching loads this model in its owner only: the default scheduler and
+    one response per request. Sequence models follow their sequences' owners, ensembles run
+    their steps wherever they are asked (each step's model is remote or local on its own), and a
+    decoupled model's requests go to its owner whole."""
+    return (
+        scheduling_choice(config) == DEFAULT_CHOICE
+        and not config.model_transaction_policy.decoupled
+    )
+
+
+class RemoteScheduler:
+    """The scheduler of a version its owner worker runs (see the module's docstring)."""
+
+    def __init__(self, call: Call, owner: int, model: str, version: str) -> None:
+        self._call, self.owner, self.model, self.version = call, owner, model, version
+        self._accepting = True
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def pending_count(self) -> int:
+        """0: the requests wait in the owner's queue, and the owner counts them."""
+        return 0
+
+    async def submit(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        rows: int,
+        priority: int = 0,
+        timeout_us: int = 0,
+        request: InferenceRequest | None = None,
+    ) -> tuple[Any, RequestTiming]:
+        if not self._accepting:
+            raise ServingError(ErrorKind.UNAVAILABLE, "model is shutting down")
+        own_inputs = request is not None and request.inputs is inputs
+        submission: Submission = (
+            self.model,
+            self.version,
+            None if own_inputs else dict(inputs),
+            rows,
+            priority,
+            timeout_us,
+            request,
+        )
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            outputs, timing = await self._call(self.owner, {SUBMIT: submission})
+        finally:
+            self._inflight -= 1
+            if not self._inflight:
+                self._idle.set()
+        return outputs, timing
+
+    async def drain(self) -> None:
+        """Refuse new requests; wait for the ones sent to the owner."""
+        self._accepting = False
+        await self._idle.wait()
+
+
+def remote_scheduler(
+    call: Call, owner_of: Callable[[str], int | None]
+) -> Callable[[str, str, ModelConfig], Scheduler | None]:
+    """The repository's placement under --shared-batching: for a model version, a
+    RemoteScheduler when another worker owns it and it runs in its owner only, else None (load
+    it here)."""
+
+    def place(model: str, version: str, config: ModelConfig) -> Scheduler | None:
+        owner = owner_of(model)
+        if owner is None or not runs_in_owner(config):
+            return None
+        return RemoteScheduler(call, owner, model, version)
+
+    return place

@@ -1,0 +1,74 @@
+"""--shared-batching: which models load in their owner only, and what a RemoteScheduler sends."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import pytest
+from google.protobuf import text_format
+
+from server.batching import RequestTiming
+from server.errors import ServingError
+from server.repository_format import ModelConfig
+from server.types import InferenceRequest
+from server.workers.remote_model import SUBMIT, RemoteScheduler, remote_scheduler, runs_in_owner
+
+
+def config(text: str) -> ModelConfig:
+    return text_format.Parse(text, ModelConfig())
+
+
+def test_batched_models_run_in_their_owner_only() -> None:
+    assert runs_in_owner(config("max_batch_size: 8 dynamic_batching {}"))
+    assert runs_in_owner(config("max_batch_size: 0"))  # one request per execution
+    assert not runs_in_owner(config("max_batch_size: 8 sequence_batching {}"))
+    assert not runs_in_owner(config('platform: "ensemble" ensemble_scheduling {}'))
+    decoupled = "max_batch_size: 8 model_transaction_policy { decoupled: true }"
+    assert not runs_in_owner(config(decoupled))
+
+
+def test_placement_is_remote_only_where_another_worker_owns_the_model() -> None:
+    async def call(slot: int, message: dict[str, Any]) -> Any:
+        raise AssertionError("not called")
+
+    place = remote_scheduler(call, lambda name: None if name == "mine" else 1)
+    batched = config("max_batch_size: 8")
+    assert place("mine", "1", batched) is None
+    scheduler = place("theirs", "1", batched)
+    assert isinstance(scheduler, RemoteScheduler) and scheduler.owner == 1
+    assert place("theirs", "1", config("max_batch_size: 8 sequence_batching {}")) is None
+
+
+def test_a_submission_carries_the_requests_inputs_once_and_drain_waits_for_it() -> None:
+    sent: list[tuple[int, dict[str, Any]]] = []
+    release = asyncio.Event()
+
+    async def call(slot: int, message: dict[str, Any]) -> Any:
+        sent.append((slot, message))
+        await release.wait()
+        return {"y": np.ones((2, 3))}, RequestTiming(0.0, 0.0, 0.0, 0.0, 2)
+
+    async def scenario() -> None:
+        scheduler = RemoteScheduler(call, 1, "m", "3")
+        inputs = {"x": np.zeros((2, 4), np.float32)}
+        request = InferenceRequest("m", "", inputs)
+        task = asyncio.create_task(scheduler.submit(inputs, 2, 0, 0, request))
+        await asyncio.sleep(0)
+        draining = asyncio.create_task(scheduler.drain())
+        await asyncio.sleep(0)
+        assert not draining.done()  # the submission is still with the owner
+        with pytest.raises(ServingError, match="shutting down"):
+            await scheduler.submit(inputs, 2)
+        release.set()
+        outputs, _ = await task
+        await draining
+        assert outputs["y"].shape == (2, 3)
+        ((slot, message),) = sent
+        model, version, sent_inputs, rows, _, _, sent_request = message[SUBMIT]
+        assert (slot, model, version, rows) == (1, "m", "3", 2)
+        assert sent_inputs is None and sent_request is request  # the inputs travel once
+        assert scheduler.pending_count == 0  # queued in the owner, counted there
+
+    asyncio.run(scenario())
