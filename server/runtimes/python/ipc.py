@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 
 PREFIX = struct.Struct("<QIIB")
-SIZE = struct.Struct("<Q")
 INLINE, SHARED = 0, 1
 INLINE_MAX_BYTES = 64 * 1024  # data above this goes through shared memory
 MAX_FRAME_BYTES = 1 << 40  # a corrupt prefix must not make the reader allocate without bound
@@ -50,52 +49,71 @@ class _Pickler(pickle.Pickler):
 
     def __init__(self, file: io.BytesIO) -> None:
         super().__init__(file, protocol=5)
-        self.views: list[memoryview] = []
+        self.arrays: list[np.ndarray] = []
 
     def reducer_override(self, obj: Any) -> Any:
+        # called once per array of every message (32 arrays for a batch of 32): keep it lean
         if type(obj) is not np.ndarray or obj.dtype.hasobject:
             return NotImplemented
-        array = np.ascontiguousarray(obj)
-        self.views.append(memoryview(array.reshape(-1).view(np.uint8)))  # type: ignore[arg-type]
-        return _rebuild_array, (len(self.views) - 1, array.dtype.str, array.shape)
+        if obj.ndim == 0 or not obj.flags.c_contiguous:  # (a 0-d array travels as shape (1,))
+            obj = np.ascontiguousarray(obj)
+        arrays = self.arrays
+        arrays.append(obj)
+        return _rebuild_array, (len(arrays) - 1, obj.dtype.str, obj.shape)
 
 
-_decoding = threading.local()  # the buffers of the frame being unpickled on this thread
+_decoding = threading.local()  # (source, offsets) of the frame being unpickled on this thread
+_DTYPES: dict[str, np.dtype[Any]] = {}
 
 
 def _rebuild_array(index: int, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
-    buffer = _decoding.buffers[index]
-    return np.frombuffer(buffer, dtype=np.dtype(dtype)).reshape(shape)
+    source, offsets = _decoding.frame
+    start = offsets[index]
+    dt = _DTYPES.get(dtype)
+    if dt is None:
+        dt = _DTYPES.setdefault(dtype, np.dtype(dtype))
+    array = np.ndarray(shape, dt, source, start)
+    if array.nbytes != offsets[index + 1] - start:
+        raise ChannelClosed(f"array {index} of the frame does not match its buffer size")
+    return array
 
 
-def encode(message: Any, shm_prefix: str) -> list[bytes | memoryview]:
-    """One frame as a list of chunks for `writelines`/`sendmsg` (inline data is not copied)."""
+def encode(message: Any, shm_prefix: str) -> list[Any]:
+    """One frame as a list of chunks: the prefix, the buffer sizes, the pickle, then the arrays
+    (INLINE: bytes-like, not copied; `to_write` makes them writable) or the segment's name."""
     stream = io.BytesIO()
     pickler = _Pickler(stream)
     pickler.dump(message)
     body = stream.getvalue()
-    views = pickler.views
-    sizes = [view.nbytes for view in views]
+    arrays = pickler.arrays
+    sizes = [array.nbytes for array in arrays]
     data_bytes = sum(sizes)
-    sizes_blob = b"".join(SIZE.pack(size) for size in sizes)
+    sizes_blob = struct.pack(f"<{len(sizes)}Q", *sizes)
     if data_bytes <= INLINE_MAX_BYTES:
         total = len(sizes_blob) + len(body) + data_bytes
-        prefix = PREFIX.pack(total, len(body), len(views), INLINE)
-        return [prefix, sizes_blob, body, *views]
-    name = write_segment(views, data_bytes, shm_prefix)
+        prefix = PREFIX.pack(total, len(body), len(arrays), INLINE)
+        return [prefix, sizes_blob, body, *arrays]
+    name = write_segment([_bytes_of(array) for array in arrays], data_bytes, shm_prefix)
     total = len(sizes_blob) + len(body) + len(name)
-    return [PREFIX.pack(total, len(body), len(views), SHARED), sizes_blob, body, name]
+    return [PREFIX.pack(total, len(body), len(arrays), SHARED), sizes_blob, body, name]
 
 
-def send_frame(sock: Any, chunks: list[bytes | memoryview]) -> None:
-    """Write one frame to a blocking socket: one joined write when small (a long scatter list
-    costs more than the copy), the chunks otherwise."""
-    data = b"".join(chunks) if len(chunks) > 4 else None
-    if data is not None and len(data) <= 2 * INLINE_MAX_BYTES:
+def _bytes_of(array: np.ndarray) -> memoryview:
+    return memoryview(array.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
+
+
+def to_write(chunks: list[Any]) -> list[bytes | memoryview]:
+    """A frame's chunks for a socket: one joined write when small (a long scatter list costs
+    more than the copy), else the chunks with the arrays as byte views."""
+    if PREFIX.unpack_from(chunks[0])[0] <= 2 * INLINE_MAX_BYTES:
+        return [b"".join(chunks)]
+    return [c if isinstance(c, (bytes, memoryview)) else _bytes_of(c) for c in chunks]
+
+
+def send_frame(sock: Any, chunks: list[Any]) -> None:
+    """Write one frame (`encode`'s chunks) to a blocking socket."""
+    for data in to_write(chunks):
         sock.sendall(data)
-        return
-    for chunk in chunks:
-        sock.sendall(chunk)
 
 
 def write_segment(views: list[memoryview], data_bytes: int, shm_prefix: str) -> bytes:
@@ -118,20 +136,20 @@ def decode(header: tuple[int, int, int], frame: bytearray | memoryview) -> Any:
     """The message of one frame (`header`: the prefix's pickle bytes, buffer count and mode)."""
     body_bytes, count, mode = header
     view = memoryview(frame)
-    sizes = [SIZE.unpack_from(view, 8 * i)[0] for i in range(count)]
+    sizes = struct.unpack_from(f"<{count}Q", view)
     start = 8 * count
     body = view[start : start + body_bytes]
-    rest = view[start + body_bytes :]
-    source = rest if mode == INLINE else _map_segment(bytes(rest).decode(), sum(sizes))
-    buffers, offset = [], 0
-    for size in sizes:
-        buffers.append(source[offset : offset + size])
-        offset += size
-    _decoding.buffers = buffers
+    if mode == INLINE:
+        source, base = view, start + body_bytes
+        if base + sum(sizes) != len(view):
+            raise ChannelClosed("the frame's buffer sizes do not match its length")
+    else:
+        source, base = _map_segment(bytes(view[start + body_bytes :]).decode(), sum(sizes)), 0
+    _decoding.frame = (source, list(itertools.accumulate(sizes, initial=base)))
     try:
         return pickle.loads(body)
     finally:
-        _decoding.buffers = None
+        _decoding.frame = None
 
 
 def _map_segment(name: str, size: int) -> memoryview:

@@ -380,11 +380,11 @@ class _Channel(asyncio.Protocol):
     def send(self, message: Any) -> None:
         if self._transport is None or self._transport.is_closing():
             raise ServingError(ErrorKind.UNAVAILABLE, "the Python model process is not running")
-        chunks = ipc.encode(message, self._shm_prefix)
-        if len(chunks) > 4 and ipc.PREFIX.unpack_from(chunks[0])[0] <= ipc.INLINE_MAX_BYTES:
-            self._transport.write(b"".join(chunks))  # one small write beats a long writev
+        data = ipc.to_write(ipc.encode(message, self._shm_prefix))
+        if len(data) == 1:
+            self._transport.write(data[0])
         else:
-            self._transport.writelines(chunks)
+            self._transport.writelines(data)
 
     def close(self) -> None:
         if self._transport is not None:

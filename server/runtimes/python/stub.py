@@ -246,8 +246,6 @@ class ModelProcess:
         wrap = pb_utils.Tensor._wrap
         for index, payload in enumerate(payloads):
             request_id, correlation_id, inputs, requested, parameters, flags = payload
-            sender = pb_utils.InferenceResponseSender((batch_id, index), on_send)
-            senders.append(sender)
             requests.append(
                 pb_utils.InferenceRequest._received(
                     request_id,
@@ -256,9 +254,11 @@ class ModelProcess:
                     set(requested),  # Triton hands the model a set
                     parameters,
                     flags,
-                    sender,
+                    ((batch_id, index), on_send),
                 )
             )
+        if self.decoupled:  # their senders end the streams the model leaves open
+            senders = [request.get_response_sender() for request in requests]
         try:
             result = self.model.execute(requests)
             if inspect.isawaitable(result):

@@ -168,14 +168,16 @@ class Tensor:
             raise TypeError("Tensor name must be a string")
         if not isinstance(data, np.ndarray):
             raise TypeError(f"Tensor '{name}': data must be a numpy array, got {type(data)}")
-        if data.dtype.kind in ("S", "U") or (
-            data.dtype.kind == "O" and not all(isinstance(item, bytes) for item in data.flat)
+        dtype = data.dtype  # every model builds its outputs here: one lookup of each attribute
+        kind = dtype.kind
+        if (
+            kind == "S"
+            or kind == "U"
+            or (kind == "O" and not all(isinstance(item, bytes) for item in data.flat))
         ):
             data = _to_object_bytes(data)  # BYTES elements: bytes, anything else as str().encode()
-        elif data.dtype.kind == "O":
-            pass
-        elif np.dtype(data.dtype) not in _TRITON_TYPE_BY_NUMPY:
-            raise TypeError(f"Tensor '{name}': numpy dtype {data.dtype} has no Triton data type")
+        elif kind != "O" and dtype not in _TRITON_TYPE_BY_NUMPY:
+            raise TypeError(f"Tensor '{name}': numpy dtype {dtype} has no Triton data type")
         self._name = name
         self._array = data
 
@@ -262,7 +264,7 @@ class InferenceResponse:
             raise TypeError("error must be a pb_utils.TritonError")
         self._tensors = tensors
         self._error = error
-        self._parameters = _parameters_json(parameters)
+        self._parameters = _parameters_json(parameters) if parameters else "{}"
 
     def output_tensors(self) -> list[Tensor]:
         return self._tensors
@@ -341,6 +343,7 @@ class InferenceRequest:
             parameters if isinstance(parameters, str) else _parameters_json(parameters)
         )
         self._sender: InferenceResponseSender | None = None
+        self._answer: tuple[tuple[int, int], Any] | None = None  # a received request's sender
         self._release_flags = TRITONSERVER_REQUEST_RELEASE_ALL
 
     @classmethod
@@ -352,15 +355,16 @@ class InferenceRequest:
         requested_output_names: set[str],
         parameters: str,
         flags: int,
-        sender: InferenceResponseSender,
+        answer: tuple[tuple[int, int], Any],
     ) -> InferenceRequest:
-        """A request execute() receives (built from the wire, so no checks)."""
+        """A request execute() receives (built from the wire, so no checks). `answer`: the key
+        and callback of its response sender, made when the model asks for it (most never do)."""
         request = cls.__new__(cls)
         request._request_id, request._correlation_id = request_id, correlation_id
         request._inputs, request._requested = inputs, requested_output_names  # type: ignore[assignment]
         request.model_name, request.model_version = "", -1
         request._flags, request._timeout, request._trace = flags, 0, _NO_TRACE
-        request._parameters, request._sender = parameters, sender
+        request._parameters, request._sender, request._answer = parameters, None, answer
         request._release_flags = TRITONSERVER_REQUEST_RELEASE_ALL
         return request
 
@@ -403,9 +407,11 @@ class InferenceRequest:
 
     def get_response_sender(self) -> InferenceResponseSender:
         if self._sender is None:
-            raise TritonModelException(
-                "get_response_sender works on the requests execute() receives"
-            )
+            if self._answer is None:
+                raise TritonModelException(
+                    "get_response_sender works on the requests execute() receives"
+                )
+            self._sender = InferenceResponseSender(*self._answer)
         return self._sender
 
     # BLS: call another model ferry serves, through its scheduler

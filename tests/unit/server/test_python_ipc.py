@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pickle
 import socket
+import struct
 import uuid
 
 import numpy as np
@@ -106,3 +107,12 @@ def test_messages_are_plain_pickles_apart_from_the_array_data(prefix: str) -> No
     chunks = ipc.encode(("ready",), prefix)
     assert ipc.PREFIX.unpack(bytes(chunks[0]))[2] == 0  # no out-of-band buffers
     assert pickle.loads(bytes(chunks[2])) == ("ready",)
+
+
+def test_an_array_that_does_not_match_its_buffer_size_is_refused(prefix: str) -> None:
+    chunks = ipc.encode(("x", np.zeros(16, np.float32), np.zeros(1, np.float32)), prefix)
+    swapped = struct.pack("<2Q", 4, 64)  # the sizes of the two buffers, swapped: same total
+    assert chunks[1] == struct.pack("<2Q", 64, 4)
+    reader = ipc.FrameReader(lambda message: None)
+    with pytest.raises(ipc.ChannelClosed):
+        reader.feed(frame_bytes([chunks[0], swapped, *chunks[2:]]))
