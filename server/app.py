@@ -43,7 +43,7 @@ from server.trace_settings import TraceSettings
 from server.tracing import Tracer
 from server.workers.count import model_cpu_threads
 from server.workers.link import WorkerLink
-from server.workers.remote_model import remote_scheduler
+from server.workers.remote_model import SUBMIT, VERDICT, OwnerPlacement
 from server.workers.sequences import SequenceRouter
 
 if TYPE_CHECKING:
@@ -191,7 +191,7 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
     dataplane.sequence_owners = sequences
     dataplane.shared_batching = settings.shared_batching and sequences is not None
     if dataplane.shared_batching and sequences is not None:  # one worker loads each model
-        repository.placement = remote_scheduler(sequences.call_owner, sequences.model_owner)
+        repository.placement = OwnerPlacement(sequences.call_owner, sequences.model_owner)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -238,10 +238,15 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
         except OSError as exc:
             logger.error("cannot join the supervisor: %s", exc)
             return 1
+        assert sequences is not None
+        # before loading: under --shared-batching other workers ask this one how its loads end
+        await sequences.start(
+            dataplane.infer,
+            dataplane.infer_stream,
+            {SUBMIT: dataplane.run_submitted, VERDICT: repository.settled_state},
+        )
         await load_models()
         await link.catch_up(replay)
-        assert sequences is not None
-        await sequences.start(dataplane.infer, dataplane.infer_stream, dataplane.run_submitted)
         # ready before it listens: a restarted worker's first probe must not answer not-ready
         apply_after_startup(settings.gc_policy)
         dataplane.started = True

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from monitoring.observer import ModelEventRecord
 from server import model_config
@@ -48,8 +48,22 @@ from server.settings import ModelControlMode
 from server.warmup import load_warm_instances, record_warmup
 
 logger = logging.getLogger(__name__)
-# (model, version, config) -> the scheduler of a version another worker runs, or None
-Placement = Callable[[str, str, ModelConfig], Scheduler | None]
+SETTLE_POLL_S = 0.02  # how often an owner looks whether a version's load has ended
+SETTLE_TIMEOUT_S = 120.0
+
+
+class Placement(Protocol):
+    """Where a model runs under --shared-batching (server/workers/remote_model.py)."""
+
+    def owns(self, model: str) -> bool:
+        """Whether this worker loads and runs the model."""
+
+    def remote(self, model: str, version: str, config: ModelConfig) -> Scheduler | None:
+        """The scheduler of a version another worker runs, or None to load it here."""
+
+    async def verdict(self, model: str, version: str) -> tuple[str, str]:
+        """How the owner's load of the version ended: (state, reason)."""
+
 
 READY, UNAVAILABLE, LOADING, UNLOADING = "READY", "UNAVAILABLE", "LOADING", "UNLOADING"
 
@@ -187,6 +201,22 @@ class ModelRepository:
             f"Request for unknown model: '{name}' version {number} is not found",
         )
 
+    async def settled_state(self, name: str, version: str) -> tuple[str, str]:
+        """How this worker's load of a version ended, once it has (another worker asks, under
+        --shared-batching): (READY, "") or (UNAVAILABLE, reason)."""
+        number = int(version)
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        while True:
+            entry = self._entries.get(name)
+            if entry is not None and entry.failure and not entry.versions:
+                return UNAVAILABLE, entry.failure
+            state = None if entry is None else entry.states.get(number)
+            if state is not None and state.state not in (LOADING, UNLOADING):
+                return state.state, state.reason
+            if time.monotonic() >= deadline:
+                return UNAVAILABLE, "its owner worker did not load it"
+            await asyncio.sleep(SETTLE_POLL_S)
+
     def ready_versions(self) -> Iterator[ModelVersion]:
         """Every READY version of every model."""
         for entry in self._entries.values():
@@ -256,8 +286,14 @@ class ModelRepository:
             names = self._scan_names() if "*" in load_models else list(load_models)
         else:
             names = self._scan_names()
-        # ensembles after the models they compose (nested ensembles: _refresh_ensembles)
-        for name in sorted(set(names), key=lambda n: (self._is_ensemble_folder(n), n)):
+
+        # ensembles after the models they compose (nested ensembles: _refresh_ensembles); under
+        # --shared-batching the models this worker owns first: another worker waits for them
+        def order(name: str) -> tuple[bool, bool, str]:
+            elsewhere = self.placement is not None and not self.placement.owns(name)
+            return self._is_ensemble_folder(name), elsewhere, name
+
+        for name in sorted(set(names), key=order):
             try:
                 await self.load(name)
             except ServingError as exc:  # logged as a model event, unless nothing was loaded
@@ -349,8 +385,17 @@ class ModelRepository:
                 continue
             entry.states[number] = VersionState(LOADING)
             version_path = source_dir / str(number)
-            remote = self.placement(name, str(number), prepared.config) if self.placement else None
+            placement = self.placement
+            remote = placement.remote(name, str(number), prepared.config) if placement else None
             if remote is not None:  # another worker loads and runs it (--shared-batching)
+                assert placement is not None
+                state, reason = await placement.verdict(name, str(number))
+                if state != READY:  # the owner's reason, as the owner reports it
+                    new_states[number] = VersionState(UNAVAILABLE, reason)
+                    self.fanout.notify(
+                        ModelEventRecord(name, str(number), UNAVAILABLE, reason=reason)
+                    )
+                    continue
                 new_versions[number] = remote_version(
                     name, number, prepared.config, version_path, remote, started, signature
                 )

@@ -17,13 +17,14 @@ requests on the other workers fail with UNAVAILABLE (they have no instance to ru
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from server.batching import RequestTiming
-from server.errors import ErrorKind, ServingError
+from server.errors import ErrorKind, ServingError, WorkerUnreachable
 from server.repository_format import ModelConfig
 from server.schedulers import DEFAULT_CHOICE, Scheduler, scheduling_choice
 from server.types import InferenceRequest
@@ -31,6 +32,10 @@ from server.types import InferenceRequest
 # the message a worker sends to a model's owner: (model, version, inputs, rows, priority,
 # timeout_us, request); inputs are None when they are the request's own (sent once)
 SUBMIT = "submit"
+# asks a model's owner how its load of a version ended: (model, version) -> (state, reason)
+VERDICT = "verdict"
+OWNER_START_S = 120.0  # how long a worker waits for a model's owner to listen
+OWNER_RETRY_S = 0.05
 Tensors = Mapping[str, np.ndarray]
 Submission = tuple[str, str, Tensors | None, int, int, int, InferenceRequest | None]
 Call = Callable[[int, dict[str, Any]], Awaitable[Any]]
@@ -73,9 +78,12 @@ class RemoteScheduler:
         if not self._accepting:
             raise ServingError(ErrorKind.UNAVAILABLE, "model is shutting down")
         own_inputs = request is not None and request.inputs is inputs
+        # a request for the latest version takes the owner's latest: during a reload the owner
+        # may have retired this one a moment before this worker hears of the new one
+        latest = request is not None and not request.model_version
         submission: Submission = (
             self.model,
-            self.version,
+            "" if latest else self.version,
             None if own_inputs else dict(inputs),
             rows,
             priority,
@@ -98,17 +106,35 @@ class RemoteScheduler:
         await self._idle.wait()
 
 
-def remote_scheduler(
-    call: Call, owner_of: Callable[[str], int | None]
-) -> Callable[[str, str, ModelConfig], Scheduler | None]:
-    """The repository's placement under --shared-batching: for a model version, a
-    RemoteScheduler when another worker owns it and it runs in its owner only, else None (load
-    it here)."""
+class OwnerPlacement:
+    """The repository's placement under --shared-batching (server/repository.py Placement)."""
 
-    def place(model: str, version: str, config: ModelConfig) -> Scheduler | None:
-        owner = owner_of(model)
+    def __init__(self, call: Call, owner_of: Callable[[str], int | None]) -> None:
+        self._call, self._owner_of = call, owner_of
+
+    def owns(self, model: str) -> bool:
+        return self._owner_of(model) is None
+
+    def remote(self, model: str, version: str, config: ModelConfig) -> Scheduler | None:
+        """A RemoteScheduler when another worker owns the model and it runs in its owner
+        only, else None (load it here)."""
+        owner = self._owner_of(model)
         if owner is None or not runs_in_owner(config):
             return None
-        return RemoteScheduler(call, owner, model, version)
+        return RemoteScheduler(self._call, owner, model, version)
 
-    return place
+    async def verdict(self, model: str, version: str) -> tuple[str, str]:
+        """How the owner's load of this version ended: (state, reason), READY or UNAVAILABLE
+        with the owner's reason, so every worker reports the same. Waits while the owner is
+        not listening yet (it starts with this worker), at most OWNER_START_S."""
+        owner = self._owner_of(model)
+        assert owner is not None
+        deadline = time.monotonic() + OWNER_START_S
+        while True:
+            try:
+                state, reason = await self._call(owner, {VERDICT: (model, version)})
+                return str(state), str(reason)
+            except WorkerUnreachable:
+                if time.monotonic() >= deadline:
+                    return "UNAVAILABLE", "its owner worker is not running"
+                await asyncio.sleep(OWNER_RETRY_S)

@@ -27,19 +27,17 @@ import contextlib
 import functools
 import pickle
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from server.batching import RequestTiming
 from server.errors import ErrorKind, ServingError, WorkerUnreachable
 from server.types import InferenceRequest, InferenceResponse
 from server.workers.channel import Channel, ChannelClosed, Message, RemoteError
 from server.workers.link import serving_error
-from server.workers.remote_model import SUBMIT
 
 Infer = Callable[[InferenceRequest], Awaitable[InferenceResponse]]
-Submit = Callable[..., Awaitable[tuple[Any, RequestTiming]]]
+OwnerCall = Callable[..., Awaitable[Any]]
 InferStream = Callable[[InferenceRequest], AsyncIterator[InferenceResponse | ServingError]]
 _dumps = functools.partial(pickle.dumps, protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -145,7 +143,7 @@ class SequenceRouter:
         self._server: asyncio.AbstractServer | None = None
         self._infer: Infer | None = None
         self._infer_stream: InferStream | None = None
-        self._submit: Submit | None = None
+        self._owner_calls: dict[str, OwnerCall] = {}
         self._answering: set[Channel] = set()
         self._no_peers = asyncio.Event()  # no other worker is connected here
         self._no_peers.set()
@@ -182,12 +180,16 @@ class SequenceRouter:
         return peer
 
     async def start(
-        self, infer: Infer, infer_stream: InferStream, submit: Submit | None = None
+        self,
+        infer: Infer,
+        infer_stream: InferStream,
+        owner_calls: Mapping[str, OwnerCall] | None = None,
     ) -> None:
         """Take requests forwarded by the other workers; `infer` runs each one, `infer_stream`
-        each one streamed, `submit` each submission of a model this worker owns
-        (server/workers/remote_model.py)."""
-        self._infer, self._infer_stream, self._submit = infer, infer_stream, submit
+        each one streamed, `owner_calls` what other workers ask of a model this worker owns
+        (server/workers/remote_model.py: SUBMIT, VERDICT), by message kind."""
+        self._infer, self._infer_stream = infer, infer_stream
+        self._owner_calls = dict(owner_calls or {})
         path = socket_path(self.folder, self.slot)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # a previous run of this slot's worker
@@ -205,13 +207,13 @@ class SequenceRouter:
                 self._no_peers.set()
 
     async def _run(self, message: Message) -> Any:
-        """A forwarded request, run here as if it had arrived here, or a submission to this
-        worker's scheduler of a model it owns (its error goes back as the channel's
-        RemoteError)."""
-        if SUBMIT in message:
-            if self._submit is None:
-                raise ValueError("this worker runs no model for the others")
-            return await self._submit(*message[SUBMIT])
+        """A forwarded request, run here as if it had arrived here, or an owner call (its error
+        goes back as the channel's RemoteError)."""
+        for kind, call in self._owner_calls.items():
+            if kind in message:
+                return await call(*message[kind])
+        if "request" not in message:
+            raise ValueError("this worker runs no model for the others")
         assert self._infer is not None
         return await self._infer(message["request"])
 

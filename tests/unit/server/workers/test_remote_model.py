@@ -13,7 +13,7 @@ from server.batching import RequestTiming
 from server.errors import ServingError
 from server.repository_format import ModelConfig
 from server.types import InferenceRequest
-from server.workers.remote_model import SUBMIT, RemoteScheduler, remote_scheduler, runs_in_owner
+from server.workers.remote_model import SUBMIT, OwnerPlacement, RemoteScheduler, runs_in_owner
 
 
 def config(text: str) -> ModelConfig:
@@ -33,12 +33,33 @@ def test_placement_is_remote_only_where_another_worker_owns_the_model() -> None:
     async def call(slot: int, message: dict[str, Any]) -> Any:
         raise AssertionError("not called")
 
-    place = remote_scheduler(call, lambda name: None if name == "mine" else 1)
+    placement = OwnerPlacement(call, lambda name: None if name == "mine" else 1)
     batched = config("max_batch_size: 8")
-    assert place("mine", "1", batched) is None
-    scheduler = place("theirs", "1", batched)
+    assert placement.owns("mine") and not placement.owns("theirs")
+    assert placement.remote("mine", "1", batched) is None
+    scheduler = placement.remote("theirs", "1", batched)
     assert isinstance(scheduler, RemoteScheduler) and scheduler.owner == 1
-    assert place("theirs", "1", config("max_batch_size: 8 sequence_batching {}")) is None
+    sequence = config("max_batch_size: 8 sequence_batching {}")
+    assert placement.remote("theirs", "1", sequence) is None
+
+
+def test_the_verdict_waits_for_the_owner_to_listen(monkeypatch: pytest.MonkeyPatch) -> None:
+    from server.errors import WorkerUnreachable
+    from server.workers import remote_model
+
+    calls: list[dict[str, Any]] = []
+
+    async def call(slot: int, message: dict[str, Any]) -> Any:
+        calls.append(message)
+        if len(calls) < 3:
+            raise WorkerUnreachable("not yet")
+        return "UNAVAILABLE", "failed to load 'm': boom"
+
+    monkeypatch.setattr(remote_model, "OWNER_RETRY_S", 0.0)
+    placement = OwnerPlacement(call, lambda name: 1)
+    verdict = asyncio.run(placement.verdict("m", "2"))
+    assert verdict == ("UNAVAILABLE", "failed to load 'm': boom")
+    assert calls[-1] == {remote_model.VERDICT: ("m", "2")} and len(calls) == 3
 
 
 def test_a_submission_carries_the_requests_inputs_once_and_drain_waits_for_it() -> None:
@@ -53,7 +74,7 @@ def test_a_submission_carries_the_requests_inputs_once_and_drain_waits_for_it() 
     async def scenario() -> None:
         scheduler = RemoteScheduler(call, 1, "m", "3")
         inputs = {"x": np.zeros((2, 4), np.float32)}
-        request = InferenceRequest("m", "", inputs)
+        request = InferenceRequest("m", "3", inputs)  # "" would take the owner's latest
         task = asyncio.create_task(scheduler.submit(inputs, 2, 0, 0, request))
         await asyncio.sleep(0)
         draining = asyncio.create_task(scheduler.drain())
