@@ -287,11 +287,9 @@ class ModelRepository:
         else:
             names = self._scan_names()
 
-        # ensembles after the models they compose (nested ensembles: _refresh_ensembles); under
-        # --shared-batching the models this worker owns first: another worker waits for them
+        # ensembles after the models they compose (nested ensembles: _refresh_ensembles)
         def order(name: str) -> tuple[bool, bool, str]:
-            elsewhere = self.placement is not None and not self.placement.owns(name)
-            return self._is_ensemble_folder(name), elsewhere, name
+            return (self._is_ensemble_folder(name), *self._order(name))
 
         for name in sorted(set(names), key=order):
             try:
@@ -299,6 +297,11 @@ class ModelRepository:
             except ServingError as exc:  # logged as a model event, unless nothing was loaded
                 if name not in self._entries:
                     logger.error("model '%s' failed to load: %s", name, exc.message)
+
+    def _order(self, name: str) -> tuple[bool, str]:
+        """Load order: under --shared-batching the models this worker owns first, since the
+        other workers wait for their verdicts (each worker loads one model at a time)."""
+        return self.placement is not None and not self.placement.owns(name), name
 
     def _is_ensemble_folder(self, name: str) -> bool:
         try:
@@ -390,6 +393,9 @@ class ModelRepository:
             if remote is not None:  # another worker loads and runs it (--shared-batching)
                 assert placement is not None
                 state, reason = await placement.verdict(name, str(number))
+                if state != READY and old is not None:  # as the owner: the loaded one serves
+                    new_versions[number], new_states[number] = old, VersionState(READY)
+                    continue
                 if state != READY:  # the owner's reason, as the owner reports it
                     new_states[number] = VersionState(UNAVAILABLE, reason)
                     self.fanout.notify(
@@ -554,7 +560,7 @@ class ModelRepository:
     async def poll_once(self) -> None:
         """Poll mode: load new models, reload changed ones, unload removed ones."""
         present = set(self._scan_names())
-        for name in sorted(present):
+        for name in sorted(present, key=self._order):
             entry = self._entries.get(name)
             if entry is not None and entry.temporary_dir is None and entry.live:
                 signature = await asyncio.to_thread(model_config.scan_signature, self.root / name)
