@@ -20,6 +20,7 @@ import numpy as np
 
 from server.batching import BatchResult, RequestTiming
 from server.errors import ErrorKind, ServingError
+from server.inflight import InFlight
 from server.repository_format import ModelConfig, ModelConfigError
 from server.services import InferenceServices
 from server.types import InferenceRequest, RequestedOutput
@@ -178,10 +179,7 @@ class EnsembleScheduler:
         ]
         self.output_names = [output.name for output in config.output]
         self._services = services
-        self._inflight = 0
-        self._accepting = True
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._inflight = InFlight()
 
     @property
     def pending_count(self) -> int:
@@ -197,17 +195,9 @@ class EnsembleScheduler:
         request: InferenceRequest | None = None,
     ) -> tuple[dict[str, np.ndarray], RequestTiming]:
         """Run every step once its tensors exist; the ensemble outputs when all are written."""
-        if not self._accepting:
-            raise ServingError(ErrorKind.UNAVAILABLE, "model is shutting down")
-        started = time.perf_counter()
-        self._inflight += 1
-        self._idle.clear()
-        try:
+        with self._inflight.admit():
+            started = time.perf_counter()
             tensors = await self._run_steps(dict(inputs), priority, timeout_us, request)
-        finally:
-            self._inflight -= 1
-            if not self._inflight:
-                self._idle.set()
         elapsed = time.perf_counter() - started
         if self._on_batch is not None:
             self._on_batch(BatchResult(rows, 1, 0.0, elapsed, 0.0, True))
@@ -296,8 +286,7 @@ class EnsembleScheduler:
 
     async def drain(self) -> None:
         """Stop accepting and wait for requests in flight."""
-        self._accepting = False
-        await self._idle.wait()
+        await self._inflight.drain()
 
 
 def ensemble_scheduler(

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from server.batching import RequestTiming
-from server.errors import ErrorKind, ServingError, WorkerUnreachable
+from server.errors import WorkerUnreachable
+from server.inflight import InFlight
 from server.repository_format import ModelConfig
 from server.schedulers import DEFAULT_CHOICE, Scheduler, scheduling_choice
 from server.types import InferenceRequest
@@ -57,10 +58,7 @@ class RemoteScheduler:
 
     def __init__(self, call: Call, owner: int, model: str, version: str) -> None:
         self._call, self.owner, self.model, self.version = call, owner, model, version
-        self._accepting = True
-        self._inflight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._inflight = InFlight()
 
     @property
     def pending_count(self) -> int:
@@ -75,8 +73,6 @@ class RemoteScheduler:
         timeout_us: int = 0,
         request: InferenceRequest | None = None,
     ) -> tuple[Any, RequestTiming]:
-        if not self._accepting:
-            raise ServingError(ErrorKind.UNAVAILABLE, "model is shutting down")
         own_inputs = request is not None and request.inputs is inputs
         # a request for the latest version takes the owner's latest: during a reload the owner
         # may have retired this one a moment before this worker hears of the new one
@@ -90,20 +86,13 @@ class RemoteScheduler:
             timeout_us,
             request,
         )
-        self._inflight += 1
-        self._idle.clear()
-        try:
+        with self._inflight.admit():
             outputs, timing = await self._call(self.owner, {SUBMIT: submission})
-        finally:
-            self._inflight -= 1
-            if not self._inflight:
-                self._idle.set()
         return outputs, timing
 
     async def drain(self) -> None:
         """Refuse new requests; wait for the ones sent to the owner."""
-        self._accepting = False
-        await self._idle.wait()
+        await self._inflight.drain()
 
 
 class OwnerPlacement:
