@@ -154,6 +154,7 @@ class ModelRepository:
         self.cpu_threads = cpu_threads
         # --shared-batching: a scheduler for a version another worker runs, None to load it
         self.placement: Placement | None = None
+        self._loading: set[str] = set()  # models a load is running for
         self.mode = mode
         self.fanout = fanout or ObserverFanout()
         self.default_max_batch_size = default_max_batch_size
@@ -208,11 +209,12 @@ class ModelRepository:
         deadline = time.monotonic() + SETTLE_TIMEOUT_S
         while True:
             entry = self._entries.get(name)
-            if entry is not None and entry.failure and not entry.versions:
-                return UNAVAILABLE, entry.failure
-            state = None if entry is None else entry.states.get(number)
-            if state is not None and state.state not in (LOADING, UNLOADING):
-                return state.state, state.reason
+            if entry is not None and name not in self._loading:
+                if entry.failure and not entry.versions:
+                    return UNAVAILABLE, entry.failure
+                state = entry.states.get(number)
+                if state is not None and state.state not in (LOADING, UNLOADING):
+                    return state.state, state.reason
             if time.monotonic() >= deadline:
                 return UNAVAILABLE, "its owner worker did not load it"
             await asyncio.sleep(SETTLE_POLL_S)
@@ -338,6 +340,15 @@ class ModelRepository:
                 await self._refresh_ensembles()
 
     async def _load_locked(
+        self, name: str, source_dir: Path, config_json: str | None, temporary: Path | None
+    ) -> None:
+        self._loading.add(name)  # settled_state waits: its entry may still show the last load
+        try:
+            await self._load_entry(name, source_dir, config_json, temporary)
+        finally:
+            self._loading.discard(name)
+
+    async def _load_entry(
         self, name: str, source_dir: Path, config_json: str | None, temporary: Path | None
     ) -> None:
         entry = self._entries.setdefault(name, ModelEntry(name, source_dir))

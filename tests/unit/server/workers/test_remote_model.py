@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -93,3 +94,32 @@ def test_a_submission_carries_the_requests_inputs_once_and_drain_waits_for_it() 
         assert scheduler.pending_count == 0  # queued in the owner, counted there
 
     asyncio.run(scenario())
+
+
+def test_an_owner_answers_a_verdict_once_its_load_has_ended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owner waits while a load of the model runs (its entry may still show the last load's
+    failure), then answers how that load ended."""
+    from server import repository as repository_module
+    from server.repository import ModelEntry, ModelRepository, VersionState
+    from server.settings import ModelControlMode
+
+    monkeypatch.setattr(repository_module, "SETTLE_POLL_S", 0.001)
+    repository = ModelRepository(tmp_path, ModelControlMode.EXPLICIT)
+    entry = ModelEntry("m", tmp_path / "m", live=True, failure="the last load failed")
+    repository._entries["m"] = entry
+
+    async def scenario() -> tuple[tuple[str, str], tuple[str, str]]:
+        stale = await repository.settled_state("m", "1")  # no load running: the entry stands
+        repository._loading.add("m")
+        waiting = asyncio.create_task(repository.settled_state("m", "1"))
+        await asyncio.sleep(0.01)
+        assert not waiting.done()  # a load runs: the old failure is not its verdict
+        entry.failure, entry.states = "", {1: VersionState("READY")}
+        repository._loading.discard("m")
+        return stale, await waiting
+
+    stale, settled = asyncio.run(scenario())
+    assert stale == ("UNAVAILABLE", "the last load failed")
+    assert settled == ("READY", "")
