@@ -189,8 +189,8 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
         else SequenceRouter(settings.worker_control.parent, settings.worker_slot, settings.workers)
     )
     dataplane.sequence_owners = sequences
-    dataplane.shared_batching = settings.shared_batching and sequences is not None
-    if dataplane.shared_batching and sequences is not None:  # one worker loads each model
+    if settings.shared_batching and sequences is not None:  # one worker loads each model
+        dataplane.shared_batching = True
         repository.placement = OwnerPlacement(sequences.call_owner, sequences.model_owner)
 
     stop = asyncio.Event()

@@ -10,9 +10,10 @@ if it had arrived there (validation, statistics, logs: counted once, by the owne
 response or error comes back to the client unchanged. A request of a decoupled sequence model
 (gRPC ModelStreamInfer) streams its responses back as the owner produces them.
 
-With `ferry serve --shared-batching`, every model version has an owner too: worker
-`crc32(model name) % N`. Requests of models that do not run sequences are forwarded to it the
-same way, so one dynamic batcher sees all of a model's requests, as in a single process.
+With `ferry serve --shared-batching`, every model has an owner too: worker `crc32(model name) %
+N`. The same connections carry what the other workers ask of it (server/workers/
+remote_model.py): submissions to the batcher of a model it alone loads, the verdict of its loads,
+and a decoupled model's whole requests, streamed back as above.
 
 The connection is the control channel of server/workers/channel.py with pickled frames (the
 folder is the supervisor's, mode 0700, so only this server's processes can connect): a request

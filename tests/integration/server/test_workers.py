@@ -564,22 +564,12 @@ output [{ name: "PID" data_type: TYPE_INT64 dims: [1] }]
             assert len(pids) == instances  # every request ran on an instance that started
 
 
-INIT_RAISES_PY = """\
-class TritonPythonModel:
-    def initialize(self, args):
-        raise RuntimeError("no weights here")
-
-    def execute(self, requests):
-        return []
-"""
-
-
 def test_shared_batching_a_model_its_owner_cannot_load_is_unavailable_on_every_worker(
     tmp_path: Path,
 ) -> None:
     """The workers that do not load a model report what its owner's load gave: a model whose
     initialize raises is not ready, with the owner's reason, whichever worker is asked."""
-    from tests.support.python_models import write_python_model
+    from tests.support.python_models import INIT_RAISES_PY, write_python_model
 
     config = """max_batch_size: 8
 input [{ name: "X" data_type: TYPE_FP32 dims: [1] }]
@@ -596,7 +586,7 @@ output [{ name: "Y" data_type: TYPE_FP32 dims: [1] }]
             status, body = fresh(f"http://{server.http_url}/v2/repository/index", {})
             assert status == 200
             (row,) = [r for r in json.loads(body) if r["name"] == "broken"]
-            assert row["state"] == "UNAVAILABLE" and "no weights here" in row["reason"], row
+            assert row["state"] == "UNAVAILABLE" and "cannot load the weights" in row["reason"], row
 
 
 def worker_in_slot(supervisor_pid: int, slot: int) -> int:
