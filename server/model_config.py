@@ -42,11 +42,19 @@ class PreparedModel:
         return (self.config_text, self.version_files.get(number, ()))
 
 
+# Python's bytecode caches: importing a version's model.py writes one into the version folder,
+# which must not read as a change of the model (a poll would reload every Python model once after
+# its first load)
+BYTECODE_CACHE = "__pycache__"
+
+
 def _files_signature(folder: Path) -> tuple[Any, ...]:
     if not folder.is_dir():
         return ()
     entries = []
     for path in sorted(folder.rglob("*")):
+        if BYTECODE_CACHE in path.relative_to(folder).parts:
+            continue
         if path.is_file():
             stat = path.stat()
             entries.append((str(path.relative_to(folder)), stat.st_size, stat.st_mtime_ns))

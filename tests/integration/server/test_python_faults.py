@@ -118,6 +118,29 @@ def test_a_changed_model_py_is_reloaded_in_poll_mode(tmp_path: Path) -> None:
         assert client.is_server_ready()
 
 
+def test_an_unchanged_model_py_is_not_reloaded_in_poll_mode(tmp_path: Path) -> None:
+    """Importing model.py writes its bytecode cache into the version folder; that is no change
+    of the model: polls after the load keep the same instance."""
+    model_dir = write_batch_probe(tmp_path, "probe", queue_delay_us=0)
+    writes_bytecode = {"PYTHONDONTWRITEBYTECODE": ""}  # as Python does unless told otherwise
+    with running_server(
+        tmp_path,
+        "--model-control-mode",
+        "poll",
+        "--repository-poll-secs",
+        "0.2",
+        env=writes_bytecode,
+    ) as server:
+        client = httpclient.InferenceServerClient(server.http_url)
+        tensor = httpclient.InferInput("X", [1, 4], "FP32")
+        tensor.set_data_from_numpy(np.ones((1, 4), np.float32))
+        first_pid = int(client.infer("probe", [tensor]).as_numpy("PID")[0, 0])
+        assert list((model_dir / "1").glob("__pycache__/*.pyc"))  # the cache is there
+        time.sleep(1.5)  # several polls
+        assert int(client.infer("probe", [tensor]).as_numpy("PID")[0, 0]) == first_pid
+        assert "reload" not in server.log().lower()
+
+
 def test_sigterm_drains_python_models_in_flight_and_runs_finalize(tmp_path: Path) -> None:
     repository, markers = tmp_path / "repo", tmp_path / "finalized"
     markers.mkdir()
