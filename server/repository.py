@@ -61,8 +61,9 @@ class Placement(Protocol):
     def remote(self, model: str, version: str, config: ModelConfig) -> Scheduler | None:
         """The scheduler of a version another worker runs, or None to load it here."""
 
-    async def verdict(self, model: str, version: str) -> tuple[str, str]:
-        """How the owner's load of the version ended: (state, reason)."""
+    async def verdict(self, model: str, version: str, control_seq: int) -> tuple[str, str]:
+        """How the owner's load of the version ended in control call `control_seq` (or
+        later): (state, reason)."""
 
 
 READY, UNAVAILABLE, LOADING, UNLOADING = "READY", "UNAVAILABLE", "LOADING", "UNLOADING"
@@ -155,6 +156,13 @@ class ModelRepository:
         # --shared-batching: a scheduler for a version another worker runs, None to load it
         self.placement: Placement | None = None
         self._loading: set[str] = set()  # models a load is running for
+        # --workers N: the supervisor's number of the control call (load, unload, poll) this
+        # worker runs or ran last (its start-up load counts as the last one before it joined),
+        # the last one it has completed, and per model the last one whose load of it has ended
+        # or that found it unchanged
+        self.control_seq = 0
+        self.control_done = -1
+        self._passed: dict[str, int] = {}
         self.mode = mode
         self.fanout = fanout or ObserverFanout()
         self.default_max_batch_size = default_max_batch_size
@@ -202,14 +210,21 @@ class ModelRepository:
             f"Request for unknown model: '{name}' version {number} is not found",
         )
 
-    async def settled_state(self, name: str, version: str) -> tuple[str, str]:
-        """How this worker's load of a version ended, once it has (another worker asks, under
-        --shared-batching): (READY, "") or (UNAVAILABLE, reason)."""
+    async def settled_state(self, name: str, version: str, control_seq: int) -> tuple[str, str]:
+        """How this worker's load of a version ended in control call `control_seq` or a later
+        one, once it has (another worker, running that call, asks under --shared-batching):
+        (READY, "") or (UNAVAILABLE, reason).
+
+        Every worker runs each control call, each at its own pace: the question may come
+        before this worker has received the call or reached the model in it, while its entry
+        still tells how the previous load ended; so it waits for that call's load of the model
+        (or for its finding the model unchanged)."""
         number = int(version)
         deadline = time.monotonic() + SETTLE_TIMEOUT_S
         while True:
             entry = self._entries.get(name)
-            if entry is not None and name not in self._loading:
+            passed = max(self.control_done, self._passed.get(name, -1)) >= control_seq
+            if entry is not None and passed and name not in self._loading:
                 if entry.failure and not entry.versions:
                     return UNAVAILABLE, entry.failure
                 state = entry.states.get(number)
@@ -347,6 +362,7 @@ class ModelRepository:
             await self._load_entry(name, source_dir, config_json, temporary)
         finally:
             self._loading.discard(name)
+            self._passed[name] = self.control_seq
 
     async def _load_entry(
         self, name: str, source_dir: Path, config_json: str | None, temporary: Path | None
@@ -403,7 +419,7 @@ class ModelRepository:
             remote = placement.remote(name, str(number), prepared.config) if placement else None
             if remote is not None:  # another worker loads and runs it (--shared-batching)
                 assert placement is not None
-                state, reason = await placement.verdict(name, str(number))
+                state, reason = await placement.verdict(name, str(number), self.control_seq)
                 if state != READY and old is not None:  # as the owner: the loaded one serves
                     new_versions[number], new_states[number] = old, VersionState(READY)
                     continue
@@ -575,9 +591,11 @@ class ModelRepository:
             entry = self._entries.get(name)
             if entry is not None and entry.temporary_dir is None and entry.live:
                 signature = await asyncio.to_thread(model_config.scan_signature, self.root / name)
-                if signature == entry.scan_signature:
-                    continue
-                if entry.failure == "" and not entry.versions and not entry.states:
+                unchanged = signature == entry.scan_signature or (
+                    entry.failure == "" and not entry.versions and not entry.states
+                )
+                if unchanged:
+                    self._passed[name] = self.control_seq
                     continue
             try:
                 await self.load(name)

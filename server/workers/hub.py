@@ -43,6 +43,9 @@ class ControlHub:
         self.every_worker_ready = False
         self._control = asyncio.Lock()
         self._replay: dict[str, Message] = {}
+        # control calls are numbered: under --shared-batching a worker asks a model's owner how
+        # its load ended in a given call (server/repository.py settled_state)
+        self._control_seq = 0
         self._state = asyncio.Lock()
         self.state = StateRecord()
         self.traces = TraceFileWriter()  # the workers' Triton-mode traces
@@ -55,12 +58,20 @@ class ControlHub:
 
         async def handle(message: Message) -> Any:
             if message["op"] == "hello":
-                # no control call nor state change between the replay and joining
-                async with self._control, self._state:
+                # No state change between the replay and joining. A control call may be under
+                # way: it is recorded and sent in one step, so this worker either replays it or
+                # is sent it. (Waiting for it instead could wait forever under
+                # --shared-batching: the call's load on another worker may wait for a model
+                # this one owns and has not loaded yet.)
+                async with self._state:
                     slot.append(int(message["slot"]))
                     self.channels[slot[0]] = channel
                     self.counts.join(channel)
-                    return {"repository": list(self._replay.values()), "state": self.state.replay()}
+                    return {
+                        "repository": list(self._replay.values()),
+                        "state": self.state.replay(),
+                        "control_seq": self._control_seq,
+                    }
             return await self._handle(slot[0], message)
 
         channel = Channel(reader, writer, handle)
@@ -142,6 +153,10 @@ class ControlHub:
         """A repository control call on every worker; raises the first failure (every worker
         runs it: they all hold the same repository, so they fail alike)."""
         async with self._control:
+            self._control_seq += 1
+            message = {**message, "seq": self._control_seq}
+            # recorded and sent with no await between: a worker joining meanwhile (`on_connect`,
+            # which does not wait for this call) replays it or is sent it
             if message["op"] != "poll":
                 self._replay.pop(message["name"], None)
                 self._replay[message["name"]] = message

@@ -68,12 +68,15 @@ class WorkerLink:
         reader, writer = await asyncio.open_unix_connection(str(self.control_path))
         self._channel = Channel(reader, writer, self._handle)
         self._task = asyncio.create_task(self._channel.run())
-        replay: dict[str, list[Message]] = await self._channel.request(
+        replay: dict[str, Any] = await self._channel.request(
             {"op": "hello", "slot": self.slot, "pid": os.getpid()}
         )
         replay_state(dataplane, replay["state"])
         self._state_caught_up.set()
-        return replay["repository"]
+        # this worker's start-up load reads the repository as of the last control call
+        dataplane.repository.control_seq = int(replay["control_seq"])
+        calls: list[Message] = replay["repository"]
+        return calls
 
     @property
     def closed(self) -> asyncio.Event:
@@ -84,6 +87,8 @@ class WorkerLink:
         """After this worker's start-up load: the control calls it missed, then live ones."""
         assert self._dataplane is not None
         await replay_control(self._dataplane, replay)
+        repository = self._dataplane.repository
+        repository.control_done = repository.control_seq
         self._caught_up.set()
 
     async def announce_ready(self) -> None:
@@ -201,8 +206,13 @@ class WorkerLink:
             return None
         if op in ("load", "unload", "poll"):
             await self._caught_up.wait()
+            repository = dataplane.repository
+            repository.control_seq = int(message["seq"])
             versions, series = _incarnations(dataplane), _series(self._collect())
-            await apply_control(dataplane, message)
+            try:
+                await apply_control(dataplane, message)
+            finally:
+                repository.control_done = repository.control_seq
             after = _incarnations(dataplane)
             return {
                 "statistics": [k for k, v in versions.items() if after.get(k) is not v],

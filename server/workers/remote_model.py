@@ -33,7 +33,8 @@ from server.types import InferenceRequest
 # the message a worker sends to a model's owner: (model, version, inputs, rows, priority,
 # timeout_us, request); inputs are None when they are the request's own (sent once)
 SUBMIT = "submit"
-# asks a model's owner how its load of a version ended: (model, version) -> (state, reason)
+# asks a model's owner how its load of a version ended in a control call (the supervisor numbers
+# them): (model, version, control call) -> (state, reason)
 VERDICT = "verdict"
 OWNER_START_S = 120.0  # how long a worker waits for a model's owner to listen
 OWNER_RETRY_S = 0.05
@@ -112,16 +113,18 @@ class OwnerPlacement:
             return None
         return RemoteScheduler(self._call, owner, model, version)
 
-    async def verdict(self, model: str, version: str) -> tuple[str, str]:
-        """How the owner's load of this version ended: (state, reason), READY or UNAVAILABLE
-        with the owner's reason, so every worker reports the same. Waits while the owner is
-        not listening yet (it starts with this worker), at most OWNER_START_S."""
+    async def verdict(self, model: str, version: str, control_seq: int) -> tuple[str, str]:
+        """How the owner's load of this version ended in control call `control_seq` (the one
+        this worker runs; its start-up load counts as the last call before it joined):
+        (state, reason), READY or UNAVAILABLE with the owner's reason, so every worker reports
+        the same. Waits while the owner is not listening yet (it starts with this worker), at
+        most OWNER_START_S."""
         owner = self._owner_of(model)
         assert owner is not None
         deadline = time.monotonic() + OWNER_START_S
         while True:
             try:
-                state, reason = await self._call(owner, {VERDICT: (model, version)})
+                state, reason = await self._call(owner, {VERDICT: (model, version, control_seq)})
                 return str(state), str(reason)
             except WorkerUnreachable:
                 if time.monotonic() >= deadline:

@@ -564,6 +564,28 @@ output [{ name: "PID" data_type: TYPE_INT64 dims: [1] }]
             assert len(pids) == instances  # every request ran on an instance that started
 
 
+def test_shared_batching_starts_in_poll_mode_with_polls_before_every_worker_joined(
+    tmp_path: Path,
+) -> None:
+    """A poll the supervisor sends before the second worker has joined must not hold up its
+    joining: the first worker's start-up load waits for the models the second one owns (it
+    hung until its wait for the owner ran out, 120 s)."""
+    from tests.support.python_models import write_batch_probe
+
+    names = [f"probe{i}" for i in range(6)]  # owned by both workers
+    for name in names:
+        write_batch_probe(tmp_path, name, queue_delay_us=0)
+    flags = ("--model-control-mode", "poll", "--repository-poll-secs", "0.3")
+    body = {"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [1] * 4}]}
+    for _ in range(2):  # the order the workers join in varies: each start hung 2 times in 3
+        with running_server(
+            tmp_path, "--workers", "2", "--shared-batching", *flags, timeout=60
+        ) as server:
+            for name in names:
+                status, answer = fresh(f"http://{server.http_url}/v2/models/{name}/infer", body)
+                assert status == 200, answer
+
+
 def test_shared_batching_a_model_its_owner_cannot_load_is_unavailable_on_every_worker(
     tmp_path: Path,
 ) -> None:

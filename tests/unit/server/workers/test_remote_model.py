@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
+from server import repository as repository_module
 from server.batching import RequestTiming
 from server.errors import ServingError
+from server.repository import ModelEntry, ModelRepository, VersionState
 from server.repository_format import ModelConfig
+from server.settings import ModelControlMode
 from server.types import InferenceRequest
 from server.workers.remote_model import SUBMIT, OwnerPlacement, RemoteScheduler, runs_in_owner
 
@@ -58,9 +61,9 @@ def test_the_verdict_waits_for_the_owner_to_listen(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(remote_model, "OWNER_RETRY_S", 0.0)
     placement = OwnerPlacement(call, lambda name: 1)
-    verdict = asyncio.run(placement.verdict("m", "2"))
+    verdict = asyncio.run(placement.verdict("m", "2", 7))
     assert verdict == ("UNAVAILABLE", "failed to load 'm': boom")
-    assert calls[-1] == {remote_model.VERDICT: ("m", "2")} and len(calls) == 3
+    assert calls[-1] == {remote_model.VERDICT: ("m", "2", 7)} and len(calls) == 3
 
 
 def test_a_submission_carries_the_requests_inputs_once_and_drain_waits_for_it() -> None:
@@ -101,19 +104,17 @@ def test_an_owner_answers_a_verdict_once_its_load_has_ended(
 ) -> None:
     """The owner waits while a load of the model runs (its entry may still show the last load's
     failure), then answers how that load ended."""
-    from server import repository as repository_module
-    from server.repository import ModelEntry, ModelRepository, VersionState
-    from server.settings import ModelControlMode
 
     monkeypatch.setattr(repository_module, "SETTLE_POLL_S", 0.001)
     repository = ModelRepository(tmp_path, ModelControlMode.EXPLICIT)
     entry = ModelEntry("m", tmp_path / "m", live=True, failure="the last load failed")
     repository._entries["m"] = entry
+    repository.control_done = 0
 
     async def scenario() -> tuple[tuple[str, str], tuple[str, str]]:
-        stale = await repository.settled_state("m", "1")  # no load running: the entry stands
+        stale = await repository.settled_state("m", "1", 0)  # no load running: the entry stands
         repository._loading.add("m")
-        waiting = asyncio.create_task(repository.settled_state("m", "1"))
+        waiting = asyncio.create_task(repository.settled_state("m", "1", 0))
         await asyncio.sleep(0.01)
         assert not waiting.done()  # a load runs: the old failure is not its verdict
         entry.failure, entry.states = "", {1: VersionState("READY")}
@@ -123,3 +124,44 @@ def test_an_owner_answers_a_verdict_once_its_load_has_ended(
     stale, settled = asyncio.run(scenario())
     assert stale == ("UNAVAILABLE", "the last load failed")
     assert settled == ("READY", "")
+
+
+def test_an_owner_answers_for_the_control_call_the_asking_worker_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The question can come before the owner has received the control call or reached the
+    model in it: its entry then tells how the previous call's load ended, which is not the
+    answer. It answers once that call's load of the model has ended (or the call found it
+    unchanged), or once it has completed the call."""
+
+    monkeypatch.setattr(repository_module, "SETTLE_POLL_S", 0.001)
+    repository = ModelRepository(tmp_path, ModelControlMode.EXPLICIT)
+    entry = ModelEntry("m", tmp_path / "m", live=True, failure="call 3 failed to load it")
+    repository._entries["m"] = entry
+    repository._passed["m"] = repository.control_seq = repository.control_done = 3
+
+    async def scenario() -> None:
+        assert await repository.settled_state("m", "1", 3) == (
+            "UNAVAILABLE",
+            "call 3 failed to load it",
+        )
+        waiting = asyncio.create_task(repository.settled_state("m", "1", 4))
+        await asyncio.sleep(0.01)
+        assert not waiting.done()  # call 4 has not reached this worker
+        repository.control_seq = 4
+        repository._loading.add("m")
+        await asyncio.sleep(0.01)
+        assert not waiting.done()  # call 4 loads the model here
+        entry.failure, entry.states = "", {1: VersionState("READY")}
+        repository._loading.discard("m")
+        repository._passed["m"] = 4
+        assert await waiting == ("READY", "")
+        # a call that leaves the model alone: the answer once the owner has completed it
+        waiting = asyncio.create_task(repository.settled_state("m", "1", 5))
+        repository.control_seq = 5
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+        repository.control_done = 5
+        assert await waiting == ("READY", "")
+
+    asyncio.run(scenario())
