@@ -586,6 +586,54 @@ def test_shared_batching_starts_in_poll_mode_with_polls_before_every_worker_join
                 assert status == 200, answer
 
 
+IDENTITY_PY = """\
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor(
+            "Y", pb_utils.get_input_tensor_by_name(r, "X").as_numpy())]) for r in requests]
+"""
+
+
+def test_shared_batching_a_broken_model_fixed_in_poll_mode_is_ready_on_every_worker(
+    tmp_path: Path,
+) -> None:
+    """The workers that do not load the model ask its owner how its load of the fixed files
+    ended; the owner answers for that poll, not with the failure its entry still holds from the
+    last one (else those workers would keep it unavailable until its files change again)."""
+    from tests.support.python_models import (
+        INIT_RAISES_PY,
+        write_batch_probe,
+        write_python_model,
+    )
+
+    config = """max_batch_size: 8
+input [{ name: "X" data_type: TYPE_FP32 dims: [1] }]
+output [{ name: "Y" data_type: TYPE_FP32 dims: [1] }]
+"""
+    model_dir = write_python_model(tmp_path, "broken", INIT_RAISES_PY, config)
+    for i in range(4):  # models owned by both workers, loaded first by their owners
+        write_batch_probe(tmp_path, f"probe{i}", queue_delay_us=0)
+    flags = ("--model-control-mode", "poll", "--repository-poll-secs", "0.3")
+    with running_server(
+        tmp_path, "--workers", "2", "--shared-batching", "--no-strict-readiness", *flags
+    ) as server:
+        ready_url = f"http://{server.http_url}/v2/models/broken/ready"
+        assert {fresh(ready_url)[0] for _ in range(ATTEMPTS)} == {400}
+        (model_dir / "1" / "model.py").write_text(IDENTITY_PY)
+        deadline = time.monotonic() + 30
+        while {fresh(ready_url)[0] for _ in range(ATTEMPTS)} != {200}:
+            assert time.monotonic() < deadline, server.log()[-3000:]
+            time.sleep(0.3)
+        body = {"inputs": [{"name": "X", "shape": [1, 1], "datatype": "FP32", "data": [2.0]}]}
+        url = f"http://{server.http_url}/v2/models/broken/infer"
+        for _ in range(ATTEMPTS):
+            status, answer = fresh(url, body)
+            assert status == 200 and json.loads(answer)["outputs"][0]["data"] == [2.0], answer
+
+
 def test_shared_batching_a_model_its_owner_cannot_load_is_unavailable_on_every_worker(
     tmp_path: Path,
 ) -> None:
