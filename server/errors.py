@@ -45,6 +45,14 @@ class WorkerUnreachable(ServingError):
         super().__init__(ErrorKind.UNAVAILABLE, message)
 
 
+class WorkerStopped(ServingError):
+    """The worker a request was forwarded to stopped before it answered (its connection
+    closed): what it had begun is lost."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorKind.UNAVAILABLE, message)
+
+
 def invalid(message: str) -> ServingError:
     """Shorthand for the most common error: the client sent something wrong."""
     return ServingError(ErrorKind.INVALID_ARG, message)

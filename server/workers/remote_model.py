@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from server.batching import RequestTiming
-from server.errors import WorkerUnreachable
+from server.errors import ServingError, WorkerStopped, WorkerUnreachable
 from server.inflight import InFlight
 from server.repository_format import ModelConfig
 from server.schedulers import DEFAULT_CHOICE, Scheduler, scheduling_choice
@@ -117,8 +117,9 @@ class OwnerPlacement:
         """How the owner's load of this version ended in control call `control_seq` (the one
         this worker runs; its start-up load counts as the last call before it joined):
         (state, reason), READY or UNAVAILABLE with the owner's reason, so every worker reports
-        the same. Waits while the owner is not listening yet (it starts with this worker), at
-        most OWNER_START_S."""
+        the same. Asks again while the owner is not listening (it starts with this worker, or
+        restarts) or when it stopped before answering, for at most OWNER_START_S; never raises
+        (the version would stay LOADING here)."""
         owner = self._owner_of(model)
         assert owner is not None
         deadline = time.monotonic() + OWNER_START_S
@@ -126,7 +127,9 @@ class OwnerPlacement:
             try:
                 state, reason = await self._call(owner, {VERDICT: (model, version, control_seq)})
                 return str(state), str(reason)
-            except WorkerUnreachable:
+            except (WorkerUnreachable, WorkerStopped):  # its replacement answers
                 if time.monotonic() >= deadline:
                     return "UNAVAILABLE", "its owner worker is not running"
                 await asyncio.sleep(OWNER_RETRY_S)
+            except ServingError as exc:
+                return "UNAVAILABLE", exc.message

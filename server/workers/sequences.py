@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from server.errors import ErrorKind, ServingError, WorkerUnreachable
+from server.errors import ServingError, WorkerStopped, WorkerUnreachable
 from server.types import InferenceRequest, InferenceResponse
 from server.workers.channel import Channel, ChannelClosed, Message, RemoteError
 from server.workers.link import serving_error
@@ -128,10 +128,7 @@ def _client_error(exc: RemoteError | ChannelClosed) -> ServingError:
     """The owner's error as its client would have seen it, or the owner gone."""
     if isinstance(exc, RemoteError):
         return serving_error(exc)
-    return ServingError(
-        ErrorKind.UNAVAILABLE,
-        "the worker that ran this request stopped (the sequences it ran are lost)",
-    )
+    return WorkerStopped("the worker that ran this request stopped (the sequences it ran are lost)")
 
 
 class SequenceRouter:

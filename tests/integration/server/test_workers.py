@@ -5,6 +5,7 @@ connections, so they reach both workers."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -690,6 +691,69 @@ def test_shared_batching_answers_unavailable_while_the_owner_restarts(tmp_path: 
         while fresh(url, mlp_request(1))[0] != 200:
             assert time.monotonic() < deadline, "the model did not come back"
             time.sleep(0.1)
+
+
+SLOW_INIT_PY = """\
+import time
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        time.sleep(4)
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor(
+            "Y", pb_utils.get_input_tensor_by_name(r, "X").as_numpy())]) for r in requests]
+"""
+
+
+def test_shared_batching_an_owner_killed_during_a_load_loads_it_again_for_every_worker(
+    tmp_path: Path,
+) -> None:
+    """The owner dies while it loads the model for a load call: its replacement joins at once
+    (it used to wait for that call to end, while the other worker waited for the owner: 120 s,
+    then the model was unavailable there for good), loads the model for that call, and every
+    worker serves it."""
+    import tritonclient.http as httpclient
+
+    from server.workers.sequences import model_owner_of
+    from tests.support.python_models import write_python_model
+
+    config = """max_batch_size: 8
+input [{ name: "X" data_type: TYPE_FP32 dims: [1] }]
+output [{ name: "Y" data_type: TYPE_FP32 dims: [1] }]
+"""
+    write_python_model(tmp_path, "slow_init", SLOW_INIT_PY, config)
+    flags = ("--model-control-mode", "explicit")
+    with running_server(tmp_path, "--workers", "2", "--shared-batching", *flags) as server:
+        owner = worker_in_slot(server.process.pid, model_owner_of("slow_init", 2))
+
+        def load() -> None:  # its connection may be the owner's, which dies
+            client = httpclient.InferenceServerClient(server.http_url, network_timeout=300)
+            with contextlib.suppress(Exception):
+                client.load_model("slow_init")
+
+        loading = threading.Thread(target=load)
+        loading.start()
+        time.sleep(1.5)  # the owner is in initialize
+        os.kill(owner, signal.SIGKILL)
+        killed = time.monotonic()
+        wait_for_workers(server.process.pid, 2, other_than={owner})
+        ready_url = f"http://{server.http_url}/v2/models/slow_init/ready"
+        while {fresh(ready_url)[0] for _ in range(ATTEMPTS)} != {200}:
+            assert time.monotonic() - killed < 60, (
+                [fresh(ready_url) for _ in range(6)],
+                [fresh(f"http://{server.http_url}/v2/repository/index", {}) for _ in range(4)],
+            )
+            time.sleep(0.3)
+        loading.join(timeout=60)
+        body = {"inputs": [{"name": "X", "shape": [1, 1], "datatype": "FP32", "data": [3.0]}]}
+        url = f"http://{server.http_url}/v2/models/slow_init/infer"
+        for _ in range(ATTEMPTS):
+            status, answer = fresh(url, body)
+            assert status == 200 and json.loads(answer)["outputs"][0]["data"] == [3.0], answer
 
 
 RUNNING_SUM_STREAM_PY = """\

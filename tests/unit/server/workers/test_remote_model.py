@@ -165,3 +165,29 @@ def test_an_owner_answers_for_the_control_call_the_asking_worker_runs(
         assert await waiting == ("READY", "")
 
     asyncio.run(scenario())
+
+
+def test_the_verdict_is_asked_again_when_the_owner_stops_before_answering(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An owner killed while it loads the model closes the connection the question waits on:
+    its replacement answers. Any other failure is the version's reason, never an exception (the
+    asking worker's version would stay LOADING)."""
+    from server.errors import ErrorKind, WorkerStopped
+    from server.workers import remote_model
+
+    answers: list[Any] = [WorkerStopped("the worker stopped"), ("READY", "")]
+
+    async def call(slot: int, message: dict[str, Any]) -> Any:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(remote_model, "OWNER_RETRY_S", 0.0)
+    assert asyncio.run(OwnerPlacement(call, lambda name: 1).verdict("m", "1", 2)) == ("READY", "")
+    answers[:] = [ServingError(ErrorKind.INTERNAL, "the owner failed")]
+    assert asyncio.run(OwnerPlacement(call, lambda name: 1).verdict("m", "1", 2)) == (
+        "UNAVAILABLE",
+        "the owner failed",
+    )
