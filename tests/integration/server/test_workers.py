@@ -587,15 +587,28 @@ def test_shared_batching_starts_in_poll_mode_with_polls_before_every_worker_join
                 assert status == 200, answer
 
 
+# Python models with one FP32 input X and output Y of one element per row
+XY_CONFIG = """max_batch_size: 8
+input [{ name: "X" data_type: TYPE_FP32 dims: [1] }]
+output [{ name: "Y" data_type: TYPE_FP32 dims: [1] }]
+"""
 IDENTITY_PY = """\
+import time
+
 import triton_python_backend_utils as pb_utils
+
+INITIALIZE_S = 0
 
 
 class TritonPythonModel:
+    def initialize(self, args):
+        time.sleep(INITIALIZE_S)
+
     def execute(self, requests):
         return [pb_utils.InferenceResponse([pb_utils.Tensor(
             "Y", pb_utils.get_input_tensor_by_name(r, "X").as_numpy())]) for r in requests]
 """
+SLOW_INIT_PY = IDENTITY_PY.replace("INITIALIZE_S = 0", "INITIALIZE_S = 4")
 
 
 def test_shared_batching_a_broken_model_fixed_in_poll_mode_is_ready_on_every_worker(
@@ -610,11 +623,7 @@ def test_shared_batching_a_broken_model_fixed_in_poll_mode_is_ready_on_every_wor
         write_python_model,
     )
 
-    config = """max_batch_size: 8
-input [{ name: "X" data_type: TYPE_FP32 dims: [1] }]
-output [{ name: "Y" data_type: TYPE_FP32 dims: [1] }]
-"""
-    model_dir = write_python_model(tmp_path, "broken", INIT_RAISES_PY, config)
+    model_dir = write_python_model(tmp_path, "broken", INIT_RAISES_PY, XY_CONFIG)
     for i in range(4):  # models owned by both workers, loaded first by their owners
         write_batch_probe(tmp_path, f"probe{i}", queue_delay_us=0)
     flags = ("--model-control-mode", "poll", "--repository-poll-secs", "0.3")
@@ -642,11 +651,7 @@ def test_shared_batching_a_model_its_owner_cannot_load_is_unavailable_on_every_w
     initialize raises is not ready, with the owner's reason, whichever worker is asked."""
     from tests.support.python_models import INIT_RAISES_PY, write_python_model
 
-    config = """max_batch_size: 8
-input [{ name: "X" data_type: TYPE_FP32 dims: [1] }]
-output [{ name: "Y" data_type: TYPE_FP32 dims: [1] }]
-"""
-    write_python_model(tmp_path, "broken", INIT_RAISES_PY, config)
+    write_python_model(tmp_path, "broken", INIT_RAISES_PY, XY_CONFIG)
     write_model(tmp_path, "mlp", mlp_model())
     with running_server(
         tmp_path, "--workers", "2", "--shared-batching", "--no-strict-readiness"
@@ -693,22 +698,6 @@ def test_shared_batching_answers_unavailable_while_the_owner_restarts(tmp_path: 
             time.sleep(0.1)
 
 
-SLOW_INIT_PY = """\
-import time
-
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def initialize(self, args):
-        time.sleep(4)
-
-    def execute(self, requests):
-        return [pb_utils.InferenceResponse([pb_utils.Tensor(
-            "Y", pb_utils.get_input_tensor_by_name(r, "X").as_numpy())]) for r in requests]
-"""
-
-
 def test_shared_batching_an_owner_killed_during_a_load_loads_it_again_for_every_worker(
     tmp_path: Path,
 ) -> None:
@@ -721,11 +710,7 @@ def test_shared_batching_an_owner_killed_during_a_load_loads_it_again_for_every_
     from server.workers.sequences import model_owner_of
     from tests.support.python_models import write_python_model
 
-    config = """max_batch_size: 8
-input [{ name: "X" data_type: TYPE_FP32 dims: [1] }]
-output [{ name: "Y" data_type: TYPE_FP32 dims: [1] }]
-"""
-    write_python_model(tmp_path, "slow_init", SLOW_INIT_PY, config)
+    write_python_model(tmp_path, "slow_init", SLOW_INIT_PY, XY_CONFIG)
     flags = ("--model-control-mode", "explicit")
     with running_server(tmp_path, "--workers", "2", "--shared-batching", *flags) as server:
         owner = worker_in_slot(server.process.pid, model_owner_of("slow_init", 2))
