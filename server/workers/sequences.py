@@ -128,7 +128,10 @@ def _client_error(exc: RemoteError | ChannelClosed) -> ServingError:
     """The owner's error as its client would have seen it, or the owner gone."""
     if isinstance(exc, RemoteError):
         return serving_error(exc)
-    return WorkerStopped("the worker that ran this request stopped (the sequences it ran are lost)")
+    return WorkerStopped(
+        "the worker that ran this request stopped before it answered (a model's or a "
+        "sequence's owner; the sequences it held are lost)"
+    )
 
 
 class SequenceRouter:
