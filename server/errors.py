@@ -37,20 +37,21 @@ class ServingError(Exception):
         return f"ServingError({self.kind.name}, {self.message!r})"
 
 
-class WorkerUnreachable(ServingError):
+class WorkerGone(ServingError):
+    """Another worker of `--workers N` cannot answer (UNAVAILABLE): one of the two below."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorKind.UNAVAILABLE, message)
+
+
+class WorkerUnreachable(WorkerGone):
     """The worker a request was to be forwarded to takes no connection (it is restarting):
     the request never left this worker."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(ErrorKind.UNAVAILABLE, message)
 
-
-class WorkerStopped(ServingError):
+class WorkerStopped(WorkerGone):
     """The worker a request was forwarded to stopped before it answered (its connection
     closed): what it had begun is lost."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(ErrorKind.UNAVAILABLE, message)
 
 
 def invalid(message: str) -> ServingError:

@@ -364,6 +364,16 @@ class ModelRepository:
             self._loading.discard(name)
             self._passed[name] = self.control_seq
 
+    def start_control_call(self, seq: int) -> None:
+        """--workers N: this worker now runs the supervisor's control call `seq` (at start-up:
+        the last call before it joined, which its start-up load stands for)."""
+        self.control_seq = seq
+
+    def end_control_call(self) -> None:
+        """The control call this worker ran has ended (its start-up load and replay, for the
+        call it joined at)."""
+        self.control_done = self.control_seq
+
     async def _load_entry(
         self, name: str, source_dir: Path, config_json: str | None, temporary: Path | None
     ) -> None:

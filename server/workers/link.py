@@ -73,8 +73,7 @@ class WorkerLink:
         )
         replay_state(dataplane, replay["state"])
         self._state_caught_up.set()
-        # this worker's start-up load reads the repository as of the last control call
-        dataplane.repository.control_seq = int(replay["control_seq"])
+        dataplane.repository.start_control_call(int(replay["control_seq"]))
         calls: list[Message] = replay["repository"]
         return calls
 
@@ -87,8 +86,7 @@ class WorkerLink:
         """After this worker's start-up load: the control calls it missed, then live ones."""
         assert self._dataplane is not None
         await replay_control(self._dataplane, replay)
-        repository = self._dataplane.repository
-        repository.control_done = repository.control_seq
+        self._dataplane.repository.end_control_call()
         self._caught_up.set()
 
     async def announce_ready(self) -> None:
@@ -206,13 +204,12 @@ class WorkerLink:
             return None
         if op in ("load", "unload", "poll"):
             await self._caught_up.wait()
-            repository = dataplane.repository
-            repository.control_seq = int(message["seq"])
+            dataplane.repository.start_control_call(int(message["seq"]))
             versions, series = _incarnations(dataplane), _series(self._collect())
             try:
                 await apply_control(dataplane, message)
             finally:
-                repository.control_done = repository.control_seq
+                dataplane.repository.end_control_call()
             after = _incarnations(dataplane)
             return {
                 "statistics": [k for k, v in versions.items() if after.get(k) is not v],

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from server.batching import RequestTiming
-from server.errors import ServingError, WorkerStopped, WorkerUnreachable
+from server.errors import ServingError, WorkerGone
 from server.inflight import InFlight
 from server.repository_format import ModelConfig
 from server.schedulers import DEFAULT_CHOICE, Scheduler, scheduling_choice
@@ -127,7 +127,7 @@ class OwnerPlacement:
             try:
                 state, reason = await self._call(owner, {VERDICT: (model, version, control_seq)})
                 return str(state), str(reason)
-            except (WorkerUnreachable, WorkerStopped):  # its replacement answers
+            except WorkerGone:  # not listening, or stopped before answering: ask its replacement
                 if time.monotonic() >= deadline:
                     return "UNAVAILABLE", "its owner worker is not running"
                 await asyncio.sleep(OWNER_RETRY_S)
