@@ -243,7 +243,8 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
         await sequences.start(
             dataplane.infer,
             dataplane.infer_stream,
-            {SUBMIT: dataplane.run_submitted, VERDICT: repository.settled_state},
+            {VERDICT: repository.settled_state},
+            {SUBMIT: dataplane.submit_now},
         )
         await load_models()
         await link.catch_up(replay)

@@ -247,6 +247,18 @@ class Batcher:
         """Queue a validated request and wait for its own outputs (a request runtime's outcome:
         outputs, or a ResponseStream of a decoupled model); `request` is what a request runtime
         receives."""
+        return await self.enqueue(inputs, rows, priority, timeout_us, request)
+
+    def enqueue(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        rows: int,
+        priority: int = 0,
+        timeout_us: int = 0,
+        request: InferenceRequest | None = None,
+    ) -> asyncio.Future[tuple[Any, RequestTiming]]:
+        """`submit` without a coroutine: queue the request now (or raise why not) and return
+        the future of its outcome, for callers that answer from a callback."""
         if not self._accepting:
             raise ServingError(ErrorKind.UNAVAILABLE, "model is shutting down")
         level = self.policy.level_of(priority)
@@ -271,8 +283,7 @@ class Batcher:
         self._timed += deadline != math.inf
         self._idle.clear()
         self._kick()
-        result: tuple[Any, RequestTiming] = await future
-        return result
+        return future
 
     # --- scheduling (event loop) ---------------------------------------------------------------
 

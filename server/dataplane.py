@@ -21,7 +21,7 @@ from monitoring.observer import (
     FAILURE_REJECTED,
     RequestRecord,
 )
-from server.batching import RequestTiming
+from server.batching import Batcher, RequestTiming
 from server.classification import classify
 from server.errors import ErrorKind, ServingError, WorkerUnreachable, invalid
 from server.model import ModelVersion
@@ -268,7 +268,7 @@ class DataPlane:
             return None if slot is None else (slot, False)
         return None
 
-    async def run_submitted(
+    def submit_now(
         self,
         model_name: str,
         version: str,
@@ -277,10 +277,12 @@ class DataPlane:
         priority: int,
         timeout_us: int,
         request: InferenceRequest | None,
-    ) -> tuple[Any, RequestTiming]:
+    ) -> asyncio.Future[tuple[Any, RequestTiming]]:
         """A request another worker took and validated, of a model this worker owns
-        (--shared-batching): run it through this worker's scheduler with every other one
-        (draining waits for it). The worker that took it counts it; the batch is counted here."""
+        (--shared-batching): queue it in this worker's batcher with every other one, and return
+        the future of its outputs and timing (draining waits for it). The worker that took it
+        counts it; the batch is counted here. No task per request: the owner answers from the
+        future's callback (server/workers/channel.py)."""
         model = self.repository.get(model_name, version)
         if model.runs_elsewhere:
             raise ServingError(
@@ -289,11 +291,20 @@ class DataPlane:
         if inputs is None:
             assert request is not None
             inputs = request.inputs
+        scheduler = model.scheduler
+        future: asyncio.Future[tuple[Any, RequestTiming]]
+        if isinstance(scheduler, Batcher):
+            future = scheduler.enqueue(inputs, rows, priority, timeout_us, request)
+        else:
+            future = asyncio.ensure_future(
+                scheduler.submit(inputs, rows, priority, timeout_us, request)
+            )
         self._enter()
-        try:
-            return await model.scheduler.submit(inputs, rows, priority, timeout_us, request)
-        finally:
-            self._leave()
+        future.add_done_callback(self._left)
+        return future
+
+    def _left(self, _: object) -> None:
+        self._leave()
 
     async def _forward(self, slot: int, request: InferenceRequest) -> InferenceResponse:
         """Run a request another worker owns there (draining waits for it)."""

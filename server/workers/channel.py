@@ -1,25 +1,36 @@
 """The control channel between the supervisor and a worker: JSON messages, each prefixed by its
 length, over a Unix socket; either side can ask the other and await the answer, or a stream of
 answers. Workers use the same channel with pickled frames to forward sequence requests to each
-other (sequences.py), streamed for decoupled models."""
+other (sequences.py), streamed for decoupled models, and under --shared-batching to submit
+requests to a model's owner: there, on the request path, the frames of one loop pass leave in
+one write, every frame that arrived in one read is handled without an await, and a submission
+is answered from its future's callback rather than by a task."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 logger = logging.getLogger("ferry.workers")
 
 Message = dict[str, Any]
 Handler = Callable[[Message], Awaitable[Any]]
+# answers a request from a callback: the future of its reply, or None to leave it to the handler
+Immediate = Callable[[Message], "asyncio.Future[Any] | None"]
 StreamHandler = Callable[[Message], AsyncIterator[Any]]
 Dumps = Callable[[Any], bytes]
-Loads = Callable[[bytes], Any]
+Loads = Callable[[memoryview], Any]  # one frame's bytes
 _LENGTH_BYTES = 4
+_READ_BYTES = 256 * 1024  # what one read takes: every frame that has arrived, up to this
+
+
+def _json_loads(frame: memoryview) -> Any:
+    return json.loads(bytes(frame))
 
 
 def _json_dumps(frame: Any) -> bytes:
@@ -52,11 +63,14 @@ class Channel:
         writer: asyncio.StreamWriter,
         handler: Handler,
         dumps: Dumps = _json_dumps,
-        loads: Loads = json.loads,
+        loads: Loads = _json_loads,
         stream_handler: StreamHandler | None = None,
+        immediate: Immediate | None = None,
+        coalesce: bool = False,
     ) -> None:
         self._reader, self._writer, self._handler = reader, writer, handler
-        self._stream_handler = stream_handler
+        self._stream_handler, self._immediate = stream_handler, immediate
+        self._answering: set[asyncio.Future[Any]] = set()  # immediate answers not yet sent
         self._dumps, self._loads = dumps, loads
         self._pending: dict[int, asyncio.Future[Any]] = {}
         # what the other side streams back: ("item", value), ("end", None), ("error", [kind,
@@ -65,6 +79,9 @@ class Channel:
         self._next_id = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self.closed = asyncio.Event()
+        # coalesce: the frames written in one loop pass leave together at its end (see _send)
+        self._coalesce = coalesce
+        self._queued: list[bytes] | None = None
 
     async def request(self, message: Message) -> Any:
         """Send `message` and wait for the reply's value."""
@@ -105,38 +122,52 @@ class Channel:
             self._streams.pop(frame_id, None)
 
     def _send(self, frame: Message) -> None:
+        """Write one frame, or with `coalesce` queue it: the frames of one loop pass then leave
+        in one write (under load a worker forwards many requests, and an owner answers a whole
+        batch, in one pass: one syscall, and one wake-up of the other side, for all of them).
+        A queued frame is lost if the connection closes before the pass ends, as one written
+        just before the process died would be."""
         body = self._dumps(frame)
-        self._writer.write(len(body).to_bytes(_LENGTH_BYTES, "big") + body)
+        if not self._coalesce:
+            self._writer.write(len(body).to_bytes(_LENGTH_BYTES, "big") + body)
+            return
+        queued = self._queued
+        if queued is None:
+            queued = self._queued = []
+            asyncio.get_running_loop().call_soon(self._flush)
+        queued.append(len(body).to_bytes(_LENGTH_BYTES, "big"))
+        queued.append(body)
+
+    def _flush(self) -> None:
+        queued, self._queued = self._queued, None
+        if queued and not self._writer.is_closing():
+            with contextlib.suppress(ConnectionError, RuntimeError):  # the other side went away
+                self._writer.writelines(queued)
 
     async def run(self) -> None:
         """Read frames until the connection ends; then fail every pending request."""
+        reader = self._reader
+        pending = b""  # the start of a frame that has not fully arrived
         try:
             while True:
-                header = await self._reader.readexactly(_LENGTH_BYTES)
-                frame = self._loads(await self._reader.readexactly(int.from_bytes(header, "big")))
-                if "request" in frame or "stream" in frame:
-                    task = asyncio.create_task(
-                        self._answer(frame["id"], frame["request"])
-                        if "request" in frame
-                        else self._answer_stream(frame["id"], frame["stream"])
-                    )
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
-                elif frame["id"] in self._streams:
-                    items = self._streams[frame["id"]]
-                    if "item" in frame:
-                        items.put_nowait(("item", frame["item"]))
-                    elif "error" in frame:
-                        items.put_nowait(("error", frame["error"]))
-                    else:
-                        items.put_nowait(("end", None))
-                else:
-                    future = self._pending.get(frame["id"])
-                    if future is not None and not future.done():
-                        if "error" in frame:
-                            future.set_exception(RemoteError(*frame["error"]))
+                chunk = await reader.read(_READ_BYTES)
+                if not chunk:
+                    return
+                data = pending + chunk if pending else chunk
+                # every frame that has arrived, without an await between them
+                view, offset, size = memoryview(data), 0, len(data)
+                while size - offset >= _LENGTH_BYTES:
+                    end = offset + _LENGTH_BYTES + int.from_bytes(view[offset : offset + 4], "big")
+                    if end > size:
+                        if end - size > _READ_BYTES:  # a large frame: the rest in one read
+                            data = data[offset:] + await reader.readexactly(end - size)
+                            view, offset, size = memoryview(data), 0, len(data)
+                            end = size
                         else:
-                            future.set_result(frame.get("reply"))
+                            break
+                    self._receive(self._loads(view[offset + _LENGTH_BYTES : end]))
+                    offset = end
+                pending = data[offset:]
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
@@ -148,10 +179,57 @@ class Channel:
                 items.put_nowait(("closed", None))
             self._writer.close()
 
+    def _receive(self, frame: Message) -> None:
+        """One frame from the other side: a request to answer, or an answer to one of ours."""
+        if "request" in frame and self._immediate is not None:
+            try:
+                answer = self._immediate(frame["request"])
+            except Exception as exc:  # the asker gets it as a RemoteError
+                self._send_if_open(_error_frame(frame["id"], exc))
+                return
+            if answer is not None:
+                self._answering.add(answer)
+                answer.add_done_callback(functools.partial(self._send_answer, frame["id"]))
+                return
+        if "request" in frame or "stream" in frame:
+            task = asyncio.create_task(
+                self._answer(frame["id"], frame["request"])
+                if "request" in frame
+                else self._answer_stream(frame["id"], frame["stream"])
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        elif frame["id"] in self._streams:
+            items = self._streams[frame["id"]]
+            if "item" in frame:
+                items.put_nowait(("item", frame["item"]))
+            elif "error" in frame:
+                items.put_nowait(("error", frame["error"]))
+            else:
+                items.put_nowait(("end", None))
+        else:
+            future = self._pending.get(frame["id"])
+            if future is not None and not future.done():
+                if "error" in frame:
+                    future.set_exception(RemoteError(*frame["error"]))
+                else:
+                    future.set_result(frame.get("reply"))
+
     async def answered(self) -> None:
         """Wait until the requests this side is answering have been answered."""
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks or self._answering:
+            await asyncio.gather(*self._tasks, *self._answering, return_exceptions=True)
+
+    def _send_answer(self, frame_id: int, answer: asyncio.Future[Any]) -> None:
+        """An immediate answer's future is done: its reply or its error goes back."""
+        self._answering.discard(answer)
+        if answer.cancelled():
+            reply = _error_frame(frame_id, RuntimeError("the request was cancelled"))
+        elif answer.exception() is not None:
+            reply = _error_frame(frame_id, cast(Exception, answer.exception()))
+        else:
+            reply = {"id": frame_id, "reply": answer.result()}
+        self._send_if_open(reply)
 
     async def _answer(self, frame_id: int, message: Message) -> None:
         try:

@@ -15,18 +15,17 @@ N`. The same connections carry what the other workers ask of it (server/workers/
 remote_model.py): submissions to the batcher of a model it alone loads, the verdict of its loads,
 and a decoupled model's whole requests, streamed back as above.
 
-The connection is the control channel of server/workers/channel.py with pickled frames (the
-folder is the supervisor's, mode 0700, so only this server's processes can connect): a request
-carries the InferenceRequest, the answer the InferenceResponse or the owner's error; a streamed
-answer carries InferenceResponse items and failed responses as (kind, message) pairs.
+The connection is the control channel of server/workers/channel.py with pickled frames
+(server/workers/frames.py; the folder is the supervisor's, mode 0700, so only this server's
+processes can connect): a request carries the InferenceRequest, the answer the
+InferenceResponse or the owner's error; a streamed answer carries InferenceResponse items and
+failed responses as (kind, message) pairs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import pickle
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
@@ -34,13 +33,15 @@ from typing import Any
 
 from server.errors import ServingError, WorkerStopped, WorkerUnreachable
 from server.types import InferenceRequest, InferenceResponse
-from server.workers.channel import Channel, ChannelClosed, Message, RemoteError
+from server.workers import frames
+from server.workers.channel import Channel, ChannelClosed, Immediate, Message, RemoteError
 from server.workers.link import serving_error
 
 Infer = Callable[[InferenceRequest], Awaitable[InferenceResponse]]
 OwnerCall = Callable[..., Awaitable[Any]]
+# an owner call answered from its future's callback, without a task (see Channel's `immediate`)
+ImmediateCall = Callable[..., "asyncio.Future[Any]"]
 InferStream = Callable[[InferenceRequest], AsyncIterator[InferenceResponse | ServingError]]
-_dumps = functools.partial(pickle.dumps, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def owner_of(sequence_id: int | str, workers: int) -> int:
@@ -65,9 +66,12 @@ def _pickled_channel(
     writer: asyncio.StreamWriter,
     handler: Callable[[Message], Awaitable[Any]],
     stream_handler: Callable[[Message], AsyncIterator[Any]] | None = None,
+    immediate: Immediate | None = None,
 ) -> Channel:
     # pickle: our own workers only (the socket is in the supervisor's private folder)
-    return Channel(reader, writer, handler, _dumps, pickle.loads, stream_handler)
+    return Channel(
+        reader, writer, handler, frames.dumps, frames.loads, stream_handler, immediate, True
+    )
 
 
 async def _refuse(message: Message) -> Any:
@@ -145,6 +149,7 @@ class SequenceRouter:
         self._infer: Infer | None = None
         self._infer_stream: InferStream | None = None
         self._owner_calls: dict[str, OwnerCall] = {}
+        self._immediate_calls: dict[str, ImmediateCall] = {}
         self._answering: set[Channel] = set()
         self._no_peers = asyncio.Event()  # no other worker is connected here
         self._no_peers.set()
@@ -185,19 +190,22 @@ class SequenceRouter:
         infer: Infer,
         infer_stream: InferStream,
         owner_calls: Mapping[str, OwnerCall] | None = None,
+        immediate_calls: Mapping[str, ImmediateCall] | None = None,
     ) -> None:
         """Take requests forwarded by the other workers; `infer` runs each one, `infer_stream`
         each one streamed, `owner_calls` what other workers ask of a model this worker owns
-        (server/workers/remote_model.py: SUBMIT, VERDICT), by message kind."""
+        (server/workers/remote_model.py: VERDICT), by message kind, and `immediate_calls` the
+        same asked on the request path (SUBMIT: the future of its answer, no task per call)."""
         self._infer, self._infer_stream = infer, infer_stream
         self._owner_calls = dict(owner_calls or {})
+        self._immediate_calls = dict(immediate_calls or {})
         path = socket_path(self.folder, self.slot)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # a previous run of this slot's worker
         self._server = await asyncio.start_unix_server(self._serve, path=str(path))
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        channel = _pickled_channel(reader, writer, self._run, self._run_stream)
+        channel = _pickled_channel(reader, writer, self._run, self._run_stream, self._run_immediate)
         self._answering.add(channel)
         self._no_peers.clear()
         try:
@@ -217,6 +225,13 @@ class SequenceRouter:
             raise ValueError("this worker runs no model for the others")
         assert self._infer is not None
         return await self._infer(message["request"])
+
+    def _run_immediate(self, message: Message) -> asyncio.Future[Any] | None:
+        """An immediate owner call's future, or None for what `_run` answers."""
+        for kind, call in self._immediate_calls.items():
+            if kind in message:
+                return call(*message[kind])
+        return None
 
     async def _run_stream(self, message: Message) -> AsyncIterator[Any]:
         """A forwarded request of a decoupled model: its responses, a failed one as (kind,

@@ -7,6 +7,7 @@ import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
+import numpy as np
 import pytest
 
 from server.errors import ErrorKind, ServingError
@@ -112,5 +113,76 @@ def test_streams_yield_items_in_order_end_fail_and_close() -> None:
                 tasks[1].cancel()
         assert got == [{"n": 0}]
         tasks[0].cancel()
+
+    asyncio.run(scenario())
+
+
+def test_coalesced_frames_immediate_answers_and_large_frames() -> None:
+    """The workers' request-path channel (pickled, coalesced writes, immediate answers): many
+    requests sent in one loop pass are each answered, in any order of completion; an immediate
+    call's future answers it (its result, its exception, or an error raised at once, as
+    RemoteError), other requests still go to the handler; a frame larger than one read arrives
+    whole; `answered` waits for the immediate answers still pending."""
+    from server.workers import frames
+
+    async def scenario() -> None:
+        left_sock, right_sock = socket.socketpair()
+        loop = asyncio.get_running_loop()
+        held: list[asyncio.Future[Any]] = []
+        holding = asyncio.Event()
+
+        def immediate(message: Message) -> asyncio.Future[Any] | None:
+            if "handler" in message:
+                return None
+            if "refuse" in message:
+                raise ServingError(ErrorKind.UNAVAILABLE, "not now")
+            future: asyncio.Future[Any] = loop.create_future()
+            if "hold" in message:
+                held.append(future)
+                holding.set()
+            elif "fail" in message:
+                loop.call_later(0.001, future.set_exception, ValueError("late failure"))
+            else:  # answered in reverse order of arrival
+                loop.call_later(0.001 * (100 - message["n"]), future.set_result, message["n"])
+            return future
+
+        async def handler(message: Message) -> Any:
+            return ("handled", message["handler"].nbytes if "handler" in message else None)
+
+        def channel(sock: socket.socket, **options: Any) -> Any:
+            async def make() -> Channel:
+                return Channel(
+                    *await asyncio.open_unix_connection(sock=sock),
+                    handler,
+                    frames.dumps,
+                    frames.loads,
+                    coalesce=True,
+                    **options,
+                )
+
+            return make()
+
+        left = await channel(left_sock)
+        right = await channel(right_sock, immediate=immediate)
+        tasks = [asyncio.create_task(left.run()), asyncio.create_task(right.run())]
+        answers = await asyncio.gather(*(left.request({"n": n}) for n in range(100)))
+        assert answers == list(range(100))
+        with pytest.raises(RemoteError) as error:
+            await left.request({"refuse": True})
+        assert (error.value.kind, error.value.message) == ("UNAVAILABLE", "not now")
+        with pytest.raises(RemoteError, match="late failure"):
+            await left.request({"fail": True})
+        big = np.arange(3 << 20, dtype=np.uint8)  # 3 MiB: several reads' worth
+        assert await left.request({"handler": big}) == ("handled", big.nbytes)
+        waiting = asyncio.create_task(left.request({"hold": True}))
+        await holding.wait()
+        answered = asyncio.create_task(right.answered())
+        await asyncio.sleep(0.01)
+        assert not answered.done()
+        held[0].set_result("released")
+        await answered
+        assert await waiting == "released"
+        for task in tasks:
+            task.cancel()
 
     asyncio.run(scenario())
