@@ -110,6 +110,9 @@ class _Peer:
             raise _client_error(exc) from None
 
     async def _connected(self) -> Channel:
+        channel = self.channel
+        if channel is not None and not channel.closed.is_set():  # (the request path: no lock)
+            return channel
         async with self._connecting:
             if self.channel is None or self.channel.closed.is_set():
                 try:
@@ -210,6 +213,10 @@ class SequenceRouter:
         self._no_peers.clear()
         try:
             await channel.run()
+        except asyncio.CancelledError:
+            # the loop shuts down: end quietly (Python 3.11's stream server logs a cancelled
+            # connection task as an "Exception in callback" traceback)
+            pass
         finally:
             self._answering.discard(channel)
             if not self._answering:
