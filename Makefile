@@ -19,7 +19,7 @@ METRICS_PORT ?= 8002
 PYTEST_ARGS ?=
 
 .PHONY: help install serve test test-unit test-integration test-gpu lint typecheck fmt bench bench-python \
-        bench-sequence proto-stubs fuzz \
+        bench-sequence proto-stubs fuzz chaos \
         example-repo system-deps triton-server image image-gpu clean
 
 help:
@@ -28,6 +28,7 @@ help:
 	@echo "make test    - set up and run the whole test suite"
 	@echo "make lint    - ruff + mypy"
 	@echo "make fuzz    - the hypothesis fuzz tests, long"
+	@echo "make chaos   - kill workers and model processes, reload models, under load (CHAOS_SECONDS=)"
 	@echo "make bench   - serving benchmarks (prints ratios against in-process ONNX Runtime)"
 
 $(STAMP): pyproject.toml
@@ -82,6 +83,12 @@ test-gpu: $(STAMP)
 FUZZ_ARGS ?=
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -m fuzz -p no:randomly --timeout=3600 $(FUZZ_ARGS)
+
+# Chaos under load in each serving mode (tests/integration/server/test_chaos.py): skipped in
+# `make test`; run it after changing the workers, the Python runtime or model control.
+CHAOS_SECONDS ?= 120
+chaos: $(STAMP)
+	FERRY_CHAOS_SECONDS=$(CHAOS_SECONDS) $(BIN)/python -m pytest tests/integration/server/test_chaos.py --timeout=3600 $(PYTEST_ARGS)
 
 
 $(PROTO_STUBS_STAMP): $(STAMP) scripts/generate_proto_stubs.py
