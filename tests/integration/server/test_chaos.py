@@ -328,18 +328,20 @@ def test_the_server_survives_chaos_under_load(tmp_path: Path, mode: tuple[str, .
             assert time.monotonic() < deadline, "a killed worker did not come back"
             time.sleep(0.5)
         for model in MODELS:
-            status, body, _ = post(server.http_port, f"/v2/repository/models/{model}/load", {}, 180)
-            assert status == 200, (model, body)
+            status, answer, _ = post(
+                server.http_port, f"/v2/repository/models/{model}/load", {}, 180
+            )
+            assert status == 200, (model, answer)
         x = {"inputs": [fp32("input", np.ones((1, 16), np.float32))]}
         raw = {"inputs": [{"name": "RAW", "shape": [1, 16], "datatype": "UINT8", "data": [1] * 16}]}
         bls = {"inputs": [fp32("INPUT", np.ones((1, 16), np.float32))]}
+        requests: list[tuple[str, dict[str, Any]]] = [("mlp", x), ("classify", raw), ("bls", bls)]
         deadline = time.monotonic() + 60
         for _ in range(30):  # fresh connections: every worker
-            for path, body in (("mlp", x), ("classify", raw), ("bls", bls)):
-                while (answer := post(server.http_port, f"/v2/models/{path}/infer", body))[
-                    0
-                ] != 200:
-                    assert time.monotonic() < deadline, (path, answer)
+            for model, body in requests:
+                url = f"/v2/models/{model}/infer"
+                while (answered := post(server.http_port, url, body))[0] != 200:
+                    assert time.monotonic() < deadline, (model, answered)
                     time.sleep(0.5)
         time.sleep(1.5)  # the supervisor gathers the workers' gauges once a second
         for model in MODELS:
