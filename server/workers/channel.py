@@ -157,7 +157,8 @@ class Channel:
                 # every frame that has arrived, without an await between them
                 view, offset, size = memoryview(data), 0, len(data)
                 while size - offset >= _LENGTH_BYTES:
-                    end = offset + _LENGTH_BYTES + int.from_bytes(view[offset : offset + 4], "big")
+                    header_end = offset + _LENGTH_BYTES
+                    end = header_end + int.from_bytes(view[offset:header_end], "big")
                     if end > size:
                         if end - size > _READ_BYTES:  # a large frame: the rest in one read
                             data = data[offset:] + await reader.readexactly(end - size)
@@ -165,7 +166,7 @@ class Channel:
                             end = size
                         else:
                             break
-                    self._receive(self._loads(view[offset + _LENGTH_BYTES : end]))
+                    self._receive(self._loads(view[header_end:end]))
                     offset = end
                 pending = data[offset:]
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -225,8 +226,8 @@ class Channel:
         self._answering.discard(answer)
         if answer.cancelled():
             reply = _error_frame(frame_id, RuntimeError("the request was cancelled"))
-        elif answer.exception() is not None:
-            reply = _error_frame(frame_id, cast(Exception, answer.exception()))
+        elif (failure := answer.exception()) is not None:
+            reply = _error_frame(frame_id, cast(Exception, failure))
         else:
             reply = {"id": frame_id, "reply": answer.result()}
         self._send_if_open(reply)
