@@ -88,7 +88,7 @@ fuzz: $(STAMP)
 # `make test`; run it after changing the workers, the Python runtime or model control.
 CHAOS_SECONDS ?= 120
 chaos: $(STAMP)
-	FERRY_CHAOS_SECONDS=$(CHAOS_SECONDS) $(BIN)/python -m pytest tests/integration/server/test_chaos.py --timeout=3600 $(PYTEST_ARGS)
+	FERRY_CHAOS_SECONDS=$(CHAOS_SECONDS) $(BIN)/python -m pytest -s tests/integration/server/test_chaos.py --timeout=3600 $(PYTEST_ARGS)
 
 
 $(PROTO_STUBS_STAMP): $(STAMP) scripts/generate_proto_stubs.py

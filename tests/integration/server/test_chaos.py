@@ -1,7 +1,8 @@
 """Chaos under load (`make chaos`; skipped unless FERRY_CHAOS_SECONDS is set): clients on fresh
 connections (an ONNX model with dynamic batching, a Python-step ensemble, a BLS model, a sequence
-model, clients that hang up mid-request) while worker processes and Python instance processes
-are killed and models are reloaded and unloaded. Run for each mode: one process, `--workers 2`,
+model over HTTP and gRPC streams, the ONNX model over gRPC, clients that hang up mid-request)
+while worker processes and Python instance processes are killed and models are reloaded and
+unloaded. Run for each mode: one process, `--workers 2`,
 `--workers 2 --shared-batching`.
 
 What must hold: no request hangs, no answer is wrong, every error is one a client can expect
@@ -14,6 +15,8 @@ worker, nothing pending and no traceback in its log.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import http.client
 import json
 import os
@@ -56,6 +59,13 @@ EXPECTED_ERRORS = (
     b"not found",
     b"was killed",
     b"exited",
+)
+# what a gRPC client is told when its connection's worker was killed
+STREAM_ENDED = (
+    b"StatusCode.UNAVAILABLE",
+    b"Socket closed",
+    b"Connection reset",
+    b"failed to connect",
 )
 Answer = tuple[int, bytes, float]  # status (0: connection failed, -1: timed out), body, seconds
 
@@ -202,6 +212,98 @@ class Chaos:
                     broken = True
                     self.judge("acc", (status, answer, elapsed), None)
 
+    def grpc_stream_client(self, base: int) -> None:
+        """Sequences of the accumulator over gRPC ModelStreamInfer, one stream per sequence (a
+        fresh connection each: any worker); each response is awaited at most HANG_S. The
+        stream's errors come as the callback's error: expected ones, or a lost sequence."""
+        import queue
+
+        import tritonclient.grpc as grpcclient
+
+        rng = random.Random(base)
+        for number in range(1, 1 << 30):
+            if self.stop.is_set():
+                return
+            sequence_id, total, began = base * 1_000_000 + number, 0, time.monotonic()
+            answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+            client = grpcclient.InferenceServerClient(self.server.grpc_url)
+            try:
+                client.start_stream(callback=functools.partial(_put_pair, answers))
+                steps = rng.randint(2, 6)
+                for step in range(steps):
+                    value = rng.randint(0, 9)
+                    total += value
+                    tensor = grpcclient.InferInput("INPUT", [1, 1], "INT32")
+                    tensor.set_data_from_numpy(np.array([[value]], np.int32))
+                    client.async_stream_infer(
+                        "acc",
+                        [tensor],
+                        sequence_id=sequence_id,
+                        sequence_start=step == 0,
+                        sequence_end=step == steps - 1,
+                    )
+                    try:
+                        result, error = answers.get(timeout=HANG_S)
+                    except queue.Empty:
+                        self.note("BAD hang", f"stream sequence {sequence_id} step {step}")
+                        break
+                    lost = self.sequences_broken_at > began - 1.0
+                    if error is None:
+                        got = int(result.as_numpy("OUTPUT").reshape(-1)[0])
+                        if got == total or lost:
+                            self.note("ok")
+                        else:
+                            self.note("BAD wrong answer", f"stream {sequence_id}: {got} != {total}")
+                        continue
+                    text = str(error).encode()
+                    if lost or any(t in text for t in EXPECTED_ERRORS + STREAM_ENDED):
+                        self.note("stream error expected")
+                    else:
+                        self.note("BAD stream error", f"sequence {sequence_id}: {error}")
+                    break
+            except Exception as exc:  # the connection to a killed worker
+                text = str(exc).encode()
+                if any(t in text for t in EXPECTED_ERRORS + STREAM_ENDED):
+                    self.note("stream error expected")
+                else:
+                    self.note("BAD stream exception", repr(exc))
+            finally:
+                with contextlib.suppress(Exception):
+                    client.stop_stream(cancel_requests=True)
+                client.close()
+
+    def grpc_client(self, seed: int) -> None:
+        """The MLP over gRPC ModelInfer, a fresh client (connection) every 20 requests."""
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        rng = np.random.default_rng(seed)
+        while not self.stop.is_set():
+            client = grpcclient.InferenceServerClient(self.server.grpc_url)
+            for _ in range(20):
+                x = rng.standard_normal((1, 16)).astype(np.float32)
+                want = run_reference(self.mlp_path, {"input": x})["output"]
+                tensor = grpcclient.InferInput("input", [1, 16], "FP32")
+                tensor.set_data_from_numpy(x)
+                started = time.monotonic()
+                try:
+                    result = client.infer("mlp", [tensor], client_timeout=HANG_S + 5)
+                except InferenceServerException as exc:
+                    elapsed, text = time.monotonic() - started, str(exc).encode()
+                    if elapsed > HANG_S or b"Deadline" in text:
+                        self.note("BAD hang", f"grpc mlp {elapsed:.1f} s: {exc}")
+                    elif any(t in text for t in EXPECTED_ERRORS + STREAM_ENDED):
+                        self.note("grpc error expected")
+                    else:
+                        self.note("BAD grpc error", str(exc))
+                    break
+                got = result.as_numpy("output")
+                if got is not None and np.allclose(got, want, atol=1e-4):
+                    self.note("ok")
+                else:
+                    self.note("BAD wrong answer", f"grpc mlp {got} != {want}")
+            client.close()
+
     def hang_up_client(self) -> None:
         """Clients that close their connection mid-header, mid-body or before the answer."""
         body = json.dumps({"inputs": [fp32("input", np.ones((1, 16), np.float32))]}).encode()
@@ -260,6 +362,8 @@ class Chaos:
             threading.Thread(target=self.classify_client, args=(3,)),
             threading.Thread(target=self.bls_client, args=(4,)),
             threading.Thread(target=self.hang_up_client),
+            threading.Thread(target=self.grpc_client, args=(5,)),
+            threading.Thread(target=self.grpc_stream_client, args=(4,)),
             threading.Thread(target=self.chaos),
             *(threading.Thread(target=self.sequence_client, args=(b,)) for b in (1, 2, 3)),
         ]
@@ -270,6 +374,10 @@ class Chaos:
         for thread in threads:
             thread.join(timeout=150)
         assert not [t for t in threads if t.is_alive()], "a client never returned"
+
+
+def _put_pair(answers: Any, result: Any, error: Any) -> None:
+    answers.put((result, error))
 
 
 def process_age_s(pid: int) -> float:
@@ -320,6 +428,7 @@ def test_the_server_survives_chaos_under_load(tmp_path: Path, mode: tuple[str, .
         chaos = Chaos(server, tmp_path, workers="--workers" in mode)
         chaos.run(SECONDS)
         summary = f"{dict(chaos.counts)}\nactions: {chaos.actions}"
+        print(f"chaos {mode}: {dict(chaos.counts)}")  # (make chaos shows it with -s)
         assert not chaos.problems, "\n".join(chaos.problems[:40]) + "\n" + summary
         assert chaos.counts["ok"] > 100, summary
         # recovery: every worker back, every model loaded, every model answering on every worker
