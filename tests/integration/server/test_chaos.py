@@ -133,7 +133,9 @@ class Chaos:
 
     # --- clients -------------------------------------------------------------------------------
 
-    def mlp_client(self, seed: int) -> None:
+    def mlp_client(self, model: str, input_name: str, seed: int) -> None:
+        """The MLP's answers, directly (`mlp`) or through a Python model's BLS call (`bls`),
+        checked against onnxruntime."""
         rng = np.random.default_rng(seed)
         while not self.stop.is_set():
             x = rng.standard_normal((int(rng.integers(1, 5)), 16)).astype(np.float32)
@@ -143,8 +145,8 @@ class Chaos:
                 got = np.array(answer["outputs"][0]["data"], np.float32).reshape(want.shape)
                 assert np.allclose(got, want, atol=1e-4), (got, want)
 
-            body = {"inputs": [fp32("input", x)]}
-            self.judge("mlp", post(self.port, "/v2/models/mlp/infer", body), check)
+            body = {"inputs": [fp32(input_name, x)]}
+            self.judge(model, post(self.port, f"/v2/models/{model}/infer", body), check)
 
     def classify_client(self, seed: int) -> None:
         rng = np.random.default_rng(seed)
@@ -156,19 +158,6 @@ class Chaos:
                 assert {o["name"] for o in answer["outputs"]} == {"LABEL", "PROBABILITY"}
 
             self.judge("classify", post(self.port, "/v2/models/classify/infer", body), check)
-
-    def bls_client(self, seed: int) -> None:
-        rng = np.random.default_rng(seed)
-        while not self.stop.is_set():
-            x = rng.standard_normal((2, 16)).astype(np.float32)
-            want = run_reference(self.mlp_path, {"input": x})["output"]
-
-            def check(answer: Any, want: np.ndarray = want) -> None:
-                got = np.array(answer["outputs"][0]["data"], np.float32).reshape(want.shape)
-                assert np.allclose(got, want, atol=1e-4), (got, want)
-
-            body = {"inputs": [fp32("INPUT", x)]}
-            self.judge("bls", post(self.port, "/v2/models/bls/infer", body), check)
 
     def sequence_client(self, base: int) -> None:
         """Sequences of 2-6 steps of the accumulator; a running sum that does not match, or a
@@ -357,10 +346,10 @@ class Chaos:
 
     def run(self, seconds: float) -> None:
         threads = [
-            threading.Thread(target=self.mlp_client, args=(1,)),
-            threading.Thread(target=self.mlp_client, args=(2,)),
+            threading.Thread(target=self.mlp_client, args=("mlp", "input", 1)),
+            threading.Thread(target=self.mlp_client, args=("mlp", "input", 2)),
             threading.Thread(target=self.classify_client, args=(3,)),
-            threading.Thread(target=self.bls_client, args=(4,)),
+            threading.Thread(target=self.mlp_client, args=("bls", "INPUT", 4)),
             threading.Thread(target=self.hang_up_client),
             threading.Thread(target=self.grpc_client, args=(5,)),
             threading.Thread(target=self.grpc_stream_client, args=(4,)),
