@@ -75,6 +75,9 @@ class QueuePolicy:
         return self.default_timeout_s
 
 
+NO_QUEUE_POLICY = QueuePolicy()  # a level without a policy: no size limit, no timeout
+
+
 @dataclass(frozen=True, slots=True)
 class BatchingPolicy:
     """Everything the batcher takes from a model config."""
@@ -236,20 +239,7 @@ class Batcher:
         """Requests accepted but not yet executing (nv_inference_pending_request_count)."""
         return self._queued
 
-    async def submit(
-        self,
-        inputs: Mapping[str, np.ndarray],
-        rows: int,
-        priority: int = 0,
-        timeout_us: int = 0,
-        request: InferenceRequest | None = None,
-    ) -> tuple[Any, RequestTiming]:
-        """Queue a validated request and wait for its own outputs (a request runtime's outcome:
-        outputs, or a ResponseStream of a decoupled model); `request` is what a request runtime
-        receives."""
-        return await self.enqueue(inputs, rows, priority, timeout_us, request)
-
-    def enqueue(
+    def submit(
         self,
         inputs: Mapping[str, np.ndarray],
         rows: int,
@@ -257,12 +247,15 @@ class Batcher:
         timeout_us: int = 0,
         request: InferenceRequest | None = None,
     ) -> asyncio.Future[tuple[Any, RequestTiming]]:
-        """`submit` without a coroutine: queue the request now (or raise why not) and return
-        the future of its outcome, for callers that answer from a callback."""
+        """Queue a validated request now (or raise why not) and return the future of its own
+        outputs (a request runtime's outcome: outputs, or a ResponseStream of a decoupled model);
+        `request` is what a request runtime receives. A plain function, not a coroutine: a
+        caller awaits the future itself (one coroutine frame fewer per request), or answers
+        from its callback."""
         if not self._accepting:
             raise ServingError(ErrorKind.UNAVAILABLE, "model is shutting down")
         level = self.policy.level_of(priority)
-        queue_policy = self.policy.queue_policies.get(level, QueuePolicy())
+        queue_policy = self.policy.queue_policies.get(level, NO_QUEUE_POLICY)
         queue = self._queues[level]
         if (
             queue_policy.max_queue_size

@@ -21,7 +21,7 @@ from monitoring.observer import (
     FAILURE_REJECTED,
     RequestRecord,
 )
-from server.batching import Batcher, RequestTiming
+from server.batching import RequestTiming
 from server.classification import classify
 from server.errors import ErrorKind, ServingError, WorkerUnreachable, invalid
 from server.model import ModelVersion
@@ -291,14 +291,10 @@ class DataPlane:
         if inputs is None:
             assert request is not None
             inputs = request.inputs
-        scheduler = model.scheduler
-        future: asyncio.Future[tuple[Any, RequestTiming]]
-        if isinstance(scheduler, Batcher):
-            future = scheduler.enqueue(inputs, rows, priority, timeout_us, request)
-        else:
-            future = asyncio.ensure_future(
-                scheduler.submit(inputs, rows, priority, timeout_us, request)
-            )
+        # a Batcher's future as it is; any other scheduler's coroutine in a task
+        future = asyncio.ensure_future(
+            model.scheduler.submit(inputs, rows, priority, timeout_us, request)
+        )
         self._enter()
         future.add_done_callback(self._left)
         return future
@@ -743,9 +739,7 @@ def validate_request(model: ModelVersion, request: InferenceRequest) -> int:
                 f"'{name}' expects '{spec.datatype}'"
             )
         shape = array.shape
-        if len(shape) != len(spec.shape) or any(
-            want != -1 and got != want for got, want in zip(shape, spec.shape, strict=False)
-        ):
+        if not _shape_fits(shape, spec.shape):
             raise invalid(
                 f"unexpected shape for input '{input_name}' for model '{name}'. "
                 f"Expected {list(spec.shape)}, got {list(shape)}"
@@ -776,6 +770,17 @@ def validate_request(model: ModelVersion, request: InferenceRequest) -> int:
         if requested.classification < 0:
             raise invalid(f"classification count for output '{requested.name}' must be >= 0")
     return rows
+
+
+def _shape_fits(shape: tuple[int, ...], wanted: tuple[int, ...]) -> bool:
+    """A request's shape against the model's (-1: any size); a loop, not any(): it runs for
+    every input of every request."""
+    if len(shape) != len(wanted):
+        return False
+    for got, want in zip(shape, wanted, strict=True):  # noqa: SIM110 (see above)
+        if want != -1 and got != want:
+            return False
+    return True
 
 
 def missing_inputs_message(model: ModelVersion, request: InferenceRequest) -> str:

@@ -12,7 +12,7 @@ Every scheduler offers the same three things to the data plane and the repositor
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,15 +37,16 @@ class Scheduler(Protocol):
     def pending_count(self) -> int:
         """Requests accepted but not yet executing."""
 
-    async def submit(
+    def submit(
         self,
         inputs: Mapping[str, np.ndarray],
         rows: int,
         priority: int = 0,
         timeout_us: int = 0,
         request: InferenceRequest | None = None,
-    ) -> tuple[Any, RequestTiming]:
-        """Run one validated request; its outputs (or its response stream) and timing."""
+    ) -> Awaitable[tuple[Any, RequestTiming]]:
+        """Run one validated request; its outputs (or its response stream) and timing (an
+        `async def`, or a plain one that queues the request and returns a future)."""
 
     async def drain(self) -> None:
         """Stop accepting, finish what was accepted, release the instances."""

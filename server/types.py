@@ -63,7 +63,8 @@ class TensorSpec:
     optional: bool = False  # an input the request may leave out (config `optional: true`)
 
 
-@dataclass(frozen=True, slots=True)
+# not frozen: built for every output a request names (see InferenceRequest below)
+@dataclass(slots=True)
 class RequestedOutput:
     """An output the client asked for, with its per-output encoding parameters."""
 

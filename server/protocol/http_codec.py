@@ -53,7 +53,9 @@ RESERVED_PARAMETERS = frozenset(
 DEFAULT_DECODE_LIMITS = DecodeLimits()
 
 
-@dataclass(frozen=True, slots=True)
+# not frozen: built for every request, and a frozen dataclass's __init__ costs about 4x
+# (object.__setattr__ per field); treat instances as immutable
+@dataclass(slots=True)
 class OutputEncoding:
     """How the response's outputs go on the wire."""
 

@@ -15,6 +15,12 @@ from server.errors import ServingError, invalid
 from server.types import ALL_DATATYPES, ELEMENT_SIZE_BY_DATATYPE, NUMPY_DTYPE_BY_DATATYPE
 
 _U32 = struct.Struct("<I")
+# the wire's byte order, built once (a dtype's newbyteorder() costs a new object per call)
+_WIRE_DTYPE_BY_DATATYPE = {
+    name: dtype.newbyteorder("<")
+    for name, dtype in NUMPY_DTYPE_BY_DATATYPE.items()
+    if name != "BYTES"
+}
 MAX_DIMS = 64
 # Triton's HTTP_MAX_JSON_NESTING_DEPTH (server/src/common.h): JSON `data` whose leaves sit this
 # many arrays deep is refused
@@ -78,17 +84,22 @@ def array_from_bytes(
     """Decode one tensor from `buffer[offset:offset+size]` (`model` names it in errors)."""
     size = len(buffer) - offset if size is None else size
     count = checked_count(name, shape, datatype)
-    where = f"inference input '{name}' for model '{model}'" if model else f"input '{name}'"
     if datatype == "BYTES":
-        return _deserialize_bytes(name, where, buffer, offset, size, count, shape)
+        return _deserialize_bytes(name, _where(name, model), buffer, offset, size, count, shape)
     expected = count * ELEMENT_SIZE_BY_DATATYPE[datatype]
     if size != expected:  # Triton's words
+        where = _where(name, model).removeprefix("inference ")
         raise invalid(
-            f"input byte size mismatch for {where.removeprefix('inference ')}. Expected "
+            f"input byte size mismatch for {where}. Expected "
             f"{expected}, got {size} (shape {list(shape)}, datatype {datatype})"
         )
-    dtype = NUMPY_DTYPE_BY_DATATYPE[datatype].newbyteorder("<")
-    return np.frombuffer(buffer, dtype=dtype, count=count, offset=offset).reshape(shape)
+    # one constructor call, not frombuffer().reshape(): the size was checked above
+    return np.ndarray(shape, _WIRE_DTYPE_BY_DATATYPE[datatype], buffer, offset)
+
+
+def _where(name: str, model: str) -> str:
+    """The input as error messages name it (`model` empty: the model is not known here)."""
+    return f"inference input '{name}' for model '{model}'" if model else f"input '{name}'"
 
 
 def raw_element_count(name: str, buffer: bytes, datatype: str) -> int:
