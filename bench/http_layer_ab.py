@@ -86,7 +86,9 @@ async def main():
     else:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as protocol_class
         app = http.create_http_app(DataPlane(), 512 << 20)
-    config = uvicorn.Config(app, http="httptools", lifespan="off", log_level="warning")
+    config = uvicorn.Config(
+        app, http="httptools", lifespan="off", log_level="warning", interface="asgi3"
+    )
     config.load()
     protocol = protocol_class(config=config, server_state=ServerState(), app_state={})
     transport = Transport()

@@ -67,6 +67,9 @@ def _uvicorn_server(app: Any, host: str, port: int, limits: HttpLimits) -> _Uvic
         port=port,
         loop="none",
         http=limited_protocol(limits),
+        # said, not guessed: uvicorn's guess needs `__call__` to be a coroutine function, and
+        # InferFastPath's is a plain one returning its handler's coroutine
+        interface="asgi3",
         ws="none",
         lifespan="off",
         # uvicorn's loggers go through ferry's handler, quiet unless verbose (server/logs.py)

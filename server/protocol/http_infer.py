@@ -287,7 +287,10 @@ class InferFastPath:
         self.access = access
         self.infer_gate = access.gate("inference") if access is not None else None
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # a plain function returning the handler's coroutine (uvicorn awaits it; the server is
+        # configured as ASGI 3 explicitly): one coroutine frame fewer on every resumption of
+        # every request
         if scope["type"] == "http":
             match = INFER_PATH.match(scope["path"])
             if match is not None:
@@ -295,18 +298,15 @@ class InferFastPath:
                     None if self.infer_gate is None else self.infer_gate.refusal(scope["headers"])
                 )
                 if refusal is not None:
-                    await send_error(send, 403, refusal)
-                elif scope["method"] == "POST":
-                    await self._infer(scope, receive, send, match.group(1), match.group(2) or "")
-                else:
-                    await send_error(send, 405, "Method Not Allowed")
-                return
+                    return send_error(send, 403, refusal)
+                if scope["method"] == "POST":
+                    return self._infer(scope, receive, send, match.group(1), match.group(2) or "")
+                return send_error(send, 405, "Method Not Allowed")
             if self.access is not None:
                 refusal = self.access.refusal(scope)
                 if refusal is not None:
-                    await send_error(send, 403, refusal)
-                    return
-        await self.fallback(scope, receive, send)
+                    return send_error(send, 403, refusal)
+        return self.fallback(scope, receive, send)
 
     async def _infer(
         self, scope: Scope, receive: Receive, send: Send, name: str, version: str
