@@ -10,7 +10,8 @@ read, before the next one is parsed.
 Timeouts: from a request's first read to the end of its headers (--http-header-timeout-secs),
 from the end of the headers to the end of the body (--http-body-timeout-secs), and idle
 connections, fresh ones included (--http-keepalive-timeout-secs). A client that misses one gets
-408 and the connection is closed (or just closed once its response has started).
+408 and the connection is closed (or just closed once its response has started). Idle
+connections are closed by a periodic sweep (`IdleConnections`), not by a timer per request.
 """
 
 from __future__ import annotations
@@ -35,6 +36,51 @@ class _LimitExceeded(Exception):
     """Raised in a parser callback to stop the parser; the status is on the connection."""
 
 
+class IdleConnections:
+    """One HTTP listener's idle keep-alive connections, closed by a sweep once idle longer than
+    the timeout (up to a quarter of it late, and at most a second).
+
+    uvicorn arms a timer after every response and cancels it when the next request arrives:
+    about 2.2 µs of every request on uvloop. Here a request costs a dict insertion and removal,
+    and one timer runs while any connection is idle. The dict keeps insertion order, which is
+    the order connections went idle, so a sweep stops at the first one still within its time."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.interval_s = min(1.0, max(timeout_s / 4, 0.01))
+        self._since: dict[LimitedHttpToolsProtocol, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, connection: LimitedHttpToolsProtocol) -> None:
+        """`connection` has no request in progress from now on."""
+        loop = connection.loop
+        self._since.pop(connection, None)  # (re)inserted last: the dict stays in idle order
+        self._since[connection] = loop.time()
+        if self._timer is None:
+            self._timer = loop.call_later(self.interval_s, self._sweep, loop)
+
+    def discard(self, connection: LimitedHttpToolsProtocol) -> None:
+        """`connection` is busy again (a read), or gone."""
+        self._since.pop(connection, None)
+
+    def __len__(self) -> int:
+        return len(self._since)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        idle_before = loop.time() - self.timeout_s
+        expired = []
+        for connection, since in self._since.items():
+            if since > idle_before:
+                break
+            expired.append(connection)
+        for connection in expired:
+            del self._since[connection]
+            connection.timeout_keep_alive_handler()
+        if self._since:
+            self._timer = loop.call_later(self.interval_s, self._sweep, loop)
+
+
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
     """HttpToolsProtocol with header limits and slow-client timeouts (see the module doc)."""
 
@@ -46,9 +92,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
         *,
         limits: HttpLimits,
+        idle: IdleConnections,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.limits = limits
+        self.idle = idle
         self.awaiting_headers = True
         # uvicorn starts a new scope for each message it begins: while awaiting headers, a
         # scope other than the last one whose headers completed means a request has begun
@@ -67,15 +115,27 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         # each response leaves in one send (server/protocol/http_writes.py)
         self.transport = cast(asyncio.Transport, CoalescingTransport(transport, self.loop))
         # a fresh connection that sends nothing is idle, like a kept-alive one
-        self.timeout_keep_alive_task = self.loop.call_later(
-            self.timeout_keep_alive, self.timeout_keep_alive_handler
-        )
+        self.idle.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
+        self.idle.discard(self)
         super().connection_lost(exc)
 
+    def on_response_complete(self) -> None:
+        # uvicorn's, except that an idle connection joins the sweep instead of arming a timer
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self.idle.add(self)
+
     def data_received(self, data: bytes) -> None:
+        self.idle.discard(self)
         self.progressed = self.completed = False
         HttpToolsProtocol.data_received(self, data)  # (not super(): the hot path)
         if self.transport.is_closing() or self.parser is None:
@@ -201,5 +261,6 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
 def limited_protocol(limits: HttpLimits) -> type[asyncio.Protocol]:
     """The protocol class to give uvicorn.Config(http=...), bound to `limits`."""
-    factory: Any = functools.partial(LimitedHttpToolsProtocol, limits=limits)
+    idle = IdleConnections(limits.keepalive_timeout_s)
+    factory: Any = functools.partial(LimitedHttpToolsProtocol, limits=limits, idle=idle)
     return factory  # type: ignore[no-any-return]
