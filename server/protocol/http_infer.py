@@ -320,8 +320,11 @@ class InferFastPath:
             raw_body = await read_raw_body(receive, headers, self.limits, reservation)
             # as Triton: an unknown model is a 404 whatever the body holds
             self.dataplane.repository.get(name, version)
-            body = await decode_body(
-                raw_body, headers.get("content-encoding"), self.limits, reservation
+            content_encoding = headers.get("content-encoding")
+            body = (  # (no coroutine for the usual body that is not compressed)
+                raw_body
+                if content_encoding is None
+                else await decode_body(raw_body, content_encoding, self.limits, reservation)
             )
             payload, response_headers = await handle_infer(
                 self.dataplane, self.decoder, name, version, headers, body, scope.get("client")
