@@ -66,6 +66,8 @@ def _uvicorn_server(app: Any, host: str, port: int, limits: HttpLimits) -> _Uvic
         host=host,
         port=port,
         loop="none",
+        # the limits, timeouts and keep-alive (IdleConnections) are the protocol's: uvicorn's
+        # own timeout_keep_alive is not read by it
         http=limited_protocol(limits),
         # said, not guessed: uvicorn's guess needs `__call__` to be a coroutine function, and
         # InferFastPath's is a plain one returning its handler's coroutine
@@ -76,8 +78,6 @@ def _uvicorn_server(app: Any, host: str, port: int, limits: HttpLimits) -> _Uvic
         log_config=None,
         log_level=None,
         access_log=False,
-        # typed int in uvicorn, used with call_later: fractions of a second work
-        timeout_keep_alive=limits.keepalive_timeout_s,  # type: ignore[arg-type]
         backlog=4096,
         proxy_headers=False,
         server_header=False,

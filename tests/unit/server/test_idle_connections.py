@@ -96,7 +96,6 @@ def test_a_real_listener_keeps_a_busy_connection_and_closes_idle_ones() -> None:
         interface="asgi3",
         lifespan="off",
         log_config=None,
-        timeout_keep_alive=1,
     )
     server = uvicorn.Server(config)
 
