@@ -20,6 +20,9 @@ from monitoring.window import TumblingWindow
 
 log = logging.getLogger("ferry.monitoring.drift")
 FloatArray = NDArray[np.float64]
+# signals are computed this many rows at a time: their temporaries stay in the CPU's caches (3,000
+# rows at once cost 1.6 x per row on this machine, and more beside a busy server)
+SIGNAL_CHUNK_ROWS = 512
 
 
 class DriftChannel:
@@ -124,16 +127,23 @@ class DriftChannel:
         self.skipped_rows += skipped
         result = []
         for inputs, outputs, rows in groups:
-            try:
-                signals = compute_signals(self.spec, inputs, outputs)
-            except (SignalError, ValueError, IndexError):
-                self.skipped_rows += rows
-                continue
-            self._count_classes(outputs)
-            finite = np.isfinite(signals).all(axis=1)
-            self.nonfinite_rows += int(rows - finite.sum())
-            self.rows_seen += rows
-            result.append(signals[finite])
+            for start in range(0, rows, SIGNAL_CHUNK_ROWS):
+                chunk = min(SIGNAL_CHUNK_ROWS, rows - start)
+                if chunk < rows:
+                    inputs_chunk = {n: a[start : start + chunk] for n, a in inputs.items()}
+                    outputs_chunk = {n: a[start : start + chunk] for n, a in outputs.items()}
+                else:
+                    inputs_chunk, outputs_chunk = inputs, outputs
+                try:
+                    signals = compute_signals(self.spec, inputs_chunk, outputs_chunk)
+                except (SignalError, ValueError, IndexError):
+                    self.skipped_rows += chunk
+                    continue
+                self._count_classes(outputs_chunk)
+                finite = np.isfinite(signals).all(axis=1)
+                self.nonfinite_rows += int(chunk - finite.sum())
+                self.rows_seen += chunk
+                result.append(signals[finite])
         return result
 
     def _count_classes(self, outputs: Mapping[str, np.ndarray]) -> None:
