@@ -51,14 +51,29 @@ class RowIntake:
         rows: int,
         has_row_axis: bool,
     ) -> bool:
-        """Queue one request's rows, or count them dropped when full; True when a drain is due:
-        on the request that fills a quarter, and on the first one dropped (not on every request
-        after them: a wake-up costs the event loop a few microseconds)."""
+        """Queue one request's rows, if the sample takes it (`sampled`); True when a drain is
+        due (`queue`)."""
+        return self.sampled() and self.queue(inputs, outputs, rows, has_row_axis)
+
+    def sampled(self) -> bool:
+        """Whether the sample takes the next request (always at a sample rate of 1)."""
         if self.sample_rate < 1.0:
             self._credit += self.sample_rate
             if self._credit < 1.0:
                 return False
             self._credit -= 1.0
+        return True
+
+    def queue(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Mapping[str, np.ndarray],
+        rows: int,
+        has_row_axis: bool,
+    ) -> bool:
+        """Queue one request's rows, or count them dropped when full; True when a drain is due:
+        on the request that fills a quarter, and on the first one dropped (not on every request
+        after them: a wake-up costs the event loop a few microseconds)."""
         size = 0
         for array in outputs.values():
             size += getattr(array, "nbytes", 0)

@@ -1,11 +1,15 @@
 """Drift evaluated in another process: the serving side's feeder, and the process it feeds.
 
 `RemoteDriftMonitor` is the observer a serving process installs instead of the in-process
-`DriftMonitor`. Its `observe` runs on the event loop and only appends the request's arrays to a
-bounded intake (as the in-process monitor does). A feeder thread stacks the queued rows, sends
-them to the evaluator (monitoring/drift_service.py) and asks it for a snapshot of every model
-version's families and detail, which `families` and `detail` then read without waiting. So the
-event loop never computes a signal, a KS distance or a p-value, and a scrape or a drift read
+`DriftMonitor`. Its `observe` runs on the event loop. Once the evaluator has said which tensors a
+model version's signals read, and when they have fixed row shapes, it copies the request's rows
+into a shared-memory ring the evaluator reads (monitoring/drift_ring.py): nothing else in the
+serving process touches them. Until then, and for tensors that vary in shape, it appends the
+request's arrays to a bounded intake (as the in-process monitor does), and a feeder thread
+stacks the queued rows and sends them over the evaluator's socket
+(monitoring/drift_service.py). The feeder thread also asks the evaluator for a snapshot of every
+model version's families and detail, which `families` and `detail` then read without waiting. So
+the event loop never computes a signal, a KS distance or a p-value, and a scrape or a drift read
 never waits for an evaluation.
 
 `DriftServiceProcess` starts the evaluator and starts it again when it has died. Its owner is the
@@ -24,13 +28,17 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Client, Connection
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from monitoring.drift import DriftSnapshot, pick_detail
 from monitoring.drift_intake import Item, RowIntake, pending_rows_for, stack_groups
+from monitoring.drift_ring import RingWriter, ring_layout
 from monitoring.drift_service import AUTHKEY_ENV
 from monitoring.families import Family
 from monitoring.observer import ModelEventRecord, ObservedRecord, RequestRecord
@@ -138,7 +146,36 @@ class _Feed:
         self.intake = RowIntake(max_rows, sample_rate=sample_rate)
         self.monitored = True  # until a snapshot says the evaluator does not monitor it
         self.tensors: tuple[tuple[str, str], ...] | None = None  # what its signals read
+        self.ring: RingWriter | None = None  # set by the feeder thread, written by the loop
+        self.ring_refused = False  # its tensors do not fit a ring: do not try again
+        self.ring_dropped = 0  # rows the ring had no room for
         self.dropped_sent = 0
+
+    def offer(
+        self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], rows: int
+    ) -> bool:
+        """Take a request's rows if the sample does: into the ring when it fits, else into the
+        intake; True when the feeder thread should run a pass now."""
+        if not self.intake.sampled():
+            return False
+        ring = self.ring
+        if ring is not None:
+            written = ring.write(inputs, outputs, rows, self.has_row_axis)
+            if written is not None:
+                if not written:
+                    self.ring_dropped += rows
+                return False
+        return self.intake.queue(inputs, outputs, rows, self.has_row_axis)
+
+    @property
+    def dropped_rows(self) -> int:
+        return self.intake.dropped_rows + self.ring_dropped
+
+    def close_ring(self) -> None:
+        """Stop writing to the ring (rows go to the intake) and remove its file if it is left."""
+        ring, self.ring = self.ring, None
+        if ring is not None:
+            ring.unlink()
 
 
 def _names(
@@ -186,11 +223,8 @@ class RemoteDriftMonitor:
                     if (
                         feed is not None
                         and feed.monitored
-                        and feed.intake.offer(
-                            record.inputs or {},
-                            record.outputs,
-                            max(1, record.batch_size),
-                            feed.has_row_axis,
+                        and feed.offer(
+                            record.inputs or {}, record.outputs, max(1, record.batch_size)
                         )
                     ):
                         self._thread.wake()
@@ -202,9 +236,12 @@ class RemoteDriftMonitor:
     def _on_event(self, event: ModelEventRecord) -> None:
         key = (event.model, event.version)
         with self._lock:
+            gone = self._feeds.pop(key, None)
+            if gone is not None:
+                gone.close_ring()
             if event.state == "READY":
                 self._feeds[key] = _Feed(event, pending_rows_for(self.window), self.sample_rate)
-            elif self._feeds.pop(key, None) is None:
+            elif gone is None:
                 return
             self._events.append(event)
         self._thread.wake()
@@ -230,6 +267,8 @@ class RemoteDriftMonitor:
     def close(self) -> None:
         """Stop the feeder thread, and the evaluator when this monitor owns it."""
         self._thread.stop()
+        for feed in list(self._feeds.values()):
+            feed.close_ring()
         if self._connection is not None:
             if self.process is not None:
                 with contextlib.suppress(OSError):
@@ -267,7 +306,9 @@ class RemoteDriftMonitor:
             for event in events:
                 connection.send(("event", event))
             for (model, version), feed in list(self._feeds.items()):
-                dropped = feed.intake.dropped_rows
+                if feed.ring is None and feed.tensors is not None and not feed.ring_refused:
+                    self._open_ring(connection, model, version, feed)
+                dropped = feed.dropped_rows
                 items = feed.intake.take()
                 groups, skipped = (
                     stack_groups(items, _names(items, feed.tensors)) if items else ([], 0)
@@ -291,6 +332,27 @@ class RemoteDriftMonitor:
         except (OSError, EOFError, TimeoutError) as exc:
             self._lost(exc)
 
+    def _open_ring(self, connection: Connection, model: str, version: str, feed: _Feed) -> None:
+        """Give a model version's rows a ring, now that its signals' tensors are known: the
+        evaluator maps it before the event loop writes a row (rows meanwhile take the intake)."""
+        assert feed.tensors is not None
+        layout = ring_layout(feed.event, feed.tensors, self.window)
+        if layout is None:
+            feed.ring_refused = True
+            return
+        try:
+            ring = RingWriter(layout)
+        except OSError as exc:
+            log.warning("drift rows of %s/%s take the socket: %s", model, version, exc)
+            feed.ring_refused = True
+            return
+        try:
+            connection.send(("ring", model, version, layout, ring.path))
+        except BaseException:
+            ring.unlink()
+            raise
+        feed.ring = ring
+
     def _read_snapshot(self, connection: Connection, timeout: float) -> None:
         """Take the snapshot asked for when it has come (within `timeout`; one is asked for at
         a time, and the evaluator answers in order)."""
@@ -311,7 +373,11 @@ class RemoteDriftMonitor:
             detail = snapshot.details.get(key)
             if detail is not None:
                 feed.monitored = detail["state"] != "disabled"
-                feed.tensors = snapshot.tensors.get(key)
+                tensors = snapshot.tensors.get(key)
+                if tensors != feed.tensors:  # a ring holds the tensors the signals read
+                    feed.close_ring()
+                    feed.ring_refused = False
+                feed.tensors = tensors
         self._snapshot = snapshot
 
     def _connect(self) -> Connection | None:
@@ -351,6 +417,8 @@ class RemoteDriftMonitor:
         if self._connection is not None:
             self._connection.close()
         self._connection, self._snapshot_asked_at = None, None
+        for feed in list(self._feeds.values()):  # a new evaluator gets new rings
+            feed.close_ring()
 
 
 def feeder_for(

@@ -9,10 +9,11 @@ that counts every row once, whichever process served it.
 Feeders (monitoring/drift_remote.py) connect over a Unix socket in a private folder and
 authenticate with the key in the FERRY_DRIFT_AUTHKEY environment variable
 (multiprocessing.connection's HMAC handshake; messages are pickles, so only holders of the key
-may connect). Each feeder sends model events, stacked rows and snapshot requests, in order, on
-its own connection. A model version is monitored while at least one feeder has it READY; its
-windows survive a feeder that reloads it or restarts, unless its folder or reference changed.
-The process ends when its parent does, or when a feeder sends "close".
+may connect). Each feeder sends model events, stacked rows, the shared-memory rings its event
+loop writes rows into (monitoring/drift_ring.py; read here on every pass) and snapshot
+requests, in order, on its own connection. A model version is monitored while at least one
+feeder has it READY; its windows survive a feeder that reloads it or restarts, unless its
+folder or reference changed. The process ends when its parent does, or when a feeder sends "close".
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from monitoring.drift import DriftMonitor
+from monitoring.drift_ring import RingLayout, RingReader
 from monitoring.observer import ModelEventRecord
 from monitoring.reference import REFERENCE_FILENAME
 
+log = logging.getLogger("ferry.monitoring.drift")
 AUTHKEY_ENV = "FERRY_DRIFT_AUTHKEY"
 NICENESS = 10
 MAX_LOG_LINES = 1000  # log lines kept for the feeder that prints them, oldest dropped first
@@ -77,6 +80,8 @@ class DriftService:
         self.connections: dict[int, Connection] = {}
         self.holders: dict[Key, set[int]] = {}
         self.identities: dict[Key, tuple[Any, ...]] = {}
+        self.rings: dict[tuple[int, Key], RingReader] = {}
+        self.dropped: dict[tuple[int, Key], int] = {}  # each feeder's count of dropped rows
         self.logs = _LogBuffer()
         logging.getLogger("ferry").addHandler(self.logs)
         logging.getLogger("ferry").setLevel(logging.INFO)
@@ -101,6 +106,7 @@ class DriftService:
                 else:
                     assert isinstance(ready, Connection)
                     self._receive(ready)
+            self.read_rings(settled=True)
             self.engine.step()  # versions to load, stale windows
         listener.close()
 
@@ -140,6 +146,42 @@ class DriftService:
             connection.close()
         for key in [k for k, held in self.holders.items() if feeder in held]:
             self._release(feeder, key)
+        for ring in [r for r in self.rings if r[0] == feeder]:
+            del self.rings[ring]
+        for counted in [d for d in self.dropped if d[0] == feeder]:
+            del self.dropped[counted]
+
+    # --- rows -----------------------------------------------------------------------------------
+
+    def read_rings(self, settled: bool, feeder: int | None = None) -> None:
+        """Evaluate the rows the feeders' event loops wrote into their rings (one feeder's
+        only, unsettled, when its message has just ordered them before this read)."""
+        for (owner, key), ring in list(self.rings.items()):
+            inputs, outputs, rows = ring.take(settled and owner != feeder)
+            if rows:
+                self._offer(owner, key, inputs, outputs, rows, None, 0)
+
+    def _offer(
+        self,
+        feeder: int,
+        key: Key,
+        inputs: Any,
+        outputs: Any,
+        rows: int,
+        dropped: int | None,
+        skipped: int,
+    ) -> None:
+        """Rows for the engine, with the dropped rows of every feeder of this version."""
+        if dropped is not None:
+            self.dropped[(feeder, key)] = dropped
+        total = sum(n for (_, k), n in self.dropped.items() if k == key)
+        self.engine.offer_rows(key[0], key[1], inputs, outputs, rows, total, skipped)
+
+    def _ring(self, feeder: int, key: Key, layout: RingLayout, path: str) -> None:
+        try:
+            self.rings[(feeder, key)] = RingReader(layout, path)
+        except OSError as exc:  # its rows are lost: say so
+            log.warning("cannot read the drift rows of %s/%s: %s", key[0], key[1], exc)
 
     # --- messages -------------------------------------------------------------------------------
 
@@ -149,8 +191,13 @@ class DriftService:
         if kind == "event":
             self._event(feeder, message[1])
         elif kind == "rows":
-            self.engine.offer_rows(*message[1:])
+            _, model, version, inputs, outputs, rows, dropped, skipped = message
+            self._offer(feeder, (model, version), inputs, outputs, rows, dropped, skipped)
+        elif kind == "ring":
+            _, model, version, layout, path = message
+            self._ring(feeder, (model, version), layout, path)
         elif kind == "snapshot":
+            self.read_rings(settled=True, feeder=feeder)
             self.engine.step()
             logs = self.logs.take() if feeder == min(self.connections, default=feeder) else []
             return ("snapshot", self.engine.snapshot(), logs)
@@ -171,6 +218,8 @@ class DriftService:
             self.engine.step()  # load it before the rows that follow
         elif key in self.holders:
             self._release(feeder, key)
+        if event.state != "READY":
+            self.rings.pop((feeder, key), None)
 
     def _release(self, feeder: int, key: Key) -> None:
         held = self.holders.get(key)

@@ -247,3 +247,107 @@ def test_a_feeder_with_a_sample_rate_sends_that_fraction(
     )
     assert detail["windows_total"] == 1 and detail["dropped_rows"] == 0
     monitor.close()
+
+
+def ring_open(monitor: RemoteDriftMonitor) -> bool:
+    """The feeder has given the version a ring (one pass after a snapshot named its tensors)."""
+    feed = monitor._feeds.get(("clf", "1"))
+    return feed is not None and feed.ring is not None
+
+
+def test_rows_through_the_ring_give_the_in_process_monitors_figures(
+    classifier: Classifier, evaluator: DriftServiceProcess
+) -> None:
+    local = DriftMonitor(window=WINDOW, alpha=0.05)
+    remote = feeder(evaluator)
+    for monitor in (local, remote):
+        monitor.observe(ready(classifier))
+    local.step()
+    wait_for(lambda: ring_open(remote), remote.step)
+    rng = np.random.default_rng(11)
+    records = requests(classifier, draw(rng, 600)) + requests(classifier, draw(rng, 400, shift=0.7))
+    feed(local.observe, local.step, records)
+    for record in records:  # no feeder pass needed: the evaluator reads the ring by itself
+        remote.observe(record)
+    assert remote._feeds[("clf", "1")].intake.queued_rows == 0
+    expected = local.detail("clf", "1")
+    got = wait_for(
+        lambda: (d := remote.detail("clf", "1")) and d["windows_total"] == 5 and d,
+        lambda: remote.step(snapshot=True, wait=False),
+    )
+    remote.close()
+    assert expected is not None and expected["windows_total"] == 5
+    for key in ("rows_seen", "detections_total", "consecutive_detections", "dropped_rows"):
+        assert got[key] == expected[key], key
+    assert got["last_window"]["drift"] is True
+    for ours, theirs in zip(
+        got["last_window"]["signals"], expected["last_window"]["signals"], strict=True
+    ):
+        assert ours["statistic"] == theirs["statistic"]
+
+
+def test_rows_that_do_not_fit_the_ring_take_the_socket(
+    classifier: Classifier, evaluator: DriftServiceProcess
+) -> None:
+    monitor = feeder(evaluator)
+    monitor.observe(ready(classifier))
+    wait_for(lambda: ring_open(monitor), monitor.step)
+    rng = np.random.default_rng(12)
+    records = requests(classifier, draw(rng, 200))
+    for record in records[::2]:  # FP64 inputs: not the ring's FP32
+        assert record.inputs is not None
+        record.inputs = {"input": record.inputs["input"].astype(np.float64)}
+    feed(monitor.observe, monitor.step, records)
+    assert monitor._feeds[("clf", "1")].intake.dropped_rows == 0
+    detail = wait_for(
+        lambda: (d := monitor.detail("clf", "1")) and d["windows_total"] == 1 and d, monitor.step
+    )
+    assert detail["rows_seen"] == 200 and detail["dropped_rows"] == 0
+    monitor.close()
+
+
+def test_a_full_ring_counts_what_it_drops(
+    classifier: Classifier, evaluator: DriftServiceProcess
+) -> None:
+    monitor = feeder(evaluator)
+    monitor.observe(ready(classifier))
+    wait_for(lambda: ring_open(monitor), monitor.step)
+    ring = monitor._feeds[("clf", "1")].ring
+    assert ring is not None
+    capacity = ring.layout.capacity
+    record = requests(classifier, draw(np.random.default_rng(13), 8), rows=8)[0]
+    pid = evaluator.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # the evaluator reads nothing meanwhile
+    try:
+        for _ in range(capacity // 8 + 2):
+            monitor.observe(record)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    detail = wait_for(
+        lambda: (d := monitor.detail("clf", "1")) and d["rows_seen"] == capacity and d,
+        monitor.step,
+    )
+    assert detail["dropped_rows"] == 16 - capacity % 8
+    monitor.close()
+
+
+def test_the_dropped_rows_of_every_feeder_add_up(classifier: Classifier) -> None:
+    import logging
+
+    from monitoring.drift_service import DriftService
+
+    level = logging.getLogger("ferry").level
+    service = DriftService(DriftMonitor(True, WINDOW, 0.05))
+    try:
+        for feeder_id in (1, 2):
+            service.handle(feeder_id, ("event", ready(classifier)))
+        service.handle(1, ("rows", "clf", "1", {}, {}, 0, 5, 0))
+        service.handle(2, ("rows", "clf", "1", {}, {}, 0, 7, 0))
+        service.handle(1, ("rows", "clf", "1", {}, {}, 0, 6, 0))  # a running count: 6, not 11
+        detail = service.engine.detail("clf", "1")
+        assert detail is not None and detail["dropped_rows"] == 13
+        service.disconnect(1)  # a feeder gone: its count goes with it, the version with it
+    finally:
+        logging.getLogger("ferry").removeHandler(service.logs)
+        logging.getLogger("ferry").setLevel(level)
