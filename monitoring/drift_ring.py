@@ -37,9 +37,10 @@ import numpy as np
 from monitoring.observer import ModelEventRecord
 
 SHM_DIR = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
-MAX_RING_BYTES = 64 * 1024 * 1024
-RING_SECONDS_AT_FULL_SPEED = 2  # capacity: rows for ~2 s at 20k rows/s, or more windows
-MIN_RING_ROWS = 40_000
+# a container's /dev/shm is often 64 MB (Docker's default), shared with every process in it
+MAX_RING_BYTES = 16 * 1024 * 1024
+MIN_RING_ROWS = 40_000  # ~2 s of rows at 20,000 a second, however fast the windows close
+PREFIX = "ferry-drift"
 HEADER_BYTES = 64  # int64 written, int64 read; the rest keeps the regions 64-byte aligned
 _WRITTEN, _READ = 0, 1
 
@@ -132,14 +133,16 @@ def _views(buffer: mmap.mmap, layout: RingLayout) -> tuple[memoryview, list[np.n
 class RingWriter:
     """The serving process's end; `write` runs on the event loop."""
 
-    def __init__(self, layout: RingLayout, prefix: str = "ferry-drift") -> None:
+    def __init__(self, layout: RingLayout, prefix: str = PREFIX) -> None:
         if SHM_DIR is None:
             raise OSError("no /dev/shm for a drift ring")
         self.layout = layout
         self.path = str(SHM_DIR / f"{prefix}-{os.getpid()}-{next(_ring_numbers)}")
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.ftruncate(fd, layout.size)
+            # the pages now, or ENOSPC now: a full /dev/shm must refuse the ring (the rows take
+            # the socket), not raise SIGBUS in the event loop at a later write
+            os.posix_fallocate(fd, 0, layout.size)
             self._buffer = mmap.mmap(fd, layout.size)
         except BaseException:
             self.unlink()
@@ -224,7 +227,10 @@ class RingReader:
 
     def __init__(self, layout: RingLayout, path: str) -> None:
         self.layout = layout
-        fd = os.open(path, os.O_RDWR)
+        where = Path(path)
+        if SHM_DIR is None or where.parent != SHM_DIR or not where.name.startswith(PREFIX):
+            raise OSError(f"{path} is not a drift ring")  # the evaluator unlinks what it maps
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
         try:
             if os.fstat(fd).st_size != layout.size:
                 raise OSError(f"drift ring {path} is not {layout.size} bytes")

@@ -351,3 +351,27 @@ def test_the_dropped_rows_of_every_feeder_add_up(classifier: Classifier) -> None
     finally:
         logging.getLogger("ferry").removeHandler(service.logs)
         logging.getLogger("ferry").setLevel(level)
+
+
+def test_a_ring_that_cannot_be_made_leaves_the_rows_on_the_socket(
+    classifier: Classifier, evaluator: DriftServiceProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from monitoring import drift_remote
+
+    def no_room(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device")  # a full /dev/shm
+
+    monkeypatch.setattr(drift_remote, "RingWriter", no_room)
+    monitor = feeder(evaluator)
+    monitor.observe(ready(classifier))
+    feed_of = monitor._feeds[("clf", "1")]
+    wait_for(lambda: feed_of.ring_refused, monitor.step)
+    feed(monitor.observe, monitor.step, requests(classifier, draw(np.random.default_rng(14), 200)))
+    detail = wait_for(
+        lambda: (d := monitor.detail("clf", "1")) and d["windows_total"] == 1 and d, monitor.step
+    )
+    assert detail["rows_seen"] == 200 and detail["dropped_rows"] == 0
+    assert feed_of.ring is None
+    monitor.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -175,3 +176,24 @@ def test_rows_of_a_strided_array_are_copied_too(ring: tuple[RingWriter, RingRead
     taken_inputs, _, taken = reader.take(settled=False)
     assert taken == 4
     np.testing.assert_array_equal(taken_inputs["x"], inputs["x"])
+
+
+def test_a_reader_maps_only_drift_rings(tmp_path: Path) -> None:
+    """The evaluator unlinks what it maps: a path a feeder names elsewhere is refused, kept."""
+    elsewhere = tmp_path / "ferry-drift-1-1"
+    elsewhere.write_bytes(b"\0" * small().size)
+    with pytest.raises(OSError, match="not a drift ring"):
+        RingReader(small(), str(elsewhere))
+    assert elsewhere.exists()
+    writer = RingWriter(small(), prefix="other")
+    try:
+        with pytest.raises(OSError, match="not a drift ring"):
+            RingReader(small(), writer.path)
+        assert os.path.exists(writer.path)
+    finally:
+        writer.unlink()
+
+
+def test_rows_too_wide_for_a_ring_keep_the_socket() -> None:
+    image = event({"x": ("FP32", (-1, 3, 224, 224))})  # 600 KB a row: not 2 windows in 16 MB
+    assert ring_layout(image, TENSORS, window=1000) is None
