@@ -1,16 +1,16 @@
 """Drift evaluated in another process: the serving side's feeder, and the process it feeds.
 
 `RemoteDriftMonitor` is the observer a serving process installs instead of the in-process
-`DriftMonitor`. Its `observe` runs on the event loop. Once the evaluator has said which tensors a
-model version's signals read, and when they have fixed row shapes, it copies the request's rows
-into a shared-memory ring the evaluator reads (monitoring/drift_ring.py): nothing else in the
-serving process touches them. Until then, and for tensors that vary in shape, it appends the
-request's arrays to a bounded intake (as the in-process monitor does), and a feeder thread
-stacks the queued rows and sends them over the evaluator's socket
-(monitoring/drift_service.py). The feeder thread also asks the evaluator for a snapshot of every
-model version's families and detail, which `families` and `detail` then read without waiting. So
-the event loop never computes a signal, a KS distance or a p-value, and a scrape or a drift read
-never waits for an evaluation.
+`DriftMonitor`. Its `observe` runs on the event loop. When the tensors a model version's signals
+read have fixed row shapes (known from its reference.npz as soon as it is READY, or from the
+evaluator), it copies the request's rows into a shared-memory ring the evaluator reads
+(monitoring/drift_ring.py): nothing else in the serving process touches them. Until then, and
+for tensors that vary in shape, it appends the request's arrays to a bounded intake (as the
+in-process monitor does), and a feeder thread stacks the queued rows and sends them over the
+evaluator's socket (monitoring/drift_service.py). The feeder thread also asks the evaluator for
+a snapshot of every model version's families and detail, which `families` and `detail` then
+read without waiting. So the event loop never computes a signal, a KS distance or a p-value, and
+a scrape or a drift read never waits for an evaluation.
 
 `DriftServiceProcess` starts the evaluator and starts it again when it has died. Its owner is the
 server (one process) or the supervisor of `--workers N` (one evaluator for every worker).
@@ -43,6 +43,7 @@ from monitoring.drift_service import AUTHKEY_ENV
 from monitoring.families import Family
 from monitoring.observer import ModelEventRecord, ObservedRecord, RequestRecord
 from monitoring.polling_thread import PollingThread
+from monitoring.reference import REFERENCE_FILENAME, signal_tensors
 
 log = logging.getLogger("ferry.monitoring.drift")
 
@@ -146,8 +147,11 @@ class _Feed:
         self.intake = RowIntake(max_rows, sample_rate=sample_rate)
         self.monitored = True  # until a snapshot says the evaluator does not monitor it
         self.tensors: tuple[tuple[str, str], ...] | None = None  # what its signals read
+        self.reference_tensors: tuple[tuple[str, str], ...] | None = None
+        self.reference_read = False  # reference_tensors looked up (once, by the feeder thread)
         self.ring: RingWriter | None = None  # set by the feeder thread, written by the loop
-        self.ring_refused = False  # its tensors do not fit a ring: do not try again
+        self.ring_tensors: tuple[tuple[str, str], ...] | None = None  # what it was made for
+        self.ring_announced = False  # the evaluator has been told to map it
         self.ring_dropped = 0  # rows the ring had no room for
         self.dropped_sent = 0
 
@@ -171,9 +175,22 @@ class _Feed:
     def dropped_rows(self) -> int:
         return self.intake.dropped_rows + self.ring_dropped
 
+    def signal_tensors(self) -> tuple[tuple[str, str], ...] | None:
+        """What the signals read: as the evaluator said, else as the reference file says."""
+        if self.tensors is not None:
+            return self.tensors
+        if not self.reference_read and self.event.version_path:
+            self.reference_tensors = signal_tensors(
+                Path(self.event.version_path) / REFERENCE_FILENAME
+            )
+        self.reference_read = True
+        return self.reference_tensors
+
     def close_ring(self) -> None:
-        """Stop writing to the ring (rows go to the intake) and remove its file if it is left."""
+        """Stop writing to the ring (rows go to the intake) and remove its file if it is left;
+        the next pass may make another."""
         ring, self.ring = self.ring, None
+        self.ring_tensors, self.ring_announced = None, False
         if ring is not None:
             ring.unlink()
 
@@ -296,6 +313,7 @@ class RemoteDriftMonitor:
             self._step(snapshot, wait)
 
     def _step(self, snapshot: bool, wait: bool) -> None:
+        self._make_rings()  # before connecting: rows wait in them while the evaluator starts
         connection = self._connection or self._connect()
         if connection is None:
             return
@@ -306,8 +324,9 @@ class RemoteDriftMonitor:
             for event in events:
                 connection.send(("event", event))
             for (model, version), feed in list(self._feeds.items()):
-                if feed.ring is None and feed.tensors is not None and not feed.ring_refused:
-                    self._open_ring(connection, model, version, feed)
+                if feed.ring is not None and not feed.ring_announced:
+                    connection.send(("ring", model, version, feed.ring.layout, feed.ring.path))
+                    feed.ring_announced = True
                 dropped = feed.dropped_rows
                 items = feed.intake.take()
                 groups, skipped = (
@@ -332,26 +351,24 @@ class RemoteDriftMonitor:
         except (OSError, EOFError, TimeoutError) as exc:
             self._lost(exc)
 
-    def _open_ring(self, connection: Connection, model: str, version: str, feed: _Feed) -> None:
-        """Give a model version's rows a ring, now that its signals' tensors are known: the
-        evaluator maps it before the event loop writes a row (rows meanwhile take the intake)."""
-        assert feed.tensors is not None
-        layout = ring_layout(feed.event, feed.tensors, self.window)
-        if layout is None:
-            feed.ring_refused = True
-            return
-        try:
-            ring = RingWriter(layout)
-        except OSError as exc:
-            log.warning("drift rows of %s/%s take the socket: %s", model, version, exc)
-            feed.ring_refused = True
-            return
-        try:
-            connection.send(("ring", model, version, layout, ring.path))
-        except BaseException:
-            ring.unlink()
-            raise
-        feed.ring = ring
+    def _make_rings(self) -> None:
+        """Give each monitored model version whose signals' tensors are known a ring for them
+        (once per set of tensors: refused when they vary in shape or /dev/shm is full)."""
+        for (model, version), feed in list(self._feeds.items()):
+            if not feed.monitored:
+                continue
+            tensors = feed.signal_tensors()
+            if tensors is None or tensors == feed.ring_tensors:
+                continue
+            feed.close_ring()
+            feed.ring_tensors = tensors
+            layout = ring_layout(feed.event, tensors, self.window)
+            if layout is None:
+                continue
+            try:
+                feed.ring = RingWriter(layout)
+            except OSError as exc:
+                log.warning("drift rows of %s/%s take the socket: %s", model, version, exc)
 
     def _read_snapshot(self, connection: Connection, timeout: float) -> None:
         """Take the snapshot asked for when it has come (within `timeout`; one is asked for at
@@ -373,11 +390,9 @@ class RemoteDriftMonitor:
             detail = snapshot.details.get(key)
             if detail is not None:
                 feed.monitored = detail["state"] != "disabled"
-                tensors = snapshot.tensors.get(key)
-                if tensors != feed.tensors:  # a ring holds the tensors the signals read
+                feed.tensors = snapshot.tensors.get(key)
+                if not feed.monitored:
                     feed.close_ring()
-                    feed.ring_refused = False
-                feed.tensors = tensors
         self._snapshot = snapshot
 
     def _connect(self) -> Connection | None:

@@ -153,6 +153,17 @@ def load_reference(path: Path) -> Reference:
     )
 
 
+def signal_tensors(path: Path) -> tuple[tuple[str, str], ...] | None:
+    """The (scope, tensor name) pairs the signals of reference.npz read, from its spec alone
+    (no samples loaded); None when the file is missing or unreadable (the evaluator says why)."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            extractors = json.loads(str(npz["spec"]))["extractors"]
+        return tuple(dict.fromkeys((str(e["scope"]), str(e["tensor"])) for e in extractors))
+    except Exception:  # not there, not an npz, no spec: the evaluator loads and reports it
+        return None
+
+
 def thresholds_for(
     reference: Reference,
     window: int,

@@ -187,6 +187,8 @@ def test_a_full_intake_counts_what_it_drops(
     monitor.observe(ready(classifier))
     wait_for(lambda: monitor.detail("clf", "1"), monitor.step)
     record = requests(classifier, draw(np.random.default_rng(8), 1), rows=1)[0]
+    assert record.inputs is not None  # FP64 rows do not fit the FP32 ring: they take the intake
+    record.inputs = {"input": record.inputs["input"].astype(np.float64)}
     for _ in range(1500):  # no pass meanwhile: the intake (at least 1,024 rows) fills
         monitor.observe(record)
     monitor.step()
@@ -367,7 +369,7 @@ def test_a_ring_that_cannot_be_made_leaves_the_rows_on_the_socket(
     monitor = feeder(evaluator)
     monitor.observe(ready(classifier))
     feed_of = monitor._feeds[("clf", "1")]
-    wait_for(lambda: feed_of.ring_refused, monitor.step)
+    wait_for(lambda: feed_of.ring_tensors is not None, monitor.step)  # tried, refused
     feed(monitor.observe, monitor.step, requests(classifier, draw(np.random.default_rng(14), 200)))
     detail = wait_for(
         lambda: (d := monitor.detail("clf", "1")) and d["windows_total"] == 1 and d, monitor.step
@@ -375,3 +377,26 @@ def test_a_ring_that_cannot_be_made_leaves_the_rows_on_the_socket(
     assert detail["rows_seen"] == 200 and detail["dropped_rows"] == 0
     assert feed_of.ring is None
     monitor.close()
+
+
+def test_rows_wait_in_the_ring_while_the_evaluator_starts(classifier: Classifier) -> None:
+    """The reference names the signals' tensors: a READY version gets its ring at once, and the
+    rows served before the evaluator listens are evaluated, not dropped, once it does."""
+    process = DriftServiceProcess(SETTINGS)  # not started yet
+    monitor = feeder(process)
+    try:
+        monitor.observe(ready(classifier))
+        monitor.step()  # nobody listens: no connection, but a ring
+        assert ring_open(monitor)
+        for record in requests(classifier, draw(np.random.default_rng(15), 400)):
+            monitor.observe(record)
+        assert monitor._feeds[("clf", "1")].intake.queued_rows == 0
+        process.ensure_running()
+        detail = wait_for(
+            lambda: (d := monitor.detail("clf", "1")) and d["windows_total"] == 2 and d,
+            monitor.step,
+        )
+        assert detail["rows_seen"] == 400 and detail["dropped_rows"] == 0
+    finally:
+        monitor.close()
+        process.stop()

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ferry.cli import app
-from monitoring.reference import load_reference, write_reference
+from monitoring.reference import load_reference, signal_tensors, write_reference
 from monitoring.tensors import ReferenceDataError
 from tests.support.onnx_models import mlp_model, two_io_model, write_model
 from tests.unit.monitoring.conftest import Classifier
@@ -153,3 +153,14 @@ def test_cli_errors_are_clear(tmp_path: Path) -> None:
     assert bad_names.exit_code == 2
     assert "model expects ['input']" in bad_names.output
     assert not (tmp_path / "m" / "1" / "reference.npz").exists()
+
+
+def test_the_signals_tensors_are_read_from_the_spec_alone(
+    classifier: Classifier, tmp_path: Path
+) -> None:
+    reference = load_reference(classifier.version_dir / "reference.npz")
+    tensors = signal_tensors(classifier.version_dir / "reference.npz")
+    assert tensors == reference.spec.tensors == (("outputs", "output"), ("inputs", "input"))
+    assert signal_tensors(tmp_path / "missing.npz") is None
+    (tmp_path / "garbage.npz").write_bytes(b"not a zip")
+    assert signal_tensors(tmp_path / "garbage.npz") is None
