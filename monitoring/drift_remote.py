@@ -38,7 +38,7 @@ import numpy as np
 
 from monitoring.drift import DriftSnapshot, pick_detail
 from monitoring.drift_intake import Item, RowIntake, pending_rows_for, stack_groups
-from monitoring.drift_ring import RingWriter, ring_layout
+from monitoring.drift_ring import RingWriter, ring_layout, sweep_orphans
 from monitoring.drift_service import AUTHKEY_ENV
 from monitoring.families import Family
 from monitoring.observer import ModelEventRecord, ObservedRecord, RequestRecord
@@ -276,6 +276,7 @@ class RemoteDriftMonitor:
 
     def start(self) -> None:
         """Start the evaluator (when this monitor owns it) and the feeder thread."""
+        sweep_orphans()
         if self.process is not None:
             with contextlib.suppress(OSError):  # the feeder thread tries again, and says why
                 self.process.ensure_running()

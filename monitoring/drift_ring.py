@@ -120,6 +120,28 @@ def ring_layout(
     return RingLayout(tuple(chosen), capacity) if capacity >= 2 * window else None
 
 
+def sweep_orphans(prefix: str = PREFIX) -> int:
+    """Remove the rings of serving processes that died before the evaluator mapped them (a
+    SIGKILL skips their cleanup; a pod's /dev/shm outlives its containers); the count removed.
+    A ring's name carries its writer's pid: only those of pids no longer alive go."""
+    if SHM_DIR is None:
+        return 0
+    removed = 0
+    for path in SHM_DIR.glob(f"{prefix}-*-*"):
+        pid = path.name.removeprefix(f"{prefix}-").split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed += 1
+        except PermissionError:  # alive, someone else's
+            pass
+    return removed
+
+
 def _views(buffer: mmap.mmap, layout: RingLayout) -> tuple[memoryview, list[np.ndarray]]:
     # the counters as a memoryview: reading one costs a third of a numpy element's read
     header = memoryview(buffer)[:16].cast("q")

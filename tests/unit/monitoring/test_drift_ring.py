@@ -10,7 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monitoring.drift_ring import RingLayout, RingReader, RingTensor, RingWriter, ring_layout
+from monitoring.drift_ring import (
+    SHM_DIR,
+    RingLayout,
+    RingReader,
+    RingTensor,
+    RingWriter,
+    ring_layout,
+    sweep_orphans,
+)
 from monitoring.observer import ModelEventRecord
 
 TENSORS = (("outputs", "probs"), ("inputs", "x"))
@@ -197,3 +205,25 @@ def test_a_reader_maps_only_drift_rings(tmp_path: Path) -> None:
 def test_rows_too_wide_for_a_ring_keep_the_socket() -> None:
     image = event({"x": ("FP32", (-1, 3, 224, 224))})  # 600 KB a row: not 2 windows in 16 MB
     assert ring_layout(image, TENSORS, window=1000) is None
+
+
+def test_rings_of_dead_writers_are_swept_and_live_ones_kept() -> None:
+    import subprocess
+    import sys
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert SHM_DIR is not None
+    orphan = SHM_DIR / f"ferry-drift-test-{dead.stdout.strip()}-0"
+    orphan.write_bytes(b"")
+    live = RingWriter(small(), prefix="ferry-drift-test")  # this process's own
+    try:
+        assert sweep_orphans("ferry-drift-test") == 1
+        assert not orphan.exists() and os.path.exists(live.path)
+    finally:
+        live.unlink()
+        orphan.unlink(missing_ok=True)
