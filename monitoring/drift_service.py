@@ -81,7 +81,9 @@ class DriftService:
         self.holders: dict[Key, set[int]] = {}
         self.identities: dict[Key, tuple[Any, ...]] = {}
         self.rings: dict[tuple[int, Key], RingReader] = {}
-        self.dropped: dict[tuple[int, Key], int] = {}  # each feeder's count of dropped rows
+        # rows dropped: each feeder's running count, and what feeders gone or restarted had
+        self.dropped: dict[tuple[int, Key], int] = {}
+        self.dropped_before: dict[Key, int] = {}
         self.logs = _LogBuffer()
         logging.getLogger("ferry").addHandler(self.logs)
         logging.getLogger("ferry").setLevel(logging.INFO)
@@ -149,7 +151,8 @@ class DriftService:
         for ring in [r for r in self.rings if r[0] == feeder]:
             del self.rings[ring]
         for counted in [d for d in self.dropped if d[0] == feeder]:
-            del self.dropped[counted]
+            key = counted[1]  # kept: the version's count must never go down
+            self.dropped_before[key] = self.dropped_before.get(key, 0) + self.dropped.pop(counted)
 
     # --- rows -----------------------------------------------------------------------------------
 
@@ -173,8 +176,12 @@ class DriftService:
     ) -> None:
         """Rows for the engine, with the dropped rows of every feeder of this version."""
         if dropped is not None:
+            had = self.dropped.get((feeder, key), 0)
+            if dropped < had:  # the feeder's count started again (it reloaded the version)
+                self.dropped_before[key] = self.dropped_before.get(key, 0) + had
             self.dropped[(feeder, key)] = dropped
-        total = sum(n for (_, k), n in self.dropped.items() if k == key)
+        total = self.dropped_before.get(key, 0)
+        total += sum(n for (_, k), n in self.dropped.items() if k == key)
         self.engine.offer_rows(key[0], key[1], inputs, outputs, rows, total, skipped)
 
     def _ring(self, feeder: int, key: Key, layout: RingLayout, path: str) -> None:
@@ -229,6 +236,7 @@ class DriftService:
         if not held:
             del self.holders[key]
             self.identities.pop(key, None)
+            self.dropped_before.pop(key, None)
             self.engine.observe(ModelEventRecord(key[0], key[1], "UNAVAILABLE"))
 
 

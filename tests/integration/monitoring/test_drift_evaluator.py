@@ -349,7 +349,12 @@ def test_the_dropped_rows_of_every_feeder_add_up(classifier: Classifier) -> None
         service.handle(1, ("rows", "clf", "1", {}, {}, 0, 6, 0))  # a running count: 6, not 11
         detail = service.engine.detail("clf", "1")
         assert detail is not None and detail["dropped_rows"] == 13
-        service.disconnect(1)  # a feeder gone: its count goes with it, the version with it
+        # a counter never goes down: not when a feeder's count starts again (a reload) ...
+        service.handle(2, ("rows", "clf", "1", {}, {}, 0, 1, 0))
+        assert service.engine.detail("clf", "1")["dropped_rows"] == 14  # type: ignore[index]
+        service.disconnect(2)  # ... nor when a feeder goes away
+        service.handle(1, ("rows", "clf", "1", {}, {}, 0, 6, 0))
+        assert service.engine.detail("clf", "1")["dropped_rows"] == 14  # type: ignore[index]
     finally:
         logging.getLogger("ferry").removeHandler(service.logs)
         logging.getLogger("ferry").setLevel(level)
