@@ -89,6 +89,19 @@ def wait_for(condition: Callable[[], Any], step: Callable[[], None], timeout: fl
     return result
 
 
+def assert_same_figures(got: dict[str, Any], expected: dict[str, Any], count: str) -> None:
+    """The evaluator's detail equals the in-process monitor's: counts, and the last window's
+    decision, KS distances and p-values."""
+    for key in ("rows_seen", "detections_total", "consecutive_detections", count):
+        assert got[key] == expected[key], key
+    assert got["last_window"]["drift"] is True
+    for ours, theirs in zip(
+        got["last_window"]["signals"], expected["last_window"]["signals"], strict=True
+    ):
+        assert ours["statistic"] == theirs["statistic"]
+        assert ours["p_value"] == pytest.approx(theirs["p_value"])
+
+
 def test_the_evaluator_gives_the_in_process_monitors_figures(classifier: Classifier) -> None:
     local = DriftMonitor(window=WINDOW, alpha=0.05)
     process = DriftServiceProcess(SETTINGS)
@@ -112,14 +125,7 @@ def test_the_evaluator_gives_the_in_process_monitors_figures(classifier: Classif
     finally:
         remote.close()
     assert expected is not None and expected["windows_total"] == 7
-    for key in ("rows_seen", "detections_total", "consecutive_detections", "open_window_rows"):
-        assert got[key] == expected[key], key
-    assert got["last_window"]["drift"] is True
-    for ours, theirs in zip(
-        got["last_window"]["signals"], expected["last_window"]["signals"], strict=True
-    ):
-        assert ours["statistic"] == theirs["statistic"]
-        assert ours["p_value"] == pytest.approx(theirs["p_value"])
+    assert_same_figures(got, expected, "open_window_rows")
     families = {f.metric.name: f.metric for f in remote.families()}
     windows = families["ferry_drift_windows_total"].samples
     assert [s.value for s in windows] == [7]
@@ -279,13 +285,7 @@ def test_rows_through_the_ring_give_the_in_process_monitors_figures(
     )
     remote.close()
     assert expected is not None and expected["windows_total"] == 5
-    for key in ("rows_seen", "detections_total", "consecutive_detections", "dropped_rows"):
-        assert got[key] == expected[key], key
-    assert got["last_window"]["drift"] is True
-    for ours, theirs in zip(
-        got["last_window"]["signals"], expected["last_window"]["signals"], strict=True
-    ):
-        assert ours["statistic"] == theirs["statistic"]
+    assert_same_figures(got, expected, "dropped_rows")
 
 
 def test_rows_that_do_not_fit_the_ring_take_the_socket(
