@@ -151,8 +151,7 @@ class DriftService:
         for ring in [r for r in self.rings if r[0] == feeder]:
             del self.rings[ring]
         for counted in [d for d in self.dropped if d[0] == feeder]:
-            key = counted[1]  # kept: the version's count must never go down
-            self.dropped_before[key] = self.dropped_before.get(key, 0) + self.dropped.pop(counted)
+            del self.dropped[counted]  # of versions it no longer held (_release kept the rest)
 
     # --- rows -----------------------------------------------------------------------------------
 
@@ -233,10 +232,14 @@ class DriftService:
         if held is None:
             return
         held.discard(feeder)
+        had = self.dropped.pop((feeder, key), 0)  # kept while the version is monitored: a
+        self.dropped_before[key] = self.dropped_before.get(key, 0) + had  # count never goes down
         if not held:
             del self.holders[key]
             self.identities.pop(key, None)
             self.dropped_before.pop(key, None)
+            for counted in [d for d in self.dropped if d[1] == key]:
+                del self.dropped[counted]
             self.engine.observe(ModelEventRecord(key[0], key[1], "UNAVAILABLE"))
 
 

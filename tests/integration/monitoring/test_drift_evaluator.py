@@ -355,6 +355,11 @@ def test_the_dropped_rows_of_every_feeder_add_up(classifier: Classifier) -> None
         service.disconnect(2)  # ... nor when a feeder goes away
         service.handle(1, ("rows", "clf", "1", {}, {}, 0, 6, 0))
         assert service.engine.detail("clf", "1")["dropped_rows"] == 14  # type: ignore[index]
+        # the last holder unloading it ends the version: loaded again, it counts from zero
+        service.handle(1, ("event", ModelEventRecord("clf", "1", "UNAVAILABLE")))
+        service.handle(1, ("event", ready(classifier)))
+        service.handle(1, ("rows", "clf", "1", {}, {}, 0, 2, 0))
+        assert service.engine.detail("clf", "1")["dropped_rows"] == 2  # type: ignore[index]
     finally:
         logging.getLogger("ferry").removeHandler(service.logs)
         logging.getLogger("ferry").setLevel(level)
