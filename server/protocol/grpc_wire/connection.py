@@ -233,6 +233,9 @@ class GrpcConnection(asyncio.Protocol):
             self.write(f.window_update(0, self.recv_unacked))
             self.recv_window += self.recv_unacked
             self.recv_unacked = 0
+            # as in gRPC core (chttp2's FlushWindowUpdates resets the ping clock): a client
+            # uploading a large message pings (BDP) while we answer only with window updates
+            self.sent_data = True
         if self.backlog:  # other connections get their turn before the rest of this read
             self.update_reading()
             self.loop.call_soon(self.process_backlog)

@@ -418,3 +418,25 @@ def test_connection_age_sends_goaway_then_cuts_calls_after_the_grace() -> None:
         await client.close()
 
     serve(scenario, limits=limits)
+
+
+def test_pings_during_a_large_upload_are_not_strikes() -> None:
+    """gRPC core resets a connection's ping strikes whenever it sends a connection WINDOW_UPDATE
+    (chttp2's FlushWindowUpdates), so a client that pings while it uploads a large message (BDP
+    probes) is not sent GOAWAY too_many_pings; ferry did, under load (seen in CI)."""
+    chunk = 33 * 1024 * 1024  # a connection WINDOW_UPDATE goes out every 32 MiB received
+
+    async def scenario(server: GrpcWireServer, service: EchoService, url: str) -> None:
+        client = await H2Attacker.connect(url)
+        body = request(b"x" * (100 * 1024 * 1024), sleep_s=30).SerializeToString()
+        message = b"\0" + len(body).to_bytes(4, "big") + body
+        client.send(client.headers(1, grpc_fields(), False))
+        for start in range(0, len(message), chunk):  # 4 pings: 3 strikes without the resets
+            client.send(frames.frame(frames.PING, 0, 0, bytes(8)))
+            end_stream = start + chunk >= len(message)
+            assert await client.send_flow_controlled(1, message[start : start + chunk], end_stream)
+        assert await client.wait_until(service.started.is_set, 10)
+        assert client.outcome.goaway is None and not client.outcome.closed
+        await client.close()
+
+    serve(scenario)
