@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tritonclient.utils import triton_to_np_dtype
 
 from monitoring.observer import ModelEventRecord
 
@@ -44,21 +45,6 @@ PREFIX = "ferry-drift"
 HEADER_BYTES = 64  # int64 written, int64 read; the rest keeps the regions 64-byte aligned
 _WRITTEN, _READ = 0, 1
 
-# KServe v2 datatypes of a fixed size (BYTES rows vary in size: not in a ring)
-_DTYPES = {
-    "BOOL": "|b1",
-    "UINT8": "|u1",
-    "UINT16": "<u2",
-    "UINT32": "<u4",
-    "UINT64": "<u8",
-    "INT8": "|i1",
-    "INT16": "<i2",
-    "INT32": "<i4",
-    "INT64": "<i8",
-    "FP16": "<f2",
-    "FP32": "<f4",
-    "FP64": "<f8",
-}
 _ring_numbers = itertools.count()
 
 
@@ -97,6 +83,15 @@ class RingLayout:
         return self.offsets()[-1] + last.row_bytes * self.capacity
 
 
+def _fixed_size_dtype(datatype: str) -> str | None:
+    """The little-endian numpy dtype of a KServe datatype of a fixed size; None for BYTES (rows
+    vary in size), BF16 (numpy has none; tritonclient widens it) and unknown names."""
+    numpy_type = triton_to_np_dtype(datatype) if datatype != "BF16" else None
+    if numpy_type is None or np.dtype(numpy_type).hasobject:
+        return None
+    return str(np.dtype(numpy_type).newbyteorder("<").str)
+
+
 def ring_layout(
     event: ModelEventRecord, tensors: tuple[tuple[str, str], ...], window: int
 ) -> RingLayout | None:
@@ -107,12 +102,13 @@ def ring_layout(
     chosen = []
     for scope, name in tensors:
         spec = specs.get(scope, {}).get(name)
-        if spec is None or spec[0] not in _DTYPES:
+        dtype = _fixed_size_dtype(spec[0]) if spec is not None else None
+        if spec is None or dtype is None:
             return None
         row_shape = tuple(spec[1][1:] if has_row_axis else spec[1])
         if any(d < 0 for d in row_shape):
             return None
-        chosen.append(RingTensor(scope, name, _DTYPES[spec[0]], row_shape))
+        chosen.append(RingTensor(scope, name, dtype, row_shape))
     if not chosen:
         return None
     row_bytes = max(1, sum(t.row_bytes for t in chosen))

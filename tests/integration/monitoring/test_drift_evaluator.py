@@ -263,6 +263,14 @@ def ring_open(monitor: RemoteDriftMonitor) -> bool:
     return feed is not None and feed.ring is not None
 
 
+def ringed_feeder(classifier: Classifier, evaluator: DriftServiceProcess) -> RemoteDriftMonitor:
+    """A feeder with the version READY and its ring made."""
+    monitor = feeder(evaluator)
+    monitor.observe(ready(classifier))
+    wait_for(lambda: ring_open(monitor), monitor.step)
+    return monitor
+
+
 def test_rows_through_the_ring_give_the_in_process_monitors_figures(
     classifier: Classifier, evaluator: DriftServiceProcess
 ) -> None:
@@ -291,9 +299,7 @@ def test_rows_through_the_ring_give_the_in_process_monitors_figures(
 def test_rows_that_do_not_fit_the_ring_take_the_socket(
     classifier: Classifier, evaluator: DriftServiceProcess
 ) -> None:
-    monitor = feeder(evaluator)
-    monitor.observe(ready(classifier))
-    wait_for(lambda: ring_open(monitor), monitor.step)
+    monitor = ringed_feeder(classifier, evaluator)
     rng = np.random.default_rng(12)
     records = requests(classifier, draw(rng, 200))
     for record in records[::2]:  # FP64 inputs: not the ring's FP32
@@ -311,9 +317,7 @@ def test_rows_that_do_not_fit_the_ring_take_the_socket(
 def test_a_full_ring_counts_what_it_drops(
     classifier: Classifier, evaluator: DriftServiceProcess
 ) -> None:
-    monitor = feeder(evaluator)
-    monitor.observe(ready(classifier))
-    wait_for(lambda: ring_open(monitor), monitor.step)
+    monitor = ringed_feeder(classifier, evaluator)
     ring = monitor._feeds[("clf", "1")].ring
     assert ring is not None
     capacity = ring.layout.capacity
