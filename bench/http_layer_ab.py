@@ -29,8 +29,19 @@ import server.protocol.http as http
 from server.types import InferenceResponse
 
 
+class Repository:
+    def get(self, name, version):
+        return None  # the model exists: the handler only checks that get() does not raise
+
+
+class Ops:
+    request_context = False
+
+
 class DataPlane:
     shared_memory = None
+    repository = Repository()
+    ops = Ops()
 
     async def infer(self, request):
         outputs = {"y": np.zeros((1, 4), np.float32)}
@@ -40,10 +51,12 @@ class DataPlane:
 class Transport(asyncio.Transport):
     def __init__(self):
         super().__init__()
-        self.writes, self.closing = 0, False
+        self.writes, self.closing, self.failures = 0, False, 0
 
     def write(self, data):
         self.writes += 1
+        if data.startswith(b"HTTP/1.1 ") and not data.startswith(b"HTTP/1.1 200"):
+            self.failures += 1  # a stale stub measures the error path: refuse to report it
 
     def is_closing(self):
         return self.closing
@@ -87,7 +100,9 @@ async def main():
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as protocol_class
         app = http.create_http_app(DataPlane(), 512 << 20)
     config = uvicorn.Config(
-        app, http="httptools", lifespan="off", log_level="warning", interface="asgi3"
+        app, http="httptools", lifespan="off", log_level="warning", interface="asgi3",
+        # as server/app.py configures it
+        proxy_headers=False, server_header=False, date_header=False, access_log=False,
     )
     config.load()
     protocol = protocol_class(config=config, server_state=ServerState(), app_state={})
@@ -105,6 +120,7 @@ async def main():
     await run(count)
     elapsed = time.process_time() - started
     assert transport.writes >= count + 200, transport.writes  # one send per response, or two
+    assert transport.failures == 0, f"{transport.failures} responses were not 200"
     print(elapsed / count * 1e6)
     protocol.connection_lost(None)
 

@@ -23,9 +23,11 @@ import logging
 from typing import Any, cast
 
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
+from server.protocol.http_direct import serve_infer
+from server.protocol.http_infer import InferFastPath
 from server.protocol.http_limits import HttpLimits
 from server.protocol.http_writes import CoalescingTransport
 
@@ -107,6 +109,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.violation: tuple[int, str] | None = None
         self.header_timer: asyncio.TimerHandle | None = None
         self.body_timer: asyncio.TimerHandle | None = None
+        # infer requests skip the ASGI round trip when the app is ferry's own, unwrapped
+        self.infer_app = self.app if isinstance(self.app, InferFastPath) else None
 
     # --- connection ----------------------------------------------------------------------------
 
@@ -133,6 +137,22 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._start_asgi_task(cycle, app)
         else:
             self.idle.add(self)
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        # uvicorn's, except that POST .../infer runs serve_infer on the cycle instead of the
+        # ASGI app (not when uvicorn swapped the app for its 503, or asked for fresh contexts)
+        infer_app = self.infer_app
+        route = (
+            infer_app.direct_route(cycle.scope)
+            if infer_app is not None and app is self.app and not self.config.reset_contextvars
+            else None
+        )
+        if route is None:
+            HttpToolsProtocol._start_asgi_task(self, cycle, app)
+            return
+        task = self.loop.create_task(serve_infer(cycle, cast(InferFastPath, infer_app), *route))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
 
     def data_received(self, data: bytes) -> None:
         self.idle.discard(self)

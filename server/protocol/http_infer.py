@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import math
 import re
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 import numpy as np
@@ -308,12 +308,40 @@ class InferFastPath:
                     return send_error(send, 403, refusal)
         return self.fallback(scope, receive, send)
 
+    def direct_route(self, scope: Mapping[str, Any]) -> tuple[str, str] | None:
+        """(model, version) when the request is a POST .../infer that may be served straight on
+        the connection (server/protocol/http_direct.py); None sends it through __call__."""
+        if scope["method"] != "POST":
+            return None
+        match = INFER_PATH.match(scope["path"])
+        if match is None or (
+            self.infer_gate is not None and self.infer_gate.refusal(scope["headers"]) is not None
+        ):
+            return None
+        return match.group(1), match.group(2) or ""
+
     async def _infer(
         self, scope: Scope, receive: Receive, send: Send, name: str, version: str
     ) -> None:
+        answer = await self.answer(scope["headers"], receive, scope.get("client"), name, version)
+        if answer is None:
+            return
+        status, payload, response_headers = answer
+        await send({"type": "http.response.start", "status": status, "headers": response_headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    async def answer(
+        self,
+        raw_headers: Iterable[tuple[bytes, bytes]],
+        receive: Receive,
+        client: tuple[str, int] | None,
+        name: str,
+        version: str,
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]] | None:
+        """Read, decode, infer, encode: the status, body and headers (content-length included)
+        of the answer to POST .../infer, or None when the client left before its body came."""
         headers = {
-            key.decode("latin-1").lower(): value.decode("latin-1")
-            for key, value in scope["headers"]
+            key.decode("latin-1").lower(): value.decode("latin-1") for key, value in raw_headers
         }
         reservation = self.budget.reservation()
         try:
@@ -327,11 +355,11 @@ class InferFastPath:
                 else await decode_body(raw_body, content_encoding, self.limits, reservation)
             )
             payload, response_headers = await handle_infer(
-                self.dataplane, self.decoder, name, version, headers, body, scope.get("client")
+                self.dataplane, self.decoder, name, version, headers, body, client
             )
             status = 200
         except ClientDisconnected:
-            return
+            return None
         except RequestRejected as exc:
             status, payload, response_headers = error_payload(exc.status, exc.message)
         except ServingError as exc:
@@ -347,5 +375,4 @@ class InferFastPath:
             if reservation.held:
                 reservation.release()
         response_headers.append((b"content-length", b"%d" % len(payload)))
-        await send({"type": "http.response.start", "status": status, "headers": response_headers})
-        await send({"type": "http.response.body", "body": payload})
+        return status, payload, response_headers
