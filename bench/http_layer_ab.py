@@ -1,11 +1,13 @@
 """The HTTP layer's CPU cost per request, in process, for two ferry source trees in alternation:
-uvicorn's protocol (ferry's, with its limits, where the tree has one) and ferry's ASGI app, fed
-keep-alive infer requests through a stub transport, with a data plane that answers at once. No
-sockets, no model, no batcher: only what the HTTP limits could add to, measured as process CPU
-time, which a shared machine disturbs far less than wrk's wall-clock figures.
+uvicorn's protocol (ferry's, with its limits, where the tree has one), the infer path and ferry's
+ASGI app, fed keep-alive infer requests through a stub transport, with a data plane that answers
+at once. No sockets, no model, no batcher: only the HTTP layer, measured as process CPU time,
+which a shared machine disturbs less than wrk's wall-clock figures, or with --instructions as
+instructions counted by valgrind's callgrind, which it does not disturb.
 
     git archive main | tar -x -C /tmp/ferry-main
     python -m bench.http_layer_ab --baseline /tmp/ferry-main [--candidate .] [--rounds 9]
+    python -m bench.http_layer_ab --baseline /tmp/ferry-main --instructions
 
 Each measurement runs in a fresh interpreter whose sys.path starts with the tree it measures.
 """
@@ -13,6 +15,7 @@ Each measurement runs in a fresh interpreter whose sys.path starts with the tree
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import subprocess
 import sys
@@ -140,14 +143,45 @@ def measure(tree: Path, kind: str, count: int) -> float:
     return float(out.split()[-1])
 
 
+def instructions(tree: Path, kind: str, low: int = 500, high: int = 2500) -> float:
+    """Instructions per request under callgrind: the difference between a run of `high` and
+    one of `low` requests, so that imports and set-up cancel out. Slow (about two minutes a
+    call) but exact to a fraction of a percent, where CPU time on a shared machine is not."""
+
+    def collected(count: int) -> int:
+        valgrind = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+        err = subprocess.run(
+            [*valgrind, sys.executable, "-c", MEASURE, str(tree), kind, str(count)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stderr
+        return int(re.search(r"Collected : (\d+)", err).group(1))  # type: ignore[union-attr]
+
+    return (collected(high) - collected(low)) / (high - low)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--baseline", type=Path, required=True, help="source tree to compare to")
     parser.add_argument("--candidate", type=Path, default=Path.cwd(), help="source tree to test")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--requests", type=int, default=3000, help="per measurement")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count instructions per request under valgrind's callgrind instead (one round)",
+    )
     args = parser.parse_args()
     trees = (args.baseline.resolve(), args.candidate.resolve())
+    if args.instructions:
+        for kind in ("binary", "json"):
+            base, cand = (instructions(tree, kind) for tree in trees)
+            print(
+                f"{kind:6s} HTTP layer instructions per request: baseline {base:,.0f}, "
+                f"candidate {cand:,.0f}, ratio {cand / base:.3f}"
+            )
+        return
     for kind in ("binary", "json"):
         pairs = [
             tuple(measure(tree, kind, args.requests) for tree in trees) for _ in range(args.rounds)
