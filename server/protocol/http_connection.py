@@ -109,8 +109,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.violation: tuple[int, str] | None = None
         self.header_timer: asyncio.TimerHandle | None = None
         self.body_timer: asyncio.TimerHandle | None = None
-        # infer requests skip the ASGI round trip when the app is ferry's own, unwrapped
-        self.infer_app = self.app if isinstance(self.app, InferFastPath) else None
+        # infer requests skip the ASGI round trip when the app is ferry's own, unwrapped, and
+        # uvicorn was not asked for a fresh context per request (a newer uvicorn option)
+        self.infer_app = (
+            self.app
+            if isinstance(self.app, InferFastPath)
+            and not getattr(config, "reset_contextvars", False)
+            else None
+        )
 
     # --- connection ----------------------------------------------------------------------------
 
@@ -140,11 +146,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         # uvicorn's, except that POST .../infer runs serve_infer on the cycle instead of the
-        # ASGI app (not when uvicorn swapped the app for its 503, or asked for fresh contexts)
+        # ASGI app (not when uvicorn swapped the app for its 503 past limit_concurrency)
         infer_app = self.infer_app
         route = (
             infer_app.direct_route(cycle.scope)
-            if infer_app is not None and app is self.app and not self.config.reset_contextvars
+            if infer_app is not None and app is self.app
             else None
         )
         if route is None:
