@@ -101,8 +101,15 @@ async def connection(
 ) -> tuple[LimitedHttpToolsProtocol, Transport]:
     limits = HttpLimits()
     app = create_http_app(dataplane, limits, restricted=restricted)  # type: ignore[arg-type]
-    config = uvicorn.Config(
-        app, http="httptools", lifespan="off", interface="asgi3", proxy_headers=False
+    config = uvicorn.Config(  # as server/app.py: uvicorn leaves the logging configuration alone
+        app,
+        http="httptools",
+        lifespan="off",
+        interface="asgi3",
+        proxy_headers=False,
+        log_config=None,
+        log_level=None,
+        access_log=False,
     )
     config.load()
     protocol_class: Any = limited_protocol(limits)
