@@ -3,7 +3,9 @@
 Profiling `ferry serve` under load showed FastAPI/Starlette's middleware stack spending about five
 times as long per request as the infer handler itself, so POST .../infer is dispatched straight
 to this handler; every other route goes to FastAPI. `--http-restricted-api` is checked here,
-in front of both, so it covers every route.
+in front of both, so it covers every route. ferry's HTTP protocol goes one step further for an
+admitted POST .../infer: it calls `InferFastPath.answer` on uvicorn's request cycle without the
+ASGI round trip (server/protocol/http_direct.py); `__call__` serves it when that does not apply.
 """
 
 from __future__ import annotations
