@@ -17,28 +17,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from collections.abc import Callable
-from pathlib import Path
 
-from bench.serving import grpc_load, prepare_artifacts, serve, write_payloads, wrk
+from bench.serving import load, prepare_artifacts, serve, write_payloads
 from bench.triton_reference import running_triton, unavailable_reason
 
 PROTOCOLS = ("http-binary", "http-json", "grpc")
-
-
-def one_load(
-    http_url: str, grpc_url: str, protocol: str, payloads: dict[str, Path], header_length: str
-) -> Callable[[int, float], dict[str, float]]:
-    """A load of `protocol` against one server: (concurrency, seconds) -> wrk/h2load figures."""
-    if protocol == "grpc":
-        return lambda concurrency, seconds: grpc_load(
-            grpc_url, payloads["grpc"], concurrency, seconds
-        )
-    headers = (
-        {"Inference-Header-Content-Length": header_length} if protocol == "http-binary" else {}
-    )
-    url = f"http://{http_url}/v2/models/mlp/infer"
-    return lambda concurrency, seconds: wrk(url, payloads[protocol], concurrency, seconds, headers)
 
 
 def main() -> None:
@@ -70,8 +53,15 @@ def main() -> None:
                 order = ("ferry", "triton") if round_index % 2 == 0 else ("triton", "ferry")
                 for protocol in PROTOCOLS:
                     for name in order:
-                        load = one_load(*servers[name], protocol, payloads, header_length)
-                        result = load(args.concurrency, args.seconds)
+                        result = load(
+                            *servers[name],
+                            "mlp",
+                            protocol,
+                            args.concurrency,
+                            args.seconds,
+                            payloads,
+                            header_length,
+                        )
                         results.setdefault((name, protocol), []).append(result)
                         print(
                             f"round {round_index} {name:6s} {protocol:12s} "

@@ -148,17 +148,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         # uvicorn's, except that POST .../infer runs serve_infer on the cycle instead of the
         # ASGI app (not when uvicorn swapped the app for its 503 past limit_concurrency)
         infer_app = self.infer_app
-        route = (
-            infer_app.direct_route(cycle.scope)
-            if infer_app is not None and app is self.app
-            else None
-        )
-        if route is None:
-            HttpToolsProtocol._start_asgi_task(self, cycle, app)
-            return
-        task = self.loop.create_task(serve_infer(cycle, cast(InferFastPath, infer_app), *route))
-        task.add_done_callback(self.tasks.discard)
-        self.tasks.add(task)
+        if infer_app is not None and app is self.app:
+            route = infer_app.infer_route(cycle.scope)
+            if route is not None:
+                task = self.loop.create_task(serve_infer(cycle, infer_app, *route))
+                task.add_done_callback(self.tasks.discard)
+                self.tasks.add(task)
+                return
+        HttpToolsProtocol._start_asgi_task(self, cycle, app)
 
     def data_received(self, data: bytes) -> None:
         self.idle.discard(self)

@@ -5,10 +5,11 @@ the body through `receive()` and answers through two `send()` messages, whose st
 headers uvicorn assembles and checks field by field. For the infer endpoint all of that is
 fixed: ferry writes every header itself. Here the connection's task runs `serve_infer` on the
 same cycle object instead: the body is read through the cycle's own `receive` (100-continue,
-flow control and disconnects as uvicorn handles them), and the answer leaves in one write built
-from the cycle's state (keep-alive, the server's default headers), marked complete as uvicorn's
-`send` marks it. Pipelining, shutdown, timeouts and the limits stay the protocol's: they only
-look at the cycle's flags, which this module sets exactly as uvicorn's `send` does.
+flow control and disconnects as uvicorn handles them), and the answer is written as one
+response built from the cycle's state (keep-alive, the server's default headers), marked
+complete as uvicorn's `send` marks it. Pipelining, shutdown, timeouts and the limits stay the
+protocol's: they only look at the cycle's flags, which this module sets as uvicorn's `send`
+does.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from typing import cast
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
 
 from server.protocol.http_infer import InferFastPath, Receive
-from server.protocol.http_writes import COALESCE_LIMIT
 
 logger = logging.getLogger(__name__)
 INTERNAL_ERROR = (
@@ -52,7 +52,7 @@ async def serve_infer(
 async def _respond(
     cycle: RequestResponseCycle, status: int, payload: bytes, headers: list[tuple[bytes, bytes]]
 ) -> None:
-    """What uvicorn's two `send` calls do for a response with a content-length, in one write."""
+    """What uvicorn's two `send` calls do for a response with a content-length."""
     if cycle.flow.write_paused and not cycle.disconnected:
         await cycle.flow.drain()
     if cycle.disconnected:
@@ -67,13 +67,11 @@ async def _respond(
     if not cycle.keep_alive:
         head.append(b"connection: close\r\n")
     head.append(b"\r\n")
+    # the connection's CoalescingTransport (server/protocol/http_writes.py) sends the two in one
+    # syscall, and a large payload on its own without copying it
     transport = cycle.transport
-    if len(payload) <= COALESCE_LIMIT:
-        head.append(payload)
-        transport.write(b"".join(head))
-    else:  # not copied into a joined buffer
-        transport.write(b"".join(head))
-        transport.write(payload)
+    transport.write(b"".join(head))
+    transport.write(payload)
     cycle.response_complete = True
     cycle.message_event.set()
     if not cycle.keep_alive:

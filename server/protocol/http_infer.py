@@ -294,15 +294,15 @@ class InferFastPath:
         # configured as ASGI 3 explicitly): one coroutine frame fewer on every resumption of
         # every request
         if scope["type"] == "http":
-            match = INFER_PATH.match(scope["path"])
-            if match is not None:
+            route = self.infer_route(scope)
+            if route is not None:
+                return self._infer(scope, receive, send, *route)
+            if INFER_PATH.match(scope["path"]) is not None:  # refused, or not a POST
                 refusal = (
                     None if self.infer_gate is None else self.infer_gate.refusal(scope["headers"])
                 )
                 if refusal is not None:
                     return send_error(send, 403, refusal)
-                if scope["method"] == "POST":
-                    return self._infer(scope, receive, send, match.group(1), match.group(2) or "")
                 return send_error(send, 405, "Method Not Allowed")
             if self.access is not None:
                 refusal = self.access.refusal(scope)
@@ -310,9 +310,10 @@ class InferFastPath:
                     return send_error(send, 403, refusal)
         return self.fallback(scope, receive, send)
 
-    def direct_route(self, scope: Mapping[str, Any]) -> tuple[str, str] | None:
-        """(model, version) when the request is a POST .../infer that may be served straight on
-        the connection (server/protocol/http_direct.py); None sends it through __call__."""
+    def infer_route(self, scope: Mapping[str, Any]) -> tuple[str, str] | None:
+        """(model, version) of an admitted POST .../infer (the inference group's restriction
+        met), which `__call__` and the connection (server/protocol/http_direct.py) answer; None
+        for anything else."""
         if scope["method"] != "POST":
             return None
         match = INFER_PATH.match(scope["path"])
