@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable, Generator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import uvicorn
 from starlette.applications import Starlette
@@ -25,6 +26,7 @@ from starlette.routing import Route
 
 from server.check import model_names, repository_problem
 from server.dataplane import DataPlane
+from server.errors import ServingError
 from server.gc_policy import apply_after_startup
 from server.logs import LogControl, configure_logging
 from server.observers import ObserverFanout
@@ -42,8 +44,9 @@ from server.shared_memory import SharedMemoryManager
 from server.trace_settings import TraceSettings
 from server.tracing import Tracer
 from server.workers.count import model_cpu_threads
+from server.workers.handoff import ConnectionHandoff
 from server.workers.link import WorkerLink
-from server.workers.remote_model import SUBMIT, VERDICT, OwnerPlacement
+from server.workers.remote_model import SUBMIT, VERDICT, OwnerPlacement, RemoteScheduler
 from server.workers.sequences import SequenceRouter
 
 if TYPE_CHECKING:
@@ -60,7 +63,9 @@ class _Uvicorn(uvicorn.Server):
         yield
 
 
-def _uvicorn_server(app: Any, host: str, port: int, limits: HttpLimits) -> _Uvicorn:
+def _uvicorn_server(
+    app: Any, host: str, port: int, limits: HttpLimits, mover: ConnectionHandoff | None = None
+) -> _Uvicorn:
     config = uvicorn.Config(
         app,
         host=host,
@@ -68,7 +73,7 @@ def _uvicorn_server(app: Any, host: str, port: int, limits: HttpLimits) -> _Uvic
         loop="none",
         # the limits, timeouts and keep-alive (IdleConnections) are the protocol's: uvicorn's
         # own timeout_keep_alive is not read by it
-        http=limited_protocol(limits),
+        http=limited_protocol(limits, mover),
         # said, not guessed: uvicorn's guess needs `__call__` to be a coroutine function, and
         # InferFastPath's is a plain one returning its handler's coroutine
         interface="asgi3",
@@ -204,7 +209,15 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
     limits = http_limits(settings)
     http_servers: list[_Uvicorn] = []
     tasks: list[asyncio.Task[Any]] = []
+    handoff = None
     if settings.allow_http:
+        if dataplane.shared_batching and settings.worker_control is not None:
+            handoff = ConnectionHandoff(
+                settings.worker_control.parent,
+                settings.workers,
+                settings.worker_slot,
+                functools.partial(_owner_of, repository),
+            )
         http_servers.append(
             _uvicorn_server(
                 create_http_app(
@@ -213,6 +226,7 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
                 settings.http_address,
                 settings.http_port,
                 limits,
+                handoff,
             )
         )
     if settings.allow_metrics and settings.worker_control is None:
@@ -294,6 +308,8 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
         dataplane.started = True
     else:
         await link.announce_ready()
+    if handoff is not None:
+        handoff.start(functools.partial(_adopt, http_servers[0]))
     loaded = [f"{v.name}:{v.version}" for v in repository.ready_versions()]
     logger.info("models ready: %s", ", ".join(loaded) or "none")
     logger.info(
@@ -341,6 +357,8 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
 
     await stop.wait()
     logger.info("shutting down: refusing new requests, draining accepted ones")
+    if handoff is not None:
+        handoff.stop()
     for task in (poller, orphaned):
         if task is not None:
             task.cancel()
@@ -366,6 +384,31 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
         shared_memory.close()
     logger.info("stopped")
     return 0
+
+
+def _owner_of(repository: ModelRepository, model: str, version: str) -> int | None:
+    """The worker that runs (model, version) for this one under --shared-batching, or None
+    (this worker runs it, or it is not loaded)."""
+    try:
+        scheduler = repository.get(model, version).scheduler
+    except ServingError:
+        return None
+    return scheduler.owner if isinstance(scheduler, RemoteScheduler) else None
+
+
+async def _adopt(server: _Uvicorn, sock: socket.socket) -> None:
+    """Serve a connection another worker moved here (server/workers/handoff.py) as if this
+    worker's HTTP listener had accepted it; it does not move again."""
+
+    def protocol() -> asyncio.Protocol:
+        connection_class: Any = server.config.http_protocol_class  # limited_protocol's
+        connection = connection_class(
+            config=server.config, server_state=server.server_state, app_state=server.lifespan.state
+        )
+        connection.movable = False
+        return cast(asyncio.Protocol, connection)
+
+    await asyncio.get_running_loop().connect_accepted_socket(protocol, sock)
 
 
 async def _set_when(event: asyncio.Event, target: asyncio.Event) -> None:

@@ -12,6 +12,9 @@ from the end of the headers to the end of the body (--http-body-timeout-secs), a
 connections, fresh ones included (--http-keepalive-timeout-secs). A client that misses one gets
 408 and the connection is closed (or just closed once its response has started). Idle
 connections are closed by a periodic sweep (`IdleConnections`), not by a timer per request.
+
+Under `--workers N --shared-batching`, a connection gone idle after an infer request may move to
+the worker that owns the request's model (`ConnectionMover`, server/workers/handoff.py).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import asyncio
 import functools
 import http
 import logging
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
@@ -32,6 +35,15 @@ from server.protocol.http_limits import HttpLimits
 from server.protocol.http_writes import CoalescingTransport
 
 logger = logging.getLogger(__name__)
+
+
+class ConnectionMover(Protocol):
+    """What a connection needs to move to another worker (server/workers/handoff.py)."""
+
+    def opened(self) -> None: ...
+    def closed(self) -> None: ...
+    def target(self, model: str, version: str) -> int | None: ...
+    def send(self, descriptor: int, slot: int) -> bool: ...
 
 
 class _LimitExceeded(Exception):
@@ -95,10 +107,18 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         *,
         limits: HttpLimits,
         idle: IdleConnections,
+        mover: ConnectionMover | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.limits = limits
         self.idle = idle
+        # --workers N --shared-batching: an idle connection may move to its model's owner, once
+        # (server/workers/handoff.py); `last_route` is the last infer request's (model,
+        # version), `move_to` the worker it moves to once its response is out
+        self.mover = mover
+        self.movable = mover is not None  # False once moved here
+        self.last_route: tuple[str, str] | None = None
+        self.move_to: int | None = None
         self.awaiting_headers = True
         # uvicorn starts a new scope for each message it begins: while awaiting headers, a
         # scope other than the last one whose headers completed means a request has begun
@@ -126,10 +146,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.transport = cast(asyncio.Transport, CoalescingTransport(transport, self.loop))
         # a fresh connection that sends nothing is idle, like a kept-alive one
         self.idle.add(self)
+        if self.mover is not None:
+            self.mover.opened()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
         self.idle.discard(self)
+        if self.mover is not None:
+            self.mover.closed()
         super().connection_lost(exc)
 
     def on_response_complete(self) -> None:
@@ -143,6 +167,27 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._start_asgi_task(cycle, app)
         else:
             self.idle.add(self)
+            if self.last_route is not None:
+                assert self.mover is not None
+                self.move_to = self.mover.target(*self.last_route)
+                self.last_route = None
+                if self.move_to is not None:  # once this response has left (its flush)
+                    self.loop.call_soon(self._move)
+
+    def _move(self) -> None:
+        """Pass this connection to worker `move_to` if it is still idle: nothing read since
+        its last response, which the kernel has taken in full."""
+        slot, self.move_to = self.move_to, None
+        transport = cast(CoalescingTransport, self.transport)
+        if slot is None or transport.is_closing() or self.mover is None:
+            return
+        transport.flush()
+        sock = transport.get_extra_info("socket")
+        if transport.get_write_buffer_size() or sock is None:
+            return
+        if self.mover.send(sock.fileno(), slot):
+            self.movable = False
+            transport.abort()  # closes this worker's descriptor only: the socket lives on there
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         # uvicorn's, except that POST .../infer runs serve_infer on the cycle instead of the
@@ -151,6 +196,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if infer_app is not None and app is self.app:
             route = infer_app.infer_route(cycle.scope)
             if route is not None:
+                if self.movable:
+                    self.last_route = route
                 task = self.loop.create_task(serve_infer(cycle, infer_app, *route))
                 task.add_done_callback(self.tasks.discard)
                 self.tasks.add(task)
@@ -159,6 +206,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         self.idle.discard(self)
+        self.move_to = None  # a request has begun: the connection stays (for now)
         self.progressed = self.completed = False
         HttpToolsProtocol.data_received(self, data)  # (not super(): the hot path)
         if self.transport.is_closing() or self.parser is None:
@@ -282,8 +330,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.header_timer = self.body_timer = None
 
 
-def limited_protocol(limits: HttpLimits) -> type[asyncio.Protocol]:
-    """The protocol class to give uvicorn.Config(http=...), bound to `limits`."""
+def limited_protocol(
+    limits: HttpLimits, mover: ConnectionMover | None = None
+) -> type[asyncio.Protocol]:
+    """The protocol class to give uvicorn.Config(http=...), bound to `limits` (and to the
+    worker's `mover` under --workers N --shared-batching)."""
     idle = IdleConnections(limits.keepalive_timeout_s)
-    factory: Any = functools.partial(LimitedHttpToolsProtocol, limits=limits, idle=idle)
+    factory: Any = functools.partial(
+        LimitedHttpToolsProtocol, limits=limits, idle=idle, mover=mover
+    )
     return factory  # type: ignore[no-any-return]

@@ -1,0 +1,145 @@
+"""`ferry serve --workers 2 --shared-batching`: an idle keep-alive HTTP connection moves to the
+worker that owns its model (server/workers/handoff.py) and is served there from its next
+request on, with no request lost or answered out of order; many connections stay spread over
+both workers.
+
+Which worker served a request is read from its `--log-requests` line."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from server.workers.sequences import model_owner_of
+from tests.support.onnx_models import mlp_model, run_reference, write_model
+from tests.support.server_process import ServerProcess, running_server
+from tests.support.workers import mlp_request, served_by
+
+FLAGS = ("--workers", "2", "--shared-batching", "--log-requests")
+OWNER = model_owner_of("mlp", 2)
+CONNECTIONS = 16  # each lands on the owner with p = 1/2: none moves with p = 2**-16
+
+
+def _body(request_id: str) -> bytes:
+    return json.dumps(mlp_request(1) | {"id": request_id}).encode()
+
+
+def _expected(repo: Path) -> np.ndarray:
+    x = np.asarray(mlp_request(1)["inputs"][0]["data"], np.float32).reshape(1, 16)
+    return run_reference(repo / "mlp" / "1" / "model.onnx", {"input": x})["output"]
+
+
+def _infer_on(connection: http.client.HTTPConnection, request_id: str) -> dict[str, Any]:
+    connection.request(
+        "POST",
+        "/v2/models/mlp/infer",
+        _body(request_id),
+        {"Content-Type": "application/json"},
+    )
+    response = connection.getresponse()
+    answer: dict[str, Any] = json.loads(response.read())
+    assert response.status == 200, answer
+    assert answer["id"] == request_id
+    return answer
+
+
+def _connection(server: ServerProcess) -> http.client.HTTPConnection:
+    host, port = server.http_url.split(":")
+    return http.client.HTTPConnection(host, int(port), timeout=30)
+
+
+def test_a_keep_alive_connection_moves_to_its_models_owner(tmp_path: Path) -> None:
+    """One connection at a time, six requests each: wherever the first lands, the last three
+    are served by the model's owner, and connections that began on the other worker moved."""
+    write_model(tmp_path, "mlp", mlp_model())
+    expected = _expected(tmp_path)
+    with running_server(tmp_path, *FLAGS) as server:
+        ids = [[f"c{c}-r{r}-{uuid.uuid4().hex[:6]}" for r in range(6)] for c in range(CONNECTIONS)]
+        for request_ids in ids:
+            connection = _connection(server)
+            for request_id in request_ids:
+                answer = _infer_on(connection, request_id)
+                np.testing.assert_allclose(
+                    answer["outputs"][0]["data"], expected.reshape(-1), rtol=1e-5
+                )
+            connection.close()
+        lines = served_by(server, [rid for request_ids in ids for rid in request_ids])
+        slots = [[lines[rid][0] for rid in request_ids] for request_ids in ids]
+        assert all(served[3:] == [OWNER] * 3 for served in slots), slots
+        assert any(served[0] != OWNER for served in slots), slots  # some began elsewhere
+
+
+def test_requests_sent_while_the_connection_moves_are_all_answered_in_order(
+    tmp_path: Path,
+) -> None:
+    """Raw sockets: each next request leaves the moment the previous answer arrives (the move
+    races with it), and a pipelined pair arrives in one write; every answer comes, in order."""
+    write_model(tmp_path, "mlp", mlp_model())
+    with running_server(tmp_path, *FLAGS) as server:
+        host, port = server.http_url.split(":")
+        for c in range(CONNECTIONS):
+            with socket.create_connection((host, int(port)), timeout=30) as sock:
+                reader = sock.makefile("rb")
+                for r in range(8):
+                    ids = [f"race-{c}-{r}"] if r != 4 else [f"race-{c}-{r}a", f"race-{c}-{r}b"]
+                    sock.sendall(b"".join(_raw_request(host, rid) for rid in ids))
+                    for request_id in ids:
+                        status, answer = _read_response(reader)
+                        assert status == 200, answer
+                        assert json.loads(answer)["id"] == request_id
+
+
+def test_many_connections_stay_spread_over_both_workers(tmp_path: Path) -> None:
+    """Sixteen busy connections at once: a connection moves only to an owner holding none, so
+    the other worker keeps most of those the kernel gave it and serves their last requests
+    (unless the kernel gave it none: p = 2**-16)."""
+    write_model(tmp_path, "mlp", mlp_model())
+    with running_server(tmp_path, *FLAGS) as server:
+        failures: list[BaseException] = []
+        start = threading.Barrier(CONNECTIONS)
+
+        def client(index: int) -> None:
+            try:
+                connection = _connection(server)
+                _infer_on(connection, f"spread-{index}-first")
+                start.wait(30)  # all open together
+                for r in range(30):
+                    _infer_on(connection, f"spread-{index}-{r}")
+                connection.close()
+            except BaseException as exc:  # reported by the main thread
+                failures.append(exc)
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(CONNECTIONS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert not failures, failures
+        last_ids = [f"spread-{i}-29" for i in range(CONNECTIONS)]
+        workers = [slot for slot, _ in served_by(server, last_ids).values()]
+        assert set(workers) == {0, 1}, workers
+
+
+def _raw_request(host: str, request_id: str) -> bytes:
+    body = _body(request_id)
+    return (
+        b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (host.encode(), len(body), body)
+    )
+
+
+def _read_response(reader: Any) -> tuple[int, bytes]:
+    status = int(reader.readline().split()[1])
+    length = 0
+    while (line := reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return status, reader.read(length)

@@ -1,0 +1,156 @@
+"""server/workers/handoff.py: which worker an idle connection moves to, and the move itself (a
+real TCP connection on loopback passed between two workers' ends in one process)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from server.workers.handoff import ConnectionCounts, ConnectionHandoff, handoff_path
+
+
+def _owner_zero(model: str, version: str) -> int | None:
+    return 0 if model == "remote" else None
+
+
+@pytest.fixture
+def tcp_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """(client, the server's accepted socket) of one loopback TCP connection."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        client = socket.create_connection(listener.getsockname())
+        accepted, _ = listener.accept()
+    try:
+        yield client, accepted
+    finally:
+        client.close()
+        accepted.close()
+
+
+def test_counts_are_shared_through_the_file_and_a_restarted_slot_starts_at_zero(
+    tmp_path: Path,
+) -> None:
+    first, second = ConnectionCounts(tmp_path, 2, 0), ConnectionCounts(tmp_path, 2, 1)
+    first.add(3)
+    second.add(1)
+    assert (second[0], first[1]) == (3, 1)
+    first.add(-1)
+    assert second[0] == 2
+    again = ConnectionCounts(tmp_path, 2, 0)  # slot 0's worker restarted
+    assert second[0] == 0 and again[1] == 1
+    for counts in (first, second, again):
+        counts.close()
+
+
+def test_a_connection_moves_only_toward_an_owner_holding_no_connection(
+    tmp_path: Path,
+) -> None:
+    owner = ConnectionHandoff(tmp_path, 2, 0, _owner_zero)
+    other = ConnectionHandoff(tmp_path, 2, 1, _owner_zero)
+    other.opened()
+    assert other.target("remote", "") == 0
+    assert other.target("local", "1") is None  # this worker runs it
+    assert owner.target("remote", "") is None  # (the owner's own view: it runs it)
+    owner.opened()
+    other.opened()
+    assert other.target("remote", "") is None  # the owner holds one
+    owner.closed()
+    assert other.target("remote", "") == 0
+    other.stop()
+    assert other.target("remote", "") is None  # shutting down: nothing moves
+    owner.stop()
+
+
+async def _a_moved_socket_keeps_the_connection_and_its_unread_bytes(
+    tmp_path: Path, tcp_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    client, accepted = tcp_pair
+    owner = ConnectionHandoff(tmp_path, 2, 0, _owner_zero)
+    other = ConnectionHandoff(tmp_path, 2, 1, _owner_zero)
+    adopted: asyncio.Queue[socket.socket] = asyncio.Queue()
+
+    async def adopt(sock: socket.socket) -> None:
+        await adopted.put(sock)
+
+    owner.start(adopt)
+    client.sendall(b"sent before the move")
+    assert other.send(accepted.fileno(), 0)
+    accepted.close()  # the sender's descriptor: the connection lives on in the owner
+    moved = await asyncio.wait_for(adopted.get(), 5)
+    try:
+        moved.setblocking(True)
+        assert moved.recv(100) == b"sent before the move"
+        client.sendall(b"after")
+        assert moved.recv(100) == b"after"
+        moved.sendall(b"answer")
+        assert client.recv(100) == b"answer"
+        assert (other.moved_out, owner.moved_in) == (1, 1)
+    finally:
+        moved.close()
+        owner.stop()
+        other.stop()
+
+
+async def _a_socket_stays_when_the_owner_is_not_listening_or_stopped(
+    tmp_path: Path, tcp_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    _, accepted = tcp_pair
+    other = ConnectionHandoff(tmp_path, 2, 1, _owner_zero)
+    assert not other.send(accepted.fileno(), 0)  # no worker 0 listening
+    owner = ConnectionHandoff(tmp_path, 2, 0, _owner_zero)
+
+    async def adopt(sock: socket.socket) -> None:
+        raise AssertionError("a stopped worker adopts nothing")
+
+    owner.start(adopt)
+    owner.stop()
+    assert not handoff_path(tmp_path, 0).exists()
+    assert not other.send(accepted.fileno(), 0)
+    assert other.moved_out == 0
+    other.stop()
+
+
+async def _a_failed_adoption_closes_the_socket(
+    tmp_path: Path, tcp_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    client, accepted = tcp_pair
+    owner = ConnectionHandoff(tmp_path, 2, 0, _owner_zero)
+    other = ConnectionHandoff(tmp_path, 2, 1, _owner_zero)
+    failed = asyncio.Event()
+
+    async def adopt(sock: socket.socket) -> None:
+        failed.set()
+        raise OSError("cannot serve it")
+
+    owner.start(adopt)
+    assert other.send(accepted.fileno(), 0)
+    accepted.close()
+    await asyncio.wait_for(failed.wait(), 5)
+    await asyncio.sleep(0.05)  # the task's done callback
+    client.settimeout(5)
+    assert client.recv(10) == b""  # closed: the client sees the end, not a hang
+    owner.stop()
+    other.stop()
+
+
+def test_a_moved_socket_keeps_the_connection_and_its_unread_bytes(
+    tmp_path: Path, tcp_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    asyncio.run(_a_moved_socket_keeps_the_connection_and_its_unread_bytes(tmp_path, tcp_pair))
+
+
+def test_a_socket_stays_when_the_owner_is_not_listening_or_stopped(
+    tmp_path: Path, tcp_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    asyncio.run(_a_socket_stays_when_the_owner_is_not_listening_or_stopped(tmp_path, tcp_pair))
+
+
+def test_a_failed_adoption_closes_the_socket(
+    tmp_path: Path, tcp_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    asyncio.run(_a_failed_adoption_closes_the_socket(tmp_path, tcp_pair))
