@@ -31,7 +31,9 @@ from server.gc_policy import apply_after_startup
 from server.logs import LogControl, configure_logging
 from server.observers import ObserverFanout
 from server.operations import Operations
+from server.protocol.connection_moves import GRPC, HTTP
 from server.protocol.grpc import create_grpc_server
+from server.protocol.grpc_wire.server import GrpcWireServer
 from server.protocol.http import create_http_app
 from server.protocol.http_connection import limited_protocol
 from server.protocol.http_limits import HttpLimits, http_limits
@@ -44,9 +46,15 @@ from server.shared_memory import SharedMemoryManager
 from server.trace_settings import TraceSettings
 from server.tracing import Tracer
 from server.workers.count import model_cpu_threads
-from server.workers.handoff import ConnectionHandoff
+from server.workers.handoff import Adopt, ConnectionHandoff
 from server.workers.link import WorkerLink
-from server.workers.remote_model import SUBMIT, VERDICT, OwnerPlacement, RemoteScheduler
+from server.workers.remote_model import (
+    SUBMIT,
+    VERDICT,
+    OwnerPlacement,
+    RemoteScheduler,
+    runs_in_owner,
+)
 from server.workers.sequences import SequenceRouter
 
 if TYPE_CHECKING:
@@ -209,15 +217,16 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
     limits = http_limits(settings)
     http_servers: list[_Uvicorn] = []
     tasks: list[asyncio.Task[Any]] = []
-    handoff = None
+    handoff = None  # connections moving to their models' owner (server/workers/handoff.py)
+    if dataplane.shared_batching and settings.worker_control is not None:
+        handoff = ConnectionHandoff(
+            settings.worker_control.parent,
+            settings.workers,
+            settings.worker_slot,
+            functools.partial(_owner_of, repository),
+            functools.partial(_sole_owner, repository),
+        )
     if settings.allow_http:
-        if dataplane.shared_batching and settings.worker_control is not None:
-            handoff = ConnectionHandoff(
-                settings.worker_control.parent,
-                settings.workers,
-                settings.worker_slot,
-                functools.partial(_owner_of, repository),
-            )
         http_servers.append(
             _uvicorn_server(
                 create_http_app(
@@ -280,6 +289,7 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
                 restricted=settings.grpc_restricted_protocols,
                 tls=settings.grpc_tls,
                 reuse_port=settings.reuse_port,
+                mover=handoff,
             )
             await grpc_server.start()
         for index, server in enumerate(http_servers):
@@ -309,7 +319,12 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
     else:
         await link.announce_ready()
     if handoff is not None:
-        handoff.start(functools.partial(_adopt, http_servers[0]))
+        adopt: dict[bytes, Adopt] = {}
+        if settings.allow_http:
+            adopt[HTTP] = functools.partial(_adopt, http_servers[0])
+        if isinstance(grpc_server, GrpcWireServer):
+            adopt[GRPC] = grpc_server.adopt
+        handoff.start(adopt)
     loaded = [f"{v.name}:{v.version}" for v in repository.ready_versions()]
     logger.info("models ready: %s", ", ".join(loaded) or "none")
     logger.info(
@@ -394,6 +409,19 @@ def _owner_of(repository: ModelRepository, model: str, version: str) -> int | No
     except ServingError:
         return None
     return scheduler.owner if isinstance(scheduler, RemoteScheduler) else None
+
+
+def _sole_owner(repository: ModelRepository) -> int | None:
+    """The one worker that runs every model this one sends elsewhere, if this one runs none of
+    those itself (a gRPC connection accepted here then calls that worker's models only)."""
+    owners = set()
+    for version in repository.ready_versions():
+        scheduler = version.scheduler
+        if isinstance(scheduler, RemoteScheduler):
+            owners.add(scheduler.owner)
+        elif runs_in_owner(version.config):  # this worker owns one
+            return None
+    return owners.pop() if len(owners) == 1 else None
 
 
 async def _adopt(server: _Uvicorn, sock: socket.socket) -> None:

@@ -21,6 +21,7 @@ from tritonclient.grpc import service_pb2_grpc
 from server.dataplane import DataPlane
 from server.errors import ErrorKind, ServingError
 from server.protocol import grpc_codec
+from server.protocol.connection_moves import ConnectionMover
 from server.protocol.grpc_access import RestrictedProtocolInterceptor, guard_routes
 from server.protocol.grpc_tls import grpcio_credentials, ssl_context
 from server.protocol.grpc_wire.limits import RequestBudget
@@ -354,10 +355,11 @@ def create_grpc_server(
     restricted: RestrictedApis | None = None,
     tls: GrpcTls | None = None,
     reuse_port: bool = False,
+    mover: ConnectionMover | None = None,
 ) -> GrpcServer:
     """Both services on the chosen transport with `limits`, bound to host:port once started; the
     restricted API groups (`--grpc-restricted-protocol`) behind their metadata keys; TLS when
-    given."""
+    given; connections moved to their models' owner by `mover` (ferry's transport only)."""
     limits = limits or GrpcLimits()
     if transport == GrpcTransport.GRPCIO:
         return cast(
@@ -380,7 +382,13 @@ def create_grpc_server(
     if restricted:
         routes = guard_routes(routes, restricted, _SERVICES)
     return GrpcWireServer(
-        routes, host, port, limits, ssl_context(tls) if tls is not None else None, reuse_port
+        routes,
+        host,
+        port,
+        limits,
+        ssl_context(tls) if tls is not None else None,
+        reuse_port,
+        mover,
     )
 
 

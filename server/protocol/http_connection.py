@@ -23,27 +23,19 @@ import asyncio
 import functools
 import http
 import logging
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
+from server.protocol.connection_moves import HTTP, ConnectionMover
 from server.protocol.http_direct import serve_infer
 from server.protocol.http_infer import InferFastPath
 from server.protocol.http_limits import HttpLimits
 from server.protocol.http_writes import CoalescingTransport
 
 logger = logging.getLogger(__name__)
-
-
-class ConnectionMover(Protocol):
-    """What a connection needs to move to another worker (server/workers/handoff.py)."""
-
-    def opened(self) -> None: ...
-    def closed(self) -> None: ...
-    def target(self, model: str, version: str) -> int | None: ...
-    def send(self, descriptor: int, slot: int) -> bool: ...
 
 
 class _LimitExceeded(Exception):
@@ -185,7 +177,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         sock = transport.get_extra_info("socket")
         if transport.get_write_buffer_size() or sock is None:
             return
-        if self.mover.send(sock.fileno(), slot):
+        if self.mover.send(sock.fileno(), slot, HTTP):
             self.movable = False
             transport.abort()  # closes this worker's descriptor only: the socket lives on there
 

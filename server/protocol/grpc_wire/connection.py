@@ -23,6 +23,7 @@ from typing import Any, Protocol, cast
 
 import hpack
 
+from server.protocol.connection_moves import GRPC, ConnectionMover
 from server.protocol.grpc_wire import frames as f
 from server.protocol.grpc_wire.guard import CalmDown, ConnectionGuard
 from server.protocol.grpc_wire.headers import HeaderDecoder
@@ -68,6 +69,7 @@ class ConnectionOwner(Protocol):
     limits: GrpcLimits
     budget: RequestBudget
     connections: set[GrpcConnection]
+    mover: ConnectionMover | None
 
     @property
     def inflate_executor(self) -> Executor: ...
@@ -84,8 +86,11 @@ class ProtocolViolation(Exception):
 
 
 class GrpcConnection(asyncio.Protocol):
-    def __init__(self, server: ConnectionOwner) -> None:
+    def __init__(self, server: ConnectionOwner, movable: bool = True) -> None:
         self.server = server
+        # counted in the mover (server/workers/handoff.py) while open; False once moved here
+        self.mover = server.mover
+        self.movable = movable
         self.limits = limits = server.limits
         self.budget = server.budget
         self.max_message = limits.max_receivable_message_bytes
@@ -133,6 +138,10 @@ class GrpcConnection(asyncio.Protocol):
         self.transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
         peer = transport.get_extra_info("peername")
         self.peer = f"ipv4:{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        if self.mover is not None:
+            if self.movable and self._moved(self.mover):
+                return
+            self.mover.opened()
         if len(self.server.connections) >= self.limits.max_connections:
             self.abort_connection(
                 f.ENHANCE_YOUR_CALM,
@@ -154,7 +163,22 @@ class GrpcConnection(asyncio.Protocol):
         )
         self.write(f.window_update(0, CONNECTION_WINDOW - f.DEFAULT_WINDOW))
 
+    def _moved(self, mover: ConnectionMover) -> bool:
+        """Whether this connection, just accepted, went to its models' owner (nothing read or
+        written yet)."""
+        slot = mover.accept_target()
+        transport = self.transport
+        sock = None if transport is None else transport.get_extra_info("socket")
+        if slot is not None and sock is not None and mover.send(sock.fileno(), slot, GRPC):
+            self.mover = None  # never counted here
+            cast(asyncio.Transport, transport).abort()  # (this worker's descriptor only)
+            return True
+        return False
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.mover is not None:
+            self.mover.closed()
+            self.mover = None
         self.server.connections.discard(self)
         for stream in list(self.streams.values()):
             self.discard(stream)

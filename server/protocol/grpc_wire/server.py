@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import ssl
 from concurrent.futures import ThreadPoolExecutor
 
+from server.protocol.connection_moves import ConnectionMover
 from server.protocol.grpc_wire.connection import GrpcConnection
 from server.protocol.grpc_wire.limits import GrpcLimits, RequestBudget
 from server.protocol.grpc_wire.rpc import Route
@@ -30,8 +32,12 @@ class GrpcWireServer:
         limits: GrpcLimits | None = None,
         ssl_context: ssl.SSLContext | None = None,
         reuse_port: bool = False,
+        mover: ConnectionMover | None = None,
     ) -> None:
         self.routes = routes
+        # --workers N --shared-batching: a connection may move to its models' owner when
+        # accepted (server/workers/handoff.py); not over TLS (the handshake read it already)
+        self.mover = mover if ssl_context is None else None
         self.reuse_port = reuse_port
         self.ssl_context = ssl_context
         self.host, self.port = host, port
@@ -58,6 +64,12 @@ class GrpcWireServer:
             reuse_port=self.reuse_port or None,
             backlog=4096,
             ssl=self.ssl_context,
+        )
+
+    async def adopt(self, sock: socket.socket) -> None:
+        """Serve a connection another worker accepted and moved here; it does not move again."""
+        await asyncio.get_running_loop().connect_accepted_socket(
+            lambda: GrpcConnection(self, movable=False), sock
         )
 
     @property

@@ -1,7 +1,7 @@
 """`ferry serve --workers 2 --shared-batching`: an idle keep-alive HTTP connection moves to the
 worker that owns its model (server/workers/handoff.py) and is served there from its next
-request on, with no request lost or answered out of order; many connections stay spread over
-both workers.
+request on, with no request lost or answered out of order; a gRPC connection to a one-model
+repository moves there when accepted; many connections stay spread over both workers.
 
 Which worker served a request is read from its `--log-requests` line."""
 
@@ -11,11 +11,13 @@ import http.client
 import json
 import socket
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tritonclient.grpc as grpcclient
 
 from server.workers.sequences import model_owner_of
 from tests.support.onnx_models import mlp_model, run_reference, write_model
@@ -74,6 +76,33 @@ def test_a_keep_alive_connection_moves_to_its_models_owner(tmp_path: Path) -> No
         slots = [[lines[rid][0] for rid in request_ids] for request_ids in ids]
         assert all(served[3:] == [OWNER] * 3 for served in slots), slots
         assert any(served[0] != OWNER for served in slots), slots  # some began elsewhere
+
+
+def test_a_grpc_connection_to_a_one_model_repository_is_served_by_the_owner(
+    tmp_path: Path,
+) -> None:
+    """Each gRPC client on a connection of its own, one after the other: every request is
+    served by the model's owner, the first included (the connection moved when accepted)."""
+    write_model(tmp_path, "mlp", mlp_model())
+    expected = _expected(tmp_path)
+    x = np.asarray(mlp_request(1)["inputs"][0]["data"], np.float32).reshape(1, 16)
+    with running_server(tmp_path, *FLAGS) as server:
+        request_ids = []
+        for c in range(CONNECTIONS):
+            client = grpcclient.InferenceServerClient(
+                server.grpc_url, channel_args=[("grpc.use_local_subchannel_pool", 1)]
+            )
+            for r in range(3):
+                infer_input = grpcclient.InferInput("input", [1, 16], "FP32")
+                infer_input.set_data_from_numpy(x)
+                request_id = f"grpc-{c}-{r}-{uuid.uuid4().hex[:6]}"
+                result = client.infer("mlp", [infer_input], request_id=request_id)
+                np.testing.assert_allclose(result.as_numpy("output"), expected, rtol=1e-5)
+                request_ids.append(request_id)
+            client.close()
+            time.sleep(0.3)  # its connection closed in the owner too: the owner holds none
+        lines = served_by(server, request_ids)
+        assert {slot for slot, _ in lines.values()} == {OWNER}, lines
 
 
 def test_requests_sent_while_the_connection_moves_are_all_answered_in_order(

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from server.protocol.connection_moves import GRPC, HTTP
+from server.workers import handoff
 from server.workers.handoff import ConnectionCounts, ConnectionHandoff, handoff_path
 
 
@@ -66,6 +68,81 @@ def test_a_connection_moves_only_toward_an_owner_holding_no_connection(
     owner.stop()
 
 
+def test_a_grpc_connection_moves_when_accepted_only_to_a_sole_idle_owner(tmp_path: Path) -> None:
+    sole: list[int | None] = [0]
+    owner = ConnectionHandoff(tmp_path, 2, 0, _owner_zero, lambda: None)
+    other = ConnectionHandoff(tmp_path, 2, 1, _owner_zero, lambda: sole[0])
+    assert other.accept_target() == 0
+    owner.opened()
+    assert other.accept_target() is None  # the owner holds a connection
+    owner.closed()
+    sole[0] = None  # models of two owners, or one this worker runs
+    assert other.accept_target() is None
+    owner.stop()
+    other.stop()
+
+
+async def _one_move_at_a_time_until_the_owner_counts_it(
+    tmp_path: Path, tcp_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    _, accepted = tcp_pair
+    owner = ConnectionHandoff(tmp_path, 2, 0, _owner_zero)
+    other = ConnectionHandoff(tmp_path, 2, 1, _owner_zero)
+
+    async def adopt(sock: socket.socket) -> None:
+        sock.close()
+
+    owner.start({HTTP: adopt})
+    other.opened()
+    assert other.target("remote", "") == 0
+    assert other.send(accepted.fileno(), 0, HTTP)
+    assert other.target("remote", "") is None  # on its way, not counted there yet
+    while owner.counts.taken(0) == 0:  # taken (and here closed at once)
+        await asyncio.sleep(0.01)
+    assert other.target("remote", "") == 0
+    handoff.SETTLE_S, settle = 0.0, handoff.SETTLE_S
+    try:
+        assert other.send(accepted.fileno(), 0, HTTP)
+        assert other.target("remote", "") == 0  # (settled at once)
+    finally:
+        handoff.SETTLE_S = settle
+    owner.stop()
+    other.stop()
+
+
+async def _a_kind_nobody_serves_is_closed(
+    tmp_path: Path, tcp_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    client, accepted = tcp_pair
+    owner = ConnectionHandoff(tmp_path, 2, 0, _owner_zero)
+    other = ConnectionHandoff(tmp_path, 2, 1, _owner_zero)
+
+    async def adopt(sock: socket.socket) -> None:
+        raise AssertionError("an HTTP adopter takes no gRPC connection")
+
+    owner.start({HTTP: adopt})
+    assert other.send(accepted.fileno(), 0, GRPC)
+    accepted.close()
+    client.settimeout(5)
+    loop = asyncio.get_running_loop()
+    assert await loop.run_in_executor(None, client.recv, 10) == b""
+    assert owner.moved_in == 0
+    owner.stop()
+    other.stop()
+
+
+def test_one_move_at_a_time_until_the_owner_counts_it(
+    tmp_path: Path, tcp_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    asyncio.run(_one_move_at_a_time_until_the_owner_counts_it(tmp_path, tcp_pair))
+
+
+def test_a_kind_nobody_serves_is_closed(
+    tmp_path: Path, tcp_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    asyncio.run(_a_kind_nobody_serves_is_closed(tmp_path, tcp_pair))
+
+
 async def _a_moved_socket_keeps_the_connection_and_its_unread_bytes(
     tmp_path: Path, tcp_pair: tuple[socket.socket, socket.socket]
 ) -> None:
@@ -77,9 +154,9 @@ async def _a_moved_socket_keeps_the_connection_and_its_unread_bytes(
     async def adopt(sock: socket.socket) -> None:
         await adopted.put(sock)
 
-    owner.start(adopt)
+    owner.start({HTTP: adopt})
     client.sendall(b"sent before the move")
-    assert other.send(accepted.fileno(), 0)
+    assert other.send(accepted.fileno(), 0, HTTP)
     accepted.close()  # the sender's descriptor: the connection lives on in the owner
     moved = await asyncio.wait_for(adopted.get(), 5)
     try:
@@ -101,16 +178,16 @@ async def _a_socket_stays_when_the_owner_is_not_listening_or_stopped(
 ) -> None:
     _, accepted = tcp_pair
     other = ConnectionHandoff(tmp_path, 2, 1, _owner_zero)
-    assert not other.send(accepted.fileno(), 0)  # no worker 0 listening
+    assert not other.send(accepted.fileno(), 0, HTTP)  # no worker 0 listening
     owner = ConnectionHandoff(tmp_path, 2, 0, _owner_zero)
 
     async def adopt(sock: socket.socket) -> None:
         raise AssertionError("a stopped worker adopts nothing")
 
-    owner.start(adopt)
+    owner.start({HTTP: adopt})
     owner.stop()
     assert not handoff_path(tmp_path, 0).exists()
-    assert not other.send(accepted.fileno(), 0)
+    assert not other.send(accepted.fileno(), 0, HTTP)
     assert other.moved_out == 0
     other.stop()
 
@@ -127,8 +204,8 @@ async def _a_failed_adoption_closes_the_socket(
         failed.set()
         raise OSError("cannot serve it")
 
-    owner.start(adopt)
-    assert other.send(accepted.fileno(), 0)
+    owner.start({HTTP: adopt})
+    assert other.send(accepted.fileno(), 0, HTTP)
     accepted.close()
     await asyncio.wait_for(failed.wait(), 5)
     await asyncio.sleep(0.05)  # the task's done callback
