@@ -88,17 +88,20 @@ async def _one_move_at_a_time_until_the_owner_counts_it(
     _, accepted = tcp_pair
     owner = ConnectionHandoff(tmp_path, 2, 0, _owner_zero)
     other = ConnectionHandoff(tmp_path, 2, 1, _owner_zero)
+    adopted = asyncio.Event()
 
     async def adopt(sock: socket.socket) -> None:
         sock.close()
+        adopted.set()
 
     owner.start({HTTP: adopt})
     other.opened()
     assert other.target("remote", "") == 0
     assert other.send(accepted.fileno(), 0, HTTP)
     assert other.target("remote", "") is None  # on its way, not counted there yet
-    while owner.counts.taken(0) == 0:  # taken (and here closed at once)
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(adopted.wait(), 5)  # taken (and here closed at once)
+    await asyncio.sleep(0.05)  # the adoption task's done callback counts it
+    assert owner.counts.taken(0) == 1
     assert other.target("remote", "") == 0
     handoff.SETTLE_S, settle = 0.0, handoff.SETTLE_S
     try:
