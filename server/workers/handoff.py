@@ -75,6 +75,7 @@ class ConnectionCounts:
 
     def __init__(self, folder: Path, workers: int, slot: int) -> None:
         self.slot = slot
+        self._others = [other for other in range(workers) if other != slot]
         size = workers * _SLOT_BYTES
         descriptor = os.open(folder / COUNTS_FILE, os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -100,6 +101,11 @@ class ConnectionCounts:
 
     def taken(self, slot: int) -> int:
         return int(self._counts[2 * slot + 1])
+
+    def another_idle(self) -> bool:
+        """Whether a worker other than this one holds no connection."""
+        counts = self._counts
+        return any(counts[2 * slot] == 0 for slot in self._others)
 
     def close(self) -> None:
         self._counts.release()
@@ -145,10 +151,9 @@ class ConnectionHandoff:
     def target(self, model: str, version: str) -> int | None:
         """The worker an idle connection whose last request was for (model, version) moves to,
         or None: it stays (this worker runs the model, or the owner holds connections)."""
-        if self.stopped:
-            return None
-        owner = self._owner_of(model, version)
-        return self._idle_owner(owner)
+        if self.stopped or not self.counts.another_idle():
+            return None  # (the common case under load: no model look-up on each request)
+        return self._idle_owner(self._owner_of(model, version))
 
     def accept_target(self) -> int | None:
         """The worker a connection just accepted moves to before anything is read from it, or
