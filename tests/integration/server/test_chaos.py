@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import http.client
 import json
 import os
 import random
@@ -135,6 +136,35 @@ class Chaos:
 
             body = {"inputs": [fp32(input_name, x)]}
             self.judge(model, post(self.port, f"/v2/models/{model}/infer", body), check)
+
+    def keep_alive_client(self, seed: int) -> None:
+        """The MLP over one kept-alive HTTP connection at a time (under --shared-batching it may
+        move to the model's owner: server/workers/handoff.py), a new one when it is lost."""
+        rng = np.random.default_rng(seed)
+        connection: http.client.HTTPConnection | None = None
+        while not self.stop.is_set():
+            x = rng.standard_normal((1, 16)).astype(np.float32)
+            want = run_reference(self.mlp_path, {"input": x})["output"]
+            if connection is None:
+                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=HANG_S)
+            started = time.monotonic()
+            try:
+                body = json.dumps({"inputs": [fp32("input", x)]}).encode()
+                connection.request("POST", "/v2/models/mlp/infer", body)
+                response = connection.getresponse()
+                answer: Answer = (response.status, response.read(), time.monotonic() - started)
+            except (OSError, http.client.HTTPException):
+                connection.close()
+                connection = None
+                answer = (0, b"", time.monotonic() - started)
+
+            def check(answer: Any, want: np.ndarray = want) -> None:
+                got = np.array(answer["outputs"][0]["data"], np.float32).reshape(want.shape)
+                assert np.allclose(got, want, atol=1e-4), (got, want)
+
+            self.judge("mlp (kept alive)", answer, check)
+        if connection is not None:
+            connection.close()
 
     def classify_client(self, seed: int) -> None:
         rng = np.random.default_rng(seed)
@@ -336,6 +366,7 @@ class Chaos:
         threads = [
             threading.Thread(target=self.mlp_client, args=("mlp", "input", 1)),
             threading.Thread(target=self.mlp_client, args=("mlp", "input", 2)),
+            threading.Thread(target=self.keep_alive_client, args=(6,)),
             threading.Thread(target=self.classify_client, args=(3,)),
             threading.Thread(target=self.mlp_client, args=("bls", "INPUT", 4)),
             threading.Thread(target=self.hang_up_client),
