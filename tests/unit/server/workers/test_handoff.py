@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +18,14 @@ from server.workers.handoff import ConnectionCounts, ConnectionHandoff, handoff_
 
 def _owner_zero(model: str, version: str) -> int | None:
     return 0 if model == "remote" else None
+
+
+def _workers(tmp_path: Path) -> tuple[ConnectionHandoff, ConnectionHandoff]:
+    """Worker 0's end (it owns the model "remote") and worker 1's."""
+    return (
+        ConnectionHandoff(tmp_path, 2, 0, _owner_zero),
+        ConnectionHandoff(tmp_path, 2, 1, _owner_zero),
+    )
 
 
 @pytest.fixture
@@ -52,8 +61,7 @@ def test_counts_are_shared_through_the_file_and_a_restarted_slot_starts_at_zero(
 def test_a_connection_moves_only_toward_an_owner_holding_no_connection(
     tmp_path: Path,
 ) -> None:
-    owner = ConnectionHandoff(tmp_path, 2, 0, _owner_zero)
-    other = ConnectionHandoff(tmp_path, 2, 1, _owner_zero)
+    owner, other = _workers(tmp_path)
     other.opened()
     assert other.target("remote", "") == 0
     assert other.target("local", "1") is None  # this worker runs it
@@ -86,8 +94,7 @@ async def _one_move_at_a_time_until_the_owner_counts_it(
     tmp_path: Path, tcp_pair: tuple[socket.socket, socket.socket]
 ) -> None:
     _, accepted = tcp_pair
-    owner = ConnectionHandoff(tmp_path, 2, 0, _owner_zero)
-    other = ConnectionHandoff(tmp_path, 2, 1, _owner_zero)
+    owner, other = _workers(tmp_path)
     adopted = asyncio.Event()
 
     async def adopt(sock: socket.socket) -> None:
@@ -117,8 +124,7 @@ async def _a_kind_nobody_serves_is_closed(
     tmp_path: Path, tcp_pair: tuple[socket.socket, socket.socket]
 ) -> None:
     client, accepted = tcp_pair
-    owner = ConnectionHandoff(tmp_path, 2, 0, _owner_zero)
-    other = ConnectionHandoff(tmp_path, 2, 1, _owner_zero)
+    owner, other = _workers(tmp_path)
 
     async def adopt(sock: socket.socket) -> None:
         raise AssertionError("an HTTP adopter takes no gRPC connection")
@@ -134,24 +140,11 @@ async def _a_kind_nobody_serves_is_closed(
     other.stop()
 
 
-def test_one_move_at_a_time_until_the_owner_counts_it(
-    tmp_path: Path, tcp_pair: tuple[socket.socket, socket.socket]
-) -> None:
-    asyncio.run(_one_move_at_a_time_until_the_owner_counts_it(tmp_path, tcp_pair))
-
-
-def test_a_kind_nobody_serves_is_closed(
-    tmp_path: Path, tcp_pair: tuple[socket.socket, socket.socket]
-) -> None:
-    asyncio.run(_a_kind_nobody_serves_is_closed(tmp_path, tcp_pair))
-
-
 async def _a_moved_socket_keeps_the_connection_and_its_unread_bytes(
     tmp_path: Path, tcp_pair: tuple[socket.socket, socket.socket]
 ) -> None:
     client, accepted = tcp_pair
-    owner = ConnectionHandoff(tmp_path, 2, 0, _owner_zero)
-    other = ConnectionHandoff(tmp_path, 2, 1, _owner_zero)
+    owner, other = _workers(tmp_path)
     adopted: asyncio.Queue[socket.socket] = asyncio.Queue()
 
     async def adopt(sock: socket.socket) -> None:
@@ -199,8 +192,7 @@ async def _a_failed_adoption_closes_the_socket(
     tmp_path: Path, tcp_pair: tuple[socket.socket, socket.socket]
 ) -> None:
     client, accepted = tcp_pair
-    owner = ConnectionHandoff(tmp_path, 2, 0, _owner_zero)
-    other = ConnectionHandoff(tmp_path, 2, 1, _owner_zero)
+    owner, other = _workers(tmp_path)
     failed = asyncio.Event()
 
     async def adopt(sock: socket.socket) -> None:
@@ -218,19 +210,21 @@ async def _a_failed_adoption_closes_the_socket(
     other.stop()
 
 
-def test_a_moved_socket_keeps_the_connection_and_its_unread_bytes(
-    tmp_path: Path, tcp_pair: tuple[socket.socket, socket.socket]
+Scenario = Callable[[Path, tuple[socket.socket, socket.socket]], Coroutine[Any, Any, None]]
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        _one_move_at_a_time_until_the_owner_counts_it,
+        _a_kind_nobody_serves_is_closed,
+        _a_moved_socket_keeps_the_connection_and_its_unread_bytes,
+        _a_socket_stays_when_the_owner_is_not_listening_or_stopped,
+        _a_failed_adoption_closes_the_socket,
+    ],
+    ids=lambda scenario: scenario.__name__.strip("_"),
+)
+def test_moves(
+    scenario: Scenario, tmp_path: Path, tcp_pair: tuple[socket.socket, socket.socket]
 ) -> None:
-    asyncio.run(_a_moved_socket_keeps_the_connection_and_its_unread_bytes(tmp_path, tcp_pair))
-
-
-def test_a_socket_stays_when_the_owner_is_not_listening_or_stopped(
-    tmp_path: Path, tcp_pair: tuple[socket.socket, socket.socket]
-) -> None:
-    asyncio.run(_a_socket_stays_when_the_owner_is_not_listening_or_stopped(tmp_path, tcp_pair))
-
-
-def test_a_failed_adoption_closes_the_socket(
-    tmp_path: Path, tcp_pair: tuple[socket.socket, socket.socket]
-) -> None:
-    asyncio.run(_a_failed_adoption_closes_the_socket(tmp_path, tcp_pair))
+    asyncio.run(scenario(tmp_path, tcp_pair))
