@@ -168,10 +168,17 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def _move(self) -> None:
         """Pass this connection to worker `move_to` if it is still idle: nothing read since
-        its last response, which the kernel has taken in full."""
+        its last response (nor, in the read that ended the last request, the start of the next
+        one: the parser would hold it), and that response taken in full by the kernel."""
         slot, self.move_to = self.move_to, None
         transport = cast(CoalescingTransport, self.transport)
-        if slot is None or transport.is_closing() or self.mover is None:
+        if (
+            slot is None
+            or transport.is_closing()
+            or self.mover is None
+            or self.pipeline
+            or self.scope is not self.headers_scope  # a message has begun since
+        ):
             return
         transport.flush()
         sock = transport.get_extra_info("socket")
