@@ -46,7 +46,7 @@ from server.shared_memory import SharedMemoryManager
 from server.trace_settings import TraceSettings
 from server.tracing import Tracer
 from server.workers.count import model_cpu_threads
-from server.workers.handoff import Adopt, ConnectionHandoff
+from server.workers.handoff import Adopt, ConnectionHandoff, MovesCollector
 from server.workers.link import WorkerLink
 from server.workers.remote_model import (
     SUBMIT,
@@ -226,6 +226,7 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
             functools.partial(_owner_of, repository),
             functools.partial(_sole_owner, repository),
         )
+        monitors.registry.register(MovesCollector(handoff))
     if settings.allow_http:
         http_servers.append(
             _uvicorn_server(

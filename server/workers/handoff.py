@@ -46,9 +46,13 @@ import mmap
 import os
 import socket
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, Metric
+
+from server.protocol.connection_moves import GRPC, HTTP
 
 logger = logging.getLogger("ferry.workers")
 
@@ -126,7 +130,8 @@ class ConnectionHandoff:
         self.folder, self.slot = folder, slot
         self._owner_of, self._sole_owner = owner_of, sole_owner
         self.counts = ConnectionCounts(folder, workers, slot)
-        self.moved_out = self.moved_in = 0
+        self.moved_in = 0
+        self.moved_out: dict[bytes, int] = {HTTP: 0, GRPC: 0}  # by kind
         # worker -> (its taken count, a deadline) when this one last moved a connection there:
         # until its taken count passes that, the connection is on its way and counted nowhere.
         # Without this, the requests that end while the first moved connection travels would
@@ -190,7 +195,7 @@ class ConnectionHandoff:
             self._sender.sendmsg([kind], rights, 0, str(handoff_path(self.folder, slot)))
         except OSError:  # BlockingIOError: its queue is full; else it is not listening
             return False
-        self.moved_out += 1
+        self.moved_out[kind] = self.moved_out.get(kind, 0) + 1
         self._settling[slot] = (taken, time.monotonic() + SETTLE_S)
         return True
 
@@ -250,3 +255,23 @@ class ConnectionHandoff:
             with contextlib.suppress(FileNotFoundError):
                 handoff_path(self.folder, self.slot).unlink()
         self._sender.close()
+
+
+class MovesCollector:
+    """`ferry_connections_moved_total{protocol}`: the connections this worker moved to their
+    models' owner (the supervisor adds up every worker's)."""
+
+    def __init__(self, handoff: ConnectionHandoff) -> None:
+        self._handoff = handoff
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "ferry_connections_moved",
+            "Client connections moved to the worker that runs their model "
+            "(--workers N --shared-batching)",
+            labels=["protocol"],
+        )
+        moved = self._handoff.moved_out
+        family.add_metric(["http"], moved[HTTP])
+        family.add_metric(["grpc"], moved[GRPC])
+        yield family

@@ -22,10 +22,11 @@ import tritonclient.grpc as grpcclient
 from server.workers.sequences import model_owner_of
 from tests.support.onnx_models import mlp_model, run_reference, write_model
 from tests.support.server_process import ServerProcess, running_server
-from tests.support.workers import mlp_request, served_by
+from tests.support.workers import metric_value, mlp_request, served_by
 
 FLAGS = ("--workers", "2", "--shared-batching", "--log-requests")
 OWNER = model_owner_of("mlp", 2)
+MOVED = 'ferry_connections_moved_total{{protocol="{}"}}'
 CONNECTIONS = 16  # each lands on the owner with p = 1/2: none moves with p = 2**-16
 
 
@@ -75,7 +76,10 @@ def test_a_keep_alive_connection_moves_to_its_models_owner(tmp_path: Path) -> No
         lines = served_by(server, [rid for request_ids in ids for rid in request_ids])
         slots = [[lines[rid][0] for rid in request_ids] for request_ids in ids]
         assert all(served[3:] == [OWNER] * 3 for served in slots), slots
-        assert any(served[0] != OWNER for served in slots), slots  # some began elsewhere
+        began_elsewhere = sum(served[0] != OWNER for served in slots)
+        assert began_elsewhere > 0, slots
+        # each of those moved once, and the server counts it once
+        assert metric_value(server.metrics_url, MOVED.format("http")) == began_elsewhere
 
 
 def test_a_grpc_connection_to_a_one_model_repository_is_served_by_the_owner(
@@ -103,6 +107,7 @@ def test_a_grpc_connection_to_a_one_model_repository_is_served_by_the_owner(
             time.sleep(0.3)  # its connection closed in the owner too: the owner holds none
         lines = served_by(server, request_ids)
         assert {slot for slot, _ in lines.values()} == {OWNER}, lines
+        assert metric_value(server.metrics_url, MOVED.format("grpc")) > 0
 
 
 def test_requests_sent_while_the_connection_moves_are_all_answered_in_order(

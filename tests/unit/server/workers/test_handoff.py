@@ -162,7 +162,7 @@ async def _a_moved_socket_keeps_the_connection_and_its_unread_bytes(
         assert moved.recv(100) == b"after"
         moved.sendall(b"answer")
         assert client.recv(100) == b"answer"
-        assert (other.moved_out, owner.moved_in) == (1, 1)
+        assert (other.moved_out[HTTP], owner.moved_in) == (1, 1)
     finally:
         moved.close()
         owner.stop()
@@ -184,7 +184,7 @@ async def _a_socket_stays_when_the_owner_is_not_listening_or_stopped(
     owner.stop()
     assert not handoff_path(tmp_path, 0).exists()
     assert not other.send(accepted.fileno(), 0, HTTP)
-    assert other.moved_out == 0
+    assert other.moved_out == {HTTP: 0, GRPC: 0}
     other.stop()
 
 
