@@ -25,13 +25,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from server.check import model_names, repository_problem
+from server.connection_moves import GRPC, HTTP
 from server.dataplane import DataPlane
 from server.errors import ServingError
 from server.gc_policy import apply_after_startup
 from server.logs import LogControl, configure_logging
 from server.observers import ObserverFanout
 from server.operations import Operations
-from server.protocol.connection_moves import GRPC, HTTP
 from server.protocol.grpc import create_grpc_server
 from server.protocol.grpc_wire.server import GrpcWireServer
 from server.protocol.http import create_http_app

@@ -18,10 +18,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
+from server.connection_moves import ConnectionMover
 from server.dataplane import DataPlane
 from server.errors import ErrorKind, ServingError
 from server.protocol import grpc_codec
-from server.protocol.connection_moves import ConnectionMover
 from server.protocol.grpc_access import RestrictedProtocolInterceptor, guard_routes
 from server.protocol.grpc_tls import grpcio_credentials, ssl_context
 from server.protocol.grpc_wire.limits import RequestBudget

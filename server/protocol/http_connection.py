@@ -29,7 +29,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
-from server.protocol.connection_moves import HTTP, ConnectionMover
+from server.connection_moves import HTTP, ConnectionMover
 from server.protocol.http_direct import serve_infer
 from server.protocol.http_infer import InferFastPath
 from server.protocol.http_limits import HttpLimits

@@ -52,11 +52,11 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, Metric
 
-from server.protocol.connection_moves import GRPC, HTTP
+from server.connection_moves import GRPC, HTTP
 
 logger = logging.getLogger("ferry.workers")
 
-COUNTS_FILE = "http-connections"
+COUNTS_FILE = "client-connections"
 _SLOT_BYTES = 16  # two 64-bit counts
 SETTLE_S = 1.0  # after this, a moved connection the other worker never took is given up on
 _MAX_SOCKETS_PER_MESSAGE = 4  # one is sent per message; more would be closed, not leaked
@@ -186,7 +186,7 @@ class ConnectionHandoff:
 
     def send(self, descriptor: int, slot: int, kind: bytes) -> bool:
         """Pass the socket `descriptor` to worker `slot`, to be served as `kind` (HTTP or
-        GRPC: server/protocol/connection_moves.py); False when it cannot take it now (its queue
+        GRPC: server/connection_moves.py); False when it cannot take it now (its queue
         is full, or it is not running). The caller closes its own descriptor."""
         rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [descriptor]))]
         taken = self.counts.taken(slot)
@@ -248,6 +248,8 @@ class ConnectionHandoff:
 
     def stop(self) -> None:
         """Move no connection out, take none in (shutdown): those on their way here close."""
+        if self.stopped:
+            return
         self.stopped = True
         if self._receiver is not None and self._loop is not None:
             self._loop.remove_reader(self._receiver.fileno())

@@ -23,7 +23,7 @@ from typing import Any, Protocol, cast
 
 import hpack
 
-from server.protocol.connection_moves import GRPC, ConnectionMover
+from server.connection_moves import GRPC, ConnectionMover
 from server.protocol.grpc_wire import frames as f
 from server.protocol.grpc_wire.guard import CalmDown, ConnectionGuard
 from server.protocol.grpc_wire.headers import HeaderDecoder

@@ -10,7 +10,7 @@ import socket
 import ssl
 from concurrent.futures import ThreadPoolExecutor
 
-from server.protocol.connection_moves import ConnectionMover
+from server.connection_moves import ConnectionMover
 from server.protocol.grpc_wire.connection import GrpcConnection
 from server.protocol.grpc_wire.limits import GrpcLimits, RequestBudget
 from server.protocol.grpc_wire.rpc import Route

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from server.protocol.connection_moves import GRPC, HTTP
+from server.connection_moves import GRPC, HTTP
 from server.workers import handoff
 from server.workers.handoff import ConnectionCounts, ConnectionHandoff, handoff_path
 
