@@ -143,12 +143,12 @@ def test_requests_sent_while_the_connection_moves_are_all_answered_in_order(
 
 def test_many_connections_stay_spread_over_both_workers(tmp_path: Path) -> None:
     """Sixteen busy connections at once: a connection moves only to an owner holding none, so
-    the other worker keeps most of those the kernel gave it and serves their last requests
-    (unless the kernel gave it none: p = 2**-16)."""
+    while they are all open the other worker keeps most of those the kernel gave it and serves
+    their last requests (unless the kernel gave it none: p = 2**-16)."""
     write_model(tmp_path, "mlp", mlp_model())
     with running_server(tmp_path, *FLAGS) as server:
         failures: list[BaseException] = []
-        start = threading.Barrier(CONNECTIONS)
+        start, end = threading.Barrier(CONNECTIONS), threading.Barrier(CONNECTIONS)
 
         def client(index: int) -> None:
             try:
@@ -157,6 +157,9 @@ def test_many_connections_stay_spread_over_both_workers(tmp_path: Path) -> None:
                 start.wait(30)  # all open together
                 for r in range(30):
                     _infer_on(connection, f"spread-{index}-{r}")
+                # none closes before all are done: once the owner's own connections close, the
+                # other worker's would rightly move to it (it holds none)
+                end.wait(60)
                 connection.close()
             except BaseException as exc:  # reported by the main thread
                 failures.append(exc)
