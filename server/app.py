@@ -268,7 +268,7 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
         assert sequences is not None
         # before loading: under --shared-batching other workers ask this one how its loads end
         await sequences.start(
-            dataplane.infer,
+            dataplane.infer_forwarded,
             dataplane.infer_stream,
             {VERDICT: repository.settled_state},
             {SUBMIT: dataplane.submit_now},

@@ -302,6 +302,19 @@ class DataPlane:
     def _left(self, _: object) -> None:
         self._leave()
 
+    def _cache_owner(self, model: ModelVersion) -> int | None:
+        """The worker whose response cache holds a cached model's answers under --workers N:
+        the model's owner (`crc32(name) % N`), which runs its requests whole (validation, cache,
+        statistics, request log) as a single server would, so a repeated request hits whichever
+        worker its connection reached. None: this worker (or a single process)."""
+        owners = self.sequence_owners
+        return None if owners is None else owners.model_owner(model.name)
+
+    async def infer_forwarded(self, request: InferenceRequest) -> InferenceResponse:
+        """A request another worker accepted and forwarded here (a sequence's step, a cached
+        model's request): it runs even while this worker drains."""
+        return await self.infer(request, accepted=True)
+
     async def _forward(self, slot: int, request: InferenceRequest) -> InferenceResponse:
         """Run a request another worker owns there (draining waits for it)."""
         assert self.sequence_owners is not None
@@ -346,8 +359,10 @@ class DataPlane:
         if model is None or not isinstance(model.scheduler, SequenceBatcher):
             raise ServingError(ErrorKind.UNAVAILABLE, "Server is shutting down")
 
-    async def infer(self, request: InferenceRequest) -> InferenceResponse:
+    async def infer(self, request: InferenceRequest, accepted: bool = False) -> InferenceResponse:
         """Validate, queue, run and post-process one request; observers see its outcome.
+        `accepted`: another worker took it before it began to drain (it runs while this one
+        drains too).
 
         With a response cache, a hit answers here without queueing. Traces and request lines
         cost one attribute test each when they are off."""
@@ -358,13 +373,21 @@ class DataPlane:
         ops = self.ops
         started = time.perf_counter()
         try:
-            self._check_accepting(request)
+            if not accepted:
+                self._check_accepting(request)
             model = self.repository.get(request.model_name, request.model_version)
             if model.decoupled:
                 raise decoupled_unsupported(request.protocol)
         except ServingError as exc:  # not counted against the model: the log only
             ops.request_log.failure(request, request.model_name, request.model_version, 0.0, exc)
             raise
+        if ops.response_cache is not None and model.uses_response_cache:
+            slot = self._cache_owner(model)
+            if slot is not None:
+                try:
+                    return await self._forward(slot, request)
+                except WorkerUnreachable:  # restarting, and the request never left: run it here
+                    pass
         trace = ops.tracer.start(model.name, model.version, request) if ops.tracer.active else None
         self._enter()
         cached: CacheLookup | None = None

@@ -3,7 +3,8 @@
 A model version on the default scheduler (dynamic batching, or one request per execution) that
 is not decoupled is loaded by one worker only, its owner (`crc32(model name) % N`). Every other
 worker builds the version from its config alone, so metadata, validation, statistics, request
-logs, the response cache and drift work there as for a loaded version, with a RemoteScheduler
+logs and drift work there as for a loaded version (a cached model's requests go whole to the
+owner, whose cache holds its answers: server/dataplane.py), with a RemoteScheduler
 in place of the batcher: `submit` sends the validated request to the owner, whose batcher runs
 it with every other worker's, and returns its outputs and timings. So the weights are in memory
 once, one dynamic batcher sees every request of the model, and a request's own work (protocol,

@@ -6,6 +6,7 @@ connections, so they reach both workers."""
 from __future__ import annotations
 
 import contextlib
+import http.client
 import itertools
 import json
 import os
@@ -323,17 +324,30 @@ def test_killed_worker_is_replaced_under_load(tmp_path: Path) -> None:
         assert "exited with -9" in server.log()
 
 
-@pytest.mark.parametrize("shared_batching", [False, True])
-def test_sigterm_drains_every_worker(tmp_path: Path, shared_batching: bool) -> None:
+DRAIN_MODES = {  # flags, config, the executions running at once
+    "own batchers": (["--workers", "2"], "", 2),
+    "shared batching": (["--workers", "2", "--shared-batching"], "", 1),
+    "cached": (  # every request forwarded to the model's owner, which runs it whole
+        ["--workers", "2", "--cache-config", "local,size=1000000"],
+        "response_cache { enable: true }\n",
+        1,
+    ),
+}
+
+
+@pytest.mark.parametrize("mode", list(DRAIN_MODES))
+def test_sigterm_drains_every_worker(tmp_path: Path, mode: str) -> None:
     """Sixteen slow requests accepted over both workers (with --shared-batching, all queued in
-    the model's owner) all answer after SIGTERM, and every worker stops."""
+    the model's owner; for a cached model, all run there) all answer after SIGTERM, and every
+    worker stops."""
+    flags, config, running = DRAIN_MODES[mode]
     write_model(
         tmp_path,
         "slow",
         slow_model(layers=400),
         "max_batch_size: 1\n"
         'parameters { key: "intra_op_thread_count" value: { string_value: "1" } }\n'
-        "dynamic_batching {}\n",
+        "dynamic_batching {}\n" + config,
     )
     x = np.ones((1, 256), dtype=np.float32)
     expected = run_reference(tmp_path / "slow" / "1" / "model.onnx", {"input": x})["output"]
@@ -341,8 +355,6 @@ def test_sigterm_drains_every_worker(tmp_path: Path, shared_batching: bool) -> N
         "inputs": [{"name": "input", "shape": [1, 256], "datatype": "FP32", "data": [1.0] * 256}]
     }
     clients = 16
-    flags = ("--workers", "2", *(("--shared-batching",) if shared_batching else ()))
-    running = 1 if shared_batching else 2  # one execution at a time in each worker running it
     with running_server(tmp_path, *flags) as server:
         url = f"http://{server.http_url}/v2/models/slow/infer"
         with ThreadPoolExecutor(clients) as pool:
@@ -877,6 +889,58 @@ def test_trace_count_is_the_servers_across_workers(tmp_path: Path) -> None:
     assert len([e for e in entries if "model_name" in e]) == 5
 
 
+CACHE_COUNTS = ("success", "fail", "cache_hit", "cache_miss", "compute_infer")
+CACHE_GAUGES = ("nv_cache_num_hits", "nv_cache_num_misses", "nv_cache_num_entries")
+
+
+def cache_counts(server: ServerProcess, model: str) -> dict[str, float]:
+    """A cached model's request counts (its statistics) and the server's nv_cache_* counts."""
+    url = f"http://{server.http_url}/v2/models/{model}/stats"
+    stats = json.loads(fresh(url)[1])["model_stats"][0]
+    counts: dict[str, float] = {
+        name: stats["inference_stats"][name]["count"] for name in CACHE_COUNTS
+    }
+    counts["inference_count"] = stats["inference_count"]
+    counts["execution_count"] = stats["execution_count"]
+    counts.update({name: metric_value(server.metrics_url, name) for name in CACHE_GAUGES})
+    return counts
+
+
+@pytest.mark.parametrize("flags", [["--workers", "2"], ["--workers", "2", "--shared-batching"]])
+def test_the_response_cache_is_the_servers_across_workers(tmp_path: Path, flags: list[str]) -> None:
+    """A repeated request hits whichever worker its connection reached: a cached model's
+    requests run in its owner's cache, so the counts are a single process's for the same
+    requests (fresh connections spread over both workers, then one keep-alive connection,
+    which may move to the owner under --shared-batching)."""
+    model = mlp_model(4, 8, 3, input_name="x", output_name="y")
+    write_model(tmp_path, "cached", model, "max_batch_size: 8\nresponse_cache { enable: true }\n")
+    body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [0.5] * 4}]}
+    bad = {"inputs": [{"name": "x", "shape": [1, 5], "datatype": "FP32", "data": [0.5] * 5}]}
+    counts = []
+    answers_seen: set[bytes] = set()
+    for server_flags in (["--workers", "1"], flags):
+        with running_server(
+            tmp_path, "--cache-config", "local,size=1000000", *server_flags
+        ) as server:
+            url = f"http://{server.http_url}/v2/models/cached/infer"
+            for _ in range(ATTEMPTS):  # all on one worker has p = 2**-29
+                status, answer = fresh(url, body)
+                assert status == 200
+                answers_seen.add(answer)
+            assert fresh(url, bad)[0] == 400  # its error comes back unchanged from the owner
+            connection = http.client.HTTPConnection(server.http_url)
+            for _ in range(4):
+                connection.request("POST", "/v2/models/cached/infer", json.dumps(body))
+                response = connection.getresponse()
+                assert response.status == 200
+                answers_seen.add(response.read())
+            connection.close()
+            counts.append(cache_counts(server, "cached"))
+    assert counts[1] == counts[0]
+    assert counts[0]["cache_hit"] == ATTEMPTS + 3 and counts[0]["cache_miss"] == 1
+    assert len(answers_seen) == 1
+
+
 def test_the_response_cache_stays_within_the_servers_size_across_workers(tmp_path: Path) -> None:
     """`--cache-config local,size=` is the server's: two workers hold 1/2 of it each, and the
     merged nv_cache_util stays a fill ratio of the whole."""
@@ -885,7 +949,7 @@ def test_the_response_cache_stays_within_the_servers_size_across_workers(tmp_pat
     # one response: 3 floats of output + bookkeeping; 300 bytes hold about three, 150 one
     with running_server(tmp_path, "--workers", "2", "--cache-config", "local,size=300") as server:
         url = f"http://{server.http_url}/v2/models/cached/infer"
-        for value in range(10):  # fresh connections: both workers cache some
+        for value in range(10):  # fresh connections, on both workers: all cached in the owner
             body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32"}]}
             body["inputs"][0]["data"] = [float(value)] * 4
             assert fresh(url, body)[0] == 200
@@ -893,6 +957,6 @@ def test_the_response_cache_stays_within_the_servers_size_across_workers(tmp_pat
             name: metric_value(server.metrics_url, name)
             for name in ("nv_cache_num_entries", "nv_cache_num_evictions", "nv_cache_util")
         }
-    assert 1 <= gauges["nv_cache_num_entries"] <= 2  # one a worker (a single process: three)
-    assert gauges["nv_cache_num_evictions"] == 10 - gauges["nv_cache_num_entries"]
+    assert gauges["nv_cache_num_entries"] == 1  # the owner's half (a single process: three)
+    assert gauges["nv_cache_num_evictions"] == 9
     assert 0 < gauges["nv_cache_util"] <= 1
