@@ -320,6 +320,12 @@ def main() -> None:
         "forward its steps)",
     )
     parser.add_argument(
+        "--serve-args",
+        default="",
+        help="extra `ferry serve` flags, e.g. --serve-args=--shared-batching (with --workers N: "
+        "every sequence in the model's owner, one sequence batcher)",
+    )
+    parser.add_argument(
         "--baseline",
         type=Path,
         metavar="TREE",
@@ -345,10 +351,15 @@ def main() -> None:
     if args.triton == "auto" and triton_missing:
         print(f"(no Triton row: {triton_missing})")
     with contextlib.ExitStack() as stack:
-        servers = {"served": _ferry(stack, repo, args.workers, None, "serve.log")}
+        servers = {"served": _ferry(stack, repo, args.workers, args.serve_args, None, "serve.log")}
         if args.baseline is not None:
             servers["baseline"] = _ferry(
-                stack, repo, args.workers, args.baseline.resolve(), "serve-baseline.log"
+                stack,
+                repo,
+                args.workers,
+                args.serve_args,
+                args.baseline.resolve(),
+                "serve-baseline.log",
             )
         if args.triton != "off" and not triton_missing:
             triton_repo = write_triton_repository(
@@ -403,12 +414,16 @@ def main() -> None:
 
 
 def _ferry(
-    stack: contextlib.ExitStack, repo: Path, workers: int, source: Path | None, log_name: str
+    stack: contextlib.ExitStack,
+    repo: Path,
+    workers: int,
+    serve_args: str,
+    source: Path | None,
+    log_name: str,
 ) -> str:
     """`ferry serve` of `repo`, stopped when `stack` closes; its HTTP address."""
-    process, http_url, *_ = serve(
-        repo, ["--no-drift", "--workers", str(workers)], source=source, log_name=log_name
-    )
+    flags = ["--no-drift", "--workers", str(workers), *serve_args.split()]
+    process, http_url, *_ = serve(repo, flags, source=source, log_name=log_name)
 
     def stop() -> None:
         process.terminate()

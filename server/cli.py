@@ -279,7 +279,8 @@ def serve(
         typer.Option(
             help="Serving processes sharing the HTTP and gRPC ports (SO_REUSEPORT), so protocol "
             "work uses every core; they behave as one server (statistics, metrics, model "
-            "control, client shared memory, log and trace settings, readiness, drain). 0: one "
+            "control, client shared memory, log and trace settings, readiness, drain, the "
+            "response cache). 0: one "
             "per CPU this process may use (affinity and cgroup quota), at most 8. 1: a single "
             "process, as before. Each worker loads its own copy of every model and batches its "
             "own requests (see --shared-batching); one drift evaluator serves every worker; a "
@@ -293,8 +294,10 @@ def serve(
             help="With --workers N: load each batched model in one worker, its owner, whose "
             "batcher runs every worker's requests (the others send it the validated inputs over "
             "a Unix socket): one dynamic batcher and one copy of the weights per model version, "
-            "as in a single process, for a hop per request; while an owner restarts its models "
-            "answer 503. Off: every worker loads every model and batches its own requests.",
+            "as in a single process, for a hop per request; a sequence model too, with every "
+            "sequence (one sequence batcher); while an owner restarts its "
+            "models answer 503. Off: every worker loads every model and batches its own "
+            "requests.",
         ),
     ] = False,
     drift: Annotated[

@@ -242,12 +242,25 @@ class DataPlane:
 
     # --- inference -----------------------------------------------------------------------------
 
-    def _runs_sequences(self, request: InferenceRequest) -> bool:
+    def _sequence_owner(self, request: InferenceRequest) -> int | None:
+        """The worker that runs a step of a sequence model (None: this one). Under
+        --shared-batching the model's owner, so one sequence batcher holds every sequence of a
+        model (its slots, backlog and batches are a single server's); otherwise the sequence's
+        owner (`crc32(correlation ID) % N`), so the sequences spread over the workers."""
+        owners = self.sequence_owners
+        assert owners is not None
+        slot = (
+            owners.model_owner(request.model_name)
+            if self.shared_batching
+            else owners.owner(request.sequence_id)
+        )
+        if slot is None:
+            return None
         try:
             model = self.repository.get(request.model_name, request.model_version)
         except ServingError:
-            return False  # answered (and counted) here
-        return isinstance(model.scheduler, SequenceBatcher)
+            return None  # answered (and counted) here
+        return slot if isinstance(model.scheduler, SequenceBatcher) else None
 
     def _stream_owner(
         self, request: InferenceRequest, model: ModelVersion
@@ -261,7 +274,7 @@ class DataPlane:
         if owners is None:
             return None
         if isinstance(model.scheduler, SequenceBatcher):
-            slot = owners.owner(request.sequence_id) if request.sequence_id else None
+            slot = self._sequence_owner(request) if request.sequence_id else None
             return None if slot is None else (slot, True)
         if self.shared_batching:
             slot = owners.model_owner(request.model_name)
@@ -348,15 +361,16 @@ class DataPlane:
             self._idle.set()
 
     def _check_accepting(self, request: InferenceRequest) -> None:
-        """While the server drains, only requests of sequence models pass (their scheduler
-        serves live sequences and refuses new ones, as Triton's)."""
+        """While the server drains, only requests of sequence models pass (their scheduler, here
+        or under --shared-batching in the model's owner, serves live sequences and refuses new
+        ones, as Triton's)."""
         if self.accepting:
             return
         try:
             model = self.repository.get(request.model_name, request.model_version)
         except ServingError:
             model = None
-        if model is None or not isinstance(model.scheduler, SequenceBatcher):
+        if model is None or not model.runs_sequences:
             raise ServingError(ErrorKind.UNAVAILABLE, "Server is shutting down")
 
     async def infer(self, request: InferenceRequest, accepted: bool = False) -> InferenceResponse:
@@ -367,8 +381,8 @@ class DataPlane:
         With a response cache, a hit answers here without queueing. Traces and request lines
         cost one attribute test each when they are off."""
         if self.sequence_owners is not None and request.sequence_id:
-            slot = self.sequence_owners.owner(request.sequence_id)
-            if slot is not None and self._runs_sequences(request):
+            slot = self._sequence_owner(request)
+            if slot is not None:
                 return await self._forward(slot, request)
         ops = self.ops
         started = time.perf_counter()

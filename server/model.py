@@ -108,6 +108,11 @@ class ModelVersion:
         return scheduling_choice(self.config) in WITHOUT_INSTANCES
 
     @functools.cached_property
+    def runs_sequences(self) -> bool:
+        """Its requests are steps of sequences (sequence_batching), here or in its owner."""
+        return scheduling_choice(self.config) == "sequence_batching"
+
+    @functools.cached_property
     def decoupled(self) -> bool:
         """Responses stream (model_transaction_policy { decoupled: true })."""
         return bool(self.config.model_transaction_policy.decoupled)

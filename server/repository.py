@@ -16,7 +16,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -148,10 +148,10 @@ class ModelRepository:
         mode: ModelControlMode,
         fanout: ObserverFanout | None = None,
         default_max_batch_size: int = 4,
-        cpu_threads: int | Callable[[ModelConfig], int] = 0,
+        cpu_threads: int = 0,
     ) -> None:
         self.root = Path(root)
-        # RuntimeContext.cpu_threads of a model's instances: one count, or one per config
+        # RuntimeContext.cpu_threads of every model's instances (0: the runtime's default)
         self.cpu_threads = cpu_threads
         # --shared-batching: a scheduler for a version another worker runs, None to load it
         self.placement: Placement | None = None
@@ -446,11 +446,8 @@ class ModelRepository:
                 created.append(new_versions[number])
                 continue
             try:
-                threads = self.cpu_threads
                 context = RuntimeContext(
-                    asyncio.get_running_loop(),
-                    self.services,
-                    threads if isinstance(threads, int) else threads(prepared.config),
+                    asyncio.get_running_loop(), self.services, self.cpu_threads
                 )
                 instances, warmup = await load_warm_instances(
                     name, number, prepared.config, version_path, context

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
 from pathlib import Path
-
-from server.repository_format import ModelConfig
-from server.schedulers import scheduling_choice
 
 MAX_AUTO_WORKERS = 8
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
@@ -48,11 +44,9 @@ def worker_cpu_threads(workers: int) -> int:
     return 0 if workers <= 1 else max(1, available_cpus() // workers)
 
 
-def model_cpu_threads(workers: int, shared_batching: bool) -> int | Callable[[ModelConfig], int]:
-    """`worker_cpu_threads`, except under --shared-batching: a model that only its owner runs
-    gets every CPU (ONNX Runtime's default, 0), as in a single process; a sequence model keeps
-    the share (every worker runs the sequences it owns)."""
-    share = worker_cpu_threads(workers)
-    if not shared_batching or workers <= 1:
-        return share
-    return lambda config: share if scheduling_choice(config) == "sequence_batching" else 0
+def model_cpu_threads(workers: int, shared_batching: bool) -> int:
+    """`worker_cpu_threads`, except under --shared-batching: every model then runs in its
+    owner only (a batched model is loaded there only; a sequence or decoupled model's requests
+    go there whole), so its sessions get every CPU (ONNX Runtime's default, 0), as in a single
+    process."""
+    return 0 if shared_batching else worker_cpu_threads(workers)

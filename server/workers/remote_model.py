@@ -1,14 +1,15 @@
 """Models that another worker runs, under `ferry serve --workers N --shared-batching`.
 
-A model version on the default scheduler (dynamic batching, or one request per execution) that
-is not decoupled is loaded by one worker only, its owner (`crc32(model name) % N`). Every other
-worker builds the version from its config alone, so metadata, validation, statistics, request
-logs and drift work there as for a loaded version (a cached model's requests go whole to the
-owner, whose cache holds its answers: server/dataplane.py), with a RemoteScheduler
-in place of the batcher: `submit` sends the validated request to the owner, whose batcher runs
-it with every other worker's, and returns its outputs and timings. So the weights are in memory
-once, one dynamic batcher sees every request of the model, and a request's own work (protocol,
-validation, statistics) stays in the worker its connection reached.
+A model version on the default scheduler (dynamic batching, or one request per execution) or
+on the sequence batcher, and not decoupled, is loaded by one worker only, its owner
+(`crc32(model name) % N`). Every other worker builds the version from its config alone, so
+metadata, validation, statistics, request logs and drift work there as for a loaded version (a
+cached model's requests go whole to the owner, whose cache holds its answers:
+server/dataplane.py), with a RemoteScheduler in place of the batcher: `submit` sends the
+validated request to the owner, whose batcher runs it with every other worker's, and returns its
+outputs and timings. So the weights are in memory once, one batcher sees every request of the
+model (for a sequence model: every sequence, with its state and slot), and a request's own work
+(protocol, validation, statistics) stays in the worker its connection reached.
 
 The owner counts the executions (batches), the worker that took the request counts the request:
 the supervisor's sums are a single server's numbers. While the owner restarts, the model's
@@ -37,6 +38,7 @@ SUBMIT = "submit"
 # asks a model's owner how its load of a version ended in a control call (the supervisor numbers
 # them): (model, version, control call) -> (state, reason)
 VERDICT = "verdict"
+OWNER_SCHEDULERS = (DEFAULT_CHOICE, "sequence_batching")
 OWNER_START_S = 120.0  # how long a worker waits for a model's owner to listen
 OWNER_RETRY_S = 0.05
 Tensors = Mapping[str, np.ndarray]
@@ -45,12 +47,13 @@ Call = Callable[[int, dict[str, Any]], Awaitable[Any]]
 
 
 def runs_in_owner(config: ModelConfig) -> bool:
-    """Whether --shared-batching loads this model in its owner only: the default scheduler and
-    one response per request. Sequence models follow their sequences' owners, ensembles run
-    their steps wherever they are asked (each step's model is remote or local on its own), and a
-    decoupled model's requests go to its owner whole."""
+    """Whether --shared-batching loads this model in its owner only: the default scheduler or
+    the sequence batcher (every sequence of the model then lives in the owner's batcher, with
+    its state), and one response per request. Ensembles run their steps wherever they are asked
+    (each step's model is remote or local on its own), and a decoupled model's requests go to
+    its owner whole."""
     return (
-        scheduling_choice(config) == DEFAULT_CHOICE
+        scheduling_choice(config) in OWNER_SCHEDULERS
         and not config.model_transaction_policy.decoupled
     )
 

@@ -485,6 +485,56 @@ def test_a_sequence_runs_on_one_worker_whichever_worker_its_requests_reach(
                 raise AssertionError("a step without START of an ended sequence was accepted")
 
 
+def test_shared_batching_runs_every_sequence_of_a_model_in_one_sequence_batcher(
+    tmp_path: Path,
+) -> None:
+    """Eight sequences that the two workers would each own some of without the flag start at
+    once, each on a fresh connection: the model's owner alone runs them (loaded there only), in
+    one batch at once. Per-worker sequence batchers would each hold fewer than the preferred 8
+    for 60 s."""
+    from server.workers.sequences import owner_of
+    from tests.support.sequence_models import INPUT_SIZE, run_alone_in_onnxruntime, write_rnn_cell
+
+    held = (
+        "oldest { max_candidate_sequences: 8 preferred_batch_size: [8] "
+        "max_queue_delay_microseconds: 60000000 }"
+    )
+    write_rnn_cell(tmp_path, "rnn", strategy=held, max_batch_size=8)
+    ids = list(range(1, 9))
+    assert {owner_of(sid, 2) for sid in ids} == {0, 1}
+    xs = np.random.default_rng(5).standard_normal((len(ids), INPUT_SIZE)).astype(np.float32)
+    with running_server(tmp_path, "--workers", "2", "--shared-batching") as server:
+        url = f"http://{server.http_url}/v2/models/rnn/infer"
+
+        def first_step(index: int) -> tuple[int, bytes]:
+            body = {
+                "parameters": {"sequence_id": ids[index], "sequence_start": True},
+                "inputs": [
+                    {
+                        "name": "INPUT",
+                        "shape": [1, INPUT_SIZE],
+                        "datatype": "FP32",
+                        "data": xs[index].tolist(),
+                    }
+                ],
+            }
+            return fresh(url, body, timeout_s=30.0)
+
+        with ThreadPoolExecutor(len(ids)) as pool:
+            answers = list(pool.map(first_step, range(len(ids))))
+        model_path = tmp_path / "rnn" / "1" / "model.onnx"
+        for index, (status, answer) in enumerate(answers):
+            assert status == 200, answer
+            output = json.loads(answer)["outputs"][0]
+            alone = run_alone_in_onnxruntime(model_path, xs[index : index + 1], ids[index])
+            np.testing.assert_allclose(
+                np.array(output["data"], np.float32).reshape(alone.shape), alone, rtol=1e-5
+            )
+        stats = json.loads(fresh(f"http://{server.http_url}/v2/models/rnn/stats")[1])
+        entry = stats["model_stats"][0]
+        assert entry["execution_count"] == 1 and entry["inference_count"] == len(ids)
+
+
 # a batch runs when 8 rows are queued, or after 60 s: requests spread over two workers' batchers
 # would wait out the delay; one shared batcher runs them at once
 HELD_FOR_EIGHT = """

@@ -5,9 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from google.protobuf import text_format
-
-from server.repository_format import ModelConfig
 from server.workers.count import (
     MAX_AUTO_WORKERS,
     auto_workers,
@@ -40,14 +37,7 @@ def test_each_worker_gets_its_share_of_the_cpus() -> None:
     assert worker_cpu_threads(cpus * 4) == 1  # never none
 
 
-def test_under_shared_batching_a_model_its_owner_alone_runs_gets_every_cpu() -> None:
-    dynamic = text_format.Parse("max_batch_size: 8 dynamic_batching {}", ModelConfig())
-    sequence = text_format.Parse("max_batch_size: 8 sequence_batching {}", ModelConfig())
-    share = worker_cpu_threads(2)
-    assert model_cpu_threads(2, False) == share
+def test_under_shared_batching_every_model_runs_in_its_owner_with_every_cpu() -> None:
+    assert model_cpu_threads(2, False) == worker_cpu_threads(2)
     assert model_cpu_threads(1, True) == 0
-    per_model = model_cpu_threads(2, True)
-    assert callable(per_model)
-    assert per_model(dynamic) == 0  # the runtime's default: every core, in the owner only
-    assert per_model(text_format.Parse("max_batch_size: 8", ModelConfig())) == 0
-    assert per_model(sequence) == share  # both workers run sequences
+    assert model_cpu_threads(2, True) == 0  # the runtime's default: every core, owner only

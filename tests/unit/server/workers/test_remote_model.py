@@ -24,13 +24,14 @@ def config(text: str) -> ModelConfig:
     return text_format.Parse(text, ModelConfig())
 
 
-def test_batched_models_run_in_their_owner_only() -> None:
+def test_batched_and_sequence_models_run_in_their_owner_only() -> None:
     assert runs_in_owner(config("max_batch_size: 8 dynamic_batching {}"))
     assert runs_in_owner(config("max_batch_size: 0"))  # one request per execution
-    assert not runs_in_owner(config("max_batch_size: 8 sequence_batching {}"))
+    assert runs_in_owner(config("max_batch_size: 8 sequence_batching {}"))  # state there too
     assert not runs_in_owner(config('platform: "ensemble" ensemble_scheduling {}'))
     decoupled = "max_batch_size: 8 model_transaction_policy { decoupled: true }"
     assert not runs_in_owner(config(decoupled))
+    assert not runs_in_owner(config(decoupled + " sequence_batching {}"))
 
 
 def test_placement_is_remote_only_where_another_worker_owns_the_model() -> None:
@@ -44,7 +45,9 @@ def test_placement_is_remote_only_where_another_worker_owns_the_model() -> None:
     scheduler = placement.remote("theirs", "1", batched)
     assert isinstance(scheduler, RemoteScheduler) and scheduler.owner == 1
     sequence = config("max_batch_size: 8 sequence_batching {}")
-    assert placement.remote("theirs", "1", sequence) is None
+    assert isinstance(placement.remote("theirs", "1", sequence), RemoteScheduler)
+    streamed = config("model_transaction_policy { decoupled: true } sequence_batching {}")
+    assert placement.remote("theirs", "1", streamed) is None
 
 
 def test_the_verdict_waits_for_the_owner_to_listen(monkeypatch: pytest.MonkeyPatch) -> None:
