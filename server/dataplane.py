@@ -267,7 +267,8 @@ class DataPlane:
     ) -> tuple[int, bool] | None:
         """The worker to forward a decoupled model's request to, and whether it must run there:
         a sequence's owner (it holds the sequence's state), or under --shared-batching the
-        model's owner (while that one restarts, the request runs here). None: run it here. The
+        model's owner (the only one that loads it; a decoupled ensemble, which every worker
+        runs, runs here while that one restarts). None: run it here. The
         other models' requests run here, their model's scheduler sending them to the owner
         (server/workers/remote_model.py)."""
         owners = self.sequence_owners
@@ -276,9 +277,9 @@ class DataPlane:
         if isinstance(model.scheduler, SequenceBatcher):
             slot = self._sequence_owner(request) if request.sequence_id else None
             return None if slot is None else (slot, True)
-        if self.shared_batching:
+        if self.shared_batching:  # a model loaded in its owner only must run there
             slot = owners.model_owner(request.model_name)
-            return None if slot is None else (slot, False)
+            return None if slot is None else (slot, model.runs_elsewhere)
         return None
 
     def submit_now(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import hashlib
 import logging
 import re
 import shutil
@@ -61,12 +62,21 @@ class Placement(Protocol):
     def remote(self, model: str, version: str, config: ModelConfig) -> Scheduler | None:
         """The scheduler of a version another worker runs, or None to load it here."""
 
-    async def verdict(self, model: str, version: str, control_seq: int) -> tuple[str, str]:
+    async def verdict(self, model: str, version: str, control_seq: int) -> Verdict:
         """How the owner's load of the version ended in control call `control_seq` (or
-        later): (state, reason)."""
+        later): (state, reason, `served_digest` of the version it serves)."""
 
 
 READY, UNAVAILABLE, LOADING, UNLOADING = "READY", "UNAVAILABLE", "LOADING", "UNLOADING"
+# how an owner's load of a version ended: (state, reason, served_digest of the version it
+# serves, "" when none)
+Verdict = tuple[str, str, str]
+
+
+def served_digest(signature: tuple[object, ...]) -> str:
+    """A short digest of a version's signature (its config and files), the same in every
+    worker: an owner tells the others which version it serves by it."""
+    return hashlib.blake2b(repr(signature).encode(), digest_size=8).hexdigest()
 
 
 @dataclass
@@ -210,10 +220,11 @@ class ModelRepository:
             f"Request for unknown model: '{name}' version {number} is not found",
         )
 
-    async def settled_state(self, name: str, version: str, control_seq: int) -> tuple[str, str]:
+    async def settled_state(self, name: str, version: str, control_seq: int) -> Verdict:
         """How this worker's load of a version ended in control call `control_seq` or a later
         one, once it has (another worker, running that call, asks under --shared-batching):
-        (READY, "") or (UNAVAILABLE, reason).
+        (READY, "", the served version's digest) or (UNAVAILABLE, reason, ""). After a failed
+        reload the version is READY with the digest of the one it had, which keeps serving.
 
         Every worker runs each control call, each at its own pace: the question may come
         before this worker has received the call or reached the model in it, while its entry
@@ -226,12 +237,14 @@ class ModelRepository:
             passed = max(self.control_done, self._passed.get(name, -1)) >= control_seq
             if entry is not None and passed and name not in self._loading:
                 if entry.failure and not entry.versions:
-                    return UNAVAILABLE, entry.failure
+                    return UNAVAILABLE, entry.failure, ""
                 state = entry.states.get(number)
                 if state is not None and state.state not in (LOADING, UNLOADING):
-                    return state.state, state.reason
+                    served = entry.versions.get(number)
+                    digest = "" if served is None else served_digest(served.signature)
+                    return state.state, state.reason, digest
             if time.monotonic() >= deadline:
-                return UNAVAILABLE, "its owner worker did not load it"
+                return UNAVAILABLE, "its owner worker did not load it", ""
             await asyncio.sleep(SETTLE_POLL_S)
 
     def ready_versions(self) -> Iterator[ModelVersion]:
@@ -429,8 +442,11 @@ class ModelRepository:
             remote = placement.remote(name, str(number), prepared.config) if placement else None
             if remote is not None:  # another worker loads and runs it (--shared-batching)
                 assert placement is not None
-                state, reason = await placement.verdict(name, str(number), self.control_seq)
-                if state != READY and old is not None:  # as the owner: the loaded one serves
+                state, reason, served = await placement.verdict(name, str(number), self.control_seq)
+                # as the owner: when its load failed, or its reload did and it kept the version
+                # it had, the loaded one serves
+                kept = state == READY and served != served_digest(signature)
+                if (state != READY or kept) and old is not None:
                     new_versions[number], new_states[number] = old, VersionState(READY)
                     continue
                 if state != READY:  # the owner's reason, as the owner reports it

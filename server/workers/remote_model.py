@@ -1,13 +1,14 @@
 """Models that another worker runs, under `ferry serve --workers N --shared-batching`.
 
 A model version on the default scheduler (dynamic batching, or one request per execution) or
-on the sequence batcher, and not decoupled, is loaded by one worker only, its owner
+on the sequence batcher is loaded by one worker only, its owner
 (`crc32(model name) % N`). Every other worker builds the version from its config alone, so
 metadata, validation, statistics, request logs and drift work there as for a loaded version (a
 cached model's requests go whole to the owner, whose cache holds its answers:
 server/dataplane.py), with a RemoteScheduler in place of the batcher: `submit` sends the
 validated request to the owner, whose batcher runs it with every other worker's, and returns its
-outputs and timings. So the weights are in memory once, one batcher sees every request of the
+outputs and timings (a decoupled model's requests go to the owner whole instead, and its
+responses stream back). So the weights are in memory once, one batcher sees every request of the
 model (for a sequence model: every sequence, with its state and slot), and a request's own work
 (protocol, validation, statistics) stays in the worker its connection reached.
 
@@ -36,7 +37,7 @@ from server.types import InferenceRequest
 # timeout_us, request); inputs are None when they are the request's own (sent once)
 SUBMIT = "submit"
 # asks a model's owner how its load of a version ended in a control call (the supervisor numbers
-# them): (model, version, control call) -> (state, reason)
+# them): (model, version, control call) -> (state, reason, digest of the version it serves)
 VERDICT = "verdict"
 OWNER_SCHEDULERS = (DEFAULT_CHOICE, "sequence_batching")
 OWNER_START_S = 120.0  # how long a worker waits for a model's owner to listen
@@ -49,13 +50,10 @@ Call = Callable[[int, dict[str, Any]], Awaitable[Any]]
 def runs_in_owner(config: ModelConfig) -> bool:
     """Whether --shared-batching loads this model in its owner only: the default scheduler or
     the sequence batcher (every sequence of the model then lives in the owner's batcher, with
-    its state), and one response per request. Ensembles run their steps wherever they are asked
-    (each step's model is remote or local on its own), and a decoupled model's requests go to
-    its owner whole."""
-    return (
-        scheduling_choice(config) in OWNER_SCHEDULERS
-        and not config.model_transaction_policy.decoupled
-    )
+    its state). A decoupled model's requests go to its owner whole, streaming back
+    (server/dataplane.py); ensembles run their steps wherever they are asked (each step's model
+    is remote or local on its own)."""
+    return scheduling_choice(config) in OWNER_SCHEDULERS
 
 
 class RemoteScheduler:
@@ -117,10 +115,11 @@ class OwnerPlacement:
             return None
         return RemoteScheduler(self._call, owner, model, version)
 
-    async def verdict(self, model: str, version: str, control_seq: int) -> tuple[str, str]:
+    async def verdict(self, model: str, version: str, control_seq: int) -> tuple[str, str, str]:
         """How the owner's load of this version ended in control call `control_seq` (the one
         this worker runs; its start-up load counts as the last call before it joined):
-        (state, reason), READY or UNAVAILABLE with the owner's reason, so every worker reports
+        (state, reason, digest of the version the owner serves: server/repository.py
+        served_digest), READY or UNAVAILABLE with the owner's reason, so every worker reports
         the same. Asks again while the owner is not listening (it starts with this worker, or
         restarts) or when it stopped before answering, for at most OWNER_START_S; never raises
         (the version would stay LOADING here)."""
@@ -129,11 +128,13 @@ class OwnerPlacement:
         deadline = time.monotonic() + OWNER_START_S
         while True:
             try:
-                state, reason = await self._call(owner, {VERDICT: (model, version, control_seq)})
-                return str(state), str(reason)
+                state, reason, served = await self._call(
+                    owner, {VERDICT: (model, version, control_seq)}
+                )
+                return str(state), str(reason), str(served)
             except WorkerGone:  # not listening, or stopped before answering: ask its replacement
                 if time.monotonic() >= deadline:
-                    return "UNAVAILABLE", "its owner worker is not running"
+                    return "UNAVAILABLE", "its owner worker is not running", ""
                 await asyncio.sleep(OWNER_RETRY_S)
             except ServingError as exc:
-                return "UNAVAILABLE", exc.message
+                return "UNAVAILABLE", exc.message, ""

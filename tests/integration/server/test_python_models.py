@@ -5,6 +5,7 @@ per instance, large tensors through shared memory, BLS (sync and async) and deco
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -323,12 +324,30 @@ def test_a_decoupled_model_refuses_unary_calls(server: ServerProcess) -> None:
     assert caught.value.status() == "StatusCode.UNIMPLEMENTED"
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (its children, theirs, ...), from /proc."""
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        # each thread's children are listed under that thread (a worker starts its model
+        # processes from a loading thread)
+        for children in Path(f"/proc/{parent}/task").glob("*/children"):
+            with contextlib.suppress(FileNotFoundError):  # a process or thread that just ended
+                kids = [int(p) for p in children.read_text().split()]
+                found.extend(kids)
+                frontier.extend(kids)
+    return found
+
+
 def test_model_processes_are_children_of_the_server(server: ServerProcess) -> None:
-    children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
-    if not children.exists():
+    """In the server's process tree (with --workers N, below the worker that runs them)."""
+    if not Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children").exists():
         pytest.skip("no /proc children file here")
-    pids = [int(p) for p in children.read_text().split()]
-    commands = [Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") for pid in pids]
+    pids = descendants(server.process.pid)
+    commands = []
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError):
+            commands.append(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"))
     stubs = [c for c in commands if b"server.runtimes.python.stub" in c]
     assert len(stubs) >= len(READY_MODELS) - 1  # every Python instance (mlp is ONNX)
     assert os.getpid() not in pids

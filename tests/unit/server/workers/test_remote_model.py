@@ -24,14 +24,14 @@ def config(text: str) -> ModelConfig:
     return text_format.Parse(text, ModelConfig())
 
 
-def test_batched_and_sequence_models_run_in_their_owner_only() -> None:
+def test_batched_sequence_and_decoupled_models_run_in_their_owner_only() -> None:
     assert runs_in_owner(config("max_batch_size: 8 dynamic_batching {}"))
     assert runs_in_owner(config("max_batch_size: 0"))  # one request per execution
     assert runs_in_owner(config("max_batch_size: 8 sequence_batching {}"))  # state there too
     assert not runs_in_owner(config('platform: "ensemble" ensemble_scheduling {}'))
     decoupled = "max_batch_size: 8 model_transaction_policy { decoupled: true }"
-    assert not runs_in_owner(config(decoupled))
-    assert not runs_in_owner(config(decoupled + " sequence_batching {}"))
+    assert runs_in_owner(config(decoupled))  # its requests go there whole, streaming back
+    assert runs_in_owner(config(decoupled + " sequence_batching {}"))
 
 
 def test_placement_is_remote_only_where_another_worker_owns_the_model() -> None:
@@ -47,7 +47,9 @@ def test_placement_is_remote_only_where_another_worker_owns_the_model() -> None:
     sequence = config("max_batch_size: 8 sequence_batching {}")
     assert isinstance(placement.remote("theirs", "1", sequence), RemoteScheduler)
     streamed = config("model_transaction_policy { decoupled: true } sequence_batching {}")
-    assert placement.remote("theirs", "1", streamed) is None
+    assert isinstance(placement.remote("theirs", "1", streamed), RemoteScheduler)
+    ensemble = config('platform: "ensemble" ensemble_scheduling {}')
+    assert placement.remote("theirs", "1", ensemble) is None  # every worker runs its steps
 
 
 def test_the_verdict_waits_for_the_owner_to_listen(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -60,12 +62,12 @@ def test_the_verdict_waits_for_the_owner_to_listen(monkeypatch: pytest.MonkeyPat
         calls.append(message)
         if len(calls) < 3:
             raise WorkerUnreachable("not yet")
-        return "UNAVAILABLE", "failed to load 'm': boom"
+        return "UNAVAILABLE", "failed to load 'm': boom", ""
 
     monkeypatch.setattr(remote_model, "OWNER_RETRY_S", 0.0)
     placement = OwnerPlacement(call, lambda name: 1)
     verdict = asyncio.run(placement.verdict("m", "2", 7))
-    assert verdict == ("UNAVAILABLE", "failed to load 'm': boom")
+    assert verdict == ("UNAVAILABLE", "failed to load 'm': boom", "")
     assert calls[-1] == {remote_model.VERDICT: ("m", "2", 7)} and len(calls) == 3
 
 
@@ -114,7 +116,7 @@ def test_an_owner_answers_a_verdict_once_its_load_has_ended(
     repository._entries["m"] = entry
     repository.control_done = 0
 
-    async def scenario() -> tuple[tuple[str, str], tuple[str, str]]:
+    async def scenario() -> tuple[tuple[str, str, str], tuple[str, str, str]]:
         stale = await repository.settled_state("m", "1", 0)  # no load running: the entry stands
         repository._loading.add("m")
         waiting = asyncio.create_task(repository.settled_state("m", "1", 0))
@@ -125,8 +127,8 @@ def test_an_owner_answers_a_verdict_once_its_load_has_ended(
         return stale, await waiting
 
     stale, settled = asyncio.run(scenario())
-    assert stale == ("UNAVAILABLE", "the last load failed")
-    assert settled == ("READY", "")
+    assert stale == ("UNAVAILABLE", "the last load failed", "")
+    assert settled == ("READY", "", "")  # no version object in this entry: no digest
 
 
 def test_an_owner_answers_for_the_control_call_the_asking_worker_runs(
@@ -147,6 +149,7 @@ def test_an_owner_answers_for_the_control_call_the_asking_worker_runs(
         assert await repository.settled_state("m", "1", 3) == (
             "UNAVAILABLE",
             "call 3 failed to load it",
+            "",
         )
         waiting = asyncio.create_task(repository.settled_state("m", "1", 4))
         await asyncio.sleep(0.01)
@@ -158,14 +161,14 @@ def test_an_owner_answers_for_the_control_call_the_asking_worker_runs(
         entry.failure, entry.states = "", {1: VersionState("READY")}
         repository._loading.discard("m")
         repository._passed["m"] = 4
-        assert await waiting == ("READY", "")
+        assert await waiting == ("READY", "", "")
         # a call that leaves the model alone: the answer once the owner has completed it
         waiting = asyncio.create_task(repository.settled_state("m", "1", 5))
         repository.control_seq = 5
         await asyncio.sleep(0.01)
         assert not waiting.done()
         repository.control_done = 5
-        assert await waiting == ("READY", "")
+        assert await waiting == ("READY", "", "")
 
     asyncio.run(scenario())
 
@@ -179,7 +182,7 @@ def test_the_verdict_is_asked_again_when_the_owner_stops_before_answering(
     from server.errors import ErrorKind, WorkerStopped
     from server.workers import remote_model
 
-    answers: list[Any] = [WorkerStopped("the worker stopped"), ("READY", "")]
+    answers: list[Any] = [WorkerStopped("the worker stopped"), ("READY", "", "ab12")]
 
     async def call(slot: int, message: dict[str, Any]) -> Any:
         answer = answers.pop(0)
@@ -188,9 +191,11 @@ def test_the_verdict_is_asked_again_when_the_owner_stops_before_answering(
         return answer
 
     monkeypatch.setattr(remote_model, "OWNER_RETRY_S", 0.0)
-    assert asyncio.run(OwnerPlacement(call, lambda name: 1).verdict("m", "1", 2)) == ("READY", "")
+    verdict = asyncio.run(OwnerPlacement(call, lambda name: 1).verdict("m", "1", 2))
+    assert verdict == ("READY", "", "ab12")
     answers[:] = [ServingError(ErrorKind.INTERNAL, "the owner failed")]
     assert asyncio.run(OwnerPlacement(call, lambda name: 1).verdict("m", "1", 2)) == (
         "UNAVAILABLE",
         "the owner failed",
+        "",
     )
