@@ -145,9 +145,10 @@ def load(http_url: str, model: str, body: Path, seconds: float) -> dict[str, flo
 
 
 def identity_part(
-    folder: Path, seconds: float, rounds: int = 2, workers: int = 1
+    folder: Path, seconds: float, rounds: int = 2, workers: int = 1, serve_args: str = ""
 ) -> dict[str, Any]:
-    """ferry (`--workers workers`: each worker runs its own instance process) vs the real Triton
+    """ferry (`--workers workers`: each worker runs its own instance process, or with
+    `serve_args` --shared-batching the model's owner alone) vs the real Triton
     on one Python identity model, c=64, HTTP and gRPC. Both servers run side by side and the
     measurements alternate between them (`rounds` each, best kept): this shared machine's speed
     drifts within minutes. ferry's transport floor is measured in the same rounds, to show how
@@ -167,7 +168,9 @@ def identity_part(
         print(f"identity: no Triton to compare with ({reason})")
     with contextlib.ExitStack() as stack:
         servers = {
-            "ferry": stack.enter_context(running_server(repository, "--workers", str(workers)))
+            "ferry": stack.enter_context(
+                running_server(repository, "--workers", str(workers), *serve_args.split())
+            )
         }
         if reason is None:
             servers["triton"] = stack.enter_context(running_tritonserver(repository))
@@ -427,6 +430,11 @@ def main() -> None:
         "--workers", type=int, default=1, help="ferry serve --workers (identity part)"
     )
     parser.add_argument(
+        "--serve-args",
+        default="",
+        help="extra `ferry serve` flags (identity part), e.g. --serve-args=--shared-batching",
+    )
+    parser.add_argument(
         "--parts",
         nargs="+",
         default=["identity", "ensemble", "bls"],
@@ -437,7 +445,9 @@ def main() -> None:
     folder.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {}
     if "identity" in args.parts:
-        report["identity"] = identity_part(folder, args.seconds, workers=args.workers)
+        report["identity"] = identity_part(
+            folder, args.seconds, workers=args.workers, serve_args=args.serve_args
+        )
     if "ensemble" in args.parts or "bls" in args.parts:
         repository = pipeline_repository(folder)
         if "ensemble" in args.parts:

@@ -14,7 +14,7 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -273,7 +273,13 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
             {VERDICT: repository.settled_state},
             {SUBMIT: dataplane.submit_now},
         )
-        await load_models()
+        if not await _unless_stopped(load_models(), stop):
+            # told to stop before it was ready (another worker could not start): it accepted
+            # nothing, and a load may wait minutes for an owner that is gone
+            logger.info("stopped while loading models")
+            await sequences.close()
+            await repository.close()
+            return 0
         await link.catch_up(replay)
         # ready before it listens: a restarted worker's first probe must not answer not-ready
         apply_after_startup(settings.gc_policy)
@@ -400,6 +406,21 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
         shared_memory.close()
     logger.info("stopped")
     return 0
+
+
+async def _unless_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+    """Run `work` until it ends (True) or `stop` is set first (False: `work` is cancelled)."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        stopped.cancel()
+        task.result()  # its exception, if it raised
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False
 
 
 def _owner_of(repository: ModelRepository, model: str, version: str) -> int | None:

@@ -11,6 +11,7 @@ import itertools
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -625,6 +626,67 @@ output [{ name: "PID" data_type: TYPE_INT64 dims: [1] }]
             started = (model_dir / "1" / "instances.txt").read_text().split()
             assert len(started) == instances
             assert len(pids) == instances  # every request ran on an instance that started
+
+
+SLOW_START_PY = """\
+import time
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        time.sleep(30)
+
+    def execute(self, requests):
+        return [
+            pb_utils.InferenceResponse([pb_utils.get_input_tensor_by_name(r, "X")])
+            for r in requests
+        ]
+"""
+
+
+def test_shared_batching_a_worker_lost_at_start_stops_the_server_at_once(tmp_path: Path) -> None:
+    """Worker 1 has loaded the model it owns and waits for worker 0's load (30 s). Worker 0 is
+    killed: the supervisor stops the server, which was never ready. Worker 1 stops at once; it
+    used to go on asking the gone owner for up to two minutes, so the server took that long."""
+    from measure.sweep import serve_command
+    from server.workers.sequences import model_owner_of
+    from tests.support.python_models import write_python_model
+    from tests.support.server_process import free_port
+
+    config = """max_batch_size: 8
+input [{ name: "X" data_type: TYPE_FP32 dims: [1] }]
+output [{ name: "X" data_type: TYPE_FP32 dims: [1] }]
+"""
+    slow = next(f"slow{i}" for i in range(100) if model_owner_of(f"slow{i}", 2) == 0)
+    fast = next(f"fast{i}" for i in range(100) if model_owner_of(f"fast{i}", 2) == 1)
+    write_python_model(tmp_path, slow, SLOW_START_PY, config)
+    write_model(tmp_path, fast, mlp_model(), "max_batch_size: 8\n")
+    ports = (free_port(), free_port(), free_port())
+    command = serve_command(tmp_path, *ports, "--workers", "2", "--shared-batching")
+    log_path = tmp_path / "serve.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while f"model '{fast}' version 1 is READY" not in log_path.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.05)
+        slots = {
+            int(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[-2]): pid
+            for pid in worker_pids(process.pid)
+        }
+        os.kill(slots[0], signal.SIGKILL)
+        killed_at = time.monotonic()
+        assert process.wait(timeout=60) != 0
+        stopped_after = time.monotonic() - killed_at
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert "worker 0 exited with -9 before it was ready" in log_path.read_text()
+    assert stopped_after < 20, log_path.read_text()
 
 
 def test_shared_batching_starts_in_poll_mode_with_polls_before_every_worker_joined(
