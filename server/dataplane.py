@@ -243,17 +243,16 @@ class DataPlane:
     # --- inference -----------------------------------------------------------------------------
 
     def _sequence_owner(self, request: InferenceRequest) -> int | None:
-        """The worker that runs a step of a sequence model (None: this one). Under
-        --shared-batching the model's owner, so one sequence batcher holds every sequence of a
-        model (its slots, backlog and batches are a single server's); otherwise the sequence's
-        owner (`crc32(correlation ID) % N`), so the sequences spread over the workers."""
+        """The worker that runs a step of a sequence model: its sequence's owner
+        (`crc32(correlation ID) % N`), so the sequences spread over the workers; None: this
+        one. Under --shared-batching always None: a sequence model is loaded in its owner only,
+        whose one sequence batcher the other workers reach through the model's scheduler
+        (server/workers/remote_model.py)."""
         owners = self.sequence_owners
         assert owners is not None
-        slot = (
-            owners.model_owner(request.model_name)
-            if self.shared_batching
-            else owners.owner(request.sequence_id)
-        )
+        if self.shared_batching:
+            return None
+        slot = owners.owner(request.sequence_id)
         if slot is None:
             return None
         try:

@@ -45,8 +45,7 @@ def worker_cpu_threads(workers: int) -> int:
 
 
 def model_cpu_threads(workers: int, shared_batching: bool) -> int:
-    """`worker_cpu_threads`, except under --shared-batching: every model then runs in its
-    owner only (a batched model is loaded there only; a sequence or decoupled model's requests
-    go there whole), so its sessions get every CPU (ONNX Runtime's default, 0), as in a single
-    process."""
+    """`worker_cpu_threads`, except under --shared-batching: a model is then loaded in its
+    owner only (an ensemble has no session), so its sessions get every CPU (ONNX Runtime's
+    default, 0), as in a single process."""
     return 0 if shared_batching else worker_cpu_threads(workers)
