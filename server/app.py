@@ -25,7 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from server.check import model_names, repository_problem
-from server.connection_moves import GRPC, HTTP
+from server.connection_moves import GRPC, HTTP, ConnectionMover
 from server.dataplane import DataPlane
 from server.errors import ServingError
 from server.gc_policy import apply_after_startup
@@ -72,7 +72,7 @@ class _Uvicorn(uvicorn.Server):
 
 
 def _uvicorn_server(
-    app: Any, host: str, port: int, limits: HttpLimits, mover: ConnectionHandoff | None = None
+    app: Any, host: str, port: int, limits: HttpLimits, mover: ConnectionMover | None = None
 ) -> _Uvicorn:
     config = uvicorn.Config(
         app,

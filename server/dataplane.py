@@ -242,24 +242,22 @@ class DataPlane:
 
     # --- inference -----------------------------------------------------------------------------
 
-    def _sequence_owner(self, request: InferenceRequest) -> int | None:
-        """The worker that runs a step of a sequence model: its sequence's owner
-        (`crc32(correlation ID) % N`), so the sequences spread over the workers; None: this
-        one. Under --shared-batching always None: a sequence model is loaded in its owner only,
-        whose one sequence batcher the other workers reach through the model's scheduler
-        (server/workers/remote_model.py)."""
+    def _sequence_slot(self, sequence_id: int | str) -> int | None:
+        """The worker that runs a sequence's steps: its owner (`crc32(correlation ID) % N`),
+        so the sequences spread over the workers; None: this one. Under --shared-batching
+        always None: a sequence model is loaded in its owner only, whose one sequence batcher
+        the other workers reach through the model's scheduler (server/workers/remote_model.py).
+        """
         owners = self.sequence_owners
         assert owners is not None
-        if self.shared_batching:
-            return None
-        slot = owners.owner(request.sequence_id)
-        if slot is None:
-            return None
+        return None if self.shared_batching else owners.owner(sequence_id)
+
+    def _runs_sequences(self, request: InferenceRequest) -> bool:
         try:
             model = self.repository.get(request.model_name, request.model_version)
         except ServingError:
-            return None  # answered (and counted) here
-        return slot if isinstance(model.scheduler, SequenceBatcher) else None
+            return False  # answered (and counted) here
+        return isinstance(model.scheduler, SequenceBatcher)
 
     def _stream_owner(
         self, request: InferenceRequest, model: ModelVersion
@@ -274,7 +272,7 @@ class DataPlane:
         if owners is None:
             return None
         if isinstance(model.scheduler, SequenceBatcher):
-            slot = self._sequence_owner(request) if request.sequence_id else None
+            slot = self._sequence_slot(request.sequence_id) if request.sequence_id else None
             return None if slot is None else (slot, True)
         if self.shared_batching:  # a model loaded in its owner only must run there
             slot = owners.model_owner(request.model_name)
@@ -381,8 +379,8 @@ class DataPlane:
         With a response cache, a hit answers here without queueing. Traces and request lines
         cost one attribute test each when they are off."""
         if self.sequence_owners is not None and request.sequence_id:
-            slot = self._sequence_owner(request)
-            if slot is not None:
+            slot = self._sequence_slot(request.sequence_id)
+            if slot is not None and self._runs_sequences(request):
                 return await self._forward(slot, request)
         ops = self.ops
         started = time.perf_counter()
