@@ -41,6 +41,7 @@ from server.protocol.status import status_text
 from server.repository import ModelRepository
 from server.request_log import ModelEventLog, RequestLog
 from server.response_cache import ResponseCache
+from server.sampling import local_counter
 from server.settings import DriftEvaluator, ModelControlMode, ServerSettings
 from server.shared_memory import SharedMemoryManager
 from server.trace_settings import TraceSettings
@@ -55,7 +56,8 @@ from server.workers.remote_model import (
     RemoteScheduler,
     runs_in_owner,
 )
-from server.workers.sequences import SequenceRouter
+from server.workers.sampling_table import SamplingTable
+from server.workers.sequences import SequenceRouter, model_owner_of
 
 if TYPE_CHECKING:
     from monitoring.drift_remote import DriftServiceAddress, DriftServiceProcess
@@ -141,21 +143,31 @@ def _metrics_server(
     )
 
 
+def _logs_model_events(settings: ServerSettings) -> Callable[[str], bool] | None:
+    """Which models' state changes this process logs (None: all): under --shared-batching a
+    worker logs those of the models it owns, so the server logs each change once."""
+    if settings.worker_control is None or not settings.shared_batching:
+        return None
+    slot, workers = settings.worker_slot, settings.workers
+    return lambda model: model_owner_of(model, workers) == slot
+
+
 def _operations(
     settings: ServerSettings, cache: ResponseCache | None, log_control: LogControl | None
-) -> Operations:
-    """Request log, tracer, response cache and log settings as the flags set them."""
-    return Operations(
-        RequestLog(status_text, settings.log_requests, settings.log_requests_rate),
-        Tracer(
-            TraceSettings(
-                settings.trace,
-                (settings.worker_slot, settings.workers) if settings.worker_control else (0, 1),
-            )
-        ),
+) -> tuple[Operations, SamplingTable | None]:
+    """Request log, tracer, response cache and log settings as the flags set them; in a worker
+    of `--workers N`, the server's sampling counters they count with (to close on exit)."""
+    sampling = (
+        None if settings.worker_control is None else SamplingTable(settings.worker_control.parent)
+    )
+    counters = local_counter if sampling is None else sampling.counter
+    operations = Operations(
+        RequestLog(status_text, settings.log_requests, settings.log_requests_rate, counters),
+        Tracer(TraceSettings(settings.trace, counters)),
         cache,
         log_control,
     )
+    return operations, sampling
 
 
 async def serve(settings: ServerSettings, log_control: LogControl | None = None) -> int:
@@ -178,7 +190,7 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
         drift_service=_drift_service_address(settings),
         drift_sample_rate=settings.drift_sample_rate,
     )
-    fanout = ObserverFanout([*monitors.observers, ModelEventLog()])
+    fanout = ObserverFanout([*monitors.observers, ModelEventLog(_logs_model_events(settings))])
     repository = ModelRepository(
         settings.model_repository,
         settings.model_control_mode,
@@ -193,7 +205,7 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
         if settings.worker_control is None
         else WorkerLink(settings.worker_control, settings.worker_slot)
     )
-    operations = _operations(settings, cache, log_control)
+    operations, sampling = _operations(settings, cache, log_control)
     if link is not None:  # Triton-mode traces go to the supervisor's one trace file
         operations.tracer.forward = link.send_trace
     dataplane = DataPlane(
@@ -402,6 +414,8 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
         await link.flush_traces()
     monitors.close()
     operations.close()
+    if sampling is not None:
+        sampling.close()
     if shared_memory is not None:
         shared_memory.close()
     logger.info("stopped")

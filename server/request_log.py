@@ -5,19 +5,22 @@
   `--log-requests-rate`; whatever the flag, every server-side failure (HTTP 5xx: INTERNAL at
   ERROR, UNAVAILABLE/UNSUPPORTED at WARNING) is logged once.
 - `ModelEventLog`: an observer that logs each model version state change once (READY at INFO,
-  unloaded or no longer ready at WARNING, failed to load at ERROR).
+  unloaded or no longer ready at WARNING, failed to load at ERROR); under `--workers N
+  --shared-batching` in the model's owner only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
 from monitoring.observer import ModelEventRecord, ObservedRecord
 from server.errors import ErrorKind, ServingError
 from server.logs import FIELDS_ATTRIBUTE
+from server.sampling import REQUEST_LOG_KEY, CounterFactory, local_counter
 from server.types import InferenceRequest
 
 request_logger = logging.getLogger("ferry.requests")
@@ -45,21 +48,29 @@ def kind_of(error: BaseException) -> ErrorKind:
 class RequestLog:
     """Request lines; `enabled` is --log-requests, `rate` the share of successes logged."""
 
-    def __init__(self, status_text: StatusText, enabled: bool = False, rate: float = 1.0) -> None:
+    def __init__(
+        self,
+        status_text: StatusText,
+        enabled: bool = False,
+        rate: float = 1.0,
+        counters: CounterFactory = local_counter,
+    ) -> None:
         if not 0.0 < rate <= 1.0:
             raise ValueError("--log-requests-rate must be in (0, 1]")
         self.status_text = status_text
         self.enabled = enabled
         self.rate = rate
-        self._credit = 0.0
+        # successes seen (the server's in a worker of `--workers N`)
+        self._counter = counters(REQUEST_LOG_KEY, 0, 0)
+
+    def _step(self, seen: int, _unused: int) -> tuple[int, int, bool]:
+        """The n-th success is logged when it takes `n * rate` past a whole number: exactly
+        `rate` of them, evenly spread (deterministic, unlike a coin flip)."""
+        rate = self.rate
+        return seen + 1, 0, math.floor((seen + 1) * rate) > math.floor(seen * rate)
 
     def _sampled(self) -> bool:
-        """Exactly `rate` of the calls, evenly spread (deterministic, unlike a coin flip)."""
-        self._credit += self.rate
-        if self._credit >= 1.0:
-            self._credit -= 1.0
-            return True
-        return False
+        return self.rate >= 1.0 or self._counter.update(self._step)
 
     def success(
         self,
@@ -124,13 +135,21 @@ class RequestLog:
 class ModelEventLog:
     """Observer: one log line per model version state change. A version that was READY and
     stops serving for a reason other than an unload (an ensemble whose composing model went
-    away) is 'not ready' at WARNING; one that never served 'failed to load' at ERROR."""
+    away) is 'not ready' at WARNING; one that never served 'failed to load' at ERROR.
 
-    def __init__(self) -> None:
+    `logs(model)` says whether this process logs a model's changes: under `--workers N
+    --shared-batching` the model's owner only, so the server says each change once (the
+    others follow the owner's load and hold no weights; without the flag every worker loads
+    every model itself and says so)."""
+
+    def __init__(self, logs: Callable[[str], bool] | None = None) -> None:
         self._ready: set[tuple[str, str]] = set()
+        self._logs = logs
 
     def observe(self, record: ObservedRecord) -> None:
         if not isinstance(record, ModelEventRecord):
+            return
+        if self._logs is not None and not self._logs(record.model):
             return
         fields: dict[str, Any] = {"model": record.model, "version": record.version or "-"}
         fields["state"] = record.state

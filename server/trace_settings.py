@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from server.errors import ErrorKind, ServingError, invalid
+from server.sampling import CounterFactory, SampleCounter, local_counter, trace_key
 
 MODES = ("triton", "opentelemetry")
 LEVELS = ("TIMESTAMPS", "TENSORS")  # empty: OFF
@@ -97,33 +98,35 @@ class Sampler:
     """Triton's sampling of one setting: every `rate`-th request while `count` lasts; a request
     that carries a trace context is always traced (while the level is on).
 
-    `share` is (worker slot, workers) in a worker of `--workers N`: its part of `count` (the
-    parts add up to it), and `rate` counted over its own requests (the same fraction)."""
+    Its counter holds (requests seen, traces left; -1: unlimited). In a worker of
+    `--workers N` the counter is the server's (server/sampling.py), so `rate` and `count` are
+    the server's, as in one Triton."""
 
     setting: TraceSetting
-    share: tuple[int, int] = (0, 1)
-    seen: int = 0
-    remaining: int = -1
-
-    def __post_init__(self) -> None:
-        count, (slot, workers) = self.setting.count, self.share
-        self.remaining = count if count <= 0 else count // workers + int(slot < count % workers)
+    counter: SampleCounter
 
     def sample(self, propagated: bool) -> bool:
         setting = self.setting
         if not setting.level:
             return False
-        hit = False
-        if setting.rate:  # rate 0: only requests that carry a trace context
-            if (setting.invalid_reason or self.remaining == 0) and not propagated:
-                return False
-            self.seen += 1
-            hit = self.seen % setting.rate == 0
-            if hit and self.remaining > 0:
-                self.remaining -= 1
-            elif hit and self.remaining == 0:
+        if not setting.rate:  # rate 0: only requests that carry a trace context
+            return propagated
+        if setting.invalid_reason and not propagated:
+            return False
+        rate = setting.rate
+
+        def step(seen: int, remaining: int) -> tuple[int, int, bool]:
+            if remaining == 0 and not propagated:
+                return seen, remaining, False
+            seen += 1
+            hit = seen % rate == 0
+            if hit and remaining > 0:
+                remaining -= 1
+            elif hit and remaining == 0:
                 hit = False
-        return hit or propagated
+            return seen, remaining, hit
+
+        return self.counter.update(step) or propagated
 
 
 def parse_trace_config(values: Iterable[str]) -> TraceSetting:
@@ -206,13 +209,18 @@ def _number(key: str, text: str, low: int, high: int) -> int:
 class TraceSettings:
     """The global setting, the models' own, and their samplers."""
 
-    def __init__(self, default: TraceSetting, share: tuple[int, int] = (0, 1)) -> None:
+    def __init__(self, default: TraceSetting, counters: CounterFactory = local_counter) -> None:
         self.default = default
         self.global_setting = default
-        self.share = share  # (slot, workers) in a worker of `--workers N` (see Sampler)
+        self.counters = counters  # the server's in a worker of `--workers N` (see Sampler)
         self.models: dict[str, TraceSetting] = {}
-        self._samplers: dict[str, Sampler] = {"": Sampler(default, share)}
+        self._samplers: dict[str, Sampler] = {"": self._sampler("", default)}
         self.active = bool(default.level)  # False: no request is ever traced (the hot path)
+
+    def _sampler(self, model: str, setting: TraceSetting) -> Sampler:
+        """A new sampler: its counter starts again (in a worker of `--workers N`, the
+        supervisor restarts the server's counter once every worker has the new setting)."""
+        return Sampler(setting, self.counters(trace_key(model), 0, setting.count))
 
     def setting(self, model: str = "") -> TraceSetting:
         return self.models.get(model, self.global_setting) if model else self.global_setting
@@ -237,7 +245,7 @@ class TraceSettings:
         """Back to the --trace-config setting, then the snapshot's changes (sampling counters
         start again, as after any update)."""
         self.global_setting, self.models = self.default, {}
-        self._samplers = {"": Sampler(self.default, self.share)}
+        self._samplers = {"": self._sampler("", self.default)}
         self.update("", snapshot.get("", {}))
         for model, changes in snapshot.items():
             if model:
@@ -266,7 +274,7 @@ class TraceSettings:
             self._update_model(model, new, cleared)
         else:
             self.global_setting = self._merged(self.global_setting, self.default, new, cleared)
-            self._samplers[""] = Sampler(self.global_setting, self.share)
+            self._samplers[""] = self._sampler("", self.global_setting)
             for name, setting in list(self.models.items()):  # fields they follow change too
                 self._update_model(name, {}, set(), setting)
         self.active = any(s.level for s in (self.global_setting, *self.models.values()))
@@ -286,7 +294,7 @@ class TraceSettings:
             self._samplers.pop(model, None)
             return
         self.models[model] = merged
-        self._samplers[model] = Sampler(merged, self.share)
+        self._samplers[model] = self._sampler(model, merged)
 
     @staticmethod
     def _merged(

@@ -26,6 +26,7 @@ from server.logs import LogControl
 from server.workers.channel import Channel, ChannelClosed, Message, RemoteError
 from server.workers.merge import WireFamily, merge_regions
 from server.workers.retired import RetiredCounts
+from server.workers.sampling_table import SamplingTable
 from server.workers.shared_state import CHANGES, Reply, StateRecord
 from server.workers.trace_file import TraceFileWriter
 
@@ -49,6 +50,7 @@ class ControlHub:
         self._state = asyncio.Lock()
         self.state = StateRecord()
         self.traces = TraceFileWriter()  # the workers' Triton-mode traces
+        self.sampling: SamplingTable | None = None  # the server's sampling counters
         self.counts = RetiredCounts()
         self._asking: dict[Channel, set[asyncio.Task[Any]]] = {}  # remembering asks, per worker
 
@@ -230,6 +232,11 @@ class ControlHub:
                     self.state.remember(redo)
                 if not refused and message["op"] == "log_settings":
                     self._log_like_workers(message["changes"])
+            changed = any(reply["undo"] is not None for reply in replies.values())
+            if message["op"] == "trace_settings" and changed and self.sampling is not None:
+                # every worker has its new samplers (or, undone, its old settings' new ones):
+                # the server's counters start again, as one process's would
+                self.sampling.restart_traces(message["model"])
         if refused:
             kind, text = refused.get(asker) or next(iter(refused.values()))
             raise RemoteError(kind, text)

@@ -36,6 +36,7 @@ from server.settings import ModelControlMode, ServerSettings
 from server.workers.budgets import worker_budgets
 from server.workers.hub import ControlHub
 from server.workers.retired import REFRESH_S
+from server.workers.sampling_table import SamplingTable
 
 logger = logging.getLogger("ferry.workers")
 
@@ -108,6 +109,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
+        sampling = self.hub.sampling = SamplingTable(runtime)  # before any worker opens it
         server = await asyncio.start_unix_server(self.hub.on_connect, path=str(control))
         listener, metrics_task, side_task = None, None, None
         try:
@@ -165,6 +167,7 @@ class Supervisor:
                 await asyncio.gather(metrics_task, return_exceptions=True)
             server.close()
             self.hub.traces.close()  # the workers are gone: their traces are all in
+            sampling.close()
             shutil.rmtree(runtime, ignore_errors=True)
         logger.info("supervisor: stopped")
         return 1 if self.failed else 0

@@ -989,7 +989,7 @@ def test_triton_trace_files_hold_every_workers_traces_numbered_as_one_server(
 
 
 def test_trace_count_is_the_servers_across_workers(tmp_path: Path) -> None:
-    """`count=5`: the server traces 5 requests in all (each worker its share), not 5 a worker."""
+    """`count=5`: the server traces 5 requests in all, not 5 a worker."""
     write_model(tmp_path / "repo", "mlp", mlp_model(), "max_batch_size: 8\n")
     trace_file = tmp_path / "trace.json"
     flags = ["rate=1,count=5,level=TIMESTAMPS", f"triton,file={trace_file}"]
@@ -999,6 +999,75 @@ def test_trace_count_is_the_servers_across_workers(tmp_path: Path) -> None:
             assert fresh(url, mlp_request(1))[0] == 200
     entries = json.loads(trace_file.read_text())
     assert len([e for e in entries if "model_name" in e]) == 5
+
+
+def test_sampling_is_the_servers_across_workers(tmp_path: Path) -> None:
+    """`--log-requests-rate 0.5` logs every second success of the server and `trace_rate`
+    traces every rate-th request of the server, whichever worker took them, as one process
+    does (counting each its own requests, the workers would pick other requests, and more or
+    fewer of them); a model's trace setting changed at run time counts from its first request
+    on every worker."""
+    write_model(tmp_path / "repo", "mlp", mlp_model(), "max_batch_size: 8\n")
+    trace_file = tmp_path / "trace.json"
+    with running_server(
+        tmp_path / "repo",
+        "--workers",
+        "2",
+        "--log-requests",
+        "--log-requests-rate",
+        "0.5",
+        "--log-format",
+        "json",
+        "--trace-config",
+        "rate=3,level=TIMESTAMPS",
+        "--trace-config",
+        f"triton,file={trace_file}",
+    ) as server:
+        url = f"http://{server.http_url}/v2/models/mlp/infer"
+        sent = [f"req-{index}" for index in range(ATTEMPTS)]
+        for request_id in sent:  # one at a time, fresh connections: both workers take some
+            assert fresh(url, {**mlp_request(1), "id": request_id})[0] == 200
+        setting = f"http://{server.http_url}/v2/models/mlp/trace/setting"
+        assert fresh(setting, {"trace_rate": "2"})[0] == 200
+        changed = [f"mlp-{index}" for index in range(6)]
+        for request_id in changed:
+            assert fresh(url, {**mlp_request(1), "id": request_id})[0] == 200
+    lines = [
+        json.loads(line)
+        for line in server.log().splitlines()
+        if line.startswith("{") and '"ferry.requests"' in line
+    ]
+    assert {line["worker"] for line in lines} == {0, 1}, server.log()
+    # successes 2, 4, ... of the server (the rate's count went on across the trace change)
+    assert sorted(line["request_id"] for line in lines) == sorted((sent + changed)[1::2])
+    entries = json.loads(trace_file.read_text())
+    traced = [e["request_id"] for e in entries if "model_name" in e]
+    assert sorted(traced) == sorted(sent[2::3] + changed[1::2])
+
+
+def test_shared_batching_logs_each_model_change_once(tmp_path: Path) -> None:
+    """Under --shared-batching a model is loaded in its owner only: the server says each
+    model's state changes once (its owner's lines), as one process does, not once a worker."""
+    names = ("a", "d", "e")  # owned by worker 0, 1 and 1
+    for name in names:
+        write_model(tmp_path, name, mlp_model(), "max_batch_size: 8\n")
+    with running_server(
+        tmp_path,
+        "--workers",
+        "2",
+        "--shared-batching",
+        "--model-control-mode",
+        "explicit",
+        "--load-model",
+        "*",
+    ) as server:
+        assert fresh(f"http://{server.http_url}/v2/repository/models/d/unload", {})[0] == 200
+    log = server.log()
+    for name in names:
+        assert log.count(f"model '{name}' version 1 is READY") == 1, log
+    assert log.count("model 'd' version 1 unloaded") == 1, log
+    for worker, name in ((0, "a"), (1, "d")):  # each owner said its own
+        assert f"ferry.models[worker {worker}]: model '{name}' version 1 is READY" in log, log
 
 
 CACHE_COUNTS = ("success", "fail", "cache_hit", "cache_miss", "compute_infer")

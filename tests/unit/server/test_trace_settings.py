@@ -143,19 +143,6 @@ def test_rate_and_count_sampling() -> None:
     assert sampled == [False, False, True, False, False, True] + [False] * 6  # count ran out
 
 
-@pytest.mark.parametrize(("count", "workers"), [(5, 2), (1, 2), (7, 3), (2, 4), (-1, 2)])
-def test_workers_share_the_count_and_their_shares_add_up_to_it(count: int, workers: int) -> None:
-    """Each worker of `--workers N` traces its part of `trace_count` (every `rate`-th of its own
-    requests): the server as a whole traces `count`, as one Triton does."""
-    config = [f"mode=opentelemetry,rate=1,count={count},level=TIMESTAMPS"]
-    traced = []
-    for slot in range(workers):
-        settings = TraceSettings(parse_trace_config(config), (slot, workers))
-        traced.append(sum(settings.sample("m", False) is not None for _ in range(20)))
-    assert sum(traced) == (count if count >= 0 else 20 * workers)  # -1: every request
-    assert max(traced) - min(traced) <= (1 if count >= 0 else 0)
-
-
 def test_a_propagated_context_is_always_traced_while_the_level_is_on() -> None:
     settings = TraceSettings(parse_trace_config(["mode=opentelemetry,rate=0,level=TIMESTAMPS"]))
     assert settings.sample("m", False) is None  # rate 0: only propagated contexts
