@@ -91,20 +91,21 @@ def _field_text(value: Any) -> str:
 
 class TextFormatter(logging.Formatter):
     """`2026-12-04T10:00:00.123Z INFO ferry.requests: message key=value ...` (a worker of
-    `--workers N` names itself after the logger: `ferry[worker 0]: ...`)."""
+    `--workers N` adds its slot as the last field, `worker=0`: the lines read as one
+    server's, and a log parser finds the worker as it finds any other field)."""
 
     def __init__(self, worker: int | None = None) -> None:
         super().__init__()
-        self.tag = "" if worker is None else f"[worker {worker}]"
+        self.tag = "" if worker is None else f" worker={worker}"
 
     def format(self, record: logging.LogRecord) -> str:
         fields: Mapping[str, Any] | None = getattr(record, FIELDS_ATTRIBUTE, None)
         line = (
-            f"{_iso_time(record.created)} {record.levelname} {record.name}{self.tag}: "
-            f"{record.getMessage()}"
+            f"{_iso_time(record.created)} {record.levelname} {record.name}: {record.getMessage()}"
         )
         if fields:
             line += " " + " ".join(f"{k}={_field_text(v)}" for k, v in fields.items())
+        line += self.tag
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line

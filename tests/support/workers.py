@@ -98,7 +98,12 @@ def restart_a_worker(server: ServerProcess) -> None:
     wait_for_log(server, "models ready", ready + 1)
 
 
-_TEXT_REQUEST_LINE = re.compile(r"ferry\.requests\[worker (\d+)\]: inference.* request_id=(\S+)")
+_TEXT_REQUEST_LINE = re.compile(r"ferry\.requests: inference.* request_id=(\S+).* worker=(\d+)$")
+
+
+def worker_lines(log: str, slot: int) -> list[str]:
+    """The text log lines worker `slot` wrote (their last field is `worker=<slot>`)."""
+    return [line for line in log.splitlines() if line.endswith(f" worker={slot}")]
 
 
 def request_lines(log: str) -> dict[str, tuple[int, str]]:
@@ -116,7 +121,7 @@ def request_lines(log: str) -> dict[str, tuple[int, str]]:
         else:
             match = _TEXT_REQUEST_LINE.search(line)
             if match:
-                found[match.group(2)] = (int(match.group(1)), "text")
+                found[match.group(1)] = (int(match.group(2)), "text")
     return found
 
 

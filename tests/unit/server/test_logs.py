@@ -42,6 +42,15 @@ def test_text_lines_carry_the_fields_as_key_value_pairs() -> None:
     assert rest == 'inference x model=mlp status=200 request_id="" client="a b"'
 
 
+def test_a_workers_text_lines_are_a_single_servers_with_the_worker_last() -> None:
+    """Under --workers N a line names its worker in a last field, and is otherwise unchanged
+    (the same prefix and fields as one process writes, for whoever greps or parses them)."""
+    entry = record(model="mlp", status="200")
+    assert TextFormatter(worker=1).format(entry) == TextFormatter().format(entry) + " worker=1"
+    bare = logging.LogRecord("ferry", logging.INFO, __file__, 1, "stopped", (), None)
+    assert TextFormatter(worker=0).format(bare).endswith(" INFO ferry: stopped worker=0")
+
+
 def test_json_lines_are_one_object_with_the_fields() -> None:
     entry = json.loads(JsonFormatter().format(record(logging.WARNING, model="mlp", rows=3)))
     assert entry["level"] == "WARNING" and entry["logger"] == "ferry.requests"
