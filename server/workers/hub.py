@@ -73,6 +73,9 @@ class ControlHub:
                         "repository": list(self._replay.values()),
                         "state": self.state.replay(),
                         "control_seq": self._control_seq,
+                        # a worker restarted later is ready as soon as it listens (it listens
+                        # once it has its models): its first probe must not say not-ready
+                        "every_worker_ready": self.every_worker_ready,
                     }
             return await self._handle(slot[0], message)
 

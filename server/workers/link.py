@@ -73,6 +73,7 @@ class WorkerLink:
         )
         replay_state(dataplane, replay["state"])
         self._state_caught_up.set()
+        self.every_worker_ready = bool(replay["every_worker_ready"])
         dataplane.repository.start_control_call(int(replay["control_seq"]))
         calls: list[Message] = replay["repository"]
         return calls

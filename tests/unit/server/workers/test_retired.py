@@ -221,3 +221,39 @@ def test_the_hub_keeps_the_answer_a_worker_gave_just_before_it_died() -> None:
             task.cancel()
 
     asyncio.run(scenario())
+
+
+def test_a_worker_restarted_after_the_server_was_ready_is_told_so_when_it_joins() -> None:
+    """The hub's hello answer says whether every worker has been ready: a worker (re)started
+    later knows it before it listens, so its first readiness probe does not answer not-ready
+    (it listens only once it has its models; before, it learned it from its `ready` call,
+    made after it began to listen)."""
+
+    tasks: list[asyncio.Task[None]] = []
+
+    async def hello(hub: ControlHub, slot: int) -> tuple[Channel, Any]:
+        hub_end, worker_end = socket.socketpair()
+        connection = hub.on_connect(*await asyncio.open_unix_connection(sock=hub_end))
+        tasks.append(asyncio.create_task(connection))
+
+        async def unused(_: Message) -> Any:
+            raise AssertionError("no request expected")
+
+        channel = Channel(*await asyncio.open_unix_connection(sock=worker_end), unused)
+        tasks.append(asyncio.create_task(channel.run()))
+        return channel, await channel.request({"op": "hello", "slot": slot})
+
+    async def scenario() -> None:
+        hub = ControlHub(2)
+        first, joined = await hello(hub, 0)
+        second, _ = await hello(hub, 1)
+        assert joined["every_worker_ready"] is False  # at start: until every worker is ready
+        assert await first.request({"op": "ready", "slot": 0}) is False
+        assert await second.request({"op": "ready", "slot": 1}) is True
+        first.close()  # worker 0 dies; its replacement joins
+        _, rejoined = await hello(hub, 0)
+        assert rejoined["every_worker_ready"] is True
+        for task in tasks:
+            task.cancel()
+
+    asyncio.run(scenario())
