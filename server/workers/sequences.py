@@ -34,7 +34,15 @@ from typing import Any
 from server.errors import ServingError, WorkerStopped, WorkerUnreachable
 from server.types import InferenceRequest, InferenceResponse
 from server.workers import frames
-from server.workers.channel import Channel, ChannelClosed, Immediate, Message, RemoteError
+from server.workers.channel import (
+    Channel,
+    ChannelClosed,
+    Immediate,
+    Message,
+    RemoteError,
+    connect_channel,
+    serve_channels,
+)
 from server.workers.link import serving_error
 
 Infer = Callable[[InferenceRequest], Awaitable[InferenceResponse]]
@@ -62,15 +70,15 @@ def socket_path(folder: Path, slot: int) -> Path:
 
 
 def _pickled_channel(
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
+    transport: asyncio.Transport,
     handler: Callable[[Message], Awaitable[Any]],
     stream_handler: Callable[[Message], AsyncIterator[Any]] | None = None,
     immediate: Immediate | None = None,
 ) -> Channel:
-    # pickle: our own workers only (the socket is in the supervisor's private folder)
+    # pickle: our own workers only (the socket is in the supervisor's private folder); fed by
+    # its ChannelProtocol (no reader task on the request path)
     return Channel(
-        reader, writer, handler, frames.dumps, frames.loads, stream_handler, immediate, True
+        None, transport, handler, frames.dumps, frames.loads, stream_handler, immediate, True
     )
 
 
@@ -84,7 +92,6 @@ class _Peer:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.channel: Channel | None = None
-        self.reading: asyncio.Task[None] | None = None
         self._connecting = asyncio.Lock()
 
     async def call(self, request: InferenceRequest) -> InferenceResponse:
@@ -116,19 +123,19 @@ class _Peer:
         async with self._connecting:
             if self.channel is None or self.channel.closed.is_set():
                 try:
-                    reader, writer = await asyncio.open_unix_connection(str(self.path))
+                    self.channel = await connect_channel(
+                        self.path, lambda transport: _pickled_channel(transport, _refuse)
+                    )
                 except OSError:
                     raise WorkerUnreachable(
                         "the worker that runs this request (its sequence's or model's owner) "
                         "is not running (it restarts)"
                     ) from None
-                self.channel = _pickled_channel(reader, writer, _refuse)
-                self.reading = asyncio.create_task(self.channel.run())
             return self.channel
 
     def close(self) -> None:
-        if self.reading is not None:
-            self.reading.cancel()
+        if self.channel is not None:
+            self.channel.close()
 
 
 def _client_error(exc: RemoteError | ChannelClosed) -> ServingError:
@@ -205,22 +212,20 @@ class SequenceRouter:
         path = socket_path(self.folder, self.slot)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # a previous run of this slot's worker
-        self._server = await asyncio.start_unix_server(self._serve, path=str(path))
+        self._server = await serve_channels(path, self._accept)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        channel = _pickled_channel(reader, writer, self._run, self._run_stream, self._run_immediate)
+    def _accept(self, transport: asyncio.Transport) -> Channel:
+        """Another worker connected: its channel, answered here until it hangs up."""
+        channel = _pickled_channel(transport, self._run, self._run_stream, self._run_immediate)
         self._answering.add(channel)
         self._no_peers.clear()
-        try:
-            await channel.run()
-        except asyncio.CancelledError:
-            # the loop shuts down: end quietly (Python 3.11's stream server logs a cancelled
-            # connection task as an "Exception in callback" traceback)
-            pass
-        finally:
-            self._answering.discard(channel)
-            if not self._answering:
-                self._no_peers.set()
+        channel.when_lost(lambda: self._hung_up(channel))
+        return channel
+
+    def _hung_up(self, channel: Channel) -> None:
+        self._answering.discard(channel)
+        if not self._answering:
+            self._no_peers.set()
 
     async def _run(self, message: Message) -> Any:
         """A forwarded request, run here as if it had arrived here, or an owner call (its error

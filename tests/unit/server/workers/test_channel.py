@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 from server.errors import ErrorKind, ServingError
-from server.workers.channel import Channel, ChannelClosed, Message, RemoteError
+from server.workers import frames
+from server.workers.channel import (
+    Channel,
+    ChannelClosed,
+    ChannelProtocol,
+    FrameWriter,
+    Message,
+    RemoteError,
+    connect_channel,
+    serve_channels,
+)
 
 
 async def pair() -> tuple[Channel, Channel, list[asyncio.Task[None]]]:
@@ -41,8 +52,9 @@ def test_requests_both_ways_and_remote_errors() -> None:
         assert (error.value.kind, error.value.message) == ("INVALID_ARG", "bad model")
         many = await asyncio.gather(*(right.request({"op": "echo", "value": i}) for i in range(50)))
         assert [m["echo"] for m in many] == [2 * i for i in range(50)]
-        for task in tasks:
-            task.cancel()
+        left.close()
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)  # both ends see the connection end
+        assert left.closed.is_set() and right.closed.is_set()
 
     asyncio.run(scenario())
 
@@ -117,13 +129,14 @@ def test_streams_yield_items_in_order_end_fail_and_close() -> None:
     asyncio.run(scenario())
 
 
-def test_coalesced_frames_immediate_answers_and_large_frames() -> None:
-    """The workers' request-path channel (pickled, coalesced writes, immediate answers): many
+@pytest.mark.parametrize("fed", [False, True], ids=["reader", "protocol"])
+def test_coalesced_frames_immediate_answers_and_large_frames(fed: bool) -> None:
+    """The workers' request-path channel (pickled, coalesced writes, immediate answers; fed by
+    its ChannelProtocol, as between workers, or read by `run`): many
     requests sent in one loop pass are each answered, in any order of completion; an immediate
     call's future answers it (its result, its exception, or an error raised at once, as
     RemoteError), other requests still go to the handler; a frame larger than one read arrives
     whole; `answered` waits for the immediate answers still pending."""
-    from server.workers import frames
 
     async def scenario() -> None:
         left_sock, right_sock = socket.socketpair()
@@ -150,15 +163,19 @@ def test_coalesced_frames_immediate_answers_and_large_frames() -> None:
             return ("handled", message["handler"].nbytes if "handler" in message else None)
 
         def channel(sock: socket.socket, **options: Any) -> Any:
-            async def make() -> Channel:
+            def over(reader: asyncio.StreamReader | None, writer: FrameWriter) -> Channel:
                 return Channel(
-                    *await asyncio.open_unix_connection(sock=sock),
-                    handler,
-                    frames.dumps,
-                    frames.loads,
-                    coalesce=True,
-                    **options,
+                    reader, writer, handler, frames.dumps, frames.loads, coalesce=True, **options
                 )
+
+            async def make() -> Channel:
+                if not fed:
+                    return over(*await asyncio.open_unix_connection(sock=sock))
+                _, protocol = await loop.create_unix_connection(
+                    lambda: ChannelProtocol(lambda transport: over(None, transport)), sock=sock
+                )
+                assert protocol.channel is not None
+                return protocol.channel
 
             return make()
 
@@ -182,7 +199,120 @@ def test_coalesced_frames_immediate_answers_and_large_frames() -> None:
         held[0].set_result("released")
         await answered
         assert await waiting == "released"
-        for task in tasks:
-            task.cancel()
+        left.close()
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)  # both ends see the connection end
+        assert left.closed.is_set() and right.closed.is_set()
+
+    asyncio.run(scenario())
+
+
+class Recorder:
+    """A FrameWriter that keeps what is written (the channel's answers), and a handler."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def writelines(self, data: Iterable[bytes]) -> None:
+        self.written.extend(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+
+class Parsed(Channel):
+    """A channel that keeps the frames it parsed instead of acting on them."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.parsed: list[Any] = []
+
+    def _receive(self, frame: Message) -> None:
+        self.parsed.append(frame)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_frames_cut_anywhere_arrive_whole_and_in_order(seed: int) -> None:
+    """`feed` with the bytes of many frames (small ones and a 1 MiB one) in random pieces, down
+    to single bytes: each frame is handled once, whole, in order."""
+
+    async def scenario() -> None:
+        rng = np.random.default_rng(seed)
+        channel = Parsed(None, Recorder(), _unused, frames.dumps, frames.loads)
+        got = channel.parsed
+        values: list[Any] = [{"n": n, "pad": bytes(int(rng.integers(0, 300)))} for n in range(40)]
+        values.insert(17, {"big": np.arange(1 << 18, dtype=np.float32)})
+        wire = b"".join(len(body).to_bytes(4, "big") + body for body in map(frames.dumps, values))
+        cuts = np.concatenate(
+            [
+                rng.choice(np.arange(1, len(wire)), size=100, replace=False),
+                rng.choice(np.arange(1, 12_000), size=300, replace=False),  # the small frames
+                np.arange(10, 20),  # single bytes: a length header in pieces
+            ]
+        )
+        for piece in np.split(np.frombuffer(wire, np.uint8), np.unique(cuts)):
+            channel.feed(piece.tobytes())
+        assert len(got) == len(values)
+        for sent, parsed in zip(values, got, strict=True):
+            assert sent.keys() == parsed.keys()
+            if "big" in sent:
+                np.testing.assert_array_equal(parsed["big"], sent["big"])
+            else:
+                assert parsed == sent
+
+    asyncio.run(scenario())
+
+
+async def _unused(_: Message) -> Any:
+    raise AssertionError("no request expected")
+
+
+def test_channels_served_and_connected_on_a_unix_socket(tmp_path: Path) -> None:
+    """`serve_channels` / `connect_channel` (the workers' forwarding sockets): requests both
+    ways; a side that closes fails the other's pending request and says so once."""
+
+    async def scenario() -> None:
+        accepted: list[Channel] = []
+        lost: list[str] = []
+        never = asyncio.Event()
+
+        async def server_handler(message: Message) -> Any:
+            if message.get("hang"):
+                await never.wait()
+            return message["n"] + 1
+
+        def accept(transport: asyncio.Transport) -> Channel:
+            channel = Channel(None, transport, server_handler)
+            channel.when_lost(lambda: lost.append("server side"))
+            accepted.append(channel)
+            return channel
+
+        async def client_handler(message: Message) -> Any:
+            return -message["n"]
+
+        server = await serve_channels(tmp_path / "s.sock", accept)
+        client = await connect_channel(
+            tmp_path / "s.sock", lambda transport: Channel(None, transport, client_handler)
+        )
+        assert await client.request({"n": 1}) == 2
+        assert await accepted[0].request({"n": 5}) == -5  # the server side asks too
+        pending = asyncio.create_task(client.request({"hang": True, "n": 0}))
+        await asyncio.sleep(0.01)
+        accepted[0].close()
+        with pytest.raises(ChannelClosed):
+            await pending
+        await asyncio.wait_for(client.run(), 5)  # fed by its protocol: it ends with the link
+        assert lost == ["server side"]
+        accepted[0].when_lost(lambda: lost.append("late"))  # already lost: called at once
+        assert lost == ["server side", "late"]
+        server.close()
+        with pytest.raises(OSError):
+            await connect_channel(tmp_path / "none.sock", lambda t: Channel(None, t, _unused))
 
     asyncio.run(scenario())
