@@ -284,7 +284,8 @@ def serve(
             "per CPU this process may use (affinity and cgroup quota), at most 8. 1: a single "
             "process, as before. Each worker loads its own copy of every model and batches its "
             "own requests (see --shared-batching); one drift evaluator serves every worker; a "
-            "sequence runs on one worker; trace sampling is per worker.",
+            "sequence runs on one worker; trace and request-log sampling count the server's "
+            "requests.",
             min=0,
         ),
     ] = 1,
