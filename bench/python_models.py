@@ -147,8 +147,8 @@ def load(http_url: str, model: str, body: Path, seconds: float) -> dict[str, flo
 def identity_part(
     folder: Path, seconds: float, rounds: int = 2, workers: int = 1, serve_args: str = ""
 ) -> dict[str, Any]:
-    """ferry (`--workers workers`: each worker runs its own instance process, or with
-    `serve_args` --shared-batching the model's owner alone) vs the real Triton
+    """ferry (`--workers workers`: the model's owner runs its one instance process, or with
+    `serve_args` --no-shared-batching each worker its own) vs the real Triton
     on one Python identity model, c=64, HTTP and gRPC. Both servers run side by side and the
     measurements alternate between them (`rounds` each, best kept): this shared machine's speed
     drifts within minutes. ferry's transport floor is measured in the same rounds, to show how
@@ -432,7 +432,7 @@ def main() -> None:
     parser.add_argument(
         "--serve-args",
         default="",
-        help="extra `ferry serve` flags (identity part), e.g. --serve-args=--shared-batching",
+        help="extra `ferry serve` flags (identity part), e.g. --serve-args=--no-shared-batching",
     )
     parser.add_argument(
         "--parts",

@@ -316,14 +316,14 @@ def main() -> None:
         "--workers",
         type=int,
         default=1,
-        help="`ferry serve --workers N` (each sequence runs on its owner worker; the others "
-        "forward its steps)",
+        help="`ferry serve --workers N` (every sequence in the model's owner, one sequence "
+        "batcher; the other workers submit their steps there)",
     )
     parser.add_argument(
         "--serve-args",
         default="",
-        help="extra `ferry serve` flags, e.g. --serve-args=--shared-batching (with --workers N: "
-        "every sequence in the model's owner, one sequence batcher)",
+        help="extra `ferry serve` flags, e.g. --serve-args=--no-shared-batching (with --workers "
+        "N: each worker loads the model and runs the sequences whose correlation IDs it owns)",
     )
     parser.add_argument(
         "--baseline",

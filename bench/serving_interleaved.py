@@ -8,7 +8,7 @@ in different phases. Here each round measures, per protocol, one server right af
 rounds' ratios is printed with every round's.
 
     python -m bench.serving_interleaved [--rounds 6] [--seconds 6] [--concurrency 64]
-        [--serve-args="--workers 2 --shared-batching"]
+        [--serve-args="--workers 2"]
 
 Needs wrk, h2load and the nvidia-pytriton tritonserver (`make triton-server`).
 """

@@ -282,25 +282,25 @@ def serve(
             "control, client shared memory, log and trace settings, readiness, drain, the "
             "response cache). 0: one "
             "per CPU this process may use (affinity and cgroup quota), at most 8. 1: a single "
-            "process, as before. Each worker loads its own copy of every model and batches its "
-            "own requests (see --shared-batching); one drift evaluator serves every worker; a "
-            "sequence runs on one worker; trace and request-log sampling count the server's "
-            "requests.",
+            "process, as before. Each model is loaded and batched by one worker, its owner, "
+            "unless --no-shared-batching; one drift evaluator serves every worker; trace and "
+            "request-log sampling count the server's requests.",
             min=0,
         ),
     ] = 1,
     shared_batching: Annotated[
         bool,
         typer.Option(
-            help="With --workers N: load each batched model in one worker, its owner, whose "
-            "batcher runs every worker's requests (the others send it the validated inputs over "
-            "a Unix socket): one dynamic batcher and one copy of the weights per model version, "
-            "as in a single process, for a hop per request; a sequence model too, with every "
-            "sequence (one sequence batcher); while an owner restarts its "
-            "models answer 503. Off: every worker loads every model and batches its own "
-            "requests.",
+            help="With --workers N (the default there): load each model in one worker, its "
+            "owner, whose batcher runs every worker's requests (the others send it the validated "
+            "inputs over a Unix socket): one dynamic batcher, one set of instances and one copy "
+            "of the weights per model version, as in a single process, for a hop per request; a "
+            "sequence model too, with every sequence (one sequence batcher); while an owner "
+            "restarts its models answer 503. --no-shared-batching: every worker loads every "
+            "model (instance_group count instances each) and batches its own requests; a "
+            "sequence runs on the worker its correlation ID names.",
         ),
-    ] = False,
+    ] = True,
     drift: Annotated[
         bool, typer.Option(help="Online drift detection for models with a reference.npz.")
     ] = True,

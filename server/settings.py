@@ -138,7 +138,7 @@ class ServerSettings:
     grpc_restricted_protocols: RestrictedApis = field(default_factory=dict)
     grpc_tls: GrpcTls | None = None
     workers: int = 1  # serving processes (`--workers`); 1: this process serves, as always
-    shared_batching: bool = False  # each model's requests run in its owner worker
+    shared_batching: bool = True  # with workers > 1: each model's requests run in its owner
     # set on each worker of `ferry serve --workers N` by its supervisor: the HTTP and gRPC
     # listeners share their ports with the other workers (SO_REUSEPORT), the metrics port is the
     # supervisor's, and the worker joins the supervisor's control channel at this Unix socket

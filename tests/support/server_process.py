@@ -107,7 +107,7 @@ def running_server(
     `cwd`: where `python -m ferry` starts (its packages come first on sys.path: a benchmark runs
     another checkout of ferry this way). FERRY_TEST_WORKERS=N runs every such server with
     `--workers N` (unless the test names --workers itself); flags after N go with it
-    (FERRY_TEST_WORKERS="2 --shared-batching")."""
+    (FERRY_TEST_WORKERS="2 --no-shared-batching": each worker runs its own copy of every model)."""
     workers = os.environ.get(WORKERS_ENV, "")
     if workers and "--workers" not in extra_args:
         extra_args = (*extra_args, "--workers", *workers.split())

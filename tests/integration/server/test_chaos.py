@@ -419,7 +419,7 @@ def python_instances(supervisor_pid: int) -> list[int]:
 
 @pytest.mark.parametrize(
     "mode",
-    [(), ("--workers", "2"), ("--workers", "2", "--shared-batching")],
+    [(), ("--workers", "2", "--no-shared-batching"), ("--workers", "2", "--shared-batching")],
     ids=["one-process", "workers", "shared-batching"],
 )
 def test_the_server_survives_chaos_under_load(tmp_path: Path, mode: tuple[str, ...]) -> None:

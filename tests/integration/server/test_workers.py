@@ -43,6 +43,8 @@ from tests.support.workers import (
 )
 
 ATTEMPTS = 30  # fresh connections per "every worker" check: all on one worker has p = 2**-29
+# `--workers N` runs each model in its owner (one batcher) unless told each worker batches its own
+BATCHING_MODES = ["--shared-batching", "--no-shared-batching"]
 
 
 def answers(server: ServerProcess, path: str) -> Counter[int]:
@@ -50,9 +52,10 @@ def answers(server: ServerProcess, path: str) -> Counter[int]:
     return Counter(fresh(f"http://{server.http_url}{path}")[0] for _ in range(ATTEMPTS))
 
 
-def test_statistics_and_metrics_add_up_across_workers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("batching", BATCHING_MODES)
+def test_statistics_and_metrics_add_up_across_workers(tmp_path: Path, batching: str) -> None:
     write_model(tmp_path, "mlp", mlp_model())
-    with running_server(tmp_path, "--workers", "2") as server:
+    with running_server(tmp_path, "--workers", "2", batching) as server:
         assert len(worker_pids(server.process.pid)) == 2
         url = f"http://{server.http_url}/v2/models/mlp/infer"
         http_requests, rows = 40, 0
@@ -112,7 +115,7 @@ def test_a_killed_workers_counts_stay_in_the_totals(tmp_path: Path) -> None:
     statistics and of the metrics, which remembers what every worker counted): the totals
     still equal the requests answered, and never went down."""
     write_model(tmp_path, "mlp", mlp_model())
-    with running_server(tmp_path, "--workers", "2") as server:
+    with running_server(tmp_path, "--workers", "2", "--no-shared-batching") as server:
         infer = f"http://{server.http_url}/v2/models/mlp/infer"
         stats_url = f"http://{server.http_url}/v2/models/mlp/stats"
         labels = '{model="mlp",version="1"}'
@@ -188,6 +191,7 @@ def test_control_calls_reset_a_killed_workers_counts_as_a_single_server_resets(
             tmp_path,
             "--workers",
             str(workers),
+            "--no-shared-batching",
             "--model-control-mode",
             "explicit",
             "--load-model",
@@ -230,7 +234,14 @@ def test_model_control_reaches_every_worker(tmp_path: Path) -> None:
     write_model(tmp_path, "mlp", mlp_model())
     write_model(tmp_path, "two_io", two_io_model())
     with running_server(
-        tmp_path, "--workers", "2", "--model-control-mode", "explicit", "--load-model", "mlp"
+        tmp_path,
+        "--workers",
+        "2",
+        "--no-shared-batching",
+        "--model-control-mode",
+        "explicit",
+        "--load-model",
+        "mlp",
     ) as server:
         assert answers(server, "/v2/models/two_io/ready") == {400: ATTEMPTS}
         grpc = grpcclient.InferenceServerClient(server.grpc_url)
@@ -260,6 +271,7 @@ def test_poll_mode_reaches_every_worker(tmp_path: Path) -> None:
         tmp_path,
         "--workers",
         "2",
+        "--no-shared-batching",
         "--model-control-mode",
         "poll",
         "--repository-poll-secs",
@@ -275,8 +287,11 @@ def test_poll_mode_reaches_every_worker(tmp_path: Path) -> None:
 
 
 def test_killed_worker_is_replaced_under_load(tmp_path: Path) -> None:
+    """Each worker runs its own copy of the model (--no-shared-batching), so the other worker
+    serves every request while its peer restarts (with one owner per model, its requests answer
+    503 meanwhile: test_chaos.py and the shared-batching tests below)."""
     write_model(tmp_path, "mlp", mlp_model())
-    with running_server(tmp_path, "--workers", "2") as server:
+    with running_server(tmp_path, "--workers", "2", "--no-shared-batching") as server:
         url = f"http://{server.http_url}/v2/models/mlp/infer"
         ready_url = f"http://{server.http_url}/v2/health/ready"
         outcomes: list[tuple[float, int]] = []
@@ -327,10 +342,10 @@ def test_killed_worker_is_replaced_under_load(tmp_path: Path) -> None:
 
 
 DRAIN_MODES = {  # flags, config, the executions running at once
-    "own batchers": (["--workers", "2"], "", 2),
+    "own batchers": (["--workers", "2", "--no-shared-batching"], "", 2),
     "shared batching": (["--workers", "2", "--shared-batching"], "", 1),
     "cached": (  # every request forwarded to the model's owner, which runs it whole
-        ["--workers", "2", "--cache-config", "local,size=1000000"],
+        ["--workers", "2", "--no-shared-batching", "--cache-config", "local,size=1000000"],
         "response_cache { enable: true }\n",
         1,
     ),
@@ -401,7 +416,13 @@ def test_one_drift_evaluator_counts_every_row_once(tmp_path: Path) -> None:
     )
     window, requests, rows_each = 100, 75, 4  # 4 rows: the default max batch size
     with running_server(
-        tmp_path, "--workers", "2", "--drift-window", str(window), "--log-requests"
+        tmp_path,
+        "--workers",
+        "2",
+        "--no-shared-batching",
+        "--drift-window",
+        str(window),
+        "--log-requests",
     ) as server:
         for _ in range(requests):
             status, _ = fresh(
@@ -445,7 +466,9 @@ def test_a_sequence_runs_on_one_worker_whichever_worker_its_requests_reach(
         for sid in (1, 2, 3, 4, 5, 6)
     }
     assert {owner_of(sid, 2) for sid in sequences} == {0, 1}  # both workers own some
-    with running_server(tmp_path, "--workers", "2", "--log-requests") as server:
+    with running_server(
+        tmp_path, "--workers", "2", "--no-shared-batching", "--log-requests"
+    ) as server:
         got: dict[int, list[np.ndarray]] = {sid: [] for sid in sequences}
         for t in range(steps):
             for sid, xs in sequences.items():
@@ -617,7 +640,7 @@ output [{ name: "PID" data_type: TYPE_INT64 dims: [1] }]
     for shared, instances in ((True, 1), (False, 2)):
         repo = tmp_path / f"shared-{shared}"
         model_dir = write_python_model(repo, "whoami", INSTANCE_COUNTING_PY, config)
-        flags = ("--workers", "2", *(("--shared-batching",) if shared else ()))
+        flags = ("--workers", "2", "--shared-batching" if shared else "--no-shared-batching")
         with running_server(repo, *flags) as server:
             url = f"http://{server.http_url}/v2/models/whoami/infer"
             pids = set()
@@ -933,7 +956,7 @@ sequence_batching { max_sequence_idle_microseconds: 60000000 }
     )
     sequences, steps = (11, 12, 13, 14, 15, 16), 5
     assert {owner_of(sid, 2) for sid in sequences} == {0, 1}
-    with running_server(tmp_path, "--workers", "2") as server:
+    with running_server(tmp_path, "--workers", "2", "--no-shared-batching") as server:
         for t in range(steps):
             for sid in sequences:
                 got = stream_step(server, sid, 2, start=t == 0, end=t == steps - 1)
@@ -949,7 +972,7 @@ sequence_batching { max_sequence_idle_microseconds: 60000000 }
 def tracing_workers(repository: Path, flags: list[str]) -> AbstractContextManager[ServerProcess]:
     """`ferry serve --workers 2` with these `--trace-config` values."""
     trace_config = [arg for flag in flags for arg in ("--trace-config", flag)]
-    return running_server(repository, "--workers", "2", *trace_config)
+    return running_server(repository, "--workers", "2", "--no-shared-batching", *trace_config)
 
 
 def test_triton_trace_files_hold_every_workers_traces_numbered_as_one_server(
@@ -1015,6 +1038,7 @@ def test_sampling_is_the_servers_across_workers(tmp_path: Path) -> None:
         tmp_path / "repo",
         "--workers",
         "2",
+        "--no-shared-batching",
         "--log-requests",
         "--log-requests-rate",
         "0.5",
@@ -1090,7 +1114,9 @@ def cache_counts(server: ServerProcess, model: str) -> dict[str, float]:
     return counts
 
 
-@pytest.mark.parametrize("flags", [["--workers", "2"], ["--workers", "2", "--shared-batching"]])
+@pytest.mark.parametrize(
+    "flags", [["--workers", "2", "--no-shared-batching"], ["--workers", "2", "--shared-batching"]]
+)
 def test_the_response_cache_is_the_servers_across_workers(tmp_path: Path, flags: list[str]) -> None:
     """A repeated request hits whichever worker its connection reached: a cached model's
     requests run in its owner's cache, so the counts are a single process's for the same
@@ -1131,7 +1157,9 @@ def test_the_response_cache_stays_within_the_servers_size_across_workers(tmp_pat
     model = mlp_model(4, 8, 3, input_name="x", output_name="y")
     write_model(tmp_path, "cached", model, "max_batch_size: 8\nresponse_cache { enable: true }\n")
     # one response: 3 floats of output + bookkeeping; 300 bytes hold about three, 150 one
-    with running_server(tmp_path, "--workers", "2", "--cache-config", "local,size=300") as server:
+    with running_server(
+        tmp_path, "--workers", "2", "--no-shared-batching", "--cache-config", "local,size=300"
+    ) as server:
         url = f"http://{server.http_url}/v2/models/cached/infer"
         for value in range(10):  # fresh connections, on both workers: all cached in the owner
             body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32"}]}

@@ -32,7 +32,7 @@ from tests.support.workers import (
 )
 
 ATTEMPTS = 30  # fresh connections per "every worker" check: all on one worker has p = 2**-29
-WORKERS = ("--workers", "2", "--log-requests")
+WORKERS = ("--workers", "2", "--no-shared-batching", "--log-requests")
 # one 1-row request waits here until 7 more rows arrive (or 60 s pass): "in flight" on demand
 HELD_CONFIG = """
 max_batch_size: 8
