@@ -29,7 +29,7 @@ def available_cpus() -> int:
 
 
 def auto_workers() -> int:
-    """One worker per available CPU, at most MAX_AUTO_WORKERS (each holds its own models)."""
+    """One worker per available CPU, at most MAX_AUTO_WORKERS (each an interpreter and its loop)."""
     return min(available_cpus(), MAX_AUTO_WORKERS)
 
 
