@@ -42,7 +42,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import mmap
 import os
 import socket
 import time
@@ -53,11 +52,12 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, Metric
 
 from server.connection_moves import GRPC, HTTP
+from server.workers.mapped_file import map_integers
 
 logger = logging.getLogger("ferry.workers")
 
 COUNTS_FILE = "client-connections"
-_SLOT_BYTES = 16  # two 64-bit counts
+_SLOT_INTEGERS = 2  # two 64-bit counts
 SETTLE_S = 1.0  # after this, a moved connection the other worker never took is given up on
 _MAX_SOCKETS_PER_MESSAGE = 4  # one is sent per message; more would be closed, not leaked
 # (model, version) -> the slot of the worker that runs it for this one, or None
@@ -80,15 +80,11 @@ class ConnectionCounts:
     def __init__(self, folder: Path, workers: int, slot: int) -> None:
         self.slot = slot
         self._others = [other for other in range(workers) if other != slot]
-        size = workers * _SLOT_BYTES
         descriptor = os.open(folder / COUNTS_FILE, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            if os.fstat(descriptor).st_size < size:  # (the first worker to start sizes it)
-                os.ftruncate(descriptor, size)
-            self._map = mmap.mmap(descriptor, size)
+            self._map, self._counts = map_integers(descriptor, workers * _SLOT_INTEGERS)
         finally:
             os.close(descriptor)
-        self._counts = memoryview(self._map).cast("q")
         # a restarted worker: its predecessor's connections are gone
         self._counts[2 * slot] = self._counts[2 * slot + 1] = 0
 

@@ -20,12 +20,12 @@ import contextlib
 import fcntl
 import hashlib
 import logging
-import mmap
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from server.sampling import REQUEST_LOG_KEY, LocalCounter, SampleCounter, Step, trace_key
+from server.workers.mapped_file import map_integers
 
 logger = logging.getLogger("ferry.workers")
 
@@ -48,16 +48,13 @@ class SamplingTable:
 
     def __init__(self, folder: Path, entries: int = ENTRIES) -> None:
         self._entries = entries
-        size = entries * _FIELDS * 8
+        # kept open: the lock is an flock of this descriptor
         self._descriptor = os.open(folder / SAMPLING_FILE, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            if os.fstat(self._descriptor).st_size < size:
-                os.ftruncate(self._descriptor, size)
-            self._map = mmap.mmap(self._descriptor, size)
+            self._map, self._fields = map_integers(self._descriptor, entries * _FIELDS)
         except BaseException:
             os.close(self._descriptor)
             raise
-        self._fields = memoryview(self._map).cast("q")
         self._full_warned = False
 
     @contextlib.contextmanager
