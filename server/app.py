@@ -46,6 +46,7 @@ from server.settings import DriftEvaluator, ModelControlMode, ServerSettings
 from server.shared_memory import SharedMemoryManager
 from server.trace_settings import TraceSettings
 from server.tracing import Tracer
+from server.workers.byte_pool import SharedBytePool
 from server.workers.count import model_cpu_threads
 from server.workers.handoff import Adopt, ConnectionHandoff, MovesCollector
 from server.workers.link import WorkerLink
@@ -152,6 +153,23 @@ def _logs_model_events(settings: ServerSettings) -> Callable[[str], bool] | None
     return lambda model: model_owner_of(model, workers) == slot
 
 
+def _budget_pools(
+    settings: ServerSettings,
+) -> tuple[SharedBytePool | None, SharedBytePool | None]:
+    """In a worker of `--workers N`: the pools of `--http-max-buffered-bytes` and
+    `--grpc-max-buffered-request-bytes` that every worker leases from (else None, None). They
+    stay mapped until the process exits: a late release (an inflation thread's) finds them."""
+    if settings.worker_control is None:
+        return None, None
+    folder, workers, slot = settings.worker_control.parent, settings.workers, settings.worker_slot
+    return (
+        SharedBytePool(folder, "http", workers, slot, settings.http_max_buffered_bytes),
+        SharedBytePool(
+            folder, "grpc", workers, slot, settings.grpc_limits.max_buffered_request_bytes
+        ),
+    )
+
+
 def _operations(
     settings: ServerSettings, cache: ResponseCache | None, log_control: LogControl | None
 ) -> tuple[Operations, SamplingTable | None]:
@@ -227,6 +245,8 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
         loop.add_signal_handler(sig, stop.set)
 
     limits = http_limits(settings)
+    # under --workers N the buffered-bytes budgets are the server's, leased by every worker
+    http_pool, grpc_pool = _budget_pools(settings)
     http_servers: list[_Uvicorn] = []
     tasks: list[asyncio.Task[Any]] = []
     handoff = None  # connections moving to their models' owner (server/workers/handoff.py)
@@ -243,7 +263,11 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
         http_servers.append(
             _uvicorn_server(
                 create_http_app(
-                    dataplane, limits, monitors.drift_detail, settings.http_restricted_apis
+                    dataplane,
+                    limits,
+                    monitors.drift_detail,
+                    settings.http_restricted_apis,
+                    http_pool,
                 ),
                 settings.http_address,
                 settings.http_port,
@@ -309,6 +333,7 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
                 tls=settings.grpc_tls,
                 reuse_port=settings.reuse_port,
                 mover=handoff,
+                budget_pool=grpc_pool,
             )
             await grpc_server.start()
         for index, server in enumerate(http_servers):

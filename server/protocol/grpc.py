@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
+from server.byte_budget import LeasePool
 from server.connection_moves import ConnectionMover
 from server.dataplane import DataPlane
 from server.errors import ErrorKind, ServingError
@@ -356,10 +357,12 @@ def create_grpc_server(
     tls: GrpcTls | None = None,
     reuse_port: bool = False,
     mover: ConnectionMover | None = None,
+    budget_pool: LeasePool | None = None,
 ) -> GrpcServer:
     """Both services on the chosen transport with `limits`, bound to host:port once started; the
     restricted API groups (`--grpc-restricted-protocol`) behind their metadata keys; TLS when
-    given; connections moved to their models' owner by `mover` (ferry's transport only)."""
+    given; connections moved to their models' owner by `mover` (ferry's transport only); under
+    `--workers N`, the buffered request bytes leased from the workers' `budget_pool`."""
     limits = limits or GrpcLimits()
     if transport == GrpcTransport.GRPCIO:
         return cast(
@@ -371,6 +374,7 @@ def create_grpc_server(
                 restricted=restricted,
                 tls=tls,
                 reuse_port=reuse_port,
+                budget_pool=budget_pool,
             ),
         )
     routes = routes_for(
@@ -389,6 +393,7 @@ def create_grpc_server(
         ssl_context(tls) if tls is not None else None,
         reuse_port,
         mover,
+        budget_pool,
     )
 
 
@@ -439,12 +444,15 @@ def create_grpcio_server(
     restricted: RestrictedApis | None = None,
     tls: GrpcTls | None = None,
     reuse_port: bool = False,
+    budget_pool: LeasePool | None = None,
 ) -> grpc.aio.Server:
     """A grpc.aio server with both services and `limits`, bound to `address`."""
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if restricted:
         interceptors.append(RestrictedProtocolInterceptor(restricted, _SERVICES))
-    interceptors.append(RequestBudgetInterceptor(RequestBudget(limits.max_buffered_request_bytes)))
+    interceptors.append(
+        RequestBudgetInterceptor(RequestBudget(limits.max_buffered_request_bytes, budget_pool))
+    )
     interceptors.append(ParseErrorsAsInternal())
     server = grpc.aio.server(options=grpcio_options(limits, reuse_port), interceptors=interceptors)
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from server.byte_budget import LeasePool
 from server.dataplane import DataPlane
 from server.errors import ErrorKind, ServingError, invalid
 from server.protocol.http_access import HttpAccess
@@ -68,10 +69,12 @@ def create_http_app(
     limits: HttpLimits,
     drift_detail: DriftDetail | None = None,
     restricted: RestrictedApis | None = None,
+    budget_pool: LeasePool | None = None,
 ) -> InferFastPath:
     """The HTTP application: every route Triton serves for ferry's extensions, under the HTTP
-    limits, with the restricted API groups (`--http-restricted-api`) behind their headers."""
-    budget = BufferBudget(limits.max_buffered_bytes)
+    limits, with the restricted API groups (`--http-restricted-api`) behind their headers; under
+    `--workers N`, the buffered bytes leased from the workers' `budget_pool`."""
+    budget = BufferBudget(limits.max_buffered_bytes, budget_pool)
     return InferFastPath(
         create_fastapi_app(dataplane, limits, budget, drift_detail),
         dataplane,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from server.byte_budget import Allowance, LeasePool
 from server.errors import invalid
 from server.settings import ServerSettings
 
@@ -101,16 +102,19 @@ class RequestRejected(Exception):
         self.message = message
 
 
-class BufferBudget:
-    """The server-wide budget of buffered request bytes, across all connections.
+class BufferBudget(Allowance):
+    """The server-wide budget of buffered request bytes, across all connections (and, under
+    `--workers N`, all workers: server/byte_budget.py).
 
     Used from the event loop thread only (no lock): a reservation grows as a body arrives and is
     released when its request ends; a request that would pass the budget is refused with 503
     at once, so memory held for request bodies never passes `capacity`.
     """
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
+    __slots__ = ("used",)
+
+    def __init__(self, capacity: int, pool: LeasePool | None = None) -> None:
+        super().__init__(capacity, pool)
         self.used = 0
 
     def reservation(self) -> BudgetReservation:
@@ -129,24 +133,30 @@ class BudgetReservation:
     def grow(self, size: int) -> None:
         """Take `size` more bytes, or refuse the request (503) when the budget has no room."""
         budget = self.budget
-        if budget.used + size > budget.capacity:
+        if budget.used + size > budget.granted and not budget.widen(budget.used + size):
             raise RequestRejected(
                 503,
                 f"server busy: request bodies being received or decoded hold "
-                f"{budget.used} of {budget.capacity} bytes (--http-max-buffered-bytes); "
-                "retry later",
+                f"{budget.server_held(budget.used)} of {budget.capacity} bytes "
+                "(--http-max-buffered-bytes); retry later",
             )
         budget.used += size
         self.held += size
 
     def shrink(self, size: int) -> None:
         size = min(size, self.held)
-        self.budget.used -= size
         self.held -= size
+        self._give(size)
 
     def release(self) -> None:
-        self.budget.used -= self.held
-        self.held = 0
+        held, self.held = self.held, 0
+        self._give(held)
+
+    def _give(self, size: int) -> None:
+        budget = self.budget
+        budget.used -= size
+        if budget.granted - budget.used > budget.spare_limit:
+            budget.narrow(budget.used)
 
 
 # what an array or object weighs in the element count: building one (a list or dict object)

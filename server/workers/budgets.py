@@ -1,11 +1,12 @@
-"""The server-wide budgets of `ferry serve`, split between the workers of `--workers N`.
+"""The server-wide budgets of `ferry serve` that are split between the workers of `--workers N`.
 
-A limit a user sets for the server (gRPC connections, the bytes requests may hold buffered over
-HTTP and gRPC, the response cache's size) must bound the server, not each of its processes: each
-worker gets 1/N of it (at least 1). The kernel spreads connections over the workers evenly, so
-the server reaches its limit within a few connections' difference; a single message or cached
-response must then fit in one worker's share (a 1 GiB budget with two workers takes messages up
-to 512 MiB)."""
+A limit a user sets for the server must bound the server, not each of its processes. The bytes
+requests may hold buffered over HTTP and gRPC are one pool that the workers lease from
+(server/workers/byte_pool.py): one request may take all of it. Two budgets are split instead,
+each worker getting 1/N (at least 1): gRPC connections (`--grpc-max-connections`), which the
+kernel spreads over the workers evenly, so the server reaches its limit within a few
+connections' difference; and the response cache's size, whose entries live in one worker's
+memory (a cached response must fit in one worker's share)."""
 
 from __future__ import annotations
 
@@ -30,8 +31,6 @@ def worker_budgets(settings: ServerSettings) -> dict[str, Any]:
         "grpc_limits": dataclasses.replace(
             grpc,
             max_connections=_share(grpc.max_connections, workers),
-            max_buffered_request_bytes=_share(grpc.max_buffered_request_bytes, workers),
         ),
-        "http_max_buffered_bytes": _share(settings.http_max_buffered_bytes, workers),
         "cache": CacheSettings(settings.cache.size_bytes // workers),
     }

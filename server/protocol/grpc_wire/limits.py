@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 
+from server.byte_budget import Allowance, LeasePool
 from server.settings import GrpcLimits
 
 __all__ = ["STREAM_COST_BYTES", "GrpcLimits", "RequestBudget", "TokenBucket"]
@@ -12,40 +13,48 @@ __all__ = ["STREAM_COST_BYTES", "GrpcLimits", "RequestBudget", "TokenBucket"]
 STREAM_COST_BYTES = 1024  # what an open stream's state is charged to the budget
 
 
-class RequestBudget:
-    """Bytes of request data buffered across every stream and connection of one server.
+class RequestBudget(Allowance):
+    """Bytes of request data buffered across every stream and connection of one server (and,
+    under `--workers N`, of all workers: server/byte_budget.py).
 
     Charged as bytes arrive (`used`, event loop only, no lock: the hot path) and as compressed
     messages inflate on worker threads (`inflating`, under a lock); each side reads the other's
-    count without the other's lock, so the limit holds to within one inflation step.
+    count without the other's lock, so the limit holds to within one inflation step. Leases
+    from the workers' pool (`widen`, `narrow`) are taken under the lock, from either side.
     """
 
-    __slots__ = ("_lock", "inflating", "limit", "used")
+    __slots__ = ("_lock", "inflating", "used")
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
+    def __init__(self, limit: int, pool: LeasePool | None = None) -> None:
+        super().__init__(limit, pool)
         self.used = 0
         self.inflating = 0
         self._lock = threading.Lock()
 
-    def fits(self, size: int) -> bool:
-        return self.used + self.inflating + size <= self.limit
-
     def try_charge(self, size: int) -> bool:
         """On the event loop."""
-        if self.used + self.inflating + size > self.limit:
+        held = self.used + self.inflating + size
+        if held > self.granted and not self._widen_locked(held):
             return False
         self.used += size
         return True
 
+    def _widen_locked(self, held: int) -> bool:
+        with self._lock:
+            return held <= self.granted or self.widen(held)
+
     def release(self, size: int) -> None:
         """On the event loop."""
         self.used -= size
+        if self.granted - self.used - self.inflating > self.spare_limit:
+            with self._lock:
+                self.narrow(self.used + self.inflating)
 
     def try_charge_inflating(self, size: int) -> bool:
         """On an inflation thread."""
         with self._lock:
-            if self.used + self.inflating + size > self.limit:
+            held = self.used + self.inflating + size
+            if held > self.granted and not self.widen(held):
                 return False
             self.inflating += size
             return True
@@ -62,7 +71,7 @@ class RequestBudget:
 
     def exhausted_message(self) -> str:
         return (
-            f"the server is buffering the maximum of {self.limit} request bytes across all "
+            f"the server is buffering the maximum of {self.capacity} request bytes across all "
             "calls (--grpc-max-buffered-request-bytes); retry later"
         )
 

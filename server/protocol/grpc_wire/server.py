@@ -10,6 +10,7 @@ import socket
 import ssl
 from concurrent.futures import ThreadPoolExecutor
 
+from server.byte_budget import LeasePool
 from server.connection_moves import ConnectionMover
 from server.protocol.grpc_wire.connection import GrpcConnection
 from server.protocol.grpc_wire.limits import GrpcLimits, RequestBudget
@@ -33,6 +34,7 @@ class GrpcWireServer:
         ssl_context: ssl.SSLContext | None = None,
         reuse_port: bool = False,
         mover: ConnectionMover | None = None,
+        budget_pool: LeasePool | None = None,
     ) -> None:
         self.routes = routes
         # --workers N --shared-batching: a connection may move to its models' owner when
@@ -42,7 +44,7 @@ class GrpcWireServer:
         self.ssl_context = ssl_context
         self.host, self.port = host, port
         self.limits = limits or GrpcLimits()
-        self.budget = RequestBudget(self.limits.max_buffered_request_bytes)
+        self.budget = RequestBudget(self.limits.max_buffered_request_bytes, budget_pool)
         # large compressed messages inflate here, off the event loop (zlib releases the GIL)
         self.inflate_executor = ThreadPoolExecutor(INFLATE_THREADS, "grpc-inflate")
         self.connections: set[GrpcConnection] = set()

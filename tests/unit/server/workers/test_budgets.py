@@ -1,4 +1,5 @@
-"""The server-wide budgets split between the workers: the shares add up to at most the whole."""
+"""The server-wide budgets split between the workers: the shares add up to at most the whole;
+the buffered bytes are not split."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ def test_each_worker_gets_its_share_of_the_servers_budgets() -> None:
     )
     worker = dataclasses.replace(settings, **worker_budgets(settings))
     assert worker.grpc_limits.max_connections == 42  # 3 x 42 <= 128
-    assert worker.grpc_limits.max_buffered_request_bytes == 1000
-    assert worker.http_max_buffered_bytes == 333
+    # the buffered bytes are one pool the workers lease from (test_byte_pool.py)
+    assert worker.grpc_limits.max_buffered_request_bytes == 3000
+    assert worker.http_max_buffered_bytes == 1000
     assert worker.cache.size_bytes == 300
     # what is not a server-wide budget stays as it is
     assert worker.grpc_limits.max_concurrent_streams == settings.grpc_limits.max_concurrent_streams

@@ -1,0 +1,107 @@
+"""`ferry serve --workers 2`: the buffered-bytes budgets bound the server, not each worker.
+Whichever worker the kernel gives each connection, uploads are refused only past the server's
+`--http-max-buffered-bytes`, and one gRPC message may use the whole
+`--grpc-max-buffered-request-bytes` (split budgets refused both: half the budget per worker)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from tests.support.onnx_models import mlp_model, run_reference, write_model
+from tests.support.server_process import ServerProcess, running_server
+
+MiB = 1 << 20
+UNBATCHED_MLP = """name: "mlp"
+platform: "onnxruntime_onnx"
+max_batch_size: 0
+input [{ name: "input" data_type: TYPE_FP32 dims: [-1, 16] }]
+output [{ name: "output" data_type: TYPE_FP32 dims: [-1, 4] }]
+"""
+
+
+def _declare(server: ServerProcess, size: int) -> socket.socket:
+    """A connection that sends the head of an upload of `size` bytes and none of its body."""
+    sock = socket.create_connection(("127.0.0.1", server.http_port), timeout=10)
+    sock.sendall(
+        b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: ferry\r\nContent-Length: %d\r\n\r\n" % size
+    )
+    return sock
+
+
+def _answered(sock: socket.socket) -> bytes:
+    """What the server has sent on `sock` so far (b"" when nothing)."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(65536)
+    except BlockingIOError:
+        return b""
+    finally:
+        sock.setblocking(True)
+
+
+def test_http_uploads_are_refused_only_past_the_servers_budget(tmp_path: Path) -> None:
+    write_model(tmp_path, "mlp", mlp_model())
+    budget = [
+        "--http-max-buffered-bytes",
+        str(100 * MiB),
+        "--http-max-request-bytes",
+        str(40 * MiB),
+    ]
+    with running_server(tmp_path, "--workers", "2", *budget) as server:
+        # three 30 MiB uploads: two of them share a worker, over half the budget (a split
+        # budget refused that one); the server holds 90 of its 100 MiB
+        holders = [_declare(server, 30 * MiB) for _ in range(3)]
+        time.sleep(0.5)
+        assert [_answered(holder) for holder in holders] == [b"", b"", b""]
+        started = time.monotonic()
+        fourth = _declare(server, 30 * MiB)
+        fourth.settimeout(5)
+        answer = fourth.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 503 "), answer
+        assert b"--http-max-buffered-bytes" in answer
+        assert time.monotonic() - started < 2.0
+        fourth.close()
+        for holder in holders:
+            holder.close()
+        # the closed uploads gave their bytes back, on whichever worker held them
+        deadline = time.monotonic() + 10
+        while True:
+            sock = _declare(server, 30 * MiB)
+            time.sleep(0.2)
+            answer = _answered(sock)
+            sock.close()
+            if answer == b"" or time.monotonic() > deadline:
+                break
+        assert answer == b"", answer
+
+
+@pytest.mark.parametrize("transport", ["ferry", "grpcio"])
+def test_one_grpc_message_may_use_the_servers_whole_budget(tmp_path: Path, transport: str) -> None:
+    model_dir = write_model(tmp_path, "mlp", mlp_model(), UNBATCHED_MLP)
+    rows = 40 * MiB // (16 * 4)  # a 40 MiB input: more than half the 64 MiB budget
+    x = np.random.default_rng(0).standard_normal((rows, 16)).astype(np.float32)
+    budget = ["--grpc-max-buffered-request-bytes", str(64 * MiB), "--grpc-transport", transport]
+    with running_server(tmp_path, "--workers", "2", *budget) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        try:
+            infer_input = grpcclient.InferInput("input", list(x.shape), "FP32")
+            infer_input.set_data_from_numpy(x)
+            result = client.infer("mlp", [infer_input])
+            expected = run_reference(model_dir / "1" / "model.onnx", {"input": x})["output"]
+            np.testing.assert_allclose(result.as_numpy("output"), expected, rtol=1e-5, atol=1e-5)
+            # past the server's budget it is still refused, at once
+            too_big = np.zeros((65 * MiB // 64, 16), np.float32)
+            big_input = grpcclient.InferInput("input", list(too_big.shape), "FP32")
+            big_input.set_data_from_numpy(too_big)
+            with pytest.raises(InferenceServerException) as refused:
+                client.infer("mlp", [big_input])
+            assert refused.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+        finally:
+            client.close()
