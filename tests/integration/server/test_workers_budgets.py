@@ -16,6 +16,7 @@ from tritonclient.utils import InferenceServerException
 
 from tests.support.onnx_models import mlp_model, run_reference, write_model
 from tests.support.server_process import ServerProcess, running_server
+from tests.support.workers import restart_a_worker
 
 MiB = 1 << 20
 UNBATCHED_MLP = """name: "mlp"
@@ -80,6 +81,34 @@ def test_http_uploads_are_refused_only_past_the_servers_budget(tmp_path: Path) -
             if answer == b"" or time.monotonic() > deadline:
                 break
         assert answer == b"", answer
+
+
+def test_the_bytes_a_killed_worker_held_go_back_to_the_server(tmp_path: Path) -> None:
+    write_model(tmp_path, "mlp", mlp_model())
+    budget = [
+        "--http-max-buffered-bytes",
+        str(100 * MiB),
+        "--http-max-request-bytes",
+        str(40 * MiB),
+    ]
+    with running_server(tmp_path, "--workers", "2", *budget) as server:
+        holders = [_declare(server, 15 * MiB) for _ in range(6)]  # 90 of the 100 MiB
+        time.sleep(0.5)
+        assert [_answered(holder) for holder in holders] == [b""] * 6
+        # both workers die holding their uploads' bytes, whichever held which; their
+        # replacements must not inherit them
+        restart_a_worker(server)
+        restart_a_worker(server)
+        for holder in holders:
+            holder.close()
+        holders = [_declare(server, 15 * MiB) for _ in range(6)]
+        time.sleep(0.5)
+        assert [_answered(holder) for holder in holders] == [b""] * 6
+        seventh = _declare(server, 15 * MiB)
+        seventh.settimeout(5)
+        assert seventh.recv(65536).startswith(b"HTTP/1.1 503 ")
+        for sock in [*holders, seventh]:
+            sock.close()
 
 
 @pytest.mark.parametrize("transport", ["ferry", "grpcio"])
