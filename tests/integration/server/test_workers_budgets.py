@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import time
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import numpy as np
@@ -47,15 +48,21 @@ def _answered(sock: socket.socket) -> bytes:
         sock.setblocking(True)
 
 
-def test_http_uploads_are_refused_only_past_the_servers_budget(tmp_path: Path) -> None:
+def _two_workers_with_100_mib_for_uploads(tmp_path: Path) -> AbstractContextManager[ServerProcess]:
     write_model(tmp_path, "mlp", mlp_model())
-    budget = [
+    return running_server(
+        tmp_path,
+        "--workers",
+        "2",
         "--http-max-buffered-bytes",
         str(100 * MiB),
         "--http-max-request-bytes",
         str(40 * MiB),
-    ]
-    with running_server(tmp_path, "--workers", "2", *budget) as server:
+    )
+
+
+def test_http_uploads_are_refused_only_past_the_servers_budget(tmp_path: Path) -> None:
+    with _two_workers_with_100_mib_for_uploads(tmp_path) as server:
         # three 30 MiB uploads: two of them share a worker, over half the budget (a split
         # budget refused that one); the server holds 90 of its 100 MiB
         holders = [_declare(server, 30 * MiB) for _ in range(3)]
@@ -84,14 +91,7 @@ def test_http_uploads_are_refused_only_past_the_servers_budget(tmp_path: Path) -
 
 
 def test_the_bytes_a_killed_worker_held_go_back_to_the_server(tmp_path: Path) -> None:
-    write_model(tmp_path, "mlp", mlp_model())
-    budget = [
-        "--http-max-buffered-bytes",
-        str(100 * MiB),
-        "--http-max-request-bytes",
-        str(40 * MiB),
-    ]
-    with running_server(tmp_path, "--workers", "2", *budget) as server:
+    with _two_workers_with_100_mib_for_uploads(tmp_path) as server:
         holders = [_declare(server, 15 * MiB) for _ in range(6)]  # 90 of the 100 MiB
         time.sleep(0.5)
         assert [_answered(holder) for holder in holders] == [b""] * 6

@@ -43,8 +43,8 @@ def test_a_replaced_worker_starts_with_nothing_leased(tmp_path: Path) -> None:
 
 
 def _lease_one_byte_at_a_time(
-    folder: Path, slot: int, attempts: int, granted: multiprocessing.Queue
-) -> None:  # type: ignore[type-arg]
+    folder: Path, slot: int, attempts: int, granted: multiprocessing.Queue[int]
+) -> None:
     pool = SharedBytePool(folder, "race", 4, slot, 1000)
     granted.put(sum(pool.lease(1) for _ in range(attempts)))
     pool.close()
