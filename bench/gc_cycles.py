@@ -132,6 +132,7 @@ def main() -> None:
         "serve",
         *loopback_arguments(workdir / "repo", ports),
         "--no-drift",
+        *("--workers", "1"),  # the collector of the one serving process is what it watches
         *args.extra.split(),
     ]
     with log.open("wb") as log_file:

@@ -1,6 +1,9 @@
 """Python models, ensembles and BLS: what the code around a model costs in ferry.
 
     python -m bench.python_models [--seconds S] [--parts identity ensemble bls] [--workers N]
+        [--serve-args=...]
+
+Every part serves with `ferry serve --workers N` (0, the server's default: one per CPU).
 
 identity  A Python model that returns its input (FP32 [16], dynamic batching, one instance) at
           concurrency 64 over HTTP (wrk) and gRPC (h2load), served by ferry and by the real
@@ -145,7 +148,7 @@ def load(http_url: str, model: str, body: Path, seconds: float) -> dict[str, flo
 
 
 def identity_part(
-    folder: Path, seconds: float, rounds: int = 2, workers: int = 1, serve_args: str = ""
+    folder: Path, seconds: float, rounds: int = 2, workers: int = 0, serve_args: str = ""
 ) -> dict[str, Any]:
     """ferry (`--workers workers`: the model's owner runs its one instance process, or with
     `serve_args` --no-shared-batching each worker its own) vs the real Triton
@@ -310,9 +313,10 @@ def pipeline_repository(folder: Path) -> Path:
 
 
 def ensemble_part(
-    repository: Path, folder: Path, seconds: float, rounds: int = 3
+    repository: Path, folder: Path, seconds: float, flags: list[str], rounds: int = 3
 ) -> dict[str, Any]:
-    """encoder_text (tokenizer -> encoder -> label) vs the encoder fed token ids, c=64. The two
+    """encoder_text (tokenizer -> encoder -> label) vs the encoder fed token ids, c=64, on
+    `ferry serve` with `flags`. The two
     measurements alternate (`rounds` each, best kept): this shared machine's speed drifts within
     seconds, and one pair measured once can read anywhere from 0.6 to 1.3 x. Each round also
     records the server's CPU per 1,000 requests, and the run ends with how many rows each step's
@@ -328,7 +332,7 @@ def ensemble_part(
     steps = ("encoder_tokenize", "encoder", "encoder_label")
     tries: dict[str, list[dict[str, Any]]] = {model: [] for model in bodies}
     results: dict[str, Any] = {}
-    with running_server(repository, "--no-drift") as server:
+    with running_server(repository, "--no-drift", *flags) as server:
         for model, body in bodies.items():
             load(server.http_url, model, body, 1.0)  # warm-up
         step_rows = dict.fromkeys(steps, (0, 0))  # (rows, executions) in encoder_text's rounds
@@ -383,8 +387,9 @@ def ensemble_part(
     return results
 
 
-def bls_part(repository: Path, requests: int = 300) -> dict[str, Any]:
-    """µs per BLS call (latency slope over K calls per request) and a direct client call."""
+def bls_part(repository: Path, flags: list[str], requests: int = 300) -> dict[str, Any]:
+    """µs per BLS call (latency slope over K calls per request) and a direct client call, on
+    `ferry serve` with `flags`."""
     import tritonclient.http as httpclient
 
     from tests.support.server_process import running_server
@@ -402,7 +407,7 @@ def bls_part(repository: Path, requests: int = 300) -> dict[str, Any]:
         return float(np.percentile(np.array(times[requests // 10 :]) * 1e6, 50))
 
     results: dict[str, Any] = {}
-    with running_server(repository, "--no-drift") as server:
+    with running_server(repository, "--no-drift", *flags) as server:
         client = httpclient.InferenceServerClient(server.http_url)
         for calls in (0, 20, 0, 20):  # interleaved: the machine's speed drifts
             results.setdefault(f"bls_loop K={calls} p50_us", []).append(
@@ -427,12 +432,15 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
     parser.add_argument(
-        "--workers", type=int, default=1, help="ferry serve --workers (identity part)"
+        "--workers",
+        type=int,
+        default=0,
+        help="ferry serve --workers (0, the server's default: one per CPU; 1: one process)",
     )
     parser.add_argument(
         "--serve-args",
         default="",
-        help="extra `ferry serve` flags (identity part), e.g. --serve-args=--no-shared-batching",
+        help="extra `ferry serve` flags, e.g. --serve-args=--no-shared-batching",
     )
     parser.add_argument(
         "--parts",
@@ -450,10 +458,11 @@ def main() -> None:
         )
     if "ensemble" in args.parts or "bls" in args.parts:
         repository = pipeline_repository(folder)
+        flags = ["--workers", str(args.workers), *args.serve_args.split()]
         if "ensemble" in args.parts:
-            report["ensemble"] = ensemble_part(repository, folder, args.seconds)
+            report["ensemble"] = ensemble_part(repository, folder, args.seconds, flags)
         if "bls" in args.parts:
-            report["bls"] = bls_part(repository)
+            report["bls"] = bls_part(repository, flags)
     (ARTIFACTS / "python_models.json").write_text(json.dumps(report, indent=2))
 
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from bench.models import MLP_FEATURES, build_repository
 from bench.triton_reference import running_triton, unavailable_reason
+from server.workers.count import auto_workers
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 TRITON_MLP_REQS = 15_900  # Triton 2.51, KServe v2 JSON, c=64, same kind of machine (issue #2)
@@ -359,8 +360,9 @@ def serve(
     module: str = "ferry",
 ) -> tuple[subprocess.Popen[bytes], str, str, str]:
     """`ferry serve` (`python -m MODULE serve`) on free ports; from the source tree `source` when
-    given (its packages first on sys.path), else from this one. Returns the process and the HTTP,
-    gRPC and metrics addresses."""
+    given (its packages first on sys.path), else from this one; one process (`--workers 1`)
+    unless `extra` names --workers, so A/B runs of two trees compare the same mode. Returns the
+    process and the HTTP, gRPC and metrics addresses."""
     from tests.support.server_process import ServerProcess, free_port, wait_until_live
 
     ports = [free_port() for _ in range(3)]
@@ -373,6 +375,7 @@ def serve(
             module,
             "serve",
             *loopback_arguments(repo, ports),
+            *([] if "--workers" in extra else ["--workers", "1"]),
             *extra,
         ],
         stdout=log,
@@ -560,8 +563,9 @@ def main() -> None:
     parser.add_argument(
         "--workers",
         type=int,
-        default=1,
-        help="`ferry serve --workers N`: serving processes sharing the ports (rows 'ferryxN')",
+        default=0,
+        help="`ferry serve --workers N`: serving processes sharing the ports (rows 'ferryxN'); "
+        "0, the server's default: one per CPU (on one CPU, or with 1: one process, rows 'ferry')",
     )
     parser.add_argument(
         "--worker-threads",
@@ -571,22 +575,23 @@ def main() -> None:
         "so each of N workers takes CPUs / N threads (ferry's default for such configs)",
     )
     args = parser.parse_args()
+    workers = args.workers or auto_workers()
     repo, payload_dir = prepare_artifacts()
     served_repo = repo if args.worker_threads == "config" else without_thread_counts(repo)
     report: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "load_average_1m_at_start": os.getloadavg()[0]},
-        "workers": args.workers,
+        "workers": workers,
         "models": {},
     }
     protocols = ("http-binary", "http-json", "grpc")
-    label = "ferry" if args.workers == 1 else f"ferryx{args.workers}"
+    label = "ferry" if workers == 1 else f"ferryx{workers}"
     process, http_url, grpc_url, metrics_url = serve(
         served_repo,
         [
             "--no-drift",
             "--loop-lag-probe",
             "--workers",
-            str(args.workers),
+            str(workers),
             *args.serve_args.split(),
         ],
     )

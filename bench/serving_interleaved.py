@@ -8,7 +8,9 @@ in different phases. Here each round measures, per protocol, one server right af
 rounds' ratios is printed with every round's.
 
     python -m bench.serving_interleaved [--rounds 6] [--seconds 6] [--concurrency 64]
-        [--serve-args="--workers 2"]
+        [--workers N] [--serve-args="--no-shared-batching"]
+
+ferry runs with `--workers N`: 0 (the server's default) is one worker per CPU; 1 is one process.
 
 Needs wrk, h2load and the nvidia-pytriton tritonserver (`make triton-server`).
 """
@@ -31,6 +33,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=6.0, help="per measurement")
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument(
+        "--workers", type=int, default=0, help="ferry serve --workers (0, its default: one per CPU)"
+    )
     parser.add_argument("--serve-args", default="", help="extra `ferry serve` flags")
     args = parser.parse_args()
     missing = unavailable_reason()
@@ -40,7 +45,9 @@ def main() -> None:
     payloads = write_payloads("mlp", payload_dir)
     header_length = (payload_dir / "mlp.bin.len").read_text()
     ferry, ferry_http, ferry_grpc, _ = serve(
-        repo, ["--no-drift", *args.serve_args.split()], log_name="serve-interleaved.log"
+        repo,
+        ["--no-drift", "--workers", str(args.workers), *args.serve_args.split()],
+        log_name="serve-interleaved.log",
     )
     try:
         with running_triton(repo, ["mlp"]) as triton:

@@ -280,14 +280,14 @@ def serve(
             help="Serving processes sharing the HTTP and gRPC ports (SO_REUSEPORT), so protocol "
             "work uses every core; they behave as one server (statistics, metrics, model "
             "control, client shared memory, log and trace settings, readiness, drain, the "
-            "response cache). 0: one "
-            "per CPU this process may use (affinity and cgroup quota), at most 8. 1: a single "
-            "process, as before. Each model is loaded and batched by one worker, its owner, "
-            "unless --no-shared-batching; one drift evaluator serves every worker; trace and "
-            "request-log sampling count the server's requests.",
+            "response cache). 0 (the default): one per CPU this process may use (affinity and "
+            "cgroup quota), at most 8; a single process on one CPU. 1: a single process, which "
+            "holds less memory and serves stateful sequences faster. Each model is loaded and "
+            "batched by one worker, its owner, unless --no-shared-batching; one drift evaluator "
+            "serves every worker; trace and request-log sampling count the server's requests.",
             min=0,
         ),
-    ] = 1,
+    ] = 0,
     shared_batching: Annotated[
         bool,
         typer.Option(

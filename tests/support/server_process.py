@@ -105,11 +105,14 @@ def running_server(
     """Run `ferry serve --model-repository REPO ...` on free loopback ports for a `with` block.
 
     `cwd`: where `python -m ferry` starts (its packages come first on sys.path: a benchmark runs
-    another checkout of ferry this way). FERRY_TEST_WORKERS=N runs every such server with
-    `--workers N` (unless the test names --workers itself); flags after N go with it
-    (FERRY_TEST_WORKERS="2 --no-shared-batching": each worker runs its own copy of every model)."""
-    workers = os.environ.get(WORKERS_ENV, "")
-    if workers and "--workers" not in extra_args:
+    another checkout of ferry this way). Servers run `--workers 1` (one process) unless the test
+    names --workers itself; FERRY_TEST_WORKERS=N runs them with `--workers N` instead, and flags
+    after N go with it (FERRY_TEST_WORKERS="2 --no-shared-batching": each worker runs its own
+    copy of every model)."""
+    # the tests were written against one process: it serves them unless they or
+    # FERRY_TEST_WORKERS name --workers (ferry serve's own default is one worker per CPU)
+    workers = os.environ.get(WORKERS_ENV, "") or "1"
+    if "--workers" not in extra_args:
         extra_args = (*extra_args, "--workers", *workers.split())
     http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - outlives this frame, closed below
