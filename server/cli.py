@@ -281,10 +281,11 @@ def serve(
             "work uses every core; they behave as one server (statistics, metrics, model "
             "control, client shared memory, log and trace settings, readiness, drain, the "
             "response cache). 0 (the default): one per CPU this process may use (affinity and "
-            "cgroup quota), at most 8; a single process on one CPU. 1: a single process, which "
-            "holds less memory and serves stateful sequences faster. Each model is loaded and "
-            "batched by one worker, its owner, unless --no-shared-batching; one drift evaluator "
-            "serves every worker; trace and request-log sampling count the server's requests.",
+            "cgroup quota), at most 8; a single process on one CPU or with a port of 0. 1: a "
+            "single process, which holds less memory and serves stateful sequences faster. "
+            "Each model is loaded and batched by one worker, its owner, unless "
+            "--no-shared-batching; one drift evaluator serves every worker; trace and "
+            "request-log sampling count the server's requests.",
             min=0,
         ),
     ] = 0,
@@ -496,7 +497,8 @@ def serve(
         http_body_timeout_secs=http_body_timeout_secs,
         http_keepalive_timeout_secs=http_keepalive_timeout_secs,
         allow_client_shm=allow_client_shm,
-        workers=workers or auto_workers(),
+        # workers share fixed ports: with a port left to the kernel (0), one process serves
+        workers=workers or (auto_workers() if 0 not in (http_port, grpc_port) else 1),
         shared_batching=shared_batching,
         default_max_batch_size=default_max_batch_size,
         drift_enabled=drift,

@@ -53,3 +53,12 @@ def test_the_default_is_one_worker_per_cpu_and_1_is_one_process(
     assert _started_settings(tmp_path, monkeypatch, []).workers == auto_workers()
     assert _started_settings(tmp_path, monkeypatch, ["--workers", "0"]).workers == auto_workers()
     assert _started_settings(tmp_path, monkeypatch, ["--workers", "1"]).workers == 1
+
+
+def test_a_port_left_to_the_kernel_serves_in_one_process_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers share fixed ports: `--http-port 0` (or gRPC's) with the default is one process,
+    where an explicit `--workers 2` is refused (test_check_settings.py)."""
+    for port in ("--http-port", "--grpc-port"):
+        assert _started_settings(tmp_path, monkeypatch, [port, "0"]).workers == 1
