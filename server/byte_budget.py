@@ -74,11 +74,12 @@ class Allowance:
         return False
 
     def narrow(self, held: int) -> None:
-        """Give back what is idle past one chunk (when `granted - held` passed `spare_limit`)."""
+        """Give back what is idle past one chunk. Called only once `granted - held` passed
+        `spare_limit`, which takes a pool (alone, idle bytes never pass it)."""
+        assert self.pool is not None
         surplus = self.granted - held - self.chunk
-        if self.pool is not None and surplus > 0:
-            self.granted -= surplus
-            self.pool.give_back(surplus)
+        self.granted -= surplus
+        self.pool.give_back(surplus)
 
     def server_held(self, held: int) -> int:
         """The bytes the server holds, for messages: `held` alone, else every worker's leases."""

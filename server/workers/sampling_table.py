@@ -16,16 +16,12 @@ values. A key that finds the table full keeps a counter of its own worker (logge
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import logging
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 from server.sampling import REQUEST_LOG_KEY, LocalCounter, SampleCounter, Step, trace_key
-from server.workers.mapped_file import map_integers
+from server.workers.mapped_file import LockedIntegers
 
 logger = logging.getLogger("ferry.workers")
 
@@ -48,22 +44,8 @@ class SamplingTable:
 
     def __init__(self, folder: Path, entries: int = ENTRIES) -> None:
         self._entries = entries
-        # kept open: the lock is an flock of this descriptor
-        self._descriptor = os.open(folder / SAMPLING_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            self._map, self._fields = map_integers(self._descriptor, entries * _FIELDS)
-        except BaseException:
-            os.close(self._descriptor)
-            raise
+        self._table = LockedIntegers(folder / SAMPLING_FILE, entries * _FIELDS)
         self._full_warned = False
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[memoryview]:
-        fcntl.flock(self._descriptor, fcntl.LOCK_EX)
-        try:
-            yield self._fields
-        finally:
-            fcntl.flock(self._descriptor, fcntl.LOCK_UN)
 
     def _find(self, fields: memoryview, hashed: int) -> int | None:
         """The entry of `hashed`, or the empty entry where it goes; None when the table is full
@@ -82,7 +64,7 @@ class SamplingTable:
     def update(self, hashed: int, initial: tuple[int, int], step: Step) -> bool | None:
         """`step` on the entry of `hashed` (from `initial` when it is new or restarted); None
         when the table is full without it."""
-        with self._locked() as fields:
+        with self._table.locked() as fields:
             base = self._find(fields, hashed)
             if base is None:
                 if not self._full_warned:
@@ -107,16 +89,14 @@ class SamplingTable:
         global setting's change replaces every model's sampler too: all trace counters)."""
         keep = key_hash(REQUEST_LOG_KEY)
         only = key_hash(trace_key(model)) if model else None
-        with self._locked() as fields:
+        with self._table.locked() as fields:
             for base in range(0, self._entries * _FIELDS, _FIELDS):
                 hashed = fields[base]
                 if hashed != 0 and hashed != keep and (only is None or hashed == only):
                     fields[base + 1] = _RESTARTED
 
     def close(self) -> None:
-        self._fields.release()
-        self._map.close()
-        os.close(self._descriptor)
+        self._table.close()
 
 
 class SharedCounter:
