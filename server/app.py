@@ -46,7 +46,7 @@ from server.settings import DriftEvaluator, ModelControlMode, ServerSettings
 from server.shared_memory import SharedMemoryManager
 from server.trace_settings import TraceSettings
 from server.tracing import Tracer
-from server.workers.byte_pool import SharedBytePool
+from server.workers.byte_pool import SharedBytePool, SharedCachePool
 from server.workers.count import model_cpu_threads
 from server.workers.handoff import Adopt, ConnectionHandoff, MovesCollector
 from server.workers.link import WorkerLink
@@ -170,6 +170,20 @@ def _budget_pools(
     )
 
 
+def _response_cache(settings: ServerSettings) -> ResponseCache | None:
+    """The response cache (None: no --cache-config); in a worker of `--workers N`, leasing its
+    bytes from the server's pool (server/response_cache.py), mapped until the process exits."""
+    size = settings.cache.size_bytes
+    if not size:
+        return None
+    if settings.worker_control is None:
+        return ResponseCache(size)
+    folder = settings.worker_control.parent
+    return ResponseCache(
+        size, SharedCachePool(folder, settings.workers, settings.worker_slot, size)
+    )
+
+
 def _operations(
     settings: ServerSettings, cache: ResponseCache | None, log_control: LogControl | None
 ) -> tuple[Operations, SamplingTable | None]:
@@ -193,8 +207,7 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
     from monitoring import build_monitors
 
     repository_ref: list[ModelRepository] = []
-    # a worker's size is its share of the server's (server/workers/budgets.py)
-    cache = ResponseCache(settings.cache.size_bytes) if settings.cache.size_bytes else None
+    cache = _response_cache(settings)
     monitors = build_monitors(
         pending_requests=lambda: repository_ref[0].pending_request_counts(),
         sequence_counts=lambda: repository_ref[0].sequence_counts(),

@@ -1,19 +1,17 @@
-"""The server-wide budgets of `ferry serve` that are split between the workers of `--workers N`.
+"""The server-wide budget of `ferry serve` that is split between the workers of `--workers N`.
 
 A limit a user sets for the server must bound the server, not each of its processes. The bytes
-requests may hold buffered over HTTP and gRPC are one pool that the workers lease from
-(server/workers/byte_pool.py): one request may take all of it. Two budgets are split instead,
-each worker getting 1/N (at least 1): gRPC connections (`--grpc-max-connections`), which the
-kernel spreads over the workers evenly, so the server reaches its limit within a few
-connections' difference; and the response cache's size, whose entries live in one worker's
-memory (a cached response must fit in one worker's share)."""
+requests may hold buffered over HTTP and gRPC, and the response cache's size, are pools that the
+workers lease from (server/workers/byte_pool.py): one request, or one worker's cached answers,
+may take all of it. One budget is split instead, each worker getting 1/N (at least 1): gRPC
+connections (`--grpc-max-connections`), which the kernel spreads over the workers evenly, so the
+server reaches its limit within a few connections' difference."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
-from server.response_cache import CacheSettings
 from server.settings import ServerSettings
 
 
@@ -32,5 +30,4 @@ def worker_budgets(settings: ServerSettings) -> dict[str, Any]:
             grpc,
             max_connections=_share(grpc.max_connections, workers),
         ),
-        "cache": CacheSettings(settings.cache.size_bytes // workers),
     }

@@ -10,9 +10,10 @@ has exited: its requests are gone with it.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from server.workers.mapped_file import LockedIntegers
+from server.workers.mapped_file import LockedIntegers, map_integers
 
 
 class SharedBytePool:
@@ -40,3 +41,32 @@ class SharedBytePool:
 
     def close(self) -> None:
         self._leases.close()
+
+
+class SharedCachePool(SharedBytePool):
+    """The response cache's bytes (`--cache-config local,size=`) leased by the workers, with a
+    claim per worker: the bytes a worker under its fair share could not lease, which asks the
+    workers above their share to give theirs back (server/response_cache.py). Each worker writes
+    its own claim only, so a claim needs no lock; a replaced worker's claim is zeroed."""
+
+    def __init__(self, folder: Path, workers: int, slot: int, capacity: int) -> None:
+        super().__init__(folder, "cache", workers, slot, capacity)
+        self._others = [other for other in range(workers) if other != slot]
+        descriptor = os.open(folder / "budget-cache-claims", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self._claims_map, self._claims = map_integers(descriptor, workers)
+        finally:
+            os.close(descriptor)
+        self._claims[slot] = 0
+
+    def claim(self, size: int) -> None:
+        self._claims[self.slot] = size
+
+    def claimed_by_others(self) -> bool:
+        claims = self._claims
+        return any(claims[other] for other in self._others)
+
+    def close(self) -> None:
+        self._claims.release()
+        self._claims_map.close()
+        super().close()

@@ -1,10 +1,9 @@
 """One server's numbers from every worker's: Triton statistics and Prometheus families, merged;
 and the client shared memory regions every worker holds, as one list.
 
-Counters, durations and histograms add up; a few gauges take the minimum or maximum instead (a
-model is ready only where every worker has it ready; a load took as long as the slowest), or the
-mean (each worker's cache holds 1/N of the server's size: the mean of their fill ratios is the
-server's)."""
+Counters, durations, histograms and most gauges add up (each worker's `nv_cache_util` is its
+part of the server's cache size); a few gauges take the minimum or maximum instead (a model is
+ready only where every worker has it ready; a load took as long as the slowest)."""
 
 from __future__ import annotations
 
@@ -21,7 +20,6 @@ _CUMULATIVE_KINDS = frozenset({"counter", "histogram", "summary"})
 _MIN_FAMILIES = frozenset(
     {"ferry_model_ready", "process_start_time_seconds", "ferry_drift_p_value"}
 )
-_MEAN_FAMILIES = frozenset({"nv_cache_util"})
 _MAX_FAMILIES = frozenset(
     {
         "nv_model_load_duration_secs",
@@ -130,22 +128,13 @@ def merge_wire(per_worker: Iterable[list[WireFamily]]) -> list[WireFamily]:
             for sample_name, labels, value in samples:
                 key = (sample_name, tuple(sorted(labels.items())))
                 if key not in merged:
-                    merged[key] = [sample_name, labels, value, 1]  # 1: workers that sent it
+                    merged[key] = [sample_name, labels, value]
                 elif combine is None:
                     merged[key][2] += value
-                    merged[key][3] += 1
                 else:
                     merged[key][2] = combine(merged[key][2], value)
     return [
-        (
-            name,
-            documentation,
-            kind,
-            [
-                (s[0], s[1], s[2] / s[3] if name in _MEAN_FAMILIES else s[2])
-                for s in merged.values()
-            ],
-        )
+        (name, documentation, kind, [(s[0], s[1], s[2]) for s in merged.values()])
         for name, (documentation, kind, merged) in families.items()
     ]
 

@@ -1,20 +1,24 @@
-"""`ferry serve --workers 2`: the buffered-bytes budgets bound the server, not each worker.
-Whichever worker the kernel gives each connection, uploads are refused only past the server's
-`--http-max-buffered-bytes`, and one gRPC message may use the whole
-`--grpc-max-buffered-request-bytes` (split budgets refused both: half the budget per worker)."""
+"""`ferry serve --workers 2`: the buffered-bytes budgets and the response cache's size bound the
+server, not each worker. Whichever worker the kernel gives each connection, uploads are refused
+only past the server's `--http-max-buffered-bytes`, one gRPC message may use the whole
+`--grpc-max-buffered-request-bytes`, and one worker may fill the whole cache (split budgets
+refused or evicted: half the budget per worker)."""
 
 from __future__ import annotations
 
 import socket
 import time
+import urllib.request
 from contextlib import AbstractContextManager
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from server.response_cache import response_bytes
 from tests.support.onnx_models import mlp_model, run_reference, write_model
 from tests.support.server_process import ServerProcess, running_server
 from tests.support.workers import restart_a_worker
@@ -134,3 +138,38 @@ def test_one_grpc_message_may_use_the_servers_whole_budget(tmp_path: Path, trans
             assert refused.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
         finally:
             client.close()
+
+
+def test_the_cached_models_owner_holds_the_servers_whole_cache(tmp_path: Path) -> None:
+    """`--cache-config local,size=` bounds the server, not each worker: the owner of the one
+    cached model keeps as many answers as a single server (a size split in two kept half of
+    them: the repeats missed), and the merged gauges count each entry once."""
+    write_model(
+        tmp_path,
+        "cached",
+        mlp_model(4, 8, 3, input_name="x", output_name="y"),
+        "max_batch_size: 8\nresponse_cache { enable: true }\n",
+    )
+    answers = 6
+    size = answers * response_bytes({"y": np.zeros((1, 3), np.float32)})
+    flags = ("--workers", "2", "--cache-config", f"local,size={size}")
+    with (
+        running_server(tmp_path, *flags) as server,
+        httpclient.InferenceServerClient(server.http_url) as client,
+    ):
+        for _ in range(2):  # misses, then hits
+            for value in range(answers):
+                tensor = httpclient.InferInput("x", [1, 4], "FP32")
+                tensor.set_data_from_numpy(np.full((1, 4), value, np.float32))
+                client.infer("cached", [tensor])
+        stats = client.get_inference_statistics("cached")["model_stats"][0]["inference_stats"]
+        with urllib.request.urlopen(server.metrics_url) as response:
+            gauges = {
+                line.split(" ")[0]: float(line.split(" ")[1])
+                for line in response.read().decode().splitlines()
+                if line.startswith("nv_cache_") and "{" not in line
+            }
+    assert (stats["cache_miss"]["count"], stats["cache_hit"]["count"]) == (answers, answers)
+    assert gauges["nv_cache_num_entries"] == answers
+    assert gauges["nv_cache_num_evictions"] == 0
+    assert gauges["nv_cache_util"] == pytest.approx(1.0)

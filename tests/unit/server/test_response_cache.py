@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -15,6 +17,7 @@ from server.response_cache import (
     uses_response_cache,
 )
 from server.types import InferenceRequest, RequestedOutput
+from server.workers.byte_pool import SharedCachePool
 
 
 def request(
@@ -76,6 +79,73 @@ def test_lru_eviction_keeps_the_cache_within_its_size() -> None:
     assert totals["num_evictions"] == 3 and totals["num_entries"] == 2
     assert totals["num_lookups"] == totals["num_hits"] + totals["num_misses"]
     assert 0 < totals["util"] <= 1
+
+
+def _pooled_caches(folder: Path, entries: int, workers: int = 2) -> list[ResponseCache]:
+    """The caches of `workers` workers sharing a size of `entries` one-row responses, each with
+    its real pool file (server/workers/byte_pool.py), as `ferry serve --workers N` builds them."""
+    size = entries * response_bytes(outputs(1))
+    return [
+        ResponseCache(size, SharedCachePool(folder, workers, slot, size)) for slot in range(workers)
+    ]
+
+
+def test_one_worker_may_fill_the_servers_whole_cache(tmp_path: Path) -> None:
+    """The owner of the one cached model holds as many entries as a single server would (a
+    1/N split held half)."""
+    owner, other = _pooled_caches(tmp_path, 4)
+    for key in (b"a", b"b", b"c", b"d"):
+        assert owner.insert(key, outputs(1))
+    assert len(owner) == 4 and owner.used_bytes == owner.size_bytes
+    assert owner.insert(b"e", outputs(1))  # full: its least recently used entry goes
+    assert owner.lookup(b"a") is None and len(owner) == 4
+    assert owner.totals()["util"] == 1.0 and other.totals()["util"] == 0.0
+    assert owner.insert(b"big", outputs(5))  # most of the whole size in one response
+    assert len(owner) == 1
+
+
+def test_a_worker_under_its_share_gets_it_back_from_one_past_it(tmp_path: Path) -> None:
+    first, second = _pooled_caches(tmp_path, 4)
+    for key in (b"a", b"b", b"c", b"d"):
+        assert first.insert(key, outputs(1))
+    assert not second.insert(b"x", outputs(1))  # first holds every byte: second claims room
+    assert first.lookup(b"d") is not None  # first's next use gives back what is past its share
+    assert len(first) == 2 and first.lookup(b"a") is None  # its least recently used went
+    assert second.insert(b"x", outputs(1)) and second.insert(b"y", outputs(1))
+    assert first.lookup(b"d") is not None and len(first) == 2  # no claim stands: it keeps 2
+    # both at their share: a full pool makes room among each worker's own entries
+    assert second.insert(b"z", outputs(1)) and second.lookup(b"x") is None
+    assert first.insert(b"e", outputs(1)) and len(first) == 2
+    assert first.used_bytes + second.used_bytes <= first.size_bytes
+
+
+def test_a_worker_past_its_share_does_not_claim(tmp_path: Path) -> None:
+    """A worker that already holds its share makes room among its own entries rather than
+    taking the others' share from them."""
+    first, second = _pooled_caches(tmp_path, 4)
+    assert first.insert(b"a", outputs(1)) and first.insert(b"b", outputs(1))
+    for key in (b"x", b"y"):
+        assert second.insert(key, outputs(1))
+    assert first.insert(b"c", outputs(1))  # the pool is full: evicts its own a
+    assert first.lookup(b"a") is None and len(first) == 2
+    assert second.lookup(b"x") is not None and len(second) == 2  # untouched
+
+
+def test_a_replaced_worker_starts_with_no_cache_bytes_or_claim(tmp_path: Path) -> None:
+    survivor, killed = _pooled_caches(tmp_path, 4)
+    assert survivor.insert(b"a", outputs(1))
+    for key in (b"x", b"y", b"z"):
+        assert killed.insert(key, outputs(1))
+    assert killed._pool is not None
+    killed._pool.claim(1)  # it died claiming room
+    size = survivor.size_bytes
+    replacement = ResponseCache(size, SharedCachePool(tmp_path, 2, 1, size))
+    for key in (b"b", b"c", b"d"):
+        assert survivor.insert(key, outputs(1))  # the dead worker's bytes are free again
+    assert len(survivor) == 4  # and no stale claim made it give any back
+    assert not replacement.insert(b"x", outputs(1))  # the survivor holds every byte
+    assert survivor.lookup(b"d") is not None and len(survivor) == 2  # gives back past its share
+    assert replacement.insert(b"x", outputs(1))
 
 
 def test_cached_outputs_are_private_read_only_copies() -> None:

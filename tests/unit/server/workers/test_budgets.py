@@ -1,5 +1,5 @@
-"""The server-wide budgets split between the workers: the shares add up to at most the whole;
-the buffered bytes are not split."""
+"""The server-wide budget split between the workers (gRPC connections): the shares add up to at
+most the whole; the buffered bytes and the response cache's size are not split."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def test_each_worker_gets_its_share_of_the_servers_budgets() -> None:
     # the buffered bytes are one pool the workers lease from (test_byte_pool.py)
     assert worker.grpc_limits.max_buffered_request_bytes == 3000
     assert worker.http_max_buffered_bytes == 1000
-    assert worker.cache.size_bytes == 300
+    assert worker.cache.size_bytes == 900  # a pool too (test_response_cache.py)
     # what is not a server-wide budget stays as it is
     assert worker.grpc_limits.max_concurrent_streams == settings.grpc_limits.max_concurrent_streams
     assert worker.http_max_request_bytes == settings.http_max_request_bytes
@@ -34,4 +34,3 @@ def test_a_single_process_keeps_its_settings_and_no_share_is_zero() -> None:
     assert worker_budgets(ServerSettings(Path("repo"), workers=1)) == {}
     tiny = ServerSettings(Path("repo"), workers=4, grpc_limits=GrpcLimits(max_connections=2))
     assert worker_budgets(tiny)["grpc_limits"].max_connections == 1
-    assert worker_budgets(tiny)["cache"].size_bytes == 0  # no cache stays no cache

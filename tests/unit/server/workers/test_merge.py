@@ -103,15 +103,16 @@ def test_families_sum_counters_and_histograms_and_combine_gauges() -> None:
     assert "# TYPE nv_inference_request_success counter" in text
 
 
-def test_the_cache_fill_ratio_is_the_mean_of_the_workers() -> None:
-    """Each worker's cache holds 1/N of the server's size: the server is as full as the mean."""
+def test_the_cache_fill_ratio_adds_up_over_the_workers() -> None:
+    """Each worker reports its part of the server's cache size: the server is as full as the
+    sum (server/response_cache.py)."""
     merged = merge_families(
         [
             wire_families([family("nv_cache_util", "gauge", [("nv_cache_util", {}, util)])])
-            for util in (0.5, 1.0, 0.0)
+            for util in (0.25, 0.5, 0.0)
         ]
     )
-    assert "nv_cache_util 0.5\n" in render(merged).decode()
+    assert "nv_cache_util 0.75\n" in render(merged).decode()
 
 
 def test_a_series_only_one_worker_has_is_kept() -> None:
