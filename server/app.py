@@ -42,7 +42,7 @@ from server.repository import ModelRepository
 from server.request_log import ModelEventLog, RequestLog
 from server.response_cache import ResponseCache
 from server.sampling import local_counter
-from server.settings import DriftEvaluator, ModelControlMode, ServerSettings
+from server.settings import DriftEvaluator, GrpcTransport, ModelControlMode, ServerSettings
 from server.shared_memory import SharedMemoryManager
 from server.trace_settings import TraceSettings
 from server.tracing import Tracer
@@ -167,6 +167,18 @@ def _budget_pools(
         SharedBytePool(
             folder, "grpc", workers, slot, settings.grpc_limits.max_buffered_request_bytes
         ),
+    )
+
+
+def _grpc_connection_pool(settings: ServerSettings) -> SharedBytePool | None:
+    """In a worker of `--workers N` on ferry's gRPC transport: `--grpc-max-connections` as a pool
+    of connections every worker leases from (one unit each), so the server, not each worker,
+    holds at most that many (grpcio counts them in grpc core: split, server/workers/budgets.py)."""
+    if settings.worker_control is None or settings.grpc_transport != GrpcTransport.FERRY:
+        return None
+    folder, workers, slot = settings.worker_control.parent, settings.workers, settings.worker_slot
+    return SharedBytePool(
+        folder, "grpc-connections", workers, slot, settings.grpc_limits.max_connections
     )
 
 
@@ -347,6 +359,7 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
                 reuse_port=settings.reuse_port,
                 mover=handoff,
                 budget_pool=grpc_pool,
+                connection_pool=_grpc_connection_pool(settings),
             )
             await grpc_server.start()
         for index, server in enumerate(http_servers):

@@ -358,11 +358,13 @@ def create_grpc_server(
     reuse_port: bool = False,
     mover: ConnectionMover | None = None,
     budget_pool: LeasePool | None = None,
+    connection_pool: LeasePool | None = None,
 ) -> GrpcServer:
     """Both services on the chosen transport with `limits`, bound to host:port once started; the
     restricted API groups (`--grpc-restricted-protocol`) behind their metadata keys; TLS when
     given; connections moved to their models' owner by `mover` (ferry's transport only); under
-    `--workers N`, the buffered request bytes leased from the workers' `budget_pool`."""
+    `--workers N`, the buffered request bytes leased from the workers' `budget_pool`, and on
+    ferry's transport each connection from their `connection_pool` (`--grpc-max-connections`)."""
     limits = limits or GrpcLimits()
     if transport == GrpcTransport.GRPCIO:
         return cast(
@@ -394,6 +396,7 @@ def create_grpc_server(
         reuse_port,
         mover,
         budget_pool,
+        connection_pool,
     )
 
 

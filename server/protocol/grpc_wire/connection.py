@@ -23,6 +23,7 @@ from typing import Any, Protocol, cast
 
 import hpack
 
+from server.byte_budget import LeasePool
 from server.connection_moves import GRPC, ConnectionMover
 from server.protocol.grpc_wire import frames as f
 from server.protocol.grpc_wire.guard import CalmDown, ConnectionGuard
@@ -70,6 +71,7 @@ class ConnectionOwner(Protocol):
     budget: RequestBudget
     connections: set[GrpcConnection]
     mover: ConnectionMover | None
+    connection_pool: LeasePool | None  # --workers N: the server's --grpc-max-connections
 
     @property
     def inflate_executor(self) -> Executor: ...
@@ -126,6 +128,7 @@ class GrpcConnection(asyncio.Protocol):
         self.sent_data = False  # HEADERS or DATA sent since the last ping (gRPC's ping policy)
         self.progress_frames = 0  # streams opened and DATA frames sent: what window updates follow
         self.age_deadline: float | None = None
+        self.counted = False  # within --grpc-max-connections (leased from the pool, if any)
         self.grace_deadline: float | None = None
         if limits.max_connection_age_ms:  # gRPC's ±10 % jitter spreads reconnections
             age_s = limits.max_connection_age_ms / 1000 * random.uniform(0.9, 1.1)
@@ -142,13 +145,19 @@ class GrpcConnection(asyncio.Protocol):
             if self.movable and self._moved(self.mover):
                 return
             self.mover.opened()
-        if len(self.server.connections) >= self.limits.max_connections:
+        pool = self.server.connection_pool
+        if (
+            len(self.server.connections) >= self.limits.max_connections
+            if pool is None
+            else not pool.lease(1)  # the server's count, across its workers
+        ):
             self.abort_connection(
                 f.ENHANCE_YOUR_CALM,
                 f"too many connections (limit {self.limits.max_connections}, "
                 "--grpc-max-connections)",
             )
             return
+        self.counted = True
         self.server.connections.add(self)
         self.write(
             f.settings_frame(
@@ -180,6 +189,10 @@ class GrpcConnection(asyncio.Protocol):
             self.mover.closed()
             self.mover = None
         self.server.connections.discard(self)
+        if self.counted:
+            self.counted = False
+            if self.server.connection_pool is not None:
+                self.server.connection_pool.give_back(1)
         for stream in list(self.streams.values()):
             self.discard(stream)
             if stream.task is not None:

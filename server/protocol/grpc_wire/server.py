@@ -35,6 +35,7 @@ class GrpcWireServer:
         reuse_port: bool = False,
         mover: ConnectionMover | None = None,
         budget_pool: LeasePool | None = None,
+        connection_pool: LeasePool | None = None,
     ) -> None:
         self.routes = routes
         # --workers N --shared-batching: a connection may move to its models' owner when
@@ -48,6 +49,8 @@ class GrpcWireServer:
         # large compressed messages inflate here, off the event loop (zlib releases the GIL)
         self.inflate_executor = ThreadPoolExecutor(INFLATE_THREADS, "grpc-inflate")
         self.connections: set[GrpcConnection] = set()
+        # --workers N: the server's --grpc-max-connections, one unit leased per connection
+        self.connection_pool = connection_pool
         self._listener: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()

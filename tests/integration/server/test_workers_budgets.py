@@ -18,6 +18,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from server.protocol.grpc_wire import frames
 from server.response_cache import response_bytes
 from tests.support.onnx_models import mlp_model, run_reference, write_model
 from tests.support.server_process import ServerProcess, running_server
@@ -173,3 +174,45 @@ def test_the_cached_models_owner_holds_the_servers_whole_cache(tmp_path: Path) -
     assert gauges["nv_cache_num_entries"] == answers
     assert gauges["nv_cache_num_evictions"] == 0
     assert gauges["nv_cache_util"] == pytest.approx(1.0)
+
+
+def _grpc_connection(server: ServerProcess) -> socket.socket:
+    """An HTTP/2 connection to the gRPC port that has sent its preface and SETTINGS."""
+    sock = socket.create_connection(("127.0.0.1", server.grpc_port), timeout=10)
+    sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frames.settings_frame({}))
+    return sock
+
+
+def _first_frame_type(sock: socket.socket) -> int:
+    """The type of the first frame the server sent (SETTINGS: taken; GOAWAY: refused)."""
+    header = b""
+    while len(header) < 9:
+        chunk = sock.recv(9 - len(header))
+        assert chunk, "closed before a frame"
+        header += chunk
+    return header[3]
+
+
+def test_grpc_connections_are_counted_for_the_server(tmp_path: Path) -> None:
+    """On ferry's transport `--grpc-max-connections` bounds the server: 6 connections fit a limit
+    of 6 however the kernel spreads them over two workers (a split limit, 3 each, refused one
+    whenever they spread 4-2 or worse), the 7th is refused, and a closed one frees its place."""
+    write_model(tmp_path, "mlp", mlp_model())
+    with running_server(tmp_path, "--workers", "2", "--grpc-max-connections", "6") as server:
+        taken = [_grpc_connection(server) for _ in range(6)]
+        assert [_first_frame_type(sock) for sock in taken] == [frames.SETTINGS] * 6
+        refused = _grpc_connection(server)
+        assert _first_frame_type(refused) == frames.GOAWAY
+        refused.close()
+        taken.pop().close()
+        deadline = time.monotonic() + 5
+        while True:  # the worker that held it hears of the close at its next loop turn
+            again = _grpc_connection(server)
+            kind = _first_frame_type(again)
+            if kind == frames.SETTINGS or time.monotonic() > deadline:
+                break
+            again.close()
+            time.sleep(0.1)
+        assert kind == frames.SETTINGS, "no place came free"
+        for sock in [*taken, again]:
+            sock.close()

@@ -1,5 +1,7 @@
-"""The server-wide budget split between the workers (gRPC connections): the shares add up to at
-most the whole; the buffered bytes and the response cache's size are not split."""
+"""The server-wide budget split between the workers (gRPC connections on the grpcio transport):
+the shares add up to at most the whole; the buffered bytes, the response cache's size and ferry's
+own gRPC transport's connections are pools, not split (test_byte_pool.py,
+test_response_cache.py, tests/integration/server/test_workers_budgets.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import dataclasses
 from pathlib import Path
 
 from server.response_cache import CacheSettings
-from server.settings import GrpcLimits, ServerSettings
+from server.settings import GrpcLimits, GrpcTransport, ServerSettings
 from server.workers.budgets import worker_budgets
 
 
@@ -15,6 +17,7 @@ def test_each_worker_gets_its_share_of_the_servers_budgets() -> None:
     settings = ServerSettings(
         Path("repo"),
         workers=3,
+        grpc_transport=GrpcTransport.GRPCIO,  # grpc core counts its connections per process
         grpc_limits=GrpcLimits(max_connections=128, max_buffered_request_bytes=3000),
         http_max_buffered_bytes=1000,
         cache=CacheSettings(900),
@@ -32,5 +35,16 @@ def test_each_worker_gets_its_share_of_the_servers_budgets() -> None:
 
 def test_a_single_process_keeps_its_settings_and_no_share_is_zero() -> None:
     assert worker_budgets(ServerSettings(Path("repo"), workers=1)) == {}
-    tiny = ServerSettings(Path("repo"), workers=4, grpc_limits=GrpcLimits(max_connections=2))
+    tiny = ServerSettings(
+        Path("repo"),
+        workers=4,
+        grpc_transport=GrpcTransport.GRPCIO,
+        grpc_limits=GrpcLimits(max_connections=2),
+    )
     assert worker_budgets(tiny)["grpc_limits"].max_connections == 1
+
+
+def test_ferrys_grpc_transport_leases_connections_from_the_server() -> None:
+    settings = ServerSettings(Path("repo"), workers=3, grpc_limits=GrpcLimits(max_connections=9))
+    assert settings.grpc_transport == GrpcTransport.FERRY
+    assert worker_budgets(settings) == {}  # each worker sees the server's 9
