@@ -185,10 +185,19 @@ class DataPlane:
         return self.repository.get(name, version).config
 
     async def statistics(self, name: str = "", version: str = "") -> list[dict[str, Any]]:
-        """Triton's statistics: this process's, or every worker's added up."""
-        local = self.local_statistics(name, version)  # unknown models fail here, as before
+        """Triton's statistics: this process's, or every worker's added up. Under `--workers N`
+        a model that any worker serves has statistics whichever worker is asked: while it
+        loads, its owner may already answer its requests (and its readiness) while this worker
+        still waits for the owner's verdict."""
         if self.cluster is None:
-            return local
+            return self.local_statistics(name, version)  # unknown models fail here
+        try:
+            self.local_statistics(name, version)
+        except ServingError:
+            merged = await self.cluster.statistics(name, version)
+            if not merged:  # no worker serves it: the single process's answer
+                raise
+            return merged
         return await self.cluster.statistics(name, version)
 
     def local_statistics_or_none(self, name: str, version: str) -> list[dict[str, Any]]:

@@ -26,6 +26,7 @@ from server.trace_settings import TraceSetting, TraceSettings
 from server.tracing import Tracer
 from server.workers.hub import ControlHub
 from server.workers.link import WorkerLink
+from tests.support.onnx_models import mlp_model, write_model
 from tests.support.shared_memory import ClientRegion, client_region
 
 
@@ -175,5 +176,26 @@ def test_log_and_trace_settings_reach_every_worker_and_a_later_one() -> None:
             assert c_plane.trace_settings("") == a_plane.trace_settings("")
             assert c_plane.ops.trace_snapshot() == a_plane.ops.trace_snapshot()
             assert c_plane.ops.request_context
+
+    run(scenario)
+
+
+def test_statistics_answer_from_the_workers_that_serve_the_model() -> None:
+    """While a model loads it may be ready in its owner (after its warmup) and not yet in
+    another worker: a statistics call that reaches the other answers the server's figures, not
+    "not available"; a model that no worker serves is refused in the single process's words."""
+
+    async def scenario(region: ClientRegion) -> None:
+        async with workers(2) as group:
+            (_, owner), (_, other) = await group.join(), await group.join()
+            write_model(group.repository, "m", mlp_model())
+            await owner.repository.load("m")  # on the owner only, as during a load
+            try:
+                assert [entry["name"] for entry in await other.statistics("m")] == ["m"]
+                with pytest.raises(ServingError) as unknown:
+                    await other.statistics("nothing")
+                assert unknown.value.message == "requested model 'nothing' is not available"
+            finally:
+                await owner.repository.close()
 
     run(scenario)
