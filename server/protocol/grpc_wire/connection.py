@@ -267,12 +267,7 @@ class GrpcConnection(asyncio.Protocol):
             self.flush_blocked_needed = False
             self.flush_blocked()
         if self.recv_unacked >= CONNECTION_WINDOW // 2:
-            self.write(f.window_update(0, self.recv_unacked))
-            self.recv_window += self.recv_unacked
-            self.recv_unacked = 0
-            # as in gRPC core (chttp2's FlushWindowUpdates resets the ping clock): a client
-            # uploading a large message pings (BDP) while we answer only with window updates
-            self.sent_data = True
+            self.announce_connection_window()
         if self.backlog:  # other connections get their turn before the rest of this read
             self.update_reading()
             self.loop.call_soon(self.process_backlog)
@@ -661,6 +656,18 @@ class GrpcConnection(asyncio.Protocol):
         self.settle_sent_data()
         self.guard.ping(self.now, bool(self.streams))
         self.write(f.frame(f.PING, f.ACK, 0, payload))
+        if self.recv_unacked:  # gRPC core announces the window with any write it makes
+            self.announce_connection_window()
+
+    def announce_connection_window(self) -> None:
+        """Give back the connection window taken in so far. As in gRPC core (chttp2's
+        FlushWindowUpdates, which also goes out with any other write, a ping's ACK included),
+        it resets the ping clock: a client that pings while it uploads (BDP probes) is not
+        striking while its data still arrives."""
+        self.write(f.window_update(0, self.recv_unacked))
+        self.recv_window += self.recv_unacked
+        self.recv_unacked = 0
+        self.sent_data = True
 
     def settle_sent_data(self) -> None:
         """Tell the guard if HEADERS or DATA went out since it last asked (a flag on the hot

@@ -440,3 +440,25 @@ def test_pings_during_a_large_upload_are_not_strikes() -> None:
         await client.close()
 
     serve(scenario)
+
+
+def test_pings_between_small_parts_of_an_upload_are_not_strikes() -> None:
+    """gRPC core also sends the connection WINDOW_UPDATE with any other write, a ping's ACK
+    included, so pings between parts of an upload far under 32 MiB reset the strikes too
+    (two 96 MiB messages from grpcio got GOAWAY too_many_pings once, in a loaded suite)."""
+    part = 1024 * 1024
+
+    async def scenario(server: GrpcWireServer, service: EchoService, url: str) -> None:
+        client = await H2Attacker.connect(url)
+        body = request(b"x" * (8 * part), sleep_s=30).SerializeToString()
+        message = b"\0" + len(body).to_bytes(4, "big") + body
+        client.send(client.headers(1, grpc_fields(), False))
+        for start in range(0, len(message), part):  # 9 pings: 8 strikes without the resets
+            client.send(frames.frame(frames.PING, 0, 0, bytes(8)))
+            end_stream = start + part >= len(message)
+            assert await client.send_flow_controlled(1, message[start : start + part], end_stream)
+        assert await client.wait_until(service.started.is_set, 10)
+        assert client.outcome.goaway is None and not client.outcome.closed
+        await client.close()
+
+    serve(scenario)
