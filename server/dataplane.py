@@ -191,14 +191,10 @@ class DataPlane:
         still waits for the owner's verdict."""
         if self.cluster is None:
             return self.local_statistics(name, version)  # unknown models fail here
-        try:
+        merged = await self.cluster.statistics(name, version)
+        if not merged and name:  # no worker serves it: the single process's answer
             self.local_statistics(name, version)
-        except ServingError:
-            merged = await self.cluster.statistics(name, version)
-            if not merged:  # no worker serves it: the single process's answer
-                raise
-            return merged
-        return await self.cluster.statistics(name, version)
+        return merged
 
     def local_statistics_or_none(self, name: str, version: str) -> list[dict[str, Any]]:
         """This worker's part of a gathered statistics call ([] where it lacks the model)."""
