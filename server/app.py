@@ -262,7 +262,11 @@ async def serve(settings: ServerSettings, log_control: LogControl | None = None)
     dataplane.sequence_owners = sequences
     if settings.shared_batching and sequences is not None:  # one worker loads each model
         dataplane.shared_batching = True
-        repository.placement = OwnerPlacement(sequences.call_owner, sequences.model_owner)
+        repository.placement = OwnerPlacement(
+            sequences.call_owner,
+            sequences.model_owner,
+            None if settings.worker_control is None else settings.worker_control.parent,
+        )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

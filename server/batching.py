@@ -36,7 +36,7 @@ from server.fault_isolation import (
 )
 from server.padding import PaddingPlan
 from server.repository_format import ModelConfig
-from server.runtimes import RequestRuntime, Runtime
+from server.runtimes import RequestRuntime, Runtime, SharedExecutionOutcomes
 from server.types import InferenceRequest
 
 TIMEOUT_ACTION_DELAY = 1  # ModelQueuePolicy.TimeoutAction.DELAY
@@ -199,7 +199,9 @@ class Batcher:
         self.policy = policy
         self.output_names = list(output_names)
         self._runtimes = list(runtimes)
-        self._free = list(runtimes)
+        # the batches an instance may hold at once: one, or more for an instance whose process
+        # runs together what waits for it (server/runtimes/python/stub.py)
+        self._free = [r for r in runtimes for _ in range(getattr(r, "concurrent_batches", 1))]
         self._executor = ThreadPoolExecutor(len(runtimes), thread_name_prefix=f"ferry-{name}")
         self._on_batch = on_batch
         # requests of different sizes in the padded dims share batches (server/padding.py)
@@ -448,6 +450,8 @@ class Batcher:
             raise ServingError(
                 ErrorKind.INTERNAL, f"{len(outcomes)} outcomes for a batch of {len(batch)}"
             )
+        if isinstance(outcomes, SharedExecutionOutcomes):  # its execution's size
+            return outcomes, (0.0, t1 - t0, 0.0), outcomes.rows
         return outcomes, (0.0, t1 - t0, 0.0), sum(p.rows for p in batch)
 
     def _execute(
@@ -551,11 +555,15 @@ class Batcher:
                     pending.future.set_result((per_request[index], timing))
 
         self._deliver_in_order(sequence, deliver)
-        if self._on_batch is not None:
+        requests = len(batch)
+        if isinstance(per_request, SharedExecutionOutcomes):
+            # one execution with other workers' batches: reported once, by one of them
+            requests = per_request.requests if per_request.reports else 0
+        if self._on_batch is not None and requests:
             self._on_batch(
                 BatchResult(
                     rows or sum(p.rows for p in batch),
-                    len(batch),
+                    requests,
                     t_in,
                     t_infer,
                     t_out,

@@ -41,7 +41,7 @@ from server.repository_format import (
     is_valid_model_name,
     read_config,
 )
-from server.runtimes import RuntimeContext
+from server.runtimes import RuntimeContext, SharedInstances
 from server.schedulers import Scheduler
 from server.sequence import SequenceBatcher
 from server.services import InferenceServices
@@ -65,6 +65,12 @@ class Placement(Protocol):
     async def verdict(self, model: str, version: str, control_seq: int) -> Verdict:
         """How the owner's load of the version ended in control call `control_seq` (or
         later): (state, reason, `served_digest` of the version it serves)."""
+
+    def shared_instances(
+        self, model: str, version: str, config: ModelConfig, digest: str
+    ) -> SharedInstances | None:
+        """How the version's instance processes are shared across workers (run in the owner,
+        attached to elsewhere), or None when they are not (`digest`: its served_digest)."""
 
 
 READY, UNAVAILABLE, LOADING, UNLOADING = "READY", "UNAVAILABLE", "LOADING", "UNLOADING"
@@ -440,6 +446,10 @@ class ModelRepository:
             version_path = source_dir / str(number)
             placement = self.placement
             remote = placement.remote(name, str(number), prepared.config) if placement else None
+            sharing = None  # its instance processes, when the workers share them
+            if placement is not None and remote is None:  # this worker owns it
+                digest = served_digest(signature)
+                sharing = placement.shared_instances(name, str(number), prepared.config, digest)
             if remote is not None:  # another worker loads and runs it (--shared-batching)
                 assert placement is not None
                 state, reason, served = await placement.verdict(name, str(number), self.control_seq)
@@ -455,6 +465,9 @@ class ModelRepository:
                         ModelEventRecord(name, str(number), UNAVAILABLE, reason=reason)
                     )
                     continue
+                # (named by the digest the owner loaded: a model may write into its folder)
+                sharing = placement.shared_instances(name, str(number), prepared.config, served)
+            if remote is not None and sharing is None:  # requests go to the owner whole
                 new_versions[number] = remote_version(
                     name, number, prepared.config, version_path, remote, started, signature
                 )
@@ -462,8 +475,10 @@ class ModelRepository:
                 created.append(new_versions[number])
                 continue
             try:
+                # (with `sharing`, the owner's instance processes: this worker's batcher
+                # attaches to them, the owner's starts them)
                 context = RuntimeContext(
-                    asyncio.get_running_loop(), self.services, self.cpu_threads
+                    asyncio.get_running_loop(), self.services, self.cpu_threads, sharing
                 )
                 instances, warmup = await load_warm_instances(
                     name, number, prepared.config, version_path, context

@@ -287,6 +287,9 @@ async def load_warm_instances(
     """Load a version's instances (off the event loop) and run its warmup on each; a failure
     releases the instances and raises."""
     instances = await asyncio.to_thread(create_instances, config, version_path, context)
+    sharing = context.shared_instances if context is not None else None
+    if sharing is not None and sharing.attach:  # the owner warmed the processes up
+        return instances, []
     try:
         samples = warmup_samples(config, version_path.parent)
         if not samples:

@@ -7,6 +7,7 @@ imports onnxruntime or tensorrt at module level and the TensorRT runtime costs n
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -60,15 +61,47 @@ class RequestRuntime(Protocol):
         """Release the instance from the event loop (finalize, then stop)."""
 
 
+class SharedExecutionOutcomes(list[Any]):
+    """A RequestRuntime's outcomes of a batch that its instance ran in one execution together
+    with other workers' batches (SharedInstances): `rows` and `requests` of that whole
+    execution, and whether this batch `reports` it. Exactly one batch of an execution reports
+    it, so the executions the workers count add up to the model's."""
+
+    def __init__(self, outcomes: list[Any], rows: int, requests: int, reports: bool) -> None:
+        super().__init__(outcomes)
+        self.rows, self.requests, self.reports = rows, requests, reports
+
+
+@dataclass(frozen=True)
+class SharedInstances:
+    """Under `ferry serve --workers N` with shared batching, a Python model's instance
+    processes run in its owner worker and take batches from every worker's batcher, running
+    the batches that wait for them together in one `execute` (server/runtimes/python/stub.py).
+    `folder`: where their sockets are (the supervisor's private folder); `key`: names the
+    version (model, version, digest of its files and config); `attach`: this worker connects
+    to the owner's processes instead of starting them."""
+
+    folder: Path
+    key: str
+    attach: bool
+
+    def socket_path(self, instance_index: int) -> Path:
+        """Where instance `instance_index`'s process takes other workers' connections."""
+        digest = hashlib.blake2s(self.key.encode(), digest_size=8).hexdigest()
+        return self.folder / f"py-{digest}-{instance_index}.sock"
+
+
 @dataclass(frozen=True)
 class RuntimeContext:
     """What an instance may need beyond its config and files: the event loop it is served on,
-    the server's inference entry (models that call models), and the CPU threads a runtime's
-    pool may take when the config names none (0: the runtime's own default, every core)."""
+    the server's inference entry (models that call models), the CPU threads a runtime's
+    pool may take when the config names none (0: the runtime's own default, every core), and
+    whether its processes are shared across workers."""
 
     loop: asyncio.AbstractEventLoop | None = None
     services: InferenceServices | None = None
     cpu_threads: int = 0
+    shared_instances: SharedInstances | None = None
 
 
 class RuntimeFactory(Protocol):

@@ -15,6 +15,15 @@ model (for a sequence model: every sequence, with its state and slot), and a req
 The owner counts the executions (batches), the worker that took the request counts the request:
 the supervisor's sums are a single server's numbers. While the owner restarts, the model's
 requests on the other workers fail with UNAVAILABLE (they have no instance to run them on).
+
+A Python model (default scheduler, not decoupled, no response cache) runs differently: its
+instance processes still start once, in the owner, but every worker loads the version with a
+batcher of its own whose instances attach to those processes (SharedInstances,
+server/runtimes/__init__.py). A request then crosses to the model's process and back, not to
+the owner and back as well: each crossing costs a wake-up of another process, which on a
+two-core machine was most of such a model's cost. The batches that wait for a process when it
+is free run together in one `execute` (up to max_batch_size rows), so the model sees the
+batches one batcher would form, and exactly one worker counts each execution.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +40,8 @@ from server.batching import RequestTiming
 from server.errors import ServingError, WorkerGone
 from server.inflight import InFlight
 from server.repository_format import ModelConfig
+from server.response_cache import uses_response_cache
+from server.runtimes import SharedInstances
 from server.schedulers import DEFAULT_CHOICE, Scheduler, scheduling_choice
 from server.types import InferenceRequest
 
@@ -45,6 +57,36 @@ OWNER_RETRY_S = 0.05
 Tensors = Mapping[str, np.ndarray]
 Submission = tuple[str, str, Tensors | None, int, int, int, InferenceRequest | None]
 Call = Callable[[int, dict[str, Any]], Awaitable[Any]]
+
+
+def shares_instances(config: ModelConfig) -> bool:
+    """Whether --shared-batching shares this model's instance processes across workers
+    instead of sending its requests to the owner: a Python model on the default scheduler,
+    neither decoupled (its responses stream from the owner) nor cached (the owner's cache
+    holds its answers), whose batches form when an instance is free (no dynamic batching, or
+    dynamic batching without a queue delay, preferred sizes, priorities or queue policies:
+    what the model's process runs together then is what one batcher would have formed;
+    those settings need one queue that sees every request)."""
+    return (
+        (config.platform or config.backend) == "python"
+        and scheduling_choice(config) == DEFAULT_CHOICE
+        and not config.model_transaction_policy.decoupled
+        and not uses_response_cache(config)
+        and _batches_when_free(config)
+    )
+
+
+def _batches_when_free(config: ModelConfig) -> bool:
+    if not config.HasField("dynamic_batching"):
+        return True
+    batching = config.dynamic_batching
+    return (
+        batching.max_queue_delay_microseconds == 0
+        and all(size == config.max_batch_size for size in batching.preferred_batch_size)
+        and batching.priority_levels == 0
+        and not batching.HasField("default_queue_policy")
+        and not batching.priority_queue_policy
+    )
 
 
 def runs_in_owner(config: ModelConfig) -> bool:
@@ -101,8 +143,11 @@ class RemoteScheduler:
 class OwnerPlacement:
     """The repository's placement under --shared-batching (server/repository.py Placement)."""
 
-    def __init__(self, call: Call, owner_of: Callable[[str], int | None]) -> None:
+    def __init__(
+        self, call: Call, owner_of: Callable[[str], int | None], folder: Path | None = None
+    ) -> None:
         self._call, self._owner_of = call, owner_of
+        self._folder = folder  # the supervisor's private folder: shared instances' sockets
 
     def owns(self, model: str) -> bool:
         return self._owner_of(model) is None
@@ -114,6 +159,16 @@ class OwnerPlacement:
         if owner is None or not runs_in_owner(config):
             return None
         return RemoteScheduler(self._call, owner, model, version)
+
+    def shared_instances(
+        self, model: str, version: str, config: ModelConfig, digest: str
+    ) -> SharedInstances | None:
+        """The owner starts the instance processes of a model that `shares_instances`, the
+        other workers attach to them; None for any other model."""
+        if self._folder is None or not shares_instances(config):
+            return None
+        attach = self._owner_of(model) is not None
+        return SharedInstances(self._folder, f"{model}/{version}/{digest}", attach)
 
     async def verdict(self, model: str, version: str, control_seq: int) -> tuple[str, str, str]:
         """How the owner's load of this version ended in control call `control_seq` (the one

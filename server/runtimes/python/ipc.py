@@ -221,7 +221,7 @@ INIT = "init"  # (INIT, settings dict): the first message; the process answers R
 EXECUTE = "execute"  # (EXECUTE, batch_id, [request payload, ...])
 CALL_RESULT = "call_result"  # (CALL_RESULT, call_id, result) answers a CALL
 CALL_STREAM = "call_stream"  # (CALL_STREAM, call_id, response payload | None, final)
-FINALIZE = "finalize"  # (FINALIZE,)
+FINALIZE = "finalize"  # (FINALIZE,); the process also sends it to the workers attached to it
 # model process -> server
 READY = "ready"  # (READY,) initialize returned
 FAILED = "failed"  # (FAILED, message) initialize raised

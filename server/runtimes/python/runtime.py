@@ -10,6 +10,13 @@ through the called model's scheduler like any request.
 A process that dies fails its in-flight requests with a clear error and is started again (its
 `initialize` runs again); the server and the other instances never notice. `aclose` runs the
 model's `finalize` and waits for the process to exit.
+
+Under `ferry serve --workers N` (shared batching) the instance's process runs in the model's
+owner worker and listens for the other workers (SharedInstances, server/runtimes/__init__.py);
+there, the instance attaches to that process instead of starting one: it sends its worker's
+batches and gets their answers, and when the process goes away (a crash, the owner's restart)
+it fails its in-flight requests and connects again once the owner has started it again. Model
+control and BLS calls only ever come from the owner's channel.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import json
 import logging
 import signal
 import socket
+import struct
 import subprocess
 import uuid
 from asyncio.subprocess import Process
@@ -31,7 +39,7 @@ import numpy as np
 
 from server.errors import ErrorKind, ServingError
 from server.repository_format import ModelConfig, config_to_json
-from server.runtimes import RuntimeContext
+from server.runtimes import RuntimeContext, SharedExecutionOutcomes
 from server.runtimes.python import ipc
 from server.runtimes.python.calls import SEQUENCE_END, SEQUENCE_START, ModelCalls, parameters_of
 from server.runtimes.python.config import (
@@ -49,6 +57,9 @@ logger = logging.getLogger(__name__)
 FINALIZE_TIMEOUT_S = 30.0  # finalize may release resources; then the process is killed
 EXIT_TIMEOUT_S = 5.0
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+ATTACH_TIMEOUT_S = 30.0  # the owner answered READY: its process listens already
+REATTACH_WAIT_S = 10.0  # requests wait this long for the owner's process to come back
+REATTACH_RETRY_S = 0.05
 
 
 class PythonRuntime:
@@ -104,16 +115,29 @@ class PythonRuntime:
         self._start_error = ""  # why the latest (re)start failed
         self._restarter: asyncio.Task[None] | None = None
         self._closing = False
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result()
+        sharing = context.shared_instances
+        # where the process takes other workers' batches (its owner's side), or where this
+        # instance sends its own (the other workers' side)
+        self._shared_path = None if sharing is None else str(sharing.socket_path(instance_index))
+        self._attached = sharing is not None and sharing.attach
+        # a shared process runs the batches that wait for it together: with a second batch of
+        # each worker waiting there while one runs, it finds what one batcher would have formed
+        # (with one, the workers' batches would only take turns)
+        self.concurrent_batches = 1 if sharing is None else 2
+        self._connection = 0  # the latest connection to the owner's process (attached)
+        self._owner_unloading = False  # that process said it is finalizing (attached)
+        start = self._attach(ATTACH_TIMEOUT_S) if self._attached else self._start()
+        asyncio.run_coroutine_threadsafe(start, self._loop).result()
 
     # --- process lifecycle ---------------------------------------------------------------------
 
     async def _start(self) -> None:
         """Spawn the process, connect the channel, run `initialize`; raise if it fails."""
         parent_sock, child_sock = socket.socketpair()
+        listen = () if self._shared_path is None else ("--listen", self._shared_path)
         try:
             process = await asyncio.create_subprocess_exec(
-                *stub_command("--fd", str(child_sock.fileno())),
+                *stub_command("--fd", str(child_sock.fileno()), *listen),
                 pass_fds=[child_sock.fileno()],
                 env=stub_environment(),
                 stdin=subprocess.DEVNULL,
@@ -152,6 +176,85 @@ class PythonRuntime:
             raise ServingError(ErrorKind.INTERNAL, f"Internal: {error}")
         self._start_error = ""
         self._running.set()
+
+    # --- an instance attached to its owner worker's process -------------------------------------
+
+    async def _attach(self, timeout_s: float) -> None:
+        """Connect to the owner's process of this instance; raise when it does not listen
+        within `timeout_s`."""
+        assert self._shared_path is not None
+        deadline = self._loop.time() + timeout_s
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                await self._loop.sock_connect(sock, self._shared_path)
+                break
+            except OSError as exc:
+                sock.close()
+                if self._closing or self._loop.time() >= deadline:
+                    raise ServingError(
+                        ErrorKind.UNAVAILABLE,
+                        f"the process of Python model instance '{self.instance_name}' in its "
+                        f"owner worker is not running ({exc.strerror or exc})",
+                    ) from exc
+                await asyncio.sleep(REATTACH_RETRY_S)
+        self._connection += 1
+        number = self._connection
+        pid = _peer_pid(sock)
+        _, channel = await self._loop.connect_accepted_socket(
+            lambda: _Channel(
+                self._on_message, lambda: self._on_detached(number, pid), self._shm_prefix
+            ),
+            sock=sock,
+        )
+        self._channel = channel
+        self._start_error = ""
+        self._running.set()
+        self._attempt_done.set()
+        logger.info(
+            "Python model instance '%s' attached to its process in the owner worker",
+            self.instance_name,
+        )
+
+    def _on_detached(self, number: int, pid: int) -> None:
+        """The owner's process closed this instance's connection: it crashed, or its worker
+        stopped, or the model is unloading there."""
+        if number != self._connection or self._closing:  # (an older connection's)
+            return
+        self._running.clear()
+        self._channel = None
+        if self._owner_unloading:  # this worker unloads the version too (the same call)
+            self._start_error = "the model is unloading in its owner worker"
+            self._attempt_done.set()
+            self._fail_in_flight(ServingError(ErrorKind.UNAVAILABLE, "the model is unloading"))
+            return
+        self._attempt_done.clear()
+        message = (  # (the owner, its parent, says how it ended)
+            f"Python model instance '{self.instance_name}' (pid {pid}) went away in the "
+            "model's owner worker; its in-flight requests failed and it is being restarted"
+        )
+        logger.error("%s", message)
+        self._fail_in_flight(ServingError(ErrorKind.INTERNAL, message))
+        ipc.sweep_segments(self._shm_prefix)
+        if self._restarter is None or self._restarter.done():
+            self._restarter = self._loop.create_task(self._reattach())
+
+    async def _reattach(self) -> None:
+        """Connect again once the owner has started the process again. Requests wait for the
+        first REATTACH_WAIT_S, then fail (UNAVAILABLE) until it is back."""
+        try:
+            await self._attach(REATTACH_WAIT_S)
+            return
+        except ServingError as exc:
+            self._start_error = exc.message
+            self._attempt_done.set()
+        while not self._closing:
+            try:
+                await self._attach(REATTACH_WAIT_S)
+                return
+            except ServingError as exc:
+                self._start_error = exc.message
 
     def _on_lost(self, process: Process) -> None:
         """The channel closed: the process exited or was killed."""
@@ -248,6 +351,8 @@ class PythonRuntime:
                     self.instance_name,
                     len(self._streams),
                 )
+        if self._attached and self._channel is not None:
+            self._channel.close()  # (the owner's process finalizes when the owner unloads it)
         if self._process is not None:
             await self._stop_process(self._process, finalize=True)
         self._fail_in_flight(ServingError(ErrorKind.UNAVAILABLE, "the model is unloading"))
@@ -278,21 +383,36 @@ class PythonRuntime:
                 stream = ResponseStream()
                 self._streams[(batch_id, index)] = stream
                 streams.append(stream)
-        channel.send((ipc.EXECUTE, batch_id, [self._payload(r) for r in requests]))
         try:
-            result = await future
+            channel.send((ipc.EXECUTE, batch_id, [self._payload(r) for r in requests]))
+        except ServingError:  # the process has just gone; its channel is not closed yet
+            self._batches.pop(batch_id, None)
+            for index in range(len(streams)):
+                self._streams.pop((batch_id, index), None)
+            raise ServingError(
+                ErrorKind.UNAVAILABLE,
+                f"Python model instance '{self.instance_name}' is restarting after a crash",
+            ) from None
+        try:
+            executed = await future
         finally:
             self._batches.pop(batch_id, None)
         if self.decoupled:
             return streams
+        result = executed[2]
         if isinstance(result, str):
             error = ServingError(
                 ErrorKind.INTERNAL,
                 f"Failed to process the request(s) for model '{self.instance_name}', "
                 f"message: {result}",
             )
-            return [error] * len(requests)
-        return [_outcome(payload) for payload in result]
+            outcomes: list[Any] = [error] * len(requests)
+        else:
+            outcomes = [_outcome(payload) for payload in result]
+        if len(executed) > 3:  # run with other workers' batches: (rows, requests, reports)
+            rows, count, reports = executed[3]
+            return SharedExecutionOutcomes(outcomes, rows, count, reports)
+        return outcomes
 
     def _payload(self, request: InferenceRequest) -> tuple[Any, ...]:
         requested = (
@@ -320,7 +440,7 @@ class PythonRuntime:
         if tag == ipc.EXECUTED:
             future = self._batches.get(message[1])
             if future is not None and not future.done():
-                future.set_result(message[2])
+                future.set_result(message)
         elif tag == ipc.RESPONSE:
             self._on_response(message[1], message[2], message[3], message[4])
         elif tag == ipc.CALL:
@@ -335,6 +455,8 @@ class PythonRuntime:
             _settle(self._init_result, message[1] if tag == ipc.FAILED else "")
         elif tag == ipc.FINALIZED:
             _settle(self._finalized, message[1])
+        elif tag == ipc.FINALIZE:  # (attached) the owner's process is finalizing
+            self._owner_unloading = True
 
     def _on_response(self, batch_id: int, index: int, payload: Any, flags: int) -> None:
         key = (batch_id, index)
@@ -389,6 +511,13 @@ class _Channel(asyncio.Protocol):
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
+
+
+def _peer_pid(sock: socket.socket) -> int:
+    """The process at the other end of a connected Unix socket (Linux: SO_PEERCRED)."""
+    credentials = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid: int = struct.unpack("3i", credentials)[0]
+    return pid
 
 
 async def _exit_reason(process: Process) -> str:

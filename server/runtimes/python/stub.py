@@ -6,6 +6,12 @@ model's BLS calls); the main thread runs the model, so a blocking `exec()` insid
 for its answer while the reader keeps going. An `async def execute` runs on an event loop of its
 own thread. The process exits when the server closes the channel or asks it to finalize.
 
+With `--listen PATH` (a model whose instances other workers of `ferry serve --workers N` share),
+other workers connect at PATH and send their batches too, each read by a thread of its own. The
+batches that wait when the model is free run together in one `execute`, up to the model's
+max_batch_size in rows; each sender gets its own requests' responses, and the whole execution's
+size, which exactly one of them reports (its statistics).
+
 `--auto-complete` instead runs the model's static `auto_complete_config` on the config JSON read
 from stdin and writes the completed config JSON to stdout.
 """
@@ -15,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import importlib
 import inspect
 import itertools
@@ -63,6 +70,29 @@ def import_model(model_file: Path, version: str) -> ModuleType:
     return importlib.import_module(f"{version}.{model_file.stem}")
 
 
+class Peer:
+    """Another worker's connection (`--listen`): its socket, and a lock for whole frames."""
+
+    def __init__(self, sock: socket.socket, listen_path: str | None = None) -> None:
+        self.sock = sock
+        self.listen_path = listen_path  # other workers' batches come here once initialized
+        self.send_lock = threading.Lock()
+        self.closed = False
+
+
+class FromPeer:
+    """A message a peer sent, as it waits in ModelProcess.pending."""
+
+    __slots__ = ("message", "peer")
+
+    def __init__(self, peer: Peer, message: Any) -> None:
+        self.peer, self.message = peer, message
+
+
+# a batch to run: who sent it (None: the primary channel), its id, its request payloads
+Batch = tuple["Peer | None", int, list[Any]]
+
+
 class ModelProcess:
     """One model instance: the channel to the server and the model object.
 
@@ -75,8 +105,9 @@ class ModelProcess:
     pipe.
     """
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, listen_path: str | None = None) -> None:
         self.sock = sock
+        self.listen_path = listen_path  # other workers' batches come here once initialized
         self.send_lock = threading.Lock()
         self.frames = ipc.read_messages(sock.recv_into)
         self.pending: collections.deque[Any] = collections.deque()  # batches and control
@@ -91,6 +122,61 @@ class ModelProcess:
         self.instance_name = "model"
         self.decoupled = False
         self.model: Any = None
+        self.max_batch_size = 0
+        self.merges = False  # whether waiting batches run together (`execute_together`)
+        self.listening = False  # other workers may send batches (`listen`)
+        self.peers: list[Peer] = []
+
+    # --- other workers' connections (--listen) ---------------------------------------------
+
+    def listen(self, path: str) -> None:
+        """Take other workers' connections at `path` (a Unix socket in the server's private
+        folder; an earlier process of this instance may have left it behind)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(path)
+        listener.listen(64)
+        self.listening = True
+        threading.Thread(target=self._accept, args=(listener,), daemon=True, name="peers").start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                sock, _ = listener.accept()
+            except OSError:
+                return
+            peer = Peer(sock)
+            self.peers.append(peer)
+            threading.Thread(target=self._read_peer, args=(peer,), daemon=True).start()
+
+    def _read_peer(self, peer: Peer) -> None:
+        """Queue what a peer sends (batches) for the main thread, and wake it."""
+        try:
+            for message in ipc.read_messages(peer.sock.recv_into):
+                with self.turn:
+                    self.pending.append(FromPeer(peer, message))
+                    self.turn.notify_all()
+                os.write(self.wake_write, b".")
+        except (ipc.ChannelClosed, OSError):
+            pass
+        finally:
+            peer.closed = True
+            peer.sock.close()
+
+    def send_to(self, peer: Peer | None, message: Any) -> None:
+        """Send on the primary channel (None) or to a peer (dropped once it has gone)."""
+        if peer is None:
+            self.send(message)
+            return
+        chunks = ipc.encode(message, self.shm_prefix)
+        with peer.send_lock:
+            if peer.closed:
+                return
+            try:
+                ipc.send_frame(peer.sock, chunks)
+            except OSError:
+                peer.closed = True
 
     # --- channel ---------------------------------------------------------------------------
 
@@ -124,7 +210,9 @@ class ModelProcess:
                     self.turn.notify_all()
 
     def _read_one(self) -> None:
-        if self.loop is not None:  # a coroutine may end without a frame: watch the wake pipe too
+        # a coroutine may end without a frame, and a peer's batch arrives on another socket:
+        # watch the wake pipe too
+        if self.loop is not None or self.listening:
             sock_fd = self.sock.fileno()
             ready, _, _ = select.select([sock_fd, self.wake_read], [], [])
             if self.wake_read in ready:
@@ -233,30 +321,37 @@ class ModelProcess:
         self.shm_prefix = settings["shm_prefix"]
         self.instance_name = settings["instance_name"]
         self.decoupled = settings["decoupled"]
+        config = json.loads(settings["args"]["model_config"])
+        self.max_batch_size = int(config.get("max_batch_size", 0))
+        # batches run together only for a model with dynamic batching: without it, each
+        # request is an execution of its own, as in Triton
+        self.merges = "dynamic_batching" in config and self.max_batch_size > 0
         module = import_model(Path(settings["model_file"]), settings["version"])
         self.model = module.TritonPythonModel()
         if hasattr(self.model, "initialize"):
             self.run_coroutine(self.model.initialize(settings["args"]))
+
+    @staticmethod
+    def _request(payload: Any, key: tuple[int, int], on_send: Any) -> Any:
+        request_id, correlation_id, inputs, requested, parameters, flags = payload
+        wrap = pb_utils.Tensor._wrap
+        return pb_utils.InferenceRequest._received(
+            request_id,
+            correlation_id,
+            [wrap(name, array) for name, array in inputs],
+            set(requested),  # Triton hands the model a set
+            parameters,
+            flags,
+            (key, on_send),
+        )
 
     def execute(self, batch_id: int, payloads: list[Any]) -> None:
         senders: list[pb_utils.InferenceResponseSender] = []
         collected: dict[int, Any] = {}
         requests = []
         on_send = self.send_response if self.decoupled else _collect_into(collected)
-        wrap = pb_utils.Tensor._wrap
         for index, payload in enumerate(payloads):
-            request_id, correlation_id, inputs, requested, parameters, flags = payload
-            requests.append(
-                pb_utils.InferenceRequest._received(
-                    request_id,
-                    correlation_id,
-                    [wrap(name, array) for name, array in inputs],
-                    set(requested),  # Triton hands the model a set
-                    parameters,
-                    flags,
-                    ((batch_id, index), on_send),
-                )
-            )
+            requests.append(self._request(payload, (batch_id, index), on_send))
         if self.decoupled:  # their senders end the streams the model leaves open
             senders = [request.get_response_sender() for request in requests]
         try:
@@ -282,6 +377,75 @@ class ModelProcess:
             self.send((ipc.EXECUTED, batch_id, None))
             return
         self.send((ipc.EXECUTED, batch_id, self._responses(requests, result, collected)))
+
+    def execute_together(self, first: Batch) -> None:
+        """Run `first` with the batches that wait now, in order, while their rows fit the
+        model's max_batch_size: one `execute`, each sender answered with its own responses and
+        the execution's size (only the first batch reports it)."""
+        batches = [first, *self._waiting_batches(_rows(first[2], self.max_batch_size))]
+        if len(batches) == 1 and first[0] is None:
+            self.execute(first[1], first[2])
+            return
+        collected: dict[int, Any] = {}
+        on_send = _collect_into(collected)
+        requests: list[Any] = []
+        for _, batch_id, payloads in batches:
+            for payload in payloads:
+                requests.append(self._request(payload, (batch_id, len(requests)), on_send))
+        try:
+            result = self.run_coroutine(self.model.execute(requests))
+            answer: Any = self._responses(requests, result, collected)
+        except Exception as exc:
+            answer = error_text(exc)
+        rows = sum(_rows(payloads, self.max_batch_size) for _, _, payloads in batches)
+        start = 0
+        for index, (peer, batch_id, payloads) in enumerate(batches):
+            share = answer if isinstance(answer, str) else answer[start : start + len(payloads)]
+            start += len(payloads)
+            self.send_to(peer, (ipc.EXECUTED, batch_id, share, (rows, len(requests), index == 0)))
+
+    def _read_arrived(self) -> None:
+        """Queue the frames that have arrived on the primary channel (the peers' threads queue
+        theirs as they come), unless another thread reads it now."""
+        with self.turn:
+            if self.reading or self.closed:
+                return
+            self.reading = True
+        try:
+            while select.select([self.sock], [], [], 0)[0]:
+                message = next(self.frames)
+                if not self._dispatch(message):
+                    self.pending.append(message)
+        except (ipc.ChannelClosed, OSError):
+            self.closed = True
+        finally:
+            with self.turn:
+                self.reading = False
+                self.turn.notify_all()
+
+    def _waiting_batches(self, rows: int) -> list[Batch]:
+        """Take the batches queued now (any sender), in order, while the rows fit (none for a
+        model without dynamic batching); stop at the first that does not, or at anything
+        else."""
+        taken: list[Batch] = []
+        if not self.merges:
+            return taken
+        self._read_arrived()
+        with self.turn:
+            while self.pending:
+                item = self.pending[0]
+                peer, message = (
+                    (item.peer, item.message) if type(item) is FromPeer else (None, item)
+                )
+                if message[0] != ipc.EXECUTE:
+                    break
+                more = _rows(message[2], self.max_batch_size)
+                if rows + more > self.max_batch_size:
+                    break
+                self.pending.popleft()
+                rows += more
+                taken.append((peer, message[1], message[2]))
+        return taken
 
     def _responses(self, requests: list[Any], result: Any, collected: dict[int, Any]) -> Any:
         """The response payloads of a default-mode execute, or the error for all of them."""
@@ -322,6 +486,8 @@ class ModelProcess:
                 )
 
     def finalize(self) -> None:
+        for peer in list(self.peers):  # the model is unloading: no crash for them to report
+            self.send_to(peer, (ipc.FINALIZE,))
         error = ""
         if self.model is not None and hasattr(self.model, "finalize"):
             try:
@@ -342,11 +508,20 @@ class ModelProcess:
                 self.send((ipc.FAILED, error_text(exc)))
                 traceback.print_exc()
                 return 1
+            if self.listen_path is not None:
+                self.listen(self.listen_path)
             self.send((ipc.READY,))
             while True:
                 message = self.next_message()
-                if message[0] == ipc.EXECUTE:
+                peer = None
+                if type(message) is FromPeer:
+                    peer, message = message.peer, message.message
+                if message[0] == ipc.EXECUTE and self.listening and not self.decoupled:
+                    self.execute_together((peer, message[1], message[2]))
+                elif message[0] == ipc.EXECUTE:
                     self.execute(message[1], message[2])
+                elif peer is not None:
+                    continue  # a peer sends batches only
                 elif message[0] == ipc.FINALIZE:
                     self.finalize()
                     return 0
@@ -367,6 +542,13 @@ def _payload(response: Any, requested: set[str] | None) -> Any:
         if not requested or tensor.name() in requested
     ]
     return (outputs, None, response.parameters())
+
+
+def _rows(payloads: list[Any], max_batch_size: int) -> int:
+    """A batch's rows: each request's first input's first dimension (1 without batching)."""
+    if max_batch_size <= 0:
+        return len(payloads)
+    return sum(int(payload[2][0][1].shape[0]) if payload[2] else 1 for payload in payloads)
 
 
 def _collect_into(collected: dict[int, Any]) -> Callable[[tuple[int, int], Any, int], None]:
@@ -421,6 +603,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fd", type=int, help="the channel's socket")
     parser.add_argument("--auto-complete", type=Path, help="model.py to auto-complete")
     parser.add_argument("--version", default="1")
+    parser.add_argument("--listen", help="a Unix socket other workers send batches to")
     args = parser.parse_args(argv)
     sys.modules["triton_python_backend_utils"] = pb_utils
     # the server decides when an instance stops (it runs finalize first): a Ctrl+C or a SIGTERM
@@ -431,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.auto_complete is not None:
         return auto_complete(args.auto_complete, args.version)
     sock = socket.socket(fileno=args.fd)
-    process = ModelProcess(sock)
+    process = ModelProcess(sock, args.listen)
     pb_utils._backend = process
     code = process.serve()
     sys.stdout.flush()

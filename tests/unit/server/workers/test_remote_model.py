@@ -17,7 +17,13 @@ from server.repository import ModelEntry, ModelRepository, VersionState
 from server.repository_format import ModelConfig
 from server.settings import ModelControlMode
 from server.types import InferenceRequest
-from server.workers.remote_model import SUBMIT, OwnerPlacement, RemoteScheduler, runs_in_owner
+from server.workers.remote_model import (
+    SUBMIT,
+    OwnerPlacement,
+    RemoteScheduler,
+    runs_in_owner,
+    shares_instances,
+)
 
 
 def config(text: str) -> ModelConfig:
@@ -50,6 +56,55 @@ def test_placement_is_remote_only_where_another_worker_owns_the_model() -> None:
     assert isinstance(placement.remote("theirs", "1", streamed), RemoteScheduler)
     ensemble = config('platform: "ensemble" ensemble_scheduling {}')
     assert placement.remote("theirs", "1", ensemble) is None  # every worker runs its steps
+
+
+PYTHON = 'backend: "python" max_batch_size: 8 '
+
+
+@pytest.mark.parametrize(
+    ("text", "shared"),
+    [
+        (PYTHON + "dynamic_batching {}", True),
+        (PYTHON + "dynamic_batching { preferred_batch_size: [8] }", True),  # Triton's default
+        (PYTHON, True),  # one request per execution, as before
+        ('backend: "python" max_batch_size: 0', True),
+        # batches that need one queue to see every request stay with the owner's batcher
+        (PYTHON + "dynamic_batching { max_queue_delay_microseconds: 100 }", False),
+        (PYTHON + "dynamic_batching { preferred_batch_size: [4] }", False),
+        (PYTHON + "dynamic_batching { priority_levels: 2 default_priority_level: 1 }", False),
+        (PYTHON + "dynamic_batching { default_queue_policy { max_queue_size: 4 } }", False),
+        (PYTHON + "sequence_batching {}", False),  # the sequences' state is the owner's
+        (PYTHON + "model_transaction_policy { decoupled: true }", False),  # streams from there
+        (PYTHON + "response_cache { enable: true }", False),  # the owner's cache answers
+        ("max_batch_size: 8 dynamic_batching {}", False),  # not Python: no process to share
+    ],
+)
+def test_which_python_models_share_their_instance_processes(text: str, shared: bool) -> None:
+    assert shares_instances(config(text)) is shared
+
+
+def test_the_owner_starts_shared_processes_the_other_workers_attach(tmp_path: Path) -> None:
+    async def call(slot: int, message: dict[str, Any]) -> Any:
+        raise AssertionError("not called")
+
+    python = config(PYTHON + "dynamic_batching {}")
+    owned = OwnerPlacement(call, lambda model: None, tmp_path).shared_instances(
+        "m", "1", python, "d1"
+    )
+    elsewhere = OwnerPlacement(call, lambda model: 1, tmp_path).shared_instances(
+        "m", "1", python, "d1"
+    )
+    assert owned is not None and elsewhere is not None
+    assert (owned.attach, elsewhere.attach) == (False, True)
+    assert owned.socket_path(0) == elsewhere.socket_path(0) != owned.socket_path(1)
+    assert owned.socket_path(0).parent == tmp_path
+    # another version's files (digest): another process, so another socket
+    other = OwnerPlacement(call, lambda model: 1, tmp_path).shared_instances("m", "1", python, "d2")
+    assert other is not None and other.socket_path(0) != owned.socket_path(0)
+    # one process (no --workers folder), or a model that does not share: none
+    assert OwnerPlacement(call, lambda model: 1).shared_instances("m", "1", python, "d1") is None
+    onnx = config("max_batch_size: 8 dynamic_batching {}")
+    assert OwnerPlacement(call, lambda m: 1, tmp_path).shared_instances("m", "1", onnx, "d") is None
 
 
 def test_the_verdict_waits_for_the_owner_to_listen(monkeypatch: pytest.MonkeyPatch) -> None:

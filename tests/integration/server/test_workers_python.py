@@ -1,0 +1,137 @@
+"""`ferry serve --workers 2` (shared batching) with a Python model: its instance process starts
+once, in its owner, and the other worker attaches to it (server/runtimes/python/runtime.py), so
+the requests both workers take run in that one process, in executions that count once in the
+server's statistics; when the process is killed, the requests in flight on every worker fail
+clearly and both workers serve again once the owner has restarted it. Requests open fresh
+connections, so they reach both workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.python_models import write_batch_probe
+from tests.support.server_process import ServerProcess, running_server
+from tests.support.workers import fresh, served_by, wait_for_log
+
+pytestmark = pytest.mark.slow
+
+ATTACHED = "Python model instance 'probe_0' attached to its process in the owner worker"
+KILLED_MESSAGES = (
+    "Python model instance 'probe_0' (pid {pid}) was killed by SIGKILL; its in-flight "
+    "requests failed and it is being restarted",  # in the owner
+    "Python model instance 'probe_0' (pid {pid}) went away in the model's owner worker; its "
+    "in-flight requests failed and it is being restarted",  # in the other worker
+)
+
+
+def infer(server: ServerProcess, value: float) -> tuple[int, dict[str, Any], str]:
+    """One request on a fresh connection: (status, outputs by name or the error, its id)."""
+    request_id = f"p-{uuid.uuid4().hex[:10]}"
+    body = {
+        "id": request_id,
+        "inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [value] * 4}],
+    }
+    status, payload = fresh(f"http://{server.http_url}/v2/models/probe/infer", body)
+    answer = json.loads(payload) if payload else {}
+    if status != 200:
+        return status, answer, request_id
+    return status, {o["name"]: o["data"] for o in answer["outputs"]}, request_id
+
+
+def model_stats(server: ServerProcess) -> dict[str, Any]:
+    status, payload = fresh(f"http://{server.http_url}/v2/models/probe/stats")
+    assert status == 200, payload
+    stats: dict[str, Any] = json.loads(payload)["model_stats"][0]
+    return stats
+
+
+def test_one_process_runs_every_workers_requests_and_each_execution_counts_once(
+    tmp_path: Path,
+) -> None:
+    write_batch_probe(tmp_path, "probe", max_batch_size=8, delay_s=0.02, queue_delay_us=0)
+    with running_server(tmp_path, "--workers", "2", "--log-requests") as server:
+        wait_for_log(server, ATTACHED, 1)
+        values = [float(i) for i in range(96)]
+        with ThreadPoolExecutor(24) as pool:
+            answers = list(pool.map(lambda v: infer(server, v), values))
+        assert [status for status, _, _ in answers] == [200] * len(values)
+        for value, (_, outputs, _) in zip(values, answers, strict=True):
+            assert outputs["Y"] == [value] * 4
+        assert len({outputs["PID"][0] for _, outputs, _ in answers}) == 1  # one process
+        workers = Counter(
+            worker for worker, _ in served_by(server, [a[2] for a in answers]).values()
+        )
+        assert set(workers) == {0, 1}, workers  # both workers took requests
+        # each execution of B requests answered B of ours with BATCH = B: the statistics must
+        # hold exactly those executions, counted once whichever workers' batches they ran
+        sizes = Counter(int(outputs["BATCH"][0]) for _, outputs, _ in answers)
+        assert max(sizes) <= 8
+        executions = {size: count // size for size, count in sizes.items()}
+        assert all(count % size == 0 for size, count in sizes.items()), sizes
+        stats = model_stats(server)
+        assert stats["inference_count"] == len(values)
+        assert stats["execution_count"] == sum(executions.values())
+        batch_stats = {b["batch_size"]: b["compute_infer"]["count"] for b in stats["batch_stats"]}
+        assert batch_stats == executions
+        assert stats["inference_stats"]["success"]["count"] == len(values)
+
+
+def test_a_killed_shared_process_fails_in_flight_requests_on_every_worker_then_serves_again(
+    tmp_path: Path,
+) -> None:
+    write_batch_probe(tmp_path, "probe", max_batch_size=8, delay_s=0.3, queue_delay_us=0)
+    with running_server(tmp_path, "--workers", "2", "--log-requests") as server:
+        wait_for_log(server, ATTACHED, 1)
+        status, outputs, _ = infer(server, 1.0)
+        assert status == 200
+        first_pid = int(outputs["PID"][0])
+        errors: list[str] = []
+        stop = threading.Event()
+
+        def load() -> None:
+            value = 0.0
+            while not stop.is_set():
+                value += 1
+                status, answer, _ = infer(server, value)
+                if status != 200:
+                    errors.append(f"{status} {answer.get('error')}")
+
+        threads = [threading.Thread(target=load) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.6)
+        os.kill(first_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while True:
+            status, outputs, _ = infer(server, 2.0)
+            if status == 200 and int(outputs["PID"][0]) != first_pid:
+                break
+            assert time.monotonic() < deadline, (errors, server.log()[-3000:])
+            assert fresh(f"http://{server.http_url}/v2/health/ready")[0] == 200
+            time.sleep(0.05)
+        stop.set()
+        for thread in threads:
+            thread.join()
+        expected = {f"500 {message.format(pid=first_pid)}" for message in KILLED_MESSAGES}
+        # (a batch sent in the moment between the kill and its connection's end)
+        expected.add("503 Python model instance 'probe_0' is restarting after a crash")
+        assert errors, "the requests in flight at the kill must fail"
+        assert set(errors) <= expected, errors
+        # both workers serve again, from the new process
+        answers = [infer(server, float(i)) for i in range(30)]
+        assert all(status == 200 for status, _, _ in answers), answers
+        assert {int(outputs["PID"][0]) for _, outputs, _ in answers} != {first_pid}
+        assert len({int(outputs["PID"][0]) for _, outputs, _ in answers}) == 1
+        workers = {worker for worker, _ in served_by(server, [a[2] for a in answers]).values()}
+        assert workers == {0, 1}
