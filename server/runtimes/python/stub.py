@@ -73,9 +73,8 @@ def import_model(model_file: Path, version: str) -> ModuleType:
 class Peer:
     """Another worker's connection (`--listen`): its socket, and a lock for whole frames."""
 
-    def __init__(self, sock: socket.socket, listen_path: str | None = None) -> None:
+    def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.listen_path = listen_path  # other workers' batches come here once initialized
         self.send_lock = threading.Lock()
         self.closed = False
 
@@ -161,8 +160,11 @@ class ModelProcess:
         except (ipc.ChannelClosed, OSError):
             pass
         finally:
-            peer.closed = True
-            peer.sock.close()
+            with peer.send_lock:
+                peer.closed = True
+                peer.sock.close()
+            with contextlib.suppress(ValueError):
+                self.peers.remove(peer)
 
     def send_to(self, peer: Peer | None, message: Any) -> None:
         """Send on the primary channel (None) or to a peer (dropped once it has gone)."""
