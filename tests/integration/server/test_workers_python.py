@@ -7,6 +7,7 @@ connections, so they reach both workers."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ import pytest
 
 from tests.support.python_models import write_batch_probe
 from tests.support.server_process import ServerProcess, running_server
-from tests.support.workers import fresh, served_by, wait_for_log
+from tests.support.workers import fresh, metric_value, served_by, wait_for_log
 
 pytestmark = pytest.mark.slow
 
@@ -56,12 +58,20 @@ def model_stats(server: ServerProcess) -> dict[str, Any]:
     return stats
 
 
+@contextlib.contextmanager
+def serving_probe(repository: Path, delay_s: float) -> Iterator[ServerProcess]:
+    """Two workers serving the batch probe (plain dynamic batching: its process is shared),
+    once the worker that does not own it has attached to its process."""
+    write_batch_probe(repository, "probe", max_batch_size=8, delay_s=delay_s, queue_delay_us=0)
+    with running_server(repository, "--workers", "2", "--log-requests") as server:
+        wait_for_log(server, ATTACHED, 1)
+        yield server
+
+
 def test_one_process_runs_every_workers_requests_and_each_execution_counts_once(
     tmp_path: Path,
 ) -> None:
-    write_batch_probe(tmp_path, "probe", max_batch_size=8, delay_s=0.02, queue_delay_us=0)
-    with running_server(tmp_path, "--workers", "2", "--log-requests") as server:
-        wait_for_log(server, ATTACHED, 1)
+    with serving_probe(tmp_path, delay_s=0.02) as server:
         values = [float(i) for i in range(96)]
         with ThreadPoolExecutor(24) as pool:
             answers = list(pool.map(lambda v: infer(server, v), values))
@@ -90,9 +100,7 @@ def test_one_process_runs_every_workers_requests_and_each_execution_counts_once(
 def test_a_killed_shared_process_fails_in_flight_requests_on_every_worker_then_serves_again(
     tmp_path: Path,
 ) -> None:
-    write_batch_probe(tmp_path, "probe", max_batch_size=8, delay_s=0.3, queue_delay_us=0)
-    with running_server(tmp_path, "--workers", "2", "--log-requests") as server:
-        wait_for_log(server, ATTACHED, 1)
+    with serving_probe(tmp_path, delay_s=0.3) as server:
         status, outputs, _ = infer(server, 1.0)
         assert status == 200
         first_pid = int(outputs["PID"][0])
@@ -135,3 +143,35 @@ def test_a_killed_shared_process_fails_in_flight_requests_on_every_worker_then_s
         assert len({int(outputs["PID"][0]) for _, outputs, _ in answers}) == 1
         workers = {worker for worker, _ in served_by(server, [a[2] for a in answers]).values()}
         assert workers == {0, 1}
+
+
+def test_sigterm_drains_every_workers_requests_through_the_shared_process(
+    tmp_path: Path,
+) -> None:
+    """Sixteen slow requests accepted over both workers (each its own execution) all answer
+    after SIGTERM: the owner finalizes the process only after the other worker has drained."""
+    write_batch_probe(tmp_path, "probe", max_batch_size=1, delay_s=0.3, queue_delay_us=0)
+    clients = 16
+    with running_server(tmp_path, "--workers", "2", "--log-requests") as server:
+        wait_for_log(server, ATTACHED, 1)
+        with ThreadPoolExecutor(clients) as pool:
+            futures = [pool.submit(infer, server, float(i)) for i in range(clients)]
+            started = time.monotonic()
+            while True:  # until all are accepted: queued, in the process (2 a worker), or done
+                pending = metric_value(
+                    server.metrics_url,
+                    'nv_inference_pending_request_count{model="probe",version="1"}',
+                )
+                done = model_stats(server)["execution_count"]
+                if pending + done + 4 >= clients and time.monotonic() - started > 1.0:
+                    break
+                assert time.monotonic() - started < 30
+                time.sleep(0.01)
+            server.process.send_signal(signal.SIGTERM)
+            answers = [future.result(timeout=120) for future in futures]
+        assert [status for status, _, _ in answers] == [200] * clients, answers
+        for value, (_, outputs, _) in enumerate(answers):
+            assert outputs["Y"] == [float(value)] * 4
+        workers = {worker for worker, _ in served_by(server, [a[2] for a in answers]).values()}
+        assert workers == {0, 1}
+        assert server.process.wait(timeout=60) == 0
