@@ -6,8 +6,13 @@ Each `write_*` writes REPO/NAME/config.pbtxt and REPO/NAME/1/model.py and return
 
 from __future__ import annotations
 
+import contextlib
+import os
 import queue
+import signal
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -564,3 +569,23 @@ def stream_repeat(
     finally:
         client.stop_stream()
     return items
+
+
+@contextlib.contextmanager
+def killed_under_load(
+    pid: int, load: Callable[[threading.Event], None], threads: int, after_s: float
+) -> Iterator[None]:
+    """Run `load(stop)` on `threads` threads, SIGKILL `pid` after `after_s`, and on leaving
+    the block stop the threads and wait for them."""
+    stop = threading.Event()
+    running = [threading.Thread(target=load, args=(stop,)) for _ in range(threads)]
+    for thread in running:
+        thread.start()
+    try:
+        time.sleep(after_s)
+        os.kill(pid, signal.SIGKILL)
+        yield
+    finally:
+        stop.set()
+        for thread in running:
+            thread.join()

@@ -31,7 +31,7 @@ import struct
 import subprocess
 import uuid
 from asyncio.subprocess import Process
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -230,15 +230,8 @@ class PythonRuntime:
             self._fail_in_flight(ServingError(ErrorKind.UNAVAILABLE, "the model is unloading"))
             return
         self._attempt_done.clear()
-        message = (  # (the owner, its parent, says how it ended)
-            f"Python model instance '{self.instance_name}' (pid {pid}) went away in the "
-            "model's owner worker; its in-flight requests failed and it is being restarted"
-        )
-        logger.error("%s", message)
-        self._fail_in_flight(ServingError(ErrorKind.INTERNAL, message))
-        ipc.sweep_segments(self._shm_prefix)
-        if self._restarter is None or self._restarter.done():
-            self._restarter = self._loop.create_task(self._reattach())
+        # (the owner, its parent, says how it ended)
+        self._after_crash(pid, "went away in the model's owner worker", self._reattach)
 
     async def _reattach(self) -> None:
         """Connect again once the owner has started the process again. Requests wait for the
@@ -276,15 +269,23 @@ class PythonRuntime:
             self._finalized.set_result("")
         if self._closing:
             return
+        self._after_crash(process.pid, reason, self._restart)
+
+    def _after_crash(
+        self, pid: int, how: str, restart: Callable[[], Coroutine[Any, Any, None]]
+    ) -> None:
+        """The process ended (`how`): fail the requests in flight, remove the shared memory
+        segments it left, and start `restart` (the owner starts it again, the others attach
+        again)."""
         message = (
-            f"Python model instance '{self.instance_name}' (pid {process.pid}) {reason}; "
+            f"Python model instance '{self.instance_name}' (pid {pid}) {how}; "
             "its in-flight requests failed and it is being restarted"
         )
         logger.error("%s", message)
         self._fail_in_flight(ServingError(ErrorKind.INTERNAL, message))
         ipc.sweep_segments(self._shm_prefix)
         if self._restarter is None or self._restarter.done():
-            self._restarter = self._loop.create_task(self._restart())
+            self._restarter = self._loop.create_task(restart())
 
     def _fail_in_flight(self, error: ServingError) -> None:
         for future in self._batches.values():

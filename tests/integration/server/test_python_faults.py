@@ -5,7 +5,6 @@ in poll mode; SIGTERM drains Python models in flight, runs `finalize`, and loses
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
@@ -16,7 +15,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests.support.python_models import write_batch_probe, write_python_model
+from tests.support.python_models import killed_under_load, write_batch_probe, write_python_model
 from tests.support.server_process import ServerProcess, running_server
 
 pytestmark = pytest.mark.slow
@@ -64,9 +63,8 @@ def test_a_killed_instance_fails_its_requests_clearly_and_is_restarted(tmp_path:
         assert isinstance(first_pid, int)
         errors: list[str] = []
         successes: list[int] = []
-        stop = threading.Event()
 
-        def load() -> None:
+        def load(stop: threading.Event) -> None:
             own = httpclient.InferenceServerClient(server.http_url)
             value = 0.0
             while not stop.is_set():
@@ -79,19 +77,12 @@ def test_a_killed_instance_fails_its_requests_clearly_and_is_restarted(tmp_path:
                     np.testing.assert_array_equal(answer["Y"], np.full((1, 4), value))
                     successes.append(int(answer["PID"]))  # type: ignore[call-overload]
 
-        threads = [threading.Thread(target=load) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        time.sleep(0.5)
-        os.kill(first_pid, signal.SIGKILL)
-        deadline = time.monotonic() + 60
-        while not any(pid != first_pid for pid in successes):
-            assert time.monotonic() < deadline, (errors, server.log()[-3000:])
-            assert client.is_server_ready()  # the server never stops being ready
-            time.sleep(0.05)
-        stop.set()
-        for thread in threads:
-            thread.join()
+        with killed_under_load(first_pid, load, threads=4, after_s=0.5):
+            deadline = time.monotonic() + 60
+            while not any(pid != first_pid for pid in successes):
+                assert time.monotonic() < deadline, (errors, server.log()[-3000:])
+                assert client.is_server_ready()  # the server never stops being ready
+                time.sleep(0.05)
         assert errors, "the requests in flight at the kill must fail"
         for error in errors:
             assert error.startswith(f"500 Python model instance 'slow_0' (pid {first_pid}) ")

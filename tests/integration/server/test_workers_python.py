@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import threading
 import time
@@ -22,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.python_models import write_batch_probe
+from tests.support.python_models import killed_under_load, write_batch_probe
 from tests.support.server_process import ServerProcess, running_server
 from tests.support.workers import fresh, metric_value, served_by, wait_for_log
 
@@ -105,9 +104,8 @@ def test_a_killed_shared_process_fails_in_flight_requests_on_every_worker_then_s
         assert status == 200
         first_pid = int(outputs["PID"][0])
         errors: list[str] = []
-        stop = threading.Event()
 
-        def load() -> None:
+        def load(stop: threading.Event) -> None:
             value = 0.0
             while not stop.is_set():
                 value += 1
@@ -115,22 +113,15 @@ def test_a_killed_shared_process_fails_in_flight_requests_on_every_worker_then_s
                 if status != 200:
                     errors.append(f"{status} {answer.get('error')}")
 
-        threads = [threading.Thread(target=load) for _ in range(8)]
-        for thread in threads:
-            thread.start()
-        time.sleep(0.6)
-        os.kill(first_pid, signal.SIGKILL)
-        deadline = time.monotonic() + 60
-        while True:
-            status, outputs, _ = infer(server, 2.0)
-            if status == 200 and int(outputs["PID"][0]) != first_pid:
-                break
-            assert time.monotonic() < deadline, (errors, server.log()[-3000:])
-            assert fresh(f"http://{server.http_url}/v2/health/ready")[0] == 200
-            time.sleep(0.05)
-        stop.set()
-        for thread in threads:
-            thread.join()
+        with killed_under_load(first_pid, load, threads=8, after_s=0.6):
+            deadline = time.monotonic() + 60
+            while True:
+                status, outputs, _ = infer(server, 2.0)
+                if status == 200 and int(outputs["PID"][0]) != first_pid:
+                    break
+                assert time.monotonic() < deadline, (errors, server.log()[-3000:])
+                assert fresh(f"http://{server.http_url}/v2/health/ready")[0] == 200
+                time.sleep(0.05)
         expected = {f"500 {message.format(pid=first_pid)}" for message in KILLED_MESSAGES}
         # (a batch sent in the moment between the kill and its connection's end)
         expected.add("503 Python model instance 'probe_0' is restarting after a crash")
