@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import threading
 import time
@@ -63,8 +64,15 @@ def serving_probe(repository: Path, delay_s: float) -> Iterator[ServerProcess]:
     once the worker that does not own it has attached to its process."""
     write_batch_probe(repository, "probe", max_batch_size=8, delay_s=delay_s, queue_delay_us=0)
     with running_server(repository, "--workers", "2", "--log-requests") as server:
-        wait_for_log(server, ATTACHED, 1)
+        both_serving(server)
         yield server
+
+
+def both_serving(server: ServerProcess, started: int = 2, attached: int = 1) -> None:
+    """Wait until `started` workers have started serving (the first two, or a replacement too)
+    and the worker that does not own the probe has attached `attached` times."""
+    wait_for_log(server, "models ready", started)
+    wait_for_log(server, ATTACHED, attached)
 
 
 def test_one_process_runs_every_workers_requests_and_each_execution_counts_once(
@@ -144,7 +152,7 @@ def test_sigterm_drains_every_workers_requests_through_the_shared_process(
     write_batch_probe(tmp_path, "probe", max_batch_size=1, delay_s=0.3, queue_delay_us=0)
     clients = 16
     with running_server(tmp_path, "--workers", "2", "--log-requests") as server:
-        wait_for_log(server, ATTACHED, 1)
+        both_serving(server)
         with ThreadPoolExecutor(clients) as pool:
             futures = [pool.submit(infer, server, float(i)) for i in range(clients)]
             started = time.monotonic()
@@ -166,3 +174,49 @@ def test_sigterm_drains_every_workers_requests_through_the_shared_process(
         workers = {worker for worker, _ in served_by(server, [a[2] for a in answers]).values()}
         assert workers == {0, 1}
         assert server.process.wait(timeout=60) == 0
+
+
+def answers_from_both_workers(server: ServerProcess, count: int = 24) -> set[int]:
+    """`count` requests on fresh connections: all answered, by both workers; the pids of the
+    processes that ran them."""
+    answers = [infer(server, float(i)) for i in range(count)]
+    assert [status for status, _, _ in answers] == [200] * count, answers
+    workers = {worker for worker, _ in served_by(server, [a[2] for a in answers]).values()}
+    assert workers == {0, 1}
+    return {int(outputs["PID"][0]) for _, outputs, _ in answers}
+
+
+def test_unload_and_load_reach_the_shared_process_from_every_worker(tmp_path: Path) -> None:
+    write_batch_probe(tmp_path, "probe", max_batch_size=8, queue_delay_us=0)
+    flags = ("--model-control-mode", "explicit", "--load-model", "probe", "--log-requests")
+    with running_server(tmp_path, "--workers", "2", *flags) as server:
+        both_serving(server)
+        (first,) = answers_from_both_workers(server)
+        base = f"http://{server.http_url}/v2/repository/models/probe"
+        assert fresh(f"{base}/unload", {})[0] == 200
+        statuses = Counter(infer(server, 1.0)[0] for _ in range(20))
+        assert statuses == {404: 20}, statuses  # on both workers: not a crash, no 500
+        assert "went away" not in server.log()  # the process said it was finalizing
+        assert fresh(f"{base}/load", {})[0] == 200
+        both_serving(server, attached=2)
+        (second,) = answers_from_both_workers(server)
+        assert second != first  # a new process, initialized once, shared again
+
+
+def test_the_other_worker_attaches_again_when_the_owner_worker_restarts(tmp_path: Path) -> None:
+    write_batch_probe(tmp_path, "probe", max_batch_size=8, queue_delay_us=0)
+    with running_server(tmp_path, "--workers", "2", "--log-requests") as server:
+        both_serving(server)
+        (first,) = answers_from_both_workers(server)
+        owner = int(Path(f"/proc/{first}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        os.kill(owner, signal.SIGKILL)  # the worker that runs the process: it goes too
+        deadline = time.monotonic() + 90
+        while True:  # the replacement loads the model and starts a new process
+            status, outputs, _ = infer(server, 3.0)
+            if status == 200 and int(outputs["PID"][0]) != first:
+                break
+            assert time.monotonic() < deadline, server.log()[-3000:]
+            time.sleep(0.1)
+        both_serving(server, started=3, attached=2)
+        (second,) = answers_from_both_workers(server)
+        assert second != first
