@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import zlib
 from collections.abc import Mapping
@@ -14,6 +15,7 @@ import orjson
 from server.errors import ServingError, invalid
 from server.protocol.http_limits import DecodeLimits, check_json_size
 from server.protocol.tensors import (
+    WIRE_DTYPE_BY_DATATYPE,
     array_from_bytes,
     array_from_json,
     array_to_bytes,
@@ -92,6 +94,14 @@ def decode_request(
     json_end = len(body) if header_length is None else header_length
     if json_end > limits.json_bytes_always_within:  # (the hot path skips the call)
         check_json_size(body, json_end, limits)
+    header_bytes = None
+    if header_length is not None and json_end <= PLANNED_HEADER_MAX_BYTES and type(body) is bytes:
+        header_bytes = body[:json_end]
+        plan = _header_plans.get(header_bytes)
+        if plan is not None:
+            request = plan.request(body, json_end, model_name, model_version, limits)
+            if request is not None:
+                return request, plan.encoding
     header = parse_json(memoryview(body)[:json_end])
     if not isinstance(header, dict):
         raise invalid("the request JSON must be an object")
@@ -130,7 +140,107 @@ def decode_request(
         sequence_end=parameters.get("sequence_end") is True,
     )
     binary_default = parameters.get("binary_data_output", False) is True
-    return request, OutputEncoding(binary_default, binary_by_output, in_shared_memory)
+    encoding = OutputEncoding(binary_default, binary_by_output, in_shared_memory)
+    if header_bytes is not None:
+        _remember_plan(header_bytes, header, request, encoding)
+    return request, encoding
+
+
+# --- decoded headers, remembered ---------------------------------------------------------------
+# A client sends the same JSON header with every request of one shape (the tensors' data
+# follows it as binary), so the work of checking a header is done once per distinct header and
+# remembered as a plan: which inputs sit where in the binary part, and the request's fields.
+# Only headers whose every input is binary data (no "data", no shared memory) and whose outputs
+# use no shared memory are remembered: nothing else of the request or the server's state goes
+# into a plan but the decode limits, which are checked again each time (BYTES elements).
+# A body whose binary part does not have the planned size is decoded from scratch, for its error.
+PLANNED_HEADER_MAX_BYTES = 2048
+PLANNED_HEADERS_MAX = 256  # distinct headers remembered; full: forgotten all at once
+_PLANNED_INPUT_KEYS = frozenset({"name", "shape", "datatype", "parameters"})
+_PLANNED_OUTPUT_PARAMETERS = frozenset({"binary_data", "classification"})
+
+
+@dataclass(slots=True)
+class HeaderPlan:
+    """What a remembered header decodes to, less the tensors' data."""
+
+    inputs: tuple[tuple[str, str, tuple[int, ...], int], ...]  # name, datatype, shape, bytes
+    binary_bytes: int
+    bytes_elements: int
+    template: InferenceRequest  # the request's fields; its inputs are built per body
+    encoding: OutputEncoding
+
+    def request(
+        self, body: bytes, json_end: int, model_name: str, model_version: str, limits: DecodeLimits
+    ) -> InferenceRequest | None:
+        """The request of `body`, or None when its binary part is not the planned size."""
+        if len(body) - json_end != self.binary_bytes:
+            return None
+        if self.bytes_elements:
+            check_bytes_elements(self.bytes_elements, limits)
+        inputs: dict[str, np.ndarray] = {}
+        offset = json_end
+        for name, datatype, shape, size in self.inputs:
+            if datatype == "BYTES":  # its elements' lengths are in the data
+                inputs[name] = array_from_bytes(
+                    name, body, datatype, shape, offset, size, model_name
+                )
+            else:  # its size was checked against its shape when the plan was made
+                inputs[name] = np.ndarray(shape, WIRE_DTYPE_BY_DATATYPE[datatype], body, offset)
+            offset += size
+        template = self.template
+        return InferenceRequest(
+            model_name,
+            model_version,
+            inputs,
+            template.id,
+            template.requested_outputs,
+            dict(template.parameters),
+            template.priority,
+            template.timeout_us,
+            "http",
+            template.sequence_id,
+            template.sequence_start,
+            template.sequence_end,
+        )
+
+
+_header_plans: dict[bytes, HeaderPlan] = {}
+
+
+def _remember_plan(
+    key: bytes, header: dict[str, Any], request: InferenceRequest, encoding: OutputEncoding
+) -> None:
+    """Remember how `key`, a header just decoded without error, decodes (when it may be)."""
+    if encoding.shared_memory_by_output:
+        return
+    for spec in header.get("outputs") or ():
+        if not (spec.get("parameters") or {}).keys() <= _PLANNED_OUTPUT_PARAMETERS:
+            return
+    inputs = []
+    bytes_elements = 0
+    for spec in header["inputs"]:
+        parameters = spec.get("parameters")
+        if (
+            not spec.keys() <= _PLANNED_INPUT_KEYS
+            or not isinstance(parameters, dict)
+            or list(parameters) != ["binary_data_size"]
+        ):
+            return  # JSON data, shared memory
+        array = request.inputs[spec["name"]]
+        datatype = str(spec["datatype"])
+        if datatype == "BYTES":
+            bytes_elements += array.size
+        inputs.append((spec["name"], datatype, array.shape, parameters["binary_data_size"]))
+    if len(_header_plans) >= PLANNED_HEADERS_MAX:
+        _header_plans.clear()
+    _header_plans[key] = HeaderPlan(
+        tuple(inputs),
+        sum(size for *_, size in inputs),
+        bytes_elements,
+        dataclasses.replace(request, inputs={}, parameters=dict(request.parameters)),
+        encoding,
+    )
 
 
 def parse_json(data: bytes | memoryview) -> Any:

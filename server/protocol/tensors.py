@@ -16,7 +16,7 @@ from server.types import ALL_DATATYPES, ELEMENT_SIZE_BY_DATATYPE, NUMPY_DTYPE_BY
 
 _U32 = struct.Struct("<I")
 # the wire's byte order, built once (a dtype's newbyteorder() costs a new object per call)
-_WIRE_DTYPE_BY_DATATYPE = {
+WIRE_DTYPE_BY_DATATYPE = {
     name: dtype.newbyteorder("<")
     for name, dtype in NUMPY_DTYPE_BY_DATATYPE.items()
     if name != "BYTES"
@@ -94,7 +94,7 @@ def array_from_bytes(
             f"{expected}, got {size} (shape {list(shape)}, datatype {datatype})"
         )
     # one constructor call, not frombuffer().reshape(): the size was checked above
-    return np.ndarray(shape, _WIRE_DTYPE_BY_DATATYPE[datatype], buffer, offset)
+    return np.ndarray(shape, WIRE_DTYPE_BY_DATATYPE[datatype], buffer, offset)
 
 
 def _where(name: str, model: str) -> str:
