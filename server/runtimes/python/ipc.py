@@ -53,13 +53,24 @@ class _Pickler(pickle.Pickler):
 
     def reducer_override(self, obj: Any) -> Any:
         # called once per array of every message (32 arrays for a batch of 32): keep it lean
-        if type(obj) is not np.ndarray or obj.dtype.hasobject:
+        # (`dtype.str` builds its string each time, `flags` an object: both cost more than the
+        # dict lookup and the call that stand in for them)
+        if type(obj) is not np.ndarray:
             return NotImplemented
-        if obj.ndim == 0 or not obj.flags.c_contiguous:  # (a 0-d array travels as shape (1,))
-            obj = np.ascontiguousarray(obj)
+        code = _DTYPE_CODES.get(obj.dtype)
+        if code is None:
+            if obj.dtype.hasobject:
+                return NotImplemented
+            code = obj.dtype.str
+            if len(_DTYPE_CODES) < 256:
+                _DTYPE_CODES[obj.dtype] = code
+        obj = np.ascontiguousarray(obj)  # itself when contiguous; a 0-d array becomes shape (1,)
         arrays = self.arrays
         arrays.append(obj)
-        return _rebuild_array, (len(arrays) - 1, obj.dtype.str, obj.shape)
+        return _rebuild_array, (len(arrays) - 1, code, obj.shape)
+
+
+_DTYPE_CODES: dict[np.dtype[Any], str] = {}  # dtype -> its `str`, for the arrays seen so far
 
 
 _decoding = threading.local()  # (source, offsets) of the frame being unpickled on this thread

@@ -62,16 +62,26 @@ def test_large_arrays_travel_by_shared_memory_and_the_segment_is_unlinked(prefix
     assert not list(ipc.SHM_DIR.glob(f"{prefix}-*"))  # unlinked as soon as it was mapped
 
 
-def test_object_arrays_non_contiguous_and_empty_arrays_round_trip(prefix: str) -> None:
+def test_object_non_contiguous_empty_0d_and_byte_ordered_arrays_round_trip(prefix: str) -> None:
     text = np.array([[b"a", b"bc"], [b"", b"\xff"]], dtype=np.object_)
     strided = np.arange(20, dtype=np.int32).reshape(4, 5)[:, ::2]
     empty = np.zeros((0, 3), np.float16)
-    out = round_trip([text, strided, empty, None, "x"], prefix)
+    big_endian = np.arange(3, dtype=">i4")
+    little_endian = np.arange(3, dtype="<i4")
+    scalar = np.array(2.5, np.float32)
+    record = np.array([(1, b"x")], dtype=[("n", "<i2"), ("s", "O")])
+    out = round_trip(
+        [text, strided, empty, None, "x", big_endian, little_endian, scalar, record], prefix
+    )
     assert isinstance(out, list)
     assert out[0].tolist() == text.tolist()
     np.testing.assert_array_equal(out[1], strided)
     assert out[2].shape == (0, 3) and out[2].dtype == np.float16
-    assert out[3:] == [None, "x"]
+    assert out[3:5] == [None, "x"]
+    assert out[5].dtype.str == ">i4" and out[5].tolist() == [0, 1, 2]
+    assert out[6].dtype.str == "<i4" and out[6].tolist() == [0, 1, 2]
+    assert out[7].shape == (1,) and out[7].tolist() == [2.5]  # a 0-d array travels as (1,)
+    assert out[8].tolist() == record.tolist()  # a dtype holding objects is pickled in band
 
 
 def test_a_blocking_reader_reads_frames_from_a_socket(prefix: str) -> None:
