@@ -4,12 +4,13 @@ uvicorn runs every request as `cycle.run_asgi(app)`: the app is called with the 
 the body through `receive()` and answers through two `send()` messages, whose status line and
 headers uvicorn assembles and checks field by field. For the infer endpoint all of that is
 fixed: ferry writes every header itself. Here the connection's task runs `serve_infer` on the
-same cycle object instead: the body is read through the cycle's own `receive` (100-continue,
-flow control and disconnects as uvicorn handles them), and the answer is written as one
-response built from the cycle's state (keep-alive, the server's default headers), marked
-complete as uvicorn's `send` marks it. Pipelining, shutdown, timeouts and the limits stay the
-protocol's: they only look at the cycle's flags, which this module sets as uvicorn's `send`
-does.
+same cycle object instead: a body that came whole with its headers (the usual infer request)
+is taken from the cycle as `receive` would return it, any other is read through the cycle's own
+`receive` (100-continue, flow control and disconnects as uvicorn handles them), and the answer
+is written as one response built from the cycle's state (keep-alive, the server's default
+headers), marked complete as uvicorn's `send` marks it. Pipelining, shutdown, timeouts and
+the limits stay the protocol's: they only look at the cycle's flags, which this module sets as
+uvicorn's `send` does.
 """
 
 from __future__ import annotations
@@ -34,8 +35,23 @@ async def serve_infer(
     """Answer one POST .../infer on `cycle` (the task uvicorn would run `run_asgi` in)."""
     try:
         scope = cycle.scope
+        body_read = None
+        if not (
+            cycle.more_body
+            or cycle.waiting_for_100_continue
+            or cycle.disconnected
+            or cycle.response_complete
+        ):  # the body came whole with the headers: what `receive` would do, without a coroutine
+            cycle.flow.resume_reading()
+            body_read = bytes(cycle.body)
+            cycle.body = bytearray()
         answer = await app.answer(
-            scope["headers"], cast(Receive, cycle.receive), scope["client"], name, version
+            scope["headers"],
+            cast(Receive, cycle.receive),
+            scope["client"],
+            name,
+            version,
+            body_read,
         )
         if answer is not None:
             await _respond(cycle, *answer)

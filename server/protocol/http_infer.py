@@ -231,14 +231,7 @@ async def read_raw_body(
     """The raw request body from ASGI `receive`: 413 past --http-max-request-bytes, 503 when the
     server-wide budget has no room for it (a declared Content-Length is reserved up front; bodies
     up to UNCOUNTED_BODY_BYTES are not counted)."""
-    limit = limits.max_request_bytes
-    declared = headers.get("content-length")
-    if declared is not None and declared.isdigit():
-        length = int(declared)
-        if length > limit:
-            raise _too_large(declared, limit)
-        if length > UNCOUNTED_BODY_BYTES:
-            reservation.grow(length)
+    _check_declared_length(headers, limits, reservation)
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -247,13 +240,41 @@ async def read_raw_body(
             raise ClientDisconnected
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > limit:
-            raise _too_large(f"more than {limit}", limit)
-        if size > reservation.held and size > UNCOUNTED_BODY_BYTES:
-            reservation.grow(size - reservation.held)
+        _count_body(size, limits, reservation)
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def whole_body(
+    body: bytes, headers: Mapping[str, str], limits: HttpLimits, reservation: BudgetReservation
+) -> bytes:
+    """`read_raw_body`'s checks for a body that was read whole with its headers."""
+    _check_declared_length(headers, limits, reservation)
+    _count_body(len(body), limits, reservation)
+    return body
+
+
+def _check_declared_length(
+    headers: Mapping[str, str], limits: HttpLimits, reservation: BudgetReservation
+) -> None:
+    limit = limits.max_request_bytes
+    declared = headers.get("content-length")
+    if declared is not None and declared.isdigit():
+        length = int(declared)
+        if length > limit:
+            raise _too_large(declared, limit)
+        if length > UNCOUNTED_BODY_BYTES:
+            reservation.grow(length)
+
+
+def _count_body(size: int, limits: HttpLimits, reservation: BudgetReservation) -> None:
+    """`size` bytes of body have arrived so far."""
+    limit = limits.max_request_bytes
+    if size > limit:
+        raise _too_large(f"more than {limit}", limit)
+    if size > reservation.held and size > UNCOUNTED_BODY_BYTES:
+        reservation.grow(size - reservation.held)
 
 
 async def send_error(send: Send, status: int, message: str) -> None:
@@ -340,15 +361,22 @@ class InferFastPath:
         client: tuple[str, int] | None,
         name: str,
         version: str,
+        body_read: bytes | None = None,
     ) -> tuple[int, bytes, list[tuple[bytes, bytes]]] | None:
         """Read, decode, infer, encode: the status, body and headers (content-length included)
-        of the answer to POST .../infer, or None when the client left before its body came."""
+        of the answer to POST .../infer, or None when the client left before its body came.
+        `body_read`: the whole body, when it was read with the headers (`receive` is not
+        called then)."""
         headers = {
             key.decode("latin-1").lower(): value.decode("latin-1") for key, value in raw_headers
         }
         reservation = self.budget.reservation()
         try:
-            raw_body = await read_raw_body(receive, headers, self.limits, reservation)
+            raw_body = (
+                await read_raw_body(receive, headers, self.limits, reservation)
+                if body_read is None
+                else whole_body(body_read, headers, self.limits, reservation)
+            )
             # as Triton: an unknown model is a 404 whatever the body holds
             self.dataplane.repository.get(name, version)
             content_encoding = headers.get("content-encoding")

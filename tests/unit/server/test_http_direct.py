@@ -11,11 +11,13 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import uvicorn
 from uvicorn.server import ServerState
 
+from server.protocol import http_infer
 from server.protocol.http import create_http_app
 from server.protocol.http_connection import LimitedHttpToolsProtocol, limited_protocol
 from server.protocol.http_limits import HttpLimits
@@ -98,8 +100,9 @@ async def connection(
     dataplane: DataPlane,
     restricted: dict[str, Any] | None = None,
     transport: Transport | None = None,
+    limits: HttpLimits | None = None,
 ) -> tuple[LimitedHttpToolsProtocol, Transport]:
-    limits = HttpLimits()
+    limits = limits or HttpLimits()
     app = create_http_app(dataplane, limits, restricted=restricted)  # type: ignore[arg-type]
     config = uvicorn.Config(  # as server/app.py: uvicorn leaves the logging configuration alone
         app,
@@ -152,6 +155,42 @@ def test_an_infer_answer_is_one_write_with_tritons_fields() -> None:
         assert dataplane.infer_calls == 2 and not transport.closed
 
     asyncio.run(scenario())
+
+
+def test_a_body_read_whole_with_its_headers_or_in_pieces_gets_the_same_answer() -> None:
+    """A body that arrives with its headers is taken from the cycle; one that arrives later is
+    read through `receive`: the same answers, the same 413 past --http-max-request-bytes."""
+
+    taken_whole: list[int] = []
+    real_whole_body = http_infer.whole_body
+
+    def whole_body(*args: Any) -> bytes:
+        taken_whole.append(1)
+        return real_whole_body(*args)
+
+    async def answers(limits: HttpLimits, pieces: int) -> list[tuple[str, bytes]]:
+        taken_whole.clear()
+        dataplane = DataPlane()
+        protocol, transport = await connection(dataplane, limits=limits)
+        request = infer_request()
+        cut = request.index(b"\r\n\r\n") + 4 + (10 if pieces > 1 else len(request))
+        for part in (request[:cut], request[cut:]):
+            if part:
+                protocol.data_received(part)
+                await settle()
+        assert taken_whole == ([1] if pieces == 1 else [])  # which path read the body
+        return [(status, body) for status, _, body in responses(transport.written)]
+
+    async def scenario() -> None:
+        body_bytes = len(infer_request().partition(b"\r\n\r\n")[2])
+        for limits in (HttpLimits(), HttpLimits(max_request_bytes=body_bytes - 1)):
+            whole, in_pieces = await answers(limits, 1), await answers(limits, 2)
+            assert whole == in_pieces
+            assert len(whole) == 1
+        assert whole[0][0] == "HTTP/1.1 413 Request Entity Too Large"
+
+    with mock.patch.object(http_infer, "whole_body", whole_body):
+        asyncio.run(scenario())
 
 
 def test_other_routes_and_restricted_infer_requests_keep_the_asgi_app() -> None:
