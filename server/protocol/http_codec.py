@@ -164,9 +164,10 @@ _PLANNED_OUTPUT_PARAMETERS = frozenset({"binary_data", "classification"})
 class HeaderPlan:
     """What a remembered header decodes to, less the tensors' data."""
 
-    inputs: tuple[tuple[str, str, tuple[int, ...], int], ...]  # name, datatype, shape, bytes
+    # name, datatype, shape, bytes, and for BYTES the elements of the request's BYTES inputs
+    # up to this one (checked against the limits again, where the full decode checks them)
+    inputs: tuple[tuple[str, str, tuple[int, ...], int, int], ...]
     binary_bytes: int
-    bytes_elements: int
     template: InferenceRequest  # the request's fields; its inputs are built per body
     encoding: OutputEncoding
 
@@ -176,12 +177,11 @@ class HeaderPlan:
         """The request of `body`, or None when its binary part is not the planned size."""
         if len(body) - json_end != self.binary_bytes:
             return None
-        if self.bytes_elements:
-            check_bytes_elements(self.bytes_elements, limits)
         inputs: dict[str, np.ndarray] = {}
         offset = json_end
-        for name, datatype, shape, size in self.inputs:
+        for name, datatype, shape, size, bytes_elements in self.inputs:
             if datatype == "BYTES":  # its elements' lengths are in the data
+                check_bytes_elements(bytes_elements, limits)
                 inputs[name] = array_from_bytes(
                     name, body, datatype, shape, offset, size, model_name
                 )
@@ -231,13 +231,13 @@ def _remember_plan(
         datatype = str(spec["datatype"])
         if datatype == "BYTES":
             bytes_elements += array.size
-        inputs.append((spec["name"], datatype, array.shape, parameters["binary_data_size"]))
+        size = parameters["binary_data_size"]
+        inputs.append((spec["name"], datatype, array.shape, size, bytes_elements))
     if len(_header_plans) >= PLANNED_HEADERS_MAX:
         _header_plans.clear()
     _header_plans[key] = HeaderPlan(
         tuple(inputs),
-        sum(size for *_, size in inputs),
-        bytes_elements,
+        sum(size for _, _, _, size, _ in inputs),
         dataclasses.replace(request, inputs={}, parameters=dict(request.parameters)),
         encoding,
     )

@@ -113,14 +113,25 @@ def test_a_body_whose_data_does_not_fit_its_plan_gets_the_full_decode_error(
     assert [decoded(short, length), decoded(long, length)] == planned
 
 
-def test_bad_bytes_data_and_the_element_limit_are_checked_for_every_body() -> None:
+def test_bad_bytes_data_and_the_element_limit_are_checked_for_every_body(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     good = serialize_byte_tensor(np.array([b"ab", b"c"], object)).item()
-    body, length = binary_body([("s", "BYTES", [2], good)])
+    three = serialize_byte_tensor(np.array([b"x", b"y", b"z"], object)).item()
+    body, length = binary_body([("s", "BYTES", [2], good), ("t", "BYTES", [3], three)])
     assert decoded(body, length)[1]["s"][2] == [b"ab", b"c"]
     bad = body[:length] + (99).to_bytes(4, "little") + body[length + 4 :]  # a length past the end
-    assert decoded(bad, length)[0] == "error"
-    refused = decoded(body, length, DecodeLimits(max_bytes_elements=1))
-    assert refused[0] == "error" and "more than the maximum of 1" in refused[2]
+    cases = [
+        (bad, None),
+        (body, DecodeLimits(max_bytes_elements=1)),  # the first input passes it
+        (body, DecodeLimits(max_bytes_elements=4)),  # the second does
+    ]
+    planned = [decoded(data, length, limits) for data, limits in cases]
+    assert all(answer[0] == "error" for answer in planned)
+    assert "has 2 BYTES tensor elements, more than the maximum of 1" in planned[1][2]
+    assert "has 5 BYTES tensor elements, more than the maximum of 4" in planned[2][2]
+    monkeypatch.setattr(http_codec, "PLANNED_HEADER_MAX_BYTES", 0)
+    assert [decoded(data, length, limits) for data, limits in cases] == planned
 
 
 def test_each_request_gets_its_own_parameters() -> None:
