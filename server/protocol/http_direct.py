@@ -21,7 +21,6 @@ from typing import cast
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
 
 from server.protocol.http_infer import InferFastPath, Receive
-from server.protocol.http_writes import COALESCE_LIMIT, CoalescingTransport
 
 logger = logging.getLogger(__name__)
 INTERNAL_ERROR = (
@@ -84,13 +83,11 @@ async def _respond(
     if not cycle.keep_alive:
         head.append(b"connection: close\r\n")
     head.append(b"\r\n")
+    # the connection's CoalescingTransport (server/protocol/http_writes.py) sends the two in one
+    # syscall, and a large payload on its own without copying it
     transport = cycle.transport
-    if len(payload) <= COALESCE_LIMIT and isinstance(transport, CoalescingTransport):
-        head.append(payload)  # one send, now
-        transport.write_now(b"".join(head))
-    else:  # (the transport sends a large payload on its own, without copying it)
-        transport.write(b"".join(head))
-        transport.write(payload)
+    transport.write(b"".join(head))
+    transport.write(payload)
     cycle.response_complete = True
     cycle.message_event.set()
     if not cycle.keep_alive:

@@ -10,8 +10,6 @@ Writes are queued and sent together by a callback scheduled with `call_soon` on 
 so they leave before the loop waits for I/O again: no response waits for a timer. Large writes
 (over COALESCE_LIMIT) are not copied into a joined buffer: what is queued goes first, then the
 large write on its own. Close, write_eof and abort keep their order with the queued bytes.
-A caller that has joined a whole response itself (the infer path, server/protocol/http_direct.py)
-sends it with `write_now`: at once, after anything queued, without the callback.
 """
 
 from __future__ import annotations
@@ -45,14 +43,6 @@ class CoalescingTransport:
             self._loop.call_soon(self.flush)
         else:
             queued.append(bytes(data))
-
-    def write_now(self, data: bytes) -> None:
-        """Send `data` now, after what is queued: for a caller that has joined a whole response
-        itself (the infer path), one send without the scheduled callback."""
-        if self._queued:
-            self.flush()
-        if data and not self._transport.is_closing():
-            self._transport.write(data)
 
     def writelines(self, lines: Any) -> None:
         for data in lines:

@@ -111,20 +111,3 @@ def test_abort_drops_what_is_queued() -> None:
 
     received, writes = run(scenario)
     assert received == b"sent" and writes == 1
-
-
-def test_write_now_sends_at_once_after_what_is_queued() -> None:
-    async def scenario(wrapped: CoalescingTransport, counting: CountingTransport) -> None:
-        wrapped.write_now(b"first")
-        assert counting.writes == 1  # no pass of the loop needed
-        wrapped.write(b" queued")
-        wrapped.write_now(b" whole")
-        assert counting.writes == 3  # the queued bytes first, then the whole response
-        wrapped.write_now(b"")
-        await asyncio.sleep(0)  # nothing left for the scheduled flush to send
-        assert counting.writes == 3
-        wrapped.close()
-
-    received, writes = run(scenario)
-    assert received == b"first queued whole"
-    assert writes == 3
