@@ -142,7 +142,12 @@ def decode_request(
     binary_default = parameters.get("binary_data_output", False) is True
     encoding = OutputEncoding(binary_default, binary_by_output, in_shared_memory)
     if header_bytes is not None:
-        _remember_plan(header_bytes, header, request, encoding)
+        if header_bytes in _headers_seen:  # the second time: worth a plan
+            _remember_plan(header_bytes, header, request, encoding)
+        else:
+            if len(_headers_seen) >= HEADERS_SEEN_MAX:
+                _headers_seen.clear()
+            _headers_seen.add(header_bytes)
     return request, encoding
 
 
@@ -154,8 +159,11 @@ def decode_request(
 # use no shared memory are remembered: nothing else of the request or the server's state goes
 # into a plan but the decode limits, which are checked again each time (BYTES elements).
 # A body whose binary part does not have the planned size is decoded from scratch, for its error.
+# A plan is made the second time a header is seen: a client that puts a new `id` in every header
+# would otherwise pay for a plan per request (about 4 µs) and never use one.
 PLANNED_HEADER_MAX_BYTES = 2048
 PLANNED_HEADERS_MAX = 256  # distinct headers remembered; full: forgotten all at once
+HEADERS_SEEN_MAX = 1024  # headers seen once, kept to recognise a second time; likewise
 _PLANNED_INPUT_KEYS = frozenset({"name", "shape", "datatype", "parameters"})
 _PLANNED_OUTPUT_PARAMETERS = frozenset({"binary_data", "classification"})
 
@@ -206,6 +214,7 @@ class HeaderPlan:
 
 
 _header_plans: dict[bytes, HeaderPlan] = {}
+_headers_seen: set[bytes] = set()
 
 
 def _remember_plan(

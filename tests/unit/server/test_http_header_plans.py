@@ -21,8 +21,17 @@ from server.protocol.http_limits import DecodeLimits
 @pytest.fixture(autouse=True)
 def no_plans() -> Iterator[None]:
     http_codec._header_plans.clear()
+    http_codec._headers_seen.clear()
     yield
     http_codec._header_plans.clear()
+    http_codec._headers_seen.clear()
+
+
+def plan_for(body: bytes, length: int) -> None:
+    """Decode `body` until its header has a plan (a header is planned the second time)."""
+    for _ in range(2):
+        decode_request(body, length, "m", "2")
+    assert body[:length] in http_codec._header_plans
 
 
 def binary_body(
@@ -91,7 +100,8 @@ def test_a_planned_decode_answers_as_the_full_decode(
 ) -> None:
     body, length = binary_body(CASES[case], **FIELDS[case])
     first = decoded(body, length)
-    assert len(http_codec._header_plans) == 1  # remembered
+    assert not http_codec._header_plans  # seen once: not yet
+    plan_for(body, length)
     # the same header with other data: its own tensors, from the plan
     other = body[:length] + bytes(reversed(body[length:]))
     planned = decoded(other, length)
@@ -104,7 +114,7 @@ def test_a_body_whose_data_does_not_fit_its_plan_gets_the_full_decode_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     body, length = binary_body([("x", "FP32", [1, 2], fp32(1, 2))])
-    decoded(body, length)
+    plan_for(body, length)
     short, long = body[:-4], body + b"\0"
     planned = [decoded(short, length), decoded(long, length)]
     assert planned[0][0] == "error" and "expecting 8 additional bytes" in planned[0][2]
@@ -119,6 +129,7 @@ def test_bad_bytes_data_and_the_element_limit_are_checked_for_every_body(
     good = serialize_byte_tensor(np.array([b"ab", b"c"], object)).item()
     three = serialize_byte_tensor(np.array([b"x", b"y", b"z"], object)).item()
     body, length = binary_body([("s", "BYTES", [2], good), ("t", "BYTES", [3], three)])
+    plan_for(body, length)
     assert decoded(body, length)[1]["s"][2] == [b"ab", b"c"]
     bad = body[:length] + (99).to_bytes(4, "little") + body[length + 4 :]  # a length past the end
     cases = [
@@ -136,6 +147,7 @@ def test_bad_bytes_data_and_the_element_limit_are_checked_for_every_body(
 
 def test_each_request_gets_its_own_parameters() -> None:
     body, length = binary_body([("x", "FP32", [1], fp32(1))], parameters={"mine": 1})
+    plan_for(body, length)
     first, _ = decode_request(body, length, "m", "")
     first.parameters["mine"] = 2  # type: ignore[index]
     second, _ = decode_request(body, length, "m", "")
@@ -175,12 +187,23 @@ def test_headers_with_json_data_or_shared_memory_are_not_remembered(
 ) -> None:
     head = json.dumps(header).encode()
     body = head + (fp32(1) if "data" not in header["inputs"][0] else b"")
-    decoded(body, len(head) if "data" not in header["inputs"][0] else len(body))
+    for _ in range(3):
+        decoded(body, len(head) if "data" not in header["inputs"][0] else len(body))
     assert not http_codec._header_plans
 
 
 def test_the_remembered_headers_are_bounded() -> None:
     for i in range(http_codec.PLANNED_HEADERS_MAX + 3):
         body, length = binary_body([("x", "FP32", [1], fp32(1))], id=str(i))
-        decoded(body, length)
+        plan_for(body, length)
         assert 1 <= len(http_codec._header_plans) <= http_codec.PLANNED_HEADERS_MAX
+
+
+def test_headers_seen_once_make_no_plan_and_are_bounded() -> None:
+    """A client that sends a new id with every request: no plan is made (it would never be
+    used), and the headers kept to recognise a second sighting stay bounded."""
+    for i in range(http_codec.HEADERS_SEEN_MAX + 3):
+        body, length = binary_body([("x", "FP32", [1], fp32(1))], id=str(i))
+        decoded(body, length)
+        assert 1 <= len(http_codec._headers_seen) <= http_codec.HEADERS_SEEN_MAX
+    assert not http_codec._header_plans
