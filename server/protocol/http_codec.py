@@ -221,9 +221,7 @@ def _remember_plan(
     key: bytes, header: dict[str, Any], request: InferenceRequest, encoding: OutputEncoding
 ) -> None:
     """Remember how `key`, a header just decoded without error, decodes (when it may be)."""
-    if encoding.shared_memory_by_output:
-        return
-    for spec in header.get("outputs") or ():
+    for spec in header.get("outputs") or ():  # (an output in shared memory names its region)
         if not (spec.get("parameters") or {}).keys() <= _PLANNED_OUTPUT_PARAMETERS:
             return
     inputs = []
@@ -237,7 +235,7 @@ def _remember_plan(
         ):
             return  # JSON data, shared memory
         array = request.inputs[spec["name"]]
-        datatype = str(spec["datatype"])
+        datatype = spec["datatype"]
         if datatype == "BYTES":
             bytes_elements += array.size
         size = parameters["binary_data_size"]

@@ -4,6 +4,7 @@ remembered are."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -62,11 +63,7 @@ def decoded(body: bytes, length: int, limits: DecodeLimits | None = None) -> Any
     except ServingError as exc:
         return ("error", exc.kind, str(exc))
     inputs = {name: (a.dtype.str, a.shape, a.tolist()) for name, a in request.inputs.items()}
-    return (request.__class__(**{**_fields(request), "inputs": {}}), inputs, encoding)
-
-
-def _fields(request: Any) -> dict[str, Any]:
-    return {name: getattr(request, name) for name in request.__slots__}
+    return (dataclasses.replace(request, inputs={}), inputs, encoding)
 
 
 def fp32(*values: float) -> bytes:
